@@ -1,0 +1,34 @@
+"""jaxgd: gradient-descent training as pure JAX functions.
+
+``fit`` trains one configuration as one compiled program; ``sweep`` trains many
+(learning rates, batch sizes, seeds, penalties, folds, ...) as one compiled program per
+group of equal shapes, sharded over the available devices.
+"""
+
+from . import data as data
+from . import datasets as datasets
+from . import losses as losses
+from . import models as models
+from .data import batch_plan as batch_plan
+from .optim import OPTIMIZERS as OPTIMIZERS
+from .optim import SCHEDULES as SCHEDULES
+from .optim import schedule_value as schedule_value
+from .results import FitResult as FitResult
+from .train import STOP_REASONS as STOP_REASONS
+from .train import fit as fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitResult",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "STOP_REASONS",
+    "batch_plan",
+    "data",
+    "datasets",
+    "fit",
+    "losses",
+    "models",
+    "schedule_value",
+]

@@ -1,0 +1,299 @@
+"""Optimizers, schedules, clipping and penalties built from *traced* hyper-parameters.
+
+Every numeric hyper-parameter of a run lives in one flat dictionary (``hparams``), e.g.
+``{"learning_rate": 0.1, "momentum": 0.9, "decay_rate": 0.96, "transition_steps": 1000,
+"l2": 1e-3, "clip_norm": 1.0}``. Each name belongs to exactly one component:
+
+* the optax factory (any keyword its signature takes, e.g. ``b1``, ``momentum``, ``eps``);
+* the learning-rate schedule (``decay_rate``, ``transition_steps``, ``staircase``, ...);
+* penalties (``l1``, ``l2``), clipping (``clip_value``, ``clip_norm``), decoupled
+  ``weight_decay`` when the optimizer has none of its own;
+* stop conditions (``grad_tol``, ``loss_target``, ``patience``, ``min_delta``,
+  ``diverge_factor``).
+
+Inside the compiled program these values are arrays, so changing them never recompiles
+(optax issue 577 explains why a Python float baked into a program does).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "schedule_value",
+    "resolve_optimizer",
+    "OptimizerSpec",
+    "split_hparams",
+]
+
+# name -> (factory, fixed static keyword arguments, default numeric hparams)
+OPTIMIZERS: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, float]]] = {
+    "sgd": (optax.sgd, {}, {}),
+    "momentum": (optax.sgd, {}, {"momentum": 0.9}),
+    "nesterov": (optax.sgd, {"nesterov": True}, {"momentum": 0.9}),
+    "rmsprop": (optax.rmsprop, {}, {}),
+    "adagrad": (optax.adagrad, {}, {}),
+    "adam": (optax.adam, {}, {}),
+    "adamw": (optax.adamw, {}, {}),
+    "adamax": (optax.adamax, {}, {}),
+}
+
+# schedule kind -> its parameters and their defaults (None = required)
+SCHEDULES: dict[str, dict[str, float | None]] = {
+    "constant": {},
+    "exponential": {"decay_rate": None, "transition_steps": 1.0, "staircase": 0.0,
+                    "transition_begin": 0.0},
+    "step": {"step_size": None, "gamma": 0.1},
+    "inverse_time": {"decay_rate": None, "decay_steps": 1.0, "staircase": 0.0},
+    "cosine": {"decay_steps": None, "alpha": 0.0},
+}
+WARMUP_KEY = "warmup_steps"
+
+PENALTY_KEYS = ("l1", "l2")
+CLIP_KEYS = ("clip_value", "clip_norm")
+# stop conditions: defaults that never trigger
+STOP_DEFAULTS: dict[str, float] = {
+    "grad_tol": -1.0,
+    "loss_target": -math.inf,
+    "patience": 0.0,
+    "min_delta": 0.0,
+    "diverge_factor": math.inf,
+}
+INT_KEYS = ("patience",)
+
+
+def schedule_value(kind: str, step: jax.Array, lr: jax.Array, p: Mapping[str, jax.Array]):
+    r"""Learning rate at update ``step`` (0 for the first update) of schedule ``kind``.
+
+    * constant: :math:`\eta`
+    * exponential: :math:`\eta\,r^{(t-t_0)/T}`, exponent floored when ``staircase``
+      (TensorFlow's ``exponential_decay``: 0.1, 0.96, 1000, staircase gives 0.1 at step
+      999 and 0.096 at step 1000)
+    * step: :math:`\eta\,\gamma^{\lfloor t/s\rfloor}`
+    * inverse_time: :math:`\eta / (1 + r\,t/T)`, :math:`t/T` floored when ``staircase``
+    * cosine: :math:`\eta\,((1-\alpha)\,\tfrac12(1+\cos(\pi\min(t,T)/T)) + \alpha)`
+
+    With ``warmup_steps`` = W > 0 the rate rises linearly from 0 over the first W updates,
+    then follows the schedule shifted by W. Every parameter may be a traced array.
+    """
+    step = jnp.asarray(step, dtype=lr.dtype)
+    if WARMUP_KEY in p:
+        w = p[WARMUP_KEY]
+        warm = jnp.where(w > 0, jnp.minimum(1.0, (step + 1.0) / jnp.maximum(w, 1.0)), 1.0)
+        step = jnp.maximum(step - w, 0.0)
+    else:
+        warm = 1.0
+    if kind == "constant":
+        out = lr * jnp.ones_like(step)
+    elif kind == "exponential":
+        e = jnp.maximum(step - p["transition_begin"], 0.0) / p["transition_steps"]
+        e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
+        out = lr * p["decay_rate"] ** e
+    elif kind == "step":
+        out = lr * p["gamma"] ** jnp.floor(step / p["step_size"])
+    elif kind == "inverse_time":
+        e = step / p["decay_steps"]
+        e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
+        out = lr / (1.0 + p["decay_rate"] * e)
+    elif kind == "cosine":
+        frac = jnp.minimum(step, p["decay_steps"]) / p["decay_steps"]
+        cos = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        out = lr * ((1.0 - p["alpha"]) * cos + p["alpha"])
+    else:  # validated earlier
+        raise ValueError(f"unknown schedule {kind!r}")
+    return out * warm
+
+
+class OptimizerSpec(NamedTuple):
+    """How to build the optimizer inside the program (hashable: part of the cache key)."""
+
+    name: str
+    factory: Callable[..., Any] | None  # None when a ready GradientTransformation is given
+    static_kwargs: tuple[tuple[str, Any], ...]
+    numeric_names: frozenset[str]  # keywords of the factory that may be traced
+    ready: optax.GradientTransformation | None
+    defaults: tuple[tuple[str, float], ...]
+
+
+def _factory_params(factory: Callable[..., Any]) -> tuple[set[str], set[str]]:
+    """Numeric-able and all keyword names of an optax factory."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set(), set()
+    names = {n for n, p in sig.parameters.items()
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    non_numeric = {"mask", "mu_dtype", "accumulator_dtype", "nesterov", "centered",
+                   "eps_in_sqrt", "bias_correction"}
+    return names - non_numeric, names
+
+
+def resolve_optimizer(optimizer: Any) -> OptimizerSpec:
+    """Turn a built-in name, an optax factory or a ready transformation into a spec."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            close = difflib.get_close_matches(optimizer, OPTIMIZERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"optimizer={optimizer!r} is not a built-in optimizer{hint}; "
+                f"choose one of {sorted(OPTIMIZERS)} or pass an optax factory such as optax.adam"
+            )
+        factory, static, defaults = OPTIMIZERS[optimizer]
+        numeric, _ = _factory_params(factory)
+        return OptimizerSpec(optimizer, factory, tuple(sorted(static.items())),
+                             frozenset(numeric), None, tuple(sorted(defaults.items())))
+    if isinstance(optimizer, optax.GradientTransformation):
+        return OptimizerSpec("custom", None, (), frozenset(), optimizer, ())
+    if callable(optimizer):
+        numeric, _ = _factory_params(optimizer)
+        name = getattr(optimizer, "__name__", "custom")
+        return OptimizerSpec(name, optimizer, (), frozenset(numeric), None, ())
+    raise TypeError(
+        f"optimizer={optimizer!r} must be a built-in name (e.g. 'adam'), an optax factory "
+        "(e.g. optax.adam) or an optax.GradientTransformation"
+    )
+
+
+def known_names(spec: OptimizerSpec, schedule: str) -> set[str]:
+    names = set(spec.numeric_names) | {"learning_rate"}
+    names |= set(SCHEDULES[schedule]) | {WARMUP_KEY}
+    names |= set(PENALTY_KEYS) | set(CLIP_KEYS) | {"weight_decay"} | set(STOP_DEFAULTS)
+    return names
+
+
+def split_hparams(
+    spec: OptimizerSpec, schedule: str, hparams: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate ``hparams`` and split them into (numeric, static) dictionaries.
+
+    Numeric values (Python or numpy numbers, 0-d arrays) become traced arrays in the
+    program; booleans given to factory keywords that are not numeric (``nesterov``) and
+    other non-numbers are static. Defaults of the schedule and the stop conditions are
+    filled in. Raises ``ValueError`` naming an unknown key with the closest known name.
+    """
+    if not isinstance(hparams, Mapping):
+        raise TypeError(f"hparams must be a dict of name -> value, got {type(hparams).__name__}")
+    if schedule not in SCHEDULES:
+        close = difflib.get_close_matches(str(schedule), SCHEDULES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"schedule={schedule!r} is unknown{hint}; choose one of {sorted(SCHEDULES)}")
+    known = known_names(spec, schedule)
+    _, all_factory = _factory_params(spec.factory) if spec.factory is not None else (set(), set())
+    numeric: dict[str, Any] = dict(spec.defaults)
+    static: dict[str, Any] = dict(spec.static_kwargs)
+    for k, v in hparams.items():
+        if not isinstance(k, str):
+            raise TypeError(f"hparams keys must be strings, got {k!r}")
+        if k in all_factory and k not in known:
+            static[k] = v  # e.g. nesterov=True, mask=...
+            continue
+        if k not in known:
+            close = difflib.get_close_matches(k, sorted(known | all_factory), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            where = f"optimizer {spec.name!r}" if spec.factory is not None else "this run"
+            raise ValueError(
+                f"hparams key {k!r} is not a hyper-parameter of {where} or schedule "
+                f"{schedule!r}{hint}; known: {sorted(known)}"
+            )
+        if isinstance(v, bool) and k in spec.numeric_names and k not in SCHEDULES[schedule]:
+            static[k] = v
+            continue
+        numeric[k] = _check_number(k, v)
+    if spec.factory is not None and "learning_rate" not in numeric:
+        raise ValueError(
+            f"hparams must give 'learning_rate' for optimizer {spec.name!r}, got keys {sorted(hparams)}"
+        )
+    for k, default in SCHEDULES[schedule].items():
+        if k not in numeric:
+            if default is None:
+                raise ValueError(f"schedule {schedule!r} needs hparams[{k!r}]")
+            numeric[k] = default
+    for k, default in STOP_DEFAULTS.items():
+        numeric.setdefault(k, default)
+    _check_ranges(numeric)
+    return numeric, static
+
+
+def _check_number(name: str, v: Any) -> Any:
+    import numpy as np
+
+    if isinstance(v, str) or v is None:
+        raise TypeError(f"hparams[{name!r}]={v!r} must be a number")
+    try:
+        arr = np.asarray(v)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(f"hparams[{name!r}]={v!r} must be a number") from e
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"hparams[{name!r}]={v!r} must be a number, got dtype {arr.dtype}")
+    if arr.ndim != 0:
+        raise ValueError(
+            f"hparams[{name!r}] must be a scalar, got shape {arr.shape}; "
+            "to try several values use jaxgd.sweep(grid={...})"
+        )
+    return v
+
+
+def _check_ranges(numeric: Mapping[str, Any]) -> None:
+    import numpy as np
+
+    def val(k):
+        return float(np.asarray(numeric[k]))
+
+    positive = ("learning_rate", "transition_steps", "decay_steps", "step_size")
+    for k in positive:
+        if k in numeric and not (np.isfinite(val(k)) and val(k) > 0):
+            raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be finite and > 0")
+    nonneg = ("l1", "l2", "weight_decay", "clip_value", "clip_norm", WARMUP_KEY, "patience",
+              "min_delta", "momentum", "alpha", "gamma", "decay_rate")
+    for k in nonneg:
+        if k in numeric and not (val(k) >= 0 and not np.isnan(val(k))):
+            raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be >= 0")
+    for k in ("l1", "l2", "weight_decay", "momentum", "decay_rate", "alpha", "gamma"):
+        if k in numeric and not np.isfinite(val(k)):
+            raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be finite")
+    if "diverge_factor" in numeric and not val("diverge_factor") > 1:
+        raise ValueError(f"hparams['diverge_factor']={numeric['diverge_factor']!r} must be > 1")
+
+
+def build_optimizer(
+    spec: OptimizerSpec, schedule: str, tc: Mapping[str, jax.Array], static: Mapping[str, Any]
+) -> optax.GradientTransformation:
+    """Build the optax transformation inside the program from traced values ``tc``."""
+    if spec.ready is not None:
+        opt = spec.ready
+    else:
+        sched_keys = set(SCHEDULES[schedule]) | {WARMUP_KEY}
+        lr0 = tc["learning_rate"]
+        if schedule == "constant" and WARMUP_KEY not in tc:
+            lr = lr0
+        else:
+            sp = {k: tc[k] for k in sched_keys if k in tc}
+            lr = lambda count: schedule_value(schedule, count, lr0, sp)  # noqa: E731
+        kwargs = {k: tc[k] for k in spec.numeric_names if k in tc and k != "learning_rate"}
+        kwargs.update(static)
+        opt = spec.factory(learning_rate=lr, **kwargs)
+    parts = []
+    if "clip_value" in tc:
+        parts.append(optax.clip(tc["clip_value"]))
+    if "clip_norm" in tc:
+        parts.append(optax.clip_by_global_norm(tc["clip_norm"]))
+    return optax.chain(*parts, opt) if parts else opt
+
+
+def current_lr(schedule: str, tc: Mapping[str, jax.Array], step: jax.Array) -> jax.Array:
+    """The learning rate the schedule gives at update ``step`` (NaN without one)."""
+    if "learning_rate" not in tc:
+        return jnp.asarray(jnp.nan)
+    sched_keys = set(SCHEDULES[schedule]) | {WARMUP_KEY}
+    sp = {k: tc[k] for k in sched_keys if k in tc}
+    return schedule_value(schedule, step, tc["learning_rate"], sp)

@@ -1,0 +1,655 @@
+"""The training program: one jitted loop behind batch, stochastic and mini-batch GD.
+
+The program is written for a *block* of configurations: an outer axis of "streams"
+(one per seed, or per seed and fold) that own a data order, and an inner axis of
+configurations that share that stream's batches. ``fit`` runs a block of 1 x 1;
+``sweep`` runs blocks of S x C. Because configurations of one stream share their
+batch indices, the gathered batch is the same array for all of them and their
+forward passes become one matrix product.
+
+Epochs run in a ``lax.while_loop`` *outside* the vmap over configurations, so the
+epoch and step counters stay scalars (a counter inside a vmapped while-loop would be
+batched and so would every gather). Configurations that stop are frozen by masks; the
+loop ends when every configuration has stopped or the epoch budget is spent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import optim
+from .data import BatchPlan, feistel_permute, feistel_round_keys
+
+# stop reasons, as integers inside the program
+RUNNING, MAX_EPOCHS, GRAD_TOL, LOSS_TARGET, PATIENCE, DIVERGED = range(6)
+STOP_REASONS = ("running", "max_epochs", "grad_tol", "loss_target", "patience", "diverged")
+
+SHUFFLES = ("none", "feistel", "uniform")
+METRICS = ("full", "batch")
+
+
+class ProgramSpec(NamedTuple):
+    """Everything that fixes the structure of the compiled program (hashable)."""
+
+    loss: Callable[..., Any]
+    has_aux: bool
+    opt: optim.OptimizerSpec
+    schedule: str
+    static_hparams: tuple[tuple[str, Any], ...]
+    numeric_names: tuple[str, ...]
+    plan: BatchPlan
+    accumulate: int
+    shuffle: str
+    epochs: int
+    metrics: str
+    record_steps: bool
+    restore_best: bool
+    penalty_mask: Callable[[Any], Any] | None
+    init_fn: Callable[[jax.Array], Any] | None
+    has_val: bool
+    val_from_index: bool
+    train_from_index: bool
+
+
+class State(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    active: jax.Array
+    reason: jax.Array
+    epochs_run: jax.Array
+    init_loss: jax.Array
+    best_metric: jax.Array
+    best_epoch: jax.Array
+    bad_epochs: jax.Array
+    best_params: Any
+    history: dict[str, jax.Array]
+
+
+def _tree_where(c, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
+
+
+def _penalty(spec: ProgramSpec, params, tc):
+    if "l1" not in tc and "l2" not in tc:
+        return None
+    mask = spec.penalty_mask(params) if spec.penalty_mask is not None else _default_mask(params)
+    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
+    total = 0.0
+    if "l1" in tc:
+        total = total + tc["l1"] * sum(jnp.sum(jnp.abs(p)) for p in leaves)
+    if "l2" in tc:
+        total = total + tc["l2"] * 0.5 * sum(jnp.sum(p * p) for p in leaves)
+    return total
+
+
+def _default_mask(params):
+    """Penalise every leaf except biases (leaves whose last dict key is 'b' or 'bias')."""
+
+    def keep(path, _):
+        last = path[-1] if path else None
+        name = getattr(last, "key", getattr(last, "name", None))
+        return name not in ("b", "bias")
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def _data_loss(spec: ProgramSpec, params, batch):
+    out = spec.loss(params, batch)
+    if spec.has_aux:
+        out = out[0]
+    return out
+
+
+def _objective(spec: ProgramSpec, params, batch, tc):
+    loss = _data_loss(spec, params, batch)
+    pen = _penalty(spec, params, tc)
+    return (loss if pen is None else loss + pen), loss
+
+
+def _mean_grad(spec, params, batch, tc, micro: int):
+    """(objective, data loss, gradient) of a batch, accumulated over ``micro`` pieces."""
+    vg = jax.value_and_grad(lambda p, b: _objective(spec, p, b, tc), has_aux=True)
+    if micro == 1:
+        (obj, loss), g = vg(params, batch)
+        return obj, loss, g
+    pieces = jax.tree.map(lambda a: a.reshape((micro, a.shape[0] // micro) + a.shape[1:]), batch)
+
+    def body(acc, b):
+        (obj, loss), g = vg(params, b)
+        return jax.tree.map(jnp.add, acc, (obj, loss, g)), None
+
+    zero = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    zero = jax.tree.map(lambda z: z.astype(_float_dtype(params)), zero)
+    (obj, loss, g), _ = jax.lax.scan(body, zero, pieces)
+    return obj / micro, loss / micro, jax.tree.map(lambda x: x / micro, g)
+
+
+def _float_dtype(params):
+    for leaf in jax.tree.leaves(params):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.dtype
+    return jnp.float32
+
+
+def _take(data, idx):
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+
+
+def build_program(spec: ProgramSpec) -> Callable[..., Any]:
+    """The un-jitted block program ``run(params0, data, val, tc, keys, tidx, vidx)``.
+
+    Shapes: ``tc`` leaves are [S, C]; ``keys`` is [S] PRNG keys; ``tidx`` [S, n_train]
+    and ``vidx`` [S, n_val] index arrays (or None); ``params0`` is a pytree shared by
+    every configuration (or None when ``spec.init_fn`` draws it from each key).
+    """
+    plan = spec.plan
+    n = plan.n
+    bsz = plan.batch_size * spec.accumulate  # samples per update
+    static = dict(spec.static_hparams)
+    E = spec.epochs
+
+    def train_view(data, tidx):
+        return data if tidx is None else _take(data, tidx)
+
+    def full_metrics(params, data, tc, tidx):
+        tr = train_view(data, tidx)
+        if spec.metrics == "full":
+            (obj, loss), g = jax.value_and_grad(
+                lambda p: _objective(spec, p, tr, tc), has_aux=True)(params)
+            return obj, loss, optax.global_norm(g)
+        return None
+
+    def init_state(params0, tc, key, data, val, tidx, vidx):
+        if spec.init_fn is not None:
+            params0 = spec.init_fn(jax.random.fold_in(key, 0x5EED))
+        opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
+        dt = _float_dtype(params0)
+        tr = train_view(data, tidx)
+        init_loss = _data_loss(spec, params0, tr).astype(dt)
+        nan = jnp.full((E,), jnp.nan, dt)
+        hist = {"loss": nan, "batch_loss": nan, "grad_norm": nan, "lr": nan}
+        if _penalty(spec, params0, tc) is not None:
+            hist["objective"] = nan
+        if spec.has_val:
+            hist["val_loss"] = nan
+        if spec.record_steps:
+            hist["step_loss"] = jnp.full((E, plan.steps_per_epoch), jnp.nan, dt)
+        return State(
+            params=params0,
+            opt_state=opt.init(params0),
+            step=jnp.zeros((), jnp.int32),
+            active=jnp.isfinite(init_loss),
+            reason=jnp.where(jnp.isfinite(init_loss), RUNNING, DIVERGED).astype(jnp.int32),
+            epochs_run=jnp.zeros((), jnp.int32),
+            init_loss=init_loss,
+            best_metric=jnp.asarray(jnp.inf, dt),
+            best_epoch=jnp.asarray(-1, jnp.int32),
+            bad_epochs=jnp.zeros((), jnp.int32),
+            best_params=params0 if spec.restore_best else None,
+            history=hist,
+        )
+
+    def epoch_fn(st: State, tc, key, epoch, data, val, tidx, vidx) -> State:
+        opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
+        own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
+        wd_mask = None
+        if own_wd:
+            wd_mask = (spec.penalty_mask or _default_mask)(st.params)
+        if spec.shuffle == "feistel":
+            rk = feistel_round_keys(key, epoch)
+            order = lambda pos: feistel_permute(rk, pos, n)  # noqa: E731
+        elif spec.shuffle == "uniform":
+            perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+            order = lambda pos: perm[pos]  # noqa: E731
+        else:
+            order = lambda pos: pos  # noqa: E731
+
+        def gather(pos):
+            idx = order(pos)
+            if tidx is not None:
+                idx = tidx[idx]
+            return _take(data, idx)
+
+        def step(carry, start, size, micro):
+            params, opt_state, stp, active, reason, s_loss, s_gn = carry
+            pos = start + jnp.arange(size, dtype=jnp.int32)
+            batch = gather(pos)
+            obj, loss, g = _mean_grad(spec, params, batch, tc, micro)
+            gn = optax.global_norm(g)
+            updates, new_opt = opt.update(g, opt_state, params)
+            if own_wd:
+                lr_t = optim.current_lr(spec.schedule, tc, stp)
+                updates = jax.tree.map(
+                    lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, wd_mask)
+            new_params = optax.apply_updates(params, updates)
+            finite = jnp.isfinite(obj) & jnp.isfinite(gn)
+            finite &= jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                                           for x in jax.tree.leaves(new_params)]))
+            ok = active & finite
+            params = _tree_where(ok, new_params, params)
+            opt_state = _tree_where(ok, new_opt, opt_state)
+            reason = jnp.where(active & ~finite, DIVERGED, reason)
+            w = ok.astype(s_loss.dtype)
+            return (params, opt_state, stp + ok.astype(jnp.int32), active & finite, reason,
+                    s_loss + w * loss, s_gn + w * gn), loss
+
+        was_active = st.active
+        dt = st.init_loss.dtype
+        carry = (st.params, st.opt_state, st.step, st.active, st.reason,
+                 jnp.zeros((), dt), jnp.zeros((), dt))
+        step_losses = []
+        if plan.full_steps > 0:
+            micro = spec.accumulate
+
+            def body(carry, s):
+                return step(carry, s * bsz, bsz, micro)
+
+            carry, full_losses = jax.lax.scan(
+                body, carry, jnp.arange(plan.full_steps, dtype=jnp.int32))
+            step_losses.append(full_losses)
+        if plan.last_batch_size > 0:
+            carry, last_loss = step(carry, plan.full_steps * bsz, plan.last_batch_size, 1)
+            step_losses.append(last_loss[None])
+        params, opt_state, stp, active, reason, s_loss, s_gn = carry
+        steps_done = jnp.maximum(stp - st.step, 1).astype(dt)
+        batch_loss = s_loss / steps_done
+        batch_gn = s_gn / steps_done
+
+        fm = full_metrics(params, data, tc, tidx)
+        if fm is not None:
+            obj, loss, gn = fm
+        else:
+            obj, loss, gn = batch_loss, batch_loss, batch_gn
+        # divergence by growth of the loss, or a non-finite epoch-end loss
+        grew = (loss > tc["diverge_factor"] * st.init_loss) | ~jnp.isfinite(obj)
+        diverged_now = active & grew
+        reason = jnp.where(diverged_now, DIVERGED, reason)
+        active = active & ~grew
+
+        if spec.has_val:
+            v = val if vidx is None else _take(data, vidx)
+            val_loss = _data_loss(spec, params, v)
+            monitor = val_loss
+        else:
+            val_loss = None
+            monitor = loss
+        improved = active & (monitor < st.best_metric - tc["min_delta"])
+        best_metric = jnp.where(improved, monitor, st.best_metric)
+        best_epoch = jnp.where(improved, epoch, st.best_epoch)
+        bad = jnp.where(improved, 0, st.bad_epochs + active.astype(jnp.int32))
+        best_params = _tree_where(improved, params, st.best_params) if spec.restore_best else None
+
+        # stop conditions, checked in a fixed order of precedence
+        patience = tc["patience"]
+        checks = [
+            (gn <= tc["grad_tol"], GRAD_TOL),
+            (loss <= tc["loss_target"], LOSS_TARGET),
+            ((patience > 0) & (bad >= patience), PATIENCE),
+        ]
+        for cond, code in reversed(checks):
+            reason = jnp.where(active & cond, code, reason)
+        for cond, _ in checks:
+            active = active & ~cond
+        last_epoch = epoch == E - 1
+        reason = jnp.where(active & last_epoch, MAX_EPOCHS, reason)
+        active = active & ~last_epoch
+
+        def put(h, key, value):
+            return h[key].at[epoch].set(jnp.where(was_active, value, jnp.nan).astype(dt))
+
+        hist = dict(st.history)
+        hist["loss"] = put(hist, "loss", loss)
+        hist["batch_loss"] = put(hist, "batch_loss", batch_loss)
+        hist["grad_norm"] = put(hist, "grad_norm", gn)
+        hist["lr"] = put(hist, "lr", optim.current_lr(spec.schedule, tc, jnp.maximum(stp - 1, 0)))
+        if "objective" in hist:
+            hist["objective"] = put(hist, "objective", obj)
+        if val_loss is not None:
+            hist["val_loss"] = put(hist, "val_loss", val_loss)
+        if spec.record_steps:
+            row = jnp.concatenate(step_losses)
+            hist["step_loss"] = hist["step_loss"].at[epoch].set(
+                jnp.where(was_active, row, jnp.nan).astype(dt))
+
+        return State(
+            params=params, opt_state=opt_state, step=stp, active=active, reason=reason,
+            epochs_run=st.epochs_run + was_active.astype(jnp.int32), init_loss=st.init_loss,
+            best_metric=best_metric, best_epoch=best_epoch, bad_epochs=bad,
+            best_params=best_params, history=hist,
+        )
+
+    def finalize(st: State):
+        params = st.params
+        if spec.restore_best:
+            use_best = (st.reason != DIVERGED) & (st.best_epoch >= 0)
+            params = _tree_where(use_best, st.best_params, params)
+        return {
+            "params": params,
+            "history": st.history,
+            "reason": st.reason,
+            "epochs_run": st.epochs_run,
+            "steps_run": st.step,
+            "best_metric": st.best_metric,
+            "best_epoch": st.best_epoch,
+            "init_loss": st.init_loss,
+        }
+
+    def run(params0, data, val, tc, keys, tidx, vidx):
+        # inner axis: configurations (share key, data indices); outer: streams
+        t_ax = None if tidx is None else 0
+        v_ax = None if vidx is None else 0
+        p_ax = None
+        init_c = jax.vmap(init_state, in_axes=(p_ax, 0, None, None, None, None, None))
+        init_sc = jax.vmap(init_c, in_axes=(p_ax, 0, 0, None, None, t_ax, v_ax))
+        st = init_sc(params0, tc, keys, data, val, tidx, vidx)
+
+        ep_c = jax.vmap(epoch_fn, in_axes=(0, 0, None, None, None, None, None, None))
+        ep_sc = jax.vmap(ep_c, in_axes=(0, 0, 0, None, None, None, t_ax, v_ax))
+
+        def cond(c):
+            e, s = c
+            return (e < E) & jnp.any(s.active)
+
+        def body(c):
+            e, s = c
+            return e + 1, ep_sc(s, tc, keys, e, data, val, tidx, vidx)
+
+        _, st = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))
+        # configurations still "running" after an early exit cannot exist: every active
+        # configuration reaches epoch E-1 and is marked max_epochs there.
+        return jax.vmap(jax.vmap(finalize))(st)
+
+    return run
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_program(spec: ProgramSpec, donate: bool = False):
+    """A jitted block program for ``spec`` (cached, so new values never re-trace)."""
+    return jax.jit(build_program(spec))
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def as_key(key: Any, name: str = "key") -> jax.Array:
+    """A typed PRNG key from an int seed, a typed key or raw uint32[2] key data."""
+    import numpy as np
+
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, bool):
+        raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key")
+    if isinstance(key, (int, np.integer)):
+        if key < 0:
+            raise ValueError(f"{name}={key!r}: a seed must be >= 0")
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single key, got shape {key.shape}")
+        return key
+    arr = np.asarray(key)
+    if arr.shape == (2,) and arr.dtype == np.uint32:
+        return jax.random.wrap_key_data(jnp.asarray(arr))
+    raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key(...)")
+
+
+def normalize_shuffle(shuffle: Any) -> str:
+    if shuffle is True:
+        return "feistel"
+    if shuffle is False or shuffle is None:
+        return "none"
+    if isinstance(shuffle, str) and shuffle in SHUFFLES:
+        return shuffle
+    raise ValueError(
+        f"shuffle={shuffle!r} must be True (fast pseudo-random permutation), False (in order), "
+        f"or one of {SHUFFLES}"
+    )
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}={value!r} must be a positive integer")
+    if value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return int(value)
+
+
+def check_params(params: Any, name: str = "params") -> Any:
+    import numpy as np
+
+    leaves, treedef = jax.tree.flatten(params)
+    if not leaves:
+        raise ValueError(f"{name} has no array leaves: {params!r}")
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        where = jax.tree_util.keystr(path) or "<root>"
+        if isinstance(leaf, (str, bytes)) or leaf is None:
+            raise TypeError(f"{name}{where}={leaf!r} is not an array")
+        try:
+            arr = np.asarray(leaf)
+        except Exception as e:  # noqa: BLE001
+            raise TypeError(f"{name}{where} is not an array: {leaf!r}") from e
+        if arr.dtype.kind != "f":
+            raise TypeError(
+                f"{name}{where} has dtype {arr.dtype}; trainable parameters must be floating "
+                "point (e.g. jnp.zeros(3) rather than [0, 0, 0])")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}{where} contains non-finite values")
+        out.append(jnp.asarray(leaf))
+    return jax.tree.unflatten(treedef, out)
+
+
+def check_loss(loss: Any, params: Any, batch: Any, name: str = "loss") -> bool:
+    """Trace ``loss`` abstractly once; return whether it returns ``(value, aux)``."""
+    if not callable(loss):
+        raise TypeError(f"{name}={loss!r} must be a function loss(params, batch) -> scalar")
+    try:
+        out = jax.eval_shape(loss, params, batch)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(
+            f"{name} could not be evaluated as loss(params, batch): {type(e).__name__}: {e}"
+        ) from e
+    has_aux = isinstance(out, tuple) and len(out) == 2
+    value = out[0] if has_aux else out
+    if not hasattr(value, "shape") or value.shape != ():
+        shape = getattr(value, "shape", type(value).__name__)
+        raise TypeError(f"{name} must return a scalar (or (scalar, aux)), got shape {shape}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must return a floating-point scalar, got dtype {value.dtype}")
+    return has_aux
+
+
+def fit(
+    loss: Callable[..., Any],
+    params: Any,
+    data: Any,
+    *,
+    optimizer: Any = "sgd",
+    hparams: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
+    epochs: int = 100,
+    shuffle: bool | str = True,
+    drop_last: bool = False,
+    key: Any = None,
+    schedule: str = "constant",
+    accumulate: int = 1,
+    val_data: Any = None,
+    grad_tol: float | None = None,
+    loss_target: float | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    diverge_factor: float | None = None,
+    restore_best: bool = False,
+    metrics: str = "full",
+    record_steps: bool = False,
+    penalty_mask: Callable[[Any], Any] | None = None,
+):
+    """Train ``params`` on ``data`` by gradient descent; the whole run is one jitted program.
+
+    Batch, stochastic and mini-batch gradient descent are the same loop with a different
+    ``batch_size``: ``None`` uses all N samples per step (one step per epoch), ``1`` one
+    sample per step, ``B`` B samples. An epoch has ceil(N/B) steps, the last holding
+    N mod B samples with its gradient the mean over those alone (PyTorch's DataLoader), or
+    floor(N/B) steps with ``drop_last=True``.
+
+    Args:
+      loss: pure ``loss(params, batch) -> scalar`` (or ``(scalar, aux)``); ``batch`` has
+        the structure of ``data`` with a leading batch axis. It should be a mean over the
+        batch so that the last, smaller batch is weighted like PyTorch's.
+      params: initial parameters (any pytree of floating arrays).
+      data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``.
+      optimizer: an optax factory (``optax.adam``) called with ``hparams`` inside the
+        program, a built-in name (``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"rmsprop"``,
+        ``"adagrad"``, ``"adam"``, ``"adamw"``, ``"adamax"``) or a ready
+        ``optax.GradientTransformation``.
+      hparams: numbers, traced in the program (new values never recompile): the factory's
+        keywords (``learning_rate``, ``b1``, ``momentum``, ...), the schedule's parameters,
+        ``l1``/``l2`` penalties (``l1*sum|w| + l2/2*sum w^2`` over non-bias leaves),
+        ``clip_value``/``clip_norm`` and decoupled ``weight_decay``.
+      batch_size: ``None`` (full batch), 1 (SGD) or B (mini-batch).
+      epochs: maximum number of passes over the data.
+      shuffle: ``True`` visits samples in a fresh pseudo-random order every epoch (a keyed
+        Feistel bijection, cheap and shared by every configuration of a seed; not uniform
+        over all N! orders), ``"uniform"`` uses ``jax.random.permutation``, ``False`` visits
+        samples in order (the textbook SGD loop).
+      drop_last: drop the last, smaller batch of each epoch.
+      key: int seed or ``jax.random.key``: the data order of every epoch.
+      schedule: learning-rate schedule: ``"constant"``, ``"exponential"``, ``"step"``,
+        ``"inverse_time"``, ``"cosine"`` (parameters in ``hparams``; ``warmup_steps`` adds
+        a linear warm-up to any of them).
+      accumulate: average the gradients of this many consecutive batches of ``batch_size``
+        per update (equal to one batch ``accumulate`` times larger).
+      val_data: optional validation pytree; its loss is recorded and monitored.
+      grad_tol: stop when the full-data gradient norm is <= this ("grad_tol").
+      loss_target: stop when the training loss is <= this ("loss_target").
+      patience: stop after this many epochs without improvement of the monitored loss
+        (validation loss if given, else training loss) by more than ``min_delta``.
+      diverge_factor: stop as "diverged" when the loss exceeds this times the initial
+        loss; a non-finite loss or gradient always stops as "diverged", keeping the last
+        finite parameters.
+      restore_best: return the parameters of the best monitored epoch.
+      metrics: ``"full"`` evaluates loss and gradient norm on the whole training set at
+        every epoch end; ``"batch"`` records the means over the epoch's batches (cheaper).
+      record_steps: also record every step's batch loss in ``history["step_loss"]``.
+      penalty_mask: ``mask(params) -> pytree of bool``: leaves penalised by ``l1``/``l2``
+        and decoupled weight decay (default: all but leaves named ``b``/``bias``).
+
+    Returns:
+      :class:`jaxgd.FitResult` with ``params``, ``history``, ``stop_reason``,
+      ``epochs_run`` and ``steps_run``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxgd
+      >>> x = jnp.array([[1.0], [2.0], [3.0]]); y = 2 * x[:, 0]
+      >>> loss = lambda p, b: jnp.mean((b[0][:, 0] * p["w"] - b[1]) ** 2)
+      >>> res = jaxgd.fit(loss, {"w": jnp.array(1.0)}, (x, y),
+      ...                 hparams={"learning_rate": 0.01}, epochs=100)
+      >>> round(float(res.params["w"]), 3)
+      2.0
+    """
+    from .results import FitResult
+
+    prepared = prepare(
+        loss, params, data, optimizer=optimizer, hparams=hparams, batch_size=batch_size,
+        epochs=epochs, shuffle=shuffle, drop_last=drop_last, schedule=schedule,
+        accumulate=accumulate, val_data=val_data, grad_tol=grad_tol, loss_target=loss_target,
+        patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
+        restore_best=restore_best, metrics=metrics, record_steps=record_steps,
+        penalty_mask=penalty_mask,
+    )
+    key = as_key(key)
+    spec, params, data, val_data, numeric = prepared
+    dt = _float_dtype(params)
+    tc = {k: tc_array(k, v, dt)[None, None] for k, v in numeric.items()}
+    out = compiled_program(spec)(params, data, val_data, tc, key[None], None, None)
+    out = jax.tree.map(lambda a: a[0, 0], out)
+    return FitResult.from_program(out, spec)
+
+
+def tc_array(name: str, value: Any, dtype) -> jax.Array:
+    """A traced-config value as an array of the run's dtype (int32 for counts)."""
+    if name in optim.INT_KEYS:
+        return jnp.asarray(value, jnp.int32)
+    return jnp.asarray(value, dtype)
+
+
+def prepare(
+    loss, params, data, *, optimizer, hparams, batch_size, epochs, shuffle, drop_last,
+    schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
+    diverge_factor, restore_best, metrics, record_steps, penalty_mask, init_fn=None,
+    n_train=None, val_from_index=False, train_from_index=False,
+):
+    """Validate every argument (before anything is compiled) and build the ProgramSpec.
+
+    Returns ``(spec, params, data, val_data, numeric_hparams)``.
+    """
+    from .data import batch_plan, validate_data
+
+    epochs = check_positive_int("epochs", epochs)
+    accumulate = check_positive_int("accumulate", accumulate)
+    if not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last={drop_last!r} must be True or False")
+    if not isinstance(restore_best, bool):
+        raise TypeError(f"restore_best={restore_best!r} must be True or False")
+    if metrics not in METRICS:
+        raise ValueError(f"metrics={metrics!r} must be one of {METRICS}")
+    shuffle = normalize_shuffle(shuffle)
+    data, n = validate_data(data, "data")
+    if val_data is not None:
+        val_data, _ = validate_data(val_data, "val_data")
+        if jax.tree.structure(val_data) != jax.tree.structure(data):
+            raise ValueError("val_data must have the same structure as data")
+    if init_fn is not None:
+        params = jax.eval_shape(init_fn, jax.random.key(0))
+        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    params = check_params(params)
+    n_eff = n if n_train is None else n_train
+    plan = batch_plan(n_eff, batch_size, drop_last)
+    if accumulate > 1 and plan.full_steps == 0:
+        raise ValueError(
+            f"accumulate={accumulate} with batch_size={batch_size} leaves no full update in "
+            f"an epoch of {n_eff} samples")
+    if accumulate > 1:
+        # an update holds accumulate * batch_size samples
+        plan = batch_plan(n_eff, plan.batch_size * accumulate, drop_last)
+        plan = plan._replace(batch_size=plan.batch_size // accumulate)
+    spec_opt = optim.resolve_optimizer(optimizer)
+    hp = dict(hparams or {})
+    for name, value in (("grad_tol", grad_tol), ("loss_target", loss_target),
+                        ("patience", patience), ("diverge_factor", diverge_factor)):
+        if value is not None:
+            hp[name] = value
+    if min_delta:
+        hp["min_delta"] = min_delta
+    if patience is not None:
+        p = hp["patience"]
+        if isinstance(p, bool) or not float(p).is_integer() or p < 0:
+            raise ValueError(f"patience={p!r} must be a non-negative integer")
+    numeric, static = optim.split_hparams(spec_opt, schedule, hp)
+    probe = jax.tree.map(lambda a: a[: min(2, a.shape[0])], data)
+    has_aux = check_loss(loss, params, probe)
+    if penalty_mask is not None and not callable(penalty_mask):
+        raise TypeError(f"penalty_mask={penalty_mask!r} must be a function params -> bool pytree")
+    try:
+        static_items = tuple(sorted(static.items()))
+        hash(static_items)
+    except TypeError as e:
+        raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
+    spec = ProgramSpec(
+        loss=loss, has_aux=has_aux, opt=spec_opt, schedule=schedule,
+        static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
+        accumulate=accumulate, shuffle=shuffle, epochs=epochs, metrics=metrics,
+        record_steps=bool(record_steps), restore_best=restore_best, penalty_mask=penalty_mask,
+        init_fn=init_fn, has_val=val_data is not None or val_from_index,
+        val_from_index=val_from_index, train_from_index=train_from_index,
+    )
+    return spec, params, data, val_data, numeric
