@@ -14,6 +14,9 @@ from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value
 from .results import FitResult as FitResult
+from .results import SweepResult as SweepResult
+from .results import load as load
+from .sweep import sweep as sweep
 from .train import STOP_REASONS as STOP_REASONS
 from .train import fit as fit
 
@@ -28,6 +31,9 @@ __all__ = [
     "data",
     "datasets",
     "fit",
+    "load",
+    "sweep",
+    "SweepResult",
     "losses",
     "models",
     "schedule_value",

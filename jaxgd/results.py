@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from .train import STOP_REASONS
 
-__all__ = ["FitResult"]
+__all__ = ["Best", "FitResult", "SweepResult", "load"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,249 @@ class FitResult:
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         return ax
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+class Best(NamedTuple):
+    """The best configuration of a sweep: its table row, parameters and position."""
+
+    row: Any  # pandas.Series
+    params: Any
+    index: int
+
+
+def _display(v: Any) -> Any:
+    if v is None:
+        return "full"
+    if isinstance(v, str | int | float | bool | np.integer | np.floating):
+        return v
+    return getattr(v, "__name__", repr(v))
+
+
+class SweepResult:
+    """The outcome of :func:`jaxgd.sweep`.
+
+    Attributes:
+      configs: the configurations (dicts), in table order.
+      table: ``pandas.DataFrame``, one row per configuration: every swept value, then
+        ``final_loss``, ``best_loss``, ``best_epoch``, ``epochs_run``, ``steps_run``,
+        ``stop_reason``, ``diverged`` and, with validation or folds, ``final_val_loss``
+        and ``best_val_loss``.
+      history: dict of numpy arrays [configuration, epoch] (NaN after a stop).
+      params: stacked parameters, leading axis = configuration (table order).
+      folds: the number of folds of a cross-validation sweep, else None.
+    """
+
+    def __init__(self, configs, table, history, params, folds=None):
+        self.configs = configs
+        self.table = table
+        self.history = history
+        self.params = params
+        self.folds = folds
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __repr__(self) -> str:
+        counts = self.table["stop_reason"].value_counts().to_dict() if len(self.table) else {}
+        return f"SweepResult({len(self)} configurations, stop reasons {counts})"
+
+    # -- construction
+    @classmethod
+    def from_runs(cls, cfgs, idx, results, epochs, folds=None) -> SweepResult:
+        import pandas as pd
+
+        pos = {c: k for k, c in enumerate(idx)}
+        n = len(idx)
+        first = results[0]
+        hist = {k: np.full((n,) + v.shape[1:], np.nan, v.dtype)
+                for k, v in first["history"].items()}
+        # history keys may differ between groups (e.g. objective): union them
+        for r in results[1:]:
+            for k, v in r["history"].items():
+                if k not in hist:
+                    hist[k] = np.full((n,) + v.shape[1:], np.nan, v.dtype)
+        leaves0, treedef = jax.tree.flatten(first["params"])
+        leaves = [np.zeros((n,) + leaf.shape[1:], leaf.dtype) for leaf in leaves0]
+        scal = {k: np.zeros(n, first[k].dtype) for k in
+                ("reason", "epochs_run", "steps_run", "best_epoch", "best_metric", "init_loss")}
+        for r in results:
+            rows = np.asarray([pos[int(c)] for c in r["config"]])
+            for k, v in r["history"].items():
+                hist[k][rows] = v
+            for dst, src in zip(leaves, jax.tree.leaves(r["params"])):
+                dst[rows] = src
+            for k in scal:
+                scal[k][rows] = r[k]
+        configs = [dict(cfgs[i]) for i in idx]
+        axes: list[str] = []
+        for c in configs:
+            axes += [k for k in c if k not in axes]
+        table = pd.DataFrame({a: [_display(c.get(a, np.nan)) if a in c else np.nan
+                                  for c in configs] for a in axes})
+        table.insert(0, "config", np.asarray(idx, np.int64))
+        loss = hist["loss"]
+        table["init_loss"] = scal["init_loss"]
+        table["final_loss"] = _last_finite(loss, scal["epochs_run"])
+        with np.errstate(all="ignore"):
+            finite = np.where(np.isfinite(loss), loss, np.inf)
+            table["best_loss"] = np.where(np.isfinite(finite.min(1)), finite.min(1), np.nan)
+            table["best_epoch"] = np.where(np.isfinite(finite.min(1)), finite.argmin(1), -1)
+        if "val_loss" in hist:
+            vl = hist["val_loss"]
+            table["final_val_loss"] = _last_finite(vl, scal["epochs_run"])
+            with np.errstate(all="ignore"):
+                fv = np.where(np.isfinite(vl), vl, np.inf)
+                table["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
+        table["epochs_run"] = scal["epochs_run"].astype(np.int64)
+        table["steps_run"] = scal["steps_run"].astype(np.int64)
+        table["stop_reason"] = [STOP_REASONS[int(r)] for r in scal["reason"]]
+        table["diverged"] = table["stop_reason"] == "diverged"
+        params = jax.tree.unflatten(treedef, leaves)
+        return cls(configs, table, hist, params, folds)
+
+    @classmethod
+    def concat(cls, parts: list[SweepResult]) -> SweepResult:
+        """Join results of disjoint ``only=`` parts of one sweep (rows sorted by config)."""
+        import pandas as pd
+
+        if not parts:
+            raise ValueError("concat needs at least one SweepResult")
+        table = pd.concat([p.table for p in parts], ignore_index=True)
+        order = np.argsort(table["config"].to_numpy(), kind="stable")
+        if len(set(table["config"])) != len(table):
+            raise ValueError("the parts overlap: a configuration appears twice")
+        configs = [c for p in parts for c in p.configs]
+        hist = {k: np.concatenate([p.history[k] for p in parts])[order] for k in parts[0].history}
+        params = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[p.params for p in parts])
+        return cls([configs[i] for i in order], table.iloc[order].reset_index(drop=True),
+                   hist, params, parts[0].folds)
+
+    # -- queries
+    def default_metric(self) -> str:
+        return "final_val_loss" if "final_val_loss" in self.table else "final_loss"
+
+    def best(self, metric: str | None = None, mode: str = "min") -> Best:
+        """The best non-diverged configuration by ``metric`` (a table column).
+
+        With folds, configurations are first averaged over folds (see :meth:`cv_table`)
+        and the best fold-0 row of the best setting is returned with the mean metric.
+        """
+        metric = metric or self.default_metric()
+        if metric not in self.table:
+            raise ValueError(f"metric={metric!r} is not a column; columns: {list(self.table)}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
+        t = self.table[~self.table["diverged"]]
+        vals = t[metric].astype(float)
+        vals = vals[np.isfinite(vals)]
+        if vals.empty:
+            raise ValueError(f"no finite {metric!r}: every configuration diverged or has none")
+        i = int(vals.idxmin() if mode == "min" else vals.idxmax())
+        return Best(self.table.loc[i], jax.tree.map(lambda a: a[i], self.params), i)
+
+    def cv_table(self, metric: str = "final_val_loss"):
+        """Mean and standard deviation of ``metric`` over folds, one row per setting."""
+        if "fold" not in self.table:
+            raise ValueError("cv_table needs a sweep with folds=k")
+        keys = [c for c in self.table.columns if c in self.configs[0] and c != "fold"]
+        keys = [k for k in keys if k != "config"]
+        g = self.table.groupby(keys, dropna=False)[metric]
+        out = g.agg(["mean", "std", "count"]).reset_index()
+        return out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_std",
+                                   "count": "folds"})
+
+    # -- files
+    def save(self, path, _store=None) -> None:
+        """Write ``table.csv``, ``history.npz``, ``params.npz``, ``result.json`` (atomically)."""
+        from pathlib import Path
+
+        from .store import RunStore, atomic_savez, atomic_write_bytes, dump_treedef
+
+        if jax.process_index() != 0:
+            return
+        path = Path(path)
+        store = _store
+        if store is None:
+            store = RunStore(path, "", True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"path={str(path)!r} cannot be created: {e.strerror}") from e
+            store._lock()
+        try:
+            atomic_write_bytes(path / "table.csv", self.table.to_csv(index=False).encode())
+            atomic_savez(path / "history.npz", self.history)
+            leaves, treedef = jax.tree.flatten(self.params)
+            arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+            arrays["treedef"] = np.frombuffer(dump_treedef(treedef), np.uint8)
+            atomic_savez(path / "params.npz", arrays)
+            meta = {"format": 1, "folds": self.folds, "configs": self.configs,
+                    "n": len(self.table)}
+            atomic_write_bytes(path / "result.json",
+                               json.dumps(meta, default=_json_default, indent=1).encode())
+        finally:
+            store.close()
+
+    def plot(self, out=None, show: bool = False) -> list[str]:
+        """Draw every figure that fits this sweep; write PNGs to ``out``. Returns paths."""
+        from . import plots
+
+        return plots.plot_sweep(self, out, show=show)
+
+
+def _json_default(v):
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    return _display(v)
+
+
+def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
+    out = np.full(h.shape[0], np.nan)
+    for i, e in enumerate(epochs_run):
+        if e > 0:
+            row = h[i, :e]
+            ok = np.nonzero(np.isfinite(row))[0]
+            if len(ok):
+                out[i] = row[ok[-1]]
+    return out
+
+
+def load(path):
+    """Load a saved :class:`SweepResult` (``sw.save(path)`` or ``sweep(..., out=path)``)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .store import load_treedef
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path={str(path)!r} does not exist")
+    if not p.is_dir():
+        raise ValueError(f"path={str(path)!r} is not a run folder")
+    needed = ["table.csv", "history.npz", "params.npz", "result.json"]
+    missing = [f for f in needed if not (p / f).exists()]
+    if missing:
+        raise ValueError(
+            f"path={str(path)!r} is not a finished run folder: missing {missing}"
+            + (" (an interrupted sweep: run it again with the same out= to resume)"
+               if (p / "sweep.json").exists() else ""))
+    try:
+        meta = json.loads((p / "result.json").read_text())
+        table = pd.read_csv(p / "table.csv")
+        with np.load(p / "history.npz") as z:
+            history = {k: z[k] for k in z.files}
+        with np.load(p / "params.npz") as z:
+            treedef = load_treedef(z["treedef"].tobytes())
+            leaves = [z[f"leaf_{i}"] for i in range(treedef.num_leaves)]
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"path={str(path)!r} is damaged: {type(e).__name__}: {e}") from e
+    if len(table) != meta.get("n") or any(len(v) != len(table) for v in history.values()):
+        raise ValueError(f"path={str(path)!r} is damaged: table and history lengths differ")
+    params = jax.tree.unflatten(treedef, leaves)
+    return SweepResult(meta["configs"], table, history, params, meta.get("folds"))

@@ -1,0 +1,1 @@
+"""Runnable experiments reproducing the classic gradient-descent material with jaxgd."""
