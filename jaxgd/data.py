@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -334,8 +335,10 @@ def feistel_permute(key_words: ArrayLike, positions: ArrayLike, n: int) -> jax.A
 
     Args:
       key_words: uint32 ``[4]`` round keys (from :func:`feistel_round_keys`).
-      positions: uint32/int array of positions in ``[0, n)``, any shape.
-      n: the domain size, a static Python int in ``[1, 2**32]``.
+      positions: uint32/int array of positions in ``[0, n)``, any shape (positions outside
+        that range are returned unchanged).
+      n: the domain size, a static Python int in ``[1, 2**32]``. Internally it is passed
+        as a traced value, so programs are compiled once per half-width ``h``, not per ``n``.
 
     Returns:
       uint32 array of the shape of ``positions``, values in ``[0, n)``; over
@@ -349,11 +352,15 @@ def feistel_permute(key_words: ArrayLike, positions: ArrayLike, n: int) -> jax.A
     n = _check_positive_int("n", n)
     if n > 2**32:
         raise ValueError(f"feistel_permute supports n <= 2**32, got {n=}")
-    h = _half_bits(n)
+    x0 = jnp.asarray(positions).astype(jnp.uint32)
+    return _feistel(jnp.asarray(key_words).astype(jnp.uint32), x0, np.uint32(n - 1), _half_bits(n))
+
+
+@partial(jax.jit, static_argnames="h")
+def _feistel(keys: jax.Array, x0: jax.Array, n_minus_1: jax.Array, h: int) -> jax.Array:
+    """Cycle-walked Feistel permutation; ``n`` is traced so only ``h`` (and shapes) compile."""
     mask = np.uint32((1 << h) - 1)
     shift = np.uint32(h)
-    keys = jnp.asarray(key_words).astype(jnp.uint32)
-    x0 = jnp.asarray(positions).astype(jnp.uint32)
 
     def encrypt(x: jax.Array) -> jax.Array:
         left, right = x >> shift, x & mask
@@ -361,18 +368,16 @@ def feistel_permute(key_words: ArrayLike, positions: ArrayLike, n: int) -> jax.A
             left, right = right, left ^ (_mix32(right ^ keys[r]) & mask)
         return (left << shift) | right
 
-    if n == 1 << (2 * h):  # the network already permutes [0, n) exactly
-        return encrypt(x0)
+    active = x0 <= n_minus_1  # out-of-range positions are returned unchanged
 
-    nn = np.uint32(n - 1)
-
-    def cond(x: jax.Array) -> jax.Array:
-        return jnp.any(x > nn)
+    def walk(x: jax.Array) -> jax.Array:
+        return active & (x > n_minus_1)
 
     def body(x: jax.Array) -> jax.Array:
-        return jnp.where(x > nn, encrypt(x), x)
+        return jnp.where(walk(x), encrypt(x), x)
 
-    return jax.lax.while_loop(cond, body, encrypt(x0))
+    x1 = jnp.where(active, encrypt(x0), x0)
+    return jax.lax.while_loop(lambda x: jnp.any(walk(x)), body, x1)
 
 
 def feistel_round_keys(key: jax.Array, epoch: ArrayLike) -> jax.Array:

@@ -1,0 +1,326 @@
+"""The ``jaxgd`` command: run sweeps from TOML configs, redraw figures, print tables.
+
+    jaxgd sweep [CONFIG.toml] [--out DIR] [--chunk-size N] [--quiet]
+                [--coordinator HOST:PORT --num-processes N --process-id I]
+    jaxgd plot DIR
+    jaxgd show DIR [--sort COL] [--top N]
+    jaxgd demo [--out DIR] [--quick]
+    jaxgd bench [--quick] ...
+
+User errors (a bad config, a bad value, a missing folder, a folder locked by another
+run) print one line ``jaxgd: error: ...`` on stderr and exit with status 2.
+
+JAX is imported lazily: with ``--coordinator`` the command calls
+``jax.distributed.initialize`` before any JAX operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "summary"]
+
+PROG = "jaxgd"
+
+
+class UserError(Exception):
+    """An error of the user's making: reported as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Gradient-descent sweeps as one compiled JAX program per group.",
+        epilog="Run 'jaxgd COMMAND --help' for a command's options. "
+               "Config format: experiments/configs/README.md",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser(
+        "sweep", help="run a sweep from a TOML config (or the built-in default)",
+        description="Run every configuration of a sweep, save table/history/params and "
+                    "figures in --out, print a summary. Re-running with the same --out "
+                    "resumes: finished chunks are kept.")
+    s.add_argument("config", nargs="?", help="TOML config (default: the built-in "
+                   "learning rate x batch size x seed sweep on the diabetes data)")
+    s.add_argument("--out", help="output folder (default: runs/<config stem>)")
+    s.add_argument("--chunk-size", type=_positive_int, metavar="N",
+                   help="most configurations per compiled call")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    s.add_argument("--top", type=_nonneg_int, default=10, metavar="N",
+                   help="rows of the summary table (default 10; 0 = all)")
+    s.add_argument("--no-plots", action="store_true", help="skip the figures")
+    g = s.add_argument_group("several hosts (jax.distributed)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0's coordinator service")
+    g.add_argument("--num-processes", type=_positive_int, metavar="N")
+    g.add_argument("--process-id", type=_nonneg_int, metavar="I")
+    g.add_argument("--init-timeout", type=_positive_int, default=300, metavar="S",
+                   help="seconds to wait for all processes (default 300)")
+
+    pl = sub.add_parser("plot", help="redraw the figures of a saved run",
+                        description="Redraw the figures of a saved run folder (PNG files "
+                                    "written beside its results).")
+    pl.add_argument("dir", help="run folder (written by 'jaxgd sweep' or sweep(out=...))")
+    pl.add_argument("--out", help="where to write the PNGs (default: DIR)")
+
+    sh = sub.add_parser("show", help="print the table of a saved run",
+                        description="Print the results table of a saved run folder.")
+    sh.add_argument("dir", help="run folder")
+    sh.add_argument("--sort", metavar="COL", help="sort by this column (default: the "
+                    "metric, final_val_loss with folds else final_loss)")
+    sh.add_argument("--desc", action="store_true", help="sort descending")
+    sh.add_argument("--top", type=_nonneg_int, default=20, metavar="N",
+                    help="rows to print (default 20; 0 = all)")
+
+    for name, what in (("demo", "the gradient-descent demo experiments"),
+                       ("bench", "the benchmarks")):
+        d = sub.add_parser(name, help=f"run {what} (experiments.{name})", add_help=False,
+                           description=f"Run {what}: forwards its arguments to "
+                                       f"experiments.{name}.main(argv), e.g. --out DIR "
+                                       "--quick.")
+        d.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of experiments.{name}")
+    return p
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be > 0")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
+    return v
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxgd`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("demo", "bench"):  # everything after goes to the experiment
+        return _cmd_experiment(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        if args.command == "plot":
+            return _cmd_plot(args)
+        if args.command == "show":
+            return _cmd_show(args)
+        return _cmd_experiment(args.command, args.args)
+    except BaseException as e:  # noqa: BLE001 - filtered below, bugs are re-raised
+        if not _is_user_error(e):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Config errors, and ValueError/TypeError/FileNotFoundError/RuntimeError raised by
+    jaxgd's own validation (the innermost frame is in the jaxgd package, not in JAX)."""
+    from .config import ConfigError
+
+    if isinstance(e, UserError | ConfigError):
+        return True
+    if not isinstance(e, ValueError | TypeError | FileNotFoundError | RuntimeError):
+        return False
+    tb = e.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    here = str(Path(__file__).resolve().parent)
+    return last is not None and str(Path(last).resolve()).startswith(here)
+
+
+def _init_distributed(args) -> bool:
+    """``jax.distributed.initialize`` from the flags; True when several processes."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if all(f is None for f in flags):
+        return False
+    if any(f is None for f in flags):
+        raise UserError("--coordinator, --num-processes and --process-id go together")
+    if args.process_id >= args.num_processes:
+        raise UserError(f"--process-id {args.process_id} must be < --num-processes "
+                        f"{args.num_processes}")
+    host, sep, port = args.coordinator.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"--coordinator {args.coordinator!r} must be HOST:PORT")
+    import jax
+
+    kw = dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
+              process_id=args.process_id, initialization_timeout=args.init_timeout,
+              heartbeat_timeout_seconds=max(10, min(100, args.init_timeout)),
+              shutdown_timeout_seconds=max(10, min(300, args.init_timeout)))
+    if host.strip("[]") in ("127.0.0.1", "localhost", "::1"):
+        kw["coordinator_bind_address"] = args.coordinator  # listen on loopback only
+    jax.distributed.initialize(**kw)
+    return True
+
+
+def _cmd_sweep(args) -> int:
+    from .config import read_config
+
+    # validate the file first (no JAX operation), then start the runtime, then build
+    cfg = read_config(args.config) if args.config else read_config()
+    multi = _init_distributed(args)
+    import jax
+
+    from .config import build
+
+    out = Path(args.out) if args.out else Path("runs") / cfg.stem
+    t0 = time.perf_counter()
+    exp = build(cfg)
+    lead = jax.process_index() == 0
+    if lead and not args.quiet:
+        i = exp.info
+        n_cfg = _count_configs(exp)
+        print(f"{PROG}: {cfg.file}: {i['dataset']} ({i['n']} x {i['features']}, {i['task']}), "
+              f"model {i['model']}, loss {i['loss']}, {n_cfg} configurations, "
+              f"{len(jax.devices())} device(s), {jax.process_count()} process(es) -> {out}",
+              flush=True)
+    kw = {}
+    if args.chunk_size:
+        kw["chunk_size"] = args.chunk_size
+    sw = exp.run(out=str(out), progress=lead and not args.quiet, **kw)
+    elapsed = time.perf_counter() - t0
+    if lead:
+        figs = [] if args.no_plots else sw.plot(out)
+        print(summary(sw, top=args.top, title=f"{len(sw)} configurations in {elapsed:.1f} s"))
+        print(f"results: {out}/table.csv" + (f"; figures: {', '.join(Path(f).name for f in figs)}"
+                                             if figs else ""))
+    if multi:
+        jax.distributed.shutdown()
+    return 0
+
+
+def _count_configs(exp) -> int:
+    from .sweep import expand_configs
+
+    kw = exp.sweep_kwargs
+    n = len(expand_configs(kw.get("grid"), kw.get("random")))
+    return n * (kw.get("folds") or 1) if "fold" not in (kw.get("grid") or {}) else n
+
+
+def _cmd_plot(args) -> int:
+    from .results import load
+
+    sw = load(args.dir)
+    paths = sw.plot(args.out or args.dir)
+    for p in paths:
+        print(p)
+    if not paths:
+        print(f"{PROG}: no figure applies to this sweep", file=sys.stderr)
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from .results import load
+
+    sw = load(args.dir)
+    print(summary(sw, sort=args.sort, top=args.top, descending=args.desc,
+                  title=f"{args.dir}: {len(sw)} configurations"))
+    return 0
+
+
+def _cmd_experiment(name: str, rest: list[str]) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"experiments.{name}")
+        fn = mod.main
+    except (ImportError, AttributeError) as e:
+        print(f"{PROG}: error: 'jaxgd {name}' needs experiments/{name}.py with main(argv) "
+              f"(run it from a source checkout of jaxgd): {e}", file=sys.stderr)
+        return 2
+    rc = fn(rest)
+    return rc if isinstance(rc, int) else 0
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _axes(sw) -> list[str]:
+    keys: list[str] = []
+    for c in sw.configs:
+        keys += [k for k in c if k not in keys]
+    return [k for k in sw.table.columns if k in keys]
+
+
+def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False,
+            title: str | None = None) -> str:
+    """The summary of a sweep as text: stop reasons, the best, the top rows by a metric.
+
+    With folds (and no ``sort``), settings are averaged over folds (``sw.cv_table()``).
+    """
+    import difflib
+
+    import numpy as np
+
+    t = sw.table
+    metric = sw.default_metric()
+    lines = [title] if title else []
+    if "stop_reason" in t:
+        counts = t["stop_reason"].value_counts()
+        lines.append("stop reasons: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    axes = _axes(sw)
+    if sort is None and "fold" in t and "final_val_loss" in t:
+        df = sw.cv_table("final_val_loss")
+        sort = "final_val_loss_mean"
+        lines.append(f"cross-validation over {sw.folds or t['fold'].nunique()} folds, "
+                     f"sorted by {sort}:")
+    else:
+        if sort is not None and sort not in t:
+            close = difflib.get_close_matches(sort, list(t.columns), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"--sort {sort!r} is not a column{hint}; columns: {list(t.columns)}")
+        sort = sort or metric
+        cols = ["config", *axes]
+        cols += [c for c in ("final_loss", "best_loss", "final_val_loss", "best_val_loss",
+                             "epochs_run", "stop_reason") if c in t and c not in cols]
+        if sort not in cols:
+            cols.append(sort)
+        df = t[cols]
+        lines.append(f"sorted by {sort}" + (" (descending)" if descending else "") + ":")
+    df = df.sort_values(sort, ascending=not descending, na_position="last", kind="stable")
+    shown = df if not top else df.head(top)
+    lines.append(shown.to_markdown(index=False, tablefmt="simple", floatfmt=".4g"))
+    if top and len(df) > top:
+        lines.append(f"... {len(df) - top} more rows (--top 0 for all)")
+    if sort == "final_val_loss_mean" and len(df) and np.isfinite(df[sort].iloc[0]):
+        row = df.iloc[0]
+        desc = ", ".join(f"{a}={row[a]}" for a in axes if a in row)
+        lines.append(f"best: {desc}: mean final_val_loss over folds = {float(row[sort]):.6g}")
+        return "\n".join(lines)
+    try:
+        b = sw.best()
+        desc = ", ".join(f"{a}={b.row[a]}" for a in axes if a in b.row)
+        lines.append(f"best: config {int(b.row['config'])} ({desc}): {metric} = "
+                     f"{float(b.row[metric]):.6g}")
+    except (ValueError, KeyError):
+        lines.append("best: none (no finite metric)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,754 @@
+"""TOML sweep configurations: a file -> the arguments of :func:`jaxgd.sweep`.
+
+A configuration has four tables (every key is documented with examples in
+``experiments/configs/README.md``)::
+
+    [data]                        # what to train on
+    dataset = "diabetes"          # built-in name, or a path to .npz (x, y) / .csv (last column y)
+    standardize = true            # features scaled with statistics of the training part
+    [model]
+    name = "linear"               # linear | logistic | softmax | mlp | cnn
+    loss = "mse"                  # default by task: mse / bce / softmax_ce
+    [train]                       # the base setting (keywords of jaxgd.fit)
+    optimizer = "sgd"
+    epochs = 10
+    batch_size = [8, 32, "full"]  # list-valued entries become sweep axes
+    [sweep]                       # grid axes: lists, scalars, {logspace/linspace/geomspace/range}
+    learning_rate = { logspace = [-3, 0], num = 16 }
+    seed = [0, 1, 2]
+    [sweep.random]                # random search, crossed with the grid
+    n = 32
+    l2 = ["loguniform", 1e-5, 1e-1]
+
+Reading is two steps so that a command line can check a file before starting JAX:
+:func:`read_config` parses and validates (no JAX operation), :func:`build` loads the
+data, builds the model and returns an :class:`Experiment` whose :meth:`Experiment.run`
+calls :func:`jaxgd.sweep`. Every problem raises :class:`ConfigError` whose one-line
+message names the file, the line and the dotted key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "Config",
+    "ConfigError",
+    "Experiment",
+    "build",
+    "load_config",
+    "read_config",
+]
+
+DEFAULT_CONFIG = """\
+# The built-in default of `jaxgd sweep`: learning rate x batch size x seed, plain SGD
+# on scikit-learn's diabetes data (442 x 10), standardised, linear model, MSE.
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+
+[model]
+name = "linear"
+loss = "mse"
+
+[train]
+optimizer = "sgd"
+epochs = 10
+batch_size = [8, 32, "full"]
+
+[sweep]
+learning_rate = { logspace = [-3, 0.5], num = 15 }
+seed = [0, 1, 2]
+"""
+
+DATA_KEYS = ("dataset", "standardize", "standardize_target", "val_fraction", "split_seed",
+             "task")
+MODEL_KEYS = ("name", "loss", "hidden", "activation", "init_scale", "channels")
+TRAIN_KEYS = (
+    "optimizer", "epochs", "batch_size", "shuffle", "drop_last", "schedule", "accumulate",
+    "folds", "fold_seed", "patience", "min_delta", "grad_tol", "loss_target",
+    "diverge_factor", "restore_best", "metrics", "record_steps", "seed", "init_seed",
+    "hparams", "chunk_size", "memory_budget",
+)
+SECTIONS = {"data": DATA_KEYS, "model": MODEL_KEYS, "train": TRAIN_KEYS, "sweep": ()}
+# [train] entries that become sweep axes when given a list
+TRAIN_AXES = ("batch_size", "optimizer", "schedule", "accumulate", "seed")
+MODEL_NAMES = ("linear", "logistic", "softmax", "mlp", "cnn")
+TASKS = ("regression", "binary", "multiclass")
+SPACES = ("logspace", "linspace", "geomspace", "range")
+RANDOM_KINDS = ("uniform", "loguniform", "randint", "choice")
+# model keys that only some models take
+MODEL_ARGS = {
+    "hidden": ("mlp",), "activation": ("mlp",), "channels": ("cnn",),
+    "init_scale": ("linear", "logistic", "softmax"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration file: ``str(e)`` is ``FILE:LINE: message`` on one line.
+
+    Attributes:
+      file: the file name as given (``"<default>"`` for the built-in default).
+      key: the dotted key the problem is about (``"train.epochs"``), or None.
+      line: its 1-based line in the file, or None when it cannot be found.
+      reason: the message without the location.
+    """
+
+    def __init__(self, file: str, key: str | None, line: int | None, reason: str):
+        self.file, self.key, self.line, self.reason = file, key, line, reason
+        where = f"{file}:{line}" if line else str(file)
+        super().__init__(f"{where}: {reason}".replace("\n", " "))
+
+
+# ----------------------------------------------------------------------------- lines
+
+
+def _norm_key(k: str) -> str:
+    return ".".join(p.strip().strip("\"'") for p in k.split("."))
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Map dotted key -> the first line (1-based) that defines it, found in the text.
+
+    Table headers (``[sweep.random]``), ``key = value`` lines and keys of inline tables
+    (``lr = { logspace = [...] }``) are recognised; good enough to point at a line.
+    """
+    out: dict[str, int] = {}
+    table = ""
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
+        if m:
+            table = _norm_key(m.group(1))
+            out.setdefault(table, no)
+            continue
+        m = re.match(r"^([A-Za-z0-9_\-.\"' ]+?)\s*=", line)
+        if m:
+            full = f"{table}.{_norm_key(m.group(1))}" if table else _norm_key(m.group(1))
+            out.setdefault(full, no)
+            for mm in re.finditer(r"[{,]\s*([A-Za-z0-9_\-]+)\s*=", line[m.end():]):
+                out.setdefault(f"{full}.{mm.group(1)}", no)
+    return out
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Config:
+    """A validated configuration (plain Python values; nothing loaded yet)."""
+
+    file: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+    grid: dict[str, list[Any]]
+    random: dict[str, Any] | None
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def stem(self) -> str:
+        return "default" if self.file == "<default>" else Path(self.file).stem
+
+
+class _Ctx:
+    def __init__(self, file: str, text: str):
+        self.file = file
+        self.lines = key_lines(text)
+
+    def line(self, key: str) -> int | None:
+        k = key
+        while k:
+            if k in self.lines:
+                return self.lines[k]
+            k = k.rsplit(".", 1)[0] if "." in k else ""
+        return None
+
+    def err(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(self.file, key, self.line(key), reason)
+
+    def unknown(self, table: str, key: str, valid) -> ConfigError:
+        close = difflib.get_close_matches(key, list(valid), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {sorted(valid)}"
+        return self.err(f"{table}.{key}", f"[{table}] key {key!r} is unknown{hint}")
+
+
+def read_config(path: str | Path | None = None, text: str | None = None) -> Config:
+    """Parse and validate a TOML configuration (no JAX operation, no data loaded).
+
+    Args:
+      path: the file; ``None`` with ``text=None`` reads the built-in default.
+      text: TOML text to parse instead of reading ``path`` (``path`` then only names it).
+
+    Raises:
+      ConfigError: ``FILE:LINE: reason`` naming the dotted key.
+    """
+    if sys_version_lacks_tomllib():  # pragma: no cover - python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found]
+    else:
+        import tomllib
+
+    if text is None and path is None:
+        file, text, base = "<default>", DEFAULT_CONFIG, Path.cwd()
+    elif text is None:
+        file = str(path)
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(file, None, None, "config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(file, None, None, f"cannot read the config: {e}") from None
+        base = p.resolve().parent
+    else:
+        file = str(path) if path is not None else "<string>"
+        base = Path(path).resolve().parent if path is not None else Path.cwd()
+    ctx = _Ctx(file, text)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"line (\d+)", msg)
+        if m is None and "end of document" in msg:
+            m = re.match(r"(\d+)", str(len(text.rstrip().splitlines()) or 1))
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg).strip()
+        raise ConfigError(file, None, int(m.group(1)) if m else None,
+                          f"TOML syntax error: {reason}") from None
+    for table, value in raw.items():
+        if table not in SECTIONS:
+            raise ConfigError(file, table, ctx.line(table), _unknown_table_msg(table))
+        if not isinstance(value, dict):
+            raise ctx.err(table, f"{table!r} must be a table: write [{table}] on its own line")
+    for table, keys in SECTIONS.items():
+        if not keys:
+            continue
+        for k in raw.get(table, {}):
+            if k not in keys:
+                raise ctx.unknown(table, k, keys)
+    data = _read_data(ctx, dict(raw.get("data", {})), base)
+    model = _read_model(ctx, dict(raw.get("model", {})))
+    train = _read_train(ctx, dict(raw.get("train", {})))
+    sweep_grid, random = _read_sweep(ctx, dict(raw.get("sweep", {})), train)
+    # list-valued [train] entries become axes (before the [sweep] axes: outermost)
+    grid: dict[str, list[Any]] = {}
+    for k in TRAIN_AXES:
+        if isinstance(train.get(k), list):
+            grid[k] = train.pop(k)
+    for k, v in list(train.get("hparams", {}).items()):
+        if isinstance(v, list):
+            grid[k] = train["hparams"].pop(k)
+    grid.update(sweep_grid)
+    if "fold" in grid and "folds" not in train:
+        raise ctx.err("sweep.fold", "[sweep] axis 'fold' needs [train] folds = k")
+    if "folds" in train and "val_fraction" in data:
+        raise ctx.err("data.val_fraction",
+                      "[data] val_fraction and [train] folds exclude each other: choose one")
+    _check_names(ctx, grid, random, train)
+    return Config(file, data, model, train, grid, random, base)
+
+
+def sys_version_lacks_tomllib() -> bool:
+    import sys
+
+    return sys.version_info < (3, 11)
+
+
+def _unknown_table_msg(table: str) -> str:
+    close = difflib.get_close_matches(table, list(SECTIONS), n=1)
+    hint = f" (did you mean [{close[0]}]?)" if close else ""
+    return f"table [{table}] is unknown{hint}; valid tables: {list(SECTIONS)}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _need(ctx: _Ctx, key: str, ok: bool, what: str, v: Any) -> None:
+    if not ok:
+        raise ctx.err(key, f"{key} = {_show(v)} is invalid: {what}")
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, bool):
+        return str(v).lower()
+    return repr(v)
+
+
+def _choice(ctx: _Ctx, key: str, v: Any, valid) -> None:
+    if not isinstance(v, str) or v not in valid:
+        close = difflib.get_close_matches(str(v), list(valid), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ctx.err(key, f"{key} = {_show(v)} is invalid{hint}; valid values: {list(valid)}")
+
+
+def _read_data(ctx: _Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
+    from .datasets import _LOADERS
+
+    ds = d.setdefault("dataset", "diabetes")
+    if not isinstance(ds, str):
+        raise ctx.err("data.dataset", f"data.dataset = {_show(ds)} must be a string")
+    if ds not in _LOADERS:
+        if not ds.lower().endswith((".npz", ".csv")):
+            close = difflib.get_close_matches(ds, list(_LOADERS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ctx.err("data.dataset",
+                          f"data.dataset = {_show(ds)} is not a built-in dataset{hint} nor a "
+                          f".npz/.csv file; valid names: {sorted(_LOADERS)}")
+        p = Path(ds).expanduser()
+        cands = [p] if p.is_absolute() else [base / p, Path.cwd() / p]
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
+            raise ctx.err("data.dataset", f"data.dataset file {ds!r} not found (looked in "
+                          f"{', '.join(str(c.parent) for c in cands)})")
+        d["path"] = str(found)
+    for k in ("standardize", "standardize_target"):
+        d.setdefault(k, False)
+        _need(ctx, f"data.{k}", isinstance(d[k], bool), "use true or false", d[k])
+    if "val_fraction" in d:
+        v = d["val_fraction"]
+        _need(ctx, "data.val_fraction", _is_num(v) and 0 < v < 1, "use a number in (0, 1)", v)
+    d.setdefault("split_seed", 0)
+    _need(ctx, "data.split_seed", _is_int(d["split_seed"]) and d["split_seed"] >= 0,
+          "use an integer >= 0", d["split_seed"])
+    if "task" in d:
+        _choice(ctx, "data.task", d["task"], TASKS)
+    return d
+
+
+def _read_model(ctx: _Ctx, m: dict[str, Any]) -> dict[str, Any]:
+    from .losses import _LOSSES
+
+    m.setdefault("name", "linear")
+    _choice(ctx, "model.name", m["name"], MODEL_NAMES)
+    if "loss" in m:
+        _choice(ctx, "model.loss", m["loss"], sorted(_LOSSES))
+    for k, models in MODEL_ARGS.items():
+        if k in m and m["name"] not in models:
+            raise ctx.err(f"model.{k}", f"[model] key {k!r} does not apply to model "
+                          f"{m['name']!r} (only to {', '.join(models)})")
+    if "hidden" in m:
+        h = m["hidden"]
+        if _is_int(h):
+            h = m["hidden"] = [h]
+        _need(ctx, "model.hidden", isinstance(h, list) and all(_is_int(x) and x > 0 for x in h),
+              "use a list of positive integers, e.g. [32, 32]", h)
+    if "activation" in m:
+        _choice(ctx, "model.activation", m["activation"], ("relu", "tanh", "sigmoid"))
+    if "init_scale" in m:
+        v = m["init_scale"]
+        _need(ctx, "model.init_scale", _is_num(v) and math.isfinite(v) and v >= 0,
+              "use a number >= 0", v)
+    if "channels" in m:
+        v = m["channels"]
+        _need(ctx, "model.channels", _is_int(v) and v > 0, "use a positive integer", v)
+    return m
+
+
+def _read_train(ctx: _Ctx, t: dict[str, Any]) -> dict[str, Any]:
+    from .optim import OPTIMIZERS, SCHEDULES
+
+    def each(k: str, check, what: str) -> None:
+        if k not in t:
+            return
+        v = t[k]
+        vals = v if isinstance(v, list) and k in TRAIN_AXES else [v]
+        if isinstance(v, list) and not v:
+            raise ctx.err(f"train.{k}", f"train.{k} = [] is empty")
+        for x in vals:
+            if k in ("optimizer", "schedule"):
+                _choice(ctx, f"train.{k}", x, check)
+            elif not check(x):
+                raise ctx.err(f"train.{k}", f"train.{k} = {_show(x)} is invalid: {what}")
+
+    pos = lambda x: _is_int(x) and x > 0
+    nonneg = lambda x: _is_int(x) and x >= 0
+    each("optimizer", sorted(OPTIMIZERS), "")
+    each("schedule", sorted(SCHEDULES), "")
+    each("epochs", pos, "use a positive integer")
+    each("batch_size", lambda x: pos(x) or x == "full",
+         'use a positive integer or "full" (full batch)')
+    each("accumulate", pos, "use a positive integer")
+    each("seed", nonneg, "use an integer >= 0")
+    each("shuffle", lambda x: isinstance(x, bool) or x == "uniform",
+         'use true, false or "uniform"')
+    for k in ("drop_last", "restore_best", "record_steps"):
+        each(k, lambda x: isinstance(x, bool), "use true or false")
+    each("folds", lambda x: _is_int(x) and x >= 2, "use an integer >= 2")
+    each("fold_seed", nonneg, "use an integer >= 0")
+    each("patience", pos, "use a positive integer (epochs)")
+    for k in ("min_delta", "grad_tol", "loss_target", "diverge_factor"):
+        each(k, _is_num, "use a number")
+    each("metrics", lambda x: x in ("full", "batch"), 'use "full" or "batch"')
+    each("init_seed", lambda x: nonneg(x) or x == "seed",
+         'use an integer >= 0, or "seed" to draw each seed\'s own initial parameters')
+    each("chunk_size", pos, "use a positive integer")
+    each("memory_budget", pos, "use a positive integer (bytes)")
+    if "hparams" in t:
+        hp = t["hparams"]
+        if not isinstance(hp, dict):
+            raise ctx.err("train.hparams", "train.hparams must be a table, e.g. "
+                          "hparams = { learning_rate = 0.01, momentum = 0.9 }")
+        for k, v in hp.items():
+            vals = v if isinstance(v, list) else [v]
+            if not vals or not all(_is_num(x) or isinstance(x, bool) for x in vals):
+                raise ctx.err(f"train.hparams.{k}",
+                              f"train.hparams.{k} = {_show(v)} is invalid: use a number "
+                              "(or a list of numbers to sweep it)")
+    t["hparams"] = dict(t.get("hparams", {}))
+    return t
+
+
+def _expand_space(ctx: _Ctx, key: str, v: dict[str, Any]) -> list[Any]:
+    kinds = [k for k in v if k in SPACES]
+    extra = [k for k in v if k not in (*SPACES, "num", "base")]
+    if len(kinds) != 1 or extra:
+        bad = extra[0] if extra else None
+        if bad:
+            raise ctx.unknown(key, bad, (*SPACES, "num", "base"))
+        raise ctx.err(key, f"{key} = {{...}} needs exactly one of {list(SPACES)}, e.g. "
+                      "{ logspace = [-4, -1], num = 16 }")
+    kind = kinds[0]
+    ends = v[kind]
+    if kind == "range":
+        ok = isinstance(ends, list) and 1 <= len(ends) <= 3 and all(_is_int(e) for e in ends)
+        _need(ctx, f"{key}.range", ok, "use [stop], [start, stop] or [start, stop, step] "
+              "(integers)", ends)
+        vals = list(range(*ends))
+        if not vals:
+            raise ctx.err(f"{key}.range", f"{key}.range = {ends} is empty")
+        return vals
+    ok = isinstance(ends, list) and len(ends) == 2 and all(_is_num(e) for e in ends)
+    _need(ctx, f"{key}.{kind}", ok, "use [start, stop]", ends)
+    num = v.get("num")
+    if num is None:
+        raise ctx.err(key, f"{key} = {{ {kind} = [...] }} needs num = N (how many values)")
+    _need(ctx, f"{key}.num", _is_int(num) and num > 0, "use a positive integer", num)
+    if kind == "logspace":
+        base = v.get("base", 10.0)
+        _need(ctx, f"{key}.base", _is_num(base) and base > 0, "use a number > 0", base)
+        return np.logspace(ends[0], ends[1], num, base=base).tolist()
+    if "base" in v:
+        raise ctx.err(f"{key}.base", f"{key}.base only applies to logspace")
+    if kind == "geomspace":
+        _need(ctx, f"{key}.geomspace", ends[0] * ends[1] > 0,
+              "use two numbers of the same sign, not 0", ends)
+        return np.geomspace(ends[0], ends[1], num).tolist()
+    return np.linspace(ends[0], ends[1], num).tolist()
+
+
+def _normalize_axis_value(name: str, v: Any) -> Any:
+    if name == "batch_size" and v == "full":
+        return None
+    return v
+
+
+def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any]):
+    from .sweep import expand_configs
+
+    grid: dict[str, list[Any]] = {}
+    random = s.pop("random", None)
+    for k, v in s.items():
+        key = f"sweep.{k}"
+        if k in train and k != "hparams" or k in train.get("hparams", {}):
+            raise ctx.err(key, f"{k!r} is given both in [train] and in [sweep]: keep one")
+        if isinstance(v, dict):
+            vals = _expand_space(ctx, key, v)
+        elif isinstance(v, list):
+            vals = v
+        else:
+            vals = [v]
+        if not vals:
+            raise ctx.err(key, f"{key} = [] is empty")
+        if k == "batch_size":
+            for x in vals:
+                _need(ctx, key, (_is_int(x) and x > 0) or x == "full",
+                      'use positive integers or "full" (full batch)', x)
+        try:
+            expand_configs(grid={k: [_normalize_axis_value(k, x) for x in vals]})
+        except (ValueError, TypeError) as e:
+            raise ctx.err(key, f"{key}: {e}") from None
+        grid[k] = vals
+    rnd = None
+    if random is not None:
+        if not isinstance(random, dict):
+            raise ctx.err("sweep.random", "sweep.random must be a table: [sweep.random]")
+        rnd = {}
+        n = random.get("n")
+        _need(ctx, "sweep.random.n", _is_int(n) and n > 0, "use a positive integer", n)
+        rnd["n"] = n
+        if "random_seed" in random:
+            rs = random["random_seed"]
+            _need(ctx, "sweep.random.random_seed", _is_int(rs) and rs >= 0,
+                  "use an integer >= 0", rs)
+            rnd["random_seed"] = rs
+        for k, dist in random.items():
+            if k in ("n", "random_seed"):
+                continue
+            key = f"sweep.random.{k}"
+            if k in grid or k in train and k != "hparams" or k in train.get("hparams", {}):
+                raise ctx.err(key, f"{k!r} is given twice (random and grid/[train]): keep one")
+            if not (isinstance(dist, list) and dist and dist[0] in RANDOM_KINDS):
+                raise ctx.err(key, f"{key} = {_show(dist)} is invalid: use "
+                              '["loguniform", low, high], ["uniform", low, high], '
+                              '["randint", low, high] or ["choice", [v1, v2, ...]]')
+            d = tuple(dist)
+            if k == "batch_size" and d[0] == "choice" and isinstance(d[1], list):
+                d = ("choice", [_normalize_axis_value(k, x) for x in d[1]])
+            try:
+                expand_configs(random={"n": 2, k: d})
+            except (ValueError, TypeError) as e:
+                raise ctx.err(key, f"{key}: {e}") from None
+            rnd[k] = d
+    return grid, rnd
+
+
+def _check_names(ctx: _Ctx, grid, random, train) -> None:
+    """Axis and hparams names must be hyper-parameters of one of the sweep's optimizers."""
+    from .sweep import STREAM_AXES, STRUCTURAL_AXES
+
+    try:
+        from .optim import _factory_params, known_names, resolve_optimizer
+
+        opts = grid.get("optimizer", [train.get("optimizer", "sgd")])
+        scheds = grid.get("schedule", [train.get("schedule", "constant")])
+        known: set[str] = set()
+        for o in opts:
+            spec = resolve_optimizer(o)
+            _, every = _factory_params(spec.factory)
+            known |= every
+            for s in scheds:
+                known |= known_names(spec, s)
+    except Exception:  # noqa: BLE001 - the library checks again when the sweep runs
+        return
+    axes_ok = known | set(STRUCTURAL_AXES) | set(STREAM_AXES)
+    for k in grid:
+        if k not in axes_ok:
+            table = "sweep" if f"sweep.{k}" in ctx.lines else "train.hparams"
+            raise ctx.unknown(table, k, sorted(axes_ok))
+    for k in random or {}:
+        if k not in ("n", "random_seed") and k not in axes_ok:
+            raise ctx.unknown("sweep.random", k, sorted(axes_ok | {"n", "random_seed"}))
+    for k in train.get("hparams", {}):
+        if k not in known:
+            raise ctx.unknown("train.hparams", k, sorted(known))
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@dataclass
+class Experiment:
+    """A configuration made concrete: loss, initial parameters, data and sweep keywords.
+
+    ``run(**overrides)`` is ``jaxgd.sweep(loss, params, data, **sweep_kwargs, **overrides)``.
+    """
+
+    config: Config
+    loss: Any
+    params: Any
+    data: Any
+    sweep_kwargs: dict[str, Any]
+    model: Any
+    info: dict[str, Any]
+
+    def run(self, **overrides: Any):
+        from .sweep import sweep
+
+        return sweep(self.loss, self.params, self.data, **{**self.sweep_kwargs, **overrides})
+
+
+def _load_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, str | None, str]:
+    """(x, y, task or None, name)."""
+    d = cfg.data
+    ctx_key = "data.dataset"
+    if "path" not in d:
+        from .datasets import load
+
+        ds = load(d["dataset"])
+        return ds.x, ds.y, ds.task, ds.name
+    p = Path(d["path"])
+    try:
+        if p.suffix.lower() == ".npz":
+            with np.load(p) as z:
+                if "x" not in z.files or "y" not in z.files:
+                    raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
+                                      f"{p.name} must hold arrays 'x' and 'y', has {z.files}")
+                x, y = np.asarray(z["x"]), np.asarray(z["y"])
+        else:
+            import pandas as pd
+
+            df = pd.read_csv(p)
+            try:
+                [float(c) for c in df.columns]
+                df = pd.read_csv(p, header=None)  # no header row: the first row is data
+            except ValueError:
+                pass
+            if df.shape[1] < 2:
+                raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
+                                  f"{p.name} needs at least 2 columns (features..., y)")
+            arr = df.to_numpy()
+            x, y = arr[:, :-1].astype(np.float32), arr[:, -1]
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
+                          f"cannot read {p.name}: {type(e).__name__}: {e}") from None
+    x = np.asarray(x, np.float32).reshape(len(x), -1) if x.ndim == 1 else x.astype(np.float32)
+    y = np.asarray(y)
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        y_int = y.astype(np.int64)
+    else:
+        y_int = None
+    task = d.get("task")
+    if task in ("binary", "multiclass"):
+        if y_int is None:
+            raise ConfigError(cfg.file, "data.task", _line(cfg, "data.task"),
+                              f"data.task = \"{task}\" needs integer labels in y")
+        y = y_int.astype(np.int32)
+    elif y.dtype.kind in "iub":
+        y = y.astype(np.int32)
+    else:
+        y = y.astype(np.float32)
+    return x, y, None, p.stem
+
+
+def _line(cfg: Config, key: str) -> int | None:
+    if cfg.file in ("<default>", "<string>"):
+        return None
+    try:
+        text = Path(cfg.file).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return _Ctx(cfg.file, text).line(key)
+
+
+def build(cfg: Config) -> Experiment:
+    """Load the data, build the model and its loss: an :class:`Experiment` ready to run.
+
+    Features are standardised with statistics of the training part (all data when there
+    is no hold-out: with ``folds``, the scaling sees every fold); ``val_fraction`` holds
+    out a validation part passed as ``val_data``.
+    """
+    import jax
+
+    from . import data as D
+    from . import losses, models
+
+    x, y, task, name = _load_arrays(cfg)
+    mname = cfg.model["name"]
+    err = lambda key, msg: ConfigError(cfg.file, key, _line(cfg, key), msg)  # noqa: E731
+    if task is None:
+        task = cfg.data.get("task") or {"logistic": "binary", "softmax": "multiclass",
+                                         "cnn": "multiclass"}.get(mname, "regression")
+    if task != "regression" and y.dtype.kind not in "iu":
+        raise err("data.task", f"task {task!r} needs integer labels; {name} has float targets")
+    num_classes = int(y.max()) + 1 if task != "regression" else None
+    if task != "regression" and y.min() < 0:
+        raise err("data.dataset", "class labels must be 0, 1, ..., C-1")
+    n = len(x)
+    tr = np.arange(n)
+    va = None
+    if "val_fraction" in cfg.data:
+        tr, va = D.train_val_split(n, cfg.data["val_fraction"], cfg.data["split_seed"])
+    x = x.reshape(n, -1)
+    if cfg.data["standardize"]:
+        s = D.fit_standardizer(x[tr])
+        x = np.asarray(D.standardize(x, s), np.float32)
+    if cfg.data["standardize_target"]:
+        if task != "regression":
+            raise err("data.standardize_target",
+                      f"data.standardize_target applies to regression, not {task!r} labels")
+        mu, sd = y[tr].mean(0), y[tr].std(0)
+        y = ((y - mu) / np.where(sd == 0, 1, sd)).astype(np.float32)
+    # model
+    d = x.shape[1]
+    if mname == "logistic" and task != "binary":
+        raise err("model.name", f"model 'logistic' needs binary labels; the data is {task}")
+    if mname in ("softmax", "cnn") and task == "regression":
+        raise err("model.name", f"model {mname!r} needs class labels; the data is regression")
+    if mname == "cnn" and d != 64:
+        raise err("model.name", f"model 'cnn' takes 8x8 images (64 features), got {d}")
+    out = (y.shape[1] if y.ndim == 2 else 1) if task == "regression" else (
+        1 if task == "binary" else num_classes)
+    mk = {k: v for k, v in cfg.model.items() if k in MODEL_ARGS}
+    try:
+        if mname == "linear":
+            model = models.linear(d, out, **mk)
+        elif mname == "logistic":
+            model = models.logistic(d, **mk)
+        elif mname == "softmax":
+            model = models.softmax(d, max(num_classes or 2, 2), **mk)
+        elif mname == "mlp":
+            model = models.mlp(d, tuple(mk.get("hidden", (32,))), out,
+                               mk.get("activation", "relu"))
+        else:
+            model = models.cnn(num_classes, mk.get("channels", 8))
+    except ValueError as e:
+        raise err("model", f"[model]: {e}") from None
+    out_dim = 1 if mname == "logistic" else (
+        max(num_classes or 2, 2) if mname in ("softmax", "cnn") else out)
+    loss_name = cfg.model.get("loss") or (
+        "mse" if task == "regression" else ("bce" if out_dim == 1 else "softmax_ce"))
+    if loss_name in ("bce", "binary_cross_entropy"):
+        if out_dim != 1 or task == "regression":
+            raise err("model.loss", f"loss {loss_name!r} needs binary labels and one output")
+        y = y.astype(np.float32)
+    if loss_name in ("softmax_ce", "softmax_cross_entropy") and (
+            task == "regression" or out_dim < 2):
+        raise err("model.loss", f"loss {loss_name!r} needs class labels and a softmax/mlp/cnn "
+                                "model with one output per class")
+    loss = losses.make_loss(model.apply, loss_name)
+    train_data = (x[tr], y[tr]) if va is not None else (x, y)
+    val_data = (x[va], y[va]) if va is not None else None
+    # sweep keywords
+    t = dict(cfg.train)
+    kw: dict[str, Any] = {}
+    init_seed = t.pop("init_seed", 0)
+    for k in ("chunk_size", "memory_budget"):
+        if k in t:
+            kw[k] = t.pop(k)
+    if t.get("batch_size") == "full":
+        t["batch_size"] = None
+    kw.update({k: v for k, v in t.items() if k != "hparams"})
+    kw["hparams"] = dict(t.get("hparams", {}))
+    if cfg.grid:
+        kw["grid"] = {k: [_normalize_axis_value(k, x) for x in v] for k, v in cfg.grid.items()}
+    if cfg.random:
+        kw["random"] = dict(cfg.random)
+    if val_data is not None:
+        kw["val_data"] = val_data
+    if init_seed == "seed":
+        params = None
+        kw["init"] = model.init
+    else:
+        params = model.init(jax.random.key(init_seed))
+    info = {"dataset": name, "task": task, "n": len(train_data[0]), "features": d,
+            "model": mname, "loss": loss_name, "val": 0 if va is None else len(va)}
+    return Experiment(cfg, loss, params, train_data, kw, model, info)
+
+
+def load_config(path: str | Path | None = None) -> Experiment:
+    """``build(read_config(path))``: a file (or the built-in default) -> :class:`Experiment`.
+
+    Example:
+      >>> exp = load_config()          # the built-in default  # doctest: +SKIP
+      >>> sw = exp.run(out="runs/default")                      # doctest: +SKIP
+    """
+    return build(read_config(path))

@@ -1,0 +1,307 @@
+"""The ``jaxgd`` command line (in-process via ``main``) and the sweep figures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxgd
+from jaxgd.cli import main
+from jaxgd.plots import plot_sweep
+
+TINY = """\
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+
+[model]
+name = "linear"
+
+[train]
+optimizer = "sgd"
+epochs = 3
+batch_size = [64, "full"]
+
+[sweep]
+learning_rate = { logspace = [-2, 0.5], num = 4 }
+seed = [0, 1]
+"""
+
+CV = """\
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+[train]
+epochs = 3
+batch_size = 128
+folds = 3
+[sweep]
+learning_rate = [0.01, 0.1, 3.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``jaxgd sweep tiny.toml`` run in a fresh folder: the default out is runs/tiny."""
+    d = tmp_path_factory.mktemp("cli")
+    (d / "tiny.toml").write_text(TINY)
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        assert main(["sweep", "tiny.toml", "--quiet"]) == 0
+    finally:
+        os.chdir(cwd)
+    return d, d / "runs" / "tiny"
+
+
+def _big_png(path, min_bytes=5000):
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > min_bytes, (path, len(data))
+
+
+def test_sweep_writes_results_and_plots(tiny_run, capsys):
+    _, out = tiny_run
+    for f in ("table.csv", "history.npz", "params.npz", "result.json"):
+        assert (out / f).is_file()
+    for f in ("loss_curves", "final_loss_vs_lr", "heatmap_lr_batch_size"):
+        _big_png(out / f"{f}.png")
+    assert not (out / "cv_learning_rate.png").exists()
+    assert len(pd.read_csv(out / "table.csv")) == 16
+
+
+def test_sweep_prints_summary_and_resumes(tiny_run, capsys, monkeypatch):
+    d, out = tiny_run
+    monkeypatch.chdir(d)
+    before = (out / "table.csv").read_bytes()
+    capsys.readouterr()
+    # the same command again resumes from the finished chunks (no recomputation)
+    assert main(["sweep", "tiny.toml", "--top", "3", "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert (out / "table.csv").read_bytes() == before
+    assert "16 configurations" in text and "stop reasons:" in text and "best: config" in text
+    assert "sorted by final_loss" in text and "... 13 more rows" in text
+    assert "diabetes (442 x 10, regression), model linear, loss mse" in text
+
+
+def test_show_prints_table(tiny_run, capsys):
+    _, out = tiny_run
+    capsys.readouterr()
+    assert main(["show", str(out), "--top", "0"]) == 0
+    text = capsys.readouterr().out
+    table = pd.read_csv(out / "table.csv")
+    assert "stop reasons:" in text and "learning_rate" in text
+    assert len([ln for ln in text.splitlines() if ln.strip().split(" ")[0].isdigit()]) == 16
+    assert main(["show", str(out), "--sort", "epochs_run", "--desc", "--top", "2"]) == 0
+    assert "sorted by epochs_run (descending)" in capsys.readouterr().out
+    assert len(table) == 16
+
+
+def test_plot_redraws(tiny_run, tmp_path, capsys):
+    _, out = tiny_run
+    assert main(["plot", str(out), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(os.path.basename(p) for p in printed) == [
+        "final_loss_vs_lr.png", "heatmap_lr_batch_size.png", "loss_curves.png"]
+    for p in printed:
+        _big_png(tmp_path / os.path.basename(p))
+
+
+def test_cli_table_equals_direct_sweep(tiny_run):
+    """The CLI's rows equal jaxgd.sweep called directly with the same settings (the
+    full-batch rows: a configuration's result does not depend on the rest of the sweep)."""
+    _, out = tiny_run
+    ds = jaxgd.datasets.load("diabetes")
+    s = jaxgd.data.fit_standardizer(ds.x)
+    x = np.asarray(jaxgd.data.standardize(ds.x, s), np.float32)
+    y = ((ds.y - ds.y.mean()) / ds.y.std()).astype(np.float32)
+    model = jaxgd.models.linear(10)
+    loss = jaxgd.losses.make_loss(model.apply, "mse")
+    sw = jaxgd.sweep(loss, model.init(jax.random.key(0)), (x, y), optimizer="sgd", epochs=3,
+                     grid={"batch_size": [None], "learning_rate": np.logspace(-2, 0.5, 4),
+                           "seed": [0, 1]})
+    got = pd.read_csv(out / "table.csv")
+    assert len(got) == 16 and list(got.columns) == list(sw.table.columns)
+    got = got[got["batch_size"].astype(str) == "full"].reset_index(drop=True)
+    want = sw.table
+    assert len(got) == len(want) == 8
+    for c in want.columns:
+        if c == "config":
+            continue
+        if want[c].dtype.kind in "fi":
+            np.testing.assert_allclose(got[c].to_numpy(float), want[c].to_numpy(float),
+                                       rtol=1e-5, atol=1e-7, err_msg=c)
+        else:
+            assert got[c].astype(str).tolist() == want[c].astype(str).tolist(), c
+    hist = np.load(out / "history.npz")["loss"]
+    full = pd.read_csv(out / "table.csv")["batch_size"].astype(str).to_numpy() == "full"
+    np.testing.assert_allclose(hist[full], sw.history["loss"], rtol=1e-5)
+
+
+def test_cv_sweep_plots(tmp_path, capsys):
+    cfg = tmp_path / "cv.toml"
+    cfg.write_text(CV)
+    out = tmp_path / "out"
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "cross-validation over 3 folds" in text and "final_val_loss_mean" in text
+    _big_png(out / "cv_learning_rate.png")
+    _big_png(out / "final_loss_vs_lr.png")
+    assert not (out / "heatmap_lr_batch_size.png").exists()
+
+
+def test_default_sweep_help_and_usage(capsys):
+    for cmd in ([], ["sweep"], ["plot"], ["show"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--help"])
+        assert e.value.code == 0
+    assert "--coordinator" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("jaxgd: error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[train]\nepochs = 3\nbatch_size = [16,\n", "bad.toml:3: TOML syntax error"),
+    ("[data]\ndataset = 'diabetes'\n[train]\nepoch = 5\n",
+     "bad.toml:4: [train] key 'epoch' is unknown (did you mean 'epochs'?)"),
+    ("[data]\ndataset = 'mnist'\n", "bad.toml:2: data.dataset = \"mnist\" is not a built-in"),
+    ("[train]\nbatch_size = [16, 'half']\n", "bad.toml:2: train.batch_size = \"half\""),
+])
+def test_bad_config_exit_2_one_line(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys)
+    assert needle in line and str(cfg) in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_library_validation_errors_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nepochs = 2\n")  # no learning rate: jaxgd.sweep refuses
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "learning_rate" in _one_error_line(capsys)
+    assert main(["show", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in _one_error_line(capsys)
+    assert main(["sweep", "--coordinator", "127.0.0.1:1234"]) == 2
+    assert "go together" in _one_error_line(capsys)
+
+
+def test_locked_folder_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}")
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet"]) == 2
+    assert "in use by another run" in _one_error_line(capsys)
+
+
+def test_show_bad_sort_column(tiny_run, capsys):
+    _, out = tiny_run
+    assert main(["show", str(out), "--sort", "final_los"]) == 2
+    assert "did you mean 'final_loss'" in _one_error_line(capsys)
+
+
+def test_subprocess_exit_status_and_single_line(tmp_path):
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text("[data]\ndataset = 'diabetes'\n\n[train]\noptimizer = 'sgd'\nepoch = 5\n")
+    p = subprocess.run([sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        f"jaxgd: error: {cfg}:6: [train] key 'epoch' is unknown (did you mean 'epochs'?)"]
+    assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+def test_genuine_bugs_keep_traceback(monkeypatch):
+    import jaxgd.cli as cli
+
+    def boom(args):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(cli, "_cmd_show", boom)
+    with pytest.raises(KeyError):
+        main(["show", "x"])
+
+
+def test_demo_and_bench_forward_argv(monkeypatch, capsys):
+    seen = {}
+    fake = types.ModuleType("experiments.demo")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "experiments.demo", fake)
+    assert main(["demo", "--out", "x", "--quick"]) == 0
+    assert seen["argv"] == ["--out", "x", "--quick"]
+    monkeypatch.setitem(sys.modules, "experiments.bench", None)  # import fails
+    assert main(["bench", "--quick"]) == 2
+    assert "experiments/bench.py" in _one_error_line(capsys)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _synthetic(axes: dict, n_epochs=6, diverge=(), nan_rows=()):
+    import itertools
+
+    configs = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    n = len(configs)
+    rng = np.random.default_rng(0)
+    loss = np.exp(-np.linspace(0, 1, n_epochs))[None] * (1 + rng.random((n, 1)))
+    reason = ["max_epochs"] * n
+    epochs_run = np.full(n, n_epochs)
+    for i in diverge:
+        loss[i, 2] = np.inf
+        loss[i, 3:] = np.nan
+        reason[i], epochs_run[i] = "diverged", 3
+    for i in nan_rows:
+        loss[i] = np.nan
+    table = pd.DataFrame([{k: ("full" if v is None else v) for k, v in c.items()}
+                          for c in configs])
+    table.insert(0, "config", np.arange(n))
+    table["init_loss"] = 2.0
+    table["final_loss"] = [r[np.isfinite(r)][-1] if np.isfinite(r).any() else np.nan
+                           for r in loss]
+    table["epochs_run"] = epochs_run
+    table["stop_reason"] = reason
+    table["diverged"] = table["stop_reason"] == "diverged"
+    return jaxgd.SweepResult(configs, table, {"loss": loss}, {"w": np.zeros((n, 1))})
+
+
+def test_plots_single_axis_and_nans(tmp_path):
+    sw = _synthetic({"learning_rate": [0.01, 0.1, 1.0]}, diverge=[2], nan_rows=[0])
+    paths = plot_sweep(sw, tmp_path / "a")
+    assert sorted(os.path.basename(p) for p in paths) == ["final_loss_vs_lr.png",
+                                                          "loss_curves.png"]
+    sw = _synthetic({"seed": [0, 1]})
+    assert [os.path.basename(p) for p in plot_sweep(sw, tmp_path / "b")] == ["loss_curves.png"]
+    sw = _synthetic({"learning_rate": [0.1, 1.0], "batch_size": [8, None]},
+                    diverge=[0, 1, 2, 3])  # everything diverged
+    paths = plot_sweep(sw, tmp_path / "c")
+    assert len(paths) == 3
+    for p in paths:
+        _big_png(tmp_path / "c" / os.path.basename(p), 3000)
+    sw = _synthetic({"learning_rate": [0.1]}, nan_rows=[0])  # nothing finite at all
+    assert [os.path.basename(p) for p in plot_sweep(sw, tmp_path / "d")] == ["loss_curves.png"]
+    with pytest.raises(ValueError, match="out=folder"):
+        plot_sweep(sw)

@@ -1,0 +1,246 @@
+"""TOML sweep configurations: every documented key, value forms, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxgd.config import DEFAULT_CONFIG, ConfigError, build, key_lines, read_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def rc(text: str, name: str = "sweep.toml"):
+    return read_config(name, text=text)
+
+
+def err(text: str, name: str = "sweep.toml") -> ConfigError:
+    with pytest.raises(ConfigError) as e:
+        rc(text, name)
+    assert "\n" not in str(e.value)
+    return e.value
+
+
+ALL_KEYS = """\
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+val_fraction = 0.25
+split_seed = 3
+task = "regression"
+
+[model]
+name = "mlp"
+loss = "half_mse"
+hidden = [8, 4]
+activation = "tanh"
+
+[train]
+optimizer = ["sgd", "adam"]
+epochs = 7
+batch_size = [16, "full"]
+shuffle = "uniform"
+drop_last = true
+schedule = "exponential"
+accumulate = 2
+patience = 3
+min_delta = 0.001
+grad_tol = 1e-6
+loss_target = 0.01
+diverge_factor = 100.0
+restore_best = true
+metrics = "batch"
+record_steps = true
+seed = 4
+init_seed = 5
+chunk_size = 64
+memory_budget = 1000000
+hparams = { decay_rate = 0.9, clip_norm = 5.0, l2 = [0.0, 0.01] }
+
+[sweep]
+learning_rate = { logspace = [-4, -1], num = 16 }
+momentum = { linspace = [0.0, 0.9], num = 4 }
+b1 = { geomspace = [0.5, 0.9], num = 3 }
+weight_decay = 0.0
+
+[sweep.random]
+n = 5
+random_seed = 7
+clip_value = ["uniform", 0.5, 2.0]
+"""
+
+
+def test_every_documented_key():
+    c = rc(ALL_KEYS)
+    assert c.data == {"dataset": "diabetes", "standardize": True, "standardize_target": True,
+                      "val_fraction": 0.25, "split_seed": 3, "task": "regression"}
+    assert c.model == {"name": "mlp", "loss": "half_mse", "hidden": [8, 4],
+                       "activation": "tanh"}
+    assert list(c.grid) == ["batch_size", "optimizer", "l2", "learning_rate", "momentum", "b1",
+                            "weight_decay"]
+    assert c.grid["batch_size"] == [16, "full"] and c.grid["optimizer"] == ["sgd", "adam"]
+    assert c.grid["l2"] == [0.0, 0.01]
+    np.testing.assert_array_equal(c.grid["learning_rate"], np.logspace(-4, -1, 16))
+    np.testing.assert_array_equal(c.grid["momentum"], np.linspace(0.0, 0.9, 4))
+    np.testing.assert_array_equal(c.grid["b1"], np.geomspace(0.5, 0.9, 3))
+    assert c.grid["weight_decay"] == [0.0]
+    assert c.random == {"n": 5, "random_seed": 7, "clip_value": ("uniform", 0.5, 2.0)}
+    assert c.train["hparams"] == {"decay_rate": 0.9, "clip_norm": 5.0}
+    for k, v in {"epochs": 7, "shuffle": "uniform", "drop_last": True, "schedule": "exponential",
+                 "accumulate": 2, "patience": 3, "min_delta": 0.001, "grad_tol": 1e-6,
+                 "loss_target": 0.01, "diverge_factor": 100.0, "restore_best": True,
+                 "metrics": "batch", "record_steps": True, "seed": 4, "init_seed": 5,
+                 "chunk_size": 64, "memory_budget": 1000000}.items():
+        assert c.train[k] == v, k
+    exp = build(c)
+    kw = exp.sweep_kwargs
+    assert kw["grid"]["batch_size"] == [16, None]  # "full" -> None
+    assert kw["chunk_size"] == 64 and kw["memory_budget"] == 1000000
+    assert "init_seed" not in kw and kw["epochs"] == 7 and kw["seed"] == 4
+    assert exp.info["n"] == 332 and exp.info["val"] == 110
+    xv, yv = kw["val_data"]
+    assert xv.shape == (110, 10) and yv.shape == (110,)
+    # standardised with training statistics, target too
+    x, y = exp.data
+    np.testing.assert_allclose(x.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(), 1, rtol=1e-4)
+    assert [layer["w"].shape for layer in exp.params["layers"]] == [(10, 8), (8, 4), (4, 1)]
+
+
+def test_logspace_equals_numpy_and_range():
+    c = rc("[sweep]\nlearning_rate = { logspace = [-3, 0.5], num = 15 }\n"
+           "momentum = { logspace = [-3, -1], num = 3, base = 2 }\nseed = { range = [1, 7, 2] }\n")
+    assert c.grid["learning_rate"] == np.logspace(-3, 0.5, 15).tolist()
+    assert c.grid["momentum"] == np.logspace(-3, -1, 3, base=2).tolist()
+    assert c.grid["seed"] == [1, 3, 5]
+
+
+def test_default_toml_is_the_builtin_default():
+    a, b = read_config(), read_config(CONFIGS / "default.toml")
+    assert (a.data, a.model, a.train, a.grid, a.random) == (b.data, b.model, b.train, b.grid,
+                                                             b.random)
+    assert (CONFIGS / "default.toml").read_text() == DEFAULT_CONFIG
+    assert a.stem == "default"
+
+
+@pytest.mark.parametrize("name", ["default", "digits_mlp", "cv_diabetes", "random_search"])
+def test_example_configs_build(name):
+    exp = build(read_config(CONFIGS / f"{name}.toml"))
+    assert exp.sweep_kwargs["epochs"] > 0
+
+
+def test_tasks_and_default_losses():
+    e = build(rc('[data]\ndataset = "digits"\n[model]\nname = "softmax"\n'
+                 "[sweep]\nlearning_rate = [0.1]\n"))
+    assert e.info["loss"] == "softmax_ce" and e.params["w"].shape == (64, 10)
+    e = build(rc('[data]\ndataset = "breast_cancer"\n[model]\nname = "logistic"\n'
+                 "[sweep]\nlearning_rate = [0.1]\n"))
+    assert e.info["loss"] == "bce" and e.data[1].dtype == np.float32
+    e = build(rc('[data]\ndataset = "digits"\n[model]\nname = "cnn"\nchannels = 4\n'
+                 '[train]\ninit_seed = "seed"\n[sweep]\nlearning_rate = [0.1]\n'))
+    assert e.params is None and e.sweep_kwargs["init"] is e.model.init
+
+
+def test_npz_and_csv_files(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\ndataset = "d.npz"\n[model]\nname = "logistic"\n'
+                   "[sweep]\nlearning_rate = [0.1]\n")
+    e = build(read_config(cfg))  # path relative to the config file
+    assert e.info["task"] == "binary" and e.data[0].shape == (20, 3)
+    np.savetxt(tmp_path / "d.csv", np.c_[x, x.sum(1)], delimiter=",", header="a,b,c,y",
+               comments="")
+    cfg.write_text('[data]\ndataset = "d.csv"\n[sweep]\nlearning_rate = [0.1]\n')
+    e = build(read_config(cfg))
+    np.testing.assert_allclose(e.data[1], x.sum(1), rtol=1e-5)
+    assert e.info["loss"] == "mse"
+    cfg.write_text('[data]\ndataset = "nope.csv"\n')
+    with pytest.raises(ConfigError, match=r"c.toml:2: data.dataset file 'nope.csv' not found"):
+        read_config(cfg)
+
+
+def test_syntax_error_has_line():
+    e = err("[train]\nepochs = 3\nbatch_size = [16, \n\n[sweep]\n")
+    assert str(e).startswith("sweep.toml:") and "TOML syntax error" in str(e)
+    e = err("[train]\nepochs = 3\noptimizer = adam\n")
+    assert str(e).startswith("sweep.toml:3: TOML syntax error")
+
+
+def test_unknown_key_suggests_and_points_at_line():
+    e = err("[data]\ndataset = 'diabetes'\n\n[train]\n# comment\noptimizer = 'sgd'\nepoch = 5\n")
+    assert str(e) == "sweep.toml:7: [train] key 'epoch' is unknown (did you mean 'epochs'?)"
+    assert (e.key, e.line, e.file) == ("train.epoch", 7, "sweep.toml")
+    e = err("[sweep]\nseed = [0]\nlearning_rat = [0.1]\n")
+    assert str(e).startswith("sweep.toml:3: [sweep] key 'learning_rat' is unknown (did you mean "
+                             "'learning_rate'?)")
+    e = err("[train]\nhparams = { learning_rat = 0.1 }\n")
+    assert "sweep.toml:2:" in str(e) and "'learning_rate'" in str(e)
+    e = err("[sweeps]\n")
+    assert str(e).startswith("sweep.toml:1: table [sweeps] is unknown (did you mean [sweep]?)")
+    e = err("[sweep.random]\nn = 3\nlr = ['loguniform', 1e-3, 1e-1]\n")
+    assert str(e).startswith("sweep.toml:3: [sweep.random] key 'lr' is unknown")
+
+
+def test_unknown_dataset_lists_names():
+    e = err('\n[data]\ndataset = "diabetis"\n')
+    assert str(e).startswith('sweep.toml:3: data.dataset = "diabetis" is not a built-in dataset '
+                             "(did you mean 'diabetes'?)")
+    for n in ("breast_cancer", "digits", "iris", "wine"):
+        assert n in str(e)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", '"fulll"', "1.5", "true", '[16, 0]', "[]"])
+def test_bad_batch_size(value):
+    e = err(f"[train]\nepochs = 2\nbatch_size = {value}\n")
+    assert str(e).startswith("sweep.toml:3: train.batch_size")
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    ("[train]\nepochs = 0\n", 2, "train.epochs = 0 is invalid"),
+    ("[train]\noptimizer = 'adamm'\n", 2, "did you mean 'adam'"),
+    ("[train]\nschedule = 'cos'\n", 2, "train.schedule"),
+    ("[model]\nname = 'linear'\nhidden = [3]\n", 3, "does not apply to model 'linear'"),
+    ("[model]\nname = 'resnet'\n", 2, "model.name"),
+    ("[model]\nloss = 'mae'\n", 2, "model.loss"),
+    ("[sweep]\nlearning_rate = { logspace = [-4, -1] }\n", 2, "needs num = N"),
+    ("[sweep]\nlearning_rate = { logspace = [-4, -1], nun = 3 }\n", 2, "did you mean 'num'"),
+    ("[sweep]\nlearning_rate = ['a']\n", 2, "sweep.learning_rate"),
+    ("[sweep]\nbatch_size = [0]\n", 2, "sweep.batch_size"),
+    ("[train]\nepochs = 3\nbatch_size = 4\n[sweep]\nbatch_size = [8]\n", 5, "both in [train]"),
+    ("[sweep.random]\nn = 0\n", 2, "sweep.random.n"),
+    ("[sweep.random]\nn = 2\nlearning_rate = ['logunif', 1, 2]\n", 3, "loguniform"),
+    ("[sweep.random]\nn = 2\nlearning_rate = ['loguniform', 0, 2]\n", 3, "low > 0"),
+    ("[data]\nval_fraction = 1.5\n", 2, "data.val_fraction"),
+    ("[data]\nval_fraction = 0.2\n[train]\nfolds = 3\n", 2, "exclude each other"),
+    ("[train]\nfolds = 1\n", 2, "train.folds"),
+    ("[train]\ninit_seed = -1\n", 2, "train.init_seed"),
+    ("[train]\nhparams = { learning_rate = 'x' }\n", 2, "train.hparams.learning_rate"),
+    ("train = 3\n", 1, "must be a table"),
+])
+def test_bad_values(text, line, needle):
+    e = err(text)
+    assert str(e).startswith(f"sweep.toml:{line}: "), str(e)
+    assert needle in str(e)
+
+
+def test_build_errors():
+    with pytest.raises(ConfigError, match="model 'logistic' needs binary labels"):
+        build(rc('[model]\nname = "logistic"\n[sweep]\nlearning_rate = [0.1]\n'))
+    with pytest.raises(ConfigError, match="standardize_target applies to regression"):
+        build(rc('[data]\ndataset = "iris"\nstandardize_target = true\n[model]\n'
+                 'name = "softmax"\n'))
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+        read_config("nope.toml")
+
+
+def test_key_lines():
+    lines = key_lines("a = 1\n[t]\n'b' = { c = 2, d = 3 }\n[t.u]\ne = [\n 1]\n")
+    assert lines == {"a": 1, "t": 2, "t.b": 3, "t.b.c": 3, "t.b.d": 3, "t.u": 4, "t.u.e": 5}
