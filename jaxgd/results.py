@@ -145,16 +145,12 @@ class SweepResult:
             rows = np.asarray([pos[int(c)] for c in r["config"]])
             for k, v in r["history"].items():
                 hist[k][rows] = v
-            for dst, src in zip(leaves, jax.tree.leaves(r["params"])):
+            for dst, src in zip(leaves, jax.tree.leaves(r["params"]), strict=True):
                 dst[rows] = src
             for k in scal:
                 scal[k][rows] = r[k]
         configs = [dict(cfgs[i]) for i in idx]
-        axes: list[str] = []
-        for c in configs:
-            axes += [k for k in c if k not in axes]
-        table = pd.DataFrame({a: [_display(c.get(a, np.nan)) if a in c else np.nan
-                                  for c in configs] for a in axes})
+        table = pd.DataFrame(_axis_columns(configs))
         table.insert(0, "config", np.asarray(idx, np.int64))
         loss = hist["loss"]
         table["init_loss"] = scal["init_loss"]
@@ -266,6 +262,14 @@ class SweepResult:
         return plots.plot_sweep(self, out, show=show)
 
 
+def _axis_columns(configs) -> dict[str, list[Any]]:
+    """The swept values of each configuration, one column per axis (first-seen order)."""
+    axes: list[str] = []
+    for c in configs:
+        axes += [k for k in c if k not in axes]
+    return {a: [_display(c[a]) if a in c else np.nan for c in configs] for a in axes}
+
+
 def _json_default(v):
     if isinstance(v, np.integer):
         return int(v)
@@ -307,6 +311,7 @@ def load(path):
                if (p / "sweep.json").exists() else ""))
     try:
         meta = json.loads((p / "result.json").read_text())
+        configs = meta["configs"]
         table = pd.read_csv(p / "table.csv")
         with np.load(p / "history.npz") as z:
             history = {k: z[k] for k in z.files}
@@ -315,7 +320,13 @@ def load(path):
             leaves = [z[f"leaf_{i}"] for i in range(treedef.num_leaves)]
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"path={str(path)!r} is damaged: {type(e).__name__}: {e}") from e
-    if len(table) != meta.get("n") or any(len(v) != len(table) for v in history.values()):
+    if (len(table) != meta.get("n") or len(configs) != len(table)
+            or any(len(v) != len(table) for v in [*history.values(), *leaves])):
         raise ValueError(f"path={str(path)!r} is damaged: table and history lengths differ")
+    # CSV loses the types of mixed columns (batch_size 5 / "full"): take them from configs
+    for a, col in _axis_columns(configs).items():
+        if a in table:
+            table[a] = pd.Series(col, index=table.index, dtype=object if any(
+                isinstance(v, str) for v in col) else None)
     params = jax.tree.unflatten(treedef, leaves)
-    return SweepResult(meta["configs"], table, history, params, meta.get("folds"))
+    return SweepResult(configs, table, history, params, meta.get("folds"))

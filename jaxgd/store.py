@@ -161,9 +161,9 @@ class RunStore:
         try:
             with np.load(path) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError):
-            return None  # unreadable: recompute it
-        return _unflatten_chunk(arrays, treedef)
+            return _unflatten_chunk(arrays, treedef)
+        except Exception:  # noqa: BLE001  (BadZipFile, EOFError, KeyError, ...)
+            return None  # unreadable or incomplete: recompute it
 
     def save_chunk(self, tag: str, chunk: dict[str, Any]) -> None:
         if not self.writer:

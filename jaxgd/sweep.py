@@ -14,7 +14,6 @@ is written atomically so a killed sweep resumes where it stopped.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -136,7 +135,8 @@ def expand_configs(
         if not isinstance(grid, Mapping):
             raise TypeError(f"grid must be a dict of axis -> values, got {type(grid).__name__}")
         axes = {k: _axis_values(k, v) for k, v in grid.items()}
-        rows = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+        rows = [dict(zip(axes, combo, strict=True))
+                for combo in itertools.product(*axes.values())]
     if random:
         if not isinstance(random, Mapping):
             raise TypeError("random must be a dict: {'n': 32, axis: (kind, ...), ...}")
@@ -145,6 +145,8 @@ def expand_configs(
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
             raise ValueError(f"random['n']={n!r} must be a positive integer")
         rseed = spec.pop("random_seed", 0)
+        if isinstance(rseed, bool) or not isinstance(rseed, (int, np.integer)) or rseed < 0:
+            raise ValueError(f"random['random_seed']={rseed!r} must be a non-negative integer")
         rng = np.random.default_rng(rseed)
         draws = {k: _sample(k, d, int(n), rng) for k, d in spec.items()}
         for k, vals in draws.items():
@@ -236,6 +238,8 @@ def sweep(
     from .results import SweepResult
     from .store import RunStore
 
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise TypeError(f"hparams={hparams!r} must be a dict of name -> value")
     base_hp = dict(hparams or {})
     cfgs = expand_configs(grid, random, configs)
     if folds is not None:
@@ -260,11 +264,23 @@ def sweep(
         all_idx = sel
     if params is None and init is None:
         raise ValueError("params is None: give initial parameters or init=function(key)")
+    if init is not None and not callable(init):
+        raise TypeError(f"init={init!r} must be a function key -> params")
+    for name, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, np.integer)) or value <= 0):
+            raise ValueError(f"{name}={value!r} must be a positive integer or None")
+    if mesh is not None:
+        if not isinstance(mesh, jax.sharding.Mesh) or "config" not in mesh.axis_names:
+            raise ValueError(f"mesh={mesh!r} must be a jax.sharding.Mesh with an axis "
+                             "named 'config'")
     normalize_shuffle(shuffle)
 
     from .data import kfold_indices, validate_data
 
     data, n = validate_data(data, "data")
+    if folds is not None and folds > n:
+        raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
 
     base = dict(optimizer=optimizer, batch_size=batch_size, accumulate=accumulate,
@@ -316,7 +332,8 @@ def sweep(
 
     # memory: every configuration carries its parameters, optimizer state and history
     store = RunStore.open(out, _fingerprint(cfgs, all_idx, base, base_hp, epochs, shuffle,
-                                            drop_last, folds, fold_seed, metrics, data)
+                                            drop_last, folds, fold_seed, metrics,
+                                            (data, params))
                           ) if out is not None else None
     try:
         results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
@@ -358,12 +375,20 @@ def _fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds, fo
         "shuffle": shuffle, "drop_last": drop_last, "folds": folds, "fold_seed": fold_seed,
         "metrics": metrics,
     }
-    h.update(json.dumps(desc, sort_keys=True, default=repr).encode())
+    h.update(json.dumps(desc, sort_keys=True, default=_stable_repr).encode())
     for leaf in jax.tree.leaves(data):
         a = np.asarray(leaf)
         h.update(str((a.shape, a.dtype)).encode())
         h.update(np.ascontiguousarray(a).tobytes()[: 1 << 20])
     return h.hexdigest()[:16]
+
+
+def _stable_repr(v: Any) -> str:
+    """A description that is the same in every process (``repr`` of a function holds an
+    address, so a resumed sweep with ``optimizer=optax.adam`` would not match)."""
+    if callable(v) and hasattr(v, "__qualname__"):
+        return f"{getattr(v, '__module__', '')}.{v.__qualname__}"
+    return repr(v)
 
 
 def default_mesh() -> jax.sharding.Mesh | None:
@@ -392,7 +417,7 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
     ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
     budget = memory_budget or (2 << 30)
     plans = []
-    for gi, (gkey, g) in enumerate(groups.items()):
+    for gi, g in enumerate(groups.values()):
         streams = sorted({(s, f if f is not None else -1) for _, s, f in g["rows"]})
         sidx = {st: k for k, st in enumerate(streams)}
         per_stream: list[list[int]] = [[] for _ in streams]
@@ -416,6 +441,11 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
                 tag = f"g{gi:03d}_c{ci:05d}"
                 cached = (store.load_chunk(tag, jax.tree.structure(g["prep"][1]))
                           if store is not None else None)
+                if cached is not None and not np.array_equal(
+                        np.sort(np.asarray(cached.get("config", []))),
+                        _chunk_configs(g, per_stream, ci, width)):
+                    cached = None  # written with another chunk width: recompute
+                cached = _agree_cached(cached)
                 if cached is None:
                     cached = _run_chunk(g, streams, per_stream, ci, width, data, val_data,
                                         fold_split, mesh)
@@ -426,6 +456,23 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
     finally:
         bar.close()
     return results
+
+
+def _chunk_configs(g, per_stream, ci, width) -> np.ndarray:
+    """The sorted configuration indices that chunk ``ci`` of a group holds."""
+    idx = [g["rows"][r][0] for rows in per_stream for r in rows[ci * width:(ci + 1) * width]]
+    return np.sort(np.asarray(idx, np.int64))
+
+
+def _agree_cached(cached):
+    """With several processes, use a stored chunk only if every process has it (else all
+    recompute it: a process that skipped the program would leave the others waiting)."""
+    if jax.process_count() == 1:
+        return cached
+    from jax.experimental import multihost_utils
+
+    have = multihost_utils.process_allgather(np.int32(cached is not None))
+    return cached if bool(np.all(np.asarray(have))) else None
 
 
 def _run_chunk(g, streams, per_stream, ci, width, data, val_data, fold_split, mesh):

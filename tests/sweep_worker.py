@@ -1,0 +1,130 @@
+"""A sweep run in its own process, for the device, multi-process and resume tests.
+
+    python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
+        --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
+
+JAX options that must come before any JAX operation (forced host devices, the
+distributed runtime) are set here, first thing. With ``--report`` a JSON summary
+(device and process counts, how the outputs were sharded, the table) is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+N, D = 23, 3
+LRS = [0.01, 0.05, 0.2]
+SEEDS = [0, 1, 2]
+
+
+def mse(params, batch):
+    import jax.numpy as jnp
+
+    xb, yb = batch
+    return jnp.mean((xb @ params["w"] + params["b"] - yb) ** 2)
+
+
+def problem():
+    import jax.numpy as jnp
+    import numpy as np
+
+    r = np.random.default_rng(0)
+    x = r.normal(size=(N, D))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * r.normal(size=N)
+
+    p0 = {"w": jnp.asarray([0.1, 0.0, -0.1], jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    return mse, p0, (x.astype(np.float32), y.astype(np.float32))
+
+
+def grid(batch_sizes=(None, 5), lrs=LRS, seeds=SEEDS):
+    # 3 x 2 x 3 = 18 configurations: 2 groups of 3 seeds x 3 learning rates; on 4
+    # devices each block of width 3 is padded to 4
+    return {"learning_rate": list(lrs), "batch_size": list(batch_sizes), "seed": list(seeds)}
+
+
+def run_sweep(out=None, epochs=4, chunk_size=None, batch_sizes=(None, 5), lrs=LRS,
+              seeds=SEEDS, **kw):
+    import jaxgd
+
+    mse, p0, data = problem()
+    return jaxgd.sweep(mse, p0, data, grid=grid(batch_sizes, lrs, seeds), epochs=epochs,
+                       chunk_size=chunk_size, out=out, **kw)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--devices", type=int, default=None)
+    ap.add_argument("--process-id", type=int, default=None)
+    ap.add_argument("--num-processes", type=int, default=1)
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--batch-size", default="full,5")
+    ap.add_argument("--lrs", default=None)
+    ap.add_argument("--report", default=None)
+    a = ap.parse_args(argv)
+
+    import jax
+
+    if a.devices:
+        jax.config.update("jax_num_cpu_devices", a.devices)
+    if a.process_id is not None:
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{a.port}", num_processes=a.num_processes,
+            process_id=a.process_id, coordinator_bind_address=f"127.0.0.1:{a.port}",
+            initialization_timeout=60, heartbeat_timeout_seconds=10,
+            shutdown_timeout_seconds=10)
+
+    import jaxgd  # noqa: F401
+
+    sweep_mod = sys.modules["jaxgd.sweep"]  # (jaxgd.sweep is the function)
+
+    shardings = []
+    real = sweep_mod.compiled_program
+
+    def spy(spec):
+        prog = real(spec)
+
+        def call(*args):
+            out = prog(*args)
+            leaf = out["reason"]
+            shardings.append({"devices": len(leaf.sharding.device_set),
+                              "addressable_shards": len(leaf.addressable_shards),
+                              "spec": str(getattr(leaf.sharding, "spec", None)),
+                              "shape": list(leaf.shape)})
+            return out
+
+        return call
+
+    sweep_mod.compiled_program = spy
+    bs = [None if b == "full" else int(b) for b in a.batch_size.split(",")]
+    lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
+    sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
+                   lrs=lrs)
+    mesh = sweep_mod.default_mesh()
+    if a.report and jax.process_index() == 0:
+        info = {
+            "device_count": jax.device_count(),
+            "local_device_count": jax.local_device_count(),
+            "process_count": jax.process_count(),
+            "default_mesh_devices": None if mesh is None else int(mesh.devices.size),
+            "shardings": shardings,
+            "table": json.loads(sw.table.to_json(orient="records")),
+            "loss": sw.history["loss"].tolist(),
+            "params_w": sw.params["w"].tolist(),
+        }
+        with open(a.report + ".tmp", "w") as f:
+            json.dump(info, f)
+        os.replace(a.report + ".tmp", a.report)
+    print("worker done", jax.process_index(), flush=True)
+    if a.process_id is not None:
+        jax.distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

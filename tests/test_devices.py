@@ -1,0 +1,78 @@
+"""A sweep on 4 forced host devices equals the single-device sweep.
+
+Forcing devices must happen before JAX starts, and slows ordinary code, so it runs in a
+separate process (tests/sweep_worker.py); the single-device reference runs here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).parent
+WORKER = HERE / "sweep_worker.py"
+TIMEOUT = 240
+
+
+def load_worker():
+    spec = importlib.util.spec_from_file_location("sweep_worker", WORKER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_worker(args, timeout=TIMEOUT, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    p = subprocess.Popen([sys.executable, str(WORKER), *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out[-4000:]
+    return out
+
+
+def compare_tables(got: pd.DataFrame, ref: pd.DataFrame, rtol=1e-4):
+    assert list(got["config"]) == list(ref["config"])
+    for col in ref.columns:
+        a, b = got[col].to_numpy(), ref[col].to_numpy()
+        if ref[col].dtype.kind == "f":
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=rtol, atol=1e-6,
+                                       err_msg=col)
+        else:
+            assert [str(v) for v in a] == [str(v) for v in b], col
+
+
+def test_four_forced_devices_equal_one(tmp_path):
+    report = tmp_path / "report.json"
+    # XLA_FLAGS, as a user would set it (the worker's --devices is the config-API route)
+    run_worker(["--report", str(report)],
+               env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    info = json.loads(report.read_text())
+    assert info["device_count"] == 4 and info["process_count"] == 1
+    assert info["default_mesh_devices"] == 4
+    # every program call ran over the 4-device mesh with the configuration axis sharded;
+    # blocks of 3 seeds x 3 learning rates were padded from width 3 to 4
+    assert len(info["shardings"]) == 2  # one call per group (batch size)
+    for s in info["shardings"]:
+        assert s["devices"] == 4 and s["addressable_shards"] == 4
+        assert "config" in s["spec"] and s["shape"] == [3, 4]
+
+    ref = load_worker().run_sweep()  # single device, in this process
+    assert len(ref) == 18  # not a multiple of 4
+    got = pd.DataFrame(info["table"])
+    compare_tables(got, ref.table)
+    np.testing.assert_allclose(np.asarray(info["loss"]), ref.history["loss"], rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-4,
+                               atol=1e-6)

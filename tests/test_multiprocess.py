@@ -1,0 +1,73 @@
+"""Two local processes with ``jax.distributed`` give the table of one process.
+
+Each process forces 2 CPU devices, so the configuration axis is sharded over a
+4-device mesh spanning both processes; only process 0 writes ``out=``. The coordinator
+binds to 127.0.0.1, timeouts are short, and both processes are bounded and killed by
+handle.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_devices import WORKER, compare_tables, load_worker
+
+import jaxgd
+
+TIMEOUT = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    port = free_port()
+    out = tmp_path / "run"
+    report = tmp_path / "report.json"
+    procs = []
+    logs = []
+    try:
+        for i in range(2):
+            log = open(tmp_path / f"p{i}.log", "w")  # noqa: SIM115
+            logs.append(log)
+            procs.append(subprocess.Popen(
+                [sys.executable, str(WORKER), "--process-id", str(i), "--num-processes", "2",
+                 "--port", str(port), "--devices", "2", "--out", str(out),
+                 "--report", str(report)],
+                stdout=log, stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+    text = "\n".join((tmp_path / f"p{i}.log").read_text()[-3000:] for i in range(2))
+    assert [p.returncode for p in procs] == [0, 0], text
+
+    info = json.loads(report.read_text())
+    assert info["process_count"] == 2 and info["device_count"] == 4
+    assert info["local_device_count"] == 2 and info["default_mesh_devices"] == 4
+    for s in info["shardings"]:  # the configuration axis spans both processes
+        assert s["devices"] == 4 and s["addressable_shards"] == 2
+
+    ref = load_worker().run_sweep()  # one process, one device
+    compare_tables(pd.DataFrame(info["table"]), ref.table)
+    # process 0 wrote a complete run folder; the lock is gone
+    saved = jaxgd.load(out)
+    compare_tables(saved.table, ref.table)
+    np.testing.assert_allclose(saved.history["loss"], ref.history["loss"], rtol=1e-4, atol=1e-6)
+    assert not (out / ".lock").exists()
+    assert len(list((out / "chunks").glob("*.npz"))) == 2
