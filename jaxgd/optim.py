@@ -186,7 +186,8 @@ def split_hparams(
     if schedule not in SCHEDULES:
         close = difflib.get_close_matches(str(schedule), SCHEDULES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"schedule={schedule!r} is unknown{hint}; choose one of {sorted(SCHEDULES)}")
+        raise ValueError(
+            f"schedule={schedule!r} is unknown{hint}; choose one of {sorted(SCHEDULES)}")
     known = known_names(spec, schedule)
     _, all_factory = _factory_params(spec.factory) if spec.factory is not None else (set(), set())
     numeric: dict[str, Any] = dict(spec.defaults)
@@ -211,7 +212,8 @@ def split_hparams(
         numeric[k] = _check_number(k, v)
     if spec.factory is not None and "learning_rate" not in numeric:
         raise ValueError(
-            f"hparams must give 'learning_rate' for optimizer {spec.name!r}, got keys {sorted(hparams)}"
+            f"hparams must give 'learning_rate' for optimizer {spec.name!r}, "
+            f"got keys {sorted(hparams)}"
         )
     for k, default in SCHEDULES[schedule].items():
         if k not in numeric:

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import pandas as pd
 
 from .train import STOP_REASONS
 
@@ -196,14 +197,19 @@ class SweepResult:
     def best(self, metric: str | None = None, mode: str = "min") -> Best:
         """The best non-diverged configuration by ``metric`` (a table column).
 
-        With folds, configurations are first averaged over folds (see :meth:`cv_table`)
-        and the best fold-0 row of the best setting is returned with the mean metric.
+        With folds (and the default metric), settings are compared by their mean
+        ``final_val_loss`` over folds (:meth:`cv_table`), a setting with any diverged fold
+        is excluded, and the result's ``row`` is that setting's cross-validation row
+        (``final_val_loss_mean``, ``_std``, ``folds``), with ``params`` and ``index`` those
+        of its first fold.
         """
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
+        if self.folds and "fold" in self.table and metric in (None, "final_val_loss"):
+            return self._best_cv(mode)
         metric = metric or self.default_metric()
         if metric not in self.table:
             raise ValueError(f"metric={metric!r} is not a column; columns: {list(self.table)}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
         t = self.table[~self.table["diverged"]]
         vals = t[metric].astype(float)
         vals = vals[np.isfinite(vals)]
@@ -212,12 +218,36 @@ class SweepResult:
         i = int(vals.idxmin() if mode == "min" else vals.idxmax())
         return Best(self.table.loc[i], jax.tree.map(lambda a: a[i], self.params), i)
 
+    def _setting_keys(self) -> list[str]:
+        return [c for c in self.table.columns
+                if any(c in cfg for cfg in self.configs) and c not in ("fold", "config")]
+
+    def _best_cv(self, mode: str) -> Best:
+        keys = self._setting_keys()
+        t = self.table.assign(_bad=self.table["diverged"] | ~np.isfinite(
+            self.table["final_val_loss"].astype(float)))
+        ok = t.groupby(keys, dropna=False)["_bad"].transform("any") == False  # noqa: E712
+        t = t[ok]
+        if t.empty:
+            raise ValueError("no setting has a finite validation loss on every fold")
+        cv = t.groupby(keys, dropna=False)["final_val_loss"].agg(["mean", "std", "count"])
+        j = cv["mean"].idxmin() if mode == "min" else cv["mean"].idxmax()
+        j = j if isinstance(j, tuple) else (j,)
+        row = pd.Series({**dict(zip(keys, j, strict=True)),
+                         "final_val_loss_mean": cv.loc[j if len(j) > 1 else j[0], "mean"],
+                         "final_val_loss_std": cv.loc[j if len(j) > 1 else j[0], "std"],
+                         "folds": int(cv.loc[j if len(j) > 1 else j[0], "count"])})
+        match = np.ones(len(t), bool)
+        for k, v in zip(keys, j, strict=True):
+            match &= (t[k] == v).to_numpy()
+        i = int(t.index[match][0])
+        return Best(row, jax.tree.map(lambda a: a[i], self.params), i)
+
     def cv_table(self, metric: str = "final_val_loss"):
         """Mean and standard deviation of ``metric`` over folds, one row per setting."""
         if "fold" not in self.table:
             raise ValueError("cv_table needs a sweep with folds=k")
-        keys = [c for c in self.table.columns if c in self.configs[0] and c != "fold"]
-        keys = [k for k in keys if k != "config"]
+        keys = self._setting_keys()
         g = self.table.groupby(keys, dropna=False)[metric]
         out = g.agg(["mean", "std", "count"]).reset_index()
         return out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_std",

@@ -80,7 +80,8 @@ def _penalty(spec: ProgramSpec, params, tc):
     if "l1" not in tc and "l2" not in tc:
         return None
     mask = spec.penalty_mask(params) if spec.penalty_mask is not None else _default_mask(params)
-    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
+    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+              if m]
     total = 0.0
     if "l1" in tc:
         total = total + tc["l1"] * sum(jnp.sum(jnp.abs(p)) for p in leaves)
@@ -104,7 +105,8 @@ def _data_loss(spec: ProgramSpec, params, batch):
     out = spec.loss(params, batch)
     if spec.has_aux:
         out = out[0]
-    return out
+    # in the params' dtype: float64 data with float32 params must not widen the carries
+    return out.astype(_float_dtype(params))
 
 
 def _objective(spec: ProgramSpec, params, batch, tc):

@@ -1,0 +1,57 @@
+"""Shared fixtures of the jaxgd test suite.
+
+Nothing is enabled globally: float64 is switched on per test with the ``x64`` fixture
+(or the ``enable_x64()`` context manager), so float32 tests keep JAX's default speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import numpy as np
+import pytest
+
+
+@contextlib.contextmanager
+def enable_x64():
+    """Run the body with ``jax_enable_x64`` on, restoring the previous value after."""
+    if hasattr(jax, "enable_x64"):  # jax >= 0.8: a context manager
+        with jax.enable_x64(True):
+            yield
+        return
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture
+def x64():
+    """Run the test with float64 enabled (``jnp.zeros(1).dtype == float64``)."""
+    with enable_x64():
+        yield
+
+
+@pytest.fixture
+def x64_context():
+    """The ``enable_x64`` context manager, for tests that mix float32 and float64."""
+    return enable_x64
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def _report(name: str, **numbers: float) -> None:
+    body = ", ".join(f"{k}={v:.3g}" for k, v in numbers.items())
+    print(f"\n[parity] {name}: {body}")
+
+
+@pytest.fixture
+def report():
+    """``report(name, max_abs=..., max_rel=...)`` prints measured parity errors (``-s``)."""
+    return _report

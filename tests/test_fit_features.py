@@ -1,0 +1,349 @@
+"""Features of ``jaxgd.fit`` against NumPy references: stop reasons, clipping,
+accumulation, penalties and weight decay, dtypes, auxiliary outputs, shuffling.
+
+Several tests share one compiled program on purpose (same loss, shapes and keys of
+``hparams``, other values): that keeps the suite fast and exercises value changes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxgd
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def mse(params, batch):
+    x, y = batch
+    return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+
+def mse_aux(params, batch):
+    x, y = batch
+    r = x @ params["w"] + params["b"] - y
+    return jnp.mean(r**2), {"max_abs_residual": jnp.max(jnp.abs(r)), "n": r.shape[0]}
+
+
+def np_loss_grad(w, b, x, y):
+    r = x @ w + b - y
+    return np.mean(r**2), 2.0 / len(y) * x.T @ r, 2.0 / len(y) * np.sum(r)
+
+
+def regression(n=50, d=3, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(n, d))
+    y = x @ np.array([1.5, -2.0, 0.5])[:d] + 0.3 + 0.1 * r.normal(size=n)
+    return x, y
+
+
+def params_of(w, b):
+    return {"w": jnp.asarray(w), "b": jnp.asarray(b)}
+
+
+def np_batches(n, batch_size, drop_last=False):
+    if batch_size is None:
+        return [np.arange(n)]
+    out = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    return out[:-1] if drop_last and len(out[-1]) < batch_size else out
+
+
+# ----------------------------------------------------------------------------- stops
+# one program (full-batch SGD, float64, 3000 epochs) serves every stop reason below
+
+STOP_EPOCHS = 3000
+
+
+def run_quadratic(lr, **stops):
+    x, y = regression()
+    res = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), hparams={"learning_rate": lr},
+                    batch_size=None, epochs=STOP_EPOCHS, shuffle=False, **stops)
+    return res, x, y
+
+
+def np_gd(x, y, lr, steps):
+    w, b = np.zeros(x.shape[1]), 0.0
+    for _ in range(steps):
+        _, gw, gb = np_loss_grad(w, b, x, y)
+        w, b = w - lr * gw, b - lr * gb
+    return w, b
+
+
+def test_stop_grad_tol(x64, report):
+    res, x, y = run_quadratic(0.1, grad_tol=1e-6)
+    assert res.stop_reason == "grad_tol"
+    assert res.epochs_run < STOP_EPOCHS
+    gn = res.history["grad_norm"]
+    assert gn[-1] <= 1e-6 < gn[-2]
+    _, gw, gb = np_loss_grad(np.asarray(res.params["w"]), float(res.params["b"]), x, y)
+    np_gn = np.sqrt(np.sum(gw**2) + gb**2)
+    report("grad_norm vs numpy at grad_tol stop", rel=abs(np_gn - gn[-1]) / np_gn)
+    assert np_gn == pytest.approx(gn[-1], rel=1e-8)
+    w, b = np_gd(x, y, 0.1, res.steps_run)
+    np.testing.assert_allclose(res.params["w"], w, rtol=0, atol=1e-12)
+
+
+def test_stop_loss_target(x64):
+    res, x, y = run_quadratic(0.01, loss_target=0.5)
+    assert res.stop_reason == "loss_target"
+    loss = res.history["loss"]
+    assert loss[-1] <= 0.5 < loss[-2]
+    w, b = np.asarray(res.params["w"]), float(res.params["b"])
+    assert np_loss_grad(w, b, x, y)[0] == pytest.approx(loss[-1], rel=1e-12)
+
+
+def test_stop_max_epochs(x64):
+    res, _, _ = run_quadratic(1e-4)
+    assert res.stop_reason == "max_epochs"
+    assert res.epochs_run == STOP_EPOCHS == res.steps_run
+    assert len(res.history["loss"]) == STOP_EPOCHS
+    assert np.all(np.diff(res.history["loss"]) < 0)
+
+
+def test_stop_diverged_keeps_last_finite_params(x64):
+    lr = 50.0  # |1 - lr * L| >> 1: the iterates grow geometrically until they overflow
+    res, x, y = run_quadratic(lr)
+    assert res.stop_reason == "diverged"
+    assert 1 <= res.epochs_run < STOP_EPOCHS
+    # the failing update is either refused (non-finite step) or, when only the epoch-end
+    # loss of its result overflows, it is the last one applied
+    assert res.steps_run in (res.epochs_run - 1, res.epochs_run)
+    w, b = np.asarray(res.params["w"]), float(res.params["b"])
+    assert np.all(np.isfinite(w)) and np.isfinite(b)
+    assert np.max(np.abs(w)) > 1e100  # it really ran away
+    # the returned parameters are the GD iterate after steps_run updates ...
+    w_ref, b_ref = np_gd(x, y, lr, res.steps_run)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-8)
+    # ... and their loss, gradient or next update is not finite
+    with np.errstate(all="ignore"):
+        loss, gw, gb = np_loss_grad(w, b, x, y)
+        nxt = np.concatenate([w - lr * gw, [b - lr * gb]])
+        ok = np.isfinite(loss) and np.all(np.isfinite(gw)) and np.all(np.isfinite(nxt))
+    assert not ok
+    assert np.all(np.isfinite(res.history["loss"][:-1]))
+
+
+def test_stop_diverge_factor(x64):
+    res, _, _ = run_quadratic(1.0, diverge_factor=1e3)
+    assert res.stop_reason == "diverged"
+    loss = res.history["loss"]
+    assert loss[-1] > 1e3 * res.init_loss >= loss[-2]
+    assert np.all(np.isfinite(loss))
+
+
+def test_stop_patience_restores_best_validation_epoch(x64):
+    """Train pulls w to 2, validation wants w = 1: the validation loss falls then rises."""
+    x = np.linspace(-1.0, 1.0, 20)[:, None]
+    y_tr, y_va = 2.0 * x[:, 0], 1.0 * x[:, 0]
+    patience, lr = 4, 0.1
+    res = jaxgd.fit(mse, params_of(np.zeros(1), 0.0), (x, y_tr), val_data=(x, y_va),
+                    hparams={"learning_rate": lr}, batch_size=None, epochs=500,
+                    shuffle=False, patience=patience, restore_best=True)
+    val = res.history["val_loss"]
+    assert res.stop_reason == "patience"
+    assert res.best_epoch == int(np.argmin(val))
+    assert res.epochs_run == res.best_epoch + 1 + patience
+    assert val[-1] > val[res.best_epoch]  # so restoring matters
+    # returned params = GD iterate after best_epoch + 1 updates
+    w, b = np_gd(x, y_tr, lr, res.best_epoch + 1)
+    np.testing.assert_allclose(res.params["w"], w, rtol=0, atol=1e-12)
+    assert float(res.params["b"]) == pytest.approx(b, abs=1e-12)
+    assert np_loss_grad(np.asarray(res.params["w"]), float(res.params["b"]), x, y_va)[0] == \
+        pytest.approx(val[res.best_epoch], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- clipping
+
+
+@pytest.mark.parametrize(
+    "clip_value,clip_norm",
+    [(0.5, 1e9), (1e9, 0.7), (0.5, 0.7)],  # by value, by global norm, both (value first)
+    ids=["value", "norm", "both"],
+)
+def test_clipping_matches_numpy(x64, report, clip_value, clip_norm):
+    x, y = regression(n=20)
+    lr, epochs = 0.1, 3
+    w0, b0 = np.array([3.0, 3.0, -3.0]), 2.0
+    res = jaxgd.fit(mse, params_of(w0, b0), (x, y), batch_size=None, epochs=epochs,
+                    shuffle=False, hparams={"learning_rate": lr, "clip_value": clip_value,
+                                            "clip_norm": clip_norm})
+    w, b = w0.copy(), b0
+    for step in range(epochs):
+        _, gw, gb = np_loss_grad(w, b, x, y)
+        g = np.concatenate([gw, [gb]])
+        if step == 0:
+            assert np.max(np.abs(g)) > 0.5 and np.linalg.norm(g) > 0.7  # clipping is active
+        g = np.clip(g, -clip_value, clip_value)
+        g = g * min(1.0, clip_norm / np.linalg.norm(g))
+        w, b = w - lr * g[:-1], b - lr * g[-1]
+    err = max(np.max(np.abs(np.asarray(res.params["w"]) - w)), abs(float(res.params["b"]) - b))
+    report(f"clipping ({clip_value}, {clip_norm}) vs numpy", max_abs=err)
+    assert err < 1e-12
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+def test_accumulation_equals_larger_batch(x64, report):
+    x, y = regression(n=26)  # 26 = 4 * 6 + 2: a short last batch
+    common = dict(hparams={"learning_rate": 0.05, "momentum": 0.5}, optimizer="momentum",
+                  epochs=3, shuffle=True, key=3, record_steps=True)
+    p0 = params_of(np.ones(3), 0.0)
+    acc = jaxgd.fit(mse, p0, (x, y), batch_size=3, accumulate=2, **common)
+    big = jaxgd.fit(mse, p0, (x, y), batch_size=6, **common)
+    assert acc.steps_run == big.steps_run == 3 * 5
+    err = np.max(np.abs(np.asarray(acc.params["w"]) - np.asarray(big.params["w"])))
+    report("accumulate=2 x B=3 vs B=6", max_abs=err,
+           step_loss=np.max(np.abs(acc.history["step_loss"] - big.history["step_loss"])))
+    assert err < 1e-12
+    np.testing.assert_allclose(acc.history["step_loss"], big.history["step_loss"],
+                               rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- penalties
+
+
+PENALTY_CASES = {
+    "l1": dict(l1=0.1, l2=0.0, weight_decay=0.0),
+    "l2": dict(l1=0.0, l2=0.3, weight_decay=0.0),
+    "elastic_net": dict(l1=0.05, l2=0.2, weight_decay=0.0),
+    "weight_decay": dict(l1=0.0, l2=0.0, weight_decay=0.4),
+}
+
+
+@pytest.mark.parametrize("name", list(PENALTY_CASES))
+def test_penalties_and_weight_decay_match_numpy(x64, report, name):
+    """Mini-batch SGD (B=4, N=10): penalties on w only, never on the bias b."""
+    hp = PENALTY_CASES[name]
+    x, y = regression(n=10)
+    lr, epochs = 0.05, 3
+    w0, b0 = np.array([1.0, -1.0, 2.0]), 0.5
+    res = jaxgd.fit(mse, params_of(w0, b0), (x, y), batch_size=4, epochs=epochs,
+                    shuffle=False, hparams={"learning_rate": lr, **hp})
+    w, b = w0.copy(), b0
+    for _ in range(epochs):
+        for idx in np_batches(10, 4):
+            _, gw, gb = np_loss_grad(w, b, x[idx], y[idx])
+            gw = gw + hp["l1"] * np.sign(w) + hp["l2"] * w
+            w, b = w - lr * gw - lr * hp["weight_decay"] * w, b - lr * gb
+    err = max(np.max(np.abs(np.asarray(res.params["w"]) - w)), abs(float(res.params["b"]) - b))
+    report(f"{name} vs numpy", max_abs=err)
+    assert err < 1e-12
+    # the recorded objective is the data loss plus the penalty at epoch end
+    data_loss = np_loss_grad(w, b, x, y)[0]
+    pen = hp["l1"] * np.sum(np.abs(w)) + 0.5 * hp["l2"] * np.sum(w * w)
+    assert res.history["loss"][-1] == pytest.approx(data_loss, rel=1e-12)
+    assert res.history["objective"][-1] == pytest.approx(data_loss + pen, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- dtypes, aux
+
+
+def small_fit(loss, dtype):
+    x, y = regression(n=12)
+    x, y = x.astype(dtype), y.astype(dtype)
+    p0 = {"w": jnp.zeros(3, dtype), "b": jnp.zeros((), dtype)}
+    return jaxgd.fit(loss, p0, (x, y), hparams={"learning_rate": 0.05}, batch_size=5,
+                     epochs=4, shuffle=True, key=1)
+
+
+def test_float32_and_float64_give_dtype_consistent_params(report, x64_context):
+    r32 = small_fit(mse, np.float32)
+    with x64_context():
+        r64 = small_fit(mse, np.float64)
+    for res, dt in ((r32, np.float32), (r64, np.float64)):
+        assert all(leaf.dtype == dt for leaf in jax.tree.leaves(res.params))
+        assert all(h.dtype == dt for h in res.history.values())
+        assert res.stop_reason == "max_epochs"
+    err = np.max(np.abs(np.asarray(r32.params["w"], np.float64) - np.asarray(r64.params["w"])))
+    report("float32 vs float64 same run", max_abs=err)
+    np.testing.assert_allclose(np.asarray(r32.params["w"]), np.asarray(r64.params["w"]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_float32_params_with_float64_data(x64):
+    """The params' dtype rules: a loss widened to float64 by the data is cast back."""
+    x, y = regression(n=12)  # float64 under x64
+    p0 = {"w": jnp.zeros(3, jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    res = jaxgd.fit(mse, p0, (x, y), hparams={"learning_rate": 0.05}, batch_size=2,
+                    accumulate=2, epochs=4, val_data=(x, y), record_steps=True)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(res.params))
+    assert all(h.dtype == np.float32 for h in res.history.values())
+    assert res.history["loss"][-1] < 0.5 * res.init_loss
+
+
+def test_loss_with_aux_output():
+    plain = small_fit(mse, np.float32)
+    aux = small_fit(mse_aux, np.float32)
+    assert aux.stop_reason == "max_epochs"
+    for a, b in zip(jax.tree.leaves(aux.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(aux.history["loss"], plain.history["loss"])
+
+
+# ----------------------------------------------------------------------------- shuffling
+# sample i carries id i; a batch's loss is mean(2**id) + mean(w[id]), so B * step_loss
+# rounds to sum(2**id): its binary digits are exactly the set of samples in the batch.
+
+N_IDS, LR_IDS = 10, 2.0**-12
+
+
+def id_loss(params, ids):
+    return jnp.mean(2.0**ids) + jnp.mean(params["w"][ids.astype(jnp.int32)])
+
+
+def decode_batches(step_loss, sizes):
+    out = []
+    for row in step_loss:
+        batches = []
+        for value, size in zip(row, sizes, strict=True):
+            code = int(round(value * size))
+            batches.append([i for i in range(N_IDS) if code >> i & 1])
+            assert len(batches[-1]) == size
+        out.append(batches)
+    return out
+
+
+def run_ids(shuffle, drop_last=False, key=0, epochs=3, batch_size=3):
+    res = jaxgd.fit(id_loss, {"w": jnp.zeros(N_IDS)}, np.arange(N_IDS, dtype=np.float64),
+                    hparams={"learning_rate": LR_IDS}, batch_size=batch_size, epochs=epochs,
+                    shuffle=shuffle, drop_last=drop_last, key=key, record_steps=True)
+    sizes = [len(b) for b in np_batches(N_IDS, batch_size, drop_last)]
+    batches = decode_batches(res.history["step_loss"], sizes)
+    # parameter updates agree with the decoded batches: w[i] -= lr / |batch| per visit
+    w = np.zeros(N_IDS)
+    for epoch in batches:
+        for batch in epoch:
+            w[batch] -= LR_IDS / len(batch)
+    np.testing.assert_allclose(np.asarray(res.params["w"]), w, rtol=0, atol=1e-15)
+    return res, batches
+
+
+def test_no_shuffle_visits_in_order(x64):
+    _, batches = run_ids(False)
+    assert batches == [[[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]] * 3
+
+
+@pytest.mark.parametrize("shuffle", [True, "feistel", "uniform"])
+def test_shuffle_is_a_permutation_per_epoch_and_reproducible(x64, shuffle):
+    res, batches = run_ids(shuffle)
+    orders = [sum(epoch, []) for epoch in batches]
+    for order in orders:
+        assert sorted(order) == list(range(N_IDS))  # every sample exactly once
+    assert len({tuple(o) for o in orders}) > 1  # a fresh order every epoch
+    assert any(o != sorted(o) for o in orders)  # not the in-order loop
+    again, _ = run_ids(shuffle)  # same key: bit-identical
+    np.testing.assert_array_equal(np.asarray(again.params["w"]), np.asarray(res.params["w"]))
+    np.testing.assert_array_equal(again.history["step_loss"], res.history["step_loss"])
+    _, other = run_ids(shuffle, key=1)  # another key: another order
+    assert other != batches
+
+
+def test_shuffle_drop_last_visits_distinct_samples(x64):
+    _, batches = run_ids(True, drop_last=True)
+    for epoch in batches:
+        seen = sum(epoch, [])
+        assert len(epoch) == 3 and len(seen) == len(set(seen)) == 9
