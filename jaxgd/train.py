@@ -53,6 +53,7 @@ class ProgramSpec(NamedTuple):
     penalty_mask: Callable[[Any], Any] | None
     init_fn: Callable[[jax.Array], Any] | None
     has_val: bool
+    track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
     val_from_index: bool
     train_from_index: bool
 
@@ -140,6 +141,11 @@ def _float_dtype(params):
     return jnp.float32
 
 
+def _global_norm(tree) -> jax.Array:
+    """Euclidean norm of all leaves together."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def _take(data, idx):
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
 
@@ -165,7 +171,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         if spec.metrics == "full":
             (obj, loss), g = jax.value_and_grad(
                 lambda p: _objective(spec, p, tr, tc), has_aux=True)(params)
-            return obj, loss, optax.global_norm(g)
+            return obj, loss, _global_norm(g)
         return None
 
     def init_state(params0, tc, key, data, val, tidx, vidx):
@@ -174,7 +180,11 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
         dt = _float_dtype(params0)
         tr = train_view(data, tidx)
-        init_loss = _data_loss(spec, params0, tr).astype(dt)
+        if spec.track_init:
+            init_loss = _data_loss(spec, params0, tr).astype(dt)
+        else:  # not needed: skip a pass over the data for every configuration
+            init_loss = jnp.asarray(jnp.nan, dt)
+        bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
         nan = jnp.full((E,), jnp.nan, dt)
         hist = {"loss": nan, "batch_loss": nan, "grad_norm": nan, "lr": nan}
         if _penalty(spec, params0, tc) is not None:
@@ -187,8 +197,8 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             params=params0,
             opt_state=opt.init(params0),
             step=jnp.zeros((), jnp.int32),
-            active=jnp.isfinite(init_loss),
-            reason=jnp.where(jnp.isfinite(init_loss), RUNNING, DIVERGED).astype(jnp.int32),
+            active=~bad_start,
+            reason=jnp.where(bad_start, DIVERGED, RUNNING).astype(jnp.int32),
             epochs_run=jnp.zeros((), jnp.int32),
             init_loss=init_loss,
             best_metric=jnp.asarray(jnp.inf, dt),
@@ -224,7 +234,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             pos = start + jnp.arange(size, dtype=jnp.int32)
             batch = gather(pos)
             obj, loss, g = _mean_grad(spec, params, batch, tc, micro)
-            gn = optax.global_norm(g)
+            gn = _global_norm(g)
             updates, new_opt = opt.update(g, opt_state, params)
             if own_wd:
                 lr_t = optim.current_lr(spec.schedule, tc, stp)
@@ -270,7 +280,9 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         else:
             obj, loss, gn = batch_loss, batch_loss, batch_gn
         # divergence by growth of the loss, or a non-finite epoch-end loss
-        grew = (loss > tc["diverge_factor"] * st.init_loss) | ~jnp.isfinite(obj)
+        factor = tc["diverge_factor"]
+        grew = jnp.isfinite(factor) & (loss > factor * jnp.abs(st.init_loss))
+        grew |= ~jnp.isfinite(obj)
         diverged_now = active & grew
         reason = jnp.where(diverged_now, DIVERGED, reason)
         active = active & ~grew
@@ -652,6 +664,7 @@ def prepare(
         accumulate=accumulate, shuffle=shuffle, epochs=epochs, metrics=metrics,
         record_steps=bool(record_steps), restore_best=restore_best, penalty_mask=penalty_mask,
         init_fn=init_fn, has_val=val_data is not None or val_from_index,
+        track_init=metrics == "full" or "diverge_factor" in hp,
         val_from_index=val_from_index, train_from_index=train_from_index,
     )
     return spec, params, data, val_data, numeric
