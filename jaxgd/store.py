@@ -31,11 +31,24 @@ import numpy as np
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``payload`` to ``path`` via a temporary file and ``os.replace``.
+
+    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
