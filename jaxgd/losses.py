@@ -108,7 +108,9 @@ def binary_cross_entropy(logits: ArrayLike, y: ArrayLike) -> jax.Array:
     """
     z = jnp.asarray(logits)
     y = _match(z, jnp.asarray(y), "binary_cross_entropy").astype(z.dtype)
-    return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))
+    # softplus(z) = max(z, 0) + log1p(exp(-|z|)), written so that its derivative is
+    # sigmoid(z) everywhere, z = 0 included (max and |.| have slope 0 there under jax.grad)
+    return jnp.mean(jax.nn.softplus(z) - z * y)
 
 
 def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:

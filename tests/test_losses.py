@@ -146,3 +146,12 @@ def test_make_loss_and_get_loss():
         losses.get_loss("hinge")
     with pytest.raises(ValueError, match="hinge"):
         losses.make_loss(m.apply, "hinge")
+
+
+def test_bce_gradient_at_zero_logit_is_sigmoid_minus_label():
+    # zero-initialised logistic models start at z = 0, where max(z, 0) and |z| have a kink
+    z = jnp.array([0.0, 0.0, 3.0, -2.0])
+    y = jnp.array([1.0, 0.0, 1.0, 0.0])
+    g = jax.grad(lambda z: losses.binary_cross_entropy(z, y))(z)
+    expected = (1.0 / (1.0 + np.exp(-np.asarray(z))) - np.asarray(y)) / len(z)
+    np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-6, atol=1e-7)
