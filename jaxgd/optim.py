@@ -67,7 +67,7 @@ STOP_DEFAULTS: dict[str, float] = {
     "loss_target": -math.inf,
     "patience": 0.0,
     "min_delta": 0.0,
-    "diverge_factor": math.inf,
+    "diverge_factor": 1e6,
 }
 INT_KEYS = ("patience",)
 
@@ -263,6 +263,9 @@ def _check_ranges(numeric: Mapping[str, Any]) -> None:
     for k in ("l1", "l2", "weight_decay", "momentum", "decay_rate", "alpha", "gamma"):
         if k in numeric and not np.isfinite(val(k)):
             raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be finite")
+    for k in ("grad_tol", "loss_target"):
+        if k in numeric and np.isnan(val(k)):
+            raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must not be NaN")
     if "diverge_factor" in numeric and not val("diverge_factor") > 1:
         raise ValueError(f"hparams['diverge_factor']={numeric['diverge_factor']!r} must be > 1")
 

@@ -281,7 +281,11 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             obj, loss, gn = batch_loss, batch_loss, batch_gn
         # divergence by growth of the loss, or a non-finite epoch-end loss
         factor = tc["diverge_factor"]
-        grew = jnp.isfinite(factor) & (loss > factor * jnp.abs(st.init_loss))
+        if spec.track_init:
+            ref = st.init_loss
+        else:  # no pass over the data at the start: the first epoch's batch loss is the scale
+            ref = jnp.where(epoch == 0, batch_loss, st.init_loss)
+        grew = jnp.isfinite(factor) & (loss > factor * jnp.abs(ref))
         grew |= ~jnp.isfinite(obj)
         diverged_now = active & grew
         reason = jnp.where(diverged_now, DIVERGED, reason)
@@ -334,7 +338,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
 
         return State(
             params=params, opt_state=opt_state, step=stp, active=active, reason=reason,
-            epochs_run=st.epochs_run + was_active.astype(jnp.int32), init_loss=st.init_loss,
+            epochs_run=st.epochs_run + was_active.astype(jnp.int32), init_loss=ref,
             best_metric=best_metric, best_epoch=best_epoch, bad_epochs=bad,
             best_params=best_params, history=hist,
         )
@@ -352,7 +356,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             "steps_run": st.step,
             "best_metric": st.best_metric,
             "best_epoch": st.best_epoch,
-            "init_loss": st.init_loss,
+            "init_loss": st.init_loss if spec.track_init else jnp.full_like(st.init_loss, jnp.nan),
         }
 
     def run(params0, data, val, tc, keys, tidx, vidx):
@@ -547,9 +551,10 @@ def fit(
       loss_target: stop when the training loss is <= this ("loss_target").
       patience: stop after this many epochs without improvement of the monitored loss
         (validation loss if given, else training loss) by more than ``min_delta``.
-      diverge_factor: stop as "diverged" when the loss exceeds this times the initial
-        loss; a non-finite loss or gradient always stops as "diverged", keeping the last
-        finite parameters.
+      diverge_factor: stop as "diverged" when the training loss exceeds this times the
+        initial loss (default 1e6; ``float("inf")`` turns the check off; with
+        ``metrics="batch"`` the first epoch's mean batch loss is the reference). A non-finite
+        loss or gradient always stops as "diverged", keeping the last finite parameters.
       restore_best: return the parameters of the best monitored epoch.
       metrics: ``"full"`` evaluates loss and gradient norm on the whole training set at
         every epoch end; ``"batch"`` records the means over the epoch's batches (cheaper).
@@ -637,6 +642,8 @@ def prepare(
         plan = batch_plan(n_eff, plan.batch_size * accumulate, drop_last)
         plan = plan._replace(batch_size=plan.batch_size // accumulate)
     spec_opt = optim.resolve_optimizer(optimizer)
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise TypeError(f"hparams={hparams!r} must be a dict of name -> number")
     hp = dict(hparams or {})
     for name, value in (("grad_tol", grad_tol), ("loss_target", loss_target),
                         ("patience", patience), ("diverge_factor", diverge_factor)):
@@ -664,7 +671,7 @@ def prepare(
         accumulate=accumulate, shuffle=shuffle, epochs=epochs, metrics=metrics,
         record_steps=bool(record_steps), restore_best=restore_best, penalty_mask=penalty_mask,
         init_fn=init_fn, has_val=val_data is not None or val_from_index,
-        track_init=metrics == "full" or "diverge_factor" in hp,
+        track_init=metrics == "full",
         val_from_index=val_from_index, train_from_index=train_from_index,
     )
     return spec, params, data, val_data, numeric

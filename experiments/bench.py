@@ -1,0 +1,1130 @@
+"""Benchmark: jaxgd against the textbook loop, PyTorch and per-configuration JAX + optax.
+
+Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
+
+- A. 16-point noisy line, full batch, SGD lr 1e-4, 100 000 iterations (``jaxgd.fit``);
+- B. linear regression N=65 536, d=64, B=256, Adam, 256 learning rates, 3 epochs, one
+  shared shuffle order (``jaxgd.sweep``, ``metrics="batch"``);
+- C. as B with 8 seeds x 32 learning rates, each seed its own shuffle;
+- D. as B with batch sizes {1, 16, 64, 256, N} x 32 learning rates;
+- E. digits: softmax regression and a 1-hidden-layer MLP, 64 learning rates each;
+
+against (1) the textbook NumPy loop, (2) PyTorch (``torch.optim`` + per-epoch
+``randperm`` shuffling), (3) plain JAX + optax with one jitted ``lax.scan`` training
+function per configuration (the learning rate is an argument, so it compiles once),
+configurations run one after another, and (4) jaxgd.
+
+Timing: median of ``--reps`` repetitions; compile time reported apart (first call minus
+the median of later calls); every timed jaxgd repetition uses new hyper-parameter values
+and the XLA compilations it triggers are counted from JAX's compile log
+(``jax_log_compiles``). Peers that would take too long for all K configurations run a
+subset (and, for very long runs, a prefix of the steps) and are extrapolated linearly;
+the "measured" column says how much was run. FLOPs count the matrix products exactly
+(every step's real batch, short last batches included): a linear step costs 4*b*d per
+configuration (forward 2bd, gradient 2bd). The machine's peak is a jitted 2048x2048
+fp32 ``x @ y`` measured in the same run.
+
+Memory: in-process rows report the rise of the peak RSS (``VmHWM`` after a reset through
+``/proc/self/clear_refs``) during the timed calls; XLA allocates outside ``tracemalloc``,
+and freed memory may be reused, so these are indicative. The memory line and the scaling
+figures run every point in a fresh subprocess and report ``ru_maxrss`` above the
+data-loaded baseline (compile included) and the peak above the RSS after the first call.
+
+Usage: ``python -m experiments.bench [--quick | --tiny] [--out DIR] [--reps N]
+[--problems A,B,C,D,E]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_OUT = Path("demo_out") / "bench"
+PROBLEMS = ("A", "B", "C", "D", "E")
+
+
+# ----------------------------------------------------------------------------- sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    a_iters: int = 100_000
+    a_text_iters: int = 100_000  # iterations the textbook loop actually runs (extrapolated)
+    n: int = 65_536
+    d: int = 64
+    batch: int = 256
+    epochs: int = 3
+    k_lr: int = 256
+    c_seeds: int = 8
+    c_lrs: int = 32
+    d_batches: tuple = (1, 16, 64, 256, None)
+    d_lrs: int = 32
+    d_n: int = 65_536
+    d_sub: int = 4  # per-config peers: configurations run per batch-size group
+    e_configs: int = 64
+    e_epochs: int = 10
+    e_batch: int = 64
+    e_hidden: int = 32
+    e_models: tuple = ("softmax", "mlp")
+    # which per-configuration peers run outside B (B always runs all three)
+    other_peers: tuple = ("optax", "torch", "numpy")
+    # peers: configurations actually run (the rest extrapolated), steps cap per config
+    sub_optax: int = 256
+    sub_torch: int = 32
+    sub_numpy: int = 32
+    peer_step_cap: int = 1_000_000
+    # scaling children (fresh processes)
+    scale_n: int = 65_536
+    scale_epochs: int = 1
+    scale_k: tuple = (1, 4, 16, 64, 256, 1024, 4096)
+    scale_ns: tuple = (4096, 16_384, 65_536, 262_144)
+    scale_k_base: int = 256
+    devices: tuple = (1, 2, 4, 8)
+    peak_reps: int = 10
+    child_timeout: int = 600
+
+
+FULL = Sizes()
+QUICK = dataclasses.replace(
+    FULL, a_text_iters=20_000, d_n=16_384, d_sub=1, e_epochs=5, sub_optax=8, sub_torch=1,
+    sub_numpy=1, peer_step_cap=300,
+    scale_n=16_384, scale_k=(1, 256, 4096), scale_ns=(4096, 16_384, 65_536), peak_reps=5,
+    child_timeout=120,
+)
+TINY = dataclasses.replace(
+    FULL, a_iters=2000, a_text_iters=2000, d_n=1024, d_sub=1, n=1024, d=8, batch=64, epochs=2,
+    k_lr=8, c_seeds=2, c_lrs=4,
+    d_batches=(16, None), d_lrs=4, e_configs=4, e_epochs=1, e_hidden=8, sub_optax=2,
+    e_models=("softmax",), other_peers=("torch", "numpy"),
+    sub_torch=1, sub_numpy=1, peer_step_cap=500, scale_n=1024, scale_k=(1, 8),
+    scale_ns=(1024,), scale_k_base=8, devices=(1, 2), peak_reps=3, child_timeout=60,
+)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _median(xs):
+    return float(statistics.median(xs))
+
+
+class CompileLog:
+    """Counts XLA compilations from JAX's compile log (``jax_log_compiles``)."""
+
+    QUIET = ("jax._src.interpreters.pxla", "jax._src.dispatch", "jax._src.compiler",
+             "jax._src.cache_key", "jax._src.compilation_cache")
+
+    def __init__(self):
+        self.count = 0
+        self.names: list[str] = []
+
+    @contextlib.contextmanager
+    def watch(self):
+        import jax
+
+        log = logging.getLogger("jax._src.interpreters.pxla")
+        me = self
+
+        class _H(logging.Handler):
+            def emit(self, record):
+                msg = record.getMessage()
+                if record.name == log.name and msg.startswith("Compiling "):
+                    me.count += 1
+                    me.names.append(msg.split(" with ")[0][len("Compiling "):])
+
+        h = _H(level=logging.DEBUG)
+        quiet = [logging.getLogger(n) for n in self.QUIET]
+        old = jax.config.jax_log_compiles
+        saved = [(q.propagate, q.level) for q in quiet]
+        for q in quiet:  # keep the compile log off the console (h counts, prints nothing)
+            q.addHandler(h)
+            q.propagate = False
+            q.setLevel(logging.WARNING)
+        jax.config.update("jax_log_compiles", True)
+        try:
+            yield self
+        finally:
+            jax.config.update("jax_log_compiles", old)
+            for q, (prop, lvl) in zip(quiet, saved, strict=True):
+                q.removeHandler(h)
+                q.propagate = prop
+                q.setLevel(lvl)
+
+
+def _proc_status(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1]) / 1024.0  # kB -> MB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def peak_rss():
+    """``box[0]``: rise of peak RSS (MB) over the block (VmHWM reset), NaN if unknown."""
+    box = [float("nan")]
+    ok = _reset_hwm()
+    start = _proc_status("VmRSS")
+    yield box
+    hwm = _proc_status("VmHWM")
+    if ok and start is not None and hwm is not None:
+        box[0] = max(0.0, hwm - start)
+
+
+def _maxrss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / 2**20
+
+
+def timed(fn: Callable[[int], Any], reps: int, log: CompileLog | None = None, warm=True):
+    """Call ``fn(0)`` once (compile + run; skipped with ``warm=False``), then ``fn(1..reps)``.
+
+    Returns ``(first_s, [rep_s...], recompiles_in_reps, peak_mb)``.
+    """
+    first = float("nan")
+    if warm:
+        t = time.perf_counter()
+        fn(0)
+        first = time.perf_counter() - t
+    c0 = log.count if log is not None else 0
+    times = []
+    with peak_rss() as mem:
+        for r in range(1, reps + 1):
+            t = time.perf_counter()
+            fn(r)
+            times.append(time.perf_counter() - t)
+    rec = (log.count - c0) if log is not None else 0
+    return first, times, rec, mem[0]
+
+
+def matmul_peak(reps: int) -> float:
+    """Measured fp32 matmul rate in GFLOP/s: jitted 2048x2048 ``x @ y``, median."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (n, n), jnp.float32)
+    y = jax.random.normal(k2, (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(x, y).block_until_ready()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(x, y).block_until_ready()
+        ts.append(time.perf_counter() - t)
+    return 2 * n**3 / _median(ts) / 1e9
+
+
+# ----------------------------------------------------------------------------- flops
+
+
+def steps_of(n: int, b: int | None) -> list[int]:
+    """Batch sizes of one epoch's steps (DataLoader semantics, drop_last=False)."""
+    b = n if b is None else b
+    full, rem = divmod(n, b)
+    return [b] * full + ([rem] if rem else [])
+
+
+def linear_flops(n, d, b, epochs, k, out=1):
+    """Matrix-product flops of k configurations: 4*b*d*out per step (fwd + grad)."""
+    return 4.0 * d * out * sum(steps_of(n, b)) * epochs * k
+
+
+def mlp_flops(n, d, h, c, b, epochs, k):
+    # forward 2b(dh + hc); backward dW2 2bhc, dH 2bhc, dW1 2bdh (no dX)
+    return (4.0 * d * h + 6.0 * h * c) * sum(steps_of(n, b)) * epochs * k
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def lr_grid(k: int, lo=1e-4, hi=1e-1, jitter=0):
+    """k log-spaced learning rates; ``jitter`` r gives new values (same shapes)."""
+    return (np.logspace(np.log10(lo), np.log10(hi), k) * (1.0 + 1e-3 * jitter)).astype(
+        np.float64)
+
+
+def regression_data(n, d, seed=0):
+    import jaxgd
+
+    ds = jaxgd.datasets.synthetic_regression(n, d, seed=seed)
+    return ds.x, ds.y
+
+
+def digits_data():
+    import jaxgd
+
+    ds = jaxgd.datasets.load("digits")
+    s = jaxgd.data.fit_standardizer(ds.x)
+    x = np.asarray(jaxgd.data.standardize(ds.x, s), np.float32)
+    return x, np.asarray(ds.y, np.int32)
+
+
+def np_orders(n, epochs, seed):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(n) for _ in range(epochs)]).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- models
+
+# Each model: jax loss(params, batch), numpy params0 (list of arrays, same order as the
+# jax pytree leaves), numpy value+grad, torch forward. All losses are batch means.
+
+
+def _jax_mse(p, batch):
+    import jax.numpy as jnp
+
+    x, y = batch
+    return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+
+def _jax_softmax(p, batch):
+    import jax
+    import jax.numpy as jnp
+
+    x, y = batch
+    z = x @ p["w"] + p["b"]
+    logp = jax.nn.log_softmax(z)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+def _jax_mlp(p, batch):
+    import jax
+    import jax.numpy as jnp
+
+    x, y = batch
+    h = jax.nn.relu(x @ p["w1"] + p["b1"])
+    z = h @ p["w2"] + p["b2"]
+    logp = jax.nn.log_softmax(z)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+def _np_mse_grad(ps, xb, yb):
+    w, b = ps
+    r = xb @ w + b - yb
+    m = len(yb)
+    return float(np.mean(r * r)), [(2.0 / m) * (xb.T @ r), np.float32(2.0 / m) * r.sum()]
+
+
+def _np_softmax_ce(z, yb):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    p = e / e.sum(axis=1, keepdims=True)
+    m = len(yb)
+    loss = -float(np.mean(np.log(p[np.arange(m), yb] + 1e-30)))
+    p[np.arange(m), yb] -= 1.0
+    return loss, p / m
+
+
+def _np_softmax_grad(ps, xb, yb):
+    w, b = ps
+    loss, dz = _np_softmax_ce(xb @ w + b, yb)
+    return loss, [xb.T @ dz, dz.sum(0)]
+
+
+def _np_mlp_grad(ps, xb, yb):
+    w1, b1, w2, b2 = ps
+    a = xb @ w1 + b1
+    h = np.maximum(a, 0)
+    loss, dz = _np_softmax_ce(h @ w2 + b2, yb)
+    dh = (dz @ w2.T) * (a > 0)
+    return loss, [xb.T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
+
+
+def _torch_forward(kind):
+    import torch
+
+    if kind == "linreg":
+        return lambda ps, x, y: torch.mean((x @ ps[0] + ps[1] - y) ** 2)
+    if kind == "softmax":
+        return lambda ps, x, y: torch.nn.functional.cross_entropy(x @ ps[0] + ps[1], y)
+    return lambda ps, x, y: torch.nn.functional.cross_entropy(
+        torch.relu(x @ ps[0] + ps[1]) @ ps[2] + ps[3], y)
+
+
+MODELS = {
+    "linreg": (_jax_mse, _np_mse_grad),
+    "softmax": (_jax_softmax, _np_softmax_grad),
+    "mlp": (_jax_mlp, _np_mlp_grad),
+}
+
+
+def params0(kind, d, h=32, c=10):
+    """Initial parameters as a dict (jax pytree order = sorted keys) of numpy arrays."""
+    if kind == "linreg":
+        return {"b": np.zeros((), np.float32), "w": np.zeros(d, np.float32)}
+    if kind == "softmax":
+        return {"b": np.zeros(c, np.float32), "w": np.zeros((d, c), np.float32)}
+    rng = np.random.default_rng(0)
+    return {
+        "b1": np.zeros(h, np.float32),
+        "b2": np.zeros(c, np.float32),
+        "w1": (rng.normal(size=(d, h)) * math.sqrt(2.0 / d)).astype(np.float32),
+        "w2": (rng.normal(size=(h, c)) / math.sqrt(h)).astype(np.float32),
+    }
+
+
+_NP_ORDER = {"linreg": ("w", "b"), "softmax": ("w", "b"), "mlp": ("w1", "b1", "w2", "b2")}
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def numpy_train(kind, p0, x, y, lr, orders, b, cap):
+    """The textbook loop: NumPy Adam, one configuration; returns (steps run, last loss)."""
+    grad = MODELS[kind][1]
+    ps = [np.array(p0[k], np.float32) for k in _NP_ORDER[kind]]
+    m = [np.zeros_like(p) for p in ps]
+    v = [np.zeros_like(p) for p in ps]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    n = len(y)
+    bs = n if b is None else b
+    t = 0
+    loss = float("nan")
+    for order in orders:
+        for s in range(0, n, bs):
+            idx = order[s:s + bs]
+            loss, g = grad(ps, x[idx], y[idx])
+            t += 1
+            c1, c2 = 1 - b1**t, 1 - b2**t
+            for i in range(len(ps)):
+                m[i] = b1 * m[i] + (1 - b1) * g[i]
+                v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
+                ps[i] = (ps[i] - lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps)).astype(
+                    np.float32)
+            if t >= cap:
+                return t, loss
+    return t, loss
+
+
+def torch_train(kind, p0, xt, yt, lr, seed, epochs, b, cap):
+    """PyTorch, one configuration: torch.optim.Adam, a ``randperm`` order per epoch."""
+    import torch
+
+    fwd = _torch_forward(kind)
+    ps = [torch.tensor(p0[k]).requires_grad_(True) for k in _NP_ORDER[kind]]
+    opt = torch.optim.Adam(ps, lr=float(lr))
+    g = torch.Generator().manual_seed(int(seed))
+    n = len(yt)
+    bs = n if b is None else b
+    t = 0
+    loss = torch.tensor(float("nan"))
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for s in range(0, n, bs):
+            idx = order[s:s + bs]
+            opt.zero_grad(set_to_none=True)
+            loss = fwd(ps, xt[idx], yt[idx])
+            loss.backward()
+            opt.step()
+            t += 1
+            if t >= cap:
+                return t, float(loss.detach())
+    return t, float(loss.detach())
+
+
+def make_optax_train(kind, n, b, epochs, perm_in_jit=False):
+    """Plain JAX + optax: one jitted lax.scan training function; lr is an argument.
+
+    ``orders`` is an [epochs, n] index array, or with ``perm_in_jit`` a PRNG key from
+    which the function draws ``jax.random.permutation`` per epoch (the natural code).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    loss = MODELS[kind][0]
+    bs = n if b is None else b
+    full, rem = divmod(n, bs)
+
+    @jax.jit
+    def train(lr, p0, x, y, orders):
+        opt = optax.adam(lr)
+        if perm_in_jit:
+            orders = jax.vmap(lambda e: jax.random.permutation(
+                jax.random.fold_in(orders, e), n).astype(jnp.int32))(jnp.arange(epochs))
+
+        def step(carry, idx):
+            p, s = carry
+            l_, g = jax.value_and_grad(loss)(p, (x[idx], y[idx]))
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), l_
+
+        def epoch(carry, order):
+            carry, ls = jax.lax.scan(step, carry, order[:full * bs].reshape(full, bs))
+            if rem:
+                carry, _ = step(carry, order[full * bs:])
+            return carry, ls[-1]
+
+        (p, _), losses = jax.lax.scan(epoch, (p0, opt.init(p0)), orders)
+        return p, losses
+
+    return train
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, reps: int, peak: float, log: CompileLog):
+        self.s = sizes
+        self.reps = reps
+        self.peak = peak
+        self.log = log
+        self.rows: list[dict[str, Any]] = []
+        self.targets: list[dict[str, Any]] = []
+        self.recompiles = 0
+
+    def add(self, problem, impl, k, measured, compile_s, run_s, flops, mem_mb, note=""):
+        gf = flops / run_s / 1e9 if run_s > 0 else float("nan")
+        self.rows.append({
+            "problem": problem, "implementation": impl, "configs": k, "measured": measured,
+            "compile_s": compile_s, "run_s": run_s, "ms_per_config": 1e3 * run_s / k,
+            "speedup_of_jaxgd": float("nan"), "GFLOP/s": gf, "pct_peak": 100 * gf / self.peak,
+            "peak_rss_MB": mem_mb, "note": note,
+        })
+
+    def target(self, name, value, op, goal, note=""):
+        ok = value >= goal if op == ">=" else value <= goal
+        self.targets.append({"target": name, "measured": value, "goal": f"{op} {goal:g}",
+                             "met": bool(ok) if np.isfinite(value) else False, "note": note})
+
+    # -- generic per-configuration peers, extrapolated
+    def peers(self, problem, kind, cfgs, data, n, b, epochs, flops,
+              peers=("optax", "torch", "numpy"), sub=None, perm_in_jit=False):
+        """cfgs: list of (lr, seed). Times the per-configuration peers; returns run_s.
+
+        ``sub`` caps the configurations run by every peer (else the Sizes' sub_* values).
+        """
+        import jax
+        import jax.numpy as jnp
+        import torch
+
+        s = self.s
+        x, y = data
+        k = len(cfgs)
+        p0 = params0(kind, x.shape[1], s.e_hidden)
+        total_steps = len(steps_of(n, b)) * epochs
+        out = {}
+        orders = {sd: np_orders(n, epochs, sd) for sd in sorted({c[1] for c in cfgs})}
+        if "optax" in peers:
+            train = make_optax_train(kind, n, b, epochs)
+            xj, yj = jnp.asarray(x), jnp.asarray(y)
+            pj = jax.tree.map(jnp.asarray, p0)
+            oj = {sd: jnp.asarray(o) for sd, o in orders.items()}
+            sub_o = _subset(cfgs, min(s.sub_optax, sub or s.sub_optax))
+
+            def run_optax(r):
+                for lr, sd in sub_o:
+                    jax.block_until_ready(train(jnp.float32(lr * (1 + 1e-3 * r)), pj, xj, yj,
+                                                oj[sd]))
+
+            first, ts, _, mem = timed(run_optax, self.reps)
+            per = _median(ts) / len(sub_o)
+            run = per * k
+            self.add(problem, "JAX+optax per config", k, f"{len(sub_o)}/{k}",
+                     first - per * len(sub_o), run, flops, mem,
+                     "one jitted lax.scan per config; orders precomputed (numpy)")
+            out["optax"] = run
+            if perm_in_jit:
+                train_p = make_optax_train(kind, n, b, epochs, perm_in_jit=True)
+                keys = {sd: jax.random.key(sd) for sd in orders}
+
+                def run_optax_p(r):
+                    for lr, sd in sub_o:
+                        jax.block_until_ready(train_p(jnp.float32(lr * (1 + 1e-3 * r)), pj, xj,
+                                                      yj, keys[sd]))
+
+                first, ts, _, mem = timed(run_optax_p, self.reps)
+                per = _median(ts) / len(sub_o)
+                self.add(problem, "JAX+optax per config, in-jit permutation", k,
+                         f"{len(sub_o)}/{k}", first - per * len(sub_o), per * k, flops, mem,
+                         "as above, jax.random.permutation per epoch inside the jitted fn")
+                out["optax_perm"] = per * k
+        if "torch" in peers:
+            xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y))
+            if kind != "linreg":
+                yt = yt.long()
+            sub_t = _subset(cfgs, min(s.sub_torch, sub or s.sub_torch))
+            # default intra-op threads can be pathological on a loaded 2-core box (OpenMP
+            # oversubscription: 100x slower seen): probe default vs 1 thread, use the faster
+            default_threads = torch.get_num_threads()
+            probe = {}
+            for th in dict.fromkeys((default_threads, 1)):
+                torch.set_num_threads(th)
+                t = time.perf_counter()
+                st, _ = torch_train(kind, p0, xt, yt, sub_t[0][0], sub_t[0][1], epochs, b, 20)
+                probe[th] = (time.perf_counter() - t) / st
+            threads = min(probe, key=probe.get)
+            torch.set_num_threads(threads)
+            steps_box = [0]
+
+            def run_torch(r):
+                steps_box[0] = 0
+                for lr, sd in sub_t:
+                    st, _ = torch_train(kind, p0, xt, yt, lr * (1 + 1e-3 * r), sd, epochs, b,
+                                        s.peer_step_cap)
+                    steps_box[0] += st
+
+            try:
+                first, ts, _, mem = timed(run_torch, self.reps, warm=False)
+            finally:
+                torch.set_num_threads(default_threads)
+            frac = steps_box[0] / (len(sub_t) * total_steps)
+            run = _median(ts) / len(sub_t) / frac * k
+            meas = f"{len(sub_t)}/{k}" + (f" x {100 * frac:.2g}% steps" if frac < 1 else "")
+            self.add(problem, "PyTorch per config", k, meas, float("nan"), run, flops, mem,
+                     f"torch {torch.__version__}, {threads} thread(s) (probe ms/step: "
+                     + ", ".join(f"{th} thr {1e3 * v:.2g}" for th, v in probe.items()) + ")")
+            out["torch"] = run
+        if "numpy" in peers:
+            sub_n = _subset(cfgs, min(s.sub_numpy, sub or s.sub_numpy))
+            steps_box = [0]
+
+            def run_np(r):
+                steps_box[0] = 0
+                for lr, sd in sub_n:
+                    st, _ = numpy_train(kind, p0, x, y, lr * (1 + 1e-3 * r), orders[sd], b,
+                                        s.peer_step_cap)
+                    steps_box[0] += st
+
+            first, ts, _, mem = timed(run_np, self.reps, warm=False)
+            frac = steps_box[0] / (len(sub_n) * total_steps)
+            run = _median(ts) / len(sub_n) / frac * k
+            meas = f"{len(sub_n)}/{k}" + (f" x {100 * frac:.2g}% steps" if frac < 1 else "")
+            self.add(problem, "NumPy loop per config", k, meas, float("nan"), run, flops, mem,
+                     "textbook Adam loop")
+            out["numpy"] = run
+        return out
+
+    def jaxgd_sweep(self, problem, kind, data, grid_fn, flops, note="", **kw):
+        """Time ``jaxgd.sweep`` with ``grid_fn(r)`` (new values every call)."""
+        import jaxgd
+
+        x, y = data
+        p0 = params0(kind, x.shape[1], self.s.e_hidden)
+        loss = MODELS[kind][0]
+        res = {}
+
+        def call(r):
+            res["sw"] = jaxgd.sweep(loss, p0, (x, y), optimizer="adam", grid=grid_fn(r),
+                                    metrics="batch", **kw)
+
+        first, ts, rec, mem = timed(call, self.reps, self.log)
+        run = _median(ts)
+        self.recompiles += rec
+        k = len(res["sw"].table)
+        self.add(problem, "jaxgd", k, f"{k}/{k}", first - run, run, flops, mem,
+                 (note + "; " if note else "") + f"recompiles in timed reps: {rec}")
+        return run, first - run, res["sw"]
+
+    def ratios(self):
+        for prob in {r["problem"] for r in self.rows if r["problem"] != "memory"}:
+            rows = [r for r in self.rows if r["problem"] == prob]
+            base = [r for r in rows if r["implementation"].startswith("jaxgd")]
+            if not base:
+                continue
+            t = base[0]["run_s"]
+            for r in rows:
+                r["speedup_of_jaxgd"] = r["run_s"] / t
+
+
+def _subset(cfgs, m):
+    """m configurations spread over the list (always the first and the last)."""
+    if m >= len(cfgs):
+        return list(cfgs)
+    idx = np.unique(np.linspace(0, len(cfgs) - 1, max(1, m)).round().astype(int))
+    return [cfgs[i] for i in idx]
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def problem_a(bn: Bench):
+    import jax.numpy as jnp
+    import optax
+
+    import jaxgd
+
+    s = bn.s
+    x, y = jaxgd.datasets.noisy_line(16, seed=0)
+    iters, lr = s.a_iters, 1e-4
+    flops = linear_flops(16, 1, None, iters, 1)
+
+    def textbook(r, iters=s.a_text_iters):
+        w, b = 0.0, 0.0
+        xv, yv = x[:, 0].astype(np.float64), y.astype(np.float64)
+        for _ in range(iters):
+            err = w * xv + b - yv
+            w -= lr * 2.0 * float(np.mean(err * xv))
+            b -= lr * 2.0 * float(np.mean(err))
+        return w, b
+
+    first, ts, _, mem = timed(textbook, bn.reps, warm=False)
+    t_text = _median(ts) * iters / s.a_text_iters
+    w_ref, b_ref = textbook(0, iters)  # the reference parameters: all iterations
+    meas = "1/1" + (f" x {s.a_text_iters} it" if s.a_text_iters < iters else "")
+    bn.add("A", "NumPy loop (textbook)", 1, meas, float("nan"), t_text, flops,
+           mem, "float64 NumPy, vectorised over the 16 points")
+
+    def loss(p, batch):
+        xb, yb = batch
+        return jnp.mean((xb[:, 0] * p["w"] + p["b"] - yb) ** 2)
+
+    box = {}
+
+    def call(r):
+        box["res"] = jaxgd.fit(
+            loss, {"w": jnp.zeros(()), "b": jnp.zeros(())}, (x, y), optimizer=optax.sgd,
+            hparams={"learning_rate": lr * (1 + 1e-9 * r)}, batch_size=None, epochs=iters,
+            shuffle=False, metrics="batch")
+
+    first, ts, rec, mem = timed(call, bn.reps, bn.log)
+    t_fit = _median(ts)
+    bn.recompiles += rec
+    p = box["res"].params
+    err = max(abs(float(p["w"]) - w_ref), abs(float(p["b"]) - b_ref))
+    bn.add("A", "jaxgd", 1, "1/1", first - t_fit, t_fit, flops, mem,
+           f"fit(metrics='batch'); |params - textbook| = {err:.1e}; recompiles: {rec}")
+
+    # plain JAX reference: the bare scan (what the overhead of fit is measured against)
+    import jax
+
+    @jax.jit
+    def bare(lr_, xj, yj):
+        def step(p, _):
+            g = jax.grad(loss)(p, (xj, yj))
+            return jax.tree.map(lambda a, b: a - lr_ * b, p, g), None
+
+        return jax.lax.scan(step, {"w": jnp.zeros(()), "b": jnp.zeros(())}, None,
+                            length=iters)[0]
+
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    first, ts, _, mem = timed(
+        lambda r: jax.block_until_ready(bare(jnp.float32(lr), xj, yj)), bn.reps)
+    bn.add("A", "JAX+optax per config", 1, "1/1", first - _median(ts), _median(ts), flops, mem,
+           "bare jitted lax.scan of SGD steps")
+    bn.target("A: jaxgd vs textbook loop (x faster)", t_text / t_fit, ">=", 300)
+
+
+def problem_b(bn: Bench, data):
+    s = bn.s
+    k = s.k_lr
+    flops = linear_flops(s.n, s.d, s.batch, s.epochs, k)
+    run, comp, _ = bn.jaxgd_sweep(
+        "B", "linreg", data, lambda r: {"learning_rate": lr_grid(k, jitter=r)}, flops,
+        note="sweep(metrics='batch'), one Feistel order", epochs=s.epochs,
+        batch_size=s.batch, seed=0)
+    cfgs = [(lr, 0) for lr in lr_grid(k)]
+    peers = bn.peers("B", "linreg", cfgs, data, s.n, s.batch, s.epochs, flops, perm_in_jit=True)
+    gf = flops / run / 1e9
+    bn.target("B: jaxgd vs JAX+optax per config (x faster)", peers["optax_perm"] / run, ">=",
+              100, "peer draws jax.random.permutation per epoch in its jitted function")
+    bn.target("B: same, peer with precomputed orders (x faster)", peers["optax"] / run, ">=",
+              100, f"bound at 100% of peak: {peers['optax'] / (flops / bn.peak / 1e9):.0f}x")
+    bn.target("B: jaxgd vs PyTorch per config (x faster)", peers["torch"] / run, ">=", 1000)
+    bn.target("B: achieved share of matmul peak (%)", 100 * gf / bn.peak, ">=", 40,
+              f"{gf:.1f} of {bn.peak:.1f} GFLOP/s")
+    return run
+
+
+def problem_c(bn: Bench, data, b_run):
+    s = bn.s
+    k = s.c_seeds * s.c_lrs
+    flops = linear_flops(s.n, s.d, s.batch, s.epochs, k)
+    run, _, _ = bn.jaxgd_sweep(
+        "C", "linreg", data,
+        lambda r: {"seed": list(range(s.c_seeds)), "learning_rate": lr_grid(s.c_lrs, jitter=r)},
+        flops, note=f"{s.c_seeds} seeds x {s.c_lrs} lrs, per-seed Feistel order",
+        epochs=s.epochs, batch_size=s.batch)
+    cfgs = [(lr, sd) for sd in range(s.c_seeds) for lr in lr_grid(s.c_lrs)]
+    bn.peers("C", "linreg", cfgs, data, s.n, s.batch, s.epochs, flops, s.other_peers,
+             perm_in_jit="optax" in s.other_peers)
+    if b_run is not None:
+        # same total work as B only when K_B == seeds * lrs; compare per configuration
+        kb = s.k_lr
+        ratio = (run / k) / (b_run / kb)
+        bn.target("C time / B time (per configuration)", ratio, "<=", 2.0,
+                  f"C {run:.3f} s for {k}, B {b_run:.3f} s for {kb}")
+
+
+def problem_d(bn: Bench, data):
+    import jaxgd
+
+    s = bn.s
+    n = min(s.d_n, len(data[1]))
+    x, y = data[0][:n], data[1][:n]
+    p0 = params0("linreg", s.d)
+    lrs = s.d_lrs
+    k = len(s.d_batches) * lrs
+    flops = sum(linear_flops(n, s.d, b, s.epochs, lrs) for b in s.d_batches)
+    alone, comps = [], []
+    for b in s.d_batches:
+        def call(r, b=b):
+            jaxgd.sweep(_jax_mse, p0, (x, y), optimizer="adam",
+                        grid={"learning_rate": lr_grid(lrs, jitter=r)}, metrics="batch",
+                        epochs=s.epochs, batch_size=b, seed=0)
+
+        first, ts, rec, _ = timed(call, bn.reps, bn.log)
+        bn.recompiles += rec
+        alone.append(_median(ts))
+        comps.append(first - _median(ts))
+    run, comp, _ = bn.jaxgd_sweep(
+        "D", "linreg", (x, y),
+        lambda r: {"batch_size": list(s.d_batches), "learning_rate": lr_grid(lrs, jitter=r)},
+        flops, note=f"N={n}; {len(s.d_batches)} groups (compile cached from the groups run "
+        "alone); alone: " + ", ".join(f"B={'N' if b is None else b}: {t:.3f}s (compile "
+                                      f"{c:.2f}s)" for b, t, c in
+                                      zip(s.d_batches, alone, comps, strict=True)),
+        epochs=s.epochs, seed=0)
+    # peers: one run per batch-size group, extrapolated to its lrs; summed
+    tot: dict[str, list[float]] = {}
+    meas: dict[str, str] = {}
+    for b in s.d_batches:
+        fl = linear_flops(n, s.d, b, s.epochs, lrs)
+        start = len(bn.rows)
+        out = bn.peers("D", "linreg", [(lr, 0) for lr in lr_grid(lrs)], (x, y), n, b,
+                       s.epochs, fl, s.other_peers, sub=s.d_sub)
+        for r in bn.rows[start:]:
+            meas.setdefault(r["implementation"], []).append(r["measured"])
+        del bn.rows[start:]
+        for name, t in out.items():
+            tot.setdefault(name, []).append(t)
+    labels = {"optax": "JAX+optax per config", "torch": "PyTorch per config",
+              "numpy": "NumPy loop per config"}
+    for name, ts in tot.items():
+        m = meas.get(labels[name], [])
+        bn.add("D", labels[name], k, "per group: " + "; ".join(m), float("nan"), sum(ts),
+               flops, float("nan"),
+               f"N={n}; sum over batch-size groups: " + ", ".join(f"{t:.2g}s" for t in ts))
+    bn.target("D time / sum of groups alone", run / sum(alone), "<=", 1.2,
+              f"{run:.3f} s vs {sum(alone):.3f} s")
+    bn.target("D: worst compile per group (s)", max(comps), "<=", 1.0,
+              ", ".join(f"{c:.2f}" for c in comps))
+
+
+def problem_e(bn: Bench):
+    s = bn.s
+    x, y = digits_data()
+    n, d = x.shape
+    lrs = lr_grid(s.e_configs, 1e-4, 3e-1)
+    for kind in s.e_models:
+        label = {"softmax": "E softmax", "mlp": "E MLP"}[kind]
+        if kind == "softmax":
+            flops = linear_flops(n, d, s.e_batch, s.e_epochs, s.e_configs, out=10)
+        else:
+            flops = mlp_flops(n, d, s.e_hidden, 10, s.e_batch, s.e_epochs, s.e_configs)
+        bn.jaxgd_sweep(label, kind, (x, y),
+                       lambda r: {"learning_rate": lr_grid(s.e_configs, 1e-4, 3e-1, r)},
+                       flops, note=f"digits {n}x{d}, B={s.e_batch}, {s.e_epochs} epochs",
+                       epochs=s.e_epochs, batch_size=s.e_batch, seed=0)
+        bn.peers(label, kind, [(lr, 0) for lr in lrs], (x, y), n, s.e_batch, s.e_epochs,
+                 flops, s.other_peers)
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def child_main(spec: dict[str, Any]) -> dict[str, Any]:
+    """One scaling point in a fresh process: B-like sweep of K lrs on N samples.
+
+    Memory: the peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` once the data
+    is loaded) above the RSS at that moment, for the first call (compile included) and
+    for the timed calls (reset again after the first call).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import jaxgd
+
+    x, y = regression_data(spec["n"], spec["d"])
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    jax.block_until_ready((xj, yj))
+    p0 = params0("linreg", spec["d"])
+    k = spec["k"]
+
+    def call(r):
+        return jaxgd.sweep(_jax_mse, p0, (xj, yj), optimizer="adam",
+                           grid={"learning_rate": lr_grid(k, jitter=r)}, metrics="batch",
+                           epochs=spec["epochs"], batch_size=spec["batch"], seed=0)
+
+    ok = _reset_hwm()
+    base = _proc_status("VmRSS")
+    t = time.perf_counter()
+    call(0)
+    first = time.perf_counter() - t
+    peak_first = _proc_status("VmHWM")
+    ok = _reset_hwm() and ok
+    base2 = _proc_status("VmRSS")
+    ts = []
+    for r in range(1, spec["reps"] + 1):
+        t = time.perf_counter()
+        call(r)
+        ts.append(time.perf_counter() - t)
+    peak_reps = _proc_status("VmHWM")
+    run = _median(ts)
+    nan = float("nan")
+    return {
+        **spec, "devices_seen": jax.device_count(), "first_s": first, "run_s": run,
+        "compile_s": first - run,
+        "peak_first_call_MB": (peak_first - base) if ok and peak_first and base else nan,
+        "peak_run_MB": (peak_reps - base2) if ok and peak_reps and base2 else nan,
+        "data_MB": (x.nbytes + y.nbytes) / 2**20,
+        "flops": linear_flops(spec["n"], spec["d"], spec["batch"], spec["epochs"], k),
+    }
+
+
+def run_child(spec: dict[str, Any], timeout: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    flags = " ".join(f for f in flags.split() if "force_host_platform_device_count" not in f)
+    env["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={spec['devices']}"
+                        ).strip()
+    cmd = [sys.executable, "-m", "experiments.bench", "--child", json.dumps(spec)]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                           cwd=root)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timeout after {timeout} s"}
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("CHILD "):
+            return json.loads(line[6:])
+    return {**spec, "error": (p.stderr or p.stdout)[-400:]}
+
+
+def scaling(bn: Bench, out: Path):
+    import pandas as pd
+
+    s = bn.s
+    base = {"n": s.scale_n, "d": s.d, "batch": s.batch, "epochs": s.scale_epochs,
+            "reps": bn.reps, "devices": 1}
+    specs = []
+    for k in s.scale_k:
+        specs.append({**base, "k": k, "axis": "configs"})
+    for n in s.scale_ns:
+        specs.append({**base, "n": n, "k": s.scale_k_base, "axis": "samples"})
+    for dev in s.devices:
+        specs.append({**base, "k": s.scale_k_base, "devices": dev, "axis": "devices"})
+    cache: dict[tuple, dict] = {}
+    rows = []
+    for sp in specs:
+        key = (sp["n"], sp["k"], sp["devices"])
+        if key not in cache:
+            t = time.perf_counter()
+            res = run_child({k: v for k, v in sp.items() if k != "axis"}, s.child_timeout)
+            res["wall_s"] = time.perf_counter() - t
+            cache[key] = res
+            print(f"  child N={sp['n']} K={sp['k']} devices={sp['devices']}: "
+                  + (f"{res['run_s']:.3f} s, run peak +{res['peak_run_MB']:.1f} MB"
+                     if "error" not in res else res["error"][-200:]), flush=True)
+        rows.append({"axis": sp["axis"], **cache[key]})
+    df = pd.DataFrame(rows)
+    for col in ("run_s", "compile_s", "peak_first_call_MB", "peak_run_MB", "flops"):
+        if col not in df:
+            df[col] = np.nan
+    df["GFLOP/s"] = df["flops"] / df["run_s"] / 1e9
+    # the memory line: the largest-K sweep vs 1 configuration, same N
+    kk = df[df.axis == "configs"].sort_values("k")
+    if len(kk) >= 2 and kk["peak_run_MB"].notna().all():
+        lo, hi = kk.iloc[0], kk.iloc[-1]
+        extra = hi["peak_run_MB"] - lo["peak_run_MB"]
+        copies = (hi["k"] - lo["k"]) * hi["data_MB"]
+        bn.target(f"memory: {int(hi['k'])}-config sweep minus 1-config (MB)", extra, "<=",
+                  float(copies) / 10,
+                  f"run peak RSS +{hi['peak_run_MB']:.1f} vs +{lo['peak_run_MB']:.1f} MB, "
+                  f"first call (compile incl.) +{hi['peak_first_call_MB']:.0f} vs "
+                  f"+{lo['peak_first_call_MB']:.0f} MB (fresh processes, N={int(hi['n'])}); "
+                  f"data {hi['data_MB']:.1f} MB, a copy per config would add {copies:.0f} MB")
+        bn.rows.append({
+            "problem": "memory", "implementation": "jaxgd", "configs": int(hi["k"]),
+            "measured": f"{int(hi['k'])} vs {int(lo['k'])}", "compile_s": hi["compile_s"],
+            "run_s": hi["run_s"], "ms_per_config": 1e3 * hi["run_s"] / hi["k"],
+            "speedup_of_jaxgd": float("nan"), "GFLOP/s": hi["flops"] / hi["run_s"] / 1e9,
+            "pct_peak": 100 * hi["flops"] / hi["run_s"] / 1e9 / bn.peak,
+            "peak_rss_MB": hi["peak_run_MB"],
+            "note": f"fresh process, N={int(hi['n'])}, {int(hi['epochs'])} epoch; 1-config "
+                    f"sweep: +{lo['peak_run_MB']:.1f} MB; data {hi['data_MB']:.1f} MB held "
+                    f"once (a copy per config = {copies:.0f} MB)",
+        })
+    cols = ["axis", "n", "k", "devices", "epochs", "run_s", "compile_s", "GFLOP/s",
+            "peak_first_call_MB", "peak_run_MB", "data_MB"]
+    if "error" in df:
+        cols.append("error")
+    df = df[[c for c in cols if c in df]]
+    plot_scaling(df, out)
+    return df
+
+
+def plot_scaling(df, out: Path):
+    import matplotlib.pyplot as plt
+
+    from ._common import save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig.subplots_adjust(wspace=0.5)
+    for ax, axis, xcol, xlabel in ((axes[0], "configs", "k", "configurations K"),
+                                   (axes[1], "samples", "n", "samples N")):
+        sub = df[df.axis == axis].sort_values(xcol)
+        if sub.empty or "run_s" not in sub:
+            continue
+        ax.plot(sub[xcol], sub["run_s"], "o-", label="run time (s)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds")
+        ax2 = ax.twinx()
+        ax2.plot(sub[xcol], sub["peak_run_MB"], "s--", color="C1",
+                 label="run peak RSS rise (MB)")
+        ax2.plot(sub[xcol], sub["peak_first_call_MB"], "^:", color="C2",
+                 label="first call (compile) peak RSS rise (MB)")
+        ax2.set_ylabel("MB", color="C1")
+        lines = ax.get_lines() + ax2.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper left")
+    axes[0].set_title("time and memory vs configurations")
+    axes[1].set_title("time and memory vs N")
+    sub = df[df.axis == "devices"].sort_values("devices")
+    if not sub.empty and "run_s" in sub:
+        axes[2].bar([str(int(v)) for v in sub["devices"]], sub["run_s"])
+        axes[2].set_xlabel("forced host devices")
+        axes[2].set_ylabel("run time (s)")
+        axes[2].set_title("same sweep on 1-8 forced CPU devices")
+    save_figure(fig, out, "scaling")
+
+
+def plot_speedups(df, bn: Bench, out: Path):
+    import matplotlib.pyplot as plt
+
+    from ._common import save_figure
+
+    sub = df[(df.implementation != "jaxgd") & df["speedup_of_jaxgd"].notna()
+             & (df.problem != "memory")]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(sub) + 1.2))
+    labels = [f"{p}: {i}" for p, i in zip(sub.problem, sub.implementation, strict=True)]
+    colors = [("C0" if "JAX" in i else "C1" if "PyTorch" in i else "C2")
+              for i in sub.implementation]
+    y = np.arange(len(sub))[::-1]
+    ax.barh(y, sub["speedup_of_jaxgd"], color=colors)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_xlabel("jaxgd speed-up (peer time / jaxgd time, log scale)")
+    ax.set_title(f"jaxgd speed-up per problem and peer (matmul peak {bn.peak:.0f} GFLOP/s)")
+    save_figure(fig, out, "speedup")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[str, Any]:
+    import pandas as pd
+
+    from ._common import save_table
+
+    t0 = time.perf_counter()
+    log = CompileLog()
+    with log.watch():
+        peak = matmul_peak(sizes.peak_reps)
+        print(f"fp32 matmul peak (2048^2, jit): {peak:.1f} GFLOP/s", flush=True)
+        bn = Bench(sizes, reps, peak, log)
+        data = regression_data(sizes.n, sizes.d) if set(problems) & {"B", "C", "D"} else None
+        b_run = None
+        for prob in problems:
+            t = time.perf_counter()
+            if prob == "A":
+                problem_a(bn)
+            elif prob == "B":
+                b_run = problem_b(bn, data)
+            elif prob == "C":
+                problem_c(bn, data, b_run)
+            elif prob == "D":
+                problem_d(bn, data)
+            elif prob == "E":
+                problem_e(bn)
+            print(f"problem {prob}: {time.perf_counter() - t:.1f} s", flush=True)
+        if any(p in problems for p in "BCDE"):
+            bn.target("recompiles when only values change", bn.recompiles, "<=", 0,
+                      "XLA compilations logged during the timed jaxgd repetitions")
+    scale_df = None
+    if do_scaling:
+        t = time.perf_counter()
+        scale_df = scaling(bn, out)
+        print(f"scaling: {time.perf_counter() - t:.1f} s", flush=True)
+    bn.ratios()
+    df = pd.DataFrame(bn.rows)
+    tg = pd.DataFrame(bn.targets)
+    files = save_table(df, out, "bench") + save_table(tg, out, "targets")
+    if scale_df is not None:
+        files += save_table(scale_df, out, "scaling")
+    plot_speedups(df, bn, out)
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+               f"{platform.python_implementation()} {platform.python_version()}")
+    pd.options.display.float_format = "{:.4g}".format
+    show = df.copy()
+    print(f"\nmachine: {machine}; fp32 matmul peak {peak:.1f} GFLOP/s; reps {reps}")
+    print(show.to_markdown(index=False, floatfmt=".3g"))
+    print()
+    print(tg.to_markdown(index=False, floatfmt=".3g"))
+    if scale_df is not None:
+        print()
+        print(scale_df.to_markdown(index=False, floatfmt=".3g"))
+    print(f"\nbench done in {time.perf_counter() - t0:.1f} s -> {out}")
+    return {"table": df, "targets": tg, "scaling": scale_df, "peak_gflops": peak,
+            "files": [str(f) for f in files]}
+
+
+def main(argv=None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    p.add_argument("--quick", action="store_true", help="reduced peers and scaling (< 2 min)")
+    p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--problems", default=",".join(PROBLEMS), help="subset, e.g. A,B,C")
+    p.add_argument("--no-scaling", action="store_true", help="skip the subprocess figures")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child is not None:
+        print("CHILD " + json.dumps(child_main(json.loads(a.child))), flush=True)
+        return None
+    probs = [q.strip().upper() for q in a.problems.split(",") if q.strip()]
+    bad = [q for q in probs if q not in PROBLEMS]
+    if bad:
+        p.error(f"unknown problem(s) {bad}; choose from {','.join(PROBLEMS)}")
+    if a.reps < 1:
+        p.error("--reps must be >= 1")
+    sizes = TINY if a.tiny else QUICK if a.quick else FULL
+    return run(a.out, sizes, a.reps, probs, do_scaling=not a.no_scaling)
+
+
+if __name__ == "__main__":
+    main()
