@@ -105,7 +105,8 @@ def test_stop_max_epochs(x64):
 
 def test_stop_diverged_keeps_last_finite_params(x64):
     lr = 50.0  # |1 - lr * L| >> 1: the iterates grow geometrically until they overflow
-    res, x, y = run_quadratic(lr)
+    # growth check off: this test is about the non-finite path
+    res, x, y = run_quadratic(lr, diverge_factor=float("inf"))
     assert res.stop_reason == "diverged"
     assert 1 <= res.epochs_run < STOP_EPOCHS
     # the failing update is either refused (non-finite step) or, when only the epoch-end
@@ -124,6 +125,14 @@ def test_stop_diverged_keeps_last_finite_params(x64):
         ok = np.isfinite(loss) and np.all(np.isfinite(gw)) and np.all(np.isfinite(nxt))
     assert not ok
     assert np.all(np.isfinite(res.history["loss"][:-1]))
+
+
+def test_default_diverge_factor_stops_a_runaway_before_overflow(x64):
+    res, _, _ = run_quadratic(50.0)
+    assert res.stop_reason == "diverged"
+    loss = res.history["loss"]
+    assert np.all(np.isfinite(loss))
+    assert loss[-1] > 1e6 * res.init_loss >= loss[-2]
 
 
 def test_stop_diverge_factor(x64):
