@@ -45,7 +45,9 @@ class FitResult:
     @classmethod
     def from_program(cls, out: dict[str, Any], spec: Any = None) -> FitResult:
         e = int(out["epochs_run"])
-        hist = {k: np.asarray(v)[:e] for k, v in out["history"].items()}
+        rows = int(out["evals_run"])
+        hist = {k: np.asarray(v)[: e if k == "step_loss" else rows]
+                for k, v in out["history"].items()}
         return cls(
             params=jax.tree.map(lambda a: a, out["params"]),
             history=hist,
@@ -141,7 +143,8 @@ class SweepResult:
         leaves0, treedef = jax.tree.flatten(first["params"])
         leaves = [np.zeros((n,) + leaf.shape[1:], leaf.dtype) for leaf in leaves0]
         scal = {k: np.zeros(n, first[k].dtype) for k in
-                ("reason", "epochs_run", "steps_run", "best_epoch", "best_metric", "init_loss")}
+                ("reason", "epochs_run", "evals_run", "steps_run", "best_epoch", "best_metric",
+                 "init_loss") if k in first}
         for r in results:
             rows = np.asarray([pos[int(c)] for c in r["config"]])
             for k, v in r["history"].items():
@@ -155,14 +158,17 @@ class SweepResult:
         table.insert(0, "config", np.asarray(idx, np.int64))
         loss = hist["loss"]
         table["init_loss"] = scal["init_loss"]
-        table["final_loss"] = _last_finite(loss, scal["epochs_run"])
+        n_rows = scal.get("evals_run", scal["epochs_run"])
+        table["final_loss"] = _last_finite(loss, n_rows)
         with np.errstate(all="ignore"):
             finite = np.where(np.isfinite(loss), loss, np.inf)
             table["best_loss"] = np.where(np.isfinite(finite.min(1)), finite.min(1), np.nan)
-            table["best_epoch"] = np.where(np.isfinite(finite.min(1)), finite.argmin(1), -1)
+            at = finite.argmin(1)
+            ep = hist["epoch"][np.arange(n), at] if "epoch" in hist else at
+            table["best_epoch"] = np.where(np.isfinite(finite.min(1)), ep, -1).astype(np.int64)
         if "val_loss" in hist:
             vl = hist["val_loss"]
-            table["final_val_loss"] = _last_finite(vl, scal["epochs_run"])
+            table["final_val_loss"] = _last_finite(vl, n_rows)
             with np.errstate(all="ignore"):
                 fv = np.where(np.isfinite(vl), vl, np.inf)
                 table["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)

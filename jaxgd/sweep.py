@@ -188,6 +188,7 @@ def sweep(
     restore_best: bool = False,
     metrics: str = "full",
     record_steps: bool = False,
+    eval_every: int = 1,
     penalty_mask: Callable[[Any], Any] | None = None,
     init: Callable[[jax.Array], Any] | None = None,
     chunk_size: int | None = None,
@@ -311,6 +312,7 @@ def sweep(
                     loss_target=loss_target, patience=patience, min_delta=min_delta,
                     diverge_factor=diverge_factor, restore_best=restore_best, metrics=metrics,
                     record_steps=record_steps, penalty_mask=penalty_mask, init_fn=init,
+                    eval_every=eval_every,
                     n_train=n_train, val_from_index=fold is not None,
                     train_from_index=fold is not None,
                 )
@@ -331,9 +333,13 @@ def sweep(
         g["numeric"].append(numeric)
 
     # memory: every configuration carries its parameters, optimizer state and history
+    settings = dict(metrics=metrics, grad_tol=grad_tol, loss_target=loss_target,
+                    patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
+                    restore_best=restore_best, record_steps=record_steps,
+                    eval_every=eval_every, init=init, penalty_mask=penalty_mask, loss=loss)
     store = RunStore.open(out, _fingerprint(cfgs, all_idx, base, base_hp, epochs, shuffle,
-                                            drop_last, folds, fold_seed, metrics,
-                                            (data, params))
+                                            drop_last, folds, fold_seed, settings,
+                                            (data, params, val_data))
                           ) if out is not None else None
     try:
         results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
@@ -367,13 +373,13 @@ def _hashable(v: Any) -> Any:
 
 
 def _fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds, fold_seed,
-                 metrics, data) -> str:
+                 settings, data) -> str:
     """A digest of what determines the results (to refuse resuming a different sweep)."""
     h = hashlib.sha256()
     desc = {
         "configs": [cfgs[i] for i in idx], "base": base, "hparams": base_hp, "epochs": epochs,
         "shuffle": shuffle, "drop_last": drop_last, "folds": folds, "fold_seed": fold_seed,
-        "metrics": metrics,
+        "settings": settings,
     }
     h.update(json.dumps(desc, sort_keys=True, default=_stable_repr).encode())
     for leaf in jax.tree.leaves(data):
