@@ -97,7 +97,8 @@ def validate_data(data: Any, name: str = "data") -> tuple[Any, int]:
     n = next(iter(lengths.values()))
     if n == 0:
         raise ValueError(f"{name} is empty: leading length 0 ({', '.join(lengths)})")
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays]), n
+    # device_put is a transfer (jnp.asarray may compile a small copy program)
+    return jax.tree_util.tree_unflatten(treedef, [jax.device_put(a) for a in arrays]), n
 
 
 # ----------------------------------------------------------------------------- scaling

@@ -7,6 +7,7 @@ Nothing is enabled globally: float64 is switched on per test with the ``x64`` fi
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import jax
 import numpy as np
@@ -55,3 +56,32 @@ def _report(name: str, **numbers: float) -> None:
 def report():
     """``report(name, max_abs=..., max_rel=...)`` prints measured parity errors (``-s``)."""
     return _report
+
+
+class CompileCounter(logging.Handler):
+    """Counts JAX's 'Compiling ...' log records (``jax_log_compiles``)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if "Compiling" in msg or "XLA compilation" in msg:
+            self.messages.append(msg)
+
+
+@pytest.fixture
+def compiles():
+    counter = CompileCounter()
+    loggers = [logging.getLogger(n) for n in ("jax._src.dispatch", "jax._src.interpreters.pxla")]
+    old = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    for lg in loggers:
+        lg.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        for lg in loggers:
+            lg.removeHandler(counter)
+        jax.config.update("jax_log_compiles", old)

@@ -9,8 +9,6 @@ round-off (rtol 1e-4), not bit for bit.
 
 from __future__ import annotations
 
-import logging
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,33 +271,6 @@ def test_best_is_min_final_loss_not_diverged(diverging_sweep, full_sweep):
 # ----------------------------------------------------------------------------- compilation
 
 
-class CompileCounter(logging.Handler):
-    """Counts JAX's 'Compiling ...' log records (``jax_log_compiles``)."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        msg = record.getMessage()
-        if "Compiling" in msg or "XLA compilation" in msg:
-            self.messages.append(msg)
-
-
-@pytest.fixture
-def compiles():
-    counter = CompileCounter()
-    loggers = [logging.getLogger(n) for n in ("jax._src.dispatch", "jax._src.interpreters.pxla")]
-    old = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)
-    for lg in loggers:
-        lg.addHandler(counter)
-    try:
-        yield counter
-    finally:
-        for lg in loggers:
-            lg.removeHandler(counter)
-        jax.config.update("jax_log_compiles", old)
 
 
 def test_no_recompilation_for_new_values(compiles):

@@ -6,9 +6,6 @@ path) whose message names the argument and the offending value.
 
 from __future__ import annotations
 
-import logging
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -205,31 +202,6 @@ def test_at_least_30_distinct_cases():
 # ----------------------------------------------------------------------------- nothing compiles
 
 
-class _Compiles(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        msg = record.getMessage()
-        if "Compiling" in msg or "XLA compilation" in msg:
-            self.messages.append(msg)
-
-
-@pytest.fixture
-def compiles():
-    h = _Compiles()
-    loggers = [logging.getLogger(n) for n in ("jax._src.dispatch", "jax._src.interpreters.pxla")]
-    old = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)
-    for lg in loggers:
-        lg.addHandler(h)
-    try:
-        yield h
-    finally:
-        for lg in loggers:
-            lg.removeHandler(h)
-        jax.config.update("jax_log_compiles", old)
 
 
 @pytest.mark.parametrize("case", [
