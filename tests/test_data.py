@@ -225,3 +225,23 @@ def test_feistel_power_of_four_domain_and_bad_n():
     np.testing.assert_array_equal(np.sort(out), np.arange(256))
     with pytest.raises(ValueError, match="n"):
         data.feistel_permute(jnp.zeros(4, jnp.uint32), jnp.arange(3), 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 3000), k=st.integers(2, 20), shuffle=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_kfold_property_partitions_any_n_k(n, k, shuffle, seed):
+    if k > n:
+        with pytest.raises(ValueError):
+            data.kfold_indices(n, k, shuffle=shuffle, seed=seed)
+        return
+    folds = data.kfold_indices(n, k, shuffle=shuffle, seed=seed)
+    assert len(folds) == k
+    # validation parts are disjoint and cover every sample exactly once
+    vals = np.concatenate([va for _, va in folds])
+    np.testing.assert_array_equal(np.sort(vals), np.arange(n))
+    for tr, va in folds:
+        # each training part is exactly the complement of its validation part
+        np.testing.assert_array_equal(np.sort(np.concatenate([tr, va])), np.arange(n))
+    sizes = sorted(len(va) for _, va in folds)
+    assert sizes[-1] - sizes[0] <= 1
