@@ -27,7 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import optim
-from .train import STOP_REASONS, as_key, compiled_program, normalize_shuffle, prepare, tc_array
+from .train import (
+    STOP_REASONS,
+    as_key,
+    compiled_program,
+    epoch_progress,
+    normalize_shuffle,
+    prepare,
+    tc_array,
+)
 
 __all__ = ["sweep", "expand_configs", "STRUCTURAL_AXES"]
 
@@ -225,7 +233,7 @@ def sweep(
         call after an interruption resumes instead of recomputing.
       mesh: a ``jax.sharding.Mesh`` with an axis named ``"config"``; by default all
         devices of all processes when there are several.
-      progress: show a progress bar over chunks.
+      progress: show progress bars over chunks and over the epochs of the running chunk.
 
     Returns:
       :class:`jaxgd.SweepResult`: ``table`` (one row per configuration), ``history``
@@ -312,7 +320,7 @@ def sweep(
                     loss_target=loss_target, patience=patience, min_delta=min_delta,
                     diverge_factor=diverge_factor, restore_best=restore_best, metrics=metrics,
                     record_steps=record_steps, penalty_mask=penalty_mask, init_fn=init,
-                    eval_every=eval_every,
+                    eval_every=eval_every, progress=progress,
                     n_train=n_train, val_from_index=fold is not None,
                     train_from_index=fold is not None,
                 )
@@ -453,8 +461,9 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
                     cached = None  # written with another chunk width: recompute
                 cached = _agree_cached(cached)
                 if cached is None:
-                    cached = _run_chunk(g, streams, per_stream, ci, width, data, val_data,
-                                        fold_split, mesh)
+                    with epoch_progress(g["prep"][0], desc=f"group {gi + 1} chunk {ci + 1}"):
+                        cached = _run_chunk(g, streams, per_stream, ci, width, data, val_data,
+                                            fold_split, mesh)
                     if store is not None:
                         store.save_chunk(tag, cached)
                 results.append(cached)

@@ -55,6 +55,7 @@ class ProgramSpec(NamedTuple):
     has_val: bool
     track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
     eval_every: int  # epochs between evaluations (history rows, stop checks)
+    progress: bool  # report each evaluation to the host (progress bar)
     val_from_index: bool
     train_from_index: bool
 
@@ -429,7 +430,13 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
 
         def body(c):
             e, s = c
-            return e + 1, ep_c(s, tc, keys, e, data, val, tidx, vidx)
+            s = ep_c(s, tc, keys, e, data, val, tidx, vidx)
+            if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
+                every = max(1, n_evals // 100)
+                jax.lax.cond(((e + 1) % every == 0) | (e + 1 == n_evals),
+                             lambda: jax.debug.callback(_progress_tick, e + 1, jnp.sum(s.active)),
+                             lambda: None)
+            return e + 1, s
 
         _, st = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))
         # every configuration still active at epoch E-1 is marked max_epochs there
@@ -437,6 +444,39 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         return jax.tree.map(lambda a: a[None], out) if single else out
 
     return run
+
+
+_EPOCH_BAR: list[Any] = [None]
+
+
+def _progress_tick(done, active) -> None:
+    bar = _EPOCH_BAR[0]
+    if bar is not None:
+        bar.n = max(bar.n, int(done) * bar.epochs_per_tick)
+        bar.set_postfix(active=int(active), refresh=False)
+        bar.refresh()
+
+
+class epoch_progress:
+    """Context manager: a tqdm bar over the epochs of the programs run inside it."""
+
+    def __init__(self, spec: ProgramSpec, desc: str = "epochs", enabled: bool = True):
+        self.spec, self.desc, self.enabled = spec, desc, enabled and spec.progress
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.spec.epochs, desc=self.desc, unit="epoch", leave=False)
+            bar.epochs_per_tick = min(self.spec.eval_every, self.spec.epochs)
+            _EPOCH_BAR[0] = bar
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled and _EPOCH_BAR[0] is not None:
+            jax.effects_barrier()
+            _EPOCH_BAR[0].close()
+            _EPOCH_BAR[0] = None
 
 
 @functools.lru_cache(maxsize=256)
@@ -563,6 +603,7 @@ def fit(
     record_steps: bool = False,
     penalty_mask: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
+    progress: bool = False,
 ):
     """Train ``params`` on ``data`` by gradient descent; the whole run is one jitted program.
 
@@ -619,6 +660,7 @@ def fit(
         iterations of the textbook loop) are several times faster with e.g. 1000, since
         the per-epoch bookkeeping then costs nothing. A non-finite step still stops a
         configuration at once. ``history["epoch"]`` gives each row's (0-based) epoch.
+      progress: show a progress bar over epochs (a host callback per evaluation).
 
     Returns:
       :class:`jaxgd.FitResult` with ``params``, ``history``, ``stop_reason``,
@@ -641,13 +683,15 @@ def fit(
         accumulate=accumulate, val_data=val_data, grad_tol=grad_tol, loss_target=loss_target,
         patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
         restore_best=restore_best, metrics=metrics, record_steps=record_steps,
-        penalty_mask=penalty_mask, eval_every=eval_every,
+        penalty_mask=penalty_mask, eval_every=eval_every, progress=progress,
     )
     key = as_key(key)
     spec, params, data, val_data, numeric = prepared
     dt = _float_dtype(params)
     tc = {k: tc_array(k, v, dt)[None, None] for k, v in numeric.items()}
-    out = compiled_program(spec)(params, data, val_data, tc, key[None], None, None)
+    with epoch_progress(spec):
+        out = compiled_program(spec)(params, data, val_data, tc, key[None], None, None)
+        out = jax.block_until_ready(out)
     out = jax.tree.map(lambda a: a[0, 0], jax.device_get(out))  # one transfer, host slicing
     out["params"] = jax.tree.map(jnp.asarray, out["params"])
     return FitResult.from_program(out, spec)
@@ -663,7 +707,8 @@ def tc_array(name: str, value: Any, dtype) -> jax.Array:
 def prepare(
     loss, params, data, *, optimizer, hparams, batch_size, epochs, shuffle, drop_last,
     schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
-    diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1, init_fn=None,
+    diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1,
+    progress=False, init_fn=None,
     n_train=None, val_from_index=False, train_from_index=False,
 ):
     """Validate every argument (before anything is compiled) and build the ProgramSpec.
@@ -732,7 +777,7 @@ def prepare(
         accumulate=accumulate, shuffle=shuffle, epochs=epochs, metrics=metrics,
         record_steps=bool(record_steps), restore_best=restore_best, penalty_mask=penalty_mask,
         init_fn=init_fn, has_val=val_data is not None or val_from_index,
-        track_init=metrics == "full", eval_every=eval_every,
+        track_init=metrics == "full", eval_every=eval_every, progress=bool(progress),
         val_from_index=val_from_index, train_from_index=train_from_index,
     )
     return spec, params, data, val_data, numeric
