@@ -18,6 +18,7 @@ Inside the compiled program these values are arrays, so changing them never reco
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -125,17 +126,29 @@ class OptimizerSpec(NamedTuple):
     defaults: tuple[tuple[str, float], ...]
 
 
-def _factory_params(factory: Callable[..., Any]) -> tuple[set[str], set[str]]:
+def _factory_params(factory: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str]]:
     """Numeric-able and all keyword names of an optax factory."""
+    try:
+        return _factory_params_cached(factory)
+    except TypeError:  # unhashable callable
+        return _factory_params_uncached(factory)
+
+
+@functools.lru_cache(maxsize=128)
+def _factory_params_cached(factory: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str]]:
+    return _factory_params_uncached(factory)
+
+
+def _factory_params_uncached(factory: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str]]:
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
-        return set(), set()
+        return frozenset(), frozenset()
     names = {n for n, p in sig.parameters.items()
              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     non_numeric = {"mask", "mu_dtype", "accumulator_dtype", "nesterov", "centered",
                    "eps_in_sqrt", "bias_correction"}
-    return names - non_numeric, names
+    return frozenset(names - non_numeric), frozenset(names)
 
 
 def resolve_optimizer(optimizer: Any) -> OptimizerSpec:
