@@ -505,7 +505,7 @@ def _run_chunk(g, streams, per_stream, ci, width, data, val_data, fold_split, me
     names = spec.numeric_names
     tc_np = {k: np.asarray([[g["numeric"][r][k] for r in row] for row in grid_rows])
              for k in names}
-    tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}
+    tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
     keys = jnp.stack([as_key(s) for s, _ in streams])
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from . import optim
@@ -688,7 +689,7 @@ def fit(
     key = as_key(key)
     spec, params, data, val_data, numeric = prepared
     dt = _float_dtype(params)
-    tc = {k: tc_array(k, v, dt)[None, None] for k, v in numeric.items()}
+    tc = jax.device_put({k: tc_array(k, v, dt)[None, None] for k, v in numeric.items()})
     with epoch_progress(spec):
         out = compiled_program(spec)(params, data, val_data, tc, key[None], None, None)
         out = jax.block_until_ready(out)
@@ -697,11 +698,12 @@ def fit(
     return FitResult.from_program(out, spec)
 
 
-def tc_array(name: str, value: Any, dtype) -> jax.Array:
-    """A traced-config value as an array of the run's dtype (int32 for counts)."""
-    if name in optim.INT_KEYS:
-        return jnp.asarray(value, jnp.int32)
-    return jnp.asarray(value, dtype)
+def tc_array(name: str, value: Any, dtype) -> np.ndarray:
+    """A traced-config value as a host array of the run's dtype (int32 for counts).
+
+    Host (numpy) arrays: the whole dictionary then goes to the device in one transfer.
+    """
+    return np.asarray(value, np.int32 if name in optim.INT_KEYS else np.dtype(dtype))
 
 
 def prepare(
