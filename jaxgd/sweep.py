@@ -320,7 +320,7 @@ def sweep(
                     loss_target=loss_target, patience=patience, min_delta=min_delta,
                     diverge_factor=diverge_factor, restore_best=restore_best, metrics=metrics,
                     record_steps=record_steps, penalty_mask=penalty_mask, init_fn=init,
-                    eval_every=eval_every, progress=progress,
+                    eval_every=eval_every, progress=progress, data_checked=True,
                     n_train=n_train, val_from_index=fold is not None,
                     train_from_index=fold is not None,
                 )

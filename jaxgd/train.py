@@ -710,7 +710,7 @@ def prepare(
     loss, params, data, *, optimizer, hparams, batch_size, epochs, shuffle, drop_last,
     schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
     diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1,
-    progress=False, init_fn=None,
+    progress=False, init_fn=None, data_checked=False,
     n_train=None, val_from_index=False, train_from_index=False,
 ):
     """Validate every argument (before anything is compiled) and build the ProgramSpec.
@@ -729,7 +729,10 @@ def prepare(
     if metrics not in METRICS:
         raise ValueError(f"metrics={metrics!r} must be one of {METRICS}")
     shuffle = normalize_shuffle(shuffle)
-    data, n = validate_data(data, "data")
+    if data_checked:  # validated by the caller (sweep): skip a second pass over the data
+        n = jax.tree.leaves(data)[0].shape[0]
+    else:
+        data, n = validate_data(data, "data")
     if val_data is not None:
         val_data, _ = validate_data(val_data, "val_data")
         if jax.tree.structure(val_data) != jax.tree.structure(data):
