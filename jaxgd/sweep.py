@@ -308,6 +308,9 @@ def sweep(
         key_struct = (
             _hashable(full["optimizer"]), full["batch_size"], full["accumulate"],
             full["schedule"], n_train, tuple(sorted(hp)),
+            # non-numeric values (e.g. nesterov=True/False) change the program: own group
+            tuple(sorted((k, v) for k, v in hp.items()
+                         if isinstance(v, bool | str) or v is None)),
         )
         g = groups.get(key_struct)
         if g is None:
@@ -322,7 +325,6 @@ def sweep(
                     record_steps=record_steps, penalty_mask=penalty_mask, init_fn=init,
                     eval_every=eval_every, progress=progress, data_checked=True,
                     n_train=n_train, val_from_index=fold is not None,
-                    train_from_index=fold is not None,
                 )
             except (ValueError, TypeError) as e:
                 raise type(e)(f"configuration {i} {c}: {e}") from e

@@ -57,8 +57,6 @@ class ProgramSpec(NamedTuple):
     track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
     eval_every: int  # epochs between evaluations (history rows, stop checks)
     progress: bool  # report each evaluation to the host (progress bar)
-    val_from_index: bool
-    train_from_index: bool
 
 
 class State(NamedTuple):
@@ -711,7 +709,7 @@ def prepare(
     schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
     diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1,
     progress=False, init_fn=None, data_checked=False,
-    n_train=None, val_from_index=False, train_from_index=False,
+    n_train=None, val_from_index=False,
 ):
     """Validate every argument (before anything is compiled) and build the ProgramSpec.
 
@@ -783,6 +781,5 @@ def prepare(
         record_steps=bool(record_steps), restore_best=restore_best, penalty_mask=penalty_mask,
         init_fn=init_fn, has_val=val_data is not None or val_from_index,
         track_init=metrics == "full", eval_every=eval_every, progress=bool(progress),
-        val_from_index=val_from_index, train_from_index=train_from_index,
     )
     return spec, params, data, val_data, numeric

@@ -384,3 +384,26 @@ def test_determinism_float64(x64):
     pd.testing.assert_frame_equal(s1.table, s2.table)
     # and the sweep row equals fit in float64 to round-off
     assert_row_is_fit(s1, 1, a, rtol=1e-10, atol=1e-12)
+
+
+def test_boolean_axis_splits_groups_and_equals_fit():
+    # nesterov changes the program (a Python bool of optax.sgd): each value is a group
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32)
+
+    def loss(p, b):
+        return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+
+    p0 = {"w": jnp.zeros(3)}
+    sw = jaxgd.sweep(loss, p0, (x, y), optimizer="sgd",
+                     grid={"nesterov": [True, False], "learning_rate": [0.01, 0.05]},
+                     hparams={"momentum": 0.9}, batch_size=5, epochs=4)
+    assert list(sw.table["nesterov"]) == [True, True, False, False]
+    for i, c in enumerate(sw.configs):
+        r = jaxgd.fit(loss, p0, (x, y), optimizer="sgd", batch_size=5, epochs=4,
+                      hparams={"momentum": 0.9, **c})
+        np.testing.assert_allclose(sw.params["w"][i], np.asarray(r.params["w"]),
+                                   rtol=1e-5, atol=1e-6)
+    # the two values really differ
+    assert not np.allclose(sw.params["w"][0], sw.params["w"][2])
