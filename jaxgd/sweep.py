@@ -240,9 +240,16 @@ def sweep(
       ([config, epoch] arrays), ``params`` (stacked), ``best()``, ``save()``.
 
     Example:
-      >>> sw = jaxgd.sweep(loss, params, (x, y), optimizer="adam",
-      ...                  grid={"learning_rate": jnp.logspace(-4, 0, 64), "seed": range(4)},
-      ...                  epochs=50)  # doctest: +SKIP
+      >>> import jax.numpy as jnp, jaxgd
+      >>> x, y = jaxgd.datasets.textbook_line()          # y = 2x on x = 1, 2, 3
+      >>> loss = lambda p, b: jnp.mean((b[0][:, 0] * p["w"] - b[1]) ** 2)
+      >>> sw = jaxgd.sweep(loss, {"w": jnp.array(1.0)}, (x, y), optimizer="sgd",
+      ...                  grid={"learning_rate": [0.01, 0.05, 0.3], "batch_size": [1, None]},
+      ...                  epochs=50, shuffle=False)
+      >>> sw.table[["learning_rate", "batch_size", "stop_reason"]].values.tolist()[-2:]
+      [[0.3, 1, 'diverged'], [0.3, 'full', 'diverged']]
+      >>> round(float(sw.best().params["w"]), 4)
+      2.0
     """
     from .results import SweepResult
     from .store import RunStore
