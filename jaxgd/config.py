@@ -77,7 +77,7 @@ TRAIN_KEYS = (
     "optimizer", "epochs", "batch_size", "shuffle", "drop_last", "schedule", "accumulate",
     "folds", "fold_seed", "patience", "min_delta", "grad_tol", "loss_target",
     "diverge_factor", "restore_best", "metrics", "record_steps", "seed", "init_seed",
-    "hparams", "chunk_size", "memory_budget",
+    "hparams", "chunk_size", "memory_budget", "eval_every",
 )
 SECTIONS = {"data": DATA_KEYS, "model": MODEL_KEYS, "train": TRAIN_KEYS, "sweep": ()}
 # [train] entries that become sweep axes when given a list
@@ -399,6 +399,7 @@ def _read_train(ctx: _Ctx, t: dict[str, Any]) -> dict[str, Any]:
     each("init_seed", lambda x: nonneg(x) or x == "seed",
          'use an integer >= 0, or "seed" to draw each seed\'s own initial parameters')
     each("chunk_size", pos, "use a positive integer")
+    each("eval_every", pos, "use a positive integer (epochs between history rows)")
     each("memory_budget", pos, "use a positive integer (bytes)")
     if "hparams" in t:
         hp = t["hparams"]

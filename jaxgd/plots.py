@@ -191,6 +191,9 @@ def _loss_curves(sw, show: bool):
     t = sw.table
     n, e = loss.shape
     epochs = np.arange(1, e + 1)
+    ep = np.asarray(sw.history.get("epoch", np.empty((0, 0))), float)
+    if ep.shape == loss.shape and np.isfinite(ep).any(axis=0).all():
+        epochs = np.nanmax(ep, axis=0) + 1  # with eval_every > 1: the epoch of each row
     diverged = t["diverged"].to_numpy(bool) if "diverged" in t else np.zeros(n, bool)
     runs = t["epochs_run"].to_numpy(int) if "epochs_run" in t else np.full(n, e)
     fig = _figure(show, figsize=(7, 4.5))
@@ -245,7 +248,7 @@ def _loss_curves(sw, show: bool):
     if log:
         ax.set_yscale("log")
     ax.set_ylim(*ylim)
-    ax.set_xlim(1, max(e, 2))
+    ax.set_xlim(1, max(float(epochs[-1]), 2))
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
     ax.set_title(f"Loss curves ({n} configurations)")

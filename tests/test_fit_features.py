@@ -356,3 +356,47 @@ def test_shuffle_drop_last_visits_distinct_samples(x64):
     for epoch in batches:
         seen = sum(epoch, [])
         assert len(epoch) == 3 and len(seen) == len(set(seen)) == 9
+
+
+# ----------------------------------------------------------------------------- eval_every
+
+
+def test_eval_every_same_trajectory_fewer_rows(x64):
+    x, y = regression()
+    kw = dict(hparams={"learning_rate": 0.05}, batch_size=4, epochs=23, key=3)
+    every1 = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), **kw)
+    every5 = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), eval_every=5, **kw)
+    # the training steps do not depend on how often we evaluate
+    np.testing.assert_array_equal(np.asarray(every5.params["w"]),
+                                  np.asarray(every1.params["w"]))
+    assert every5.epochs_run == every1.epochs_run == 23
+    assert every5.steps_run == every1.steps_run
+    # rows at epochs 4, 9, 14, 19 and the last epoch 22, equal to the per-epoch rows there
+    np.testing.assert_array_equal(every5.history["epoch"], [4, 9, 14, 19, 22])
+    np.testing.assert_allclose(every5.history["loss"],
+                               every1.history["loss"][[4, 9, 14, 19, 22]], rtol=1e-12)
+
+
+def test_eval_every_stops_at_an_evaluation(x64):
+    x, y = regression()
+    first = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), batch_size=None,
+                      hparams={"learning_rate": 0.1}, epochs=500, shuffle=False,
+                      loss_target=0.1)
+    assert first.stop_reason == "loss_target"
+    later = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), batch_size=None,
+                      hparams={"learning_rate": 0.1}, epochs=500, shuffle=False,
+                      loss_target=0.1, eval_every=7)
+    assert later.stop_reason == "loss_target"
+    # it runs on to the end of the block in which the target was first reached
+    assert later.epochs_run == -(-first.epochs_run // 7) * 7
+    assert later.history["loss"][-1] <= 0.1
+
+
+def test_eval_every_non_finite_step_stops_at_once(x64):
+    x, y = regression()
+    res = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), batch_size=None,
+                    hparams={"learning_rate": 50.0}, epochs=5000, shuffle=False,
+                    diverge_factor=float("inf"), eval_every=1000)
+    assert res.stop_reason == "diverged"
+    assert res.epochs_run < 1000  # the steps stopped inside the first block
+    assert np.all(np.isfinite(np.asarray(res.params["w"])))
