@@ -669,15 +669,23 @@ def build(cfg: Config) -> Experiment:
     if "val_fraction" in cfg.data:
         tr, va = D.train_val_split(n, cfg.data["val_fraction"], cfg.data["split_seed"])
     x = x.reshape(n, -1)
-    if cfg.data["standardize"]:
-        s = D.fit_standardizer(x[tr])
-        x = np.asarray(D.standardize(x, s), np.float32)
-    if cfg.data["standardize_target"]:
-        if task != "regression":
-            raise err("data.standardize_target",
-                      f"data.standardize_target applies to regression, not {task!r} labels")
-        mu, sd = y[tr].mean(0), y[tr].std(0)
-        y = ((y - mu) / np.where(sd == 0, 1, sd)).astype(np.float32)
+    if cfg.data["standardize_target"] and task != "regression":
+        raise err("data.standardize_target",
+                  f"data.standardize_target applies to regression, not {task!r} labels")
+    # with folds every fold is scaled inside the program with its own training rows'
+    # statistics; otherwise the training split's statistics are applied here
+    in_program: list[int] = []
+    if cfg.train.get("folds"):
+        in_program = [i for i, on in ((0, cfg.data["standardize"]),
+                                      (1, cfg.data["standardize_target"])) if on]
+        y = y.astype(np.float32) if 1 in in_program else y
+    else:
+        if cfg.data["standardize"]:
+            s = D.fit_standardizer(x[tr])
+            x = np.asarray(D.standardize(x, s), np.float32)
+        if cfg.data["standardize_target"]:
+            mu, sd = y[tr].mean(0), y[tr].std(0)
+            y = ((y - mu) / np.where(sd == 0, 1, sd)).astype(np.float32)
     # model
     d = x.shape[1]
     if mname == "logistic" and task != "binary":
@@ -729,6 +737,8 @@ def build(cfg: Config) -> Experiment:
         t["batch_size"] = None
     kw.update({k: v for k, v in t.items() if k != "hparams"})
     kw["hparams"] = dict(t.get("hparams", {}))
+    if in_program:
+        kw["standardize"] = tuple(in_program)
     if cfg.grid:
         kw["grid"] = {k: [_normalize_axis_value(k, x) for x in v] for k, v in cfg.grid.items()}
     if cfg.random:

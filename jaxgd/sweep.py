@@ -197,6 +197,7 @@ def sweep(
     metrics: str = "full",
     record_steps: bool = False,
     eval_every: int = 1,
+    standardize: bool | int | tuple[int, ...] | None = None,
     penalty_mask: Callable[[Any], Any] | None = None,
     init: Callable[[jax.Array], Any] | None = None,
     chunk_size: int | None = None,
@@ -224,6 +225,7 @@ def sweep(
       configs: explicit list of configuration dicts.
       folds: k-fold cross-validation: each configuration runs on every fold, validation
         loss recorded on the held-out part (``kfold_indices(N, k, seed=fold_seed)``).
+        With ``standardize``, each fold is scaled with its own training part's statistics.
       chunk_size: most configurations per program call (default: as many as
         ``memory_budget`` allows, at most 4096).
       memory_budget: bytes the per-configuration state of one call may take (default 2 GiB).
@@ -331,6 +333,7 @@ def sweep(
                     diverge_factor=diverge_factor, restore_best=restore_best, metrics=metrics,
                     record_steps=record_steps, penalty_mask=penalty_mask, init_fn=init,
                     eval_every=eval_every, progress=progress, data_checked=True,
+                    standardize=standardize,
                     n_train=n_train, val_from_index=fold is not None,
                 )
             except (ValueError, TypeError) as e:
@@ -353,7 +356,8 @@ def sweep(
     settings = dict(metrics=metrics, grad_tol=grad_tol, loss_target=loss_target,
                     patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
                     restore_best=restore_best, record_steps=record_steps,
-                    eval_every=eval_every, init=init, penalty_mask=penalty_mask, loss=loss)
+                    eval_every=eval_every, init=init, penalty_mask=penalty_mask, loss=loss,
+                    standardize=standardize)
     store = RunStore.open(out, _fingerprint(cfgs, all_idx, base, base_hp, epochs, shuffle,
                                             drop_last, folds, fold_seed, settings,
                                             (data, params, val_data))

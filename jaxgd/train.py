@@ -57,6 +57,7 @@ class ProgramSpec(NamedTuple):
     track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
     eval_every: int  # epochs between evaluations (history rows, stop checks)
     progress: bool  # report each evaluation to the host (progress bar)
+    standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
 
 
 class State(NamedTuple):
@@ -170,9 +171,27 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
     def train_view(data, tidx):
         return data if tidx is None else _take(data, tidx)
 
-    def full_metrics(params, data, tc, tidx):
-        tr = train_view(data, tidx)
+    def make_tf(train):
+        """Standardise the chosen leaves with mean/std of this stream's training part."""
+        if not spec.standardize:
+            return lambda b: b
+        leaves = jax.tree.leaves(train)
+        stats = {}
+        for i in spec.standardize:
+            m = jnp.mean(leaves[i], axis=0)
+            sd = jnp.std(leaves[i], axis=0)
+            stats[i] = (m, jnp.where(sd > 0, sd, 1.0))
+
+        def tf(batch):
+            ls, td = jax.tree.flatten(batch)
+            ls = [(a - stats[i][0]) / stats[i][1] if i in stats else a for i, a in enumerate(ls)]
+            return jax.tree.unflatten(td, ls)
+
+        return tf
+
+    def full_metrics(params, data, tc, tidx, tf):
         if spec.metrics == "full":
+            tr = tf(train_view(data, tidx))
             (obj, loss), g = jax.value_and_grad(
                 lambda p: _objective(spec, p, tr, tc), has_aux=True)(params)
             return obj, loss, _global_norm(g)
@@ -184,6 +203,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
         dt = _float_dtype(params0)
         tr = train_view(data, tidx)
+        tr = make_tf(tr)(tr)
         if spec.track_init:
             init_loss = _data_loss(spec, params0, tr).astype(dt)
         else:  # not needed: skip a pass over the data for every configuration
@@ -213,7 +233,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             evals_run=jnp.zeros((), jnp.int32),
         )
 
-    def train_epoch(carry, epoch, opt, tc, key, data, tidx, wd_mask):
+    def train_epoch(carry, epoch, opt, tc, key, data, tidx, wd_mask, tf):
         """The steps of one epoch (nothing happens for epochs >= E)."""
         own_wd = wd_mask is not None
         full_batch = plan.full_steps == 1 and bsz == n and plan.last_batch_size == 0
@@ -229,6 +249,9 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             order = None
 
         def gather(start, size):
+            return tf(gather_raw(start, size))
+
+        def gather_raw(start, size):
             if order is None and tidx is None:
                 if size == n:  # full batch in order: the data itself
                     return data
@@ -300,15 +323,16 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         wd_mask = (spec.penalty_mask or _default_mask)(st.params) if own_wd else None
         was_active = st.active
         dt = st.init_loss.dtype
+        tf = make_tf(train_view(data, tidx))
         carry = (st.params, st.opt_state, st.step, st.active, st.reason,
                  jnp.zeros((), dt), jnp.zeros((), dt), st.epochs_run)
         e0 = block * K
         if K == 1:
-            carry, rows = train_epoch(carry, e0, opt, tc, key, data, tidx, wd_mask)
+            carry, rows = train_epoch(carry, e0, opt, tc, key, data, tidx, wd_mask, tf)
             rows = None if rows is None else rows[None]
         else:
             carry, rows = jax.lax.scan(
-                lambda c, e: train_epoch(c, e, opt, tc, key, data, tidx, wd_mask),
+                lambda c, e: train_epoch(c, e, opt, tc, key, data, tidx, wd_mask, tf),
                 carry, e0 + jnp.arange(K, dtype=jnp.int32))
         params, opt_state, stp, active, reason, s_loss, s_gn, epochs_run = carry
         epoch = jnp.minimum(e0 + K, E) - 1  # the last epoch of this block
@@ -316,7 +340,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         batch_loss = s_loss / steps_done
         batch_gn = s_gn / steps_done
 
-        fm = full_metrics(params, data, tc, tidx)
+        fm = full_metrics(params, data, tc, tidx, tf)
         if fm is not None:
             obj, loss, gn = fm
         else:
@@ -334,7 +358,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         active = active & ~grew
 
         if spec.has_val:
-            v = val if vidx is None else _take(data, vidx)
+            v = tf(val if vidx is None else _take(data, vidx))
             val_loss = _data_loss(spec, params, v)
             monitor = val_loss
         else:
@@ -603,6 +627,7 @@ def fit(
     penalty_mask: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
     progress: bool = False,
+    standardize: bool | int | tuple[int, ...] | None = None,
 ):
     """Train ``params`` on ``data`` by gradient descent; the whole run is one jitted program.
 
@@ -660,6 +685,12 @@ def fit(
         the per-epoch bookkeeping then costs nothing. A non-finite step still stops a
         configuration at once. ``history["epoch"]`` gives each row's (0-based) epoch.
       progress: show a progress bar over epochs (a host callback per evaluation).
+      standardize: scale data leaves to mean 0 and standard deviation 1 with statistics
+        of the *training* data only, inside the program (validation data and, in a
+        k-fold sweep, each fold's held-out part use the training part's statistics).
+        ``True`` = the first leaf (``x`` of ``(x, y)``), or leaf indices in
+        ``jax.tree.leaves(data)`` order. The parameters then live in the standardised
+        feature space.
 
     Returns:
       :class:`jaxgd.FitResult` with ``params``, ``history``, ``stop_reason``,
@@ -683,6 +714,7 @@ def fit(
         patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
         restore_best=restore_best, metrics=metrics, record_steps=record_steps,
         penalty_mask=penalty_mask, eval_every=eval_every, progress=progress,
+        standardize=standardize,
     )
     key = as_key(key)
     spec, params, data, val_data, numeric = prepared
@@ -694,6 +726,31 @@ def fit(
     out = jax.tree.map(lambda a: a[0, 0], jax.device_get(out))  # one transfer, host slicing
     out["params"] = jax.tree.map(jnp.asarray, out["params"])
     return FitResult.from_program(out, spec)
+
+
+def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
+    """Leaf indices (in ``jax.tree.leaves(data)`` order) to standardise in the program."""
+    if standardize is None or standardize is False:
+        return ()
+    leaves = jax.tree.leaves(data)
+    if standardize is True:
+        idx: tuple[Any, ...] = (0,)
+    elif isinstance(standardize, int):
+        idx = (standardize,)
+    elif isinstance(standardize, (tuple, list)):
+        idx = tuple(standardize)
+    else:
+        raise TypeError(f"standardize={standardize!r} must be True, a leaf index or a tuple "
+                        "of leaf indices")
+    for i in idx:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not (
+                0 <= i < len(leaves)):
+            raise ValueError(f"standardize={standardize!r}: {i!r} is not a leaf index of data "
+                             f"(it has {len(leaves)} leaves)")
+        if not jnp.issubdtype(leaves[i].dtype, jnp.floating):
+            raise TypeError(f"standardize={standardize!r}: data leaf {i} has dtype "
+                            f"{leaves[i].dtype}; only floating features can be standardised")
+    return tuple(sorted({int(i) for i in idx}))
 
 
 def tc_array(name: str, value: Any, dtype) -> np.ndarray:
@@ -708,7 +765,7 @@ def prepare(
     loss, params, data, *, optimizer, hparams, batch_size, epochs, shuffle, drop_last,
     schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
     diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1,
-    progress=False, init_fn=None, data_checked=False,
+    progress=False, standardize=None, init_fn=None, data_checked=False,
     n_train=None, val_from_index=False,
 ):
     """Validate every argument (before anything is compiled) and build the ProgramSpec.
@@ -774,6 +831,7 @@ def prepare(
         hash(static_items)
     except TypeError as e:
         raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
+    std_leaves = check_standardize(standardize, data)
     spec = ProgramSpec(
         loss=loss, has_aux=has_aux, opt=spec_opt, schedule=schedule,
         static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
@@ -781,5 +839,6 @@ def prepare(
         record_steps=bool(record_steps), restore_best=restore_best, penalty_mask=penalty_mask,
         init_fn=init_fn, has_val=val_data is not None or val_from_index,
         track_init=metrics == "full", eval_every=eval_every, progress=bool(progress),
+        standardize=std_leaves,
     )
     return spec, params, data, val_data, numeric

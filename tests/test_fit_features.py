@@ -400,3 +400,36 @@ def test_eval_every_non_finite_step_stops_at_once(x64):
     assert res.stop_reason == "diverged"
     assert res.epochs_run < 1000  # the steps stopped inside the first block
     assert np.all(np.isfinite(np.asarray(res.params["w"])))
+
+
+# ----------------------------------------------------------------------------- standardize
+
+
+def test_standardize_in_program_equals_scaling_on_the_host():
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(60, 3)) * [1.0, 50.0, 0.01] + [3.0, -20.0, 0.0]).astype(np.float32)
+    y = (x @ np.array([1.0, 0.02, 30.0]) + 0.1 * rng.normal(size=60)).astype(np.float32)
+    xv = (rng.normal(size=(20, 3)) * [1.0, 50.0, 0.01]).astype(np.float32)
+    yv = np.zeros(20, np.float32)
+    sc = StandardScaler().fit(x)  # the independent reference: training rows only
+    kw = dict(hparams={"learning_rate": 0.05}, batch_size=8, epochs=6, key=2)
+    host = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (sc.transform(x).astype(np.float32), y),
+                     val_data=(sc.transform(xv).astype(np.float32), yv), **kw)
+    prog = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), val_data=(xv, yv),
+                     standardize=True, **kw)
+    np.testing.assert_allclose(np.asarray(prog.params["w"]), np.asarray(host.params["w"]),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(prog.history["val_loss"], host.history["val_loss"], rtol=1e-4)
+
+
+def test_standardize_rejects_labels_and_bad_indices():
+    x = np.ones((5, 2), np.float32)
+    labels = np.arange(5)
+    with pytest.raises(TypeError, match="standardize"):
+        jaxgd.fit(mse, params_of(np.zeros(2), 0.0), (x, labels), standardize=(1,),
+                  hparams={"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="standardize"):
+        jaxgd.fit(mse, params_of(np.zeros(2), 0.0), (x, labels), standardize=(3,),
+                  hparams={"learning_rate": 0.1})

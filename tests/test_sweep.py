@@ -407,3 +407,29 @@ def test_boolean_axis_splits_groups_and_equals_fit():
                                    rtol=1e-5, atol=1e-6)
     # the two values really differ
     assert not np.allclose(sw.params["w"][0], sw.params["w"][2])
+
+
+def test_folds_standardise_with_each_folds_training_statistics():
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(31, 3)) * [1.0, 40.0, 0.05] + [2.0, 10.0, 0.0]).astype(np.float32)
+    y = (x @ np.array([0.5, 0.01, 20.0], np.float32)).astype(np.float32)
+
+    def loss(p, b):
+        return jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)
+
+    p0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    sw = jaxgd.sweep(loss, p0, (x, y), grid={"learning_rate": [0.02, 0.1]}, folds=3,
+                     batch_size=4, epochs=3, standardize=True)
+    folds = jaxgd.data.kfold_indices(len(x), 3, shuffle=True, seed=0)
+    for i, c in enumerate(sw.configs):
+        tr, va = folds[c["fold"]]
+        sc = StandardScaler().fit(x[tr])  # the fold's training rows only
+        r = jaxgd.fit(loss, p0, (sc.transform(x[tr]).astype(np.float32), y[tr]),
+                      val_data=(sc.transform(x[va]).astype(np.float32), y[va]),
+                      hparams={"learning_rate": c["learning_rate"]}, batch_size=4, epochs=3)
+        np.testing.assert_allclose(sw.params["w"][i], np.asarray(r.params["w"]),
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sw.table["final_val_loss"][i], r.history["val_loss"][-1],
+                                   rtol=1e-4)
