@@ -58,6 +58,18 @@ class FitResult:
             init_loss=float(out["init_loss"]),
         )
 
+    def param_history(self) -> Any:
+        """The parameters recorded at each evaluation (``record_params=True``) as one
+        pytree shaped like ``params`` with a leading [row] axis."""
+        from .train import _param_leaves
+
+        names = [name for name, _ in _param_leaves(self.params)]
+        missing = [n for n in names if n not in self.history]
+        if missing:
+            raise ValueError("no parameter history: run fit(..., record_params=True)")
+        treedef = jax.tree.structure(self.params)
+        return jax.tree.unflatten(treedef, [self.history[n] for n in names])
+
     @property
     def final_loss(self) -> float:
         loss = self.history.get("loss")

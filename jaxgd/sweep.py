@@ -196,6 +196,7 @@ def sweep(
     restore_best: bool = False,
     metrics: str = "full",
     record_steps: bool = False,
+    record_params: bool = False,
     eval_every: int = 1,
     standardize: bool | int | tuple[int, ...] | None = None,
     penalty_mask: Callable[[Any], Any] | None = None,
@@ -332,6 +333,7 @@ def sweep(
                     loss_target=loss_target, patience=patience, min_delta=min_delta,
                     diverge_factor=diverge_factor, restore_best=restore_best, metrics=metrics,
                     record_steps=record_steps, penalty_mask=penalty_mask, init_fn=init,
+                    record_params=record_params,
                     eval_every=eval_every, progress=progress, data_checked=True,
                     standardize=standardize,
                     n_train=n_train, val_from_index=fold is not None,
@@ -356,6 +358,7 @@ def sweep(
     settings = dict(metrics=metrics, grad_tol=grad_tol, loss_target=loss_target,
                     patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
                     restore_best=restore_best, record_steps=record_steps,
+                    record_params=record_params,
                     eval_every=eval_every, init=init, penalty_mask=penalty_mask, loss=loss,
                     standardize=standardize)
     store = RunStore.open(out, _fingerprint(cfgs, all_idx, base, base_hp, epochs, shuffle,

@@ -50,6 +50,7 @@ class ProgramSpec(NamedTuple):
     epochs: int
     metrics: str
     record_steps: bool
+    record_params: bool
     restore_best: bool
     penalty_mask: Callable[[Any], Any] | None
     init_fn: Callable[[jax.Array], Any] | None
@@ -149,6 +150,15 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
+PARAMS_PREFIX = "params"
+
+
+def _param_leaves(params) -> list[tuple[str, jax.Array]]:
+    """History names of the parameter leaves: ``params['w']``, ``params['layers'][0]...``."""
+    return [(PARAMS_PREFIX + jax.tree_util.keystr(path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
 def _take(data, idx):
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
 
@@ -217,6 +227,9 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             hist["val_loss"] = nan
         if spec.record_steps:
             hist["step_loss"] = jnp.full((n_evals * K, plan.steps_per_epoch), jnp.nan, dt)
+        if spec.record_params:
+            for name, leaf in _param_leaves(params0):
+                hist[name] = jnp.full((n_evals,) + leaf.shape, jnp.nan, leaf.dtype)
         return State(
             params=params0,
             opt_state=opt.init(params0),
@@ -398,6 +411,10 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             hist["objective"] = put(hist, "objective", obj)
         if val_loss is not None:
             hist["val_loss"] = put(hist, "val_loss", val_loss)
+        if spec.record_params:
+            for name, leaf in _param_leaves(params):
+                hist[name] = hist[name].at[block].set(
+                    jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype))
         if spec.record_steps:
             hist["step_loss"] = jax.lax.dynamic_update_slice_in_dim(
                 hist["step_loss"], rows.astype(dt), e0, axis=0)
@@ -624,6 +641,7 @@ def fit(
     restore_best: bool = False,
     metrics: str = "full",
     record_steps: bool = False,
+    record_params: bool = False,
     penalty_mask: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
     progress: bool = False,
@@ -677,6 +695,9 @@ def fit(
       metrics: ``"full"`` evaluates loss and gradient norm on the whole training set at
         every epoch end; ``"batch"`` records the means over the epoch's batches (cheaper).
       record_steps: also record every step's batch loss in ``history["step_loss"]``.
+      record_params: also record the parameters at every evaluation, one history entry
+        per leaf named by its path (``history["params['w']"]``, shape [row, *leaf]);
+        :meth:`FitResult.param_history` gives them back as one pytree.
       penalty_mask: ``mask(params) -> pytree of bool``: leaves penalised by ``l1``/``l2``
         and decoupled weight decay (default: all but leaves named ``b``/``bias``).
       eval_every: evaluate (record a history row, check the stop conditions) every this
@@ -713,6 +734,7 @@ def fit(
         accumulate=accumulate, val_data=val_data, grad_tol=grad_tol, loss_target=loss_target,
         patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
         restore_best=restore_best, metrics=metrics, record_steps=record_steps,
+        record_params=record_params,
         penalty_mask=penalty_mask, eval_every=eval_every, progress=progress,
         standardize=standardize,
     )
@@ -765,6 +787,7 @@ def prepare(
     loss, params, data, *, optimizer, hparams, batch_size, epochs, shuffle, drop_last,
     schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
     diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1,
+    record_params=False,
     progress=False, standardize=None, init_fn=None, data_checked=False,
     n_train=None, val_from_index=False,
 ):
@@ -836,7 +859,8 @@ def prepare(
         loss=loss, has_aux=has_aux, opt=spec_opt, schedule=schedule,
         static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
         accumulate=accumulate, shuffle=shuffle, epochs=epochs, metrics=metrics,
-        record_steps=bool(record_steps), restore_best=restore_best, penalty_mask=penalty_mask,
+        record_steps=bool(record_steps), record_params=bool(record_params),
+        restore_best=restore_best, penalty_mask=penalty_mask,
         init_fn=init_fn, has_val=val_data is not None or val_from_index,
         track_init=metrics == "full", eval_every=eval_every, progress=bool(progress),
         standardize=std_leaves,

@@ -433,3 +433,21 @@ def test_standardize_rejects_labels_and_bad_indices():
     with pytest.raises(ValueError, match="standardize"):
         jaxgd.fit(mse, params_of(np.zeros(2), 0.0), (x, labels), standardize=(3,),
                   hparams={"learning_rate": 0.1})
+
+
+def test_record_params_equals_numpy_trajectory(x64):
+    x, y = regression()
+    lr, epochs = 0.1, 6
+    res = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), batch_size=None, shuffle=False,
+                    hparams={"learning_rate": lr}, epochs=epochs, record_params=True)
+    path = res.param_history()
+    assert path["w"].shape == (epochs, 3)
+    for e in range(epochs):
+        w_ref, b_ref = np_gd(x, y, lr, e + 1)
+        np.testing.assert_allclose(path["w"][e], w_ref, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(path["b"][e], b_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(path["w"][-1], np.asarray(res.params["w"]))
+    plain = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), hparams={"learning_rate": lr},
+                      epochs=2)
+    with pytest.raises(ValueError, match="record_params"):
+        plain.param_history()
