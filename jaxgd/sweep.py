@@ -28,7 +28,7 @@ import numpy as np
 
 from . import optim
 from .train import (
-    STOP_REASONS,
+    _float_dtype,
     as_key,
     compiled_program,
     epoch_progress,
@@ -541,13 +541,6 @@ def _run_chunk(g, streams, per_stream, ci, width, data, val_data, fold_split, me
     return flat
 
 
-def _float_dtype(params):
-    for leaf in jax.tree.leaves(params):
-        if jnp.issubdtype(leaf.dtype, jnp.floating):
-            return leaf.dtype
-    return jnp.float32
-
-
 def _shard_args(mesh, args):
     """Global arrays: configurations split over the mesh, everything else replicated."""
     from jax.sharding import NamedSharding
@@ -579,5 +572,3 @@ def _to_host(x):
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
-
-STOP_REASON_NAMES = STOP_REASONS
