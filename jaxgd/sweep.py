@@ -453,22 +453,28 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
         per_stream: list[list[int]] = [[] for _ in streams]
         for r, (_, s, f) in enumerate(g["rows"]):
             per_stream[sidx[(s, f if f is not None else -1)]].append(r)
-        S = len(streams)
-        C = max(len(v) for v in per_stream)
         cap = chunk_size or max(1, min(4096, budget // max(1, _bytes_per_config(g["prep"],
                                                                                 epochs))))
-        width = max(1, min(C, cap // S if cap >= S else 1))
-        width = -(-width // ndev) * ndev
-        n_chunks = -(-C // width)
-        plans.append((gi, g, streams, per_stream, width, n_chunks))
+        # more streams (seeds x folds) than a call may hold: split the streams too
+        sb = min(len(streams), cap)
+        for bi, b0 in enumerate(range(0, len(streams), sb)):
+            blk_streams, blk_rows = streams[b0:b0 + sb], per_stream[b0:b0 + sb]
+            S = len(blk_streams)
+            C = max(len(v) for v in blk_rows)
+            width = max(1, min(C, cap // S))
+            width = -(-width // ndev) * ndev
+            n_chunks = -(-C // width)
+            tag = f"g{gi:03d}" if len(streams) <= sb else f"g{gi:03d}_s{bi:04d}"
+            plans.append((gi, tag, g, blk_streams, blk_rows, width, n_chunks))
     total = sum(p[-1] for p in plans)
     bar = tqdm(total=total, desc="sweep", unit="chunk", disable=not progress, leave=False)
     results = []
     try:
-        for gi, g, streams, per_stream, width, n_chunks in plans:
+        n_groups = len(groups)
+        for gi, gtag, g, streams, per_stream, width, n_chunks in plans:
             for ci in range(n_chunks):
-                bar.set_postfix(group=f"{gi + 1}/{len(plans)}", width=width * len(streams))
-                tag = f"g{gi:03d}_c{ci:05d}"
+                bar.set_postfix(group=f"{gi + 1}/{n_groups}", width=width * len(streams))
+                tag = f"{gtag}_c{ci:05d}"
                 cached = (store.load_chunk(tag, jax.tree.structure(g["prep"][1]))
                           if store is not None else None)
                 if cached is not None and not np.array_equal(

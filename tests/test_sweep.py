@@ -337,8 +337,12 @@ def test_only_parts_concat_to_the_full_sweep(full_sweep):
 def test_memory_budget_splits_into_chunks(full_sweep, tmp_path):
     sw = jaxgd.sweep(mse, P0, (X, Y), grid=GRID, epochs=EPOCHS, memory_budget=4000,
                      out=tmp_path / "m")
-    # 2 groups (batch sizes) x 4 chunks of 1 configuration per seed
-    assert len(list((tmp_path / "m" / "chunks").glob("*.npz"))) == 8
+    # the budget holds one or two configurations per call: many chunks, seeds split too
+    chunks = list((tmp_path / "m" / "chunks").glob("*.npz"))
+    assert len(chunks) >= 8
+    for c in chunks:
+        with np.load(c) as z:
+            assert len(z["config"]) <= 2
     for i in range(len(sw)):
         assert_rows_equal(sw, i, full_sweep, i)
 
@@ -433,3 +437,32 @@ def test_folds_standardise_with_each_folds_training_statistics():
                                    rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(sw.table["final_val_loss"][i], r.history["val_loss"][-1],
                                    rtol=1e-4)
+
+
+def test_chunk_size_below_the_number_of_seeds_is_honoured(monkeypatch):
+    import importlib
+
+    sweep_mod = importlib.import_module("jaxgd.sweep")  # the module, not the function
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(12, 2)).astype(np.float32)
+    y = (x @ np.array([1.0, -1.0], np.float32)).astype(np.float32)
+
+    def loss(p, b):
+        return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+
+    p0 = {"w": jnp.zeros(2)}
+    widths = []
+    real = sweep_mod._run_chunk
+
+    def spy(g, streams, per_stream, ci, width, *a):
+        widths.append(len(streams) * width)
+        return real(g, streams, per_stream, ci, width, *a)
+
+    grid = {"seed": [0, 1, 2, 3, 4], "learning_rate": [0.01, 0.1]}
+    ref = jaxgd.sweep(loss, p0, (x, y), grid=grid, batch_size=5, epochs=3)
+    monkeypatch.setattr(sweep_mod, "_run_chunk", spy)
+    small = jaxgd.sweep(loss, p0, (x, y), grid=grid, batch_size=5, epochs=3, chunk_size=2)
+    assert max(widths) <= 2 and sum(widths) >= 10
+    np.testing.assert_allclose(small.params["w"], ref.params["w"], rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(small.table, ref.table)
