@@ -415,9 +415,19 @@ def _fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds, fo
 
 def _stable_repr(v: Any) -> str:
     """A description that is the same in every process (``repr`` of a function holds an
-    address, so a resumed sweep with ``optimizer=optax.adam`` would not match)."""
+    address, so a resumed sweep with ``optimizer=optax.adam`` would not match). A Python
+    function also contributes a digest of its code, so an edited loss is not resumed."""
     if callable(v) and hasattr(v, "__qualname__"):
-        return f"{getattr(v, '__module__', '')}.{v.__qualname__}"
+        name = f"{getattr(v, '__module__', '')}.{v.__qualname__}"
+        code = getattr(v, "__code__", None)
+        if code is not None:
+            import marshal
+
+            try:
+                name += ":" + hashlib.sha256(marshal.dumps(code)).hexdigest()[:12]
+            except ValueError:  # unmarshallable constants: the name alone
+                pass
+        return name
     return repr(v)
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -239,3 +240,21 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     store_mod.atomic_savez(tmp_path / "a.npz", {"x": np.arange(3)})
     with np.load(tmp_path / "a.npz") as z:
         assert z["x"].tolist() == [0, 1, 2]
+
+
+def test_an_edited_loss_is_not_resumed(tmp_path):
+    x = np.linspace(0, 1, 12, dtype=np.float32)[:, None]
+    y = 2 * x[:, 0]
+
+    def loss(p, b):
+        return jnp.mean((b[0][:, 0] * p["w"] - b[1]) ** 2)
+
+    def edited(p, b):  # another function body under the same role
+        return jnp.mean(jnp.abs(b[0][:, 0] * p["w"] - b[1]))
+
+    edited.__qualname__ = loss.__qualname__
+    kw = dict(grid={"learning_rate": [0.1]}, epochs=2, out=tmp_path / "run")
+    jaxgd.sweep(loss, {"w": jnp.zeros(())}, (x, y), **kw)
+    with pytest.raises(ValueError, match="different sweep"):
+        jaxgd.sweep(edited, {"w": jnp.zeros(())}, (x, y), **kw)
+    jaxgd.sweep(loss, {"w": jnp.zeros(())}, (x, y), **kw)  # the same code resumes
