@@ -178,9 +178,12 @@ def resolve_optimizer(optimizer: Any) -> OptimizerSpec:
 
 
 def known_names(spec: OptimizerSpec, schedule: str) -> set[str]:
-    names = set(spec.numeric_names) | {"learning_rate"}
-    names |= set(SCHEDULES[schedule]) | {WARMUP_KEY}
-    names |= set(PENALTY_KEYS) | set(CLIP_KEYS) | {"weight_decay"} | set(STOP_DEFAULTS)
+    names = set(PENALTY_KEYS) | set(CLIP_KEYS) | set(STOP_DEFAULTS)
+    if spec.factory is None:
+        # a ready transformation owns its learning rate: no schedule or decoupled decay
+        return names
+    names |= set(spec.numeric_names) | {"learning_rate"}
+    names |= set(SCHEDULES[schedule]) | {WARMUP_KEY} | {"weight_decay"}
     return names
 
 
@@ -201,6 +204,9 @@ def split_hparams(
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
             f"schedule={schedule!r} is unknown{hint}; choose one of {sorted(SCHEDULES)}")
+    if spec.factory is None and schedule != "constant":
+        raise ValueError(f"schedule={schedule!r} needs an optax factory (e.g. optax.sgd), not a "
+                         "ready optax.GradientTransformation, whose learning rate is fixed")
     known = known_names(spec, schedule)
     _, all_factory = _factory_params(spec.factory) if spec.factory is not None else (set(), set())
     numeric: dict[str, Any] = dict(spec.defaults)
@@ -211,6 +217,12 @@ def split_hparams(
         if k in all_factory and k not in known:
             static[k] = v  # e.g. nesterov=True, mask=...
             continue
+        if k not in known and spec.factory is None:
+            raise ValueError(
+                f"hparams key {k!r} cannot be used with a ready optax.GradientTransformation "
+                "(it owns its learning rate and schedule); pass an optax factory such as "
+                "optax.sgd (then every hparam is traced), or build it into the transformation "
+                "(e.g. optax.chain(optax.add_decayed_weights(wd), ...))")
         if k not in known:
             close = difflib.get_close_matches(k, sorted(known | all_factory), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -22,8 +22,9 @@ class FitResult:
     Attributes:
       params: final parameters (the last finite ones if the run diverged; the best
         monitored ones with ``restore_best=True``).
-      history: dict of numpy arrays, one entry per epoch run: ``loss`` (training loss at
-        epoch end), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``,
+      history: dict of numpy arrays, one row per evaluation (every epoch, or every
+        ``eval_every`` epochs; ``epoch`` holds each row's 0-based epoch): ``loss`` (training
+        loss at the evaluation), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``,
         ``lr`` (learning rate of the epoch's last update), and ``val_loss``,
         ``objective`` (loss + penalty), ``step_loss`` [epoch, step] when present.
       stop_reason: "max_epochs", "grad_tol", "loss_target", "patience" or "diverged".
@@ -49,7 +50,7 @@ class FitResult:
         hist = {k: np.asarray(v)[: e if k == "step_loss" else rows]
                 for k, v in out["history"].items()}
         return cls(
-            params=jax.tree.map(lambda a: a, out["params"]),
+            params=out["params"],
             history=hist,
             stop_reason=STOP_REASONS[int(out["reason"])],
             epochs_run=e,
@@ -82,7 +83,8 @@ class FitResult:
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.5))
         y = self.history[key]
-        ax.plot(np.arange(1, len(y) + 1), y, label=label or key)
+        x = self.history.get("epoch", np.arange(len(y))) + 1  # rows at their epochs
+        ax.plot(x, y, label=label or key)
         if np.all(y[np.isfinite(y)] > 0):
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
@@ -115,10 +117,13 @@ class SweepResult:
     Attributes:
       configs: the configurations (dicts), in table order.
       table: ``pandas.DataFrame``, one row per configuration: every swept value, then
-        ``final_loss``, ``best_loss``, ``best_epoch``, ``epochs_run``, ``steps_run``,
-        ``stop_reason``, ``diverged`` and, with validation or folds, ``final_val_loss``
-        and ``best_val_loss``.
-      history: dict of numpy arrays [configuration, epoch] (NaN after a stop).
+        ``init_loss``, ``final_loss`` (last recorded training loss), ``best_loss`` (lowest
+        recorded training loss), ``best_epoch`` (epoch of the best *monitored* loss,
+        validation if present: the parameters ``restore_best`` returns), ``epochs_run``,
+        ``steps_run``, ``stop_reason``, ``diverged`` and, with validation or folds,
+        ``final_val_loss`` and ``best_val_loss``.
+      history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
+        ``history["epoch"]`` gives each row's epoch.
       params: stacked parameters, leading axis = configuration (table order).
       folds: the number of folds of a cross-validation sweep, else None.
     """
@@ -145,13 +150,16 @@ class SweepResult:
         pos = {c: k for k, c in enumerate(idx)}
         n = len(idx)
         first = results[0]
-        hist = {k: np.full((n,) + v.shape[1:], np.nan, v.dtype)
-                for k, v in first["history"].items()}
-        # history keys may differ between groups (e.g. objective): union them
-        for r in results[1:]:
-            for k, v in r["history"].items():
-                if k not in hist:
-                    hist[k] = np.full((n,) + v.shape[1:], np.nan, v.dtype)
+        # history keys may differ between groups (e.g. objective), and so may trailing
+        # shapes (step_loss has one column per step of that group's batch size): take the
+        # union of keys and the largest shape, NaN-padded
+        shapes: dict[str, tuple[tuple[int, ...], Any]] = {}
+        for res in results:
+            for k, v in res["history"].items():
+                old = shapes.get(k, (v.shape[1:], v.dtype))[0]
+                shapes[k] = (tuple(max(a, b) for a, b in zip(old, v.shape[1:], strict=True)),
+                             v.dtype)
+        hist = {k: np.full((n,) + shp, np.nan, dt) for k, (shp, dt) in shapes.items()}
         leaves0, treedef = jax.tree.flatten(first["params"])
         leaves = [np.zeros((n,) + leaf.shape[1:], leaf.dtype) for leaf in leaves0]
         scal = {k: np.zeros(n, first[k].dtype) for k in
@@ -160,7 +168,7 @@ class SweepResult:
         for r in results:
             rows = np.asarray([pos[int(c)] for c in r["config"]])
             for k, v in r["history"].items():
-                hist[k][rows] = v
+                hist[k][(rows,) + tuple(slice(0, m) for m in v.shape[1:])] = v
             for dst, src in zip(leaves, jax.tree.leaves(r["params"]), strict=True):
                 dst[rows] = src
             for k in scal:
@@ -175,9 +183,9 @@ class SweepResult:
         with np.errstate(all="ignore"):
             finite = np.where(np.isfinite(loss), loss, np.inf)
             table["best_loss"] = np.where(np.isfinite(finite.min(1)), finite.min(1), np.nan)
-            at = finite.argmin(1)
-            ep = hist["epoch"][np.arange(n), at] if "epoch" in hist else at
-            table["best_epoch"] = np.where(np.isfinite(finite.min(1)), ep, -1).astype(np.int64)
+        # the program's own best: of the monitored loss (validation if any), the epoch whose
+        # parameters restore_best returns; equal to fit's best_epoch
+        table["best_epoch"] = scal["best_epoch"].astype(np.int64)
         if "val_loss" in hist:
             vl = hist["val_loss"]
             table["final_val_loss"] = _last_finite(vl, n_rows)
@@ -338,7 +346,11 @@ def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
 
 
 def load(path):
-    """Load a saved :class:`SweepResult` (``sw.save(path)`` or ``sweep(..., out=path)``)."""
+    """Load a saved :class:`SweepResult` (``sw.save(path)`` or ``sweep(..., out=path)``).
+
+    The parameters' tree structure is stored with pickle: load only run folders you (or
+    someone you trust) wrote, as with any pickle.
+    """
     from pathlib import Path
 
     import pandas as pd

@@ -343,8 +343,9 @@ def sweep(
             g = groups[key_struct] = {"prep": prep, "rows": [], "numeric": []}
         spec = g["prep"][0]
         try:
+            # base stop keywords first: a value on a sweep axis overrides them
             numeric, static = optim.split_hparams(spec.opt, spec.schedule, {
-                **hp, **_stop_hp(grad_tol, loss_target, patience, min_delta, diverge_factor)})
+                **_stop_hp(grad_tol, loss_target, patience, min_delta, diverge_factor), **hp})
         except (ValueError, TypeError) as e:
             raise type(e)(f"configuration {i} {c}: {e}") from e
         if tuple(sorted(static.items())) != spec.static_hparams:
@@ -368,12 +369,12 @@ def sweep(
     try:
         results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
                               epochs, mesh, store, progress)
+        res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
+        if store is not None:
+            res.save(store.path, _store=store)  # releases the lock
     finally:
         if store is not None:
             store.release_lock_on_error()
-    res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
-    if store is not None:
-        res.save(store.path, _store=store)
     return res
 
 
@@ -409,26 +410,57 @@ def _fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds, fo
     for leaf in jax.tree.leaves(data):
         a = np.asarray(leaf)
         h.update(str((a.shape, a.dtype)).encode())
-        h.update(np.ascontiguousarray(a).tobytes()[: 1 << 20])
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # all of it
     return h.hexdigest()[:16]
 
 
-def _stable_repr(v: Any) -> str:
-    """A description that is the same in every process (``repr`` of a function holds an
-    address, so a resumed sweep with ``optimizer=optax.adam`` would not match). A Python
-    function also contributes a digest of its code, so an edited loss is not resumed."""
+def _stable_repr(v: Any, depth: int = 0) -> str:
+    """A description of ``v`` that is the same in every process and run.
+
+    ``repr`` of a function holds a memory address, so a resumed sweep with
+    ``optimizer=optax.adam`` would never match. Functions are described by name, a digest
+    of their code, their defaults and what their closures hold (numbers, arrays, other
+    functions, a few levels deep), so an edited loss or one closing over other values is
+    not resumed; ``functools.partial`` by its function, arguments and keywords.
+    """
+    import functools
+    import marshal
+    import re
+
+    if depth > 3:
+        return type(v).__name__
+    rec = lambda x: _stable_repr(x, depth + 1)  # noqa: E731
+    if isinstance(v, functools.partial):
+        kw = {k: rec(x) for k, x in sorted(v.keywords.items())}
+        return f"partial({rec(v.func)}, {[rec(a) for a in v.args]}, {kw})"
+    if isinstance(v, (np.ndarray, jax.Array)) and not (
+            isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jax.dtypes.prng_key)):
+        a = np.ascontiguousarray(np.asarray(v))
+        return f"array{a.shape}{a.dtype}:{hashlib.sha256(a.tobytes()).hexdigest()[:16]}"
+    if isinstance(v, (list, tuple)):
+        return f"{type(v).__name__}({[rec(x) for x in v]})"
+    if isinstance(v, dict):
+        return f"dict({[(rec(k), rec(x)) for k, x in v.items()]})"
     if callable(v) and hasattr(v, "__qualname__"):
         name = f"{getattr(v, '__module__', '')}.{v.__qualname__}"
         code = getattr(v, "__code__", None)
         if code is not None:
-            import marshal
-
             try:
                 name += ":" + hashlib.sha256(marshal.dumps(code)).hexdigest()[:12]
             except ValueError:  # unmarshallable constants: the name alone
                 pass
+            if getattr(v, "__defaults__", None):
+                name += f" defaults={[rec(d) for d in v.__defaults__]}"
+            cells = []
+            for cell in getattr(v, "__closure__", None) or ():
+                try:
+                    cells.append(rec(cell.cell_contents))
+                except ValueError:  # an empty cell
+                    cells.append("<empty>")
+            if cells:
+                name += f" closure={cells}"
         return name
-    return repr(v)
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(v))
 
 
 def default_mesh() -> jax.sharding.Mesh | None:

@@ -220,7 +220,9 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             init_loss = jnp.asarray(jnp.nan, dt)
         bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
         nan = jnp.full((n_evals,), jnp.nan, dt)
-        hist = {"epoch": nan, "loss": nan, "batch_loss": nan, "grad_norm": nan, "lr": nan}
+        ep_dt = jnp.promote_types(dt, jnp.float32)  # exact epoch numbers even for float16
+        hist = {"epoch": jnp.full((n_evals,), jnp.nan, ep_dt), "loss": nan,
+                "batch_loss": nan, "grad_norm": nan, "lr": nan}
         if _penalty(spec, params0, tc) is not None:
             hist["objective"] = nan
         if spec.has_val:
@@ -350,8 +352,9 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         params, opt_state, stp, active, reason, s_loss, s_gn, epochs_run = carry
         epoch = jnp.minimum(e0 + K, E) - 1  # the last epoch of this block
         steps_done = jnp.maximum(stp - st.step, 1).astype(dt)
-        batch_loss = s_loss / steps_done
-        batch_gn = s_gn / steps_done
+        any_step = stp > st.step  # a block whose every step was refused has no batch mean
+        batch_loss = jnp.where(any_step, s_loss / steps_done, jnp.nan)
+        batch_gn = jnp.where(any_step, s_gn / steps_done, jnp.nan)
 
         fm = full_metrics(params, data, tc, tidx, tf)
         if fm is not None:
@@ -364,7 +367,9 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
             ref = st.init_loss
         else:  # no pass over the data at the start: the first block's batch loss is the scale
             ref = jnp.where(block == 0, batch_loss, st.init_loss)
-        grew = jnp.isfinite(factor) & (loss > factor * jnp.abs(ref))
+        # the reference is floored at 1: a run that starts at (or near) a zero loss is not
+        # "diverged" when its loss merely becomes positive
+        grew = jnp.isfinite(factor) & (loss > factor * jnp.maximum(jnp.abs(ref), 1.0))
         grew |= ~jnp.isfinite(obj)
         diverged_now = active & grew
         reason = jnp.where(diverged_now, DIVERGED, reason)
@@ -399,7 +404,8 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         active = active & ~last_epoch
 
         def put(h, key, value):
-            return h[key].at[block].set(jnp.where(was_active, value, jnp.nan).astype(dt))
+            return h[key].at[block].set(
+                jnp.where(was_active, value, jnp.nan).astype(h[key].dtype))
 
         hist = dict(st.history)
         hist["epoch"] = put(hist, "epoch", epoch)
@@ -431,7 +437,7 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         if spec.record_steps:
             st = st._replace(history={**st.history, "step_loss": st.history["step_loss"][:E]})
         if spec.restore_best:
-            use_best = (st.reason != DIVERGED) & (st.best_epoch >= 0)
+            use_best = st.best_epoch >= 0
             params = _tree_where(use_best, st.best_params, params)
         return {
             "params": params,
@@ -520,7 +526,7 @@ class epoch_progress:
 
 
 @functools.lru_cache(maxsize=256)
-def compiled_program(spec: ProgramSpec, donate: bool = False):
+def compiled_program(spec: ProgramSpec):
     """A jitted block program for ``spec`` (cached, so new values never re-trace)."""
     return jax.jit(build_program(spec))
 
@@ -683,15 +689,19 @@ def fit(
       accumulate: average the gradients of this many consecutive batches of ``batch_size``
         per update (equal to one batch ``accumulate`` times larger).
       val_data: optional validation pytree; its loss is recorded and monitored.
-      grad_tol: stop when the full-data gradient norm is <= this ("grad_tol").
+      grad_tol: stop when the gradient norm is <= this ("grad_tol"): of the full training
+        data with ``metrics="full"``, the mean of the epoch's batch gradient norms with
+        ``metrics="batch"`` (mini-batch noise keeps that one higher).
       loss_target: stop when the training loss is <= this ("loss_target").
       patience: stop after this many epochs without improvement of the monitored loss
-        (validation loss if given, else training loss) by more than ``min_delta``.
-      diverge_factor: stop as "diverged" when the training loss exceeds this times the
-        initial loss (default 1e6; ``float("inf")`` turns the check off; with
+        (validation loss if given, else training loss) by more than ``min_delta``
+        (``None`` or 0: no patience stop).
+      diverge_factor: stop as "diverged" when the training loss exceeds this times
+        max(|initial loss|, 1) (default 1e6; ``float("inf")`` turns the check off; with
         ``metrics="batch"`` the first epoch's mean batch loss is the reference). A non-finite
         loss or gradient always stops as "diverged", keeping the last finite parameters.
-      restore_best: return the parameters of the best monitored epoch.
+      restore_best: return the parameters of the best monitored epoch (also when the run
+        diverged later).
       metrics: ``"full"`` evaluates loss and gradient norm on the whole training set at
         every epoch end; ``"batch"`` records the means over the epoch's batches (cheaper).
       record_steps: also record every step's batch loss in ``history["step_loss"]``.
@@ -780,7 +790,11 @@ def tc_array(name: str, value: Any, dtype) -> np.ndarray:
 
     Host (numpy) arrays: the whole dictionary then goes to the device in one transfer.
     """
-    return np.asarray(value, np.int32 if name in optim.INT_KEYS else np.dtype(dtype))
+    if name in optim.INT_KEYS:
+        return np.asarray(value, np.int32)
+    if name in optim.STOP_DEFAULTS:  # thresholds: compared only, never mixed into updates
+        return np.asarray(value, np.promote_types(np.dtype(dtype), np.float32))
+    return np.asarray(value, np.dtype(dtype))
 
 
 def prepare(
@@ -827,6 +841,11 @@ def prepare(
             f"an epoch of {n_eff} samples")
     if accumulate > 1:
         # an update holds accumulate * batch_size samples
+        if drop_last and plan.batch_size * accumulate > n_eff:
+            raise ValueError(
+                f"accumulate={accumulate} x batch_size={plan.batch_size} = "
+                f"{plan.batch_size * accumulate} > n={n_eff} with drop_last=True leaves no "
+                "update in an epoch")
         plan = batch_plan(n_eff, plan.batch_size * accumulate, drop_last)
         plan = plan._replace(batch_size=plan.batch_size // accumulate)
     spec_opt = optim.resolve_optimizer(optimizer)
@@ -836,9 +855,9 @@ def prepare(
     for name, value in (("grad_tol", grad_tol), ("loss_target", loss_target),
                         ("patience", patience), ("diverge_factor", diverge_factor)):
         if value is not None:
-            hp[name] = value
+            hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins
     if min_delta:
-        hp["min_delta"] = min_delta
+        hp.setdefault("min_delta", min_delta)
     if patience is not None:
         p = hp["patience"]
         if isinstance(p, bool) or not float(p).is_integer() or p < 0:
