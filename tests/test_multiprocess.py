@@ -71,3 +71,61 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose(saved.history["loss"], ref.history["loss"], rtol=1e-4, atol=1e-6)
     assert not (out / ".lock").exists()
     assert len(list((out / "chunks").glob("*.npz"))) == 2
+
+
+CLI_CONFIG = """
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+[model]
+name = "linear"
+[train]
+optimizer = "sgd"
+epochs = 3
+batch_size = [32, "full"]
+[sweep]
+learning_rate = [0.01, 0.1, 1.0]
+seed = [0, 1]
+"""
+
+
+@pytest.mark.slow
+def test_cli_two_processes_equal_one(tmp_path):
+    """``jaxgd sweep --coordinator ... --num-processes 2 --process-id i`` on 127.0.0.1."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CLI_CONFIG)
+    port = free_port()
+    procs, logs = [], []
+    try:
+        for i in range(2):
+            log = open(tmp_path / f"cli{i}.log", "w")  # noqa: SIM115
+            logs.append(log)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out",
+                 str(tmp_path / "multi"), "--quiet", "--no-plots", "--coordinator",
+                 f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                 "--init-timeout", "60"],
+                stdout=log, stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+    text = "\n".join((tmp_path / f"cli{i}.log").read_text()[-3000:] for i in range(2))
+    assert [p.returncode for p in procs] == [0, 0], text
+    # process 0 printed the summary; process 1 wrote nothing
+    assert "best:" in (tmp_path / "cli0.log").read_text()
+    assert "best:" not in (tmp_path / "cli1.log").read_text()
+    single = subprocess.run(
+        [sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out", str(tmp_path / "one"),
+         "--quiet", "--no-plots"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = jaxgd.load(tmp_path / "multi").table
+    b = jaxgd.load(tmp_path / "one").table
+    assert list(a["stop_reason"]) == list(b["stop_reason"])
+    np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-4)
