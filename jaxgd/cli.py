@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                         description="Print the results table of a saved run folder.")
     sh.add_argument("dir", help="run folder")
     sh.add_argument("--sort", metavar="COL", help="sort by this column (default: the "
-                    "metric, final_val_loss with folds else final_loss)")
+                    "sweep's metric, final_val_loss with a validation set else final_loss). "
+                    "A cross-validation run shows settings averaged over folds, sorted by "
+                    "final_val_loss_mean: COL may be any column of that table (e.g. "
+                    "final_val_loss_std), or a per-fold column to list every fold")
     sh.add_argument("--desc", action="store_true", help="sort descending")
     sh.add_argument("--top", type=_nonneg_int, default=20, metavar="N",
                     help="rows to print (default 20; 0 = all)")
@@ -116,10 +119,11 @@ def _nonneg_int(s: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxgd`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("demo", "bench"):  # everything after goes to the experiment
-        return _cmd_experiment(argv[0], argv[1:])
-    args = _parser().parse_args(argv)
+    _RUN["out"] = None
     try:
+        if argv and argv[0] in ("demo", "bench"):  # everything after goes to the experiment
+            return _cmd_experiment(argv[0], argv[1:])
+        args = _parser().parse_args(argv)
         if args.command == "sweep":
             return _cmd_sweep(args)
         if args.command == "plot":
@@ -127,12 +131,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             return _cmd_show(args)
         return _cmd_experiment(args.command, args.args)
+    except KeyboardInterrupt:
+        out = _RUN["out"]
+        print(f"{PROG}: interrupted" + (f"; finished chunks are kept in {out} - run the same "
+                                        "command again to resume" if out else ""),
+              file=sys.stderr)
+        return 130
     except BaseException as e:  # noqa: BLE001 - filtered below, bugs are re-raised
         if not _is_user_error(e):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
+
+
+# what the running command writes to, for the Ctrl-C message
+_RUN: dict[str, str | None] = {"out": None}
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -189,6 +203,7 @@ def _cmd_sweep(args) -> int:
     from .config import build
 
     out = Path(args.out) if args.out else Path("runs") / cfg.stem
+    _RUN["out"] = str(out)
     t0 = time.perf_counter()
     exp = build(cfg)
     lead = jax.process_index() == 0
@@ -253,7 +268,13 @@ def _cmd_experiment(name: str, rest: list[str]) -> int:
         print(f"{PROG}: error: 'jaxgd {name}' needs experiments/{name}.py with main(argv) "
               f"(run it from a source checkout of jaxgd): {e}", file=sys.stderr)
         return 2
-    rc = fn(rest)
+    import inspect
+
+    try:
+        takes_prog = "prog" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_prog = False
+    rc = fn(rest, prog=f"{PROG} {name}") if takes_prog else fn(rest)
     return rc if isinstance(rc, int) else 0
 
 
@@ -276,6 +297,7 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     import difflib
 
     import numpy as np
+    import pandas as pd
 
     t = sw.table
     metric = sw.default_metric()
@@ -284,16 +306,20 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
         counts = t["stop_reason"].value_counts()
         lines.append("stop reasons: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     axes = _axes(sw)
-    if sort is None and "fold" in t and "final_val_loss" in t:
-        df = sw.cv_table("final_val_loss")
-        sort = "final_val_loss_mean"
+    cv = "fold" in t and "final_val_loss" in t
+    cv_df = sw.cv_table("final_val_loss") if cv else None
+    by_setting = False
+    if cv_df is not None and (sort is None or sort in cv_df.columns):
+        df, by_setting = cv_df, True
+        sort = sort or "final_val_loss_mean"
         lines.append(f"cross-validation over {sw.folds or t['fold'].nunique()} folds, "
-                     f"sorted by {sort}:")
+                     f"sorted by {sort}" + (" (descending)" if descending else "") + ":")
     else:
         if sort is not None and sort not in t:
-            close = difflib.get_close_matches(sort, list(t.columns), n=1)
+            valid = list(t.columns) + (list(cv_df.columns) if cv_df is not None else [])
+            close = difflib.get_close_matches(sort, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"--sort {sort!r} is not a column{hint}; columns: {list(t.columns)}")
+            raise UserError(f"--sort {sort!r} is not a column{hint}; columns: {valid}")
         sort = sort or metric
         cols = ["config", *axes]
         cols += [c for c in ("final_loss", "best_loss", "final_val_loss", "best_val_loss",
@@ -307,11 +333,15 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     lines.append(shown.to_markdown(index=False, tablefmt="simple", floatfmt=".4g"))
     if top and len(df) > top:
         lines.append(f"... {len(df) - top} more rows (--top 0 for all)")
-    if sort == "final_val_loss_mean" and len(df) and np.isfinite(df[sort].iloc[0]):
-        row = df.iloc[0]
-        desc = ", ".join(f"{a}={row[a]}" for a in axes if a in row)
-        lines.append(f"best: {desc}: mean final_val_loss over folds = {float(row[sort]):.6g}")
-        return "\n".join(lines)
+    if by_setting:
+        key = "final_val_loss_mean"
+        m = pd.to_numeric(df[key], errors="coerce").replace([np.inf, -np.inf], np.nan)
+        if m.notna().any():
+            row = df.loc[m.idxmin()]
+            desc = ", ".join(f"{a}={row[a]}" for a in axes if a in row)
+            lines.append(f"best: {desc}: mean final_val_loss over folds = "
+                         f"{float(row[key]):.6g}")
+            return "\n".join(lines)
     try:
         b = sw.best()
         desc = ", ".join(f"{a}={b.row[a]}" for a in axes if a in b.row)

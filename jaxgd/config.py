@@ -255,6 +255,7 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
         raise ctx.err("data.val_fraction",
                       "[data] val_fraction and [train] folds exclude each other: choose one")
     _check_names(ctx, grid, random, train)
+    _check_required(ctx, grid, random, train)
     return Config(file, data, model, train, grid, random, base)
 
 
@@ -329,6 +330,9 @@ def _read_data(ctx: _Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
           "use an integer >= 0", d["split_seed"])
     if "task" in d:
         _choice(ctx, "data.task", d["task"], TASKS)
+        if "path" not in d:
+            raise ctx.err("data.task", "data.task only applies to .npz/.csv files; built-in "
+                          f"dataset {ds!r} has its own task")
     return d
 
 
@@ -393,8 +397,10 @@ def _read_train(ctx: _Ctx, t: dict[str, Any]) -> dict[str, Any]:
     each("folds", lambda x: _is_int(x) and x >= 2, "use an integer >= 2")
     each("fold_seed", nonneg, "use an integer >= 0")
     each("patience", pos, "use a positive integer (epochs)")
-    for k in ("min_delta", "grad_tol", "loss_target", "diverge_factor"):
-        each(k, _is_num, "use a number")
+    each("loss_target", _is_num, "use a number")
+    for k in ("min_delta", "grad_tol"):
+        each(k, lambda x: _is_num(x) and x >= 0, "use a number >= 0")
+    each("diverge_factor", lambda x: _is_num(x) and x > 1, "use a number > 1")
     each("metrics", lambda x: x in ("full", "batch"), 'use "full" or "batch"')
     each("init_seed", lambda x: nonneg(x) or x == "seed",
          'use an integer >= 0, or "seed" to draw each seed\'s own initial parameters')
@@ -551,6 +557,51 @@ def _check_names(ctx: _Ctx, grid, random, train) -> None:
             raise ctx.unknown("train.hparams", k, sorted(known))
 
 
+def _axis_values(name: str, grid, random, default: Any) -> list[Any]:
+    if name in grid:
+        return list(grid[name])
+    d = (random or {}).get(name)
+    if d is not None and d[0] == "choice" and isinstance(d[1], list):
+        return list(d[1])
+    return [default]
+
+
+def _check_required(ctx: _Ctx, grid, random, train) -> None:
+    """A learning rate, the schedules' required parameters, and [train] hparams that every
+    optimizer of the sweep takes: checked before JAX starts."""
+    from .optim import SCHEDULES, _factory_params, known_names, resolve_optimizer
+
+    given = set(train.get("hparams", {})) | set(grid) | set(random or {})
+    if "learning_rate" not in given:
+        key = "sweep" if "sweep" in ctx.lines else "train.hparams"
+        raise ctx.err(key, "learning_rate is not given: add it to [sweep] (e.g. "
+                      "learning_rate = { logspace = [-3, 0], num = 8 }), [sweep.random] or "
+                      "[train] hparams = { learning_rate = 0.01 }")
+    opts = _axis_values("optimizer", grid, random, train.get("optimizer", "sgd"))
+    scheds = _axis_values("schedule", grid, random, train.get("schedule", "constant"))
+    for s in scheds:
+        for k, default in SCHEDULES.get(s, {}).items():
+            if default is None and k not in given:
+                raise ctx.err("train.schedule", f"schedule {s!r} needs {k}: add it to "
+                              f"[train] hparams = {{ {k} = ... }} or to [sweep]")
+    for o in opts:
+        try:
+            spec = resolve_optimizer(o)
+        except (ValueError, TypeError):
+            continue  # reported by the [train] checks
+        every = _factory_params(spec.factory)[1] if spec.factory is not None else set()
+        for s in scheds:
+            if s not in SCHEDULES:
+                continue
+            known = known_names(spec, s)
+            for k in train.get("hparams", {}):
+                if k not in known and k not in every:
+                    raise ctx.err(f"train.hparams.{k}",
+                                  f"train.hparams.{k} is not a hyper-parameter of optimizer "
+                                  f"{o!r} with schedule {s!r}; every optimizer of the sweep "
+                                  f"gets [train] hparams (known: {sorted(known)})")
+
+
 # ----------------------------------------------------------------------------- building
 
 
@@ -595,17 +646,27 @@ def _load_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, str | None, str]:
         else:
             import pandas as pd
 
-            df = pd.read_csv(p)
-            try:
-                [float(c) for c in df.columns]
-                df = pd.read_csv(p, header=None)  # no header row: the first row is data
-            except ValueError:
-                pass
+            df = pd.read_csv(p, header=None)
+            if len(df) and pd.to_numeric(df.iloc[0], errors="coerce").isna().any():
+                df = df.iloc[1:].reset_index(drop=True)  # row 0 holds column names
             if df.shape[1] < 2:
                 raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
                                   f"{p.name} needs at least 2 columns (features..., y)")
             arr = df.to_numpy()
-            x, y = arr[:, :-1].astype(np.float32), arr[:, -1]
+            try:
+                x = arr[:, :-1].astype(np.float32)
+            except ValueError as e:
+                raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
+                                  f"{p.name}: every column but the last must be numeric "
+                                  f"({e})") from None
+            y = arr[:, -1]
+            try:
+                y = y.astype(np.float64)
+            except ValueError:
+                bad = next((v for v in y if pd.isna(pd.to_numeric(v, errors="coerce"))), None)
+                raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
+                                  f"the last column of {p.name} (y) must be numeric, found "
+                                  f"{bad!r}; encode class labels as 0, 1, ..., C-1") from None
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -613,7 +674,9 @@ def _load_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, str | None, str]:
                           f"cannot read {p.name}: {type(e).__name__}: {e}") from None
     x = np.asarray(x, np.float32).reshape(len(x), -1) if x.ndim == 1 else x.astype(np.float32)
     y = np.asarray(y)
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    if y.dtype.kind in "iub":
+        y_int = y.astype(np.int64)
+    elif y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y_int = y.astype(np.int64)
     else:
         y_int = None
@@ -661,8 +724,15 @@ def build(cfg: Config) -> Experiment:
     if task != "regression" and y.dtype.kind not in "iu":
         raise err("data.task", f"task {task!r} needs integer labels; {name} has float targets")
     num_classes = int(y.max()) + 1 if task != "regression" else None
-    if task != "regression" and y.min() < 0:
-        raise err("data.dataset", "class labels must be 0, 1, ..., C-1")
+    if task != "regression":
+        found = np.unique(y)
+        shown = ", ".join(str(v) for v in found[:10]) + (", ..." if len(found) > 10 else "")
+        if task == "binary" and not set(found.tolist()) <= {0, 1}:
+            raise err("data.dataset", f"binary labels must be 0 or 1; {name} has labels "
+                                      f"{{{shown}}}")
+        if task == "multiclass" and found.tolist() != list(range(len(found))):
+            raise err("data.dataset", f"multiclass labels must be 0, 1, ..., C-1; {name} has "
+                                      f"labels {{{shown}}}")
     n = len(x)
     tr = np.arange(n)
     va = None
@@ -715,6 +785,9 @@ def build(cfg: Config) -> Experiment:
         max(num_classes or 2, 2) if mname in ("softmax", "cnn") else out)
     loss_name = cfg.model.get("loss") or (
         "mse" if task == "regression" else ("bce" if out_dim == 1 else "softmax_ce"))
+    if loss_name in ("mse", "half_mse") and task != "regression":
+        raise err("model.loss", f"model.loss = \"{loss_name}\" is for regression; the data "
+                  f"is {task}: use \"bce\" (binary) or \"softmax_ce\" (multiclass)")
     if loss_name in ("bce", "binary_cross_entropy"):
         if out_dim != 1 or task == "regression":
             raise err("model.loss", f"loss {loss_name!r} needs binary labels and one output")

@@ -431,10 +431,14 @@ def _cv(sw, show: bool):
     cap = _cap(sw)
     # folds that diverged per setting
     div_by = None
+    div_n = None
+    any_over = False
     if "diverged" in t:
         keys = [a for a in axes if a in cv]
         if keys:
             div_by = t.groupby(keys, dropna=False)["diverged"].any().reset_index()
+            div_n = t.groupby(keys, dropna=False)["diverged"].sum()
+            div_n = div_n[div_n > 0]
     if xaxis is None:
         x = np.arange(len(cv))
         m, s = _num(cv[mean_c]), np.nan_to_num(_num(cv[std_c]))
@@ -464,12 +468,18 @@ def _cv(sw, show: bool):
                      **({"diverged": "any"} if "diverged" in sub else {})}).reset_index()
             sub = sub.sort_values(xaxis)
             x = _num(sub[xaxis])
-            m = np.minimum(_num(sub[mean_c]), cap)
+            raw = _num(sub[mean_c])
+            over = np.isfinite(raw) & (raw > cap)
+            any_over |= bool(over.any())
+            m = np.minimum(raw, cap)
             s = np.nan_to_num(_num(sub[std_c]))
             color = f"C{c % 10}"
             label = _label(tuple(cvk[sel][a].iloc[0] for a in line_axes), line_axes)
             ax.plot(x, m, "o-", color=color, ms=4, label=label if line_axes else "mean")
-            ax.fill_between(x, m - s, np.minimum(m + s, cap), color=color, alpha=0.2, lw=0,
+            ax.plot(x[over], m[over], "^", color=color, ms=7)
+            # the band's lower edge bounded like the error bars (stays > 0 on a log axis)
+            ax.fill_between(x, m - np.minimum(s, np.abs(m) * 0.999), np.minimum(m + s, cap),
+                            color=color, alpha=0.2, lw=0,
                             label=None if line_axes else "± 1 std over folds")
             ax.errorbar(x, m, yerr=[np.minimum(s, np.abs(m) * 0.999), np.minimum(s, cap - m)],
                         fmt="none", ecolor=color, capsize=2, lw=0.8)
@@ -488,8 +498,14 @@ def _cv(sw, show: bool):
                 ax.set_yscale("log")
                 ax.set_ylim(lo / 1.5, max(hi * 1.5, lo * 2))
         ax.set_xlabel(xaxis.replace("_", " "))
-        if div_by is not None and div_by["diverged"].any():
-            ax.plot([], [], "x", color="tab:red", ms=8, mew=2, label="a fold diverged")
+        if div_n is not None and len(div_n):
+            k_folds = sw.folds or int(_num(t["fold"]).max() + 1)
+            lo_n, hi_n = int(div_n.min()), int(div_n.max())
+            n_txt = f"{hi_n}" if lo_n == hi_n else f"{lo_n}-{hi_n}"
+            ax.plot([], [], "x", color="tab:red", ms=8, mew=2,
+                    label=f"diverged: {n_txt}/{k_folds} folds")
+        if any_over:
+            ax.plot([], [], "^", color="0.4", ms=7, label="> 10x initial loss (clipped)")
         ax.legend(fontsize=8)
     ax.set_ylabel("validation loss (final)")
     k = sw.folds or int(_num(t["fold"]).max() + 1)

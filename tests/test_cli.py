@@ -305,3 +305,91 @@ def test_plots_single_axis_and_nans(tmp_path):
     assert [os.path.basename(p) for p in plot_sweep(sw, tmp_path / "d")] == ["loss_curves.png"]
     with pytest.raises(ValueError, match="out=folder"):
         plot_sweep(sw)
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cvrun")
+    cfg = d / "cv.toml"
+    cfg.write_text(CV)
+    out = d / "out"
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet", "--no-plots"]) == 0
+    return out
+
+
+def _best_line(text):
+    return next(line for line in text.splitlines() if line.startswith("best:"))
+
+
+def test_show_cv_desc_keeps_best(cv_run, capsys):
+    capsys.readouterr()
+    assert main(["show", str(cv_run)]) == 0
+    asc = capsys.readouterr().out
+    assert main(["show", str(cv_run), "--desc"]) == 0
+    desc = capsys.readouterr().out
+    assert "sorted by final_val_loss_mean (descending):" in desc
+    assert _best_line(desc) == _best_line(asc)
+    sw = jaxgd.load(cv_run)
+    m = sw.cv_table("final_val_loss")["final_val_loss_mean"]
+    assert f"{m.min():.6g}" in _best_line(desc)
+
+
+def test_show_cv_sort_by_cv_column(cv_run, capsys):
+    capsys.readouterr()
+    assert main(["show", str(cv_run), "--sort", "final_val_loss_std"]) == 0
+    text = capsys.readouterr().out
+    assert "cross-validation over 3 folds, sorted by final_val_loss_std:" in text
+    assert main(["show", str(cv_run), "--sort", "final_los"]) == 2
+    assert "final_val_loss_mean" in _one_error_line(capsys)
+
+
+def test_ctrl_c_one_line(tmp_path, monkeypatch, capsys):
+    import jaxgd.config as config
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config, "build", interrupted)
+    assert main(["sweep", "--out", str(tmp_path / "o"), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"jaxgd: interrupted; finished chunks are kept in {tmp_path / 'o'} - run "
+                   "the same command again to resume")
+
+
+def test_demo_user_error_and_prog(monkeypatch, capsys):
+    import jaxgd.cli as cli
+
+    fake = types.ModuleType("experiments.demo")
+
+    def fake_main(argv, prog=None):
+        raise cli.UserError(f"bad demo argument, prog {prog}")
+
+    fake.main = fake_main
+    monkeypatch.setitem(sys.modules, "experiments.demo", fake)
+    assert main(["demo", "--x"]) == 2
+    assert _one_error_line(capsys) == "jaxgd: error: bad demo argument, prog jaxgd demo"
+
+
+def test_demo_help_prog(capsys):
+    from experiments.demo import main as demo_main
+
+    with pytest.raises(SystemExit):
+        demo_main(["--help"], prog="jaxgd demo")
+    assert capsys.readouterr().out.startswith("usage: jaxgd demo [-h]")
+
+
+def test_cv_figure_marks_capped_and_diverged_folds(cv_run):
+    from matplotlib.collections import PolyCollection
+
+    from jaxgd import plots
+
+    fig = plots._cv(jaxgd.load(cv_run), False)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "diverged: 3/3 folds" in labels  # learning rate 3.0 diverges on every fold
+    assert "> 10x initial loss (clipped)" in labels
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert bands and all(p.vertices[:, 1].min() > 0 for c in bands for p in c.get_paths())

@@ -30,7 +30,6 @@ standardize = true
 standardize_target = true
 val_fraction = 0.25
 split_seed = 3
-task = "regression"
 
 [model]
 name = "mlp"
@@ -76,7 +75,7 @@ clip_value = ["uniform", 0.5, 2.0]
 def test_every_documented_key():
     c = rc(ALL_KEYS)
     assert c.data == {"dataset": "diabetes", "standardize": True, "standardize_target": True,
-                      "val_fraction": 0.25, "split_seed": 3, "task": "regression"}
+                      "val_fraction": 0.25, "split_seed": 3}
     assert c.model == {"name": "mlp", "loss": "half_mse", "hidden": [8, 4],
                        "activation": "tanh"}
     assert list(c.grid) == ["batch_size", "optimizer", "l2", "learning_rate", "momentum", "b1",
@@ -233,7 +232,7 @@ def test_build_errors():
         build(rc('[model]\nname = "logistic"\n[sweep]\nlearning_rate = [0.1]\n'))
     with pytest.raises(ConfigError, match="standardize_target applies to regression"):
         build(rc('[data]\ndataset = "iris"\nstandardize_target = true\n[model]\n'
-                 'name = "softmax"\n'))
+                 'name = "softmax"\n[sweep]\nlearning_rate = [0.1]\n'))
 
 
 def test_missing_file():
@@ -244,3 +243,83 @@ def test_missing_file():
 def test_key_lines():
     lines = key_lines("a = 1\n[t]\n'b' = { c = 2, d = 3 }\n[t.u]\ne = [\n 1]\n")
     assert lines == {"a": 1, "t": 2, "t.b": 3, "t.b.c": 3, "t.b.d": 3, "t.u": 4, "t.u.e": 5}
+
+
+LR = "[sweep]\nlearning_rate = [0.1]\n"
+
+
+def _cfg(tmp_path, data: str, extra: str = "") -> Path:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[data]\n{data}\n{extra}{LR}")
+    return cfg
+
+
+def test_integer_labels_with_task(tmp_path):
+    x = np.random.default_rng(0).normal(size=(12, 2)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(12) % 3)
+    e = build(read_config(_cfg(tmp_path, 'dataset = "d.npz"\ntask = "multiclass"',
+                               '[model]\nname = "softmax"\n')))
+    assert e.info["task"] == "multiclass" and e.data[1].dtype == np.int32
+    np.savez(tmp_path / "b.npz", x=x, y=np.arange(12) % 2)
+    e = build(read_config(_cfg(tmp_path, 'dataset = "b.npz"\ntask = "binary"')))
+    assert e.info["task"] == "binary" and e.info["loss"] == "bce"
+
+
+def test_label_values_are_checked(tmp_path):
+    x = np.zeros((6, 2), np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([1, 2, 1, 2, 1, 2]))
+    with pytest.raises(ConfigError, match=r"c.toml:2: binary labels must be 0 or 1; d has "
+                                          r"labels \{1, 2\}"):
+        build(read_config(_cfg(tmp_path, 'dataset = "d.npz"\ntask = "binary"')))
+    with pytest.raises(ConfigError, match=r"c.toml:2: multiclass labels must be 0, 1, \.\.\., "
+                                          r"C-1; d has labels \{1, 2\}"):
+        build(read_config(_cfg(tmp_path, 'dataset = "d.npz"\ntask = "multiclass"',
+                               '[model]\nname = "softmax"\n')))
+
+
+def test_csv_header_detection(tmp_path):
+    # a data first row with repeated values is not a header (pandas would rename 1.5.1)
+    (tmp_path / "d.csv").write_text("1.5,1.5,2\n0.5,1.0,3\n2.0,0.0,4\n")
+    e = build(read_config(_cfg(tmp_path, 'dataset = "d.csv"')))
+    assert e.info["n"] == 3
+    np.testing.assert_array_equal(e.data[1], [2, 3, 4])
+    (tmp_path / "h.csv").write_text("a,b,y\n1.5,1.5,2\n0.5,1.0,3\n")
+    e = build(read_config(_cfg(tmp_path, 'dataset = "h.csv"')))
+    assert e.info["n"] == 2
+
+
+def test_csv_text_labels(tmp_path):
+    (tmp_path / "d.csv").write_text("a,y\n1.0,cat\n2.0,dog\n")
+    with pytest.raises(ConfigError, match=r"c.toml:2: the last column of d.csv \(y\) must be "
+                                          r"numeric, found 'cat'"):
+        build(read_config(_cfg(tmp_path, 'dataset = "d.csv"')))
+
+
+def test_task_only_for_files():
+    e = err('[data]\ndataset = "iris"\ntask = "multiclass"\n' + LR)
+    assert str(e).startswith("sweep.toml:3: data.task only applies to .npz/.csv files")
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    ("[train]\nepochs = 2\n", 1, "learning_rate is not given"),
+    ("[train]\nmin_delta = -0.1\n" + LR, 2, "train.min_delta = -0.1 is invalid: use a number >= 0"),
+    ("[train]\ngrad_tol = -1\n" + LR, 2, "train.grad_tol = -1 is invalid"),
+    ("[train]\ndiverge_factor = 0.5\n" + LR, 2, "use a number > 1"),
+    ("[train]\ndiverge_factor = 'x'\n" + LR, 2, "train.diverge_factor"),
+    ("[train]\nschedule = 'step'\n" + LR, 2, "schedule 'step' needs step_size"),
+    ("[train]\noptimizer = ['sgd', 'adam']\nhparams = { momentum = 0.9 }\n" + LR, 3,
+     "train.hparams.momentum is not a hyper-parameter of optimizer 'adam'"),
+])
+def test_required_and_ranges_before_jax(text, line, needle):
+    e = err(text)
+    assert str(e).startswith(f"sweep.toml:{line}: " if line else "sweep.toml: "), str(e)
+    assert needle in str(e)
+    rc("[train]\nhparams = { learning_rate = 0.1 }\n")  # learning rate in hparams is enough
+    rc("[sweep.random]\nn = 2\nlearning_rate = ['loguniform', 1e-3, 1e-1]\n")
+    rc("[train]\nschedule = 'step'\nhparams = { step_size = 3 }\n" + LR)
+
+
+def test_regression_loss_with_classes():
+    with pytest.raises(ConfigError, match=r'sweep.toml: model.loss = "mse" is for regression'):
+        build(rc('[data]\ndataset = "breast_cancer"\n[model]\nname = "logistic"\n'
+                 'loss = "mse"\n' + LR))
