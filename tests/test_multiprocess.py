@@ -29,22 +29,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
-    port = free_port()
-    out = tmp_path / "run"
-    report = tmp_path / "report.json"
-    procs = []
-    logs = []
+def run_pair(command, tmp_path, tag: str) -> list[str]:
+    """Run ``command(i)`` for processes 0 and 1 at once, bounded by TIMEOUT and killed by
+    handle; asserts both exit 0 and returns their logs."""
+    procs, logs = [], []
     try:
         for i in range(2):
-            log = open(tmp_path / f"p{i}.log", "w")  # noqa: SIM115
+            log = open(tmp_path / f"{tag}{i}.log", "w")  # noqa: SIM115
             logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, str(WORKER), "--process-id", str(i), "--num-processes", "2",
-                 "--port", str(port), "--devices", "2", "--out", str(out),
-                 "--report", str(report)],
-                stdout=log, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(command(i), stdout=log, stderr=subprocess.STDOUT))
         for p in procs:
             p.wait(timeout=TIMEOUT)
     finally:
@@ -54,8 +47,19 @@ def test_two_processes_equal_one(tmp_path):
                 p.wait()
         for log in logs:
             log.close()
-    text = "\n".join((tmp_path / f"p{i}.log").read_text()[-3000:] for i in range(2))
-    assert [p.returncode for p in procs] == [0, 0], text
+    texts = [(tmp_path / f"{tag}{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(t[-3000:] for t in texts)
+    return texts
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    port = free_port()
+    out = tmp_path / "run"
+    report = tmp_path / "report.json"
+    run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
+                        "--num-processes", "2", "--port", str(port), "--devices", "2",
+                        "--out", str(out), "--report", str(report)], tmp_path, "p")
 
     info = json.loads(report.read_text())
     assert info["process_count"] == 2 and info["device_count"] == 4
@@ -96,31 +100,12 @@ def test_cli_two_processes_equal_one(tmp_path):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(CLI_CONFIG)
     port = free_port()
-    procs, logs = [], []
-    try:
-        for i in range(2):
-            log = open(tmp_path / f"cli{i}.log", "w")  # noqa: SIM115
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out",
-                 str(tmp_path / "multi"), "--quiet", "--no-plots", "--coordinator",
-                 f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-                 "--init-timeout", "60"],
-                stdout=log, stderr=subprocess.STDOUT))
-        for p in procs:
-            p.wait(timeout=TIMEOUT)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
-    text = "\n".join((tmp_path / f"cli{i}.log").read_text()[-3000:] for i in range(2))
-    assert [p.returncode for p in procs] == [0, 0], text
+    logs = run_pair(lambda i: [
+        sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out", str(tmp_path / "multi"),
+        "--quiet", "--no-plots", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+        "--process-id", str(i), "--init-timeout", "60"], tmp_path, "cli")
     # process 0 printed the summary; process 1 wrote nothing
-    assert "best:" in (tmp_path / "cli0.log").read_text()
-    assert "best:" not in (tmp_path / "cli1.log").read_text()
+    assert "best:" in logs[0] and "best:" not in logs[1]
     single = subprocess.run(
         [sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out", str(tmp_path / "one"),
          "--quiet", "--no-plots"], capture_output=True, text=True, timeout=TIMEOUT)
