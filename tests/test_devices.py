@@ -32,6 +32,11 @@ def run_worker(args, timeout=TIMEOUT, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
     p = subprocess.Popen([sys.executable, str(WORKER), *args], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env)
+    return finish(p, timeout)
+
+
+def finish(p: subprocess.Popen, timeout=TIMEOUT) -> str:
+    """Wait for a worker (killed by handle past ``timeout``); assert it exited 0."""
     try:
         out, _ = p.communicate(timeout=timeout)
     finally:

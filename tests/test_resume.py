@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from test_devices import WORKER, load_worker
+from test_devices import WORKER, finish, load_worker
 
 import jaxgd
 from jaxgd import store as store_mod
@@ -41,17 +41,6 @@ def long_reference():
 def start(out: Path, args=()) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(p: subprocess.Popen, timeout=TIMEOUT) -> str:
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert p.returncode == 0, out[-4000:]
-    return out
 
 
 def kill(p: subprocess.Popen) -> None:
@@ -109,7 +98,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     with pytest.raises(ValueError, match="interrupted sweep"):
         jaxgd.load(out)
 
-    finish(start(out, LONG_ARGS))  # the same command: takes over the stale lock, resumes
+    finish(start(out, LONG_ARGS), TIMEOUT)  # the same command: takes over the stale lock, resumes
     after = chunk_files(out)
     assert len(after) == len(LONG_LRS)
     for name, mtime in before.items():  # chunks finished before the kill were kept
@@ -145,7 +134,7 @@ def test_kills_at_random_points_never_leave_half_written_results(tmp_path):
         for f in (out / "chunks").glob("*.npz") if (out / "chunks").is_dir() else []:
             with np.load(f) as z:  # every chunk file present is whole
                 assert "config" in z.files
-    finish(start(out, args))
+    finish(start(out, args), TIMEOUT)
     assert_same_table(jaxgd.load(out).table, ref.table)
     assert outcomes  # (the mix of outcomes depends on timing)
 
