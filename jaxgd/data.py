@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from ._checks import check_positive_int
+
 __all__ = [
     "BatchPlan",
     "Standardizer",
@@ -34,12 +36,6 @@ __all__ = [
 ]
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {name}={value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -170,7 +166,7 @@ def train_val_split(
       >>> len(tr), len(va)
       (8, 2)
     """
-    n = _check_positive_int("n", n)
+    n = check_positive_int("n", n)
     if n < 2:
         raise ValueError(f"train_val_split needs n >= 2, got {n=}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
@@ -209,8 +205,8 @@ def kfold_indices(
       >>> [len(v) for _, v in kfold_indices(10, 3, shuffle=False)]
       [4, 3, 3]
     """
-    n = _check_positive_int("n", n)
-    k = _check_positive_int("k", k)
+    n = check_positive_int("n", n)
+    k = check_positive_int("k", k)
     if not 2 <= k <= n:
         raise ValueError(f"kfold_indices needs 2 <= k <= n, got {k=}, {n=}")
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
@@ -282,13 +278,13 @@ def batch_plan(n: int, batch_size: int | None, drop_last: bool = False) -> Batch
       >>> p.steps_per_epoch, p.full_steps, p.last_batch_size
       (196, 195, 80)
     """
-    n = _check_positive_int("n", n)
+    n = check_positive_int("n", n)
     if not isinstance(drop_last, (bool, np.bool_)):
         raise TypeError(f"drop_last must be a bool, got {drop_last=!r}")
     drop_last = bool(drop_last)
     if batch_size is None:
         return BatchPlan(n, n, drop_last, 1, 1, 0)
-    b = _check_positive_int("batch_size", batch_size)
+    b = check_positive_int("batch_size", batch_size)
     full, rem = divmod(n, b)
     if drop_last:
         if full == 0:
@@ -350,7 +346,7 @@ def feistel_permute(key_words: ArrayLike, positions: ArrayLike, n: int) -> jax.A
       >>> sorted(feistel_permute(kw, jnp.arange(10), 10).tolist()) == list(range(10))
       True
     """
-    n = _check_positive_int("n", n)
+    n = check_positive_int("n", n)
     if n > 2**32:
         raise ValueError(f"feistel_permute supports n <= 2**32, got {n=}")
     x0 = jnp.asarray(positions).astype(jnp.uint32)

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._checks import check_positive_int
+
 __all__ = [
     "Dataset",
     "bias_column_example",
@@ -79,7 +81,7 @@ def noisy_line(n: int = 16, seed: int = 0, noise: float = 0.01) -> tuple[np.ndar
       >>> x.shape, y.shape
       ((4, 1), (4,))
     """
-    n = _check_positive_int("n", n)
+    n = check_positive_int("n", n)
     if not isinstance(noise, numbers.Real) or not noise >= 0:
         raise ValueError(f"noise must be a non-negative float, got {noise=!r}")
     rng = np.random.default_rng(seed)
@@ -124,8 +126,8 @@ def synthetic_regression(n: int = 1000, d: int = 10, seed: int = 0, noise: float
       >>> synthetic_regression(100, 3).x.shape
       (100, 3)
     """
-    n = _check_positive_int("n", n)
-    d = _check_positive_int("d", d)
+    n = check_positive_int("n", n)
+    d = check_positive_int("d", d)
     if not isinstance(noise, numbers.Real) or not noise >= 0:
         raise ValueError(f"noise must be a non-negative float, got {noise=!r}")
     rng = np.random.default_rng(seed)
@@ -143,10 +145,6 @@ def synthetic_regression(n: int = 1000, d: int = 10, seed: int = 0, noise: float
     )
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-    return int(value)
 
 
 def _sklearn(name: str) -> Dataset:

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from ._checks import check_positive_int
+
 Params = dict[str, Any]
 
 __all__ = [
@@ -48,11 +50,6 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is a positive int (not bool), else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-    return int(value)
 
 
 def _check_activation(activation: str) -> Callable[[jax.Array], jax.Array]:
@@ -95,8 +92,8 @@ def linear(in_features: int, out_features: int = 1, init_scale: float = 0.0) -> 
       >>> m.apply(p, jnp.ones((5, 3))).shape
       (5, 1)
     """
-    _check_positive_int("in_features", in_features)
-    _check_positive_int("out_features", out_features)
+    check_positive_int("in_features", in_features)
+    check_positive_int("out_features", out_features)
     scale = _check_scale(init_scale)
 
     def init(key: jax.Array) -> Params:
@@ -158,7 +155,7 @@ def softmax(in_features: int, num_classes: int, init_scale: float = 0.0) -> Mode
       >>> m.apply(m.init(jax.random.key(0)), jnp.ones((2, 4))).shape
       (2, 3)
     """
-    _check_positive_int("num_classes", num_classes)
+    check_positive_int("num_classes", num_classes)
     return linear(in_features, num_classes, init_scale)
 
 
@@ -190,13 +187,13 @@ def mlp(
       >>> m.apply(m.init(jax.random.key(0)), jnp.ones((5, 3))).shape
       (5, 2)
     """
-    _check_positive_int("in_features", in_features)
-    _check_positive_int("out_features", out_features)
+    check_positive_int("in_features", in_features)
+    check_positive_int("out_features", out_features)
     if isinstance(hidden, (int, str)) or not isinstance(hidden, Sequence):
         raise ValueError(f"hidden must be a sequence of positive ints, got {hidden=!r}")
     hidden = tuple(hidden)
     for i, h in enumerate(hidden):
-        _check_positive_int(f"hidden[{i}]", h)
+        check_positive_int(f"hidden[{i}]", h)
     act = _check_activation(activation)
     sizes = (in_features, *hidden, out_features)
     gain = math.sqrt(2.0) if activation == "relu" else 1.0
@@ -239,8 +236,8 @@ def cnn(num_classes: int = 10, channels: int = 8) -> Model:
       >>> m.apply(m.init(jax.random.key(0)), jnp.zeros((2, 64))).shape
       (2, 10)
     """
-    _check_positive_int("num_classes", num_classes)
-    _check_positive_int("channels", channels)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("channels", channels)
     flat = 4 * 4 * channels
 
     def init(key: jax.Array) -> Params:
@@ -296,9 +293,9 @@ def rnn(in_features: int, hidden: int, out_features: int = 1, activation: str = 
       >>> m.apply(m.init(jax.random.key(0)), jnp.ones((3, 5, 2))).shape
       (3, 1)
     """
-    _check_positive_int("in_features", in_features)
-    _check_positive_int("hidden", hidden)
-    _check_positive_int("out_features", out_features)
+    check_positive_int("in_features", in_features)
+    check_positive_int("hidden", hidden)
+    check_positive_int("out_features", out_features)
     act = _check_activation(activation)
 
     def init(key: jax.Array) -> Params:

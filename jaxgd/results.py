@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .train import STOP_REASONS
+from .program import STOP_REASONS
 
 __all__ = ["Best", "FitResult", "SweepResult", "load"]
 
@@ -62,9 +62,9 @@ class FitResult:
     def param_history(self) -> Any:
         """The parameters recorded at each evaluation (``record_params=True``) as one
         pytree shaped like ``params`` with a leading [row] axis."""
-        from .train import _param_leaves
+        from .program import param_leaves
 
-        names = [name for name, _ in _param_leaves(self.params)]
+        names = [name for name, _ in param_leaves(self.params)]
         missing = [n for n in names if n not in self.history]
         if missing:
             raise ValueError("no parameter history: run fit(..., record_params=True)")

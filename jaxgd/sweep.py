@@ -27,15 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import optim
-from .train import (
-    _float_dtype,
-    as_key,
-    compiled_program,
-    epoch_progress,
-    normalize_shuffle,
-    prepare,
-    tc_array,
-)
+from .prepare import as_key, normalize_shuffle, prepare, tc_array
+from .program import compiled_program, epoch_progress, float_dtype
 
 __all__ = ["sweep", "expand_configs", "STRUCTURAL_AXES"]
 
@@ -556,7 +549,7 @@ def _agree_cached(cached):
 
 def _run_chunk(g, streams, per_stream, ci, width, data, val_data, fold_split, mesh):
     spec, params, _, val, _ = g["prep"]
-    dt = _float_dtype(params)
+    dt = float_dtype(params)
     S = len(streams)
     # [S, width] row numbers into g["rows"] (padding repeats the stream's first row)
     grid_rows = np.zeros((S, width), np.int64)

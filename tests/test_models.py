@@ -139,8 +139,6 @@ def test_init_is_deterministic_per_key():
     [
         (lambda: models.linear(0), "in_features"),
         (lambda: models.linear(3, -1), "out_features"),
-        (lambda: models.linear(True), "in_features"),
-        (lambda: models.linear(2.5), "in_features"),
         (lambda: models.linear(2, init_scale=-1.0), "init_scale"),
         (lambda: models.softmax(3, 0), "num_classes"),
         (lambda: models.mlp(3, hidden=(4, 0)), "hidden[1]"),
@@ -154,6 +152,12 @@ def test_init_is_deterministic_per_key():
 def test_invalid_arguments_raise(call, arg):
     with pytest.raises(ValueError, match=arg.replace("[", r"\[").replace("]", r"\]")):
         call()
+
+
+@pytest.mark.parametrize("bad", [True, 2.5])
+def test_non_integer_sizes_raise_type_error(bad):
+    with pytest.raises(TypeError, match="in_features"):
+        models.linear(bad)
 
 
 def test_get_model_lists_valid_names():

@@ -1,0 +1,224 @@
+"""Validation of ``fit``/``sweep`` arguments, before anything is compiled.
+
+:func:`prepare` checks every argument and builds the hashable
+:class:`~jaxgd.program.ProgramSpec` that keys the compiled program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import optim
+from ._checks import check_positive_int
+from .program import ProgramSpec
+
+SHUFFLES = ("none", "feistel", "uniform")
+METRICS = ("full", "batch")
+
+
+def as_key(key: Any, name: str = "key") -> jax.Array:
+    """A typed PRNG key from an int seed, a typed key or raw uint32[2] key data."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, bool):
+        raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key")
+    if isinstance(key, (int, np.integer)):
+        if key < 0:
+            raise ValueError(f"{name}={key!r}: a seed must be >= 0")
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single key, got shape {key.shape}")
+        return key
+    arr = np.asarray(key)
+    if arr.shape == (2,) and arr.dtype == np.uint32:
+        return jax.random.wrap_key_data(jnp.asarray(arr))
+    raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key(...)")
+
+
+def normalize_shuffle(shuffle: Any) -> str:
+    if shuffle is True:
+        return "feistel"
+    if shuffle is False or shuffle is None:
+        return "none"
+    if isinstance(shuffle, str) and shuffle in SHUFFLES:
+        return shuffle
+    raise ValueError(
+        f"shuffle={shuffle!r} must be True (fast pseudo-random permutation), False (in order), "
+        f"or one of {SHUFFLES}"
+    )
+
+
+def check_params(params: Any, name: str = "params") -> Any:
+    leaves, treedef = jax.tree.flatten(params)
+    if not leaves:
+        raise ValueError(f"{name} has no array leaves: {params!r}")
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        where = jax.tree_util.keystr(path) or "<root>"
+        if isinstance(leaf, (str, bytes)) or leaf is None:
+            raise TypeError(f"{name}{where}={leaf!r} is not an array")
+        try:
+            arr = np.asarray(leaf)
+        except Exception as e:  # noqa: BLE001
+            raise TypeError(f"{name}{where} is not an array: {leaf!r}") from e
+        if arr.dtype.kind != "f":
+            raise TypeError(
+                f"{name}{where} has dtype {arr.dtype}; trainable parameters must be floating "
+                "point (e.g. jnp.zeros(3) rather than [0, 0, 0])")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}{where} contains non-finite values")
+        out.append(jnp.asarray(leaf))
+    return jax.tree.unflatten(treedef, out)
+
+
+def check_loss(loss: Any, params: Any, batch: Any, name: str = "loss") -> bool:
+    """Trace ``loss`` abstractly once; return whether it returns ``(value, aux)``."""
+    if not callable(loss):
+        raise TypeError(f"{name}={loss!r} must be a function loss(params, batch) -> scalar")
+    try:
+        out = jax.eval_shape(loss, params, batch)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(
+            f"{name} could not be evaluated as loss(params, batch): {type(e).__name__}: {e}"
+        ) from e
+    has_aux = isinstance(out, tuple) and len(out) == 2
+    value = out[0] if has_aux else out
+    if not hasattr(value, "shape") or value.shape != ():
+        shape = getattr(value, "shape", type(value).__name__)
+        raise TypeError(f"{name} must return a scalar (or (scalar, aux)), got shape {shape}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must return a floating-point scalar, got dtype {value.dtype}")
+    return has_aux
+
+
+def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
+    """Leaf indices (in ``jax.tree.leaves(data)`` order) to standardise in the program."""
+    if standardize is None or standardize is False:
+        return ()
+    leaves = jax.tree.leaves(data)
+    if standardize is True:
+        idx: tuple[Any, ...] = (0,)
+    elif isinstance(standardize, int):
+        idx = (standardize,)
+    elif isinstance(standardize, (tuple, list)):
+        idx = tuple(standardize)
+    else:
+        raise TypeError(f"standardize={standardize!r} must be True, a leaf index or a tuple "
+                        "of leaf indices")
+    for i in idx:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not (
+                0 <= i < len(leaves)):
+            raise ValueError(f"standardize={standardize!r}: {i!r} is not a leaf index of data "
+                             f"(it has {len(leaves)} leaves)")
+        if not jnp.issubdtype(leaves[i].dtype, jnp.floating):
+            raise TypeError(f"standardize={standardize!r}: data leaf {i} has dtype "
+                            f"{leaves[i].dtype}; only floating features can be standardised")
+    return tuple(sorted({int(i) for i in idx}))
+
+
+def tc_array(name: str, value: Any, dtype) -> np.ndarray:
+    """A traced-config value as a host array of the run's dtype (int32 for counts).
+
+    Host (numpy) arrays: the whole dictionary then goes to the device in one transfer.
+    """
+    if name in optim.INT_KEYS:
+        return np.asarray(value, np.int32)
+    if name in optim.STOP_DEFAULTS:  # thresholds: compared only, never mixed into updates
+        return np.asarray(value, np.promote_types(np.dtype(dtype), np.float32))
+    return np.asarray(value, np.dtype(dtype))
+
+
+def prepare(
+    loss, params, data, *, optimizer, hparams, batch_size, epochs, shuffle, drop_last,
+    schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
+    diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1,
+    record_params=False,
+    progress=False, standardize=None, init_fn=None, data_checked=False,
+    n_train=None, val_from_index=False,
+):
+    """Validate every argument (before anything is compiled) and build the ProgramSpec.
+
+    Returns ``(spec, params, data, val_data, numeric_hparams)``.
+    """
+    from .data import batch_plan, validate_data
+
+    epochs = check_positive_int("epochs", epochs)
+    accumulate = check_positive_int("accumulate", accumulate)
+    eval_every = check_positive_int("eval_every", eval_every)
+    if not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last={drop_last!r} must be True or False")
+    if not isinstance(restore_best, bool):
+        raise TypeError(f"restore_best={restore_best!r} must be True or False")
+    if metrics not in METRICS:
+        raise ValueError(f"metrics={metrics!r} must be one of {METRICS}")
+    shuffle = normalize_shuffle(shuffle)
+    if data_checked:  # validated by the caller (sweep): skip a second pass over the data
+        n = jax.tree.leaves(data)[0].shape[0]
+    else:
+        data, n = validate_data(data, "data")
+    if val_data is not None:
+        val_data, _ = validate_data(val_data, "val_data")
+        if jax.tree.structure(val_data) != jax.tree.structure(data):
+            raise ValueError("val_data must have the same structure as data")
+    if init_fn is not None:
+        params = jax.eval_shape(init_fn, jax.random.key(0))
+        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    params = check_params(params)
+    n_eff = n if n_train is None else n_train
+    plan = batch_plan(n_eff, batch_size, drop_last)
+    if accumulate > 1 and plan.full_steps == 0:
+        raise ValueError(
+            f"accumulate={accumulate} with batch_size={batch_size} leaves no full update in "
+            f"an epoch of {n_eff} samples")
+    if accumulate > 1:
+        # an update holds accumulate * batch_size samples
+        if drop_last and plan.batch_size * accumulate > n_eff:
+            raise ValueError(
+                f"accumulate={accumulate} x batch_size={plan.batch_size} = "
+                f"{plan.batch_size * accumulate} > n={n_eff} with drop_last=True leaves no "
+                "update in an epoch")
+        plan = batch_plan(n_eff, plan.batch_size * accumulate, drop_last)
+        plan = plan._replace(batch_size=plan.batch_size // accumulate)
+    spec_opt = optim.resolve_optimizer(optimizer)
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise TypeError(f"hparams={hparams!r} must be a dict of name -> number")
+    hp = dict(hparams or {})
+    for name, value in (("grad_tol", grad_tol), ("loss_target", loss_target),
+                        ("patience", patience), ("diverge_factor", diverge_factor)):
+        if value is not None:
+            hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins
+    if min_delta:
+        hp.setdefault("min_delta", min_delta)
+    if patience is not None:
+        p = hp["patience"]
+        if isinstance(p, bool) or not float(p).is_integer() or p < 0:
+            raise ValueError(f"patience={p!r} must be a non-negative integer")
+    numeric, static = optim.split_hparams(spec_opt, schedule, hp)
+    probe = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
+    has_aux = check_loss(loss, params, probe)
+    if penalty_mask is not None and not callable(penalty_mask):
+        raise TypeError(f"penalty_mask={penalty_mask!r} must be a function params -> bool pytree")
+    try:
+        static_items = tuple(sorted(static.items()))
+        hash(static_items)
+    except TypeError as e:
+        raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
+    std_leaves = check_standardize(standardize, data)
+    spec = ProgramSpec(
+        loss=loss, has_aux=has_aux, opt=spec_opt, schedule=schedule,
+        static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
+        accumulate=accumulate, shuffle=shuffle, epochs=epochs, metrics=metrics,
+        record_steps=bool(record_steps), record_params=bool(record_params),
+        restore_best=restore_best, penalty_mask=penalty_mask,
+        init_fn=init_fn, has_val=val_data is not None or val_from_index,
+        track_init=metrics == "full", eval_every=eval_every, progress=bool(progress),
+        standardize=std_leaves,
+    )
+    return spec, params, data, val_data, numeric

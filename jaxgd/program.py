@@ -1,0 +1,528 @@
+"""The compiled training program: one jitted loop behind batch, stochastic and mini-batch GD.
+
+The program is written for a *block* of configurations: an outer axis of "streams"
+(one per seed, or per seed and fold) that own a data order, and an inner axis of
+configurations that share that stream's batches. ``fit`` runs a block of 1 x 1;
+``sweep`` runs blocks of S x C. Because configurations of one stream share their
+batch indices, the gathered batch is the same array for all of them and their
+forward passes become one matrix product.
+
+Epochs run in a ``lax.while_loop`` *outside* the vmap over configurations, so the
+epoch and step counters stay scalars (a counter inside a vmapped while-loop would be
+batched and so would every gather). Configurations that stop are frozen by masks; the
+loop ends when every configuration has stopped or the epoch budget is spent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import optim
+from .data import BatchPlan, feistel_permute, feistel_round_keys
+
+# stop reasons, as integers inside the program
+RUNNING, MAX_EPOCHS, GRAD_TOL, LOSS_TARGET, PATIENCE, DIVERGED = range(6)
+STOP_REASONS = ("running", "max_epochs", "grad_tol", "loss_target", "patience", "diverged")
+
+
+
+class ProgramSpec(NamedTuple):
+    """Everything that fixes the structure of the compiled program (hashable)."""
+
+    loss: Callable[..., Any]
+    has_aux: bool
+    opt: optim.OptimizerSpec
+    schedule: str
+    static_hparams: tuple[tuple[str, Any], ...]
+    numeric_names: tuple[str, ...]
+    plan: BatchPlan
+    accumulate: int
+    shuffle: str
+    epochs: int
+    metrics: str
+    record_steps: bool
+    record_params: bool
+    restore_best: bool
+    penalty_mask: Callable[[Any], Any] | None
+    init_fn: Callable[[jax.Array], Any] | None
+    has_val: bool
+    track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
+    eval_every: int  # epochs between evaluations (history rows, stop checks)
+    progress: bool  # report each evaluation to the host (progress bar)
+    standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
+
+
+class State(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    active: jax.Array
+    reason: jax.Array
+    epochs_run: jax.Array
+    init_loss: jax.Array
+    best_metric: jax.Array
+    best_epoch: jax.Array
+    bad_epochs: jax.Array
+    best_params: Any
+    history: dict[str, jax.Array]
+    evals_run: jax.Array
+
+
+def _tree_where(c, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
+
+
+def _penalty(spec: ProgramSpec, params, tc):
+    if "l1" not in tc and "l2" not in tc:
+        return None
+    mask = spec.penalty_mask(params) if spec.penalty_mask is not None else _default_mask(params)
+    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+              if m]
+    total = 0.0
+    if "l1" in tc:
+        total = total + tc["l1"] * sum(jnp.sum(jnp.abs(p)) for p in leaves)
+    if "l2" in tc:
+        total = total + tc["l2"] * 0.5 * sum(jnp.sum(p * p) for p in leaves)
+    return total
+
+
+def _default_mask(params):
+    """Penalise every leaf except biases (leaves whose last dict key is 'b' or 'bias')."""
+
+    def keep(path, _):
+        last = path[-1] if path else None
+        name = getattr(last, "key", getattr(last, "name", None))
+        return name not in ("b", "bias")
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def _data_loss(spec: ProgramSpec, params, batch):
+    out = spec.loss(params, batch)
+    if spec.has_aux:
+        out = out[0]
+    # in the params' dtype: float64 data with float32 params must not widen the carries
+    return out.astype(float_dtype(params))
+
+
+def _objective(spec: ProgramSpec, params, batch, tc):
+    loss = _data_loss(spec, params, batch)
+    pen = _penalty(spec, params, tc)
+    return (loss if pen is None else loss + pen), loss
+
+
+def _mean_grad(spec, params, batch, tc, micro: int):
+    """(objective, data loss, gradient) of a batch, accumulated over ``micro`` pieces."""
+    vg = jax.value_and_grad(lambda p, b: _objective(spec, p, b, tc), has_aux=True)
+    if micro == 1:
+        (obj, loss), g = vg(params, batch)
+        return obj, loss, g
+    pieces = jax.tree.map(lambda a: a.reshape((micro, a.shape[0] // micro) + a.shape[1:]), batch)
+
+    def body(acc, b):
+        (obj, loss), g = vg(params, b)
+        return jax.tree.map(jnp.add, acc, (obj, loss, g)), None
+
+    zero = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    zero = jax.tree.map(lambda z: z.astype(float_dtype(params)), zero)
+    (obj, loss, g), _ = jax.lax.scan(body, zero, pieces)
+    return obj / micro, loss / micro, jax.tree.map(lambda x: x / micro, g)
+
+
+def float_dtype(params):
+    for leaf in jax.tree.leaves(params):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.dtype
+    return jnp.float32
+
+
+def _global_norm(tree) -> jax.Array:
+    """Euclidean norm of all leaves together."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+PARAMS_PREFIX = "params"
+
+
+def param_leaves(params) -> list[tuple[str, jax.Array]]:
+    """History names of the parameter leaves: ``params['w']``, ``params['layers'][0]...``."""
+    return [(PARAMS_PREFIX + jax.tree_util.keystr(path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _take(data, idx):
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+
+
+def build_program(spec: ProgramSpec) -> Callable[..., Any]:
+    """The un-jitted block program ``run(params0, data, val, tc, keys, tidx, vidx)``.
+
+    Shapes: ``tc`` leaves are [S, C]; ``keys`` is [S] PRNG keys; ``tidx`` [S, n_train]
+    and ``vidx`` [S, n_val] index arrays (or None); ``params0`` is a pytree shared by
+    every configuration (or None when ``spec.init_fn`` draws it from each key).
+    """
+    plan = spec.plan
+    n = plan.n
+    bsz = plan.batch_size * spec.accumulate  # samples per update
+    static = dict(spec.static_hparams)
+    E = spec.epochs
+    K = min(spec.eval_every, E)  # epochs per evaluation
+    n_evals = -(-E // K)
+
+    def train_view(data, tidx):
+        return data if tidx is None else _take(data, tidx)
+
+    def make_tf(train):
+        """Standardise the chosen leaves with mean/std of this stream's training part."""
+        if not spec.standardize:
+            return lambda b: b
+        leaves = jax.tree.leaves(train)
+        stats = {}
+        for i in spec.standardize:
+            m = jnp.mean(leaves[i], axis=0)
+            sd = jnp.std(leaves[i], axis=0)
+            stats[i] = (m, jnp.where(sd > 0, sd, 1.0))
+
+        def tf(batch):
+            ls, td = jax.tree.flatten(batch)
+            ls = [(a - stats[i][0]) / stats[i][1] if i in stats else a for i, a in enumerate(ls)]
+            return jax.tree.unflatten(td, ls)
+
+        return tf
+
+    def full_metrics(params, data, tc, tidx, tf):
+        if spec.metrics == "full":
+            tr = tf(train_view(data, tidx))
+            (obj, loss), g = jax.value_and_grad(
+                lambda p: _objective(spec, p, tr, tc), has_aux=True)(params)
+            return obj, loss, _global_norm(g)
+        return None
+
+    def init_state(params0, tc, key, data, val, tidx, vidx):
+        if spec.init_fn is not None:
+            params0 = spec.init_fn(jax.random.fold_in(key, 0x5EED))
+        opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
+        dt = float_dtype(params0)
+        tr = train_view(data, tidx)
+        tr = make_tf(tr)(tr)
+        if spec.track_init:
+            init_loss = _data_loss(spec, params0, tr).astype(dt)
+        else:  # not needed: skip a pass over the data for every configuration
+            init_loss = jnp.asarray(jnp.nan, dt)
+        bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
+        nan = jnp.full((n_evals,), jnp.nan, dt)
+        ep_dt = jnp.promote_types(dt, jnp.float32)  # exact epoch numbers even for float16
+        hist = {"epoch": jnp.full((n_evals,), jnp.nan, ep_dt), "loss": nan,
+                "batch_loss": nan, "grad_norm": nan, "lr": nan}
+        if _penalty(spec, params0, tc) is not None:
+            hist["objective"] = nan
+        if spec.has_val:
+            hist["val_loss"] = nan
+        if spec.record_steps:
+            hist["step_loss"] = jnp.full((n_evals * K, plan.steps_per_epoch), jnp.nan, dt)
+        if spec.record_params:
+            for name, leaf in param_leaves(params0):
+                hist[name] = jnp.full((n_evals,) + leaf.shape, jnp.nan, leaf.dtype)
+        return State(
+            params=params0,
+            opt_state=opt.init(params0),
+            step=jnp.zeros((), jnp.int32),
+            active=~bad_start,
+            reason=jnp.where(bad_start, DIVERGED, RUNNING).astype(jnp.int32),
+            epochs_run=jnp.zeros((), jnp.int32),
+            init_loss=init_loss,
+            best_metric=jnp.asarray(jnp.inf, dt),
+            best_epoch=jnp.asarray(-1, jnp.int32),
+            bad_epochs=jnp.zeros((), jnp.int32),
+            best_params=params0 if spec.restore_best else None,
+            history=hist,
+            evals_run=jnp.zeros((), jnp.int32),
+        )
+
+    def train_epoch(carry, epoch, opt, tc, key, data, tidx, wd_mask, tf):
+        """The steps of one epoch (nothing happens for epochs >= E)."""
+        own_wd = wd_mask is not None
+        full_batch = plan.full_steps == 1 and bsz == n and plan.last_batch_size == 0
+        if full_batch:  # one step on every sample: the order cannot matter
+            order = None
+        elif spec.shuffle == "feistel":
+            rk = feistel_round_keys(key, epoch)
+            order = lambda pos: feistel_permute(rk, pos, n)  # noqa: E731
+        elif spec.shuffle == "uniform":
+            perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+            order = lambda pos: perm[pos]  # noqa: E731
+        else:
+            order = None
+
+        def gather(start, size):
+            return tf(gather_raw(start, size))
+
+        def gather_raw(start, size):
+            if order is None and tidx is None:
+                if size == n:  # full batch in order: the data itself
+                    return data
+                # in order: a contiguous slice, much cheaper than a gather
+                return jax.tree.map(
+                    lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), data)
+            idx = start + jnp.arange(size, dtype=jnp.int32)
+            if order is not None:
+                idx = order(idx)
+            if tidx is not None:
+                idx = tidx[idx]
+            return _take(data, idx)
+
+        def step(carry, start, size, micro):
+            params, opt_state, stp, active, reason, s_loss, s_gn = carry
+            batch = gather(start, size)
+            obj, loss, g = _mean_grad(spec, params, batch, tc, micro)
+            gn = _global_norm(g)
+            updates, new_opt = opt.update(g, opt_state, params)
+            if own_wd:
+                lr_t = optim.current_lr(spec.schedule, tc, stp)
+                updates = jax.tree.map(
+                    lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, wd_mask)
+            new_params = optax.apply_updates(params, updates)
+            finite = jnp.isfinite(obj) & jnp.isfinite(gn)
+            finite &= jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                                           for x in jax.tree.leaves(new_params)]))
+            ok = active & finite
+            params = _tree_where(ok, new_params, params)
+            opt_state = _tree_where(ok, new_opt, opt_state)
+            reason = jnp.where(active & ~finite, DIVERGED, reason)
+            w = ok.astype(s_loss.dtype)
+            return (params, opt_state, stp + ok.astype(jnp.int32), active & finite, reason,
+                    s_loss + w * loss, s_gn + w * gn), loss
+
+        *inner, epochs_run = carry
+        in_range = epoch < E
+        active0 = inner[3]
+        inner[3] = active0 & in_range
+        inner = tuple(inner)
+        step_losses = []
+        if plan.full_steps > 0:
+            micro = spec.accumulate
+
+            def body(c, s):
+                return step(c, s * bsz, bsz, micro)
+
+            if plan.full_steps == 1:  # no loop for a single step (full batch)
+                inner, loss1 = step(inner, jnp.int32(0), bsz, micro)
+                full_losses = loss1[None]
+            else:
+                inner, full_losses = jax.lax.scan(
+                    body, inner, jnp.arange(plan.full_steps, dtype=jnp.int32))
+            step_losses.append(full_losses)
+        if plan.last_batch_size > 0:
+            inner, last_loss = step(inner, plan.full_steps * bsz, plan.last_batch_size, 1)
+            step_losses.append(last_loss[None])
+        ran = active0 & in_range
+        params, opt_state, stp, active, reason, s_loss, s_gn = inner
+        active = jnp.where(in_range, active, active0)
+        row = jnp.where(ran, jnp.concatenate(step_losses), jnp.nan) if spec.record_steps else None
+        return (params, opt_state, stp, active, reason, s_loss, s_gn,
+                epochs_run + ran.astype(jnp.int32)), row
+
+    def epoch_fn(st: State, tc, key, block, data, val, tidx, vidx) -> State:
+        """``eval_every`` epochs of training, then the evaluation and stop checks."""
+        opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
+        own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
+        wd_mask = (spec.penalty_mask or _default_mask)(st.params) if own_wd else None
+        was_active = st.active
+        dt = st.init_loss.dtype
+        tf = make_tf(train_view(data, tidx))
+        carry = (st.params, st.opt_state, st.step, st.active, st.reason,
+                 jnp.zeros((), dt), jnp.zeros((), dt), st.epochs_run)
+        e0 = block * K
+        if K == 1:
+            carry, rows = train_epoch(carry, e0, opt, tc, key, data, tidx, wd_mask, tf)
+            rows = None if rows is None else rows[None]
+        else:
+            carry, rows = jax.lax.scan(
+                lambda c, e: train_epoch(c, e, opt, tc, key, data, tidx, wd_mask, tf),
+                carry, e0 + jnp.arange(K, dtype=jnp.int32))
+        params, opt_state, stp, active, reason, s_loss, s_gn, epochs_run = carry
+        epoch = jnp.minimum(e0 + K, E) - 1  # the last epoch of this block
+        steps_done = jnp.maximum(stp - st.step, 1).astype(dt)
+        any_step = stp > st.step  # a block whose every step was refused has no batch mean
+        batch_loss = jnp.where(any_step, s_loss / steps_done, jnp.nan)
+        batch_gn = jnp.where(any_step, s_gn / steps_done, jnp.nan)
+
+        fm = full_metrics(params, data, tc, tidx, tf)
+        if fm is not None:
+            obj, loss, gn = fm
+        else:
+            obj, loss, gn = batch_loss, batch_loss, batch_gn
+        # divergence by growth of the loss, or a non-finite loss at the evaluation
+        factor = tc["diverge_factor"]
+        if spec.track_init:
+            ref = st.init_loss
+        else:  # no pass over the data at the start: the first block's batch loss is the scale
+            ref = jnp.where(block == 0, batch_loss, st.init_loss)
+        # the reference is floored at 1: a run that starts at (or near) a zero loss is not
+        # "diverged" when its loss merely becomes positive
+        grew = jnp.isfinite(factor) & (loss > factor * jnp.maximum(jnp.abs(ref), 1.0))
+        grew |= ~jnp.isfinite(obj)
+        diverged_now = active & grew
+        reason = jnp.where(diverged_now, DIVERGED, reason)
+        active = active & ~grew
+
+        if spec.has_val:
+            v = tf(val if vidx is None else _take(data, vidx))
+            val_loss = _data_loss(spec, params, v)
+            monitor = val_loss
+        else:
+            val_loss = None
+            monitor = loss
+        improved = active & (monitor < st.best_metric - tc["min_delta"])
+        best_metric = jnp.where(improved, monitor, st.best_metric)
+        best_epoch = jnp.where(improved, epoch, st.best_epoch)
+        bad = jnp.where(improved, 0, st.bad_epochs + active.astype(jnp.int32))
+        best_params = _tree_where(improved, params, st.best_params) if spec.restore_best else None
+
+        # stop conditions, checked in a fixed order of precedence
+        patience = tc["patience"]
+        checks = [
+            (gn <= tc["grad_tol"], GRAD_TOL),
+            (loss <= tc["loss_target"], LOSS_TARGET),
+            ((patience > 0) & (bad >= patience), PATIENCE),
+        ]
+        for cond, code in reversed(checks):
+            reason = jnp.where(active & cond, code, reason)
+        for cond, _ in checks:
+            active = active & ~cond
+        last_epoch = epoch == E - 1
+        reason = jnp.where(active & last_epoch, MAX_EPOCHS, reason)
+        active = active & ~last_epoch
+
+        def put(h, key, value):
+            return h[key].at[block].set(
+                jnp.where(was_active, value, jnp.nan).astype(h[key].dtype))
+
+        hist = dict(st.history)
+        hist["epoch"] = put(hist, "epoch", epoch)
+        hist["loss"] = put(hist, "loss", loss)
+        hist["batch_loss"] = put(hist, "batch_loss", batch_loss)
+        hist["grad_norm"] = put(hist, "grad_norm", gn)
+        hist["lr"] = put(hist, "lr", optim.current_lr(spec.schedule, tc, jnp.maximum(stp - 1, 0)))
+        if "objective" in hist:
+            hist["objective"] = put(hist, "objective", obj)
+        if val_loss is not None:
+            hist["val_loss"] = put(hist, "val_loss", val_loss)
+        if spec.record_params:
+            for name, leaf in param_leaves(params):
+                hist[name] = hist[name].at[block].set(
+                    jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype))
+        if spec.record_steps:
+            hist["step_loss"] = jax.lax.dynamic_update_slice_in_dim(
+                hist["step_loss"], rows.astype(dt), e0, axis=0)
+
+        return State(
+            params=params, opt_state=opt_state, step=stp, active=active, reason=reason,
+            epochs_run=epochs_run, init_loss=ref, best_metric=best_metric,
+            best_epoch=best_epoch, bad_epochs=bad, best_params=best_params, history=hist,
+            evals_run=st.evals_run + was_active.astype(jnp.int32),
+        )
+
+    def finalize(st: State):
+        params = st.params
+        if spec.record_steps:
+            st = st._replace(history={**st.history, "step_loss": st.history["step_loss"][:E]})
+        if spec.restore_best:
+            use_best = st.best_epoch >= 0
+            params = _tree_where(use_best, st.best_params, params)
+        return {
+            "params": params,
+            "history": st.history,
+            "reason": st.reason,
+            "epochs_run": st.epochs_run,
+            "evals_run": st.evals_run,
+            "steps_run": st.step,
+            "best_metric": st.best_metric,
+            "best_epoch": st.best_epoch,
+            "init_loss": st.init_loss if spec.track_init else jnp.full_like(st.init_loss, jnp.nan),
+        }
+
+    def run(params0, data, val, tc, keys, tidx, vidx):
+        # inner axis: configurations (they share the stream's key and data indices);
+        # outer axis: streams. With a single stream the outer axis is dropped: a vmapped
+        # axis of size 1 makes XLA copy and transpose the parameters at every step.
+        single = keys.shape[0] == 1
+        t_ax = None if tidx is None else 0
+        v_ax = None if vidx is None else 0
+        squeeze = lambda t: None if t is None else jax.tree.map(lambda a: a[0], t)  # noqa: E731
+        if single:
+            tc, keys, tidx, vidx = squeeze(tc), keys[0], squeeze(tidx), squeeze(vidx)
+        init_c = jax.vmap(init_state, in_axes=(None, 0, None, None, None, None, None))
+        ep_c = jax.vmap(epoch_fn, in_axes=(0, 0, None, None, None, None, None, None))
+        fin = jax.vmap(finalize)
+        if not single:
+            init_c = jax.vmap(init_c, in_axes=(None, 0, 0, None, None, t_ax, v_ax))
+            ep_c = jax.vmap(ep_c, in_axes=(0, 0, 0, None, None, None, t_ax, v_ax))
+            fin = jax.vmap(fin)
+        st = init_c(params0, tc, keys, data, val, tidx, vidx)
+
+        def cond(c):
+            e, s = c
+            return (e < n_evals) & jnp.any(s.active)
+
+        def body(c):
+            e, s = c
+            s = ep_c(s, tc, keys, e, data, val, tidx, vidx)
+            if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
+                every = max(1, n_evals // 100)
+                jax.lax.cond(((e + 1) % every == 0) | (e + 1 == n_evals),
+                             lambda: jax.debug.callback(_progress_tick, e + 1, jnp.sum(s.active)),
+                             lambda: None)
+            return e + 1, s
+
+        _, st = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))
+        # every configuration still active at epoch E-1 is marked max_epochs there
+        out = fin(st)
+        return jax.tree.map(lambda a: a[None], out) if single else out
+
+    return run
+
+
+_EPOCH_BAR: list[Any] = [None]
+
+
+def _progress_tick(done, active) -> None:
+    bar = _EPOCH_BAR[0]
+    if bar is not None:
+        bar.n = max(bar.n, int(done) * bar.epochs_per_tick)
+        bar.set_postfix(active=int(active), refresh=False)
+        bar.refresh()
+
+
+class epoch_progress:
+    """Context manager: a tqdm bar over the epochs of the programs run inside it."""
+
+    def __init__(self, spec: ProgramSpec, desc: str = "epochs", enabled: bool = True):
+        self.spec, self.desc, self.enabled = spec, desc, enabled and spec.progress
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.spec.epochs, desc=self.desc, unit="epoch", leave=False)
+            bar.epochs_per_tick = min(self.spec.eval_every, self.spec.epochs)
+            _EPOCH_BAR[0] = bar
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled and _EPOCH_BAR[0] is not None:
+            jax.effects_barrier()
+            _EPOCH_BAR[0].close()
+            _EPOCH_BAR[0] = None
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_program(spec: ProgramSpec):
+    """A jitted block program for ``spec`` (cached, so new values never re-trace)."""
+    return jax.jit(build_program(spec))
