@@ -16,8 +16,8 @@ from .optim import schedule_value as schedule_value
 from .results import FitResult as FitResult
 from .results import SweepResult as SweepResult
 from .results import load as load
+from .stops import STOP_REASONS as STOP_REASONS
 from .sweep import sweep as sweep
-from .train import STOP_REASONS as STOP_REASONS
 from .train import fit as fit
 
 __version__ = "0.1.0"

@@ -281,13 +281,6 @@ def _cmd_experiment(name: str, rest: list[str]) -> int:
 # ----------------------------------------------------------------------------- tables
 
 
-def _axes(sw) -> list[str]:
-    keys: list[str] = []
-    for c in sw.configs:
-        keys += [k for k in c if k not in keys]
-    return [k for k in sw.table.columns if k in keys]
-
-
 def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False,
             title: str | None = None) -> str:
     """The summary of a sweep as text: stop reasons, the best, the top rows by a metric.
@@ -305,7 +298,7 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     if "stop_reason" in t:
         counts = t["stop_reason"].value_counts()
         lines.append("stop reasons: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    axes = _axes(sw)
+    axes = sw.axes()
     cv = "fold" in t and "final_val_loss" in t
     cv_df = sw.cv_table("final_val_loss") if cv else None
     by_setting = False

@@ -7,7 +7,7 @@ A configuration has four tables (every key is documented with examples in
     dataset = "diabetes"          # built-in name, or a path to .npz (x, y) / .csv (last column y)
     standardize = true            # features scaled with statistics of the training part
     [model]
-    name = "linear"               # linear | logistic | softmax | mlp | cnn
+    name = "linear"               # a model of jaxgd.models.REGISTRY: linear, mlp, rnn, ...
     loss = "mse"                  # default by task: mse / bce / softmax_ce
     [train]                       # the base setting (keywords of jaxgd.fit)
     optimizer = "sgd"
@@ -30,13 +30,14 @@ message names the file, the line and the dotted key.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import options
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -72,25 +73,22 @@ seed = [0, 1, 2]
 
 DATA_KEYS = ("dataset", "standardize", "standardize_target", "val_fraction", "split_seed",
              "task")
-MODEL_KEYS = ("name", "loss", "hidden", "activation", "init_scale", "channels")
-TRAIN_KEYS = (
-    "optimizer", "epochs", "batch_size", "shuffle", "drop_last", "schedule", "accumulate",
-    "folds", "fold_seed", "patience", "min_delta", "grad_tol", "loss_target",
-    "diverge_factor", "restore_best", "metrics", "record_steps", "seed", "init_seed",
-    "hparams", "chunk_size", "memory_budget", "eval_every",
-)
-SECTIONS = {"data": DATA_KEYS, "model": MODEL_KEYS, "train": TRAIN_KEYS, "sweep": ()}
+# [train]: the options a file may hold (jaxgd.options), the hyper-parameters and the
+# seed of the initial parameters
+TRAIN_KEYS = (*(o.name for o in options.file_options()), "init_seed")
+# [model]: the name, the loss, and the arguments of the registered models (models.REGISTRY)
+SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "train": TRAIN_KEYS, "sweep": ()}
 # [train] entries that become sweep axes when given a list
-TRAIN_AXES = ("batch_size", "optimizer", "schedule", "accumulate", "seed")
-MODEL_NAMES = ("linear", "logistic", "softmax", "mlp", "cnn")
+TRAIN_AXES = options.file_axes()
 TASKS = ("regression", "binary", "multiclass")
 SPACES = ("logspace", "linspace", "geomspace", "range")
 RANDOM_KINDS = ("uniform", "loguniform", "randint", "choice")
-# model keys that only some models take
-MODEL_ARGS = {
-    "hidden": ("mlp",), "activation": ("mlp",), "channels": ("cnn",),
-    "init_scale": ("linear", "logistic", "softmax"),
-}
+
+
+def _model_registry():
+    from .models import REGISTRY
+
+    return REGISTRY
 
 
 class ConfigError(ValueError):
@@ -231,7 +229,7 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
         if not isinstance(value, dict):
             raise ctx.err(table, f"{table!r} must be a table: write [{table}] on its own line")
     for table, keys in SECTIONS.items():
-        if not keys:
+        if not keys or table == "model":  # [model] keys depend on the model: _read_model
             continue
         for k in raw.get(table, {}):
             if k not in keys:
@@ -300,18 +298,18 @@ def _choice(ctx: _Ctx, key: str, v: Any, valid) -> None:
 
 
 def _read_data(ctx: _Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
-    from .datasets import _LOADERS
+    from .datasets import LOADERS
 
     ds = d.setdefault("dataset", "diabetes")
     if not isinstance(ds, str):
         raise ctx.err("data.dataset", f"data.dataset = {_show(ds)} must be a string")
-    if ds not in _LOADERS:
+    if ds not in LOADERS:
         if not ds.lower().endswith((".npz", ".csv")):
-            close = difflib.get_close_matches(ds, list(_LOADERS), n=1)
+            close = difflib.get_close_matches(ds, list(LOADERS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ctx.err("data.dataset",
                           f"data.dataset = {_show(ds)} is not a built-in dataset{hint} nor a "
-                          f".npz/.csv file; valid names: {sorted(_LOADERS)}")
+                          f".npz/.csv file; valid names: {sorted(LOADERS)}")
         p = Path(ds).expanduser()
         cands = [p] if p.is_absolute() else [base / p, Path.cwd() / p]
         found = next((c for c in cands if c.is_file()), None)
@@ -337,76 +335,53 @@ def _read_data(ctx: _Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def _read_model(ctx: _Ctx, m: dict[str, Any]) -> dict[str, Any]:
-    from .losses import _LOSSES
+    """Check [model] against the model registry: the name, then its own arguments."""
+    from .losses import LOSSES
 
+    registry = _model_registry()
     m.setdefault("name", "linear")
-    _choice(ctx, "model.name", m["name"], MODEL_NAMES)
+    _choice(ctx, "model.name", m["name"], sorted(registry))
     if "loss" in m:
-        _choice(ctx, "model.loss", m["loss"], sorted(_LOSSES))
-    for k, models in MODEL_ARGS.items():
-        if k in m and m["name"] not in models:
+        _choice(ctx, "model.loss", m["loss"], sorted(LOSSES))
+    args = registry[m["name"]].args
+    for k, v in m.items():
+        if k in ("name", "loss"):
+            continue
+        if k not in args:
+            takers = [n for n, e in registry.items() if k in e.args]
+            if not takers:
+                raise ctx.unknown("model", k, ["name", "loss", *args])
             raise ctx.err(f"model.{k}", f"[model] key {k!r} does not apply to model "
-                          f"{m['name']!r} (only to {', '.join(models)})")
-    if "hidden" in m:
-        h = m["hidden"]
-        if _is_int(h):
-            h = m["hidden"] = [h]
-        _need(ctx, "model.hidden", isinstance(h, list) and all(_is_int(x) and x > 0 for x in h),
-              "use a list of positive integers, e.g. [32, 32]", h)
-    if "activation" in m:
-        _choice(ctx, "model.activation", m["activation"], ("relu", "tanh", "sigmoid"))
-    if "init_scale" in m:
-        v = m["init_scale"]
-        _need(ctx, "model.init_scale", _is_num(v) and math.isfinite(v) and v >= 0,
-              "use a number >= 0", v)
-    if "channels" in m:
-        v = m["channels"]
-        _need(ctx, "model.channels", _is_int(v) and v > 0, "use a positive integer", v)
+                          f"{m['name']!r} (only to {', '.join(takers)})")
+        _need(ctx, f"model.{k}", args[k].ok(v), f"use {args[k].what}", v)
     return m
 
 
 def _read_train(ctx: _Ctx, t: dict[str, Any]) -> dict[str, Any]:
+    """Check [train] with the options' own checks (jaxgd.options), each list-valued axis
+    value by value."""
     from .optim import OPTIMIZERS, SCHEDULES
 
-    def each(k: str, check, what: str) -> None:
-        if k not in t:
-            return
-        v = t[k]
-        vals = v if isinstance(v, list) and k in TRAIN_AXES else [v]
+    choices = {"optimizer": sorted(OPTIMIZERS), "schedule": sorted(SCHEDULES)}
+    for k, v in t.items():
+        if k in ("hparams", "init_seed"):
+            continue
         if isinstance(v, list) and not v:
             raise ctx.err(f"train.{k}", f"train.{k} = [] is empty")
-        for x in vals:
-            if k in ("optimizer", "schedule"):
-                _choice(ctx, f"train.{k}", x, check)
-            elif not check(x):
-                raise ctx.err(f"train.{k}", f"train.{k} = {_show(x)} is invalid: {what}")
-
-    pos = lambda x: _is_int(x) and x > 0
-    nonneg = lambda x: _is_int(x) and x >= 0
-    each("optimizer", sorted(OPTIMIZERS), "")
-    each("schedule", sorted(SCHEDULES), "")
-    each("epochs", pos, "use a positive integer")
-    each("batch_size", lambda x: pos(x) or x == "full",
-         'use a positive integer or "full" (full batch)')
-    each("accumulate", pos, "use a positive integer")
-    each("seed", nonneg, "use an integer >= 0")
-    each("shuffle", lambda x: isinstance(x, bool) or x == "uniform",
-         'use true, false or "uniform"')
-    for k in ("drop_last", "restore_best", "record_steps"):
-        each(k, lambda x: isinstance(x, bool), "use true or false")
-    each("folds", lambda x: _is_int(x) and x >= 2, "use an integer >= 2")
-    each("fold_seed", nonneg, "use an integer >= 0")
-    each("patience", pos, "use a positive integer (epochs)")
-    each("loss_target", _is_num, "use a number")
-    for k in ("min_delta", "grad_tol"):
-        each(k, lambda x: _is_num(x) and x >= 0, "use a number >= 0")
-    each("diverge_factor", lambda x: _is_num(x) and x > 1, "use a number > 1")
-    each("metrics", lambda x: x in ("full", "batch"), 'use "full" or "batch"')
-    each("init_seed", lambda x: nonneg(x) or x == "seed",
-         'use an integer >= 0, or "seed" to draw each seed\'s own initial parameters')
-    each("chunk_size", pos, "use a positive integer")
-    each("eval_every", pos, "use a positive integer (epochs between history rows)")
-    each("memory_budget", pos, "use a positive integer (bytes)")
+        for x in (v if isinstance(v, list) and k in TRAIN_AXES else [v]):
+            if k in choices:  # names, with a "did you mean"
+                _choice(ctx, f"train.{k}", x, choices[k])
+                continue
+            try:
+                options.check(k, x)
+            except (TypeError, ValueError):
+                raise ctx.err(f"train.{k}", f"train.{k} = {_show(x)} is invalid: use "
+                              f"{options.OPTIONS[k].what}") from None
+    init_seed = t.get("init_seed", 0)
+    if not ((_is_int(init_seed) and init_seed >= 0) or init_seed == "seed"):
+        raise ctx.err("train.init_seed", f"train.init_seed = {_show(init_seed)} is invalid: "
+                      "use an integer >= 0, or \"seed\" to draw each seed's own initial "
+                      "parameters")
     if "hparams" in t:
         hp = t["hparams"]
         if not isinstance(hp, dict):
@@ -531,14 +506,14 @@ def _check_names(ctx: _Ctx, grid, random, train) -> None:
     from .sweep import STREAM_AXES, STRUCTURAL_AXES
 
     try:
-        from .optim import _factory_params, known_names, resolve_optimizer
+        from .optim import factory_params, known_names, resolve_optimizer
 
         opts = grid.get("optimizer", [train.get("optimizer", "sgd")])
         scheds = grid.get("schedule", [train.get("schedule", "constant")])
         known: set[str] = set()
         for o in opts:
             spec = resolve_optimizer(o)
-            _, every = _factory_params(spec.factory)
+            _, every = factory_params(spec.factory)
             known |= every
             for s in scheds:
                 known |= known_names(spec, s)
@@ -569,7 +544,7 @@ def _axis_values(name: str, grid, random, default: Any) -> list[Any]:
 def _check_required(ctx: _Ctx, grid, random, train) -> None:
     """A learning rate, the schedules' required parameters, and [train] hparams that every
     optimizer of the sweep takes: checked before JAX starts."""
-    from .optim import SCHEDULES, _factory_params, known_names, resolve_optimizer
+    from .optim import SCHEDULES, factory_params, known_names, resolve_optimizer
 
     given = set(train.get("hparams", {})) | set(grid) | set(random or {})
     if "learning_rate" not in given:
@@ -589,7 +564,7 @@ def _check_required(ctx: _Ctx, grid, random, train) -> None:
             spec = resolve_optimizer(o)
         except (ValueError, TypeError):
             continue  # reported by the [train] checks
-        every = _factory_params(spec.factory)[1] if spec.factory is not None else set()
+        every = factory_params(spec.factory)[1] if spec.factory is not None else set()
         for s in scheds:
             if s not in SCHEDULES:
                 continue
@@ -708,31 +683,59 @@ def build(cfg: Config) -> Experiment:
 
     Features are standardised with statistics of the training part (all data when there
     is no hold-out: with ``folds``, the scaling sees every fold); ``val_fraction`` holds
-    out a validation part passed as ``val_data``.
+    out a validation part passed as ``val_data``. The model comes from
+    :data:`jaxgd.models.REGISTRY`: its task, arguments and input shape.
     """
     import jax
 
-    from . import data as D
-    from . import losses, models
+    from . import losses
 
     x, y, task, name = _load_arrays(cfg)
-    mname = cfg.model["name"]
+    entry = _model_registry()[cfg.model["name"]]
     err = lambda key, msg: ConfigError(cfg.file, key, _line(cfg, key), msg)  # noqa: E731
-    if task is None:
-        task = cfg.data.get("task") or {"logistic": "binary", "softmax": "multiclass",
-                                         "cnn": "multiclass"}.get(mname, "regression")
+    task = task or cfg.data.get("task") or entry.task
+    y, outputs = _check_labels(y, task, name, err)
+    x, y, tr, va, in_program = _split_and_scale(cfg, x, y, task, err)
+    model, x = _make_model(cfg, entry, x, task, outputs, err)
+    out_dim = int(np.prod(jax.eval_shape(
+        model.apply, jax.eval_shape(model.init, jax.random.key(0)), x[:1]).shape[1:]))
+    loss_name, y = _check_loss(cfg, task, out_dim, y, err)
+    loss = losses.make_loss(model.apply, loss_name)
+    train_data = (x[tr], y[tr]) if va is not None else (x, y)
+    val_data = (x[va], y[va]) if va is not None else None
+    kw, init_seed = _sweep_kwargs(cfg, in_program, val_data)
+    if init_seed == "seed":
+        params = None
+        kw["init"] = model.init
+    else:
+        params = model.init(jax.random.key(init_seed))
+    info = {"dataset": name, "task": task, "n": len(train_data[0]),
+            "features": int(np.prod(x.shape[1:])), "model": cfg.model["name"],
+            "loss": loss_name, "val": 0 if va is None else len(va)}
+    return Experiment(cfg, loss, params, train_data, kw, model, info)
+
+
+def _check_labels(y, task, name, err):
+    """(labels, the data's outputs: target columns, 1 or the number of classes)."""
     if task != "regression" and y.dtype.kind not in "iu":
         raise err("data.task", f"task {task!r} needs integer labels; {name} has float targets")
-    num_classes = int(y.max()) + 1 if task != "regression" else None
-    if task != "regression":
-        found = np.unique(y)
-        shown = ", ".join(str(v) for v in found[:10]) + (", ..." if len(found) > 10 else "")
-        if task == "binary" and not set(found.tolist()) <= {0, 1}:
-            raise err("data.dataset", f"binary labels must be 0 or 1; {name} has labels "
-                                      f"{{{shown}}}")
-        if task == "multiclass" and found.tolist() != list(range(len(found))):
-            raise err("data.dataset", f"multiclass labels must be 0, 1, ..., C-1; {name} has "
-                                      f"labels {{{shown}}}")
+    if task == "regression":
+        return y, (y.shape[1] if y.ndim == 2 else 1)
+    found = np.unique(y)
+    shown = ", ".join(str(v) for v in found[:10]) + (", ..." if len(found) > 10 else "")
+    if task == "binary" and not set(found.tolist()) <= {0, 1}:
+        raise err("data.dataset", f"binary labels must be 0 or 1; {name} has labels "
+                                  f"{{{shown}}}")
+    if task == "multiclass" and found.tolist() != list(range(len(found))):
+        raise err("data.dataset", f"multiclass labels must be 0, 1, ..., C-1; {name} has "
+                                  f"labels {{{shown}}}")
+    return y, (1 if task == "binary" else int(y.max()) + 1)
+
+
+def _split_and_scale(cfg: Config, x, y, task, err):
+    """(x, y, training rows, validation rows or None, leaves standardised in the program)."""
+    from . import data as D
+
     n = len(x)
     tr = np.arange(n)
     va = None
@@ -756,33 +759,28 @@ def build(cfg: Config) -> Experiment:
         if cfg.data["standardize_target"]:
             mu, sd = y[tr].mean(0), y[tr].std(0)
             y = ((y - mu) / np.where(sd == 0, 1, sd)).astype(np.float32)
-    # model
+    return x, y, tr, va, in_program
+
+
+def _make_model(cfg: Config, entry, x, task, outputs, err):
+    """(the registered model built for this data, x reshaped to its input shape)."""
+    mname = cfg.model["name"]
+    if task not in entry.tasks:
+        need = "binary" if entry.tasks == ("binary",) else (
+            "class" if "regression" not in entry.tasks else " or ".join(entry.tasks))
+        raise err("model.name", f"model {mname!r} needs {need} labels; the data is {task}")
+    args = {k: v for k, v in cfg.model.items() if k in entry.args}
     d = x.shape[1]
-    if mname == "logistic" and task != "binary":
-        raise err("model.name", f"model 'logistic' needs binary labels; the data is {task}")
-    if mname in ("softmax", "cnn") and task == "regression":
-        raise err("model.name", f"model {mname!r} needs class labels; the data is regression")
-    if mname == "cnn" and d != 64:
-        raise err("model.name", f"model 'cnn' takes 8x8 images (64 features), got {d}")
-    out = (y.shape[1] if y.ndim == 2 else 1) if task == "regression" else (
-        1 if task == "binary" else num_classes)
-    mk = {k: v for k, v in cfg.model.items() if k in MODEL_ARGS}
     try:
-        if mname == "linear":
-            model = models.linear(d, out, **mk)
-        elif mname == "logistic":
-            model = models.logistic(d, **mk)
-        elif mname == "softmax":
-            model = models.softmax(d, max(num_classes or 2, 2), **mk)
-        elif mname == "mlp":
-            model = models.mlp(d, tuple(mk.get("hidden", (32,))), out,
-                               mk.get("activation", "relu"))
-        else:
-            model = models.cnn(num_classes, mk.get("channels", 8))
+        shape = entry.input_shape(d, **args)
+        model = entry.build(d, outputs, **args)
     except ValueError as e:
         raise err("model", f"[model]: {e}") from None
-    out_dim = 1 if mname == "logistic" else (
-        max(num_classes or 2, 2) if mname in ("softmax", "cnn") else out)
+    return model, x.reshape((len(x),) + shape)
+
+
+def _check_loss(cfg: Config, task, out_dim, y, err):
+    """(the loss name, labels in its dtype): the file's, or the task's default."""
     loss_name = cfg.model.get("loss") or (
         "mse" if task == "regression" else ("bce" if out_dim == 1 else "softmax_ce"))
     if loss_name in ("mse", "half_mse") and task != "regression":
@@ -796,19 +794,16 @@ def build(cfg: Config) -> Experiment:
             task == "regression" or out_dim < 2):
         raise err("model.loss", f"loss {loss_name!r} needs class labels and a softmax/mlp/cnn "
                                 "model with one output per class")
-    loss = losses.make_loss(model.apply, loss_name)
-    train_data = (x[tr], y[tr]) if va is not None else (x, y)
-    val_data = (x[va], y[va]) if va is not None else None
-    # sweep keywords
+    return loss_name, y
+
+
+def _sweep_kwargs(cfg: Config, in_program, val_data) -> tuple[dict[str, Any], Any]:
+    """(the keywords of jaxgd.sweep from [train] and [sweep], the init seed)."""
     t = dict(cfg.train)
-    kw: dict[str, Any] = {}
     init_seed = t.pop("init_seed", 0)
-    for k in ("chunk_size", "memory_budget"):
-        if k in t:
-            kw[k] = t.pop(k)
     if t.get("batch_size") == "full":
         t["batch_size"] = None
-    kw.update({k: v for k, v in t.items() if k != "hparams"})
+    kw: dict[str, Any] = {k: v for k, v in t.items() if k != "hparams"}
     kw["hparams"] = dict(t.get("hparams", {}))
     if in_program:
         kw["standardize"] = tuple(in_program)
@@ -818,14 +813,7 @@ def build(cfg: Config) -> Experiment:
         kw["random"] = dict(cfg.random)
     if val_data is not None:
         kw["val_data"] = val_data
-    if init_seed == "seed":
-        params = None
-        kw["init"] = model.init
-    else:
-        params = model.init(jax.random.key(init_seed))
-    info = {"dataset": name, "task": task, "n": len(train_data[0]), "features": d,
-            "model": mname, "loss": loss_name, "val": 0 if va is None else len(va)}
-    return Experiment(cfg, loss, params, train_data, kw, model, info)
+    return kw, init_seed
 
 
 def load_config(path: str | Path | None = None) -> Experiment:

@@ -178,7 +178,7 @@ def _noisy_line() -> Dataset:
     return Dataset(x, y, "regression", None, ("x",), "noisy_line")
 
 
-_LOADERS: dict[str, Callable[[], Dataset]] = {
+LOADERS: dict[str, Callable[[], Dataset]] = {
     "diabetes": lambda: _sklearn("diabetes"),
     "breast_cancer": lambda: _sklearn("breast_cancer"),
     "digits": lambda: _sklearn("digits"),
@@ -218,6 +218,6 @@ def load(name: str) -> Dataset:
       >>> ds.x.shape, ds.task, ds.num_classes
       ((150, 4), 'multiclass', 3)
     """
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset name={name!r}; valid names: {sorted(_LOADERS)}")
-    return _LOADERS[name]()
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset name={name!r}; valid names: {sorted(LOADERS)}")
+    return LOADERS[name]()

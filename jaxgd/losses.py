@@ -271,7 +271,7 @@ def elastic_net(params: Any, l1: ArrayLike, l2: ArrayLike, mask: Any = None) -> 
     )
 
 
-_LOSSES: dict[str, Loss] = {
+LOSSES: dict[str, Loss] = {
     "mse": mse,
     "half_mse": half_mse,
     "bce": binary_cross_entropy,
@@ -295,9 +295,9 @@ def get_loss(name: str) -> Loss:
       >>> get_loss("bce") is binary_cross_entropy
       True
     """
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss name={name!r}; valid names: {sorted(_LOSSES)}")
-    return _LOSSES[name]
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss name={name!r}; valid names: {sorted(LOSSES)}")
+    return LOSSES[name]
 
 
 def make_loss(

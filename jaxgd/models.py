@@ -26,6 +26,8 @@ Params = dict[str, Any]
 
 __all__ = [
     "Model",
+    "REGISTRY",
+    "RegisteredModel",
     "cnn",
     "get_model",
     "linear",
@@ -324,13 +326,96 @@ def rnn(in_features: int, hidden: int, out_features: int = 1, activation: str = 
     return Model(init, apply)
 
 
-_MODELS: dict[str, Callable[..., Model]] = {
-    "linear": linear,
-    "logistic": logistic,
-    "softmax": softmax,
-    "mlp": mlp,
-    "cnn": cnn,
-    "rnn": rnn,
+# ----------------------------------------------------------------------------- registry
+
+TASKS = ("regression", "binary", "multiclass")
+
+
+class ModelArg(NamedTuple):
+    """A keyword a configuration file's ``[model]`` table may give a registered model."""
+
+    default: Any
+    ok: Callable[[Any], bool]  # a file's value is acceptable (plain TOML values)
+    what: str  # the accepted values in words ("use ...")
+
+
+class RegisteredModel(NamedTuple):
+    """How a configuration file builds a model from data of ``features`` columns.
+
+    ``build(features, outputs, **args)`` returns the :class:`Model`; ``outputs`` is the
+    data's: target columns (regression), 1 (binary) or the number of classes.
+    ``input_shape(features, **args)`` is one sample's shape as ``apply`` takes it (the
+    file's data rows are reshaped to it); it raises ``ValueError`` when the data does
+    not fit the model.
+    """
+
+    constructor: Callable[..., Model]  # the public constructor (get_model's)
+    build: Callable[..., Model]
+    task: str  # the task it implies for data that does not say
+    tasks: tuple[str, ...]  # the tasks it can learn
+    args: dict[str, ModelArg]
+    input_shape: Callable[..., tuple[int, ...]]
+    doc: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _flat(features: int, **_: Any) -> tuple[int, ...]:
+    return (features,)
+
+
+def _image8x8(features: int, **_: Any) -> tuple[int, ...]:
+    if features != 64:
+        raise ValueError(f"model 'cnn' takes 8x8 images (64 features), got {features}")
+    return (features,)  # cnn's apply reshapes [n, 64] itself
+
+
+def _sequence(features: int, steps: int | None = None, **_: Any) -> tuple[int, ...]:
+    t = steps or features
+    if features % t:
+        raise ValueError(f"model 'rnn' with steps={t} needs a multiple of {t} features, "
+                         f"got {features}")
+    return (t, features // t)
+
+
+_SCALE = ModelArg(0.0, lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+                  and math.isfinite(v) and v >= 0, "a number >= 0")
+_ACT = lambda default: ModelArg(  # noqa: E731
+    default, lambda v: v in _ACTIVATIONS, f"one of {sorted(_ACTIVATIONS)}")
+
+REGISTRY: dict[str, RegisteredModel] = {
+    "linear": RegisteredModel(
+        linear, lambda d, k, init_scale=0.0: linear(d, k, init_scale), "regression", TASKS,
+        {"init_scale": _SCALE}, _flat, "affine model x W + b"),
+    "logistic": RegisteredModel(
+        logistic, lambda d, k, init_scale=0.0: logistic(d, init_scale), "binary", ("binary",),
+        {"init_scale": _SCALE}, _flat, "logistic regression (one logit)"),
+    "softmax": RegisteredModel(
+        softmax, lambda d, k, init_scale=0.0: softmax(d, max(k, 2), init_scale), "multiclass",
+        ("binary", "multiclass"), {"init_scale": _SCALE}, _flat, "softmax regression"),
+    "mlp": RegisteredModel(
+        mlp, lambda d, k, hidden=(32,), activation="relu": mlp(
+            d, (hidden,) if _is_int(hidden) else tuple(hidden), k, activation),
+        "regression", TASKS,
+        {"hidden": ModelArg((32,), lambda v: (_is_int(v) and v > 0) or (
+            isinstance(v, list) and all(_is_int(x) and x > 0 for x in v)),
+            "a list of positive integers, e.g. [32, 32]"),
+         "activation": _ACT("relu")}, _flat, "multi-layer perceptron"),
+    "cnn": RegisteredModel(
+        cnn, lambda d, k, channels=8: cnn(max(k, 2), channels), "multiclass",
+        ("binary", "multiclass"),
+        {"channels": ModelArg(8, lambda v: _is_int(v) and v > 0, "a positive integer")},
+        _image8x8, "small CNN for 8x8 images"),
+    "rnn": RegisteredModel(
+        rnn, lambda d, k, steps=None, hidden=32, activation="tanh": rnn(
+            d // (steps or d), hidden, k, activation), "regression", TASKS,
+        {"steps": ModelArg(None, lambda v: _is_int(v) and v > 0,
+                           "a positive integer (time steps a row is cut into; default: "
+                           "one feature per step)"),
+         "hidden": ModelArg(32, lambda v: _is_int(v) and v > 0, "a positive integer"),
+         "activation": _ACT("tanh")}, _sequence, "Elman RNN over the row's time steps"),
 }
 
 
@@ -349,6 +434,6 @@ def get_model(name: str, **kwargs: Any) -> Model:
       >>> get_model("mlp", in_features=3, hidden=(4,)).apply  # doctest: +ELLIPSIS
       <function ...>
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model name={name!r}; valid names: {sorted(_MODELS)}")
-    return _MODELS[name](**kwargs)
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model name={name!r}; valid names: {sorted(REGISTRY)}")
+    return REGISTRY[name].constructor(**kwargs)

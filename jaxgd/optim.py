@@ -9,7 +9,7 @@ Every numeric hyper-parameter of a run lives in one flat dictionary (``hparams``
 * penalties (``l1``, ``l2``), clipping (``clip_value``, ``clip_norm``), decoupled
   ``weight_decay`` when the optimizer has none of its own;
 * stop conditions (``grad_tol``, ``loss_target``, ``patience``, ``min_delta``,
-  ``diverge_factor``).
+  ``diverge_factor``: the parameters declared in :mod:`jaxgd.stops`).
 
 Inside the compiled program these values are arrays, so changing them never recompiles
 (optax issue 577 explains why a Python float baked into a program does).
@@ -20,13 +20,14 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from . import stops
 
 __all__ = [
     "OPTIMIZERS",
@@ -62,15 +63,9 @@ WARMUP_KEY = "warmup_steps"
 
 PENALTY_KEYS = ("l1", "l2")
 CLIP_KEYS = ("clip_value", "clip_norm")
-# stop conditions: defaults that never trigger
-STOP_DEFAULTS: dict[str, float] = {
-    "grad_tol": -1.0,
-    "loss_target": -math.inf,
-    "patience": 0.0,
-    "min_delta": 0.0,
-    "diverge_factor": 1e6,
-}
-INT_KEYS = ("patience",)
+# stop conditions: their parameters, defaults (that never trigger) and ranges
+STOP_DEFAULTS = stops.STOP_DEFAULTS
+INT_KEYS = stops.INT_KEYS
 
 
 def schedule_value(kind: str, step: jax.Array, lr: jax.Array, p: Mapping[str, jax.Array]):
@@ -126,7 +121,7 @@ class OptimizerSpec(NamedTuple):
     defaults: tuple[tuple[str, float], ...]
 
 
-def _factory_params(factory: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str]]:
+def factory_params(factory: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str]]:
     """Numeric-able and all keyword names of an optax factory."""
     try:
         return _factory_params_cached(factory)
@@ -162,13 +157,13 @@ def resolve_optimizer(optimizer: Any) -> OptimizerSpec:
                 f"choose one of {sorted(OPTIMIZERS)} or pass an optax factory such as optax.adam"
             )
         factory, static, defaults = OPTIMIZERS[optimizer]
-        numeric, _ = _factory_params(factory)
+        numeric, _ = factory_params(factory)
         return OptimizerSpec(optimizer, factory, tuple(sorted(static.items())),
                              frozenset(numeric), None, tuple(sorted(defaults.items())))
     if isinstance(optimizer, optax.GradientTransformation):
         return OptimizerSpec("custom", None, (), frozenset(), optimizer, ())
     if callable(optimizer):
-        numeric, _ = _factory_params(optimizer)
+        numeric, _ = factory_params(optimizer)
         name = getattr(optimizer, "__name__", "custom")
         return OptimizerSpec(name, optimizer, (), frozenset(numeric), None, ())
     raise TypeError(
@@ -187,6 +182,16 @@ def known_names(spec: OptimizerSpec, schedule: str) -> set[str]:
     return names
 
 
+def check_schedule(schedule: Any) -> str:
+    """``schedule`` if it names a schedule of :data:`SCHEDULES`, else a ValueError."""
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        close = difflib.get_close_matches(str(schedule), SCHEDULES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"schedule={schedule!r} is unknown{hint}; choose one of {sorted(SCHEDULES)}")
+    return schedule
+
+
 def split_hparams(
     spec: OptimizerSpec, schedule: str, hparams: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -199,16 +204,12 @@ def split_hparams(
     """
     if not isinstance(hparams, Mapping):
         raise TypeError(f"hparams must be a dict of name -> value, got {type(hparams).__name__}")
-    if schedule not in SCHEDULES:
-        close = difflib.get_close_matches(str(schedule), SCHEDULES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"schedule={schedule!r} is unknown{hint}; choose one of {sorted(SCHEDULES)}")
+    check_schedule(schedule)
     if spec.factory is None and schedule != "constant":
         raise ValueError(f"schedule={schedule!r} needs an optax factory (e.g. optax.sgd), not a "
                          "ready optax.GradientTransformation, whose learning rate is fixed")
     known = known_names(spec, schedule)
-    _, all_factory = _factory_params(spec.factory) if spec.factory is not None else (set(), set())
+    _, all_factory = factory_params(spec.factory) if spec.factory is not None else (set(), set())
     numeric: dict[str, Any] = dict(spec.defaults)
     static: dict[str, Any] = dict(spec.static_kwargs)
     for k, v in hparams.items():
@@ -235,6 +236,8 @@ def split_hparams(
             static[k] = v
             continue
         numeric[k] = _check_number(k, v)
+        if k in STOP_DEFAULTS:  # a user's value; the defaults lie outside these ranges
+            stops.check_stop_param(f"hparams[{k!r}]", k, v)
     if spec.factory is not None and "learning_rate" not in numeric:
         raise ValueError(
             f"hparams must give 'learning_rate' for optimizer {spec.name!r}, "
@@ -280,19 +283,14 @@ def _check_ranges(numeric: Mapping[str, Any]) -> None:
     for k in positive:
         if k in numeric and not (np.isfinite(val(k)) and val(k) > 0):
             raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be finite and > 0")
-    nonneg = ("l1", "l2", "weight_decay", "clip_value", "clip_norm", WARMUP_KEY, "patience",
-              "min_delta", "momentum", "alpha", "gamma", "decay_rate")
+    nonneg = ("l1", "l2", "weight_decay", "clip_value", "clip_norm", WARMUP_KEY,
+              "momentum", "alpha", "gamma", "decay_rate")
     for k in nonneg:
         if k in numeric and not (val(k) >= 0 and not np.isnan(val(k))):
             raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be >= 0")
     for k in ("l1", "l2", "weight_decay", "momentum", "decay_rate", "alpha", "gamma"):
         if k in numeric and not np.isfinite(val(k)):
             raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be finite")
-    for k in ("grad_tol", "loss_target"):
-        if k in numeric and np.isnan(val(k)):
-            raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must not be NaN")
-    if "diverge_factor" in numeric and not val("diverge_factor") > 1:
-        raise ValueError(f"hparams['diverge_factor']={numeric['diverge_factor']!r} must be > 1")
 
 
 def build_optimizer(

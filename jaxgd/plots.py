@@ -88,14 +88,6 @@ def _figure(show: bool, **kw):
     return Figure(**kw)
 
 
-def _axes(sw) -> list[str]:
-    """The swept axes, in table order."""
-    keys: list[str] = []
-    for c in sw.configs:
-        keys += [k for k in c if k not in keys]
-    return [k for k in sw.table.columns if k in keys]
-
-
 def _bs_value(v: Any) -> float:
     """Batch size -> sortable number (full batch = inf)."""
     if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "full":
@@ -263,7 +255,7 @@ def _loss_curves(sw, show: bool):
 def _config_label(sw, i: int) -> str:
     row = sw.table.iloc[i]
     parts = []
-    for a in _varying(sw, _axes(sw)):
+    for a in _varying(sw, sw.axes()):
         if a == "fold":
             continue
         parts.append(f"B={_bs_label(row[a])}" if a == BS else f"{a}={_fmt(row[a])}")
@@ -277,7 +269,7 @@ def _final_vs_lr(sw, show: bool):
     lr = _num(t[LR])
     if len(np.unique(lr[np.isfinite(lr)])) < 2:
         return None
-    axes = _axes(sw)
+    axes = sw.axes()
     line_axes = [a for a in _varying(sw, axes) if a not in NOT_LINE_AXES]
     groups = _line_groups(sw, line_axes)
     connect = True
@@ -421,7 +413,7 @@ def _cv(sw, show: bool):
         cv = sw.cv_table("final_val_loss")
     except (ValueError, KeyError):
         return None
-    axes = [a for a in _axes(sw) if a not in ("fold",)]
+    axes = [a for a in sw.axes() if a not in ("fold",)]
     varying = [a for a in axes if a in cv and cv[a].astype(str).nunique() > 1]
     xaxis = LR if LR in varying else next(
         (a for a in varying if a not in ("seed",) and np.isfinite(_num(cv[a])).all()), None)

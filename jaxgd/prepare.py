@@ -6,19 +6,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim
-from ._checks import check_positive_int
+from . import optim, options, stops
+from .data import BatchPlan, batch_plan
 from .program import ProgramSpec
-
-SHUFFLES = ("none", "feistel", "uniform")
-METRICS = ("full", "batch")
 
 
 def as_key(key: Any, name: str = "key") -> jax.Array:
@@ -39,19 +36,6 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
     if arr.shape == (2,) and arr.dtype == np.uint32:
         return jax.random.wrap_key_data(jnp.asarray(arr))
     raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key(...)")
-
-
-def normalize_shuffle(shuffle: Any) -> str:
-    if shuffle is True:
-        return "feistel"
-    if shuffle is False or shuffle is None:
-        return "none"
-    if isinstance(shuffle, str) and shuffle in SHUFFLES:
-        return shuffle
-    raise ValueError(
-        f"shuffle={shuffle!r} must be True (fast pseudo-random permutation), False (in order), "
-        f"or one of {SHUFFLES}"
-    )
 
 
 def check_params(params: Any, name: str = "params") -> Any:
@@ -122,6 +106,11 @@ def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
     return tuple(sorted({int(i) for i in idx}))
 
 
+def stop_hparams(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The stop parameters among ``values`` (keyword -> value; ``None``: not given)."""
+    return {name: values[name] for name in stops.STOP_PARAMS if values.get(name) is not None}
+
+
 def tc_array(name: str, value: Any, dtype) -> np.ndarray:
     """A traced-config value as a host array of the run's dtype (int32 for counts).
 
@@ -134,34 +123,37 @@ def tc_array(name: str, value: Any, dtype) -> np.ndarray:
     return np.asarray(value, np.dtype(dtype))
 
 
+class Prepared(NamedTuple):
+    """A checked configuration: the program's spec and the arrays it runs on."""
+
+    spec: ProgramSpec
+    params: Any
+    data: Any
+    val_data: Any
+    numeric: dict[str, Any]  # traced hyper-parameters (defaults filled in)
+
+
 def prepare(
-    loss, params, data, *, optimizer, hparams, batch_size, epochs, shuffle, drop_last,
-    schedule, accumulate, val_data, grad_tol, loss_target, patience, min_delta,
-    diverge_factor, restore_best, metrics, record_steps, penalty_mask, eval_every=1,
-    record_params=False,
-    progress=False, standardize=None, init_fn=None, data_checked=False,
-    n_train=None, val_from_index=False,
-):
+    loss: Callable[..., Any], params: Any, data: Any, opts: Mapping[str, Any], *,
+    init_fn: Callable[[jax.Array], Any] | None = None, data_checked: bool = False,
+    n_train: int | None = None, val_from_index: bool = False,
+) -> Prepared:
     """Validate every argument (before anything is compiled) and build the ProgramSpec.
 
-    Returns ``(spec, params, data, val_data, numeric_hparams)``.
+    ``opts`` maps the training options of :data:`jaxgd.options.OPTIONS` that ``fit`` and
+    ``sweep`` share to their values (as the caller's keywords give them). The other
+    keywords are a sweep's: ``init_fn`` draws the parameters from each key,
+    ``data_checked`` skips a second validation of ``data``, ``n_train`` is a fold's
+    training size and ``val_from_index`` marks a fold's held-out part as validation.
     """
-    from .data import batch_plan, validate_data
+    from .data import validate_data
 
-    epochs = check_positive_int("epochs", epochs)
-    accumulate = check_positive_int("accumulate", accumulate)
-    eval_every = check_positive_int("eval_every", eval_every)
-    if not isinstance(drop_last, bool):
-        raise TypeError(f"drop_last={drop_last!r} must be True or False")
-    if not isinstance(restore_best, bool):
-        raise TypeError(f"restore_best={restore_best!r} must be True or False")
-    if metrics not in METRICS:
-        raise ValueError(f"metrics={metrics!r} must be one of {METRICS}")
-    shuffle = normalize_shuffle(shuffle)
+    o = {name: options.check(name, opts[name]) for name in _PROGRAM_OPTIONS}
     if data_checked:  # validated by the caller (sweep): skip a second pass over the data
         n = jax.tree.leaves(data)[0].shape[0]
     else:
         data, n = validate_data(data, "data")
+    val_data = o["val_data"]
     if val_data is not None:
         val_data, _ = validate_data(val_data, "val_data")
         if jax.tree.structure(val_data) != jax.tree.structure(data):
@@ -170,7 +162,43 @@ def prepare(
         params = jax.eval_shape(init_fn, jax.random.key(0))
         params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
     params = check_params(params)
-    n_eff = n if n_train is None else n_train
+    plan = _plan(n if n_train is None else n_train, o)
+    spec_opt = optim.resolve_optimizer(o["optimizer"])
+    hp = dict(o["hparams"] or {})
+    for name, value in stop_hparams(o).items():
+        hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins
+    numeric, static = optim.split_hparams(spec_opt, o["schedule"], hp)
+    probe = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
+    has_aux = check_loss(loss, params, probe)
+    try:
+        static_items = tuple(sorted(static.items()))
+        hash(static_items)
+    except TypeError as e:
+        raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
+    spec = ProgramSpec(
+        loss=loss, has_aux=has_aux, opt=spec_opt, schedule=o["schedule"],
+        static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
+        accumulate=o["accumulate"], shuffle=o["shuffle"], epochs=o["epochs"],
+        metrics=o["metrics"], record_steps=o["record_steps"],
+        record_params=o["record_params"], restore_best=o["restore_best"],
+        penalty_mask=o["penalty_mask"], init_fn=init_fn,
+        has_val=val_data is not None or val_from_index, track_init=o["metrics"] == "full",
+        eval_every=o["eval_every"], progress=o["progress"],
+        standardize=check_standardize(o["standardize"], data),
+    )
+    return Prepared(spec, params, data, val_data, numeric)
+
+
+# the options that shape the program (fit's and sweep's common ones)
+_PROGRAM_OPTIONS = tuple(o.name for o in options.options_for(options.BOTH)
+                         if o.scope == options.BOTH)
+
+
+def _plan(n_eff: int, o: Mapping[str, Any]) -> BatchPlan:
+    """The batch plan of an epoch of ``n_eff`` samples; with ``accumulate`` > 1 an update
+    holds ``accumulate`` batches."""
+    accumulate, batch_size, drop_last = o["accumulate"], o["batch_size"], o["drop_last"]
     plan = batch_plan(n_eff, batch_size, drop_last)
     if accumulate > 1 and plan.full_steps == 0:
         raise ValueError(
@@ -185,40 +213,4 @@ def prepare(
                 "update in an epoch")
         plan = batch_plan(n_eff, plan.batch_size * accumulate, drop_last)
         plan = plan._replace(batch_size=plan.batch_size // accumulate)
-    spec_opt = optim.resolve_optimizer(optimizer)
-    if hparams is not None and not isinstance(hparams, Mapping):
-        raise TypeError(f"hparams={hparams!r} must be a dict of name -> number")
-    hp = dict(hparams or {})
-    for name, value in (("grad_tol", grad_tol), ("loss_target", loss_target),
-                        ("patience", patience), ("diverge_factor", diverge_factor)):
-        if value is not None:
-            hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins
-    if min_delta:
-        hp.setdefault("min_delta", min_delta)
-    if patience is not None:
-        p = hp["patience"]
-        if isinstance(p, bool) or not float(p).is_integer() or p < 0:
-            raise ValueError(f"patience={p!r} must be a non-negative integer")
-    numeric, static = optim.split_hparams(spec_opt, schedule, hp)
-    probe = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
-    has_aux = check_loss(loss, params, probe)
-    if penalty_mask is not None and not callable(penalty_mask):
-        raise TypeError(f"penalty_mask={penalty_mask!r} must be a function params -> bool pytree")
-    try:
-        static_items = tuple(sorted(static.items()))
-        hash(static_items)
-    except TypeError as e:
-        raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
-    std_leaves = check_standardize(standardize, data)
-    spec = ProgramSpec(
-        loss=loss, has_aux=has_aux, opt=spec_opt, schedule=schedule,
-        static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
-        accumulate=accumulate, shuffle=shuffle, epochs=epochs, metrics=metrics,
-        record_steps=bool(record_steps), record_params=bool(record_params),
-        restore_best=restore_best, penalty_mask=penalty_mask,
-        init_fn=init_fn, has_val=val_data is not None or val_from_index,
-        track_init=metrics == "full", eval_every=eval_every, progress=bool(progress),
-        standardize=std_leaves,
-    )
-    return spec, params, data, val_data, numeric
+    return plan

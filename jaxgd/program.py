@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import optim
+from . import optim, stops
 from .data import BatchPlan, feistel_permute, feistel_round_keys
 
 # stop reasons, as integers inside the program
-RUNNING, MAX_EPOCHS, GRAD_TOL, LOSS_TARGET, PATIENCE, DIVERGED = range(6)
-STOP_REASONS = ("running", "max_epochs", "grad_tol", "loss_target", "patience", "diverged")
+RUNNING = stops.RUNNING
+MAX_EPOCHS = stops.code("max_epochs")
+DIVERGED = stops.code("diverged")
 
 
 
@@ -160,293 +161,395 @@ def _take(data, idx):
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
 
 
-def build_program(spec: ProgramSpec) -> Callable[..., Any]:
+class StepCarry(NamedTuple):
+    """The carry of the steps of an epoch (one configuration)."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array  # updates applied
+    active: jax.Array
+    reason: jax.Array
+    sum_loss: jax.Array  # batch losses of the accepted steps of this block, summed
+    sum_grad_norm: jax.Array
+
+
+class EpochCarry(NamedTuple):
+    """The carry of the epochs of an evaluation block."""
+
+    steps: StepCarry
+    epochs_run: jax.Array
+
+
+class EpochContext(NamedTuple):
+    """What the steps of a block read and never change (one configuration)."""
+
+    opt: optax.GradientTransformation
+    tc: Any  # traced hyper-parameters
+    key: jax.Array  # the stream's key (its data order)
+    data: Any
+    tidx: Any  # the stream's training indices into data, or None (all of it)
+    wd_mask: Any  # leaves under decoupled weight decay, or None (the optimizer's own)
+    tf: Callable[[Any], Any]  # the standardisation of a batch
+
+
+class Metrics(NamedTuple):
+    """The numbers of one evaluation."""
+
+    objective: jax.Array  # loss + penalty
+    loss: jax.Array
+    grad_norm: jax.Array
+    batch_loss: jax.Array  # mean of the block's batch losses
+    val_loss: jax.Array | None
+
+
+class ProgramOutput(NamedTuple):
+    """The program's result for each configuration (leading axes [stream, config]).
+
+    Fields in alphabetical order: the flattened outputs keep the order they had as
+    a dictionary, so the compiled program is unchanged.
+    """
+
+    best_epoch: jax.Array
+    best_metric: jax.Array
+    epochs_run: jax.Array
+    evals_run: jax.Array
+    history: dict[str, jax.Array]
+    init_loss: jax.Array
+    params: Any
+    reason: jax.Array
+    steps_run: jax.Array
+
+
+def _evals(spec: ProgramSpec) -> tuple[int, int]:
+    """(epochs per evaluation, number of evaluations)."""
+    K = min(spec.eval_every, spec.epochs)
+    return K, -(-spec.epochs // K)
+
+
+def _train_view(data, tidx):
+    return data if tidx is None else _take(data, tidx)
+
+
+def _standardizer(spec: ProgramSpec, train) -> Callable[[Any], Any]:
+    """Standardise the chosen leaves with mean/std of this stream's training part."""
+    if not spec.standardize:
+        return lambda b: b
+    leaves = jax.tree.leaves(train)
+    stats = {}
+    for i in spec.standardize:
+        m = jnp.mean(leaves[i], axis=0)
+        sd = jnp.std(leaves[i], axis=0)
+        stats[i] = (m, jnp.where(sd > 0, sd, 1.0))
+
+    def tf(batch):
+        ls, td = jax.tree.flatten(batch)
+        ls = [(a - stats[i][0]) / stats[i][1] if i in stats else a for i, a in enumerate(ls)]
+        return jax.tree.unflatten(td, ls)
+
+    return tf
+
+
+def _empty_history(spec: ProgramSpec, params0, tc, dt) -> dict[str, jax.Array]:
+    """History rows, NaN until written: one per evaluation."""
+    K, n_evals = _evals(spec)
+    nan = jnp.full((n_evals,), jnp.nan, dt)
+    ep_dt = jnp.promote_types(dt, jnp.float32)  # exact epoch numbers even for float16
+    hist = {"epoch": jnp.full((n_evals,), jnp.nan, ep_dt), "loss": nan,
+            "batch_loss": nan, "grad_norm": nan, "lr": nan}
+    if _penalty(spec, params0, tc) is not None:
+        hist["objective"] = nan
+    if spec.has_val:
+        hist["val_loss"] = nan
+    if spec.record_steps:
+        hist["step_loss"] = jnp.full((n_evals * K, spec.plan.steps_per_epoch), jnp.nan, dt)
+    if spec.record_params:
+        for name, leaf in param_leaves(params0):
+            hist[name] = jnp.full((n_evals,) + leaf.shape, jnp.nan, leaf.dtype)
+    return hist
+
+
+def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx) -> State:
+    """The state before the first epoch (one configuration)."""
+    if spec.init_fn is not None:
+        params0 = spec.init_fn(jax.random.fold_in(key, 0x5EED))
+    opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
+    dt = float_dtype(params0)
+    tr = _train_view(data, tidx)
+    tr = _standardizer(spec, tr)(tr)
+    if spec.track_init:
+        init_loss = _data_loss(spec, params0, tr).astype(dt)
+    else:  # not needed: skip a pass over the data for every configuration
+        init_loss = jnp.asarray(jnp.nan, dt)
+    bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
+    hist = _empty_history(spec, params0, tc, dt)
+    return State(
+        params=params0,
+        opt_state=opt.init(params0),
+        step=jnp.zeros((), jnp.int32),
+        active=~bad_start,
+        reason=jnp.where(bad_start, DIVERGED, RUNNING).astype(jnp.int32),
+        epochs_run=jnp.zeros((), jnp.int32),
+        init_loss=init_loss,
+        best_metric=jnp.asarray(jnp.inf, dt),
+        best_epoch=jnp.asarray(-1, jnp.int32),
+        bad_epochs=jnp.zeros((), jnp.int32),
+        best_params=params0 if spec.restore_best else None,
+        history=hist,
+        evals_run=jnp.zeros((), jnp.int32),
+    )
+
+
+def _epoch_order(spec: ProgramSpec, key, epoch) -> Callable[[jax.Array], jax.Array] | None:
+    """Position -> sample index of this epoch's visiting order (None: in order)."""
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate
+    full_batch = plan.full_steps == 1 and bsz == plan.n and plan.last_batch_size == 0
+    if full_batch:  # one step on every sample: the order cannot matter
+        return None
+    if spec.shuffle == "feistel":
+        rk = feistel_round_keys(key, epoch)
+        return lambda pos: feistel_permute(rk, pos, plan.n)
+    if spec.shuffle == "uniform":
+        perm = jax.random.permutation(jax.random.fold_in(key, epoch), plan.n)
+        return lambda pos: perm[pos]
+    return None
+
+
+def _gather(spec: ProgramSpec, ctx: EpochContext, order, start, size):
+    """The raw batch of ``size`` samples from position ``start`` of the epoch's order."""
+    data, tidx = ctx.data, ctx.tidx
+    if order is None and tidx is None:
+        if size == spec.plan.n:  # full batch in order: the data itself
+            return data
+        # in order: a contiguous slice, much cheaper than a gather
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), data)
+    idx = start + jnp.arange(size, dtype=jnp.int32)
+    if order is not None:
+        idx = order(idx)
+    if tidx is not None:
+        idx = tidx[idx]
+    return _take(data, idx)
+
+
+def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, start, size,
+               micro: int) -> tuple[StepCarry, jax.Array]:
+    """One update on the batch at ``start``; a non-finite step is refused (diverged)."""
+    tc = ctx.tc
+    params, opt_state, stp = carry.params, carry.opt_state, carry.step
+    batch = ctx.tf(_gather(spec, ctx, order, start, size))
+    obj, loss, g = _mean_grad(spec, params, batch, tc, micro)
+    gn = _global_norm(g)
+    updates, new_opt = ctx.opt.update(g, opt_state, params)
+    if ctx.wd_mask is not None:
+        lr_t = optim.current_lr(spec.schedule, tc, stp)
+        updates = jax.tree.map(
+            lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, ctx.wd_mask)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(obj) & jnp.isfinite(gn)
+    finite &= jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                                   for x in jax.tree.leaves(new_params)]))
+    ok = carry.active & finite
+    params = _tree_where(ok, new_params, params)
+    opt_state = _tree_where(ok, new_opt, opt_state)
+    reason = jnp.where(carry.active & ~finite, DIVERGED, carry.reason)
+    w = ok.astype(carry.sum_loss.dtype)
+    return StepCarry(params, opt_state, stp + ok.astype(jnp.int32), carry.active & finite,
+                     reason, carry.sum_loss + w * loss, carry.sum_grad_norm + w * gn), loss
+
+
+def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
+                epoch) -> tuple[EpochCarry, jax.Array | None]:
+    """The steps of one epoch (nothing happens for epochs >= E); returns the step losses
+    (with ``record_steps``)."""
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate  # samples per update
+    order = _epoch_order(spec, ctx.key, epoch)
+    in_range = epoch < spec.epochs
+    active0 = carry.steps.active
+    inner = carry.steps._replace(active=active0 & in_range)
+    step_losses = []
+    if plan.full_steps > 0:
+        micro = spec.accumulate
+        if plan.full_steps == 1:  # no loop for a single step (full batch)
+            inner, loss1 = train_step(spec, ctx, order, inner, jnp.int32(0), bsz, micro)
+            full_losses = loss1[None]
+        else:
+            inner, full_losses = jax.lax.scan(
+                lambda c, s: train_step(spec, ctx, order, c, s * bsz, bsz, micro),
+                inner, jnp.arange(plan.full_steps, dtype=jnp.int32))
+        step_losses.append(full_losses)
+    if plan.last_batch_size > 0:
+        inner, last_loss = train_step(spec, ctx, order, inner, plan.full_steps * bsz,
+                                      plan.last_batch_size, 1)
+        step_losses.append(last_loss[None])
+    ran = active0 & in_range
+    inner = inner._replace(active=jnp.where(in_range, inner.active, active0))
+    row = jnp.where(ran, jnp.concatenate(step_losses), jnp.nan) if spec.record_steps else None
+    return EpochCarry(inner, carry.epochs_run + ran.astype(jnp.int32)), row
+
+
+def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
+    """``eval_every`` epochs of training from ``st``: (carry, step-loss rows or None)."""
+    K, _ = _evals(spec)
+    dt = st.init_loss.dtype
+    carry = EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
+                                 jnp.zeros((), dt), jnp.zeros((), dt)), st.epochs_run)
+    e0 = block * K
+    if K == 1:
+        carry, rows = train_epoch(spec, ctx, carry, e0)
+        rows = None if rows is None else rows[None]
+    else:
+        carry, rows = jax.lax.scan(lambda c, e: train_epoch(spec, ctx, c, e),
+                                   carry, e0 + jnp.arange(K, dtype=jnp.int32))
+    return carry, rows
+
+
+def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
+             vidx) -> Metrics:
+    """Loss, gradient norm (full data, or the block's batch means) and validation loss."""
+    dt = st.init_loss.dtype
+    steps_done = jnp.maximum(c.step - st.step, 1).astype(dt)
+    any_step = c.step > st.step  # a block whose every step was refused has no batch mean
+    batch_loss = jnp.where(any_step, c.sum_loss / steps_done, jnp.nan)
+    batch_gn = jnp.where(any_step, c.sum_grad_norm / steps_done, jnp.nan)
+    if spec.metrics == "full":
+        tr = ctx.tf(_train_view(ctx.data, ctx.tidx))
+        (obj, loss), g = jax.value_and_grad(
+            lambda p: _objective(spec, p, tr, ctx.tc), has_aux=True)(c.params)
+        gn = _global_norm(g)
+    else:
+        obj, loss, gn = batch_loss, batch_loss, batch_gn
+    val_loss = None
+    if spec.has_val:
+        v = ctx.tf(val if vidx is None else _take(ctx.data, vidx))
+        val_loss = _data_loss(spec, c.params, v)
+    return Metrics(obj, loss, gn, batch_loss, val_loss)
+
+
+def _diverged(spec: ProgramSpec, st: State, m: Metrics, tc, block):
+    """(grew: the loss grew beyond diverge_factor or is non-finite, the reference loss)."""
+    factor = tc["diverge_factor"]
+    if spec.track_init:
+        ref = st.init_loss
+    else:  # no pass over the data at the start: the first block's batch loss is the scale
+        ref = jnp.where(block == 0, m.batch_loss, st.init_loss)
+    # the reference is floored at 1: a run that starts at (or near) a zero loss is not
+    # "diverged" when its loss merely becomes positive
+    grew = jnp.isfinite(factor) & (m.loss > factor * jnp.maximum(jnp.abs(ref), 1.0))
+    grew |= ~jnp.isfinite(m.objective)
+    return grew, ref
+
+
+def check_stops(spec: ProgramSpec, ev: stops.Evaluation, tc, active, reason, epoch):
+    """The stop conditions of :data:`jaxgd.stops.STOPS`, in their order of precedence,
+    then the epoch budget: (active, reason)."""
+    checks = [(s.test(ev, tc), s.code) for s in stops.TESTED]
+    for cond, code in reversed(checks):
+        reason = jnp.where(active & cond, code, reason)
+    for cond, _ in checks:
+        active = active & ~cond
+    last_epoch = epoch == spec.epochs - 1
+    reason = jnp.where(active & last_epoch, MAX_EPOCHS, reason)
+    return active & ~last_epoch, reason
+
+
+def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
+                vidx) -> State:
+    """``eval_every`` epochs of training, then the evaluation and stop checks."""
+    K, _ = _evals(spec)
+    opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
+    own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
+    wd_mask = (spec.penalty_mask or _default_mask)(st.params) if own_wd else None
+    ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
+                       _standardizer(spec, _train_view(data, tidx)))
+    carry, rows = _train_block(spec, ctx, st, block)
+    c = carry.steps
+    epoch = jnp.minimum(block * K + K, spec.epochs) - 1  # the last epoch of this block
+    m = evaluate(spec, ctx, st, c, val, vidx)
+    # divergence by growth of the loss, or a non-finite loss at the evaluation
+    grew, ref = _diverged(spec, st, m, tc, block)
+    reason = jnp.where(c.active & grew, DIVERGED, c.reason)
+    active = c.active & ~grew
+
+    monitor = m.val_loss if spec.has_val else m.loss
+    improved = active & (monitor < st.best_metric - tc["min_delta"])
+    best_metric = jnp.where(improved, monitor, st.best_metric)
+    best_epoch = jnp.where(improved, epoch, st.best_epoch)
+    bad = jnp.where(improved, 0, st.bad_epochs + active.astype(jnp.int32))
+    best_params = _tree_where(improved, c.params, st.best_params) if spec.restore_best else None
+
+    ev = stops.Evaluation(loss=m.loss, grad_norm=m.grad_norm, monitor=monitor, bad_evals=bad)
+    active, reason = check_stops(spec, ev, tc, active, reason, epoch)
+    hist = record_history(spec, st, m, tc, c, block, epoch, rows)
+    return State(
+        params=c.params, opt_state=c.opt_state, step=c.step, active=active, reason=reason,
+        epochs_run=carry.epochs_run, init_loss=ref, best_metric=best_metric,
+        best_epoch=best_epoch, bad_epochs=bad, best_params=best_params, history=hist,
+        evals_run=st.evals_run + st.active.astype(jnp.int32),
+    )
+
+
+def record_history(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, block, epoch,
+                   rows) -> dict[str, jax.Array]:
+    """The history with row ``block`` written (NaN for a configuration already stopped)."""
+    was_active = st.active
+    dt = st.init_loss.dtype
+
+    def put(h, key, value):
+        return h[key].at[block].set(
+            jnp.where(was_active, value, jnp.nan).astype(h[key].dtype))
+
+    hist = dict(st.history)
+    hist["epoch"] = put(hist, "epoch", epoch)
+    hist["loss"] = put(hist, "loss", m.loss)
+    hist["batch_loss"] = put(hist, "batch_loss", m.batch_loss)
+    hist["grad_norm"] = put(hist, "grad_norm", m.grad_norm)
+    hist["lr"] = put(hist, "lr", optim.current_lr(spec.schedule, tc, jnp.maximum(c.step - 1, 0)))
+    if "objective" in hist:
+        hist["objective"] = put(hist, "objective", m.objective)
+    if m.val_loss is not None:
+        hist["val_loss"] = put(hist, "val_loss", m.val_loss)
+    if spec.record_params:
+        for name, leaf in param_leaves(c.params):
+            hist[name] = hist[name].at[block].set(
+                jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype))
+    if spec.record_steps:
+        K, _ = _evals(spec)
+        hist["step_loss"] = jax.lax.dynamic_update_slice_in_dim(
+            hist["step_loss"], rows.astype(dt), block * K, axis=0)
+    return hist
+
+
+def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
+    """The outputs of one configuration (its best parameters with ``restore_best``)."""
+    params = st.params
+    if spec.record_steps:
+        st = st._replace(history={**st.history,
+                                  "step_loss": st.history["step_loss"][:spec.epochs]})
+    if spec.restore_best:
+        use_best = st.best_epoch >= 0
+        params = _tree_where(use_best, st.best_params, params)
+    return ProgramOutput(
+        best_epoch=st.best_epoch,
+        best_metric=st.best_metric,
+        epochs_run=st.epochs_run,
+        evals_run=st.evals_run,
+        history=st.history,
+        init_loss=st.init_loss if spec.track_init else jnp.full_like(st.init_loss, jnp.nan),
+        params=params,
+        reason=st.reason,
+        steps_run=st.step,
+    )
+
+
+def build_program(spec: ProgramSpec) -> Callable[..., ProgramOutput]:
     """The un-jitted block program ``run(params0, data, val, tc, keys, tidx, vidx)``.
 
     Shapes: ``tc`` leaves are [S, C]; ``keys`` is [S] PRNG keys; ``tidx`` [S, n_train]
     and ``vidx`` [S, n_val] index arrays (or None); ``params0`` is a pytree shared by
     every configuration (or None when ``spec.init_fn`` draws it from each key).
     """
-    plan = spec.plan
-    n = plan.n
-    bsz = plan.batch_size * spec.accumulate  # samples per update
-    static = dict(spec.static_hparams)
-    E = spec.epochs
-    K = min(spec.eval_every, E)  # epochs per evaluation
-    n_evals = -(-E // K)
-
-    def train_view(data, tidx):
-        return data if tidx is None else _take(data, tidx)
-
-    def make_tf(train):
-        """Standardise the chosen leaves with mean/std of this stream's training part."""
-        if not spec.standardize:
-            return lambda b: b
-        leaves = jax.tree.leaves(train)
-        stats = {}
-        for i in spec.standardize:
-            m = jnp.mean(leaves[i], axis=0)
-            sd = jnp.std(leaves[i], axis=0)
-            stats[i] = (m, jnp.where(sd > 0, sd, 1.0))
-
-        def tf(batch):
-            ls, td = jax.tree.flatten(batch)
-            ls = [(a - stats[i][0]) / stats[i][1] if i in stats else a for i, a in enumerate(ls)]
-            return jax.tree.unflatten(td, ls)
-
-        return tf
-
-    def full_metrics(params, data, tc, tidx, tf):
-        if spec.metrics == "full":
-            tr = tf(train_view(data, tidx))
-            (obj, loss), g = jax.value_and_grad(
-                lambda p: _objective(spec, p, tr, tc), has_aux=True)(params)
-            return obj, loss, _global_norm(g)
-        return None
-
-    def init_state(params0, tc, key, data, val, tidx, vidx):
-        if spec.init_fn is not None:
-            params0 = spec.init_fn(jax.random.fold_in(key, 0x5EED))
-        opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
-        dt = float_dtype(params0)
-        tr = train_view(data, tidx)
-        tr = make_tf(tr)(tr)
-        if spec.track_init:
-            init_loss = _data_loss(spec, params0, tr).astype(dt)
-        else:  # not needed: skip a pass over the data for every configuration
-            init_loss = jnp.asarray(jnp.nan, dt)
-        bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
-        nan = jnp.full((n_evals,), jnp.nan, dt)
-        ep_dt = jnp.promote_types(dt, jnp.float32)  # exact epoch numbers even for float16
-        hist = {"epoch": jnp.full((n_evals,), jnp.nan, ep_dt), "loss": nan,
-                "batch_loss": nan, "grad_norm": nan, "lr": nan}
-        if _penalty(spec, params0, tc) is not None:
-            hist["objective"] = nan
-        if spec.has_val:
-            hist["val_loss"] = nan
-        if spec.record_steps:
-            hist["step_loss"] = jnp.full((n_evals * K, plan.steps_per_epoch), jnp.nan, dt)
-        if spec.record_params:
-            for name, leaf in param_leaves(params0):
-                hist[name] = jnp.full((n_evals,) + leaf.shape, jnp.nan, leaf.dtype)
-        return State(
-            params=params0,
-            opt_state=opt.init(params0),
-            step=jnp.zeros((), jnp.int32),
-            active=~bad_start,
-            reason=jnp.where(bad_start, DIVERGED, RUNNING).astype(jnp.int32),
-            epochs_run=jnp.zeros((), jnp.int32),
-            init_loss=init_loss,
-            best_metric=jnp.asarray(jnp.inf, dt),
-            best_epoch=jnp.asarray(-1, jnp.int32),
-            bad_epochs=jnp.zeros((), jnp.int32),
-            best_params=params0 if spec.restore_best else None,
-            history=hist,
-            evals_run=jnp.zeros((), jnp.int32),
-        )
-
-    def train_epoch(carry, epoch, opt, tc, key, data, tidx, wd_mask, tf):
-        """The steps of one epoch (nothing happens for epochs >= E)."""
-        own_wd = wd_mask is not None
-        full_batch = plan.full_steps == 1 and bsz == n and plan.last_batch_size == 0
-        if full_batch:  # one step on every sample: the order cannot matter
-            order = None
-        elif spec.shuffle == "feistel":
-            rk = feistel_round_keys(key, epoch)
-            order = lambda pos: feistel_permute(rk, pos, n)  # noqa: E731
-        elif spec.shuffle == "uniform":
-            perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-            order = lambda pos: perm[pos]  # noqa: E731
-        else:
-            order = None
-
-        def gather(start, size):
-            return tf(gather_raw(start, size))
-
-        def gather_raw(start, size):
-            if order is None and tidx is None:
-                if size == n:  # full batch in order: the data itself
-                    return data
-                # in order: a contiguous slice, much cheaper than a gather
-                return jax.tree.map(
-                    lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), data)
-            idx = start + jnp.arange(size, dtype=jnp.int32)
-            if order is not None:
-                idx = order(idx)
-            if tidx is not None:
-                idx = tidx[idx]
-            return _take(data, idx)
-
-        def step(carry, start, size, micro):
-            params, opt_state, stp, active, reason, s_loss, s_gn = carry
-            batch = gather(start, size)
-            obj, loss, g = _mean_grad(spec, params, batch, tc, micro)
-            gn = _global_norm(g)
-            updates, new_opt = opt.update(g, opt_state, params)
-            if own_wd:
-                lr_t = optim.current_lr(spec.schedule, tc, stp)
-                updates = jax.tree.map(
-                    lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, wd_mask)
-            new_params = optax.apply_updates(params, updates)
-            finite = jnp.isfinite(obj) & jnp.isfinite(gn)
-            finite &= jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                                           for x in jax.tree.leaves(new_params)]))
-            ok = active & finite
-            params = _tree_where(ok, new_params, params)
-            opt_state = _tree_where(ok, new_opt, opt_state)
-            reason = jnp.where(active & ~finite, DIVERGED, reason)
-            w = ok.astype(s_loss.dtype)
-            return (params, opt_state, stp + ok.astype(jnp.int32), active & finite, reason,
-                    s_loss + w * loss, s_gn + w * gn), loss
-
-        *inner, epochs_run = carry
-        in_range = epoch < E
-        active0 = inner[3]
-        inner[3] = active0 & in_range
-        inner = tuple(inner)
-        step_losses = []
-        if plan.full_steps > 0:
-            micro = spec.accumulate
-
-            def body(c, s):
-                return step(c, s * bsz, bsz, micro)
-
-            if plan.full_steps == 1:  # no loop for a single step (full batch)
-                inner, loss1 = step(inner, jnp.int32(0), bsz, micro)
-                full_losses = loss1[None]
-            else:
-                inner, full_losses = jax.lax.scan(
-                    body, inner, jnp.arange(plan.full_steps, dtype=jnp.int32))
-            step_losses.append(full_losses)
-        if plan.last_batch_size > 0:
-            inner, last_loss = step(inner, plan.full_steps * bsz, plan.last_batch_size, 1)
-            step_losses.append(last_loss[None])
-        ran = active0 & in_range
-        params, opt_state, stp, active, reason, s_loss, s_gn = inner
-        active = jnp.where(in_range, active, active0)
-        row = jnp.where(ran, jnp.concatenate(step_losses), jnp.nan) if spec.record_steps else None
-        return (params, opt_state, stp, active, reason, s_loss, s_gn,
-                epochs_run + ran.astype(jnp.int32)), row
-
-    def epoch_fn(st: State, tc, key, block, data, val, tidx, vidx) -> State:
-        """``eval_every`` epochs of training, then the evaluation and stop checks."""
-        opt = optim.build_optimizer(spec.opt, spec.schedule, tc, static)
-        own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
-        wd_mask = (spec.penalty_mask or _default_mask)(st.params) if own_wd else None
-        was_active = st.active
-        dt = st.init_loss.dtype
-        tf = make_tf(train_view(data, tidx))
-        carry = (st.params, st.opt_state, st.step, st.active, st.reason,
-                 jnp.zeros((), dt), jnp.zeros((), dt), st.epochs_run)
-        e0 = block * K
-        if K == 1:
-            carry, rows = train_epoch(carry, e0, opt, tc, key, data, tidx, wd_mask, tf)
-            rows = None if rows is None else rows[None]
-        else:
-            carry, rows = jax.lax.scan(
-                lambda c, e: train_epoch(c, e, opt, tc, key, data, tidx, wd_mask, tf),
-                carry, e0 + jnp.arange(K, dtype=jnp.int32))
-        params, opt_state, stp, active, reason, s_loss, s_gn, epochs_run = carry
-        epoch = jnp.minimum(e0 + K, E) - 1  # the last epoch of this block
-        steps_done = jnp.maximum(stp - st.step, 1).astype(dt)
-        any_step = stp > st.step  # a block whose every step was refused has no batch mean
-        batch_loss = jnp.where(any_step, s_loss / steps_done, jnp.nan)
-        batch_gn = jnp.where(any_step, s_gn / steps_done, jnp.nan)
-
-        fm = full_metrics(params, data, tc, tidx, tf)
-        if fm is not None:
-            obj, loss, gn = fm
-        else:
-            obj, loss, gn = batch_loss, batch_loss, batch_gn
-        # divergence by growth of the loss, or a non-finite loss at the evaluation
-        factor = tc["diverge_factor"]
-        if spec.track_init:
-            ref = st.init_loss
-        else:  # no pass over the data at the start: the first block's batch loss is the scale
-            ref = jnp.where(block == 0, batch_loss, st.init_loss)
-        # the reference is floored at 1: a run that starts at (or near) a zero loss is not
-        # "diverged" when its loss merely becomes positive
-        grew = jnp.isfinite(factor) & (loss > factor * jnp.maximum(jnp.abs(ref), 1.0))
-        grew |= ~jnp.isfinite(obj)
-        diverged_now = active & grew
-        reason = jnp.where(diverged_now, DIVERGED, reason)
-        active = active & ~grew
-
-        if spec.has_val:
-            v = tf(val if vidx is None else _take(data, vidx))
-            val_loss = _data_loss(spec, params, v)
-            monitor = val_loss
-        else:
-            val_loss = None
-            monitor = loss
-        improved = active & (monitor < st.best_metric - tc["min_delta"])
-        best_metric = jnp.where(improved, monitor, st.best_metric)
-        best_epoch = jnp.where(improved, epoch, st.best_epoch)
-        bad = jnp.where(improved, 0, st.bad_epochs + active.astype(jnp.int32))
-        best_params = _tree_where(improved, params, st.best_params) if spec.restore_best else None
-
-        # stop conditions, checked in a fixed order of precedence
-        patience = tc["patience"]
-        checks = [
-            (gn <= tc["grad_tol"], GRAD_TOL),
-            (loss <= tc["loss_target"], LOSS_TARGET),
-            ((patience > 0) & (bad >= patience), PATIENCE),
-        ]
-        for cond, code in reversed(checks):
-            reason = jnp.where(active & cond, code, reason)
-        for cond, _ in checks:
-            active = active & ~cond
-        last_epoch = epoch == E - 1
-        reason = jnp.where(active & last_epoch, MAX_EPOCHS, reason)
-        active = active & ~last_epoch
-
-        def put(h, key, value):
-            return h[key].at[block].set(
-                jnp.where(was_active, value, jnp.nan).astype(h[key].dtype))
-
-        hist = dict(st.history)
-        hist["epoch"] = put(hist, "epoch", epoch)
-        hist["loss"] = put(hist, "loss", loss)
-        hist["batch_loss"] = put(hist, "batch_loss", batch_loss)
-        hist["grad_norm"] = put(hist, "grad_norm", gn)
-        hist["lr"] = put(hist, "lr", optim.current_lr(spec.schedule, tc, jnp.maximum(stp - 1, 0)))
-        if "objective" in hist:
-            hist["objective"] = put(hist, "objective", obj)
-        if val_loss is not None:
-            hist["val_loss"] = put(hist, "val_loss", val_loss)
-        if spec.record_params:
-            for name, leaf in param_leaves(params):
-                hist[name] = hist[name].at[block].set(
-                    jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype))
-        if spec.record_steps:
-            hist["step_loss"] = jax.lax.dynamic_update_slice_in_dim(
-                hist["step_loss"], rows.astype(dt), e0, axis=0)
-
-        return State(
-            params=params, opt_state=opt_state, step=stp, active=active, reason=reason,
-            epochs_run=epochs_run, init_loss=ref, best_metric=best_metric,
-            best_epoch=best_epoch, bad_epochs=bad, best_params=best_params, history=hist,
-            evals_run=st.evals_run + was_active.astype(jnp.int32),
-        )
-
-    def finalize(st: State):
-        params = st.params
-        if spec.record_steps:
-            st = st._replace(history={**st.history, "step_loss": st.history["step_loss"][:E]})
-        if spec.restore_best:
-            use_best = st.best_epoch >= 0
-            params = _tree_where(use_best, st.best_params, params)
-        return {
-            "params": params,
-            "history": st.history,
-            "reason": st.reason,
-            "epochs_run": st.epochs_run,
-            "evals_run": st.evals_run,
-            "steps_run": st.step,
-            "best_metric": st.best_metric,
-            "best_epoch": st.best_epoch,
-            "init_loss": st.init_loss if spec.track_init else jnp.full_like(st.init_loss, jnp.nan),
-        }
+    _, n_evals = _evals(spec)
 
     def run(params0, data, val, tc, keys, tidx, vidx):
         # inner axis: configurations (they share the stream's key and data indices);
@@ -458,9 +561,11 @@ def build_program(spec: ProgramSpec) -> Callable[..., Any]:
         squeeze = lambda t: None if t is None else jax.tree.map(lambda a: a[0], t)  # noqa: E731
         if single:
             tc, keys, tidx, vidx = squeeze(tc), keys[0], squeeze(tidx), squeeze(vidx)
-        init_c = jax.vmap(init_state, in_axes=(None, 0, None, None, None, None, None))
-        ep_c = jax.vmap(epoch_fn, in_axes=(0, 0, None, None, None, None, None, None))
-        fin = jax.vmap(finalize)
+        init_c = jax.vmap(functools.partial(init_state, spec),
+                          in_axes=(None, 0, None, None, None, None, None))
+        ep_c = jax.vmap(functools.partial(epoch_block, spec),
+                        in_axes=(0, 0, None, None, None, None, None, None))
+        fin = jax.vmap(functools.partial(finalize, spec))
         if not single:
             init_c = jax.vmap(init_c, in_axes=(None, 0, 0, None, None, t_ax, v_ax))
             ep_c = jax.vmap(ep_c, in_axes=(0, 0, 0, None, None, None, t_ax, v_ax))

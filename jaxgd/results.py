@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .program import STOP_REASONS
+from .program import ProgramOutput, param_leaves
+from .stops import STOP_REASONS
 
 __all__ = ["Best", "FitResult", "SweepResult", "load"]
 
@@ -27,7 +28,9 @@ class FitResult:
         loss at the evaluation), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``,
         ``lr`` (learning rate of the epoch's last update), and ``val_loss``,
         ``objective`` (loss + penalty), ``step_loss`` [epoch, step] when present.
-      stop_reason: "max_epochs", "grad_tol", "loss_target", "patience" or "diverged".
+      stop_reason: one of :data:`jaxgd.STOP_REASONS` after "running" (declared in
+        :mod:`jaxgd.stops`): "max_epochs", "grad_tol", "loss_target", "patience",
+        "diverged".
       epochs_run: epochs that ran (including the one where the run stopped).
       steps_run: parameter updates applied.
       best_epoch: epoch (0-based) of the best monitored loss, -1 if none.
@@ -44,26 +47,24 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_program(cls, out: dict[str, Any], spec: Any = None) -> FitResult:
-        e = int(out["epochs_run"])
-        rows = int(out["evals_run"])
+    def from_program(cls, out: ProgramOutput, spec: Any = None) -> FitResult:
+        e = int(out.epochs_run)
+        rows = int(out.evals_run)
         hist = {k: np.asarray(v)[: e if k == "step_loss" else rows]
-                for k, v in out["history"].items()}
+                for k, v in out.history.items()}
         return cls(
-            params=out["params"],
+            params=out.params,
             history=hist,
-            stop_reason=STOP_REASONS[int(out["reason"])],
+            stop_reason=STOP_REASONS[int(out.reason)],
             epochs_run=e,
-            steps_run=int(out["steps_run"]),
-            best_epoch=int(out["best_epoch"]),
-            init_loss=float(out["init_loss"]),
+            steps_run=int(out.steps_run),
+            best_epoch=int(out.best_epoch),
+            init_loss=float(out.init_loss),
         )
 
     def param_history(self) -> Any:
         """The parameters recorded at each evaluation (``record_params=True``) as one
         pytree shaped like ``params`` with a leading [row] axis."""
-        from .program import param_leaves
-
         names = [name for name, _ in param_leaves(self.params)]
         missing = [n for n in names if n not in self.history]
         if missing:
@@ -217,6 +218,13 @@ class SweepResult:
                    hist, params, parts[0].folds)
 
     # -- queries
+    def axes(self) -> list[str]:
+        """The swept axes (keys of the configurations), in table order."""
+        keys: list[str] = []
+        for c in self.configs:
+            keys += [k for k in c if k not in keys]
+        return [k for k in self.table.columns if k in keys]
+
     def default_metric(self) -> str:
         return "final_val_loss" if "final_val_loss" in self.table else "final_loss"
 

@@ -20,15 +20,18 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import optim
-from .prepare import as_key, normalize_shuffle, prepare, tc_array
+from .options import collect, document, fingerprint_settings
+from .prepare import Prepared, as_key, prepare, stop_hparams, tc_array
 from .program import compiled_program, epoch_progress, float_dtype
+from .stops import STOP_DEFAULTS
 
 __all__ = ["sweep", "expand_configs", "STRUCTURAL_AXES"]
 
@@ -71,7 +74,7 @@ def _check_axis_value(name: str, v: Any) -> None:
     if isinstance(v, bool):
         return
     if isinstance(v, (int, float, np.integer, np.floating)):
-        if not math.isfinite(float(v)) and name not in ("loss_target", "diverge_factor"):
+        if not math.isfinite(float(v)) and name not in STOP_DEFAULTS:
             raise ValueError(f"axis {name!r} has non-finite value {v!r}")
         return
     raise TypeError(f"axis {name!r} has value {v!r} of type {type(v).__name__}; expected a number")
@@ -214,22 +217,7 @@ def sweep(
     Args:
       loss, params, data: as for :func:`jaxgd.fit`. ``params`` may be ``None`` when
         ``init(key) -> params`` draws each seed's initial parameters.
-      grid: ``{axis: values}``, Cartesian product.
-      random: ``{"n": n, axis: (kind, ...)}``, see :func:`expand_configs`.
-      configs: explicit list of configuration dicts.
-      folds: k-fold cross-validation: each configuration runs on every fold, validation
-        loss recorded on the held-out part (``kfold_indices(N, k, seed=fold_seed)``).
-        With ``standardize``, each fold is scaled with its own training part's statistics.
-      chunk_size: most configurations per program call (default: as many as
-        ``memory_budget`` allows, at most 4096).
-      memory_budget: bytes the per-configuration state of one call may take (default 2 GiB).
-      only: indices of the configurations to run (to spread a sweep over launchers;
-        combine the parts with :meth:`SweepResult.concat`).
-      out: folder to save the result in; finished chunks are kept there, so the same
-        call after an interruption resumes instead of recomputing.
-      mesh: a ``jax.sharding.Mesh`` with an axis named ``"config"``; by default all
-        devices of all processes when there are several.
-      progress: show progress bars over chunks and over the epochs of the running chunk.
+      {options}
 
     Returns:
       :class:`jaxgd.SweepResult`: ``table`` (one row per configuration), ``history``
@@ -250,43 +238,16 @@ def sweep(
     from .results import SweepResult
     from .store import RunStore
 
-    if hparams is not None and not isinstance(hparams, Mapping):
-        raise TypeError(f"hparams={hparams!r} must be a dict of name -> value")
-    base_hp = dict(hparams or {})
+    opts = collect("sweep", locals())
     cfgs = expand_configs(grid, random, configs)
-    if folds is not None:
-        if val_data is not None:
-            raise ValueError("give either folds=k or val_data, not both")
-        if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-            raise ValueError(f"folds={folds!r} must be an integer >= 2")
-        if not any("fold" in c for c in cfgs):
-            cfgs = [{**c, "fold": f} for c in cfgs for f in range(folds)]
-        for c in cfgs:
-            if "fold" in c and not 0 <= c["fold"] < folds:
-                raise ValueError(f"axis 'fold' has value {c['fold']!r}; folds={folds}")
-    elif any("fold" in c for c in cfgs):
-        raise ValueError("axis 'fold' needs folds=k")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer")
-    all_idx = list(range(len(cfgs)))
-    if only is not None:
-        sel = sorted(set(int(i) for i in only))
-        if not sel or sel[0] < 0 or sel[-1] >= len(cfgs):
-            raise ValueError(f"only={only!r} must select configurations in 0..{len(cfgs) - 1}")
-        all_idx = sel
+    cfgs = _with_folds(cfgs, folds, val_data)
+    all_idx = _selected(cfgs, only)
     if params is None and init is None:
         raise ValueError("params is None: give initial parameters or init=function(key)")
-    if init is not None and not callable(init):
-        raise TypeError(f"init={init!r} must be a function key -> params")
-    for name, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
-        if value is not None and (isinstance(value, bool)
-                                  or not isinstance(value, (int, np.integer)) or value <= 0):
-            raise ValueError(f"{name}={value!r} must be a positive integer or None")
     if mesh is not None:
         if not isinstance(mesh, jax.sharding.Mesh) or "config" not in mesh.axis_names:
             raise ValueError(f"mesh={mesh!r} must be a jax.sharding.Mesh with an axis "
                              "named 'config'")
-    normalize_shuffle(shuffle)
 
     from .data import kfold_indices, validate_data
 
@@ -294,12 +255,76 @@ def sweep(
     if folds is not None and folds > n:
         raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
+    groups = _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split)
 
-    base = dict(optimizer=optimizer, batch_size=batch_size, accumulate=accumulate,
-                schedule=schedule, seed=seed)
+    base = {k: opts[k] for k in STRUCTURAL_AXES + ("seed",)}
+    # what determines the results (see jaxgd.options: each option's fingerprint entry)
+    settings = {k: opts[k] for k in fingerprint_settings()}
+    settings["loss"] = loss
+    store = RunStore.open(out, _fingerprint(cfgs, all_idx, base, dict(hparams or {}), epochs,
+                                            shuffle, drop_last, folds, fold_seed, settings,
+                                            (data, params, val_data))
+                          ) if out is not None else None
+    try:
+        results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
+                              epochs, mesh, store, progress)
+        res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
+        if store is not None:
+            res.save(store.path, _store=store)  # releases the lock
+    finally:
+        if store is not None:
+            store.release_lock_on_error()
+    return res
+
+
+def _with_folds(cfgs: list[dict[str, Any]], folds: int | None, val_data: Any):
+    """The configurations, each repeated over the folds unless a ``fold`` axis is given."""
+    if folds is not None:
+        if val_data is not None:
+            raise ValueError("give either folds=k or val_data, not both")
+        if not any("fold" in c for c in cfgs):
+            cfgs = [{**c, "fold": f} for c in cfgs for f in range(folds)]
+        for c in cfgs:
+            if "fold" in c and not 0 <= c["fold"] < folds:
+                raise ValueError(f"axis 'fold' has value {c['fold']!r}; folds={folds}")
+    elif any("fold" in c for c in cfgs):
+        raise ValueError("axis 'fold' needs folds=k")
+    return cfgs
+
+
+def _selected(cfgs: list[dict[str, Any]], only: Iterable[int] | None) -> list[int]:
+    """The indices of the configurations to run (``only=``, default all)."""
+    if only is None:
+        return list(range(len(cfgs)))
+    sel = sorted(set(int(i) for i in only))
+    if not sel or sel[0] < 0 or sel[-1] >= len(cfgs):
+        raise ValueError(f"only={only!r} must select configurations in 0..{len(cfgs) - 1}")
+    return sel
+
+
+class Row(NamedTuple):
+    """A configuration of a group: its index in the sweep, its seed and fold."""
+
+    config: int
+    seed: int
+    fold: int | None
+
+
+@dataclass
+class Group:
+    """Configurations that share one compiled program (equal shapes and structure)."""
+
+    prepared: Prepared
+    rows: list[Row] = field(default_factory=list)
+    numeric: list[dict[str, Any]] = field(default_factory=list)  # per row: traced values
+
+
+def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Group]:
+    """Validate every configuration and group them (nothing is compiled yet)."""
+    base_hp = dict(opts["hparams"] or {})
+    base = {k: opts[k] for k in STRUCTURAL_AXES + ("seed",)}
     known_struct = set(STRUCTURAL_AXES) | set(STREAM_AXES)
-    # validate every configuration and group them (nothing is compiled yet)
-    groups: dict[Any, dict[str, Any]] = {}
+    groups: dict[Any, Group] = {}
     for i in all_idx:
         c = cfgs[i]
         full = {**base, **{k: v for k, v in c.items() if k in known_struct}}
@@ -317,69 +342,28 @@ def sweep(
         )
         g = groups.get(key_struct)
         if g is None:
+            program_opts = {**opts, **{k: full[k] for k in STRUCTURAL_AXES}, "hparams": hp}
             try:
-                prep = prepare(
-                    loss, params, data, optimizer=full["optimizer"], hparams=hp,
-                    batch_size=full["batch_size"], epochs=epochs, shuffle=shuffle,
-                    drop_last=drop_last, schedule=full["schedule"],
-                    accumulate=full["accumulate"], val_data=val_data, grad_tol=grad_tol,
-                    loss_target=loss_target, patience=patience, min_delta=min_delta,
-                    diverge_factor=diverge_factor, restore_best=restore_best, metrics=metrics,
-                    record_steps=record_steps, penalty_mask=penalty_mask, init_fn=init,
-                    record_params=record_params,
-                    eval_every=eval_every, progress=progress, data_checked=True,
-                    standardize=standardize,
-                    n_train=n_train, val_from_index=fold is not None,
-                )
+                prep = prepare(loss, params, data, program_opts, init_fn=opts["init"],
+                               data_checked=True, n_train=n_train,
+                               val_from_index=fold is not None)
             except (ValueError, TypeError) as e:
                 raise type(e)(f"configuration {i} {c}: {e}") from e
-            g = groups[key_struct] = {"prep": prep, "rows": [], "numeric": []}
-        spec = g["prep"][0]
+            g = groups[key_struct] = Group(prep)
+        spec = g.prepared.spec
         try:
             # base stop keywords first: a value on a sweep axis overrides them
-            numeric, static = optim.split_hparams(spec.opt, spec.schedule, {
-                **_stop_hp(grad_tol, loss_target, patience, min_delta, diverge_factor), **hp})
+            numeric, static = optim.split_hparams(spec.opt, spec.schedule,
+                                                  {**stop_hparams(opts), **hp})
         except (ValueError, TypeError) as e:
             raise type(e)(f"configuration {i} {c}: {e}") from e
         if tuple(sorted(static.items())) != spec.static_hparams:
             # a static value differs: its own group
             raise ValueError(f"configuration {i} {c}: non-numeric hyper-parameters must be "
                              "the same across a sweep axis")
-        g["rows"].append((i, int(full["seed"]), fold))
-        g["numeric"].append(numeric)
-
-    # memory: every configuration carries its parameters, optimizer state and history
-    settings = dict(metrics=metrics, grad_tol=grad_tol, loss_target=loss_target,
-                    patience=patience, min_delta=min_delta, diverge_factor=diverge_factor,
-                    restore_best=restore_best, record_steps=record_steps,
-                    record_params=record_params,
-                    eval_every=eval_every, init=init, penalty_mask=penalty_mask, loss=loss,
-                    standardize=standardize)
-    store = RunStore.open(out, _fingerprint(cfgs, all_idx, base, base_hp, epochs, shuffle,
-                                            drop_last, folds, fold_seed, settings,
-                                            (data, params, val_data))
-                          ) if out is not None else None
-    try:
-        results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
-                              epochs, mesh, store, progress)
-        res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
-        if store is not None:
-            res.save(store.path, _store=store)  # releases the lock
-    finally:
-        if store is not None:
-            store.release_lock_on_error()
-    return res
-
-
-def _stop_hp(grad_tol, loss_target, patience, min_delta, diverge_factor) -> dict[str, Any]:
-    hp: dict[str, Any] = {}
-    for name, value in (("grad_tol", grad_tol), ("loss_target", loss_target),
-                        ("patience", patience), ("diverge_factor", diverge_factor)):
-        if value is not None:
-            hp[name] = value
-    if min_delta:
-        hp["min_delta"] = min_delta
-    return hp
+        g.rows.append(Row(i, int(full["seed"]), fold))
+        g.numeric.append(numeric)
+    return list(groups.values())
 
 
 def _hashable(v: Any) -> Any:
@@ -464,31 +448,41 @@ def default_mesh() -> jax.sharding.Mesh | None:
     return jax.sharding.Mesh(np.asarray(devs), ("config",))
 
 
-def _bytes_per_config(prep, epochs: int) -> int:
-    spec, params = prep[0], prep[1]
-    pbytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(params))
+def _bytes_per_config(prep: Prepared, epochs: int) -> int:
+    spec = prep.spec
+    pbytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(prep.params))
     hist = 8 * epochs * (6 + (spec.plan.steps_per_epoch if spec.record_steps else 0))
     # params, gradient, new params, optimizer state (<= 3 copies), best params
     act = 4 * spec.plan.batch_size * spec.accumulate * 64  # activations of a step, rough
     return pbytes * 8 + hist + act
 
 
-def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, epochs, mesh,
-                store, progress):
-    from tqdm.auto import tqdm
+Stream = tuple[int, int]  # (seed, fold or -1): owns a data order
 
-    if mesh is None:
-        mesh = default_mesh()
-    ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+
+class ChunkPlan(NamedTuple):
+    """A block of a group's streams, cut into ``n_chunks`` program calls of equal width."""
+
+    group_index: int
+    tag: str  # the chunk files' prefix in a run folder
+    group: Group
+    streams: list[Stream]
+    per_stream: list[list[int]]  # per stream: its rows (indices into group.rows)
+    width: int  # configurations per stream and call
+    n_chunks: int
+
+
+def _plan_chunks(groups: list[Group], chunk_size, memory_budget, epochs, ndev):
+    """Every group's streams split into blocks, each block into chunks of one width."""
     budget = memory_budget or (2 << 30)
     plans = []
-    for gi, g in enumerate(groups.values()):
-        streams = sorted({(s, f if f is not None else -1) for _, s, f in g["rows"]})
+    for gi, g in enumerate(groups):
+        streams = sorted({(r.seed, r.fold if r.fold is not None else -1) for r in g.rows})
         sidx = {st: k for k, st in enumerate(streams)}
         per_stream: list[list[int]] = [[] for _ in streams]
-        for r, (_, s, f) in enumerate(g["rows"]):
-            per_stream[sidx[(s, f if f is not None else -1)]].append(r)
-        cap = chunk_size or max(1, min(4096, budget // max(1, _bytes_per_config(g["prep"],
+        for i, r in enumerate(g.rows):
+            per_stream[sidx[(r.seed, r.fold if r.fold is not None else -1)]].append(i)
+        cap = chunk_size or max(1, min(4096, budget // max(1, _bytes_per_config(g.prepared,
                                                                                 epochs))))
         # more streams (seeds x folds) than a call may hold: split the streams too
         sb = min(len(streams), cap)
@@ -498,29 +492,38 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
             C = max(len(v) for v in blk_rows)
             width = max(1, min(C, cap // S))
             width = -(-width // ndev) * ndev
-            n_chunks = -(-C // width)
             tag = f"g{gi:03d}" if len(streams) <= sb else f"g{gi:03d}_s{bi:04d}"
-            plans.append((gi, tag, g, blk_streams, blk_rows, width, n_chunks))
-    total = sum(p[-1] for p in plans)
+            plans.append(ChunkPlan(gi, tag, g, blk_streams, blk_rows, width, -(-C // width)))
+    return plans
+
+
+def _run_groups(groups: list[Group], data, val_data, fold_split, chunk_size, memory_budget,
+                epochs, mesh, store, progress) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    if mesh is None:
+        mesh = default_mesh()
+    ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+    plans = _plan_chunks(groups, chunk_size, memory_budget, epochs, ndev)
+    total = sum(p.n_chunks for p in plans)
     bar = tqdm(total=total, desc="sweep", unit="chunk", disable=not progress, leave=False)
     results = []
     try:
-        n_groups = len(groups)
-        for gi, gtag, g, streams, per_stream, width, n_chunks in plans:
-            for ci in range(n_chunks):
-                bar.set_postfix(group=f"{gi + 1}/{n_groups}", width=width * len(streams))
-                tag = f"{gtag}_c{ci:05d}"
-                cached = (store.load_chunk(tag, jax.tree.structure(g["prep"][1]))
+        for p in plans:
+            for ci in range(p.n_chunks):
+                bar.set_postfix(group=f"{p.group_index + 1}/{len(groups)}",
+                                width=p.width * len(p.streams))
+                tag = f"{p.tag}_c{ci:05d}"
+                cached = (store.load_chunk(tag, jax.tree.structure(p.group.prepared.params))
                           if store is not None else None)
                 if cached is not None and not np.array_equal(
-                        np.sort(np.asarray(cached.get("config", []))),
-                        _chunk_configs(g, per_stream, ci, width)):
+                        np.sort(np.asarray(cached.get("config", []))), _chunk_configs(p, ci)):
                     cached = None  # written with another chunk width: recompute
                 cached = _agree_cached(cached)
                 if cached is None:
-                    with epoch_progress(g["prep"][0], desc=f"group {gi + 1} chunk {ci + 1}"):
-                        cached = _run_chunk(g, streams, per_stream, ci, width, data, val_data,
-                                            fold_split, mesh)
+                    with epoch_progress(p.group.prepared.spec,
+                                        desc=f"group {p.group_index + 1} chunk {ci + 1}"):
+                        cached = _run_chunk(p, ci, data, val_data, fold_split, mesh)
                     if store is not None:
                         store.save_chunk(tag, cached)
                 results.append(cached)
@@ -530,9 +533,10 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
     return results
 
 
-def _chunk_configs(g, per_stream, ci, width) -> np.ndarray:
-    """The sorted configuration indices that chunk ``ci`` of a group holds."""
-    idx = [g["rows"][r][0] for rows in per_stream for r in rows[ci * width:(ci + 1) * width]]
+def _chunk_configs(p: ChunkPlan, ci: int) -> np.ndarray:
+    """The sorted configuration indices that chunk ``ci`` of a plan holds."""
+    idx = [p.group.rows[r].config for rows in p.per_stream
+           for r in rows[ci * p.width:(ci + 1) * p.width]]
     return np.sort(np.asarray(idx, np.int64))
 
 
@@ -547,21 +551,23 @@ def _agree_cached(cached):
     return cached if bool(np.all(np.asarray(have))) else None
 
 
-def _run_chunk(g, streams, per_stream, ci, width, data, val_data, fold_split, mesh):
-    spec, params, _, val, _ = g["prep"]
+def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[str, Any]:
+    """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
+    configuration, with their indices under ``"config"``."""
+    g, streams, width = p.group, p.streams, p.width
+    spec, params, val = g.prepared.spec, g.prepared.params, g.prepared.val_data
     dt = float_dtype(params)
     S = len(streams)
-    # [S, width] row numbers into g["rows"] (padding repeats the stream's first row)
+    # [S, width] row numbers into g.rows (padding repeats the stream's first row)
     grid_rows = np.zeros((S, width), np.int64)
     valid = np.zeros((S, width), bool)
-    for s, rows in enumerate(per_stream):
+    for s, rows in enumerate(p.per_stream):
         part = rows[ci * width:(ci + 1) * width]
         grid_rows[s, :] = rows[0]
         grid_rows[s, :len(part)] = part
         valid[s, :len(part)] = True
-    names = spec.numeric_names
-    tc_np = {k: np.asarray([[g["numeric"][r][k] for r in row] for row in grid_rows])
-             for k in names}
+    tc_np = {k: np.asarray([[g.numeric[r][k] for r in row] for row in grid_rows])
+             for k in spec.numeric_names}
     tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
     keys = jnp.stack([as_key(s) for s, _ in streams])
     if fold_split is not None and streams[0][1] >= 0:
@@ -575,11 +581,13 @@ def _run_chunk(g, streams, per_stream, ci, width, data, val_data, fold_split, me
         args = _shard_args(mesh, args)
     out = prog(*args)
     out = jax.tree.map(_to_host, out)
-    idx = [(g["rows"][grid_rows[s, c]][0]) for s in range(S) for c in range(width) if valid[s, c]]
+    idx = [g.rows[grid_rows[s, c]].config for s in range(S) for c in range(width)
+           if valid[s, c]]
     sel = np.nonzero(valid.reshape(-1))[0]
     flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
-    flat["config"] = np.asarray(idx, np.int64)
-    return flat
+    # a chunk as the run folder stores it: the program's outputs by name, and the
+    # configurations they belong to
+    return {**flat._asdict(), "config": np.asarray(idx, np.int64)}
 
 
 def _shard_args(mesh, args):
@@ -613,3 +621,6 @@ def _to_host(x):
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
+
+# the options' entries of the docstring come from the table in jaxgd.options
+sweep.__doc__ = sweep.__doc__.replace("      {options}\n", document("sweep") + "\n")

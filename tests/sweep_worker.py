@@ -91,7 +91,7 @@ def main(argv=None):
 
         def call(*args):
             out = prog(*args)
-            leaf = out["reason"]
+            leaf = out.reason
             shardings.append({"devices": len(leaf.sharding.device_set),
                               "addressable_shards": len(leaf.addressable_shards),
                               "spec": str(getattr(leaf.sharding, "spec", None)),

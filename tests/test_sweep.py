@@ -455,9 +455,9 @@ def test_chunk_size_below_the_number_of_seeds_is_honoured(monkeypatch):
     widths = []
     real = sweep_mod._run_chunk
 
-    def spy(g, streams, per_stream, ci, width, *a):
-        widths.append(len(streams) * width)
-        return real(g, streams, per_stream, ci, width, *a)
+    def spy(plan, ci, *a):
+        widths.append(len(plan.streams) * plan.width)
+        return real(plan, ci, *a)
 
     grid = {"seed": [0, 1, 2, 3, 4], "learning_rate": [0.01, 0.1]}
     ref = jaxgd.sweep(loss, p0, (x, y), grid=grid, batch_size=5, epochs=3)

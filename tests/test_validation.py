@@ -114,7 +114,7 @@ FIT_CASES = [
     ("metrics-unknown", lambda: fit(metrics="foo"), ValueError, r"metrics='foo'"),
     ("patience-fraction", lambda: fit(patience=1.5), ValueError, r"patience=1\.5"),
     ("diverge-factor-small", lambda: fit(diverge_factor=0.5), ValueError,
-     r"diverge_factor'\]=0\.5 must be > 1"),
+     r"diverge_factor=0\.5 must be a number > 1"),
     ("key-string", lambda: fit(key="abc"), TypeError, r"key='abc'"),
     ("key-negative", lambda: fit(key=-1), ValueError, r"key=-1"),
     ("penalty-mask", lambda: fit(penalty_mask=3), TypeError, r"penalty_mask=3"),

@@ -1,0 +1,321 @@
+"""The keyword options of ``fit`` and ``sweep``, declared once.
+
+:data:`OPTIONS` is the table: name, default, accepted values, check, documentation, and
+where the option applies (``fit``, ``sweep``, a TOML ``[train]`` table, the resume
+fingerprint). Derived from it:
+
+* the keyword parameters of :func:`jaxgd.fit` and :func:`jaxgd.sweep` (written out in
+  their signatures for readers and tools; a test checks them against this table) and
+  the options they forward (:func:`collect`);
+* the ``Args`` documentation of both (:func:`document`);
+* the keys a TOML ``[train]`` table accepts (:func:`file_options`), checked by the same
+  functions as the keywords;
+* the settings the resume fingerprint of a sweep covers (:func:`fingerprint_settings`).
+
+The stop conditions' parameters (``grad_tol``, ``patience``, ...) come from
+:mod:`jaxgd.stops`. Checks here are pure Python (a configuration file is checked before
+JAX starts); what needs the data (``standardize`` leaf indices, ``val_data``'s
+structure, the loss) is checked by :func:`jaxgd.prepare.prepare`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from . import stops
+from ._checks import check_bool, check_positive_int
+
+__all__ = ["OPTIONS", "Option", "collect", "document", "file_options", "options_for"]
+
+SHUFFLES = ("none", "feistel", "uniform")
+METRICS = ("full", "batch")
+FIT, SWEEP, BOTH = "fit", "sweep", "both"
+
+
+class Option(NamedTuple):
+    """One keyword option of ``fit``/``sweep``."""
+
+    name: str
+    default: Any
+    type: str  # the accepted values, as the docs show them
+    doc: str
+    scope: str = BOTH  # FIT, SWEEP or BOTH
+    file: bool = False  # a key of a TOML [train] table
+    check: Callable[[str, Any], Any] | None = None  # (name, value) -> normalised value
+    what: str = ""  # the accepted values in words, for a file's message ("use ...")
+    # how the resume fingerprint covers it: "settings", "own" (an entry of its own) or
+    # "" (does not change results)
+    fingerprint: str = "settings"
+    axis: int = 0  # > 0: a list in a TOML [train] table becomes a sweep axis (in this order)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _positive(name: str, v: Any) -> int:
+    return check_positive_int(name, v)
+
+
+def _positive_or_none(name: str, v: Any) -> int | None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                          or v <= 0):
+        raise ValueError(f"{name}={v!r} must be a positive integer or None")
+    return v
+
+
+def _batch_size(name: str, v: Any) -> int | None:
+    if v is None or v == "full":
+        return None
+    return check_positive_int(name, v)
+
+
+def _nonneg(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+        raise ValueError(f"{name}={v!r} must be a non-negative integer")
+    return int(v)
+
+
+def _folds(name: str, v: Any) -> int | None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 2):
+        raise ValueError(f"{name}={v!r} must be an integer >= 2")
+    return v
+
+
+def normalize_shuffle(name: str, shuffle: Any) -> str:
+    """``True`` -> ``"feistel"``, ``False``/``None`` -> ``"none"``, or a name of SHUFFLES."""
+    if shuffle is True:
+        return "feistel"
+    if shuffle is False or shuffle is None:
+        return "none"
+    if isinstance(shuffle, str) and shuffle in SHUFFLES:
+        return shuffle
+    raise ValueError(
+        f"{name}={shuffle!r} must be True (fast pseudo-random permutation), False (in order), "
+        f"or one of {SHUFFLES}"
+    )
+
+
+def _metrics(name: str, v: Any) -> str:
+    if v not in METRICS:
+        raise ValueError(f"{name}={v!r} must be one of {METRICS}")
+    return v
+
+
+def _mapping_or_none(name: str, v: Any) -> Any:
+    if v is not None and not isinstance(v, Mapping):
+        raise TypeError(f"{name}={v!r} must be a dict of name -> number")
+    return v
+
+
+def _callable_or_none(what: str) -> Callable[[str, Any], Any]:
+    def check(name: str, v: Any) -> Any:
+        if v is not None and not callable(v):
+            raise TypeError(f"{name}={v!r} must be {what}")
+        return v
+
+    return check
+
+
+def _stop(name: str, v: Any) -> Any:
+    return None if v is None else stops.check_stop_param(name, name, v)
+
+
+def _builtin_optimizer(name: str, v: Any) -> Any:
+    from .optim import resolve_optimizer
+
+    resolve_optimizer(v)  # raises with "did you mean"
+    return v
+
+
+def _schedule(name: str, v: Any) -> Any:
+    from .optim import check_schedule
+
+    return check_schedule(v)
+
+
+# ----------------------------------------------------------------------------- the table
+
+_TRAIN: tuple[Option, ...] = (
+    Option("grid", None, "dict | None", "``{axis: values}``, Cartesian product.",
+           scope=SWEEP, fingerprint="own"),
+    Option("random", None, "dict | None",
+           "``{\"n\": n, axis: (kind, ...)}``, see :func:`expand_configs`.", scope=SWEEP,
+           fingerprint="own"),
+    Option("configs", None, "list[dict] | None", "explicit list of configuration dicts.",
+           scope=SWEEP, fingerprint="own"),
+    Option("optimizer", "sgd", "str | factory | optax.GradientTransformation",
+           "an optax factory (``optax.adam``) called with ``hparams`` inside the program, a "
+           "built-in name (``\"sgd\"``, ``\"momentum\"``, ``\"nesterov\"``, ``\"rmsprop\"``, "
+           "``\"adagrad\"``, ``\"adam\"``, ``\"adamw\"``, ``\"adamax\"``) or (``fit`` only) a "
+           "ready ``optax.GradientTransformation``.",
+           file=True, check=_builtin_optimizer, what="a built-in optimizer name",
+           fingerprint="own", axis=2),
+    Option("hparams", None, "dict[str, number] | None",
+           "numbers, traced in the program (new values never recompile): the factory's "
+           "keywords (``learning_rate``, ``b1``, ``momentum``, ...), the schedule's "
+           "parameters, ``l1``/``l2`` penalties (``l1*sum|w| + l2/2*sum w^2`` over non-bias "
+           "leaves), ``clip_value``/``clip_norm`` and decoupled ``weight_decay``.",
+           file=True, check=_mapping_or_none, what="a table of numbers", fingerprint="own"),
+    Option("batch_size", None, "int | None",
+           "``None`` (or ``\"full\"``: full batch), 1 (SGD) or B (mini-batch).",
+           file=True, check=_batch_size, what='a positive integer or "full" (full batch)',
+           fingerprint="own", axis=1),
+    Option("epochs", 100, "int", "maximum number of passes over the data.",
+           file=True, check=_positive, what="a positive integer", fingerprint="own"),
+    Option("shuffle", True, "bool | str",
+           "``True`` visits samples in a fresh pseudo-random order every epoch (a keyed "
+           "Feistel bijection, cheap and shared by every configuration of a seed; not "
+           "uniform over all N! orders; also ``\"feistel\"``), ``\"uniform\"`` uses "
+           "``jax.random.permutation``, ``False`` (or ``\"none\"``) visits samples in order "
+           "(the textbook SGD loop).",
+           file=True, check=normalize_shuffle,
+           what='true, false, "feistel", "uniform" or "none"', fingerprint="own"),
+    Option("drop_last", False, "bool", "drop the last, smaller batch of each epoch.",
+           file=True, check=check_bool, what="true or false", fingerprint="own"),
+    Option("key", None, "int | jax.random.key | None",
+           "int seed or ``jax.random.key``: the data order of every epoch (and, with "
+           "``init``, the initial parameters).", scope=FIT),
+    Option("seed", 0, "int",
+           "the base training seed (a ``seed`` axis overrides it); seed s reproduces "
+           "``fit(..., key=s)``.", scope=SWEEP, file=True, check=_nonneg,
+           what="an integer >= 0", fingerprint="own", axis=5),
+    Option("schedule", "constant", "str",
+           "learning-rate schedule: ``\"constant\"``, ``\"exponential\"``, ``\"step\"``, "
+           "``\"inverse_time\"``, ``\"cosine\"`` (parameters in ``hparams``; "
+           "``warmup_steps`` adds a linear warm-up to any of them).",
+           file=True, check=_schedule, what="a schedule name", fingerprint="own", axis=3),
+    Option("accumulate", 1, "int",
+           "average the gradients of this many consecutive batches of ``batch_size`` per "
+           "update (equal to one batch ``accumulate`` times larger).",
+           file=True, check=_positive, what="a positive integer", fingerprint="own", axis=4),
+    Option("val_data", None, "pytree | None",
+           "optional validation pytree; its loss is recorded and monitored.",
+           fingerprint="own"),
+    Option("folds", None, "int | None",
+           "k-fold cross-validation: each configuration runs on every fold, validation loss "
+           "recorded on the held-out part (``kfold_indices(N, k, seed=fold_seed)``). With "
+           "``standardize``, each fold is scaled with its own training part's statistics.",
+           scope=SWEEP, file=True, check=_folds, what="an integer >= 2", fingerprint="own"),
+    Option("fold_seed", 0, "int", "the seed of the folds' random split.", scope=SWEEP,
+           file=True, check=_nonneg, what="an integer >= 0", fingerprint="own"),
+    *(Option(p.name, None if p.name != "min_delta" else 0.0,
+             "int | None" if p.integer else "float | None", p.doc, file=True, check=_stop,
+             what=p.what)
+      for p in stops.STOP_PARAMS.values()),
+    Option("restore_best", False, "bool",
+           "return the parameters of the best monitored evaluation (also when the run "
+           "diverged later).", file=True, check=check_bool, what="true or false"),
+    Option("metrics", "full", "str",
+           "``\"full\"`` evaluates loss and gradient norm on the whole training set at every "
+           "evaluation; ``\"batch\"`` records the means over the epoch's batches (cheaper).",
+           file=True, check=_metrics, what='"full" or "batch"'),
+    Option("record_steps", False, "bool",
+           "also record every step's batch loss in ``history[\"step_loss\"]``.",
+           file=True, check=check_bool, what="true or false"),
+    Option("record_params", False, "bool",
+           "also record the parameters at every evaluation, one history entry per leaf "
+           "named by its path (``history[\"params['w']\"]``, shape [row, *leaf]); "
+           ":meth:`FitResult.param_history` gives them back as one pytree.",
+           file=True, check=check_bool, what="true or false"),
+    Option("eval_every", 1, "int",
+           "evaluate (record a history row, check the stop conditions) every this many "
+           "epochs; ``patience`` then counts evaluations. Long full-batch runs (100 000 "
+           "iterations of the textbook loop) are several times faster with e.g. 1000, since "
+           "the per-epoch bookkeeping then costs nothing. A non-finite step still stops a "
+           "configuration at once. ``history[\"epoch\"]`` gives each row's (0-based) epoch.",
+           file=True, check=_positive, what="a positive integer (epochs between history rows)"),
+    Option("standardize", None, "bool | int | tuple[int, ...] | None",
+           "scale data leaves to mean 0 and standard deviation 1 with statistics of the "
+           "*training* data only, inside the program (validation data and, in a k-fold "
+           "sweep, each fold's held-out part use the training part's statistics). ``True`` = "
+           "the first leaf (``x`` of ``(x, y)``), or leaf indices in "
+           "``jax.tree.leaves(data)`` order. The parameters then live in the standardised "
+           "feature space."),
+    Option("penalty_mask", None, "Callable | None",
+           "``mask(params) -> pytree of bool``: leaves penalised by ``l1``/``l2`` and "
+           "decoupled weight decay (default: all but leaves named ``b``/``bias``).",
+           check=_callable_or_none("a function params -> bool pytree")),
+    Option("init", None, "Callable | None",
+           "``init(key) -> params`` draws each seed's initial parameters (``params`` may "
+           "then be ``None``).", scope=SWEEP,
+           check=_callable_or_none("a function key -> params")),
+    Option("chunk_size", None, "int | None",
+           "most configurations per program call (default: as many as ``memory_budget`` "
+           "allows, at most 4096).", scope=SWEEP, file=True, check=_positive_or_none,
+           what="a positive integer", fingerprint=""),
+    Option("memory_budget", None, "int | None",
+           "bytes the per-configuration state of one call may take (default 2 GiB).",
+           scope=SWEEP, file=True, check=_positive_or_none,
+           what="a positive integer (bytes)", fingerprint=""),
+    Option("only", None, "Iterable[int] | None",
+           "indices of the configurations to run (to spread a sweep over launchers; combine "
+           "the parts with :meth:`SweepResult.concat`).", scope=SWEEP, fingerprint="own"),
+    Option("out", None, "str | PathLike | None",
+           "folder to save the result in; finished chunks are kept there, so the same call "
+           "after an interruption resumes instead of recomputing.", scope=SWEEP,
+           fingerprint=""),
+    Option("mesh", None, "jax.sharding.Mesh | None",
+           "a ``jax.sharding.Mesh`` with an axis named ``\"config\"``; by default all "
+           "devices of all processes when there are several.", scope=SWEEP, fingerprint=""),
+    Option("progress", False, "bool",
+           "show a progress bar over epochs (a host callback per evaluation; a sweep also "
+           "shows one over chunks).", check=check_bool, fingerprint=""),
+)
+
+OPTIONS: dict[str, Option] = {o.name: o for o in _TRAIN}
+
+
+def options_for(scope: str) -> tuple[Option, ...]:
+    """The options of ``fit`` (``"fit"``) or ``sweep`` (``"sweep"``), in table order."""
+    return tuple(o for o in _TRAIN if o.scope in (scope, BOTH))
+
+
+def file_options() -> tuple[Option, ...]:
+    """The options a TOML ``[train]`` table accepts."""
+    return tuple(o for o in _TRAIN if o.file)
+
+
+def file_axes() -> tuple[str, ...]:
+    """``[train]`` keys whose list value becomes a sweep axis, outermost first."""
+    return tuple(o.name for o in sorted((o for o in _TRAIN if o.axis), key=lambda o: o.axis))
+
+
+def fingerprint_settings() -> tuple[str, ...]:
+    """The sweep options that the resume fingerprint holds under ``settings``."""
+    return tuple(o.name for o in options_for(SWEEP) if o.fingerprint == "settings")
+
+
+def check(name: str, value: Any) -> Any:
+    """``value`` checked (and normalised) by option ``name``'s check."""
+    o = OPTIONS[name]
+    return value if o.check is None else o.check(name, value)
+
+
+def collect(scope: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of ``scope`` picked from ``namespace`` (a call's ``locals()``), checked.
+
+    Values are returned as given (the checks only raise); :func:`check` normalises.
+    """
+    out = {}
+    for o in options_for(scope):
+        value = namespace[o.name]
+        if o.check is not None:
+            o.check(o.name, value)
+        out[o.name] = value
+    return out
+
+
+def document(scope: str, skip: Iterable[str] = ()) -> str:
+    """The ``Args`` entries of the options of ``scope``, indented for a docstring."""
+    import textwrap
+
+    skip = set(skip)
+    lines = []
+    for o in options_for(scope):
+        if o.name in skip:
+            continue
+        lines += textwrap.wrap(f"{o.name}: {o.doc}", 86, initial_indent="      ",
+                               subsequent_indent="        ")
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""The package's shape, read from its source with ``ast``: small functions, no import
+circle between modules, no private name used across modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "jaxgd"
+MODULES = {p.stem: ast.parse(p.read_text(), str(p)) for p in sorted(PKG.glob("*.py"))}
+MAX_LINES = 100
+
+
+def body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body, its docstring excluded."""
+    body = fn.body
+    if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        body = body[1:]
+    if not body:
+        return 0
+    return body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_no_function_over_100_lines():
+    long = [f"{mod}.{fn.name}: {body_lines(fn)} lines"
+            for mod, tree in MODULES.items() for fn in ast.walk(tree)
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            and body_lines(fn) > MAX_LINES]
+    assert long == []
+
+
+def test_body_lines_counts_without_the_docstring():
+    fn = ast.parse('def f():\n    """doc\n    more"""\n    a = 1\n\n    return a\n').body[0]
+    assert body_lines(fn) == 3
+
+
+def imports(tree: ast.Module, mod: str, known=MODULES) -> list[tuple[str, list[str]]]:
+    """(imported jaxgd module, names taken from it) for every import, at any depth."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:  # from .x import a, b
+                out.append((node.module.split(".")[0], [a.name for a in node.names]))
+            elif node.level == 1:  # from . import x
+                out += [(a.name, []) for a in node.names]
+            elif node.module and node.module.startswith("jaxgd."):
+                out.append((node.module.split(".")[1], [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name.split(".")[1], []) for a in node.names
+                    if a.name.startswith("jaxgd.")]
+    return [(m, names) for m, names in out if m in known and m != mod]
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of a module graph (depth-first search for back edges)."""
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(path[path.index(d):] + [d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    return cycles
+
+
+def module_graph(modules) -> dict[str, set[str]]:
+    return {mod: {m for m, _ in imports(tree, mod, modules) if m != "__init__"}
+            for mod, tree in modules.items() if mod != "__init__"}
+
+
+def test_no_import_circle():
+    assert find_cycles(module_graph(MODULES)) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    """Function-level (lazy) imports count: they are circles all the same."""
+    a = ast.parse("from .b import x\n")
+    b = ast.parse("def f():\n    from .c import y\n")
+    c = ast.parse("from . import a\n")
+    graph = module_graph({"a": a, "b": b, "c": c})
+    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+
+
+def private_uses(tree: ast.Module, mod: str) -> list[str]:
+    """Private names (``_x``) taken from other jaxgd modules: imported, or read as
+    ``module._x`` from an imported module."""
+    found = []
+    aliases = {}
+    for m, names in imports(tree, mod):
+        found += [f"{m}.{n}" for n in names if n.startswith("_") and not n.startswith("__")]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and not node.module:
+            aliases.update({(a.asname or a.name): a.name for a in node.names})
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            found.append(f"{aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("mod", sorted(MODULES))
+def test_no_private_name_crosses_modules(mod):
+    assert private_uses(MODULES[mod], mod) == []
+
+
+def test_the_private_check_finds_one():
+    tree = ast.parse("from .optim import _factory_params\nfrom . import train\n"
+                     "def f():\n    return train._take\n")
+    assert private_uses(tree, "sweep") == ["optim._factory_params", "train._take"]
