@@ -71,6 +71,7 @@ def test_flops_follow_from_the_timings(tiny_run):
     for v in peaks.values():
         assert v["GFLOP/s"] == pytest.approx(2 * v["n"] ** 3 / v["run_s"] / 1e9)
         assert v["run_s"] == pytest.approx(statistics.median(v["times_s"]))
+        assert v["GFLOP/s"] == max(v["before_GFLOP_s"], v["after_GFLOP_s"])
     checked = 0
     for r in res["rows"]:
         if r["flops"] == 0:
