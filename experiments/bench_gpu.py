@@ -250,7 +250,6 @@ class GpuBench:
         self.log = CompileLog()
         self.rows: list[dict[str, Any]] = []
         self.data: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.on_cpu = info["platform"] == "cpu"
 
     # -- data, loaded once per d
     def xy(self, d: int):
@@ -280,7 +279,8 @@ class GpuBench:
             first, times, rec, rss = time_calls(fn, self.reps, self.budget,
                                                 self.log if log else None)
         except Exception as e:  # keep going: a lent device is not to be wasted
-            base["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            first_line = (str(e).splitlines() or [""])[0][:200]
+            base["status"] = f"error: {type(e).__name__}: {first_line}"
             base["traceback"] = traceback.format_exc()[-2000:]
             return self._append(base)
         med = float(statistics.median(times))

@@ -116,3 +116,25 @@ def test_budget_skips_rows_and_bad_arguments(tmp_path, capsys):
                 ["--tiny", "--medium"]):
         assert bench_gpu.main(["--out", str(tmp_path), *bad]) == 2, bad
         assert "error:" in capsys.readouterr().err
+
+
+def test_a_failing_row_is_recorded_and_the_exit_code_is_1(tmp_path, monkeypatch, capsys):
+    from experiments import bench_gpu
+
+    peaks = {"fp32": {"GFLOP/s": 1.0}}
+    bn = bench_gpu.GpuBench(bench_gpu.TINY, 1, bench_gpu.Budget(100.0), tmp_path,
+                            {"platform": "cpu", "device_kind": "cpu"}, peaks)
+    monkeypatch.setattr(bench_gpu, "write_outputs", lambda out, res: [])
+
+    def boom(r):
+        raise MemoryError("out of memory while allocating")
+
+    row = bn.row("B", "jaxgd sweep (defaults)", 8, 8, boom)
+    assert row["status"] == "error: MemoryError: out of memory while allocating"
+    assert "MemoryError" in row["traceback"] and bn.rows == [row]
+    ok = bn.row("B", "jaxgd sweep (defaults)", 8, 16, lambda r: None)
+    assert ok["status"] == "ok" and ok["reps"] == 1  # the next row still runs
+
+    monkeypatch.setattr(bench_gpu, "run", lambda *a, **k: {"rows": [row, ok]})
+    assert bench_gpu.main(["--tiny", "--out", str(tmp_path)]) == 1
+    assert "MemoryError" in capsys.readouterr().err
