@@ -37,6 +37,7 @@ def tiny_run(tmp_path_factory):
     return out, json.loads((out / "gpu_bench.json").read_text()), p.stdout
 
 
+@pytest.mark.slow  # a fresh process compiling six programs: ~30-50 s on 2 cores
 def test_every_row_in_the_table(tiny_run):
     out, res, stdout = tiny_run
     md = (out / "gpu_bench.md").read_text()
@@ -65,6 +66,7 @@ def test_every_row_in_the_table(tiny_run):
             assert r["recompiles"] == 0
 
 
+@pytest.mark.slow
 def test_flops_follow_from_the_timings(tiny_run):
     _, res, _ = tiny_run
     peaks = res["peaks"]
