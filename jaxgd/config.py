@@ -822,7 +822,9 @@ def build(cfg: Config) -> Experiment:
         params = None
         kw["init"] = model.init
     else:
-        params = model.init(jax.random.key(init_seed))
+        from .train import seed_key
+
+        params = model.init(seed_key(init_seed, "init_seed"))
     info = {"dataset": name, "task": task, "n": len(train_data[0]), "features": d,
             "model": mname, "loss": loss_name, "val": 0 if va is None else len(va)}
     return Experiment(cfg, loss, params, train_data, kw, model, info)
