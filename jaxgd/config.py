@@ -710,7 +710,6 @@ def build(cfg: Config) -> Experiment:
     is no hold-out: with ``folds``, the scaling sees every fold); ``val_fraction`` holds
     out a validation part passed as ``val_data``.
     """
-    import jax
 
     from . import data as D
     from . import losses, models
