@@ -157,7 +157,7 @@ def read_sealed_json(path: Path) -> dict[str, Any]:
     raw = read_bytes(path, _MAX_META)
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise IntegrityError(f"{path} is damaged (not JSON: {e})") from None
     if not isinstance(doc, dict) or doc.get("checksum") != _json_checksum(doc):
         raise IntegrityError(f"{path} is damaged (its checksum does not match its content)")
@@ -202,7 +202,7 @@ def read_npz(path: Path, fingerprint: str | None = None
         raise IntegrityError(f"{path} is not a jaxgd file (no valid {META} entry)")
     try:
         meta = json.loads(m.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         meta = None
     if not isinstance(meta, dict) or not isinstance(meta.get("checksum"), str):
         raise IntegrityError(f"{path} is damaged (its {META} entry is not valid)")
@@ -352,6 +352,10 @@ def check_folder(path: Path, arg: str, marker: tuple[str, ...]) -> None:
         return
     if not path.is_dir():
         raise ValueError(f"{arg}={str(path)!r} exists and is not a folder")
+    for name in ("chunks", ".lock", "sweep.json", *FINAL_FILES):
+        if _is_link(path / name):
+            raise ValueError(f"{arg}={str(path)!r}: {path / name} is a symbolic link: refused "
+                             "(jaxgd never follows links inside a run folder)")
     try:
         names = sorted(os.listdir(path))
     except OSError as e:

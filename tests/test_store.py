@@ -74,7 +74,7 @@ def test_jaxgd_source_never_unpickles():
 def test_every_npz_loads_without_pickle_and_holds_its_fingerprint(saved):
     sw, out = saved
     files = [out / "history.npz", out / "params.npz", *sorted((out / "chunks").glob("*.npz"))]
-    assert len(files) == 2 + 6  # 3 chunks per seed pair: chunk_size 2 over 2 seeds
+    assert len(files) == 2 + 3  # chunk_size 2 over 2 seeds: 3 chunks of 2 x 1
     for f in files:
         with np.load(f, allow_pickle=False) as z:  # raises on any object array
             arrays = {k: z[k] for k in z.files}
@@ -142,7 +142,7 @@ def test_a_pickle_payload_never_runs(saved, tmp_path, target):
 @pytest.mark.parametrize("content", [
     "[1, 2, 3]", '{"format": 2}', "not json", '{"a": ' * 100000, "",
     json.dumps({"format": 2, "fingerprint": 1, "files": "x", "configs": "y"}),
-])
+], ids=["list", "partial", "text", "deep", "empty", "types"])
 def test_odd_result_json_is_a_clear_error(saved, tmp_path, content):
     _, out = saved
     run_dir = copy(out, tmp_path / "odd")
@@ -229,8 +229,8 @@ def test_load_rebuilds_any_pytree_with_like(tmp_path, make):
             nodes += n
         else:
             assert isinstance(n, np.ndarray)
-    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(sw.params), strict=True):
-        np.testing.assert_array_equal(a, b)
+    got_bytes = sorted(a.tobytes() for a in jax.tree.leaves(plain))  # dict order may differ
+    assert got_bytes == sorted(np.asarray(b).tobytes() for b in jax.tree.leaves(sw.params))
 
 
 def test_default_load_gives_nested_dicts_and_lists(tmp_path):
@@ -376,7 +376,7 @@ def test_save_then_load_round_trip_outside_a_sweep(saved, tmp_path):
     sub.save(tmp_path / "s")
     got = jaxgd.load(tmp_path / "s")
     assert got.fingerprint.startswith("content-")
-    pd.testing.assert_frame_equal(got.table, sw.table)
+    pd.testing.assert_frame_equal(got.table, sw.table, check_dtype=False)
     sub.save(tmp_path / "s")  # a folder jaxgd wrote: overwritten
     with pytest.raises(ValueError, match="run folder of another sweep"):
         sub.save(saved[1])  # a sweep's folder holds another fingerprint
@@ -545,7 +545,7 @@ def test_disk_full_names_the_path_and_keeps_finished_chunks(tmpfs, tmp_path, cap
         run(out)
     assert e.value.errno == errno.ENOSPC
     kept = sorted((out / "chunks").glob("*.npz"))
-    assert 1 <= len(kept) < 6
+    assert 1 <= len(kept) < 3
     for f in kept:  # what was written is whole and valid
         store_mod.read_npz(f, ref.fingerprint)
     assert not [p for p in out.rglob("*.tmp")]
@@ -573,8 +573,10 @@ def test_read_only_folder_names_the_path(tmpfs, saved, tmp_path, capsys):
     assert str(ro / "figs") in (line := one_line(capsys)) and "Read-only" in line
     assert main(["plot", str(ro / "run")]) == 2
     assert str(ro / "run") in (line := one_line(capsys)) and "Read-only" in line
-    with pytest.raises(OSError, match=rf"{ro / 'new'}.*Read-only file system"):
+    with pytest.raises(ValueError, match=rf"{ro / 'new'}.*cannot be created: Read-only"):
         run(ro / "new")
+    with pytest.raises(OSError, match=rf"cannot lock {ro / 'run'}.*Read-only file system"):
+        jaxgd.load(ro / "run").save(ro / "run")  # an existing folder, read-only
     assert main(["show", str(ro / "run")]) == 0  # reading needs no writes
     capsys.readouterr()
     assert len(jaxgd.load(ro / "run")) == 6
@@ -606,12 +608,12 @@ def test_os_errors_simulated(saved, tmp_path, monkeypatch, capsys):
     got = run(out)
     pd.testing.assert_frame_equal(got.table, sw.table)
 
-    import matplotlib.figure
+    def denied(src, dst, *a, **k):
+        if str(dst).endswith(".png"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(src, dst, *a, **k)
 
-    def denied(self, fname, *a, **k):
-        raise PermissionError(errno.EACCES, "Permission denied", str(fname))
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", denied)
+    monkeypatch.setattr(os, "replace", denied)
     assert main(["plot", str(out), "--out", str(tmp_path / "figs")]) == 2
     line = one_line(capsys)
     assert str(tmp_path / "figs") in line and "Permission denied" in line
