@@ -231,12 +231,16 @@ def sweep(
         loss recorded on the held-out part (``kfold_indices(N, k, seed=fold_seed)``).
         With ``standardize``, each fold is scaled with its own training part's statistics.
       chunk_size: most configurations per program call (default: as many as
-        ``memory_budget`` allows, at most 4096).
+        ``memory_budget`` allows, at most 4096). Results depend on it (and on the device
+        count) only in the last bits: another vmap width may order a reduction
+        differently (a few float32 ulps; the same chunk size gives identical bits).
       memory_budget: bytes the per-configuration state of one call may take (default 2 GiB).
       only: indices of the configurations to run (to spread a sweep over launchers;
         combine the parts with :meth:`SweepResult.concat`).
-      out: folder to save the result in; finished chunks are kept there, so the same
-        call after an interruption resumes instead of recomputing.
+      out: folder to save the result in (new, empty, or written by this sweep);
+        finished chunks are kept there, so the same call after an interruption resumes
+        instead of recomputing. Files are checked against the sweep's fingerprint and
+        their checksums (see :mod:`jaxgd.store`); the folder is locked while in use.
       mesh: a ``jax.sharding.Mesh`` with an axis named ``"config"``; by default all
         devices of all processes when there are several.
       progress: show progress bars over chunks and over the epochs of the running chunk.
