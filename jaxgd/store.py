@@ -159,6 +159,9 @@ def read_sealed_json(path: Path) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise IntegrityError(f"{path} is damaged (not JSON: {e})") from None
+    if isinstance(doc, dict) and "checksum" not in doc and doc.get("format") == 1:
+        raise IntegrityError(f"{path} is from an older jaxgd (format 1, which stored pickles); "
+                             f"this one reads format {FORMAT_VERSION}: run the sweep again")
     if not isinstance(doc, dict) or doc.get("checksum") != _json_checksum(doc):
         raise IntegrityError(f"{path} is damaged (its checksum does not match its content)")
     return doc
@@ -419,8 +422,8 @@ class RunStore:
             try:
                 old = read_sealed_json(manifest)
             except IntegrityError as e:
-                raise ValueError(f"out={str(self.path)!r} has a damaged sweep.json ({e}); "
-                                 "delete the folder or choose another") from None
+                raise ValueError(f"out={str(self.path)!r}: {e}; delete the folder or choose "
+                                 "another") from None
             if old.get("fingerprint") != self.fingerprint:
                 raise ValueError(
                     f"out={str(self.path)!r} holds the results of a different sweep "

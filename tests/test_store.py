@@ -363,7 +363,7 @@ def test_a_damaged_sweep_json_is_reported_as_damaged(saved, tmp_path):
     run_dir = copy(out, tmp_path / "r")
     raw = (run_dir / "sweep.json").read_bytes()
     (run_dir / "sweep.json").write_bytes(raw[: len(raw) // 2])  # truncated
-    with pytest.raises(ValueError, match=r"has a damaged sweep\.json") as e:
+    with pytest.raises(ValueError, match=r"sweep\.json is damaged \(not JSON") as e:
         run(run_dir)
     assert "different sweep" not in str(e.value) and "None" not in str(e.value)
     assert not (run_dir / ".lock").exists()
@@ -652,3 +652,14 @@ def test_checksum_covers_dtype_and_shape():
     assert store_mod.checksum(a) != store_mod.checksum({"x": np.zeros((2, 2), np.float32)})
     assert store_mod.checksum(a) != store_mod.checksum({"y": np.zeros(4, np.float32)})
     assert store_mod.checksum(a) == store_mod.checksum({"x": np.zeros(4, np.float32)})
+
+
+def test_a_format_1_folder_is_named_as_such(saved, tmp_path):
+    _, out = saved
+    run_dir = copy(out, tmp_path / "old")
+    (run_dir / "result.json").write_text('{"format": 1, "folds": null, "configs": [], "n": 0}')
+    (run_dir / "sweep.json").write_text('{"format": 1, "fingerprint": "abc"}')
+    with pytest.raises(ValueError, match=r"result\.json is from an older jaxgd \(format 1"):
+        jaxgd.load(run_dir)
+    with pytest.raises(ValueError, match=r"sweep\.json is from an older jaxgd \(format 1"):
+        run(run_dir)
