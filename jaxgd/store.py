@@ -636,6 +636,14 @@ def load_result(path: Any, like: Any = None) -> dict[str, Any]:
             raise IntegrityError(f"{p / 'table.csv'} is damaged ({e})") from None
     except IntegrityError as e:
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
+    need = ("config", "init_loss", "final_loss", "best_loss", "best_epoch", "epochs_run",
+            "steps_run", "stop_reason", "diverged")
+    lacking = [c for c in need if c not in table.columns] + (
+        [] if "loss" in history else ["history 'loss'"])
+    folds = meta.get("folds")
+    if lacking or not (folds is None or (isinstance(folds, int) and folds >= 2)):
+        raise ValueError(f"path={str(path)!r} is damaged: {p / 'table.csv'} lacks {lacking}"
+                         if lacking else f"path={str(path)!r} is damaged: folds={folds!r}")
     params = params_from_arrays(parrays, pmeta.get("tree"), p / "params.npz", like=like)
     leaves = [v for k, v in parrays.items() if k.startswith(PARAMS_PREFIX)]
     if (len(table) != meta.get("n") or len(configs) != len(table)

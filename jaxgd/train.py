@@ -576,8 +576,6 @@ def seed_key(seed: int, name: str = "seed") -> jax.Array:
     if impl_shape != (2,):
         raise ValueError(f"{name}={seed!r}: seeds >= 2**32 need the default threefry PRNG "
                          f"(this one has key data of shape {impl_shape})")
-    import numpy as np
-
     words = np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
     return jax.random.wrap_key_data(jnp.asarray(words))
 

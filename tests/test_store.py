@@ -622,8 +622,17 @@ def test_os_errors_simulated(saved, tmp_path, monkeypatch, capsys):
     kept = list((out / "chunks").glob("*.npz"))
     assert len(kept) == 1 and store_mod.read_npz(kept[0], sw.fingerprint)
     assert not list(out.rglob("*.tmp"))
-    got = run(out)
+    # the run resumes elsewhere (a copy of the folder on another disk): 2 chunks computed
+    moved = copy(out, tmp_path / "moved")
+    sweep_mod = sys.modules["jaxgd.sweep"]
+    computed = []
+    real_chunk = sweep_mod._run_chunk
+    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a: computed.append(1) or
+                        real_chunk(*a))
+    got = run(moved)
+    assert len(computed) == 2
     pd.testing.assert_frame_equal(got.table, sw.table)
+    monkeypatch.undo()
 
     def denied(src, dst, *a, **k):
         if str(dst).endswith(".png"):
@@ -631,7 +640,7 @@ def test_os_errors_simulated(saved, tmp_path, monkeypatch, capsys):
         return real(src, dst, *a, **k)
 
     monkeypatch.setattr(os, "replace", denied)
-    assert main(["plot", str(out), "--out", str(tmp_path / "figs")]) == 2
+    assert main(["plot", str(moved), "--out", str(tmp_path / "figs")]) == 2
     line = one_line(capsys)
     assert str(tmp_path / "figs") in line and "Permission denied" in line
 
@@ -663,3 +672,20 @@ def test_a_format_1_folder_is_named_as_such(saved, tmp_path):
         jaxgd.load(run_dir)
     with pytest.raises(ValueError, match=r"sweep\.json is from an older jaxgd \(format 1"):
         run(run_dir)
+
+
+def test_a_forged_but_consistent_folder_is_still_checked(saved, tmp_path):
+    """Checksums guard against damage, not forgery: a forger can recompute them. What
+    jaxgd reads is still validated, so the worst outcome is a clear error."""
+    _, out = saved
+    run_dir = copy(out, tmp_path / "f")
+    table = pd.read_csv(run_dir / "table.csv").drop(columns=["stop_reason"])
+    raw = table.to_csv(index=False).encode()
+    (run_dir / "table.csv").write_bytes(raw)
+    doc = json.loads((run_dir / "result.json").read_text())
+    doc["files"]["table.csv"] = hashlib.sha256(raw).hexdigest()
+    doc["folds"] = "os.system"
+    doc.pop("checksum")
+    (run_dir / "result.json").write_bytes(store_mod._sealed_json(doc))
+    with pytest.raises(ValueError, match=r"damaged: .*table\.csv lacks \['stop_reason'\]"):
+        jaxgd.load(run_dir)
