@@ -763,6 +763,57 @@ def problem_b(bn: Bench, data):
     return run
 
 
+def problem_b_store(bn: Bench, data, b_run: float) -> None:
+    """B with ``out=`` (a new folder each call): the time spent in checksums and the
+    fingerprint (the program digest included) as a share of the whole call."""
+    import sys
+    import tempfile
+
+    import jaxgd
+    from jaxgd import store
+
+    sweep_mod = sys.modules["jaxgd.sweep"]
+    s = bn.s
+    k = s.k_lr
+    x, y = data
+    p0 = params0("linreg", x.shape[1], s.e_hidden)
+    spent = [0.0]
+
+    def clocked(fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return wrapper
+
+    real = (store.checksum, sweep_mod._fingerprint, sweep_mod._program_digest)
+    store.checksum, sweep_mod._fingerprint, sweep_mod._program_digest = map(clocked, real)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            def call(r):
+                jaxgd.sweep(MODELS["linreg"][0], p0, (x, y), optimizer="adam",
+                            grid={"learning_rate": lr_grid(k, jitter=r)}, metrics="batch",
+                            epochs=s.epochs, batch_size=s.batch, seed=0, out=f"{tmp}/r{r}")
+
+            first, ts, rec, mem = timed(call, bn.reps, bn.log)
+            spent[0] = 0.0
+            call(bn.reps + 1)
+            share = spent[0]
+    finally:
+        store.checksum, sweep_mod._fingerprint, sweep_mod._program_digest = real
+    run = _median(ts)
+    bn.recompiles += rec
+    flops = linear_flops(s.n, s.d, s.batch, s.epochs, k)
+    bn.add("B out=", "jaxgd (out=)", k, f"{k}/{k}", first - run, run, flops, mem,
+           f"checksums + fingerprint {1e3 * share:.1f} ms; B without out= "
+           f"{1e3 * b_run:.1f} ms")
+    bn.target("B out=: checksums + fingerprint share of the call (%)", 100 * share / run,
+              "<=", 5, f"whole out= overhead vs B: {100 * (run / b_run - 1):+.1f}% "
+              "(includes writing the files)")
+
+
 def handwritten_floor(bn: Bench, data, k: int) -> float:
     """B written by hand as ``jit(vmap(...))``: Adam, the same Feistel shuffle shared by
     all configurations, no bookkeeping (no divergence masks, metrics, history). What
@@ -1118,6 +1169,7 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[s
                 problem_a(bn)
             elif prob == "B":
                 b_run = problem_b(bn, data)
+                problem_b_store(bn, data, b_run)
             elif prob == "C":
                 problem_c(bn, data, b_run)
             elif prob == "D":

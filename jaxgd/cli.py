@@ -7,8 +7,10 @@
     jaxgd demo [--out DIR] [--quick]
     jaxgd bench [--quick] ...
 
-User errors (a bad config, a bad value, a missing folder, a folder locked by another
-run) print one line ``jaxgd: error: ...`` on stderr and exit with status 2.
+User errors (a bad config, a bad value, a bad option, a missing folder, a folder locked
+by another run) and operating-system errors (disk full, read-only folder, no permission:
+the path and the reason) print one line ``jaxgd: error: ...`` on stderr and exit with
+status 2.
 
 JAX is imported lazily: with ``--coordinator`` the command calls
 ``jax.distributed.initialize`` before any JAX operation.
@@ -33,8 +35,16 @@ class UserError(Exception):
 # ----------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``jaxgd: error: ...``, exit 2), not a
+    usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Gradient-descent sweeps as one compiled JAX program per group.",
         epilog="Run 'jaxgd COMMAND --help' for a command's options. "
@@ -138,12 +148,28 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except BaseException as e:  # noqa: BLE001 - filtered below, bugs are re-raised
+        if isinstance(e, OSError) and e.errno in _OS_ERRNOS:
+            # disk full, read-only, no permission, ...: the path and the reason
+            msg = f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))
+            print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
+            return 2
         if not _is_user_error(e):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
 
+
+def _os_errnos() -> frozenset[int]:
+    import errno
+
+    names = ("ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR",
+             "EEXIST", "ELOOP", "EFBIG", "ENAMETOOLONG", "EMFILE", "ENFILE", "EIO")
+    return frozenset(getattr(errno, n) for n in names if hasattr(errno, n))
+
+
+# operating-system errors reported as one line naming the path (exit 2)
+_OS_ERRNOS = _os_errnos()
 
 # what the running command writes to, for the Ctrl-C message
 _RUN: dict[str, str | None] = {"out": None}

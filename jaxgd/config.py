@@ -596,9 +596,41 @@ class Experiment:
     info: dict[str, Any]
 
     def run(self, **overrides: Any):
+        """Run the sweep. A value that ``jaxgd.sweep`` refuses (checked before anything is
+        compiled) is reported as a :class:`ConfigError` at the line that sets it."""
         from .sweep import sweep
 
-        return sweep(self.loss, self.params, self.data, **{**self.sweep_kwargs, **overrides})
+        try:
+            return sweep(self.loss, self.params, self.data,
+                         **{**self.sweep_kwargs, **overrides})
+        except (ValueError, TypeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            where = _config_key_of(self.config, str(e))
+            if where is None:
+                raise
+            raise ConfigError(self.config.file, where, _line(self.config, where),
+                              str(e)) from e
+
+
+def _config_key_of(cfg: Config, message: str) -> str | None:
+    """The dotted key of the file that sets the value a sweep error message names."""
+    import re
+
+    m = re.search(r"hparams\['(\w+)'\]", message) or re.search(
+        r"(?:^|: )(\w+)=", message) or re.search(r"axis '(\w+)'", message)
+    if m is None or cfg.file in ("<default>", "<string>"):
+        return None
+    name = m.group(1)
+    try:
+        lines = key_lines(Path(cfg.file).read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    for key in (f"sweep.{name}", f"sweep.random.{name}", f"train.hparams.{name}",
+                f"train.{name}", f"data.{name}"):
+        if key in lines:  # the key itself, not its table
+            return key
+    return None
 
 
 def _load_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, str | None, str]:
@@ -647,6 +679,9 @@ def _load_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, str | None, str]:
     except Exception as e:  # noqa: BLE001
         raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
                           f"cannot read {p.name}: {type(e).__name__}: {e}") from None
+    if len(x) == 0:
+        raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
+                          f"{p} has no data rows (only a header, or empty)")
     x = np.asarray(x, np.float32).reshape(len(x), -1) if x.ndim == 1 else x.astype(np.float32)
     y = np.asarray(y)
     if y.dtype.kind in "iub":
@@ -708,7 +743,9 @@ def build(cfg: Config) -> Experiment:
         params = None
         kw["init"] = model.init
     else:
-        params = model.init(jax.random.key(init_seed))
+        from .prepare import seed_key
+
+        params = model.init(seed_key(init_seed, "init_seed"))
     info = {"dataset": name, "task": task, "n": len(train_data[0]),
             "features": int(np.prod(x.shape[1:])), "model": cfg.model["name"],
             "loss": loss_name, "val": 0 if va is None else len(va)}

@@ -71,6 +71,12 @@ def validate_data(data: Any, name: str = "data") -> tuple[Any, int]:
     lengths: dict[str, int] = {}
     for path, leaf in leaves:
         where = f"{name}{jax.tree_util.keystr(path)}"
+        if isinstance(leaf, int | float | bool) and path and isinstance(
+                path[-1], jax.tree_util.SequenceKey):
+            raise TypeError(
+                f"{where} is a Python number: {name} looks like a nested list, which is read "
+                "as a tree of numbers, not as an array; pass arrays, e.g. "
+                "(np.asarray(x), np.asarray(y))")
         try:
             a = np.asarray(leaf)
         except Exception as e:  # ragged lists and the like

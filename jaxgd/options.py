@@ -77,6 +77,21 @@ def _nonneg(name: str, v: Any) -> int:
     return int(v)
 
 
+def _seed(name: str, v: Any) -> int:
+    v = _nonneg(name, v)
+    if v > 2**64 - 1:
+        raise ValueError(f"{name}={v!r}: a seed must be < 2**64 (a key holds 64 bits)")
+    return v
+
+
+def _out(name: str, v: Any) -> Any:
+    import os
+
+    if v is not None and (isinstance(v, bool) or not isinstance(v, str | os.PathLike)):
+        raise TypeError(f"{name}={v!r} must be a folder path (str or pathlib.Path)")
+    return v
+
+
 def _folds(name: str, v: Any) -> int | None:
     if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 2):
         raise ValueError(f"{name}={v!r} must be an integer >= 2")
@@ -179,8 +194,8 @@ _TRAIN: tuple[Option, ...] = (
            "``init``, the initial parameters).", scope=FIT),
     Option("seed", 0, "int",
            "the base training seed (a ``seed`` axis overrides it); seed s reproduces "
-           "``fit(..., key=s)``.", scope=SWEEP, file=True, check=_nonneg,
-           what="an integer >= 0", fingerprint="own", axis=5),
+           "``fit(..., key=s)``.", scope=SWEEP, file=True, check=_seed,
+           what="an integer in 0..2**64 - 1", fingerprint="own", axis=5),
     Option("schedule", "constant", "str",
            "learning-rate schedule: ``\"constant\"``, ``\"exponential\"``, ``\"step\"``, "
            "``\"inverse_time\"``, ``\"cosine\"`` (parameters in ``hparams``; "
@@ -243,7 +258,10 @@ _TRAIN: tuple[Option, ...] = (
            check=_callable_or_none("a function key -> params")),
     Option("chunk_size", None, "int | None",
            "most configurations per program call (default: as many as ``memory_budget`` "
-           "allows, at most 4096).", scope=SWEEP, file=True, check=_positive_or_none,
+           "allows, at most 4096). Results depend on it (and on the device count) only in the "
+           "last bits: another vmap width may order a reduction differently (a few float32 "
+           "ulps; the same chunk size gives identical bits).", scope=SWEEP, file=True,
+           check=_positive_or_none,
            what="a positive integer", fingerprint=""),
     Option("memory_budget", None, "int | None",
            "bytes the per-configuration state of one call may take (default 2 GiB).",
@@ -253,9 +271,11 @@ _TRAIN: tuple[Option, ...] = (
            "indices of the configurations to run (to spread a sweep over launchers; combine "
            "the parts with :meth:`SweepResult.concat`).", scope=SWEEP, fingerprint="own"),
     Option("out", None, "str | PathLike | None",
-           "folder to save the result in; finished chunks are kept there, so the same call "
-           "after an interruption resumes instead of recomputing.", scope=SWEEP,
-           fingerprint=""),
+           "folder to save the result in (new, empty, or written by this sweep); finished "
+           "chunks are kept there, so the same call after an interruption resumes instead "
+           "of recomputing. Files are checked against the sweep's fingerprint and their "
+           "checksums (see :mod:`jaxgd.store`); the folder is locked while in use.",
+           scope=SWEEP, check=_out, fingerprint=""),
     Option("mesh", None, "jax.sharding.Mesh | None",
            "a ``jax.sharding.Mesh`` with an axis named ``\"config\"``; by default all "
            "devices of all processes when there are several.", scope=SWEEP, fingerprint=""),

@@ -25,9 +25,7 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
     if isinstance(key, bool):
         raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key")
     if isinstance(key, (int, np.integer)):
-        if key < 0:
-            raise ValueError(f"{name}={key!r}: a seed must be >= 0")
-        return jax.random.key(int(key))
+        return seed_key(int(key), name)
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"{name} must be a single key, got shape {key.shape}")
@@ -36,6 +34,32 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
     if arr.shape == (2,) and arr.dtype == np.uint32:
         return jax.random.wrap_key_data(jnp.asarray(arr))
     raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key(...)")
+
+
+MAX_SEED = 2**64 - 1
+MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
+
+
+def seed_key(seed: int, name: str = "seed") -> jax.Array:
+    """The PRNG key of an integer seed; distinct seeds give distinct keys.
+
+    Seeds below 2**32 give ``jax.random.key(seed)`` (key data ``[0, seed]``), as always;
+    seeds from 2**32 to 2**64 - 1 give the key data ``[seed >> 32, seed & 0xffffffff]``
+    (what ``jax.random.key`` gives them with 64-bit integers enabled), whose high word is
+    never 0, so they never repeat a smaller seed. Larger seeds are refused.
+    """
+    if seed < 0:
+        raise ValueError(f"{name}={seed!r}: a seed must be >= 0")
+    if seed > MAX_SEED:
+        raise ValueError(f"{name}={seed!r}: a seed must be < 2**64 (a key holds 64 bits)")
+    if seed < 2**32:
+        return jax.random.key(seed)
+    impl_shape = jax.random.key_data(jax.random.key(0)).shape
+    if impl_shape != (2,):
+        raise ValueError(f"{name}={seed!r}: seeds >= 2**32 need the default threefry PRNG "
+                         f"(this one has key data of shape {impl_shape})")
+    words = np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
+    return jax.random.wrap_key_data(jnp.asarray(words))
 
 
 def check_params(params: Any, name: str = "params") -> Any:
@@ -65,12 +89,24 @@ def check_loss(loss: Any, params: Any, batch: Any, name: str = "loss") -> bool:
     """Trace ``loss`` abstractly once; return whether it returns ``(value, aux)``."""
     if not callable(loss):
         raise TypeError(f"{name}={loss!r} must be a function loss(params, batch) -> scalar")
+    raw: list[Any] = []
+
+    def call(p, b):
+        out = loss(p, b)
+        value = out[0] if isinstance(out, tuple) and len(out) == 2 else out
+        raw.append(type(value))  # the type only: no tracer leaves this function
+        return out
+
     try:
-        out = jax.eval_shape(loss, params, batch)
+        out = jax.eval_shape(call, params, batch)
     except Exception as e:  # noqa: BLE001
         raise TypeError(
             f"{name} could not be evaluated as loss(params, batch): {type(e).__name__}: {e}"
         ) from e
+    if raw and issubclass(raw[0], int | float | np.number) and not issubclass(raw[0], bool):
+        raise TypeError(f"{name} returned a Python/NumPy number ({raw[0].__name__}), not a "
+                        "JAX array: it does not depend on params; compute it with jax.numpy "
+                        "from params and batch")
     has_aux = isinstance(out, tuple) and len(out) == 2
     value = out[0] if has_aux else out
     if not hasattr(value, "shape") or value.shape != ():
@@ -149,6 +185,9 @@ def prepare(
     from .data import validate_data
 
     o = {name: options.check(name, opts[name]) for name in _PROGRAM_OPTIONS}
+    if o["epochs"] > MAX_COUNT:
+        raise ValueError(f"epochs={o['epochs']} is more than the {MAX_COUNT} (2**31 - 1) "
+                         "epochs a program counts (its epoch and step counters are int32)")
     if data_checked:  # validated by the caller (sweep): skip a second pass over the data
         n = jax.tree.leaves(data)[0].shape[0]
     else:
@@ -158,11 +197,23 @@ def prepare(
         val_data, _ = validate_data(val_data, "val_data")
         if jax.tree.structure(val_data) != jax.tree.structure(data):
             raise ValueError("val_data must have the same structure as data")
+        paths = jax.tree_util.tree_flatten_with_path(data)[0]
+        for (path, d), v in zip(paths, jax.tree.leaves(val_data), strict=True):
+            if d.shape[1:] != v.shape[1:]:
+                where = jax.tree_util.keystr(path)
+                raise ValueError(
+                    f"val_data{where} has shape {v.shape} but data{where} has shape "
+                    f"{d.shape}: all but the leading (sample) axis must match")
     if init_fn is not None:
         params = jax.eval_shape(init_fn, jax.random.key(0))
         params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
     params = check_params(params)
     plan = _plan(n if n_train is None else n_train, o)
+    if o["epochs"] * plan.steps_per_epoch > MAX_COUNT:
+        raise ValueError(
+            f"epochs={o['epochs']} x {plan.steps_per_epoch} steps per epoch = "
+            f"{o['epochs'] * plan.steps_per_epoch} steps is more than the {MAX_COUNT} "
+            "(2**31 - 1) a program counts (its step counter is int32)")
     spec_opt = optim.resolve_optimizer(o["optimizer"])
     hp = dict(o["hparams"] or {})
     for name, value in stop_hparams(o).items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -129,12 +128,13 @@ class SweepResult:
       folds: the number of folds of a cross-validation sweep, else None.
     """
 
-    def __init__(self, configs, table, history, params, folds=None):
+    def __init__(self, configs, table, history, params, folds=None, fingerprint=None):
         self.configs = configs
         self.table = table
         self.history = history
         self.params = params
         self.folds = folds
+        self.fingerprint = fingerprint  # of the sweep that computed it (None: unknown)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -289,35 +289,17 @@ class SweepResult:
 
     # -- files
     def save(self, path, _store=None) -> None:
-        """Write ``table.csv``, ``history.npz``, ``params.npz``, ``result.json`` (atomically)."""
-        from pathlib import Path
+        """Write ``table.csv``, ``history.npz``, ``params.npz``, ``result.json`` (atomically,
+        ``result.json`` last). ``path`` must be a new or empty folder, or one jaxgd wrote.
 
-        from .store import RunStore, atomic_savez, atomic_write_bytes, dump_treedef
+        No pickle: parameters are stored as arrays with their tree's key paths in JSON
+        (see :mod:`jaxgd.store`); :func:`jaxgd.load` rebuilds them.
+        """
+        from .store import save_result
 
         if jax.process_index() != 0:
             return
-        path = Path(path)
-        store = _store
-        if store is None:
-            store = RunStore(path, "", True)
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise ValueError(f"path={str(path)!r} cannot be created: {e.strerror}") from e
-            store._lock()
-        try:
-            atomic_write_bytes(path / "table.csv", self.table.to_csv(index=False).encode())
-            atomic_savez(path / "history.npz", self.history)
-            leaves, treedef = jax.tree.flatten(self.params)
-            arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
-            arrays["treedef"] = np.frombuffer(dump_treedef(treedef), np.uint8)
-            atomic_savez(path / "params.npz", arrays)
-            meta = {"format": 1, "folds": self.folds, "configs": self.configs,
-                    "n": len(self.table)}
-            atomic_write_bytes(path / "result.json",
-                               json.dumps(meta, default=_json_default, indent=1).encode())
-        finally:
-            store.close()
+        save_result(self, path, _store)
 
     def plot(self, out=None, show: bool = False) -> list[str]:
         """Draw every figure that fits this sweep; write PNGs to ``out``. Returns paths."""
@@ -353,48 +335,31 @@ def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
     return out
 
 
-def load(path):
+def load(path, like=None):
     """Load a saved :class:`SweepResult` (``sw.save(path)`` or ``sweep(..., out=path)``).
 
-    The parameters' tree structure is stored with pickle: load only run folders you (or
-    someone you trust) wrote, as with any pickle.
+    Every file is checked against the checksums and fingerprint in ``result.json``; a file
+    that does not match is refused with a ValueError naming it. Nothing is unpickled: a
+    crafted folder can at most produce an error.
+
+    Args:
+      path: the run folder.
+      like: optional template for the parameters (one configuration's parameters, e.g.
+        the ``params`` given to ``sweep``): ``params`` then has its pytree type (NamedTuple,
+        dataclass or any registered pytree), each leaf with a leading configuration axis.
+        Its key paths and leaf shapes must match the stored ones. Without it, ``params``
+        is nested dicts (dict keys and attribute names) and lists (sequence indices).
     """
-    from pathlib import Path
+    from .store import load_result
 
-    import pandas as pd
-
-    from .store import load_treedef
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"path={str(path)!r} does not exist")
-    if not p.is_dir():
-        raise ValueError(f"path={str(path)!r} is not a run folder")
-    needed = ["table.csv", "history.npz", "params.npz", "result.json"]
-    missing = [f for f in needed if not (p / f).exists()]
-    if missing:
-        raise ValueError(
-            f"path={str(path)!r} is not a finished run folder: missing {missing}"
-            + (" (an interrupted sweep: run it again with the same out= to resume)"
-               if (p / "sweep.json").exists() else ""))
-    try:
-        meta = json.loads((p / "result.json").read_text())
-        configs = meta["configs"]
-        table = pd.read_csv(p / "table.csv")
-        with np.load(p / "history.npz") as z:
-            history = {k: z[k] for k in z.files}
-        with np.load(p / "params.npz") as z:
-            treedef = load_treedef(z["treedef"].tobytes())
-            leaves = [z[f"leaf_{i}"] for i in range(treedef.num_leaves)]
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"path={str(path)!r} is damaged: {type(e).__name__}: {e}") from e
-    if (len(table) != meta.get("n") or len(configs) != len(table)
-            or any(len(v) != len(table) for v in [*history.values(), *leaves])):
-        raise ValueError(f"path={str(path)!r} is damaged: table and history lengths differ")
+    if path is None:
+        raise TypeError("path=None: give the run folder to load (str or pathlib.Path)")
+    r = load_result(path, like=like)
+    table, configs = r["table"], r["configs"]
     # CSV loses the types of mixed columns (batch_size 5 / "full"): take them from configs
     for a, col in _axis_columns(configs).items():
         if a in table:
             table[a] = pd.Series(col, index=table.index, dtype=object if any(
                 isinstance(v, str) for v in col) else None)
-    params = jax.tree.unflatten(treedef, leaves)
-    return SweepResult(configs, table, history, params, meta.get("folds"))
+    return SweepResult(configs, table, r["history"], r["params"], r["folds"],
+                       fingerprint=r["fingerprint"])

@@ -1,34 +1,57 @@
-"""A sweep's output folder: atomic files, a lock, and finished chunks kept for resuming.
+"""The run folder: its layout, its file formats, its lock. The one module that reads and
+writes them (``sweep(out=...)``, :meth:`SweepResult.save`, :func:`jaxgd.load`).
 
-Layout of ``out/``::
+Layout of a run folder::
 
-    sweep.json        what the folder holds (fingerprint of the sweep), written first
-    chunks/*.npz      one file per finished chunk (kept: a re-run loads instead of recomputing)
-    table.csv         the results table           } written at the end, each atomically
-    history.npz       [config, epoch] arrays      }
-    params.npz        stacked parameters          }
-    .lock             the pid of the process writing the folder
+    sweep.json        {"format", "fingerprint", "checksum"}: which sweep the folder holds,
+                      written first by sweep(out=...)
+    .lock             locked with flock(2) by the process writing the folder (holds its
+                      pid for messages only); the OS drops the lock when that process ends
+    chunks/TAG.npz    one file per finished chunk, kept so that a re-run loads it
+    table.csv         the results table                          } final files, written
+    history.npz       [config, evaluation] arrays                } at the end, each
+    params.npz        stacked parameters (the params format)     } atomically
+    result.json       configs, folds, and the checksum of each final file: written last
 
-Every file is written to a temporary name in the same folder and renamed, so a killed
-process leaves either the old file or the new one, never half of one. Only process 0 of
-a multi-process run writes.
+Folders hold data, never code. Nothing is pickled: ``.npz`` files are read with
+``allow_pickle=False``, a parameter tree's structure is stored as JSON key paths.
+Every ``.npz`` holds a ``__jaxgd__`` entry (uint8 JSON bytes) with the sweep's
+fingerprint and a SHA-256 checksum of its arrays (names, dtypes, shapes, bytes);
+``result.json`` and ``sweep.json`` carry a checksum of their own content, and
+``result.json`` the checksums of ``table.csv`` and both final ``.npz`` files. A chunk that
+does not match is recomputed; a final file that does not match is refused.
+
+Files are written to a temporary name in the same folder and renamed, so a killed
+process leaves the old file or the new one, never half of one. Nothing inside a run
+folder is read or written through a symbolic link. Only process 0 of a multi-process
+run writes. This module imports JAX lazily (the lock needs only the standard library).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import io
 import json
 import os
-import pickle
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+META = "__jaxgd__"  # the npz entry holding a file's JSON metadata
+PARAMS_PREFIX = "params/"
+FINAL_FILES = ("table.csv", "history.npz", "params.npz", "result.json")
+_MAX_META = 64 << 20  # a metadata entry larger than this is not ours
+
+
+class IntegrityError(ValueError):
+    """A file of a run folder is damaged or belongs to another sweep."""
 
 
 def _umask() -> int:
@@ -40,13 +63,26 @@ def _umask() -> int:
 _MODE = 0o666 & ~_umask()
 
 
+# ----------------------------------------------------------------------------- raw files
+
+
+def _os_error(e: OSError, verb: str, path: Path) -> OSError:
+    """The same OSError (errno kept), its message naming the path: one line for the CLI."""
+    return OSError(e.errno, f"cannot {verb} {path}: {e.strerror or e}")
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` via a temporary file and ``os.replace``.
 
     The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600.
+    ``os.replace`` onto a symbolic link replaces the link, never its target. An OSError
+    (disk full, read-only, no permission) names ``path`` and leaves no temporary behind.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _os_error(e, "write", path) from e
     try:
         os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:
@@ -54,162 +90,564 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _os_error(e, "write", path) from e
         raise
 
 
-def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, refusing a symbolic link (``O_NOFOLLOW``) and non-files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise IntegrityError(f"{path} is a symbolic link: refused (jaxgd never follows "
+                                 "links inside a run folder)") from None
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise _os_error(e, "read", path) from e
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IntegrityError(f"{path} is not a regular file")
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise IntegrityError(f"{path} is larger than {limit} bytes: not a jaxgd file")
+    return data
 
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == META:
+            continue
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()
+
+
+def _json_checksum(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _sealed_json(doc: dict[str, Any], default=None) -> bytes:
+    """``doc`` with a ``checksum`` of its own content, as JSON bytes."""
+    doc = json.loads(json.dumps(doc, default=default))  # plain JSON types from here on
+    doc["checksum"] = _json_checksum(doc)
+    return json.dumps(doc, indent=1).encode()
+
+
+def read_sealed_json(path: Path) -> dict[str, Any]:
+    """A JSON file written by :func:`_sealed_json`; IntegrityError if it does not match."""
+    raw = read_bytes(path, _MAX_META)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise IntegrityError(f"{path} is damaged (not JSON: {e})") from None
+    if isinstance(doc, dict) and "checksum" not in doc and doc.get("format") == 1:
+        raise IntegrityError(f"{path} is from an older jaxgd (format 1, which stored pickles); "
+                             f"this one reads format {FORMAT_VERSION}: run the sweep again")
+    if not isinstance(doc, dict) or doc.get("checksum") != _json_checksum(doc):
+        raise IntegrityError(f"{path} is damaged (its checksum does not match its content)")
+    return doc
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], fingerprint: str,
+              **meta: Any) -> str:
+    """Write ``arrays`` and a ``__jaxgd__`` entry (format, fingerprint, checksum, ``meta``).
+
+    Returns the checksum. Object arrays are refused (they would need pickle).
+    """
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, a in arrays.items():
+        if a.dtype.hasobject:
+            raise TypeError(f"{path}: array {k!r} has dtype object; only numeric arrays "
+                            "are stored")
+    digest = checksum(arrays)
+    doc = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "checksum": digest, **meta}
+    arrays[META] = np.frombuffer(json.dumps(doc).encode(), np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+    return digest
 
 
-def _pid_alive(pid: int) -> bool:
+def read_npz(path: Path, fingerprint: str | None = None
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and metadata of a file written by :func:`write_npz`, verified.
+
+    Raises IntegrityError when the file is not one of ours, is damaged, its checksum does
+    not match its arrays, or (with ``fingerprint``) it belongs to another sweep.
+    """
+    raw = read_bytes(path)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - BadZipFile, pickled objects refused, ...
+        raise IntegrityError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    m = arrays.pop(META, None)
+    if m is None or m.dtype != np.uint8 or m.ndim != 1 or m.size > _MAX_META:
+        raise IntegrityError(f"{path} is not a jaxgd file (no valid {META} entry)")
+    try:
+        meta = json.loads(m.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("checksum"), str):
+        raise IntegrityError(f"{path} is damaged (its {META} entry is not valid)")
+    if meta.get("format") != FORMAT_VERSION:
+        raise IntegrityError(f"{path} has format {meta.get('format')!r}; this jaxgd reads "
+                             f"format {FORMAT_VERSION}")
+    if checksum(arrays) != meta["checksum"]:
+        raise IntegrityError(f"{path} is damaged (its checksum does not match its arrays)")
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise IntegrityError(f"{path} belongs to another sweep (fingerprint "
+                             f"{meta.get('fingerprint')!r}, expected {fingerprint!r})")
+    return arrays, meta
+
+
+# ----------------------------------------------------------------------------- pytrees
+
+
+def _entry(k: Any) -> list[Any]:
+    """One key-path entry as JSON: [kind, value]."""
+    import jax
+
+    tu = jax.tree_util
+    if isinstance(k, tu.DictKey):
+        key = k.key
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            return ["key", str(key)]
+        return ["key", key]
+    if isinstance(k, tu.SequenceKey):
+        return ["index", int(k.idx)]
+    if isinstance(k, tu.GetAttrKey):
+        return ["attr", str(k.name)]
+    if isinstance(k, tu.FlattenedIndexKey):
+        return ["index", int(k.key)]
+    return ["key", str(k)]
+
+
+def tree_spec(tree: Any) -> list[list[list[Any]]]:
+    """The key path of every leaf of ``tree`` (flatten order) as JSON-able lists."""
+    import jax
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [[_entry(k) for k in path] for path, _ in flat]
+
+
+def _path_str(path: list[list[Any]]) -> str:
+    out = ""
+    for kind, v in path:
+        out += f".{v}" if kind == "attr" else f"[{v!r}]"
+    return out or "<root>"
+
+
+def _check_spec(spec: Any, n_leaves: int, where: Path) -> list[list[list[Any]]]:
+    ok = isinstance(spec, list) and len(spec) == n_leaves
+    for path in spec if ok else ():
+        if not (isinstance(path, list) and len(path) <= 64 and all(
+                isinstance(e, list) and len(e) == 2 and e[0] in ("key", "index", "attr")
+                and (isinstance(e[1], str) or (isinstance(e[1], int)
+                                               and not isinstance(e[1], bool)))
+                and (e[0] != "index" or (isinstance(e[1], int) and 0 <= e[1] < 1 << 30))
+                for e in path)):
+            ok = False
+            break
+    if not ok:
+        raise IntegrityError(f"{where} is damaged (its tree description is not valid)")
+    return spec
+
+
+def _nest(items: list[tuple[list[list[Any]], Any]], where: Path) -> Any:
+    """Nested dicts/lists from (key path, leaf) pairs."""
+    if len(items) == 1 and not items[0][0]:
+        return items[0][1]
+    if any(not p for p, _ in items):
+        raise IntegrityError(f"{where} is damaged (a leaf path is a prefix of another)")
+    groups: dict[Any, list] = {}
+    kinds = set()
+    for path, leaf in items:
+        kinds.add(path[0][0])
+        groups.setdefault((path[0][0], path[0][1]), []).append((path[1:], leaf))
+    if kinds == {"index"}:
+        idx = sorted(k[1] for k in groups)
+        if idx != list(range(len(idx))):
+            raise IntegrityError(f"{where} is damaged (list indices {idx[:5]}... are not 0..n)")
+        return [_nest(groups[("index", i)], where) for i in idx]
+    return {k[1]: _nest(v, where) for k, v in groups.items()}
+
+
+def params_arrays(params: Any) -> tuple[dict[str, np.ndarray], list]:
+    """The params format: ``params/0..n-1`` leaf arrays, and the tree's key paths."""
+    import jax
+
+    leaves = jax.tree.leaves(params)
+    return ({f"{PARAMS_PREFIX}{i}": np.asarray(x) for i, x in enumerate(leaves)},
+            tree_spec(params))
+
+
+def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
+                       like: Any = None, stacked: bool = True) -> Any:
+    """Rebuild parameters from the params format: nested dicts/lists by default, or the
+    pytree type of ``like`` (one configuration's parameters, or stacked ones)."""
+    import jax
+
+    n = sum(1 for k in arrays if k.startswith(PARAMS_PREFIX))
+    try:
+        leaves = [arrays[f"{PARAMS_PREFIX}{i}"] for i in range(n)]
+    except KeyError:
+        raise IntegrityError(f"{where} is damaged (parameter leaves are not numbered "
+                             "0..n-1)") from None
+    spec = _check_spec(spec, n, where)
+    if like is None:
+        if not leaves:
+            return {}
+        return _nest(list(zip(spec, leaves, strict=True)), where)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    if len(flat) != n:
+        raise ValueError(f"like= has {len(flat)} leaves but {where} holds {n} parameter "
+                         f"arrays ({', '.join(_path_str(p) for p in spec[:4])}"
+                         f"{', ...' if n > 4 else ''})")
+    for (path, tl), stored, sl in zip(flat, spec, leaves, strict=True):
+        mine = [_entry(k) for k in path]
+        tshape = tuple(np.shape(tl))
+        shape_ok = tshape == sl.shape[1:] or tshape == sl.shape if stacked else tshape == sl.shape
+        if mine != stored or not shape_ok:
+            raise ValueError(
+                f"like= does not match {where}: leaf {_path_str(mine)} of shape {tshape} "
+                f"vs stored {_path_str(stored)} of shape {sl.shape}"
+                + (" (with a leading configuration axis)" if stacked else ""))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- the folder
+
+
+def _leftover(path: Path, name: str) -> bool:
+    """What a killed run may leave before sweep.json exists: the lock file, temporaries,
+    an empty chunks folder."""
+    if name == ".lock" or (name.startswith(".") and name.endswith(".tmp")):
         return True
-    return True
+    if name == "chunks":
+        p = path / name
+        return not _is_link(p) and p.is_dir() and not any(p.iterdir())
+    return False
+
+
+def check_folder(path: Path, arg: str, marker: tuple[str, ...]) -> None:
+    """Refuse a folder that is not ours: it exists, holds files, and none of ``marker``."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{arg}={str(path)!r} exists and is not a folder")
+    for name in ("chunks", ".lock", "sweep.json", *FINAL_FILES):
+        if _is_link(path / name):
+            raise ValueError(f"{arg}={str(path)!r}: {path / name} is a symbolic link: refused "
+                             "(jaxgd never follows links inside a run folder)")
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as e:
+        raise _os_error(e, "read", path) from e
+    if any(m in names for m in marker):
+        return
+    foreign = [n for n in names if not _leftover(path, n)]
+    if foreign:
+        raise ValueError(
+            f"{arg}={str(path)!r} holds files that jaxgd did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}) and no {marker[0]}: choose a new or "
+            "empty folder")
 
 
 class RunStore:
-    """The output folder of one sweep (see the module docstring)."""
+    """An open run folder: locked by this process (when it writes) until :meth:`close`."""
 
     def __init__(self, path: Path, fingerprint: str, writer: bool):
-        self.path = path
+        self.path = Path(path)
         self.fingerprint = fingerprint
         self.writer = writer
-        self.locked = False
+        self._fd: int | None = None
         self.done: set[str] = set()
 
+    @property
+    def locked(self) -> bool:
+        return self._fd is not None
+
     @classmethod
-    def open(cls, out: Any, fingerprint: str) -> RunStore:
+    def open(cls, out: Any, fingerprint: str, writer: bool | None = None) -> RunStore:
+        """The folder of ``sweep(out=out)``: created, locked, tied to ``fingerprint``."""
+        if isinstance(out, bool) or not isinstance(out, str | os.PathLike):
+            raise TypeError(f"out={out!r} must be a folder path (str or pathlib.Path)")
+        if writer is None:
+            import jax
+
+            writer = jax.process_index() == 0
         path = Path(out)
-        writer = jax.process_index() == 0
         store = cls(path, fingerprint, writer)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"out={str(out)!r} exists and is not a folder")
         if writer:
+            check_folder(path, "out", ("sweep.json",))
             try:
-                (path / "chunks").mkdir(parents=True, exist_ok=True)
+                path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ValueError(f"out={str(out)!r} cannot be created: {e.strerror}") from e
-            if not os.access(path, os.W_OK):
-                raise ValueError(f"out={str(out)!r} is not writable")
-            store._lock()
-            manifest = path / "sweep.json"
-            if manifest.exists():
-                try:
-                    old = json.loads(manifest.read_text())
-                except (OSError, ValueError):
-                    old = {}
-                if old.get("fingerprint") != fingerprint:
-                    store._unlock()
-                    raise ValueError(
-                        f"out={str(out)!r} holds the results of a different sweep "
-                        f"(fingerprint {old.get('fingerprint')!r}, this one {fingerprint!r}); "
-                        "choose another folder or delete it")
-            else:
-                atomic_write_bytes(manifest, json.dumps(
-                    {"format": FORMAT_VERSION, "fingerprint": fingerprint}).encode())
+            store.lock("out")
+            try:
+                check_folder(path, "out", ("sweep.json",))  # again, now that we hold it
+                store._bind()
+            except BaseException:
+                store.close()
+                raise
         chunk_dir = path / "chunks"
-        if chunk_dir.is_dir():
+        if not _is_link(chunk_dir) and chunk_dir.is_dir():
             store.done = {p.stem for p in chunk_dir.glob("*.npz")}
         return store
 
-    # -- lock
-    def _lock(self) -> None:
-        lock = self.path / ".lock"
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
+    def _bind(self) -> None:
+        manifest = self.path / "sweep.json"
+        if manifest.exists() or _is_link(manifest):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid_s, host = lock.read_text().split()[:2]
-                    pid = int(pid_s)
-                except (OSError, ValueError):
-                    pid, host = -1, ""
-                if host == socket.gethostname() and pid > 0 and not _pid_alive(pid):
-                    with contextlib.suppress(OSError):
-                        lock.unlink()  # stale lock of a killed run
-                    continue
-                raise RuntimeError(
-                    f"out={str(self.path)!r} is in use by another run (pid {pid} on "
-                    f"{host or '?'}); wait for it, or delete {lock} if that run is gone"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.locked = True
+                old = read_sealed_json(manifest)
+            except IntegrityError as e:
+                raise ValueError(f"out={str(self.path)!r}: {e}; delete the folder or choose "
+                                 "another") from None
+            if old.get("fingerprint") != self.fingerprint:
+                raise ValueError(
+                    f"out={str(self.path)!r} holds the results of a different sweep "
+                    f"(fingerprint {old.get('fingerprint')!r}, this one {self.fingerprint!r}); "
+                    "choose another folder or delete it")
+        else:
+            atomic_write_bytes(manifest, _sealed_json(
+                {"format": FORMAT_VERSION, "fingerprint": self.fingerprint}))
+        chunks = self.path / "chunks"
+        if _is_link(chunks):
+            raise ValueError(f"out={str(self.path)!r}: {chunks} is a symbolic link: refused "
+                             "(jaxgd never follows links inside a run folder)")
+        try:
+            chunks.mkdir(exist_ok=True)
+        except OSError as e:
+            raise _os_error(e, "create", chunks) from e
+
+    # -- the lock
+    def lock(self, arg: str = "out") -> None:
+        """Take the folder's lock, ``flock(2)`` on ``.lock``: held until :meth:`close` or
+        the end of this process, whichever comes first; never waits."""
+        import fcntl
+
+        lock = self.path / ".lock"
+        for _ in range(100):
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o644)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise ValueError(f"{arg}={str(self.path)!r}: {lock} is a symbolic link: "
+                                     "refused") from None
+                raise _os_error(e, "lock", lock) from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = b""
+                with contextlib.suppress(OSError):
+                    holder = os.pread(fd, 200, 0)
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise _os_error(e, "lock", lock) from e
+                parts = holder.decode("utf-8", "replace").split()
+                who = f"pid {parts[0]} on {parts[1]}" if len(parts) >= 2 else "pid ?"
+                raise RuntimeError(f"{arg}={str(self.path)!r} is in use by another run ({who}); "
+                                   f"wait for it to finish ({lock} is locked)") from None
+            # the previous holder may have removed the file between our open and flock:
+            # then we hold a lock on a name nobody else sees; start again
+            try:
+                same = os.path.samestat(os.fstat(fd), os.lstat(lock))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            self._fd = fd
             return
         raise RuntimeError(f"could not lock {lock}")
 
-    def _unlock(self) -> None:
-        if self.locked:
+    def close(self) -> None:
+        """Drop the lock (removing the lock file first, while still holding it)."""
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                (self.path / ".lock").unlink()
-            self.locked = False
+                os.unlink(self.path / ".lock")
+            os.close(self._fd)
+            self._fd = None
 
     def release_lock_on_error(self) -> None:
         """Called in ``finally``: drop the lock unless the final save still needs it."""
         import sys
 
         if sys.exc_info()[0] is not None:
-            self._unlock()
-
-    def close(self) -> None:
-        self._unlock()
+            self.close()
 
     # -- chunks
     def load_chunk(self, tag: str, treedef) -> dict[str, Any] | None:
+        """A finished chunk of this sweep, or None (missing, damaged, another sweep's, or
+        not shaped like ``treedef``: recompute it)."""
+        import jax
+
         if tag not in self.done:
             return None
         path = self.path / "chunks" / f"{tag}.npz"
         try:
-            with np.load(path) as z:
-                arrays = {k: z[k] for k in z.files}
-            return _unflatten_chunk(arrays, treedef)
-        except Exception:  # noqa: BLE001  (BadZipFile, EOFError, KeyError, ...)
-            return None  # unreadable or incomplete: recompute it
+            arrays, meta = read_npz(path, self.fingerprint)
+            if meta.get("kind") != "chunk" or meta.get("tag") != tag:
+                return None
+            n = treedef.num_leaves
+            leaves = [arrays.pop(f"{PARAMS_PREFIX}{i}") for i in range(n)]
+            if any(k.startswith(PARAMS_PREFIX) for k in arrays):
+                return None
+            chunk: dict[str, Any] = {"params": jax.tree.unflatten(treedef, leaves),
+                                     "history": {}}
+            for k, v in arrays.items():
+                if k.startswith("history/"):
+                    chunk["history"][k.split("/", 1)[1]] = v
+                else:
+                    chunk[k] = v
+            return chunk
+        except (IntegrityError, KeyError, ValueError, FileNotFoundError):
+            return None
 
     def save_chunk(self, tag: str, chunk: dict[str, Any]) -> None:
         if not self.writer:
             return
-        atomic_savez(self.path / "chunks" / f"{tag}.npz", _flatten_chunk(chunk))
+        arrays, spec = params_arrays(chunk["params"])
+        for k, v in chunk["history"].items():
+            arrays[f"history/{k}"] = np.asarray(v)
+        for k, v in chunk.items():
+            if k not in ("params", "history"):
+                arrays[k] = np.asarray(v)
+        write_npz(self.path / "chunks" / f"{tag}.npz", arrays, self.fingerprint,
+                  kind="chunk", tag=tag, tree=spec)
 
 
-def _flatten_chunk(chunk: dict[str, Any]) -> dict[str, np.ndarray]:
-    out = {}
-    for i, leaf in enumerate(jax.tree.leaves(chunk["params"])):
-        out[f"params/{i}"] = np.asarray(leaf)
-    for k, v in chunk["history"].items():
-        out[f"history/{k}"] = np.asarray(v)
-    for k, v in chunk.items():
-        if k not in ("params", "history"):
-            out[k] = np.asarray(v)
-    return out
+# ----------------------------------------------------------------------------- results
 
 
-def _unflatten_chunk(arrays: dict[str, np.ndarray], treedef) -> dict[str, Any]:
-    leaves = [arrays[f"params/{i}"] for i in range(treedef.num_leaves)]
-    chunk: dict[str, Any] = {"params": jax.tree.unflatten(treedef, leaves), "history": {}}
-    for k, v in arrays.items():
-        if k.startswith("history/"):
-            chunk["history"][k.split("/", 1)[1]] = v
-        elif not k.startswith("params/"):
-            chunk[k] = v
-    return chunk
+def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
+    """Write a SweepResult's final files into ``path`` (see the module docstring).
+
+    ``result.json`` is removed first and written last: a folder whose writing was
+    interrupted reads as unfinished, never as a mix of two results.
+    """
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path={path!r} must be a folder path (str or pathlib.Path)")
+    path = Path(path)
+    fingerprint = getattr(res, "fingerprint", None)
+    own = store is None
+    if own:
+        check_folder(path, "path", ("result.json", "sweep.json"))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"path={str(path)!r} cannot be created: {e.strerror}") from e
+        store = RunStore(path, fingerprint or "", True)
+        store.lock("path")
+    try:
+        params, spec = params_arrays(res.params)
+        history = {k: np.asarray(v) for k, v in res.history.items()}
+        if not fingerprint:  # not from sweep(): tie the files together by their content
+            fingerprint = "content-" + hashlib.sha256(
+                (checksum(params) + checksum(history)).encode()).hexdigest()[:16]
+        if own and (path / "sweep.json").exists():
+            try:
+                old = read_sealed_json(path / "sweep.json").get("fingerprint")
+            except IntegrityError:
+                old = None
+            if old != fingerprint:
+                raise ValueError(f"path={str(path)!r} is the run folder of another sweep "
+                                 f"(fingerprint {old!r}): choose another folder")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / "result.json")
+        table = res.table.to_csv(index=False).encode()
+        atomic_write_bytes(path / "table.csv", table)
+        h_sum = write_npz(path / "history.npz", history, fingerprint, kind="history")
+        p_sum = write_npz(path / "params.npz", params, fingerprint, kind="params", tree=spec)
+        from .results import _json_default
+
+        meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "folds": res.folds,
+                "configs": res.configs, "n": len(res.table),
+                "files": {"table.csv": hashlib.sha256(table).hexdigest(),
+                          "history.npz": h_sum, "params.npz": p_sum}}
+        atomic_write_bytes(path / "result.json", _sealed_json(meta, default=_json_default))
+    finally:
+        store.close()
 
 
-def dump_treedef(treedef) -> bytes:
-    return pickle.dumps(treedef)
+def load_result(path: Any, like: Any = None) -> dict[str, Any]:
+    """The verified contents of a finished run folder (see :func:`jaxgd.load`)."""
+    import pandas as pd
 
-
-def load_treedef(payload: bytes):
-    return pickle.loads(payload)
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path={path!r} must be a folder path (str or pathlib.Path)")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path={str(path)!r} does not exist")
+    if not p.is_dir():
+        raise ValueError(f"path={str(path)!r} is not a run folder")
+    missing = [f for f in FINAL_FILES if not (p / f).exists() and not _is_link(p / f)]
+    if missing:
+        raise ValueError(
+            f"path={str(path)!r} is not a finished run folder: missing {missing}"
+            + (" (an interrupted sweep: run it again with the same out= to resume)"
+               if (p / "sweep.json").exists() else ""))
+    try:
+        meta = read_sealed_json(p / "result.json")
+        fingerprint = meta.get("fingerprint")
+        files = meta.get("files")
+        configs = meta.get("configs")
+        if (meta.get("format") != FORMAT_VERSION or not isinstance(fingerprint, str)
+                or not isinstance(files, dict) or not isinstance(configs, list)
+                or not all(isinstance(c, dict) for c in configs)):
+            raise IntegrityError(f"{p / 'result.json'} is not a format-{FORMAT_VERSION} "
+                                 "result description")
+        raw = read_bytes(p / "table.csv")
+        if hashlib.sha256(raw).hexdigest() != files.get("table.csv"):
+            raise IntegrityError(f"{p / 'table.csv'} does not match result.json (checksum)")
+        history, hmeta = read_npz(p / "history.npz", fingerprint)
+        parrays, pmeta = read_npz(p / "params.npz", fingerprint)
+        for name, m in (("history.npz", hmeta), ("params.npz", pmeta)):
+            if m["checksum"] != files.get(name):
+                raise IntegrityError(f"{p / name} does not match result.json (checksum)")
+        try:
+            table = pd.read_csv(io.BytesIO(raw))
+        except Exception as e:  # noqa: BLE001
+            raise IntegrityError(f"{p / 'table.csv'} is damaged ({e})") from None
+    except IntegrityError as e:
+        raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
+    need = ("config", "init_loss", "final_loss", "best_loss", "best_epoch", "epochs_run",
+            "steps_run", "stop_reason", "diverged")
+    lacking = [c for c in need if c not in table.columns] + (
+        [] if "loss" in history else ["history 'loss'"])
+    folds = meta.get("folds")
+    if lacking or not (folds is None or (isinstance(folds, int) and folds >= 2)):
+        raise ValueError(f"path={str(path)!r} is damaged: {p / 'table.csv'} lacks {lacking}"
+                         if lacking else f"path={str(path)!r} is damaged: folds={folds!r}")
+    params = params_from_arrays(parrays, pmeta.get("tree"), p / "params.npz", like=like)
+    leaves = [v for k, v in parrays.items() if k.startswith(PARAMS_PREFIX)]
+    if (len(table) != meta.get("n") or len(configs) != len(table)
+            or any(v.ndim == 0 or len(v) != len(table) for v in [*history.values(), *leaves])):
+        raise ValueError(f"path={str(path)!r} is damaged: table and history lengths differ")
+    return {"configs": configs, "table": table, "history": history, "params": params,
+            "folds": meta.get("folds"), "fingerprint": fingerprint}

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import optim
 from .options import collect, document, fingerprint_settings
-from .prepare import Prepared, as_key, prepare, stop_hparams, tc_array
+from .prepare import MAX_SEED, Prepared, as_key, prepare, stop_hparams, tc_array
 from .program import compiled_program, epoch_progress, float_dtype
 from .stops import STOP_DEFAULTS
 
@@ -68,6 +68,8 @@ def _check_axis_value(name: str, v: Any) -> None:
     if name in ("seed", "fold", "accumulate"):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise ValueError(f"axis {name!r} has value {v!r}: must be a non-negative integer")
+        if name == "seed" and v > MAX_SEED:
+            raise ValueError(f"axis 'seed' has value {v!r}: a seed must be < 2**64")
         return
     if name in ("optimizer", "schedule"):
         return
@@ -261,14 +263,18 @@ def sweep(
     # what determines the results (see jaxgd.options: each option's fingerprint entry)
     settings = {k: opts[k] for k in fingerprint_settings()}
     settings["loss"] = loss
-    store = RunStore.open(out, _fingerprint(cfgs, all_idx, base, dict(hparams or {}), epochs,
-                                            shuffle, drop_last, folds, fold_seed, settings,
-                                            (data, params, val_data))
-                          ) if out is not None else None
+    fingerprint = None
+    if out is not None:
+        fingerprint = _fingerprint(cfgs, all_idx, base, dict(hparams or {}), epochs, shuffle,
+                                   drop_last, folds, fold_seed, settings,
+                                   (data, params, val_data),
+                                   [_program_digest(g.prepared) for g in groups])
+    store = RunStore.open(out, fingerprint) if out is not None else None
     try:
         results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
                               epochs, mesh, store, progress)
         res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
+        res.fingerprint = fingerprint
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
     finally:
@@ -296,6 +302,13 @@ def _selected(cfgs: list[dict[str, Any]], only: Iterable[int] | None) -> list[in
     """The indices of the configurations to run (``only=``, default all)."""
     if only is None:
         return list(range(len(cfgs)))
+    if isinstance(only, (str, bytes)) or not isinstance(only, Iterable):
+        raise TypeError(f"only={only!r} must be a list of configuration indices")
+    only = list(only)
+    for i in only:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"only={only!r} must hold integer configuration indices, "
+                            f"got {i!r}")
     sel = sorted(set(int(i) for i in only))
     if not sel or sel[0] < 0 or sel[-1] >= len(cfgs):
         raise ValueError(f"only={only!r} must select configurations in 0..{len(cfgs) - 1}")
@@ -375,19 +388,87 @@ def _hashable(v: Any) -> Any:
 
 
 def _fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds, fold_seed,
-                 settings, data) -> str:
-    """A digest of what determines the results (to refuse resuming a different sweep)."""
+                 settings, data, programs=()) -> str:
+    """A digest of what determines the results (to refuse resuming a different sweep).
+
+    Covered: every configuration and option (functions by name, code digest, defaults
+    and closures, see :func:`_stable_repr`), the bytes of the data, validation data and
+    initial parameters, each group's program digest (:func:`_program_digest`: the loss's
+    jaxpr, which includes every helper and global it calls), jaxgd's own source and the
+    versions of jax, jaxlib and optax. Not covered: the hardware and XLA flags, and
+    Python code that runs outside tracing (an optimizer factory's helpers are covered by
+    name and code of the factory only).
+    """
     h = hashlib.sha256()
     desc = {
         "configs": [cfgs[i] for i in idx], "base": base, "hparams": base_hp, "epochs": epochs,
         "shuffle": shuffle, "drop_last": drop_last, "folds": folds, "fold_seed": fold_seed,
-        "settings": settings,
+        "settings": settings, "programs": list(programs), "code": _code_digest(),
     }
     h.update(json.dumps(desc, sort_keys=True, default=_stable_repr).encode())
     for leaf in jax.tree.leaves(data):
         a = np.asarray(leaf)
         h.update(str((a.shape, a.dtype)).encode())
         h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # all of it
+    return h.hexdigest()[:16]
+
+
+def _code_digest() -> str:
+    """jaxgd's own source files and the versions of what computes (cached per process)."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import importlib.metadata as md
+        from pathlib import Path
+
+        h = hashlib.sha256()
+        here = Path(__file__).resolve().parent
+        for f in sorted(here.glob("*.py")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        for dist in ("jax", "jaxlib", "optax"):
+            try:
+                h.update(f"{dist}={md.version(dist)}".encode())
+            except md.PackageNotFoundError:
+                pass
+        _CODE_DIGEST = h.hexdigest()[:16]
+    return _CODE_DIGEST
+
+
+_CODE_DIGEST: str | None = None
+
+
+def _program_digest(prep) -> str:
+    """A digest of what a group's program computes with the user's functions: the jaxpr of
+    ``loss(params, batch)`` for the data's shapes (every helper and global it calls at
+    trace time shows in it), with the values of the arrays it closes over, and the same
+    for ``init`` and the output of ``penalty_mask``. Computed once per group."""
+    import re
+
+    spec, params, data = prep[0], prep[1], prep[2]
+    probe = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
+    h = hashlib.sha256()
+
+    def add_jaxpr(fn, *args):
+        try:
+            closed = jax.make_jaxpr(fn)(*args)
+        except Exception as e:  # noqa: BLE001 - checked by prepare already; be safe
+            h.update(f"untraceable {type(e).__name__}".encode())
+            return
+        h.update(re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr)).encode())
+        for c in closed.consts:
+            h.update(_stable_repr(np.asarray(c) if not (
+                isinstance(c, jax.Array) and jnp.issubdtype(c.dtype, jax.dtypes.prng_key))
+                else jax.random.key_data(c)).encode())
+
+    add_jaxpr(spec.loss, params, probe)
+    if spec.init_fn is not None:
+        add_jaxpr(spec.init_fn, jax.random.key(0))
+    if spec.penalty_mask is not None:
+        try:
+            mask = jax.tree.leaves(spec.penalty_mask(params))
+            h.update(_stable_repr([np.asarray(m) for m in mask]).encode())
+        except Exception as e:  # noqa: BLE001
+            h.update(f"mask {type(e).__name__}".encode())
     return h.hexdigest()[:16]
 
 

@@ -147,23 +147,44 @@ def reference():
     return W.run_sweep(chunk_size=3, batch_sizes=(5,))
 
 
+HOLD = """
+import fcntl, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()} {socket.gethostname()}".encode())
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def lock_holder(lock: Path) -> subprocess.Popen:
+    """Another process holding ``flock`` on ``lock`` (as a running sweep does)."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
 def test_live_lock_refuses_a_second_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = lock_holder(out / ".lock")
     try:
-        (out / ".lock").write_text(f"{holder.pid} {socket.gethostname()}")
         with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {holder.pid}"
                                                rf".*{out / '.lock'}"):
             W.run_sweep(out=out, chunk_size=3, batch_sizes=(5,))
         assert (out / ".lock").read_text().startswith(str(holder.pid))  # not taken
-        assert not list((out / "chunks").glob("*.npz"))
+        assert not (out / "chunks").exists() or not list((out / "chunks").glob("*.npz"))
     finally:
         holder.kill()
         holder.wait()
+    # the OS released the lock with the process: the next run takes it
+    W.run_sweep(out=out, chunk_size=3, batch_sizes=(5,))
+    assert not (out / ".lock").exists()
 
 
-def test_stale_lock_is_taken_over(tmp_path, reference):
+def test_a_lock_file_naming_a_dead_pid_is_not_a_lock(tmp_path, reference):
+    """The pid in .lock is only for messages: an unlocked .lock (a killed run) is free."""
     out = tmp_path / "run"
     out.mkdir()
     (out / ".lock").write_text(f"{dead_pid()} {socket.gethostname()}")
@@ -221,14 +242,14 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=rf"cannot write {target}: disk full"):
         store_mod.atomic_write_bytes(target, b"new" * 1000)
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]  # no temporaries
-    store_mod.atomic_savez(tmp_path / "a.npz", {"x": np.arange(3)})
-    with np.load(tmp_path / "a.npz") as z:
-        assert z["x"].tolist() == [0, 1, 2]
+    store_mod.write_npz(tmp_path / "a.npz", {"x": np.arange(3)}, "fp")
+    arrays, meta = store_mod.read_npz(tmp_path / "a.npz", "fp")
+    assert arrays["x"].tolist() == [0, 1, 2] and meta["fingerprint"] == "fp"
 
 
 def test_an_edited_loss_is_not_resumed(tmp_path):
