@@ -316,14 +316,6 @@ def _axis_columns(configs) -> dict[str, list[Any]]:
     return {a: [_display(c[a]) if a in c else np.nan for c in configs] for a in axes}
 
 
-def _json_default(v):
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.floating):
-        return float(v)
-    return _display(v)
-
-
 def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
     out = np.full(h.shape[0], np.nan)
     for i, e in enumerate(epochs_run):

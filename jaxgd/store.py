@@ -584,15 +584,27 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         atomic_write_bytes(path / "table.csv", table)
         h_sum = write_npz(path / "history.npz", history, fingerprint, kind="history")
         p_sum = write_npz(path / "params.npz", params, fingerprint, kind="params", tree=spec)
-        from .results import _json_default
-
         meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "folds": res.folds,
                 "configs": res.configs, "n": len(res.table),
                 "files": {"table.csv": hashlib.sha256(table).hexdigest(),
                           "history.npz": h_sum, "params.npz": p_sum}}
-        atomic_write_bytes(path / "result.json", _sealed_json(meta, default=_json_default))
+        atomic_write_bytes(path / "result.json", _sealed_json(meta, default=json_default))
     finally:
         store.close()
+
+
+def json_default(v: Any) -> Any:
+    """JSON for the values a configuration may hold: NumPy numbers as numbers, a function
+    (an optimizer factory) by its name, ``None`` (full batch) as ``"full"``."""
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    if v is None:
+        return "full"
+    if isinstance(v, str | int | float | bool):
+        return v
+    return getattr(v, "__name__", repr(v))
 
 
 def load_result(path: Any, like: Any = None) -> dict[str, Any]:
