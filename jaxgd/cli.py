@@ -217,7 +217,8 @@ def _cmd_sweep(args) -> int:
     kw = {}
     if args.chunk_size:
         kw["chunk_size"] = args.chunk_size
-    sw = exp.run(out=str(out), progress=lead and not args.quiet, **kw)
+    # every process asks for the same program (progress included); process 0 draws
+    sw = exp.run(out=str(out), progress=not args.quiet, **kw)
     elapsed = time.perf_counter() - t0
     if lead:
         figs = [] if args.no_plots else sw.plot(out)

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import optim
 from .train import (
+    PROGRESS_VALID,
     _float_dtype,
     as_key,
     compiled_program,
@@ -236,7 +237,9 @@ def sweep(
         call after an interruption resumes instead of recomputing.
       mesh: a ``jax.sharding.Mesh`` with an axis named ``"config"``; by default all
         devices of all processes when there are several.
-      progress: show progress bars over chunks and over the epochs of the running chunk.
+      progress: show progress bars over chunks and over the epochs of the running chunk
+        (with the number of configurations still active). With several processes it is
+        on when any process asks for it, and only process 0 draws.
 
     Returns:
       :class:`jaxgd.SweepResult`: ``table`` (one row per configuration), ``history``
@@ -302,6 +305,7 @@ def sweep(
         raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
 
+    progress = _agree_progress(bool(progress))
     base = dict(optimizer=optimizer, batch_size=batch_size, accumulate=accumulate,
                 schedule=schedule, seed=seed)
     known_struct = set(STRUCTURAL_AXES) | set(STREAM_AXES)
@@ -509,7 +513,8 @@ def _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget, e
             tag = f"g{gi:03d}" if len(streams) <= sb else f"g{gi:03d}_s{bi:04d}"
             plans.append((gi, tag, g, blk_streams, blk_rows, width, n_chunks))
     total = sum(p[-1] for p in plans)
-    bar = tqdm(total=total, desc="sweep", unit="chunk", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="sweep", unit="chunk", leave=False,
+               disable=not progress or jax.process_index() != 0)  # process 0 draws
     results = []
     try:
         n_groups = len(groups)
@@ -543,6 +548,26 @@ def _chunk_configs(g, per_stream, ci, width) -> np.ndarray:
     return np.sort(np.asarray(idx, np.int64))
 
 
+def _chunk_valid(per_stream, ci, width) -> np.ndarray:
+    """[streams, width]: True for the real configurations of chunk ``ci`` (False: padding)."""
+    valid = np.zeros((len(per_stream), width), bool)
+    for s, rows in enumerate(per_stream):
+        valid[s, :len(rows[ci * width:(ci + 1) * width])] = True
+    return valid
+
+
+def _agree_progress(progress: bool) -> bool:
+    """With several processes, progress is on when any process asks for it: the progress
+    callback is part of the compiled program, and every process must run the same program
+    (else their collectives mismatch). Only process 0 draws the bars."""
+    if jax.process_count() == 1:
+        return progress
+    from jax.experimental import multihost_utils
+
+    asked = multihost_utils.process_allgather(np.int32(progress))
+    return bool(np.any(np.asarray(asked)))
+
+
 def _agree_cached(cached):
     """With several processes, use a stored chunk only if every process has it (else all
     recompute it: a process that skipped the program would leave the others waiting)."""
@@ -560,16 +585,17 @@ def _run_chunk(g, streams, per_stream, ci, width, data, val_data, fold_split, me
     S = len(streams)
     # [S, width] row numbers into g["rows"] (padding repeats the stream's first row)
     grid_rows = np.zeros((S, width), np.int64)
-    valid = np.zeros((S, width), bool)
+    valid = _chunk_valid(per_stream, ci, width)
     for s, rows in enumerate(per_stream):
         part = rows[ci * width:(ci + 1) * width]
         grid_rows[s, :] = rows[0]
         grid_rows[s, :len(part)] = part
-        valid[s, :len(part)] = True
     names = spec.numeric_names
     tc_np = {k: np.asarray([[g["numeric"][r][k] for r in row] for row in grid_rows])
              for k in names}
     tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
+    if spec.progress:  # the progress bar counts the active configurations, not padding
+        tc[PROGRESS_VALID] = valid
     keys = jnp.stack([as_key(s) for s, _ in streams])
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
