@@ -8,7 +8,8 @@
     jaxgd bench [--quick] ...
 
 User errors (a bad config, a bad value, a missing folder, a folder locked by another
-run) print one line ``jaxgd: error: ...`` on stderr and exit with status 2.
+run) and a missing optional package (named, with its ``pip install`` command) print one
+line ``jaxgd: error: ...`` on stderr and exit with status 2.
 
 JAX is imported lazily: with ``--coordinator`` the command calls
 ``jax.distributed.initialize`` before any JAX operation.
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "summary"]
+__all__ = ["main", "summary", "missing_dependency"]
 
 PROG = "jaxgd"
 
@@ -131,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             return _cmd_show(args)
         return _cmd_experiment(args.command, args.args)
+    except ImportError as e:  # a missing (optional) dependency: name it and how to install
+        msg = missing_dependency(e)
+        if msg is None:
+            raise
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         out = _RUN["out"]
         print(f"{PROG}: interrupted" + (f"; finished chunks are kept in {out} - run the same "
@@ -147,6 +154,35 @@ def main(argv: list[str] | None = None) -> int:
 
 # what the running command writes to, for the Ctrl-C message
 _RUN: dict[str, str | None] = {"out": None}
+
+
+# import name -> what to pip install; the test extra's packages
+_PACKAGES = {"sklearn": "scikit-learn", "torch": "torch==2.13.0", "yaml": "pyyaml"}
+_TEST_EXTRA = ("torch", "scipy", "pytest", "hypothesis")
+
+
+def missing_dependency(e: ImportError) -> str | None:
+    """One line naming the missing package of ``e`` and the command that installs it; None
+    when ``e`` is not a missing third-party package (e.g. a broken jaxgd import)."""
+    import re
+
+    name, cause = None, e
+    while cause is not None and not name:  # pandas re-raises ImportError from the original
+        if isinstance(cause, ModuleNotFoundError):
+            name = cause.name
+        cause = cause.__cause__ or cause.__context__
+    if not name:  # pandas' wordings: "Missing optional dependency 'x'", "`Import x` failed"
+        m = re.search(r"[Mm]issing optional dependency '([\w.\-]+)'|`[Ii]mport ([\w.\-]+)` "
+                      r"failed", str(e))
+        name = (m.group(1) or m.group(2)) if m else None
+    if not name:
+        return None
+    top = name.split(".")[0]
+    if top in ("jaxgd", "experiments", "tests"):
+        return None
+    pkg = _PACKAGES.get(top, top)
+    extra = ' (or the test extra: pip install -e ".[test]")' if top in _TEST_EXTRA else ""
+    return f"the Python package {top!r} is not installed; install it with: pip install {pkg}{extra}"
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -265,7 +301,13 @@ def _cmd_experiment(name: str, rest: list[str]) -> int:
     try:
         mod = importlib.import_module(f"experiments.{name}")
         fn = mod.main
-    except (ImportError, AttributeError) as e:
+    except ImportError as e:
+        if missing_dependency(e) is not None:
+            raise  # one line naming the package, exit 2 (main)
+        print(f"{PROG}: error: 'jaxgd {name}' needs experiments/{name}.py with main(argv) "
+              f"(run it from a source checkout of jaxgd): {e}", file=sys.stderr)
+        return 2
+    except AttributeError as e:
         print(f"{PROG}: error: 'jaxgd {name}' needs experiments/{name}.py with main(argv) "
               f"(run it from a source checkout of jaxgd): {e}", file=sys.stderr)
         return 2
