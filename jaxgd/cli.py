@@ -351,9 +351,8 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     axes = _axes(sw)
     cv = "fold" in t and "final_val_loss" in t
     cv_df = sw.cv_table("final_val_loss") if cv else None
-    by_setting = False
     if cv_df is not None and (sort is None or sort in cv_df.columns):
-        df, by_setting = cv_df, True
+        df = cv_df
         sort = sort or "final_val_loss_mean"
         lines.append(f"cross-validation over {sw.folds or t['fold'].nunique()} folds, "
                      f"sorted by {sort}" + (" (descending)" if descending else "") + ":")
@@ -376,11 +375,12 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     lines.append(shown.to_markdown(index=False, tablefmt="simple", floatfmt=".4g"))
     if top and len(df) > top:
         lines.append(f"... {len(df) - top} more rows (--top 0 for all)")
-    if by_setting:
+    # the best is the sweep's, whatever the display order: by folds' mean with folds
+    if cv_df is not None:
         key = "final_val_loss_mean"
-        m = pd.to_numeric(df[key], errors="coerce").replace([np.inf, -np.inf], np.nan)
+        m = pd.to_numeric(cv_df[key], errors="coerce").replace([np.inf, -np.inf], np.nan)
         if m.notna().any():
-            row = df.loc[m.idxmin()]
+            row = cv_df.loc[m.idxmin()]
             desc = ", ".join(f"{a}={row[a]}" for a in axes if a in row)
             lines.append(f"best: {desc}: mean final_val_loss over folds = "
                          f"{float(row[key]):.6g}")
