@@ -696,8 +696,9 @@ def fit(
       drop_last: drop the last, smaller batch of each epoch.
       key: int seed or ``jax.random.key``: the data order of every epoch.
       schedule: learning-rate schedule: ``"constant"``, ``"exponential"``, ``"step"``,
-        ``"inverse_time"``, ``"cosine"`` (parameters in ``hparams``; ``warmup_steps`` adds
-        a linear warm-up to any of them).
+        ``"inverse_time"``, ``"cosine"`` (parameters in ``hparams``; ``warmup_steps`` W puts
+        optax's linear warm-up from 0 before any of them, which then starts at update W:
+        see :func:`jaxgd.schedule_value`).
       accumulate: average the gradients of this many consecutive batches of ``batch_size``
         per update (equal to one batch ``accumulate`` times larger).
       val_data: optional validation pytree; its loss is recorded and monitored.
