@@ -12,7 +12,8 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
 against (1) the textbook NumPy loop, (2) PyTorch (``torch.optim`` + per-epoch
 ``randperm`` shuffling), (3) plain JAX + optax with one jitted ``lax.scan`` training
 function per configuration (the learning rate is an argument, so it compiles once),
-configurations run one after another, and (4) jaxgd.
+configurations run one after another, and (4) jaxgd. PyTorch is optional (the [test]
+extra): without it its rows and target read "not installed (...)" and the rest runs.
 
 Timing: median of ``--reps`` repetitions; compile time reported apart (first call minus
 the median of later calls); every timed jaxgd repetition uses new hyper-parameter values

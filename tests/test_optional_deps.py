@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pytest
 
 import jaxgd
 
@@ -83,20 +81,4 @@ def test_show_missing_tabulate_one_line(tmp_path):
     assert ok.returncode == 0 and "best: config" in ok.stdout
 
 
-@pytest.mark.slow
-def test_bench_without_torch(tmp_path):
-    """`jaxgd bench` without PyTorch: exit 0, no traceback, the PyTorch rows marked."""
-    out = tmp_path / "bench"
-    r = without("torch", ["-m", "jaxgd.cli", "bench", "--tiny", "--problems", "B,D",
-                          "--no-scaling", "--out", str(out)], tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
-    table = pd.read_csv(out / "bench.csv")
-    torch_rows = table[table["implementation"] == "PyTorch per config"]
-    assert set(torch_rows["problem"]) == {"B", "D"}
-    assert all(n == f"PyTorch {NOTE}" for n in torch_rows["note"])
-    others = table[table["implementation"] != "PyTorch per config"]
-    assert (others["run_s"] > 0).all()  # every other row measured
-    targets = pd.read_csv(out / "targets.csv", keep_default_na=False)  # "n/a" stays text
-    t = targets[targets["target"].str.contains("PyTorch")].iloc[0]
-    assert t["met"] == "n/a" and NOTE in t["note"]
+# `jaxgd bench --quick` without PyTorch: tests/test_readme.py (README command, slow tier)
