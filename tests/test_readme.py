@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -125,8 +126,18 @@ def matches(value: str, stated: str) -> bool:
 
 
 def run_bash(code: str, work: Path, hide: str = "") -> subprocess.CompletedProcess:
-    r = subprocess.run(["bash", "-e", "-c", code], cwd=work, env=environ(work, hide),
-                       capture_output=True, text=True, timeout=TIMEOUT)
+    """``bash -e -c code``; past TIMEOUT its whole process group (background jobs too) is
+    killed."""
+    p = subprocess.Popen(["bash", "-e", "-c", code], cwd=work, env=environ(work, hide),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=TIMEOUT)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     assert r.returncode == 0, f"{code}\n---\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     assert "Traceback" not in r.stderr, r.stderr[-4000:]
     return r
@@ -156,7 +167,7 @@ def test_readme_shell_commands_without_torch(work):
     demo = work / "demo_out"
     ran, demos = [], []
     for line, src in code:
-        script = []
+        script, port = [], free_port()  # one coordinator port for the processes of a block
         for cmd in src.splitlines():
             m = re.match(r"pip install (-e \.|-e \"\.\[test\]\") && (.*)", cmd)
             if m and "pytest" in m.group(2):
@@ -165,7 +176,7 @@ def test_readme_shell_commands_without_torch(work):
                 continue
             if m:
                 cmd = m.group(2)  # CI has installed the package
-            script.append(cmd.replace("127.0.0.1:12345", f"127.0.0.1:{free_port()}"))
+            script.append(cmd.replace("127.0.0.1:12345", f"127.0.0.1:{port}"))
         r = run_bash("\n".join(script), work, hide="torch")
         ran.append((line, r))
         for mode in re.findall(r"^jaxgd demo( --quick)?\s*(?:#.*)?$", "\n".join(script), re.M):
@@ -196,7 +207,7 @@ def test_readme_shell_commands_without_torch(work):
 
 def test_configs_readme_snippets(work):
     run_python_blocks(CONFIGS_README, work)
-    assert (work / "runs" / "cv_py" / "table.csv").is_file()
+    assert (work / "runs" / "cv" / "table.csv").is_file()
     for line, src in blocks(CONFIGS_README, "bash", "sh"):
         r = run_bash(src, work)
         assert "best:" in r.stdout, f"experiments/configs/README.md:{line}"
