@@ -24,6 +24,22 @@ from jaxgd.store import atomic_write_bytes  # noqa: E402
 DEFAULT_OUT = Path("demo_out")
 
 
+# PyTorch is an optional reference (the [test] extra): without it, a comparison with it
+# becomes a row or column marked with this note, never a failure
+TORCH_INSTALL = "pip install torch==2.13.0 or the [test] extra"
+NOT_INSTALLED = f"not installed ({TORCH_INSTALL})"
+
+
+def optional_torch():
+    """``torch`` when it is installed, else None (its comparisons are then marked
+    :data:`NOT_INSTALLED`)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 class ParityError(AssertionError):
     """jaxgd disagrees with an independent reference beyond the stated tolerance."""
 

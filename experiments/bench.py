@@ -12,7 +12,8 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
 against (1) the textbook NumPy loop, (2) PyTorch (``torch.optim`` + per-epoch
 ``randperm`` shuffling), (3) plain JAX + optax with one jitted ``lax.scan`` training
 function per configuration (the learning rate is an argument, so it compiles once),
-configurations run one after another, and (4) jaxgd.
+configurations run one after another, and (4) jaxgd. PyTorch is optional (the [test]
+extra): without it its rows and target read "not installed (...)" and the rest runs.
 
 Timing: median of ``--reps`` repetitions; compile time reported apart (first call minus
 the median of later calls); every timed jaxgd repetition uses new hyper-parameter values
@@ -516,7 +517,7 @@ class Bench:
     def target(self, name, value, op, goal, note=""):
         ok = value >= goal if op == ">=" else value <= goal
         self.targets.append({"target": name, "measured": value, "goal": f"{op} {goal:g}",
-                             "met": bool(ok) if np.isfinite(value) else False, "note": note})
+                             "met": bool(ok) if np.isfinite(value) else "n/a", "note": note})
 
     # -- generic per-configuration peers, extrapolated
     def peers(self, problem, kind, cfgs, data, n, b, epochs, flops,
@@ -527,8 +528,10 @@ class Bench:
         """
         import jax
         import jax.numpy as jnp
-        import torch
 
+        from ._common import NOT_INSTALLED, optional_torch
+
+        torch = optional_torch() if "torch" in peers else None
         s = self.s
         x, y = data
         k = len(cfgs)
@@ -570,7 +573,11 @@ class Bench:
                          f"{len(sub_o)}/{k}", first - per * len(sub_o), per * k, flops, mem,
                          "as above, jax.random.permutation per epoch inside the jitted fn")
                 out["optax_perm"] = per * k
-        if "torch" in peers:
+        if "torch" in peers and torch is None:
+            self.add(problem, "PyTorch per config", k, "-", float("nan"), float("nan"), flops,
+                     float("nan"), f"PyTorch {NOT_INSTALLED}")
+            out["torch"] = float("nan")
+        elif "torch" in peers:
             xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y))
             if kind != "linreg":
                 yt = yt.long()
@@ -741,6 +748,8 @@ def problem_a(bn: Bench):
 
 
 def problem_b(bn: Bench, data):
+    from ._common import NOT_INSTALLED
+
     s = bn.s
     k = s.k_lr
     flops = linear_flops(s.n, s.d, s.batch, s.epochs, k)
@@ -755,7 +764,8 @@ def problem_b(bn: Bench, data):
               100, "peer draws jax.random.permutation per epoch in its jitted function")
     bn.target("B: same, peer with precomputed orders (x faster)", peers["optax"] / run, ">=",
               100, f"bound at 100% of peak: {peers['optax'] / (flops / bn.peak / 1e9):.0f}x")
-    bn.target("B: jaxgd vs PyTorch per config (x faster)", peers["torch"] / run, ">=", 1000)
+    bn.target("B: jaxgd vs PyTorch per config (x faster)", peers["torch"] / run, ">=", 1000,
+              "" if np.isfinite(peers["torch"]) else f"PyTorch {NOT_INSTALLED}")
     floor = handwritten_floor(bn, data, k)
     bn.target("B: achieved share of matmul peak (%)", 100 * gf / bn.peak, ">=", 40,
               f"{gf:.1f} of {bn.peak:.1f} GFLOP/s; hand-written floor with the same "
@@ -884,6 +894,8 @@ def problem_c(bn: Bench, data, b_run):
 def problem_d(bn: Bench, data):
     import jaxgd
 
+    from ._common import NOT_INSTALLED
+
     s = bn.s
     n = min(s.d_n, len(data[1]))
     x, y = data[0][:n], data[1][:n]
@@ -927,6 +939,10 @@ def problem_d(bn: Bench, data):
               "numpy": "NumPy loop per config"}
     for name, ts in tot.items():
         m = meas.get(labels[name], [])
+        if not np.all(np.isfinite(ts)):  # a peer that is not installed
+            bn.add("D", labels[name], k, "-", float("nan"), float("nan"), flops, float("nan"),
+                   f"PyTorch {NOT_INSTALLED}")
+            continue
         bn.add("D", labels[name], k, "per group: " + "; ".join(m), float("nan"), sum(ts),
                flops, float("nan"),
                f"N={n}; sum over batch-size groups: " + ", ".join(f"{t:.2g}s" for t in ts))

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import jaxgd
-from experiments._common import check, main, save_figure, save_table
+from experiments._common import NOT_INSTALLED, check, main, save_figure, save_table
 
 NAME = "e02_accounting"
 N = 50_000
@@ -64,8 +64,8 @@ def run(out: Path, quick: bool) -> dict:
                          "full_batches": plan.full_steps, "last_batch": last,
                          "samples_seen": plan.full_steps * plan.batch_size + plan.last_batch_size,
                          "loop_steps": len(loop), "loop_last_batch": loop[-1],
-                         "torch_steps": len(ts) if ts is not None else None,
-                         "torch_last_batch": ts[-1] if ts is not None else None,
+                         "torch_steps": len(ts) if ts is not None else NOT_INSTALLED,
+                         "torch_last_batch": ts[-1] if ts is not None else NOT_INSTALLED,
                          "agree": ok})
     check("batch_plan vs slicing loop / DataLoader (mismatching rows)", mismatches, 0)
     p256 = jaxgd.batch_plan(N, 256)
@@ -118,7 +118,7 @@ def run(out: Path, quick: bool) -> dict:
         "B=256": f"{p256.steps_per_epoch} steps, last of {p256.last_batch_size}",
         "steps_per_epoch": dict(zip(map(int, t["B"]), map(int, t["steps_per_epoch"]), strict=True)),
         "rows_agreeing": f"{len(table) - mismatches}/{len(table)}",
-        "torch_checked": rows[0]["torch_steps"] is not None,
+        "torch_checked": True if torch_sizes(1, 1, False) is not None else NOT_INSTALLED,
         "fit_steps_checked": len(fit_rows),
     }
 

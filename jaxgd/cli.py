@@ -8,9 +8,9 @@
     jaxgd bench [--quick] ...
 
 User errors (a bad config, a bad value, a bad option, a missing folder, a folder locked
-by another run) and operating-system errors (disk full, read-only folder, no permission:
-the path and the reason) print one line ``jaxgd: error: ...`` on stderr and exit with
-status 2.
+by another run), operating-system errors (disk full, read-only folder, no permission:
+the path and the reason) and a missing optional package (named, with its ``pip
+install`` command) print one line ``jaxgd: error: ...`` on stderr and exit with status 2.
 
 JAX is imported lazily: with ``--coordinator`` the command calls
 ``jax.distributed.initialize`` before any JAX operation.
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "summary"]
+__all__ = ["main", "summary", "missing_dependency"]
 
 PROG = "jaxgd"
 
@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             return _cmd_show(args)
         return _cmd_experiment(args.command, args.args)
+    except ImportError as e:  # a missing (optional) dependency: name it and how to install
+        msg = missing_dependency(e)
+        if msg is None:
+            raise
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         out = _RUN["out"]
         print(f"{PROG}: interrupted" + (f"; finished chunks are kept in {out} - run the same "
@@ -173,6 +179,35 @@ _OS_ERRNOS = _os_errnos()
 
 # what the running command writes to, for the Ctrl-C message
 _RUN: dict[str, str | None] = {"out": None}
+
+
+# import name -> what to pip install; the test extra's packages
+_PACKAGES = {"sklearn": "scikit-learn", "torch": "torch==2.13.0", "yaml": "pyyaml"}
+_TEST_EXTRA = ("torch", "scipy", "pytest", "hypothesis")
+
+
+def missing_dependency(e: ImportError) -> str | None:
+    """One line naming the missing package of ``e`` and the command that installs it; None
+    when ``e`` is not a missing third-party package (e.g. a broken jaxgd import)."""
+    import re
+
+    name, cause = None, e
+    while cause is not None and not name:  # pandas re-raises ImportError from the original
+        if isinstance(cause, ModuleNotFoundError):
+            name = cause.name
+        cause = cause.__cause__ or cause.__context__
+    if not name:  # pandas' wordings: "Missing optional dependency 'x'", "`Import x` failed"
+        m = re.search(r"[Mm]issing optional dependency '([\w.\-]+)'|`[Ii]mport ([\w.\-]+)` "
+                      r"failed", str(e))
+        name = (m.group(1) or m.group(2)) if m else None
+    if not name:
+        return None
+    top = name.split(".")[0]
+    if top in ("jaxgd", "experiments", "tests"):
+        return None
+    pkg = _PACKAGES.get(top, top)
+    extra = ' (or the test extra: pip install -e ".[test]")' if top in _TEST_EXTRA else ""
+    return f"the Python package {top!r} is not installed; install it with: pip install {pkg}{extra}"
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -243,7 +278,8 @@ def _cmd_sweep(args) -> int:
     kw = {}
     if args.chunk_size:
         kw["chunk_size"] = args.chunk_size
-    sw = exp.run(out=str(out), progress=lead and not args.quiet, **kw)
+    # every process asks for the same program (progress included); process 0 draws
+    sw = exp.run(out=str(out), progress=not args.quiet, **kw)
     elapsed = time.perf_counter() - t0
     if lead:
         figs = [] if args.no_plots else sw.plot(out)
@@ -290,7 +326,13 @@ def _cmd_experiment(name: str, rest: list[str]) -> int:
     try:
         mod = importlib.import_module(f"experiments.{name}")
         fn = mod.main
-    except (ImportError, AttributeError) as e:
+    except ImportError as e:
+        if missing_dependency(e) is not None:
+            raise  # one line naming the package, exit 2 (main)
+        print(f"{PROG}: error: 'jaxgd {name}' needs experiments/{name}.py with main(argv) "
+              f"(run it from a source checkout of jaxgd): {e}", file=sys.stderr)
+        return 2
+    except AttributeError as e:
         print(f"{PROG}: error: 'jaxgd {name}' needs experiments/{name}.py with main(argv) "
               f"(run it from a source checkout of jaxgd): {e}", file=sys.stderr)
         return 2
@@ -327,9 +369,8 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     axes = sw.axes()
     cv = "fold" in t and "final_val_loss" in t
     cv_df = sw.cv_table("final_val_loss") if cv else None
-    by_setting = False
     if cv_df is not None and (sort is None or sort in cv_df.columns):
-        df, by_setting = cv_df, True
+        df = cv_df
         sort = sort or "final_val_loss_mean"
         lines.append(f"cross-validation over {sw.folds or t['fold'].nunique()} folds, "
                      f"sorted by {sort}" + (" (descending)" if descending else "") + ":")
@@ -352,11 +393,12 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     lines.append(shown.to_markdown(index=False, tablefmt="simple", floatfmt=".4g"))
     if top and len(df) > top:
         lines.append(f"... {len(df) - top} more rows (--top 0 for all)")
-    if by_setting:
+    # the best is the sweep's, whatever the display order: by folds' mean with folds
+    if cv_df is not None:
         key = "final_val_loss_mean"
-        m = pd.to_numeric(df[key], errors="coerce").replace([np.inf, -np.inf], np.nan)
+        m = pd.to_numeric(cv_df[key], errors="coerce").replace([np.inf, -np.inf], np.nan)
         if m.notna().any():
-            row = df.loc[m.idxmin()]
+            row = cv_df.loc[m.idxmin()]
             desc = ", ".join(f"{a}={row[a]}" for a in axes if a in row)
             lines.append(f"best: {desc}: mean final_val_loss over folds = "
                          f"{float(row[key]):.6g}")

@@ -71,43 +71,62 @@ INT_KEYS = stops.INT_KEYS
 def schedule_value(kind: str, step: jax.Array, lr: jax.Array, p: Mapping[str, jax.Array]):
     r"""Learning rate at update ``step`` (0 for the first update) of schedule ``kind``.
 
-    * constant: :math:`\eta`
-    * exponential: :math:`\eta\,r^{(t-t_0)/T}`, exponent floored when ``staircase``
-      (TensorFlow's ``exponential_decay``: 0.1, 0.96, 1000, staircase gives 0.1 at step
-      999 and 0.096 at step 1000)
-    * step: :math:`\eta\,\gamma^{\lfloor t/s\rfloor}`
-    * inverse_time: :math:`\eta / (1 + r\,t/T)`, :math:`t/T` floored when ``staircase``
-    * cosine: :math:`\eta\,((1-\alpha)\,\tfrac12(1+\cos(\pi\min(t,T)/T)) + \alpha)`
+    Each kind is the optax schedule named below, written with ``jnp`` so that every
+    parameter may be a traced array (optax's builders check their arguments in Python):
 
-    With ``warmup_steps`` = W > 0 the rate rises linearly from 0 over the first W updates,
-    then follows the schedule shifted by W. Every parameter may be a traced array.
+    * constant: :math:`\eta` (``optax.constant_schedule(lr)``)
+    * exponential: :math:`\eta\,r^{(t-t_0)/T}` for :math:`t > t_0`, else :math:`\eta`;
+      the exponent floored when ``staircase``; ``decay_rate`` = 0 means no decay, as in
+      optax (``optax.exponential_decay(lr, transition_steps, decay_rate,
+      transition_begin, staircase)``; 0.1, 0.96, 1000, staircase gives 0.1 at step 999 and
+      0.096 at step 1000)
+    * step: :math:`\eta\,\gamma^{\lfloor t/s\rfloor}` (``optax.piecewise_constant_schedule``
+      with a factor ``gamma`` at every multiple of ``step_size``)
+    * inverse_time: :math:`\eta / (1 + r\,t/T)`, :math:`t/T` floored when ``staircase``
+      (TensorFlow's ``inverse_time_decay``; optax has none)
+    * cosine: :math:`\eta\,((1-\alpha)\,\tfrac12(1+\cos(\pi\min(t,T)/T)) + \alpha)`
+      (``optax.cosine_decay_schedule(lr, decay_steps, alpha)``)
+
+    With ``warmup_steps`` = W > 0 the rate is optax's warm-up joined to the schedule,
+    ``optax.join_schedules([optax.linear_schedule(0, lr, W), schedule], [W])``: it rises
+    linearly from 0 at update 0 (a step of size 0) through :math:`\eta\,t/W`, and from
+    update W on it is the schedule at :math:`t - W` (the decay starts after the warm-up).
+    So ``"constant"`` with W is ``optax.warmup_constant_schedule(0, lr, W)``,
+    ``"exponential"`` is ``optax.warmup_exponential_decay_schedule(0, lr, W, ...)``, and
+    ``"cosine"`` with ``decay_steps`` D is ``optax.warmup_cosine_decay_schedule(0, lr, W,
+    W + D, alpha * lr)`` (optax counts the warm-up inside its ``decay_steps``).
+    ``warmup_steps`` = 0 is no warm-up.
     """
     step = jnp.asarray(step, dtype=lr.dtype)
     if WARMUP_KEY in p:
         w = p[WARMUP_KEY]
-        warm = jnp.where(w > 0, jnp.minimum(1.0, (step + 1.0) / jnp.maximum(w, 1.0)), 1.0)
-        step = jnp.maximum(step - w, 0.0)
-    else:
-        warm = 1.0
+        # optax.linear_schedule(0, lr, w) at step, written as optax computes it
+        ramp = (0.0 - lr) * (1.0 - jnp.clip(step, 0.0, w) / jnp.where(w > 0, w, 1.0)) + lr
+        decayed = _decay(kind, jnp.maximum(step - w, 0.0), lr, p)
+        return jnp.where(step < w, ramp, decayed)
+    return _decay(kind, step, lr, p)
+
+
+def _decay(kind: str, step: jax.Array, lr: jax.Array, p: Mapping[str, jax.Array]):
     if kind == "constant":
-        out = lr * jnp.ones_like(step)
-    elif kind == "exponential":
-        e = jnp.maximum(step - p["transition_begin"], 0.0) / p["transition_steps"]
+        return lr * jnp.ones_like(step)
+    if kind == "exponential":
+        begin, rate = p["transition_begin"], p["decay_rate"]
+        e = (step - begin) / p["transition_steps"]
         e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
-        out = lr * p["decay_rate"] ** e
-    elif kind == "step":
-        out = lr * p["gamma"] ** jnp.floor(step / p["step_size"])
-    elif kind == "inverse_time":
+        # optax: the initial value up to transition_begin; decay_rate 0 = no decay
+        return jnp.where((step - begin <= 0) | (rate == 0), lr, lr * rate ** e)
+    if kind == "step":
+        return lr * p["gamma"] ** jnp.floor(step / p["step_size"])
+    if kind == "inverse_time":
         e = step / p["decay_steps"]
         e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
-        out = lr / (1.0 + p["decay_rate"] * e)
-    elif kind == "cosine":
-        frac = jnp.minimum(step, p["decay_steps"]) / p["decay_steps"]
-        cos = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-        out = lr * ((1.0 - p["alpha"]) * cos + p["alpha"])
-    else:  # validated earlier
-        raise ValueError(f"unknown schedule {kind!r}")
-    return out * warm
+        return lr / (1.0 + p["decay_rate"] * e)
+    if kind == "cosine":
+        count = jnp.minimum(step, p["decay_steps"])  # as optax computes it
+        cos = 0.5 * (1.0 + jnp.cos(jnp.pi * count / p["decay_steps"]))
+        return lr * ((1.0 - p["alpha"]) * cos + p["alpha"])
+    raise ValueError(f"unknown schedule {kind!r}")  # validated earlier
 
 
 class OptimizerSpec(NamedTuple):

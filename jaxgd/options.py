@@ -199,7 +199,8 @@ _TRAIN: tuple[Option, ...] = (
     Option("schedule", "constant", "str",
            "learning-rate schedule: ``\"constant\"``, ``\"exponential\"``, ``\"step\"``, "
            "``\"inverse_time\"``, ``\"cosine\"`` (parameters in ``hparams``; "
-           "``warmup_steps`` adds a linear warm-up to any of them).",
+           "``warmup_steps`` W puts optax's linear warm-up from 0 before any of them, which "
+           "then starts at update W: see :func:`jaxgd.schedule_value`).",
            file=True, check=_schedule, what="a schedule name", fingerprint="own", axis=3),
     Option("accumulate", 1, "int",
            "average the gradients of this many consecutive batches of ``batch_size`` per "
@@ -281,7 +282,9 @@ _TRAIN: tuple[Option, ...] = (
            "devices of all processes when there are several.", scope=SWEEP, fingerprint=""),
     Option("progress", False, "bool",
            "show a progress bar over epochs (a host callback per evaluation; a sweep also "
-           "shows one over chunks).", check=check_bool, fingerprint=""),
+           "shows one over chunks, with the number of configurations still active). With "
+           "several processes it is on when any process asks for it, and only process 0 "
+           "draws.", check=check_bool, fingerprint=""),
 )
 
 OPTIONS: dict[str, Option] = {o.name: o for o in _TRAIN}

@@ -580,9 +580,14 @@ def build_program(spec: ProgramSpec) -> Callable[..., ProgramOutput]:
             e, s = c
             s = ep_c(s, tc, keys, e, data, val, tidx, vidx)
             if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
+                # The count is reduced in the program (padding of a sharded block left out
+                # with sweep's PROGRESS_VALID mask), so the callback gets a replicated
+                # scalar; under a sharding it runs once, on device 0 (process 0). Every
+                # process compiles this same program: sweep agrees on `progress`.
+                act = s.active & tc[PROGRESS_VALID] if PROGRESS_VALID in tc else s.active
                 every = max(1, n_evals // 100)
                 jax.lax.cond(((e + 1) % every == 0) | (e + 1 == n_evals),
-                             lambda: jax.debug.callback(_progress_tick, e + 1, jnp.sum(s.active)),
+                             lambda: jax.debug.callback(_progress_tick, e + 1, jnp.sum(act)),
                              lambda: None)
             return e + 1, s
 
@@ -595,6 +600,8 @@ def build_program(spec: ProgramSpec) -> Callable[..., ProgramOutput]:
 
 
 _EPOCH_BAR: list[Any] = [None]
+# optional key of the traced config: bool, False for a sharded block's padding
+PROGRESS_VALID = "_progress_valid"
 
 
 def _progress_tick(done, active) -> None:
@@ -606,10 +613,15 @@ def _progress_tick(done, active) -> None:
 
 
 class epoch_progress:
-    """Context manager: a tqdm bar over the epochs of the programs run inside it."""
+    """Context manager: a tqdm bar over the epochs of the programs run inside it.
+
+    The bar is drawn by process 0 only; other processes run the same program (whose
+    progress callback executes on device 0) and draw nothing.
+    """
 
     def __init__(self, spec: ProgramSpec, desc: str = "epochs", enabled: bool = True):
-        self.spec, self.desc, self.enabled = spec, desc, enabled and spec.progress
+        self.spec, self.desc = spec, desc
+        self.enabled = enabled and spec.progress and jax.process_index() == 0
 
     def __enter__(self):
         if self.enabled:

@@ -30,7 +30,7 @@ import numpy as np
 from . import optim
 from .options import collect, document, fingerprint_settings
 from .prepare import MAX_SEED, Prepared, as_key, prepare, stop_hparams, tc_array
-from .program import compiled_program, epoch_progress, float_dtype
+from .program import PROGRESS_VALID, compiled_program, epoch_progress, float_dtype
 from .stops import STOP_DEFAULTS
 
 __all__ = ["sweep", "expand_configs", "STRUCTURAL_AXES"]
@@ -241,6 +241,7 @@ def sweep(
     from .store import RunStore
 
     opts = collect("sweep", locals())
+    opts["progress"] = _agree_progress(bool(opts["progress"]))
     cfgs = expand_configs(grid, random, configs)
     cfgs = _with_folds(cfgs, folds, val_data)
     all_idx = _selected(cfgs, only)
@@ -587,7 +588,8 @@ def _run_groups(groups: list[Group], data, val_data, fold_split, chunk_size, mem
     ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
     plans = _plan_chunks(groups, chunk_size, memory_budget, epochs, ndev)
     total = sum(p.n_chunks for p in plans)
-    bar = tqdm(total=total, desc="sweep", unit="chunk", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="sweep", unit="chunk", leave=False,
+               disable=not progress or jax.process_index() != 0)  # process 0 draws
     results = []
     try:
         for p in plans:
@@ -621,6 +623,26 @@ def _chunk_configs(p: ChunkPlan, ci: int) -> np.ndarray:
     return np.sort(np.asarray(idx, np.int64))
 
 
+def _chunk_valid(per_stream, ci, width) -> np.ndarray:
+    """[streams, width]: True for the real configurations of chunk ``ci`` (False: padding)."""
+    valid = np.zeros((len(per_stream), width), bool)
+    for s, rows in enumerate(per_stream):
+        valid[s, :len(rows[ci * width:(ci + 1) * width])] = True
+    return valid
+
+
+def _agree_progress(progress: bool) -> bool:
+    """With several processes, progress is on when any process asks for it: the progress
+    callback is part of the compiled program, and every process must run the same program
+    (else their collectives mismatch). Only process 0 draws the bars."""
+    if jax.process_count() == 1:
+        return progress
+    from jax.experimental import multihost_utils
+
+    asked = multihost_utils.process_allgather(np.int32(progress))
+    return bool(np.any(np.asarray(asked)))
+
+
 def _agree_cached(cached):
     """With several processes, use a stored chunk only if every process has it (else all
     recompute it: a process that skipped the program would leave the others waiting)."""
@@ -641,15 +663,16 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
     S = len(streams)
     # [S, width] row numbers into g.rows (padding repeats the stream's first row)
     grid_rows = np.zeros((S, width), np.int64)
-    valid = np.zeros((S, width), bool)
+    valid = _chunk_valid(p.per_stream, ci, width)
     for s, rows in enumerate(p.per_stream):
         part = rows[ci * width:(ci + 1) * width]
         grid_rows[s, :] = rows[0]
         grid_rows[s, :len(part)] = part
-        valid[s, :len(part)] = True
     tc_np = {k: np.asarray([[g.numeric[r][k] for r in row] for row in grid_rows])
              for k in spec.numeric_names}
     tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
+    if spec.progress:  # the progress bar counts the active configurations, not padding
+        tc[PROGRESS_VALID] = valid
     keys = jnp.stack([as_key(s) for s, _ in streams])
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))

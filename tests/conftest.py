@@ -13,6 +13,9 @@ import jax
 import numpy as np
 import pytest
 
+# not tests: a sitecustomize that hides packages from subprocesses (test_optional_deps)
+collect_ignore = ["hide_modules"]
+
 
 @contextlib.contextmanager
 def enable_x64():

@@ -2,6 +2,7 @@
 
     python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
         --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
+        [--progress all|lead]
 
 JAX options that must come before any JAX operation (forced host devices, the
 distributed runtime) are set here, first thing. With ``--report`` a JSON summary
@@ -66,6 +67,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", default="full,5")
     ap.add_argument("--lrs", default=None)
     ap.add_argument("--report", default=None)
+    ap.add_argument("--progress", choices=("all", "lead"), default=None,
+                    help="progress bars: asked for by every process, or by process 0 only")
     a = ap.parse_args(argv)
 
     import jax
@@ -103,8 +106,9 @@ def main(argv=None):
     sweep_mod.compiled_program = spy
     bs = [None if b == "full" else int(b) for b in a.batch_size.split(",")]
     lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
+    progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)
     sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
-                   lrs=lrs)
+                   lrs=lrs, progress=progress)
     mesh = sweep_mod.default_mesh()
     if a.report and jax.process_index() == 0:
         info = {

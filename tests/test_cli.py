@@ -355,6 +355,31 @@ def test_show_cv_sort_by_cv_column(cv_run, capsys):
     assert "final_val_loss_mean" in _one_error_line(capsys)
 
 
+def test_show_sort_any_column_same_best(cv_run, tiny_run, capsys):
+    """`show --sort KEY` (the README's `--sort final_loss --top 5`) names the best that
+    `show` names: the sweep's best, whatever the display order."""
+    def best(run, *args):
+        capsys.readouterr()
+        assert main(["show", str(run), *args]) == 0
+        return _best_line(capsys.readouterr().out)
+
+    plain = best(cv_run)
+    # independent: the learning rate of the lowest mean validation loss over folds
+    t = pd.read_csv(cv_run / "table.csv")
+    means = t.groupby("learning_rate")["final_val_loss"].mean()
+    assert plain.startswith(f"best: learning_rate={means.idxmin()}:")
+    assert f"{means.min():.6g}" in plain
+    for args in (["--sort", "final_loss", "--top", "5"], ["--sort", "fold"],
+                 ["--sort", "final_loss", "--desc"], ["--sort", "final_val_loss_std"],
+                 ["--sort", "epochs_run", "--top", "0"]):
+        assert best(cv_run, *args) == plain, args
+    run = tiny_run[1]
+    plain = best(run)
+    assert plain.startswith("best: config")
+    for args in (["--sort", "best_loss"], ["--sort", "learning_rate", "--desc", "--top", "1"]):
+        assert best(run, *args) == plain, args
+
+
 def test_ctrl_c_one_line(tmp_path, monkeypatch, capsys):
     import jaxgd.config as config
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,11 +59,34 @@ def compare_tables(got: pd.DataFrame, ref: pd.DataFrame, rtol=1e-4):
             assert [str(v) for v in a] == [str(v) for v in b], col
 
 
+# a tqdm epoch bar as the sweep draws it: "group 1 chunk 1:  67%|...| 2/3 [..., active=9]"
+BAR = re.compile(r"group (\d+) chunk (\d+):[^\n]*?(\d+)/(\d+) \[[^\]\n]*active=(\d+)\]")
+
+
+def progress_ticks(log: str) -> list[tuple[tuple[int, int], ...]]:
+    """The (epoch, active count) ticks of every epoch bar in a log, one tuple per bar."""
+    bars: dict[tuple[str, str], dict[int, int]] = {}
+    for g, c, done, _, active in BAR.findall(log.replace("\r", "\n")):
+        bars.setdefault((g, c), {})[int(done)] = int(active)
+    return sorted(tuple(sorted(t.items())) for t in bars.values())
+
+
+def expected_ticks(table: pd.DataFrame, by: str, epochs: int) -> list[tuple[tuple[int, int], ...]]:
+    """Per group (one chunk each): after epoch e < epochs the configurations that ran past
+    e (a stopped one does not run again); none after the last epoch."""
+    out = []
+    for _, t in table.groupby(by.split(","), dropna=False):
+        runs = t["epochs_run"].to_numpy()
+        out.append(tuple((e, int((runs > e).sum()) if e < epochs else 0)
+                         for e in range(1, epochs + 1)))
+    return sorted(out)
+
+
 def test_four_forced_devices_equal_one(tmp_path):
     report = tmp_path / "report.json"
     # XLA_FLAGS, as a user would set it (the worker's --devices is the config-API route)
-    run_worker(["--report", str(report)],
-               env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    log = run_worker(["--report", str(report), "--progress", "all"],
+                     env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     info = json.loads(report.read_text())
     assert info["device_count"] == 4 and info["process_count"] == 1
     assert info["default_mesh_devices"] == 4
@@ -81,3 +105,8 @@ def test_four_forced_devices_equal_one(tmp_path):
                                atol=1e-6)
     np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-4,
                                atol=1e-6)
+    # the progress bars counted the 9 real configurations of each group, not the 12 lanes
+    # of the padded sharded block
+    ticks = progress_ticks(log)
+    assert ticks == expected_ticks(ref.table, "batch_size", 4)
+    assert ticks[0][0] == (1, 9)

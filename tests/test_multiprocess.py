@@ -1,9 +1,10 @@
 """Two local processes with ``jax.distributed`` give the table of one process.
 
-Each process forces 2 CPU devices, so the configuration axis is sharded over a
-4-device mesh spanning both processes; only process 0 writes ``out=``. The coordinator
-binds to 127.0.0.1, timeouts are short, and both processes are bounded and killed by
-handle.
+The library test forces 2 CPU devices per process, so the configuration axis is sharded
+over a 4-device mesh spanning both processes; the command-line test runs the README's
+command as written (one device per process, progress bars on). Only process 0 writes
+``out=`` and draws progress bars. The coordinator binds to 127.0.0.1, timeouts are short,
+and both processes are bounded and killed by handle.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from test_devices import WORKER, compare_tables, load_worker
+from test_devices import WORKER, compare_tables, expected_ticks, load_worker, progress_ticks
 
 import jaxgd
 
@@ -57,9 +58,12 @@ def test_two_processes_equal_one(tmp_path):
     port = free_port()
     out = tmp_path / "run"
     report = tmp_path / "report.json"
-    run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
-                        "--num-processes", "2", "--port", str(port), "--devices", "2",
-                        "--out", str(out), "--report", str(report)], tmp_path, "p")
+    # progress=True on process 0 only (as a script might write it): the processes must
+    # still agree on one program, and only process 0 draws
+    logs = run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
+                               "--num-processes", "2", "--port", str(port), "--devices", "2",
+                               "--out", str(out), "--report", str(report), "--progress", "lead"],
+                    tmp_path, "p")
 
     info = json.loads(report.read_text())
     assert info["process_count"] == 2 and info["device_count"] == 4
@@ -75,6 +79,9 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose(saved.history["loss"], ref.history["loss"], rtol=1e-4, atol=1e-6)
     assert not (out / ".lock").exists()
     assert len(list((out / "chunks").glob("*.npz"))) == 2
+    # 9 real configurations per group on a 4-device mesh (12 lanes): the count is real
+    assert progress_ticks(logs[0]) == expected_ticks(ref.table, "batch_size", 4)
+    assert "epoch" not in logs[1] and "active=" not in logs[1]
 
 
 CLI_CONFIG = """
@@ -96,16 +103,19 @@ seed = [0, 1]
 
 @pytest.mark.slow
 def test_cli_two_processes_equal_one(tmp_path):
-    """``jaxgd sweep --coordinator ... --num-processes 2 --process-id i`` on 127.0.0.1."""
+    """``jaxgd sweep --coordinator ... --num-processes 2 --process-id i`` on 127.0.0.1, as
+    the README writes it: one CPU device per process, the default progress bars on."""
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(CLI_CONFIG)
     port = free_port()
     logs = run_pair(lambda i: [
         sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out", str(tmp_path / "multi"),
-        "--quiet", "--no-plots", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+        "--no-plots", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
         "--process-id", str(i), "--init-timeout", "60"], tmp_path, "cli")
-    # process 0 printed the summary; process 1 wrote nothing
+    # process 0 printed the summary and drew the bars; process 1 wrote neither
     assert "best:" in logs[0] and "best:" not in logs[1]
+    assert "2 device(s), 2 process(es)" in logs[0]
+    assert "epoch" not in logs[1] and "active=" not in logs[1] and "sweep" not in logs[1]
     single = subprocess.run(
         [sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out", str(tmp_path / "one"),
          "--quiet", "--no-plots"], capture_output=True, text=True, timeout=TIMEOUT)
@@ -114,3 +124,8 @@ def test_cli_two_processes_equal_one(tmp_path):
     b = jaxgd.load(tmp_path / "one").table
     assert list(a["stop_reason"]) == list(b["stop_reason"])
     np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-4)
+    # the bars' active counts: per batch-size group, the configurations still running
+    # (lr 1 diverges at batch size 32 in the first epoch)
+    ticks = progress_ticks(logs[0])
+    assert ticks == expected_ticks(b, "batch_size", 3)
+    assert (1, 4) in [t[0] for t in ticks]
