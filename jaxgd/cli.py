@@ -6,6 +6,7 @@
     jaxgd show DIR [--sort COL] [--top N]
     jaxgd demo [--out DIR] [--quick]
     jaxgd bench [--quick] ...
+    jaxgd bench --gpu [--out DIR] ...     (the accelerator benchmark: experiments/bench_gpu.py)
 
 User errors (a bad config, a bad value, a bad option, a missing folder, a folder locked
 by another run), operating-system errors (disk full, read-only folder, no permission:
@@ -322,6 +323,9 @@ def _cmd_show(args) -> int:
 
 def _cmd_experiment(name: str, rest: list[str]) -> int:
     import importlib
+
+    if name == "bench" and "--gpu" in rest:  # the accelerator benchmark (bench_gpu.py)
+        name, rest = "bench_gpu", [a for a in rest if a != "--gpu"]
 
     try:
         mod = importlib.import_module(f"experiments.{name}")

@@ -140,3 +140,13 @@ def test_a_failing_row_is_recorded_and_the_exit_code_is_1(tmp_path, monkeypatch,
     monkeypatch.setattr(bench_gpu, "run", lambda *a, **k: {"rows": [row, ok]})
     assert bench_gpu.main(["--tiny", "--out", str(tmp_path)]) == 1
     assert "MemoryError" in capsys.readouterr().err
+
+
+def test_jaxgd_bench_gpu_runs_this_module(tmp_path, capsys):
+    """``jaxgd bench --gpu`` is this benchmark (the flag is dropped, the rest passed on)."""
+    from jaxgd.cli import main
+
+    assert main(["bench", "--gpu", "--tiny", "--out", str(tmp_path), "--budget", "1e-9"]) == 0
+    assert (tmp_path / "gpu_bench.md").read_text().startswith("# jaxgd GPU benchmark")
+    assert main(["bench", "--gpu", "--reps", "0", "--out", str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().err
