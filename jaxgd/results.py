@@ -143,6 +143,8 @@ def _display(v: Any) -> Any:
         return "full"
     if isinstance(v, str | int | float | bool | np.integer | np.floating):
         return v
+    if isinstance(v, list | tuple):  # a shape axis's widths: the same before and after load
+        return str([_display(x) for x in v])
     return getattr(v, "__name__", repr(v))
 
 

@@ -34,7 +34,7 @@ def init(key, hidden):
 
 
 def loss(p, b):
-    return jnp.mean((APPLY(p, b[0]) - b[1]) ** 2)
+    return jnp.mean((APPLY(p, b[0])[:, 0] - b[1]) ** 2)
 
 
 GRID = {"hidden": [8, 16], "learning_rate": [0.02, 0.1]}
@@ -233,6 +233,7 @@ def test_toml_sweep_over_a_model_argument():
     assert exp.params is None and shape_axes(exp.sweep_kwargs["init"]) == ("hidden",)
     sw = exp.run()
     assert [g.rows.tolist() for g in sw.param_groups] == [[0, 1], [2, 3]]
+    assert list(sw.table["hidden"]) == [4, 4, "[3, 2]", "[3, 2]"]
     ds = jaxgd.datasets.load("diabetes")
     x = np.asarray(jaxgd.data.standardize(ds.x, jaxgd.data.fit_standardizer(ds.x)), np.float32)
     y = ds.y.astype(np.float32)
