@@ -237,7 +237,7 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
     data = _read_data(ctx, dict(raw.get("data", {})), base)
     model = _read_model(ctx, dict(raw.get("model", {})))
     train = _read_train(ctx, dict(raw.get("train", {})))
-    sweep_grid, random = _read_sweep(ctx, dict(raw.get("sweep", {})), train)
+    sweep_grid, random = _read_sweep(ctx, dict(raw.get("sweep", {})), train, model)
     # list-valued [train] entries become axes (before the [sweep] axes: outermost)
     grid: dict[str, list[Any]] = {}
     for k in TRAIN_AXES:
@@ -252,7 +252,7 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
     if "folds" in train and "val_fraction" in data:
         raise ctx.err("data.val_fraction",
                       "[data] val_fraction and [train] folds exclude each other: choose one")
-    _check_names(ctx, grid, random, train)
+    _check_names(ctx, grid, random, train, model_shape_axes(model))
     _check_required(ctx, grid, random, train)
     return Config(file, data, model, train, grid, random, base)
 
@@ -441,15 +441,40 @@ def _normalize_axis_value(name: str, v: Any) -> Any:
     return v
 
 
-def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any]):
+def model_shape_axes(model: dict[str, Any]) -> tuple[str, ...]:
+    """The [model] arguments a [sweep] axis may vary: those the registry marks as changing
+    only parameter shapes (``ModelArg.shape``, e.g. ``hidden`` of ``mlp``)."""
+    return tuple(k for k, a in _model_registry()[model["name"]].args.items() if a.shape)
+
+
+def _read_shape_axis(ctx: _Ctx, key: str, k: str, v: Any, model: dict[str, Any]) -> list[Any]:
+    """A [sweep] axis over a model argument: a list of values, each checked like [model]'s
+    (for mlp's ``hidden``, each value is a width or a list of widths)."""
+    if k in model:
+        raise ctx.err(key, f"{k!r} is given both in [model] and in [sweep]: keep one")
+    if not isinstance(v, list) or not v:
+        raise ctx.err(key, f"{key} = {_show(v)} is invalid: a model argument swept in "
+                      f"[sweep] is a non-empty list of values, e.g. {k} = [16, 32]")
+    arg = _model_registry()[model["name"]].args[k]
+    for x in v:
+        _need(ctx, key, arg.ok(x), f"use a list whose values are each {arg.what}", x)
+    return v
+
+
+def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any],
+                model: dict[str, Any] | None = None):
     from .sweep import expand_configs
 
     grid: dict[str, list[Any]] = {}
     random = s.pop("random", None)
+    shape_names = model_shape_axes(model) if model else ()
     for k, v in s.items():
         key = f"sweep.{k}"
         if k in train and k != "hparams" or k in train.get("hparams", {}):
             raise ctx.err(key, f"{k!r} is given both in [train] and in [sweep]: keep one")
+        if k in shape_names:
+            grid[k] = _read_shape_axis(ctx, key, k, v, model)
+            continue
         if isinstance(v, dict):
             vals = _expand_space(ctx, key, v)
         elif isinstance(v, list):
@@ -501,8 +526,9 @@ def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any]):
     return grid, rnd
 
 
-def _check_names(ctx: _Ctx, grid, random, train) -> None:
-    """Axis and hparams names must be hyper-parameters of one of the sweep's optimizers."""
+def _check_names(ctx: _Ctx, grid, random, train, shape_names=()) -> None:
+    """Axis and hparams names must be hyper-parameters of one of the sweep's optimizers
+    (or, for [sweep] axes, the model's shape arguments)."""
     from .sweep import STREAM_AXES, STRUCTURAL_AXES
 
     try:
@@ -521,9 +547,9 @@ def _check_names(ctx: _Ctx, grid, random, train) -> None:
         return
     axes_ok = known | set(STRUCTURAL_AXES) | set(STREAM_AXES)
     for k in grid:
-        if k not in axes_ok:
+        if k not in axes_ok | set(shape_names):
             table = "sweep" if f"sweep.{k}" in ctx.lines else "train.hparams"
-            raise ctx.unknown(table, k, sorted(axes_ok))
+            raise ctx.unknown(table, k, sorted(axes_ok | set(shape_names)))
     for k in random or {}:
         if k not in ("n", "random_seed") and k not in axes_ok:
             raise ctx.unknown("sweep.random", k, sorted(axes_ok | {"n", "random_seed"}))
@@ -739,7 +765,12 @@ def build(cfg: Config) -> Experiment:
     train_data = (x[tr], y[tr]) if va is not None else (x, y)
     val_data = (x[va], y[va]) if va is not None else None
     kw, init_seed = _sweep_kwargs(cfg, in_program, val_data)
-    if init_seed == "seed":
+    shape_names = [k for k in model_shape_axes(cfg.model) if k in cfg.grid]
+    if shape_names:  # a [sweep] axis over a model argument: one init per shape
+        params = None
+        kw["init"] = _shape_init(cfg, entry, int(np.prod(x.shape[1:])), outputs, shape_names,
+                                 init_seed)
+    elif init_seed == "seed":
         params = None
         kw["init"] = model.init
     else:
@@ -750,6 +781,27 @@ def build(cfg: Config) -> Experiment:
             "features": int(np.prod(x.shape[1:])), "model": cfg.model["name"],
             "loss": loss_name, "val": 0 if va is None else len(va)}
     return Experiment(cfg, loss, params, train_data, kw, model, info)
+
+
+def _shape_init(cfg: Config, entry, features: int, outputs: int, names, init_seed):
+    """``init(key, *, name=value, ...)``: the registered model built with the [sweep]'s
+    shape axes (its keyword parameters, which make them shape axes of the sweep, see
+    :func:`jaxgd.sweep.shape_axes`), drawn from each seed's key (``init_seed =
+    "seed"``) or from the fixed ``init_seed``."""
+    import inspect
+
+    from .prepare import seed_key
+
+    base = {k: v for k, v in cfg.model.items() if k in entry.args}
+
+    def init(key, **shape):
+        k = key if init_seed == "seed" else seed_key(init_seed, "init_seed")
+        return entry.build(features, outputs, **{**base, **shape}).init(k)
+
+    kind = inspect.Parameter
+    init.__signature__ = inspect.Signature(
+        [kind("key", kind.POSITIONAL_OR_KEYWORD), *(kind(n, kind.KEYWORD_ONLY) for n in names)])
+    return init
 
 
 def _check_labels(y, task, name, err):

@@ -264,7 +264,7 @@ def cnn(num_classes: int = 10, channels: int = 8) -> Model:
         )
         h = jax.nn.relu(h + params["conv"]["b"])
         h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-        h = h.reshape(h.shape[0], flat)
+        h = h.reshape(h.shape[0], -1)  # flat (4 * 4 * channels) for the params' channels
         return h @ params["dense"]["w"] + params["dense"]["b"]
 
     return Model(init, apply)
@@ -315,7 +315,7 @@ def rnn(in_features: int, hidden: int, out_features: int = 1, activation: str = 
         if x.ndim != 3:
             raise ValueError(f"rnn expects x of shape [n, T, d], got {x.shape}")
         xs = jnp.swapaxes(x, 0, 1)  # [T, n, d]
-        h0 = jnp.zeros((x.shape[0], hidden), params["wh"].dtype)
+        h0 = jnp.zeros((x.shape[0], params["wh"].shape[0]), params["wh"].dtype)  # hidden
 
         def step(h: jax.Array, xt: jax.Array) -> tuple[jax.Array, None]:
             return act(xt @ params["wx"] + h @ params["wh"] + params["bh"]), None
@@ -337,6 +337,9 @@ class ModelArg(NamedTuple):
     default: Any
     ok: Callable[[Any], bool]  # a file's value is acceptable (plain TOML values)
     what: str  # the accepted values in words ("use ...")
+    # changes only parameter shapes (``apply`` reads the widths from the parameters), so
+    # a [sweep] axis may vary it: a shape axis (see jaxgd.sweep.shape_axes)
+    shape: bool = False
 
 
 class RegisteredModel(NamedTuple):
@@ -401,12 +404,13 @@ REGISTRY: dict[str, RegisteredModel] = {
         "regression", TASKS,
         {"hidden": ModelArg((32,), lambda v: (_is_int(v) and v > 0) or (
             isinstance(v, list) and all(_is_int(x) and x > 0 for x in v)),
-            "a list of positive integers, e.g. [32, 32]"),
+            "a list of positive integers, e.g. [32, 32]", shape=True),
          "activation": _ACT("relu")}, _flat, "multi-layer perceptron"),
     "cnn": RegisteredModel(
         cnn, lambda d, k, channels=8: cnn(max(k, 2), channels), "multiclass",
         ("binary", "multiclass"),
-        {"channels": ModelArg(8, lambda v: _is_int(v) and v > 0, "a positive integer")},
+        {"channels": ModelArg(8, lambda v: _is_int(v) and v > 0, "a positive integer",
+                              shape=True)},
         _image8x8, "small CNN for 8x8 images"),
     "rnn": RegisteredModel(
         rnn, lambda d, k, steps=None, hidden=32, activation="tanh": rnn(
@@ -414,7 +418,8 @@ REGISTRY: dict[str, RegisteredModel] = {
         {"steps": ModelArg(None, lambda v: _is_int(v) and v > 0,
                            "a positive integer (time steps a row is cut into; default: "
                            "one feature per step)"),
-         "hidden": ModelArg(32, lambda v: _is_int(v) and v > 0, "a positive integer"),
+         "hidden": ModelArg(32, lambda v: _is_int(v) and v > 0, "a positive integer",
+                            shape=True),
          "activation": _ACT("tanh")}, _sequence, "Elman RNN over the row's time steps"),
 }
 

@@ -12,7 +12,7 @@ import pandas as pd
 from .program import ProgramOutput, param_leaves
 from .stops import STOP_REASONS
 
-__all__ = ["Best", "FitResult", "SweepResult", "load"]
+__all__ = ["Best", "FitResult", "ParamGroup", "SweepResult", "load"]
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,48 @@ class Best(NamedTuple):
     index: int
 
 
+class ParamGroup(NamedTuple):
+    """The parameters of the configurations of one parameter shape (a shape group).
+
+    ``rows`` are positions in the table (ascending); ``params`` is one pytree whose leaves
+    have a leading axis of ``len(rows)``, in the order of ``rows``.
+    """
+
+    rows: np.ndarray
+    params: Any
+
+
+def _signature(params: Any) -> Any:
+    """What makes two stacked parameter trees one group: tree structure, per-row leaf
+    shapes and dtypes."""
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef, tuple((tuple(np.shape(x)[1:]), np.dtype(x.dtype)) for x in leaves)
+
+
+def merge_param_groups(parts: list[tuple[np.ndarray, Any]]) -> list[ParamGroup]:
+    """``(table positions, stacked params)`` pieces joined into one :class:`ParamGroup`
+    per parameter shape, each sorted by position, groups ordered by their first row."""
+    by_sig: dict[Any, list[tuple[np.ndarray, list[np.ndarray]]]] = {}
+    for rows, params in parts:
+        by_sig.setdefault(_signature(params), []).append(
+            (np.asarray(rows, np.int64), [np.asarray(x) for x in jax.tree.leaves(params)]))
+    groups = []
+    for (treedef, shapes), pieces in by_sig.items():
+        rows = np.concatenate([r for r, _ in pieces])
+        order = np.argsort(rows, kind="stable")
+        leaves = [np.concatenate([lv[k] for _, lv in pieces])[order]
+                  for k in range(len(shapes))]
+        groups.append(ParamGroup(rows[order], jax.tree.unflatten(treedef, leaves)))
+    return sorted(groups, key=lambda g: int(g.rows[0]) if len(g.rows) else -1)
+
+
 def _display(v: Any) -> Any:
     if v is None:
         return "full"
     if isinstance(v, str | int | float | bool | np.integer | np.floating):
         return v
+    if isinstance(v, list | tuple):  # a shape axis's widths: the same before and after load
+        return str([_display(x) for x in v])
     return getattr(v, "__name__", repr(v))
 
 
@@ -124,17 +161,55 @@ class SweepResult:
         ``final_val_loss`` and ``best_val_loss``.
       history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
         ``history["epoch"]`` gives each row's epoch.
-      params: stacked parameters, leading axis = configuration (table order).
+      params: stacked parameters, leading axis = configuration (table order). A sweep
+        whose shape axes (``init``'s keyword parameters) give several parameter shapes
+        has no single stacked tree: use :meth:`params_of`, ``best().params`` or
+        ``param_groups``.
+      param_groups: list of :class:`ParamGroup`, one per parameter shape (one for an
+        ordinary sweep, holding every row).
       folds: the number of folds of a cross-validation sweep, else None.
     """
 
-    def __init__(self, configs, table, history, params, folds=None, fingerprint=None):
+    def __init__(self, configs, table, history, params, folds=None, fingerprint=None, *,
+                 param_groups=None):
         self.configs = configs
         self.table = table
         self.history = history
-        self.params = params
+        if param_groups is not None:
+            if params is not None:
+                raise ValueError("give params or param_groups, not both")
+            self.param_groups = list(param_groups)
+        else:
+            self.params = params
         self.folds = folds
         self.fingerprint = fingerprint  # of the sweep that computed it (None: unknown)
+
+    @property
+    def params(self) -> Any:
+        """The stacked parameters of every configuration (one parameter shape only)."""
+        if len(self.param_groups) != 1:
+            shapes = [jax.tree.map(lambda a: a.shape[1:], g.params)
+                      for g in self.param_groups]
+            raise ValueError(
+                f"this sweep's configurations have {len(self.param_groups)} parameter shapes "
+                f"({shapes}): use sw.params_of(i), sw.best().params or sw.param_groups")
+        return self.param_groups[0].params
+
+    @params.setter
+    def params(self, value: Any) -> None:
+        self.param_groups = [ParamGroup(np.arange(len(self.table), dtype=np.int64), value)]
+
+    def params_of(self, i: int) -> Any:
+        """The parameters of the configuration in table row ``i`` (position, 0-based)."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"i={i!r} must be a table row position (int)")
+        if not 0 <= i < len(self.table):
+            raise ValueError(f"i={i} is not a row position in 0..{len(self.table) - 1}")
+        for g in self.param_groups:
+            j = int(np.searchsorted(g.rows, i))
+            if j < len(g.rows) and g.rows[j] == i:
+                return jax.tree.map(lambda a: a[j], g.params)
+        raise ValueError(f"row {i} has no parameters (damaged result)")
 
     def __len__(self) -> int:
         return len(self.table)
@@ -161,8 +236,7 @@ class SweepResult:
                 shapes[k] = (tuple(max(a, b) for a, b in zip(old, v.shape[1:], strict=True)),
                              v.dtype)
         hist = {k: np.full((n,) + shp, np.nan, dt) for k, (shp, dt) in shapes.items()}
-        leaves0, treedef = jax.tree.flatten(first["params"])
-        leaves = [np.zeros((n,) + leaf.shape[1:], leaf.dtype) for leaf in leaves0]
+        param_parts = []
         scal = {k: np.zeros(n, first[k].dtype) for k in
                 ("reason", "epochs_run", "evals_run", "steps_run", "best_epoch", "best_metric",
                  "init_loss") if k in first}
@@ -170,8 +244,7 @@ class SweepResult:
             rows = np.asarray([pos[int(c)] for c in r["config"]])
             for k, v in r["history"].items():
                 hist[k][(rows,) + tuple(slice(0, m) for m in v.shape[1:])] = v
-            for dst, src in zip(leaves, jax.tree.leaves(r["params"]), strict=True):
-                dst[rows] = src
+            param_parts.append((rows, r["params"]))
             for k in scal:
                 scal[k][rows] = r[k]
         configs = [dict(cfgs[i]) for i in idx]
@@ -197,8 +270,8 @@ class SweepResult:
         table["steps_run"] = scal["steps_run"].astype(np.int64)
         table["stop_reason"] = [STOP_REASONS[int(r)] for r in scal["reason"]]
         table["diverged"] = table["stop_reason"] == "diverged"
-        params = jax.tree.unflatten(treedef, leaves)
-        return cls(configs, table, hist, params, folds)
+        return cls(configs, table, hist, None, folds,
+                   param_groups=merge_param_groups(param_parts))
 
     @classmethod
     def concat(cls, parts: list[SweepResult]) -> SweepResult:
@@ -213,9 +286,14 @@ class SweepResult:
             raise ValueError("the parts overlap: a configuration appears twice")
         configs = [c for p in parts for c in p.configs]
         hist = {k: np.concatenate([p.history[k] for p in parts])[order] for k in parts[0].history}
-        params = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[p.params for p in parts])
+        new_pos = np.empty(len(order), np.int64)
+        new_pos[order] = np.arange(len(order))
+        pieces, offset = [], 0
+        for p in parts:
+            pieces += [(new_pos[offset + g.rows], g.params) for g in p.param_groups]
+            offset += len(p.table)
         return cls([configs[i] for i in order], table.iloc[order].reset_index(drop=True),
-                   hist, params, parts[0].folds)
+                   hist, None, parts[0].folds, param_groups=merge_param_groups(pieces))
 
     # -- queries
     def axes(self) -> list[str]:
@@ -250,7 +328,7 @@ class SweepResult:
         if vals.empty:
             raise ValueError(f"no finite {metric!r}: every configuration diverged or has none")
         i = int(vals.idxmin() if mode == "min" else vals.idxmax())
-        return Best(self.table.loc[i], jax.tree.map(lambda a: a[i], self.params), i)
+        return Best(self.table.loc[i], self.params_of(i), i)
 
     def _setting_keys(self) -> list[str]:
         return [c for c in self.table.columns
@@ -275,7 +353,7 @@ class SweepResult:
         for k, v in zip(keys, j, strict=True):
             match &= (t[k] == v).to_numpy()
         i = int(t.index[match][0])
-        return Best(row, jax.tree.map(lambda a: a[i], self.params), i)
+        return Best(row, self.params_of(i), i)
 
     def cv_table(self, metric: str = "final_val_loss"):
         """Mean and standard deviation of ``metric`` over folds, one row per setting."""
@@ -341,6 +419,9 @@ def load(path, like=None):
         dataclass or any registered pytree), each leaf with a leading configuration axis.
         Its key paths and leaf shapes must match the stored ones. Without it, ``params``
         is nested dicts (dict keys and attribute names) and lists (sequence indices).
+        A sweep with several parameter shapes (shape axes) needs a function
+        ``like(config) -> template`` instead, called once per shape with one of its
+        configurations (e.g. ``lambda c: init(key, hidden=c["hidden"])``).
     """
     from .store import load_result
 
@@ -353,5 +434,7 @@ def load(path, like=None):
         if a in table:
             table[a] = pd.Series(col, index=table.index, dtype=object if any(
                 isinstance(v, str) for v in col) else None)
-    return SweepResult(configs, table, r["history"], r["params"], r["folds"],
-                       fingerprint=r["fingerprint"])
+    return SweepResult(configs, table, r["history"], None, r["folds"],
+                       fingerprint=r["fingerprint"],
+                       param_groups=[ParamGroup(rows, params)
+                                     for rows, params in r["param_groups"]])

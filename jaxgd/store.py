@@ -10,7 +10,9 @@ Layout of a run folder::
     chunks/TAG.npz    one file per finished chunk, kept so that a re-run loads it
     table.csv         the results table                          } final files, written
     history.npz       [config, evaluation] arrays                } at the end, each
-    params.npz        stacked parameters (the params format)     } atomically
+    params.npz        stacked parameters (the params format)     } atomically;
+                      with several parameter shapes (shape axes), one stacked tree
+                      per shape: see :func:`param_groups_arrays`
     result.json       configs, folds, and the checksum of each final file: written last
 
 Folders hold data, never code. Nothing is pickled: ``.npz`` files are read with
@@ -335,6 +337,82 @@ def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
     return jax.tree.unflatten(treedef, leaves)
 
 
+def param_groups_arrays(groups: list[Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The params format of a result (``(arrays, meta)`` for ``params.npz``).
+
+    One parameter shape: ``params/0..n-1`` and ``meta = {"tree": key paths}``, as an
+    ordinary stacked tree. Several (a sweep over shape axes): the leaves of every group
+    numbered on (``params/0..``, group after group), ``rows/K`` the table positions of
+    group K, and ``meta = {"groups": [{"tree": key paths, "leaves": count}, ...]}``.
+    """
+    if len(groups) == 1:
+        arrays, spec = params_arrays(groups[0].params)
+        return arrays, {"tree": spec}
+    arrays: dict[str, np.ndarray] = {}
+    desc = []
+    for k, g in enumerate(groups):
+        a, spec = params_arrays(g.params)
+        base = sum(d["leaves"] for d in desc)
+        arrays.update({f"{PARAMS_PREFIX}{base + i}": a[f"{PARAMS_PREFIX}{i}"]
+                       for i in range(len(a))})
+        arrays[f"rows/{k}"] = np.asarray(g.rows, np.int64)
+        desc.append({"tree": spec, "leaves": len(a)})
+    return arrays, {"groups": desc}
+
+
+def param_groups_from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any], n: int,
+                             configs: list[Any], where: Path, like: Any = None
+                             ) -> list[tuple[np.ndarray, Any]]:
+    """``(rows, stacked params)`` per parameter shape, checked against a table of ``n``
+    rows. ``like``: a template (one shape only) or a function ``like(config) -> template``
+    called with each group's first configuration."""
+    import functools
+    import types
+
+    fn_like = isinstance(like, types.FunctionType | types.MethodType | functools.partial)
+    desc = meta.get("groups")
+    if desc is None:
+        tmpl = like(configs[0]) if fn_like and configs else like
+        params = params_from_arrays(arrays, meta.get("tree"), where, like=tmpl)
+        leaves = [v for k, v in arrays.items() if k.startswith(PARAMS_PREFIX)]
+        if any(v.ndim == 0 or len(v) != n for v in leaves):
+            raise IntegrityError(f"{where} is damaged: parameter and table lengths differ")
+        return [(np.arange(n, dtype=np.int64), params)]
+    if not isinstance(desc, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("leaves"), int) for d in desc):
+        raise IntegrityError(f"{where} is damaged (its parameter groups)")
+    if like is not None and not fn_like:
+        raise ValueError(f"{where} holds {len(desc)} parameter shapes: give like= a function "
+                         "of a configuration returning that configuration's template, e.g. "
+                         "like=lambda c: init(key, hidden=c['hidden'])")
+    out, base, seen = [], 0, []
+    for k, d in enumerate(desc):
+        rows = arrays.get(f"rows/{k}")
+        if rows is None or rows.ndim != 1 or rows.dtype.kind not in "iu" or not len(rows):
+            raise IntegrityError(f"{where} is damaged (rows of parameter group {k})")
+        if rows.min() < 0 or rows.max() >= n:
+            raise IntegrityError(f"{where} is damaged (rows of parameter group {k})")
+        sub = {}
+        for i in range(d["leaves"]):
+            key = f"{PARAMS_PREFIX}{base + i}"
+            if key not in arrays:
+                raise IntegrityError(f"{where} is damaged (parameter leaves are not "
+                                     "numbered 0..n-1)")
+            sub[f"{PARAMS_PREFIX}{i}"] = arrays[key]
+            if arrays[key].ndim == 0 or len(arrays[key]) != len(rows):
+                raise IntegrityError(f"{where} is damaged: parameter and row counts differ")
+        base += d["leaves"]
+        tmpl = like(configs[int(rows[0])]) if fn_like else None
+        out.append((rows.astype(np.int64), params_from_arrays(sub, d.get("tree"), where,
+                                                              like=tmpl)))
+        seen.append(rows)
+    extra = sum(1 for key in arrays if key.startswith(PARAMS_PREFIX)) - base
+    allrows = np.sort(np.concatenate(seen))
+    if extra or not np.array_equal(allrows, np.arange(n)):
+        raise IntegrityError(f"{where} is damaged (parameter groups do not cover the table)")
+    return out
+
+
 # ----------------------------------------------------------------------------- the folder
 
 
@@ -565,7 +643,7 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         store = RunStore(path, fingerprint or "", True)
         store.lock("path")
     try:
-        params, spec = params_arrays(res.params)
+        params, pmeta = param_groups_arrays(res.param_groups)
         history = {k: np.asarray(v) for k, v in res.history.items()}
         if not fingerprint:  # not from sweep(): tie the files together by their content
             fingerprint = "content-" + hashlib.sha256(
@@ -583,7 +661,7 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         table = res.table.to_csv(index=False).encode()
         atomic_write_bytes(path / "table.csv", table)
         h_sum = write_npz(path / "history.npz", history, fingerprint, kind="history")
-        p_sum = write_npz(path / "params.npz", params, fingerprint, kind="params", tree=spec)
+        p_sum = write_npz(path / "params.npz", params, fingerprint, kind="params", **pmeta)
         meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "folds": res.folds,
                 "configs": res.configs, "n": len(res.table),
                 "files": {"table.csv": hashlib.sha256(table).hexdigest(),
@@ -656,10 +734,13 @@ def load_result(path: Any, like: Any = None) -> dict[str, Any]:
     if lacking or not (folds is None or (isinstance(folds, int) and folds >= 2)):
         raise ValueError(f"path={str(path)!r} is damaged: {p / 'table.csv'} lacks {lacking}"
                          if lacking else f"path={str(path)!r} is damaged: folds={folds!r}")
-    params = params_from_arrays(parrays, pmeta.get("tree"), p / "params.npz", like=like)
-    leaves = [v for k, v in parrays.items() if k.startswith(PARAMS_PREFIX)]
     if (len(table) != meta.get("n") or len(configs) != len(table)
-            or any(v.ndim == 0 or len(v) != len(table) for v in [*history.values(), *leaves])):
+            or any(v.ndim == 0 or len(v) != len(table) for v in history.values())):
         raise ValueError(f"path={str(path)!r} is damaged: table and history lengths differ")
-    return {"configs": configs, "table": table, "history": history, "params": params,
+    try:
+        groups = param_groups_from_arrays(parrays, pmeta, len(table), configs,
+                                          p / "params.npz", like=like)
+    except IntegrityError as e:
+        raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
+    return {"configs": configs, "table": table, "history": history, "param_groups": groups,
             "folds": meta.get("folds"), "fingerprint": fingerprint}

@@ -14,7 +14,9 @@ is written atomically so a killed sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -33,7 +35,7 @@ from .prepare import MAX_SEED, Prepared, as_key, prepare, stop_hparams, tc_array
 from .program import PROGRESS_VALID, compiled_program, epoch_progress, float_dtype
 from .stops import STOP_DEFAULTS
 
-__all__ = ["sweep", "expand_configs", "STRUCTURAL_AXES"]
+__all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]
 
 STRUCTURAL_AXES = ("batch_size", "optimizer", "accumulate", "schedule")
 STREAM_AXES = ("seed", "fold")
@@ -43,14 +45,15 @@ DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 # ----------------------------------------------------------------------------- configs
 
 
-def _axis_values(name: str, values: Any) -> list[Any]:
+def _axis_values(name: str, values: Any, check: bool = True) -> list[Any]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         values = [values]
     vals = list(np.asarray(values).tolist()) if _is_numeric_array(values) else list(values)
     if not vals:
         raise ValueError(f"grid axis {name!r} is empty")
     for v in vals:
-        _check_axis_value(name, v)
+        if check:
+            _check_axis_value(name, v)
     return vals
 
 
@@ -111,6 +114,7 @@ def expand_configs(
     grid: Mapping[str, Any] | None = None,
     random: Mapping[str, Any] | None = None,
     configs: Sequence[Mapping[str, Any]] | None = None,
+    shape: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """The list of configurations of a sweep.
 
@@ -122,7 +126,10 @@ def expand_configs(
     * ``configs``: an explicit list of dicts.
 
     ``grid`` may be combined with ``random`` (each random draw is crossed with the grid).
+    The axes named in ``shape`` (see :func:`shape_axes`) are checked by ``sweep`` against
+    its ``init``, not here.
     """
+    shape = frozenset(shape)
     if configs is not None and (grid or random):
         raise ValueError("give either configs=[...] or grid/random, not both")
     if configs is not None:
@@ -133,14 +140,15 @@ def expand_configs(
             if not isinstance(c, Mapping):
                 raise TypeError(f"configs[{i}]={c!r} must be a dict")
             for k, v in c.items():
-                _check_axis_value(k, v)
+                if k not in shape:
+                    _check_axis_value(k, v)
             out.append(dict(c))
         return out
     rows: list[dict[str, Any]] = [{}]
     if grid:
         if not isinstance(grid, Mapping):
             raise TypeError(f"grid must be a dict of axis -> values, got {type(grid).__name__}")
-        axes = {k: _axis_values(k, v) for k, v in grid.items()}
+        axes = {k: _axis_values(k, v, k not in shape) for k, v in grid.items()}
         rows = [dict(zip(axes, combo, strict=True))
                 for combo in itertools.product(*axes.values())]
     if random:
@@ -156,7 +164,7 @@ def expand_configs(
         rng = np.random.default_rng(rseed)
         draws = {k: _sample(k, d, int(n), rng) for k, d in spec.items()}
         for k, vals in draws.items():
-            for v in vals:
+            for v in vals if k not in shape else ():
                 _check_axis_value(k, v)
         samples = [{k: draws[k][i] for k in draws} for i in range(int(n))]
         rows = [{**r, **s} for r in rows for s in samples]
@@ -219,11 +227,19 @@ def sweep(
     Args:
       loss, params, data: as for :func:`jaxgd.fit`. ``params`` may be ``None`` when
         ``init(key) -> params`` draws each seed's initial parameters.
+        Shape axes: the keyword parameters of ``init`` after the key (e.g.
+        ``init(key, hidden)``) are sweep axes that may change the parameters' shapes
+        (:func:`shape_axes`); each distinct value (tuple) is its own group, like a batch
+        size, its parameters drawn as ``init(key, hidden=value)``; the loss must accept
+        every shape. A shape axis without a default in ``init`` must be on the grid (or
+        in ``hparams``). ``table`` gets a column per shape axis, and
+        ``SweepResult.params_of(i)`` / ``best().params`` give each row's parameters.
       {options}
 
     Returns:
       :class:`jaxgd.SweepResult`: ``table`` (one row per configuration), ``history``
-      ([config, epoch] arrays), ``params`` (stacked), ``best()``, ``save()``.
+      ([config, epoch] arrays), ``params`` (stacked; with several parameter shapes one
+      stacked tree per shape in ``param_groups``), ``best()``, ``save()``.
 
     Example:
       >>> import jax.numpy as jnp, jaxgd
@@ -242,7 +258,7 @@ def sweep(
 
     opts = collect("sweep", locals())
     opts["progress"] = _agree_progress(bool(opts["progress"]))
-    cfgs = expand_configs(grid, random, configs)
+    cfgs = expand_configs(grid, random, configs, shape=shape_axes(init))
     cfgs = _with_folds(cfgs, folds, val_data)
     all_idx = _selected(cfgs, only)
     if params is None and init is None:
@@ -337,19 +353,21 @@ def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gr
     """Validate every configuration and group them (nothing is compiled yet)."""
     base_hp = dict(opts["hparams"] or {})
     base = {k: opts[k] for k in STRUCTURAL_AXES + ("seed",)}
-    known_struct = set(STRUCTURAL_AXES) | set(STREAM_AXES)
+    shape_names = shape_axes(opts["init"])
+    known_struct = set(STRUCTURAL_AXES) | set(STREAM_AXES) | set(shape_names)
     groups: dict[Any, Group] = {}
     for i in all_idx:
         c = cfgs[i]
         full = {**base, **{k: v for k, v in c.items() if k in known_struct}}
         if full["batch_size"] == "full":
             full["batch_size"] = None
-        hp = {**base_hp, **{k: v for k, v in c.items() if k not in known_struct}}
+        shape = _shape_of(opts["init"], shape_names, {**base_hp, **c}, i, c)
+        hp = {k: v for k, v in {**base_hp, **c}.items() if k not in known_struct}
         fold = c.get("fold")
         n_train = None if fold is None else len(fold_split[fold][0])
         key_struct = (
             _hashable(full["optimizer"]), full["batch_size"], full["accumulate"],
-            full["schedule"], n_train, tuple(sorted(hp)),
+            full["schedule"], n_train, tuple(sorted(hp)), shape,
             # non-numeric values (e.g. nesterov=True/False) change the program: own group
             tuple(sorted((k, v) for k, v in hp.items()
                          if isinstance(v, bool | str) or v is None)),
@@ -357,8 +375,9 @@ def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gr
         g = groups.get(key_struct)
         if g is None:
             program_opts = {**opts, **{k: full[k] for k in STRUCTURAL_AXES}, "hparams": hp}
+            init_fn = _shaped_init(opts["init"], shape, i, c) if shape else opts["init"]
             try:
-                prep = prepare(loss, params, data, program_opts, init_fn=opts["init"],
+                prep = prepare(loss, params, data, program_opts, init_fn=init_fn,
                                data_checked=True, n_train=n_train,
                                val_from_index=fold is not None)
             except (ValueError, TypeError) as e:
@@ -378,6 +397,72 @@ def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gr
         g.rows.append(Row(i, int(full["seed"]), fold))
         g.numeric.append(numeric)
     return list(groups.values())
+
+
+def shape_axes(init: Callable[..., Any] | None) -> tuple[str, ...]:
+    """The sweep axes that change parameter shapes: the parameters of ``init`` after the
+    key that may be passed by keyword (``init(key, hidden, depth=2)`` -> ``("hidden",
+    "depth")``)."""
+    if init is None:
+        return ()
+    try:
+        ps = list(inspect.signature(init).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: no shape axes
+        return ()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in ps[1:] if p.kind in kinds)
+
+
+def _shape_of(init, names, values, i, c) -> tuple[tuple[str, Any], ...]:
+    """The shape-axis values of configuration ``i`` (sorted ``(name, value)`` pairs; lists
+    become tuples), init's defaults filled in; () when ``init`` takes none."""
+    if not names:
+        return ()
+    sig = inspect.signature(init).parameters
+    out = []
+    for name in names:
+        if name in values:
+            v = _frozen(values[name])
+            try:
+                hash(v)
+            except TypeError:
+                raise TypeError(f"configuration {i} {c}: shape axis {name!r} has value "
+                                f"{values[name]!r}; use numbers, strings or lists of them"
+                                ) from None
+        elif sig[name].default is not inspect.Parameter.empty:
+            continue  # init's own default
+        else:
+            raise ValueError(f"configuration {i} {c}: init needs {name!r}, a shape axis: "
+                             f"give it as a grid axis (e.g. grid={{{name!r}: [...]}}) or in "
+                             "hparams")
+        out.append((name, v))
+    return tuple(sorted(out))
+
+
+def _frozen(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@functools.lru_cache(maxsize=256)
+def _init_with(init, shape):
+    return functools.partial(init, **dict(shape))
+
+
+def _shaped_init(init, shape, i, c):
+    """``init`` with the shape axes bound (the same object for equal values, so a program
+    is compiled once per shape); refused before compilation if ``init`` rejects them."""
+    fn = _init_with(init, shape)
+    try:
+        jax.eval_shape(fn, jax.random.key(0))
+    except Exception as e:  # noqa: BLE001 - whatever init raises names the axis
+        vals = ", ".join(f"{k}={v!r}" for k, v in shape)
+        raise ValueError(f"configuration {i} {c}: init rejects shape axis {vals}: "
+                         f"{type(e).__name__}: {e}") from e
+    return fn
 
 
 def _hashable(v: Any) -> Any:
