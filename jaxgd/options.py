@@ -264,7 +264,9 @@ _TRAIN: tuple[Option, ...] = (
            check=_positive_or_none,
            what="a positive integer", fingerprint=""),
     Option("memory_budget", None, "int | None",
-           "bytes the per-configuration state of one call may take (default 2 GiB).",
+           "bytes the per-configuration state of one call may take (default 2 GiB): "
+           "parameters and optimizer state, a step's activations, the intermediates of "
+           "the full-data loss pass and the call's history block (at most 16 MiB).",
            scope=SWEEP, file=True, check=_positive_or_none,
            what="a positive integer (bytes)", fingerprint=""),
     Option("only", None, "Iterable[int] | None",
