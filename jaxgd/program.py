@@ -55,6 +55,7 @@ class ProgramSpec(NamedTuple):
     init_fn: Callable[[jax.Array], Any] | None
     has_val: bool
     track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
+    full_grad: bool  # evaluations compute the full-data gradient (grad_tol, "full_grad")
     eval_every: int  # epochs between evaluations (history rows, stop checks)
     progress: bool  # report each evaluation to the host (progress bar)
     standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
@@ -417,17 +418,22 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
 
 def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
              vidx) -> Metrics:
-    """Loss, gradient norm (full data, or the block's batch means) and validation loss."""
+    """Loss (full data, or the block's batch mean), gradient norm (full data only with
+    ``spec.full_grad``, else the block's batch mean) and validation loss."""
     dt = st.init_loss.dtype
     steps_done = jnp.maximum(c.step - st.step, 1).astype(dt)
     any_step = c.step > st.step  # a block whose every step was refused has no batch mean
     batch_loss = jnp.where(any_step, c.sum_loss / steps_done, jnp.nan)
     batch_gn = jnp.where(any_step, c.sum_grad_norm / steps_done, jnp.nan)
-    if spec.metrics == "full":
+    if spec.metrics != "batch":
         tr = ctx.tf(_train_view(ctx.data, ctx.tidx))
-        (obj, loss), g = jax.value_and_grad(
-            lambda p: _objective(spec, p, tr, ctx.tc), has_aux=True)(c.params)
-        gn = _global_norm(g)
+        if spec.full_grad:
+            (obj, loss), g = jax.value_and_grad(
+                lambda p: _objective(spec, p, tr, ctx.tc), has_aux=True)(c.params)
+            gn = _global_norm(g)
+        else:  # one forward pass: no gradient is recorded or checked
+            obj, loss = _objective(spec, c.params, tr, ctx.tc)
+            gn = batch_gn
     else:
         obj, loss, gn = batch_loss, batch_loss, batch_gn
     val_loss = None
