@@ -647,6 +647,45 @@ def _unsqueeze(one_stream, one_config, tree):
     return tree
 
 
+class Packed(NamedTuple):
+    """A pytree's leaves stacked by (shape, dtype): one array per group."""
+
+    groups: tuple[jax.Array, ...]
+
+
+def _pack_layout(tree):
+    """(treedef, per leaf: (group, index in group), group keys) of ``tree``'s leaves."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys: list[tuple[Any, ...]] = []
+    where = []
+    for leaf in leaves:
+        k = (tuple(leaf.shape), jnp.dtype(leaf.dtype))
+        if k not in keys:
+            keys.append(k)
+        g = keys.index(k)
+        where.append((g, sum(1 for w in where if w[0] == g)))
+    return treedef, where, keys
+
+
+def pack(tree) -> tuple[Packed, Any]:
+    """The leaves of ``tree`` stacked by (shape, dtype), and what :func:`unpack` needs.
+
+    A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
+    kernel of its own at every iteration; stacked, an iteration updates one buffer per
+    group (a few kernels instead of a dozen per evaluation).
+    """
+    treedef, where, keys = _pack_layout(tree)
+    leaves = jax.tree.leaves(tree)
+    groups = tuple(jnp.stack([leaves[i] for i, w in enumerate(where) if w[0] == g])
+                   for g in range(len(keys)))
+    return Packed(groups), (treedef, tuple(where))
+
+
+def unpack(packed: Packed, layout) -> Any:
+    treedef, where = layout
+    return jax.tree.unflatten(treedef, [packed.groups[g][i] for g, i in where])
+
+
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The un-jitted programs ``init(params0, data, val, tc, keys, tidx, vidx) -> state``
     and ``block(state, start, data, val, tc, keys, tidx, vidx) -> (state, outputs,
@@ -685,14 +724,17 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
         put = _vmapped(functools.partial(write_row, spec), (0, 0, None), (0, 0, None),
                        one_s, one_c)
 
+        _, layout = pack(st)
+
         def cond(c):
             e, s, _ = c
-            return (e < rows) & (start + e < n_evals) & jnp.any(s.active)
+            return (e < rows) & (start + e < n_evals) & jnp.any(unpack(s, layout).active)
 
         def body(c):
             e, s, h = c
-            s, row = ep(s, tc, keys, start + e, data, val, tidx, vidx)
+            s, row = ep(unpack(s, layout), tc, keys, start + e, data, val, tidx, vidx)
             h = put(h, row, e)
+            s = pack(s)[0]
             if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
                 every = max(1, n_evals // 100)
                 g = start + e + 1
@@ -701,7 +743,9 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
                              lambda: None)
             return e + 1, s, h
 
-        _, st, hist = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st, hist))
+        _, st, hist = jax.lax.while_loop(cond, body,
+                                         (jnp.zeros((), jnp.int32), pack(st)[0], hist))
+        st = unpack(st, layout)
         out = _vmapped(functools.partial(finalize, spec), 0, 0, one_s, one_c)(st)
         out, hist = _unsqueeze(one_s, one_c, (out, hist))
         return st, out, hist, jnp.any(st.active)
