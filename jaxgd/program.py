@@ -11,6 +11,18 @@ Epochs run in a ``lax.while_loop`` *outside* the vmap over configurations, so th
 epoch and step counters stay scalars (a counter inside a vmapped while-loop would be
 batched and so would every gather). Configurations that stop are frozen by masks; the
 loop ends when every configuration has stopped or the epoch budget is spent.
+
+The program is two jitted functions: ``init`` (the state before the first epoch) and
+``block`` (up to ``rows`` evaluations from a state, returning the state, the outputs and
+a block of history rows). :func:`run_program` calls ``block`` from the host until no
+configuration is active, carrying the state on the device and concatenating the history
+blocks on the host, so history memory follows the evaluations actually run (at most one
+block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``. One block length per spec
+and chunk width: one compile.
+
+Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
+over the training data per configuration (plus a backward pass with ``grad_tol`` or
+``metrics="full_grad"``), the stop checks on scalars, and one history row written.
 """
 
 from __future__ import annotations
