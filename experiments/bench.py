@@ -4,10 +4,15 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
 
 - A. 16-point noisy line, full batch, SGD lr 1e-4, 100 000 iterations (``jaxgd.fit``);
 - B. linear regression N=65 536, d=64, B=256, Adam, 256 learning rates, 3 epochs, one
-  shared shuffle order (``jaxgd.sweep``, ``metrics="batch"``);
+  shared shuffle order (``jaxgd.sweep``);
 - C. as B with 8 seeds x 32 learning rates, each seed its own shuffle;
 - D. as B with batch sizes {1, 16, 64, 256, N} x 32 learning rates;
 - E. digits: softmax regression and a 1-hidden-layer MLP, 64 learning rates each;
+- M. memory: ``fit(epochs=10**6 and 10**9, loss_target=...)`` stopping early;
+
+The headline jaxgd row of every problem ("jaxgd (defaults)") calls ``fit``/``sweep`` as a
+user writes it, with no tuning keywords (``metrics="full"``, ``eval_every=1``); tuned
+rows (``eval_every=1000``, ``metrics="batch"``) are extra rows labelled "tuned".
 
 against (1) the textbook NumPy loop, (2) PyTorch (``torch.optim`` + per-epoch
 ``randperm`` shuffling), (3) plain JAX + optax with one jitted ``lax.scan`` training
@@ -57,7 +62,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_OUT = Path("demo_out") / "bench"
-PROBLEMS = ("A", "B", "C", "D", "E")
+PROBLEMS = ("A", "B", "C", "D", "E", "M")  # M: the memory rows
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -633,8 +638,11 @@ class Bench:
             out["numpy"] = run
         return out
 
-    def jaxgd_sweep(self, problem, kind, data, grid_fn, flops, note="", **kw):
-        """Time ``jaxgd.sweep`` with ``grid_fn(r)`` (new values every call)."""
+    def jaxgd_sweep(self, problem, kind, data, grid_fn, flops, note="", label="jaxgd",
+                    **kw):
+        """Time ``jaxgd.sweep`` with ``grid_fn(r)`` (new values every call). Without
+        tuning keywords in ``kw`` this is the sweep a user writes (the defaults:
+        ``metrics="full"``, ``eval_every=1``); a tuned call is labelled so by the caller."""
         import jaxgd
 
         x, y = data
@@ -643,14 +651,13 @@ class Bench:
         res = {}
 
         def call(r):
-            res["sw"] = jaxgd.sweep(loss, p0, (x, y), optimizer="adam", grid=grid_fn(r),
-                                    metrics="batch", **kw)
+            res["sw"] = jaxgd.sweep(loss, p0, (x, y), optimizer="adam", grid=grid_fn(r), **kw)
 
         first, ts, rec, mem = timed(call, self.reps, self.log)
         run = _median(ts)
         self.recompiles += rec
         k = len(res["sw"].table)
-        self.add(problem, "jaxgd", k, f"{k}/{k}", first - run, run, flops, mem,
+        self.add(problem, label, k, f"{k}/{k}", first - run, run, flops, mem,
                  (note + "; " if note else "") + f"recompiles in timed reps: {rec}")
         return run, first - run, res["sw"]
 
@@ -678,7 +685,6 @@ def _subset(cfgs, m):
 
 def problem_a(bn: Bench):
     import jax.numpy as jnp
-    import optax
 
     import jaxgd
 
@@ -707,44 +713,110 @@ def problem_a(bn: Bench):
         xb, yb = batch
         return jnp.mean((xb[:, 0] * p["w"] + p["b"] - yb) ** 2)
 
-    box, t_rows = {}, {}
-    # the main row records a history row every 1000 iterations; the second every epoch
-    for name, every in (("jaxgd", 1000), ("jaxgd, history every epoch", 1)):
+    t_rows = problem_a_jaxgd(bn, loss, x, y, iters, lr, flops, (w_ref, b_ref))
+    t_bare_j, _ = problem_a_bare(bn, loss, x, y, iters, lr, flops)
+    t_fit = t_rows["defaults"]
+    bn.target("A: jaxgd at the defaults vs textbook loop (x faster)", t_text / t_fit, ">=", 100,
+              "fit() with no tuning keywords: a history row and stop checks every epoch")
+    bn.target("A: jaxgd at the defaults / bare lax.scan recording J", t_fit / t_bare_j, "<=", 3)
+    bn.target("A: jaxgd eval_every=1000 vs textbook loop (x faster)",
+              t_text / t_rows["eval_every=1000"], ">=", 250)
 
-        def call(r, every=every):
+
+def problem_a_jaxgd(bn: Bench, loss, x, y, iters, lr, flops, ref) -> dict[str, float]:
+    """A with ``jaxgd.fit``: the defaults (headline), then tuned rows, labelled."""
+    import jax.numpy as jnp
+    import optax
+
+    import jaxgd
+
+    box, t_rows = {}, {}
+    variants = (("defaults", "jaxgd (defaults)", {}),
+                ("eval_every=1000", "jaxgd, tuned: eval_every=1000", {"eval_every": 1000}),
+                ("metrics=batch", "jaxgd, tuned: metrics='batch'", {"metrics": "batch"}))
+    for key, name, kw in variants:
+
+        def call(r, kw=kw):
             box["res"] = jaxgd.fit(
                 loss, {"w": jnp.zeros(()), "b": jnp.zeros(())}, (x, y), optimizer=optax.sgd,
                 hparams={"learning_rate": lr * (1 + 1e-9 * r)}, batch_size=None,
-                epochs=iters, shuffle=False, metrics="batch", eval_every=every)
+                epochs=iters, shuffle=False, **kw)
 
         first, ts, rec, mem = timed(call, bn.reps, bn.log)
-        t_fit = t_rows[every] = _median(ts)
+        t_fit = t_rows[key] = _median(ts)
         bn.recompiles += rec
         p = box["res"].params
-        err = max(abs(float(p["w"]) - w_ref), abs(float(p["b"]) - b_ref))
+        err = max(abs(float(p["w"]) - ref[0]), abs(float(p["b"]) - ref[1]))
+        args = ", ".join(f"{k}={v!r}" for k, v in kw.items()) or "no tuning keywords"
         bn.add("A", name, 1, "1/1", first - t_fit, t_fit, flops, mem,
-               f"fit(metrics='batch', eval_every={every}); |params - textbook| = {err:.1e}; "
-               f"recompiles: {rec}")
+               f"fit({args}); history rows: {len(box['res'].history['loss'])}; "
+               f"|params - textbook| = {err:.1e}; recompiles: {rec}")
+    return t_rows
 
-    # plain JAX reference: the bare scan (what the overhead of fit is measured against)
+
+def problem_a_bare(bn: Bench, loss, x, y, iters, lr, flops) -> tuple[float, float]:
+    """The bare jitted ``lax.scan`` of the same SGD steps, recording the loss J at every
+    step (what a history row every epoch is measured against) and not."""
     import jax
+    import jax.numpy as jnp
 
-    @jax.jit
-    def bare(lr_, xj, yj):
-        def step(p, _):
-            g = jax.grad(loss)(p, (xj, yj))
-            return jax.tree.map(lambda a, b: a - lr_ * b, p, g), None
+    def make(record):
+        @jax.jit
+        def bare(lr_, xj, yj):
+            def step(p, _):
+                j, g = jax.value_and_grad(loss)(p, (xj, yj))
+                return jax.tree.map(lambda a, b: a - lr_ * b, p, g), (j if record else None)
 
-        return jax.lax.scan(step, {"w": jnp.zeros(()), "b": jnp.zeros(())}, None,
-                            length=iters)[0]
+            return jax.lax.scan(step, {"w": jnp.zeros(()), "b": jnp.zeros(())}, None,
+                                length=iters)
+
+        return bare
 
     xj, yj = jnp.asarray(x), jnp.asarray(y)
-    first, ts, _, mem = timed(
-        lambda r: jax.block_until_ready(bare(jnp.float32(lr), xj, yj)), bn.reps)
-    bn.add("A", "JAX+optax per config", 1, "1/1", first - _median(ts), _median(ts), flops, mem,
-           "bare jitted lax.scan of SGD steps")
-    t_fit = t_rows[1000]
-    bn.target("A: jaxgd vs textbook loop (x faster)", t_text / t_fit, ">=", 300)
+    out = []
+    for record, name in ((True, "JAX bare lax.scan, J every step"),
+                         (False, "JAX bare lax.scan, no J")):
+        fn = make(record)
+        first, ts, _, mem = timed(
+            lambda r, fn=fn: jax.block_until_ready(fn(jnp.float32(lr), xj, yj)), bn.reps)
+        out.append(_median(ts))
+        bn.add("A", name, 1, "1/1", first - out[-1], out[-1], flops, mem,
+               "jitted lax.scan of SGD steps, no stop checks")
+    return out[0], out[1]
+
+
+def problem_memory(bn: Bench):
+    """fit with an enormous epoch budget that stops early (loss_target): the rise of the
+    peak RSS and the history kept. History is run in blocks of evaluations, so memory
+    follows the evaluations run, not ``epochs``."""
+    import jax.numpy as jnp
+
+    import jaxgd
+    from jaxgd import program
+
+    x, y = jaxgd.datasets.noisy_line(16, seed=0)
+
+    def loss(p, batch):
+        xb, yb = batch
+        return jnp.mean((xb[:, 0] * p["w"] + p["b"] - yb) ** 2)
+
+    for epochs in (10**6, 10**9):
+        box = {}
+
+        def call(r, epochs=epochs):
+            box["res"] = jaxgd.fit(loss, {"w": jnp.zeros(()), "b": jnp.zeros(())}, (x, y),
+                                   hparams={"learning_rate": 1e-4 * (1 + 1e-9 * r)},
+                                   epochs=epochs, loss_target=0.01)
+
+        first, ts, rec, mem = timed(call, bn.reps, bn.log)
+        res = box["res"]
+        rows = len(res.history["loss"])
+        prealloc = epochs * 5 * 4 / 2**20
+        bn.add("memory", f"jaxgd fit(epochs={epochs:.0e}, loss_target) defaults", 1, "1/1",
+               first - _median(ts), _median(ts), 0.0, mem,
+               f"stop: {res.stop_reason} after {res.epochs_run} epochs; history rows kept: "
+               f"{rows}; device history block <= {program.HISTORY_BLOCK_BYTES / 2**20:.0f} "
+               f"MiB; a history preallocated by epochs would hold {prealloc:,.0f} MB")
 
 
 def problem_b(bn: Bench, data):
@@ -755,8 +827,13 @@ def problem_b(bn: Bench, data):
     flops = linear_flops(s.n, s.d, s.batch, s.epochs, k)
     run, comp, _ = bn.jaxgd_sweep(
         "B", "linreg", data, lambda r: {"learning_rate": lr_grid(k, jitter=r)}, flops,
-        note="sweep(metrics='batch'), one Feistel order", epochs=s.epochs,
-        batch_size=s.batch, seed=0)
+        note="sweep() defaults (metrics='full': a forward pass over the data per epoch), "
+        "one Feistel order", label="jaxgd (defaults)", epochs=s.epochs, batch_size=s.batch,
+        seed=0)
+    run_batch, _, _ = bn.jaxgd_sweep(
+        "B", "linreg", data, lambda r: {"learning_rate": lr_grid(k, jitter=r)}, flops,
+        note="no pass over the data", label="jaxgd, tuned: metrics='batch'",
+        epochs=s.epochs, batch_size=s.batch, seed=0, metrics="batch")
     cfgs = [(lr, 0) for lr in lr_grid(k)]
     peers = bn.peers("B", "linreg", cfgs, data, s.n, s.batch, s.epochs, flops, perm_in_jit=True)
     gf = flops / run / 1e9
@@ -767,9 +844,12 @@ def problem_b(bn: Bench, data):
     bn.target("B: jaxgd vs PyTorch per config (x faster)", peers["torch"] / run, ">=", 1000,
               "" if np.isfinite(peers["torch"]) else f"PyTorch {NOT_INSTALLED}")
     floor = handwritten_floor(bn, data, k)
-    bn.target("B: achieved share of matmul peak (%)", 100 * gf / bn.peak, ">=", 40,
-              f"{gf:.1f} of {bn.peak:.1f} GFLOP/s; hand-written floor with the same "
-              f"shuffle: {100 * flops / floor / 1e9 / bn.peak:.0f}%")
+    bn.target("B: achieved share of matmul peak at the defaults (%)", 100 * gf / bn.peak,
+              ">=", 25, f"{gf:.1f} of {bn.peak:.1f} GFLOP/s; hand-written floor with the "
+              f"same shuffle: {100 * flops / floor / 1e9 / bn.peak:.0f}%")
+    gfb = flops / run_batch / 1e9
+    bn.target("B: achieved share of matmul peak, metrics='batch' (%)", 100 * gfb / bn.peak,
+              ">=", 30, f"{gfb:.1f} GFLOP/s (moonshot 40%)")
     return run
 
 
@@ -878,8 +958,8 @@ def problem_c(bn: Bench, data, b_run):
     run, _, _ = bn.jaxgd_sweep(
         "C", "linreg", data,
         lambda r: {"seed": list(range(s.c_seeds)), "learning_rate": lr_grid(s.c_lrs, jitter=r)},
-        flops, note=f"{s.c_seeds} seeds x {s.c_lrs} lrs, per-seed Feistel order",
-        epochs=s.epochs, batch_size=s.batch)
+        flops, note=f"sweep() defaults; {s.c_seeds} seeds x {s.c_lrs} lrs, per-seed Feistel "
+        "order", label="jaxgd (defaults)", epochs=s.epochs, batch_size=s.batch)
     cfgs = [(lr, sd) for sd in range(s.c_seeds) for lr in lr_grid(s.c_lrs)]
     bn.peers("C", "linreg", cfgs, data, s.n, s.batch, s.epochs, flops, s.other_peers,
              perm_in_jit="optax" in s.other_peers)
@@ -887,7 +967,7 @@ def problem_c(bn: Bench, data, b_run):
         # same total work as B only when K_B == seeds * lrs; compare per configuration
         kb = s.k_lr
         ratio = (run / k) / (b_run / kb)
-        bn.target("C time / B time (per configuration)", ratio, "<=", 2.0,
+        bn.target("C time / B time (per configuration), defaults", ratio, "<=", 1.5,
                   f"C {run:.3f} s for {k}, B {b_run:.3f} s for {kb}")
 
 
@@ -907,7 +987,7 @@ def problem_d(bn: Bench, data):
     for b in s.d_batches:
         def call(r, b=b):
             jaxgd.sweep(_jax_mse, p0, (x, y), optimizer="adam",
-                        grid={"learning_rate": lr_grid(lrs, jitter=r)}, metrics="batch",
+                        grid={"learning_rate": lr_grid(lrs, jitter=r)},
                         epochs=s.epochs, batch_size=b, seed=0)
 
         first, ts, rec, _ = timed(call, bn.reps, bn.log)
@@ -1192,6 +1272,8 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[s
                 problem_d(bn, data)
             elif prob == "E":
                 problem_e(bn)
+            elif prob == "M":
+                problem_memory(bn)
             print(f"problem {prob}: {time.perf_counter() - t:.1f} s", flush=True)
         if any(p in problems for p in "BCDE"):
             bn.target("recompiles when only values change", bn.recompiles, "<=", 0,

@@ -37,7 +37,8 @@ far); on CPU the rise of the process's peak RSS during the row's timed calls. Wh
 expect at the full sizes (XLA:CPU's memory analysis of jaxgd's compiled program, not run):
 the data 256 MB (held once), and as temporaries ~1.1 GB for B at K = 4096, d = 1024 (the
 default full-data metrics pass holds a [K, N] fp32 residual, 4*K*N bytes; jaxgd's
-``memory_budget`` chunk plan does not count it, so all 4096 run in one chunk), ~0.08 GB
+``memory_budget`` chunk plan counts the loss's intermediates on all N samples, so at the
+default 2 GiB budget K = 4096 runs as two chunks), ~0.08 GB
 with ``metrics="batch"``, ~3.1 GB for C at K = 4096: far inside an H200's memory.
 
 Budget: ``--budget`` seconds (default 200) for the rows; once spent, the remaining rows

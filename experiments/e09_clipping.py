@@ -10,7 +10,8 @@ learning rate blows up within an epoch or two and stops with ``stop_reason ==
 Clipping thresholds are traced hyper-parameters: "no clipping" is a threshold of 1e30
 (an exact no-op), so every variant and learning rate is one configuration of a single
 ``jaxgd.sweep`` (one compiled program), and the diverging ones never disturb the others.
-``history["grad_norm"]`` is the full-data gradient norm *before* clipping.
+``history["grad_norm"]`` is the full-data gradient norm *before* clipping
+(``metrics="full_grad"``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def run(out: Path, quick: bool) -> dict:
 
     configs = [{"learning_rate": lr, **clip} for lr in LEARNING_RATES for clip in VARIANTS.values()]
     sw = jaxgd.sweep(loss, params, (x, y), optimizer="sgd", configs=configs, batch_size=32,
-                     epochs=epochs, seed=0)
+                     epochs=epochs, seed=0, metrics="full_grad")  # full-data grad norms
     names = list(VARIANTS) * len(LEARNING_RATES)
     t = sw.table.assign(variant=names)
     table = t[["variant", "learning_rate", "init_loss", "final_loss", "best_loss",

@@ -30,7 +30,7 @@ from ._checks import check_bool, check_positive_int
 __all__ = ["OPTIONS", "Option", "collect", "document", "file_options", "options_for"]
 
 SHUFFLES = ("none", "feistel", "uniform")
-METRICS = ("full", "batch")
+METRICS = ("full", "batch", "full_grad")
 FIT, SWEEP, BOTH = "fit", "sweep", "both"
 
 
@@ -224,9 +224,14 @@ _TRAIN: tuple[Option, ...] = (
            "return the parameters of the best monitored evaluation (also when the run "
            "diverged later).", file=True, check=check_bool, what="true or false"),
     Option("metrics", "full", "str",
-           "``\"full\"`` evaluates loss and gradient norm on the whole training set at every "
-           "evaluation; ``\"batch\"`` records the means over the epoch's batches (cheaper).",
-           file=True, check=_metrics, what='"full" or "batch"'),
+           "what an evaluation computes. ``\"full\"``: the loss on the whole training set "
+           "(one forward pass over the N samples per configuration); ``history[\"grad_norm\"]``"
+           " is the full-data gradient norm when ``grad_tol`` is given (a forward and "
+           "backward pass, the cost of a full-batch step), else the mean of the epoch's "
+           "batch gradient norms (free: the steps compute them). ``\"full_grad\"``: always "
+           "the full-data loss and gradient norm. ``\"batch\"``: the means of the epoch's "
+           "batch losses and gradient norms, no pass over the data (cheapest).",
+           file=True, check=_metrics, what='"full", "batch" or "full_grad"'),
     Option("record_steps", False, "bool",
            "also record every step's batch loss in ``history[\"step_loss\"]``.",
            file=True, check=check_bool, what="true or false"),
@@ -265,7 +270,9 @@ _TRAIN: tuple[Option, ...] = (
            check=_positive_or_none,
            what="a positive integer", fingerprint=""),
     Option("memory_budget", None, "int | None",
-           "bytes the per-configuration state of one call may take (default 2 GiB).",
+           "bytes the per-configuration state of one call may take (default 2 GiB): "
+           "parameters and optimizer state, a step's activations, the intermediates of "
+           "the full-data loss pass and the call's history block (at most 16 MiB).",
            scope=SWEEP, file=True, check=_positive_or_none,
            what="a positive integer (bytes)", fingerprint=""),
     Option("only", None, "Iterable[int] | None",

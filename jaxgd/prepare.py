@@ -234,7 +234,8 @@ def prepare(
         metrics=o["metrics"], record_steps=o["record_steps"],
         record_params=o["record_params"], restore_best=o["restore_best"],
         penalty_mask=o["penalty_mask"], init_fn=init_fn,
-        has_val=val_data is not None or val_from_index, track_init=o["metrics"] == "full",
+        has_val=val_data is not None or val_from_index, track_init=o["metrics"] != "batch",
+        full_grad=o["metrics"] == "full_grad" or (o["metrics"] == "full" and "grad_tol" in hp),
         eval_every=o["eval_every"], progress=o["progress"],
         standardize=check_standardize(o["standardize"], data),
     )

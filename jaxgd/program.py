@@ -11,6 +11,18 @@ Epochs run in a ``lax.while_loop`` *outside* the vmap over configurations, so th
 epoch and step counters stay scalars (a counter inside a vmapped while-loop would be
 batched and so would every gather). Configurations that stop are frozen by masks; the
 loop ends when every configuration has stopped or the epoch budget is spent.
+
+The program is two jitted functions: ``init`` (the state before the first epoch) and
+``block`` (up to ``rows`` evaluations from a state, returning the state, the outputs and
+a block of history rows). :func:`run_program` calls ``block`` from the host until no
+configuration is active, carrying the state on the device and concatenating the history
+blocks on the host, so history memory follows the evaluations actually run (at most one
+block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``. One block length per spec
+and chunk width: one compile.
+
+Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
+over the training data per configuration (plus a backward pass with ``grad_tol`` or
+``metrics="full_grad"``), the stop checks on scalars, and one history row written.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from . import optim, stops
@@ -54,6 +67,7 @@ class ProgramSpec(NamedTuple):
     init_fn: Callable[[jax.Array], Any] | None
     has_val: bool
     track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
+    full_grad: bool  # evaluations compute the full-data gradient (grad_tol, "full_grad")
     eval_every: int  # epochs between evaluations (history rows, stop checks)
     progress: bool  # report each evaluation to the host (progress bar)
     standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
@@ -71,7 +85,6 @@ class State(NamedTuple):
     best_epoch: jax.Array
     bad_epochs: jax.Array
     best_params: Any
-    history: dict[str, jax.Array]
     evals_run: jax.Array
 
 
@@ -249,22 +262,35 @@ def _standardizer(spec: ProgramSpec, train) -> Callable[[Any], Any]:
     return tf
 
 
-def _empty_history(spec: ProgramSpec, params0, tc, dt) -> dict[str, jax.Array]:
-    """History rows, NaN until written: one per evaluation."""
-    K, n_evals = _evals(spec)
-    nan = jnp.full((n_evals,), jnp.nan, dt)
-    ep_dt = jnp.promote_types(dt, jnp.float32)  # exact epoch numbers even for float16
-    hist = {"epoch": jnp.full((n_evals,), jnp.nan, ep_dt), "loss": nan,
-            "batch_loss": nan, "grad_norm": nan, "lr": nan}
-    if _penalty(spec, params0, tc) is not None:
-        hist["objective"] = nan
+def history_columns(spec: ProgramSpec, params0, tc) -> tuple[str, ...]:
+    """The scalar columns of a history row, in the order of the packed row."""
+    cols = ["epoch", "loss", "batch_loss", "grad_norm", "lr"]
+    if "l1" in tc or "l2" in tc:  # as _penalty decides
+        cols.append("objective")
     if spec.has_val:
-        hist["val_loss"] = nan
+        cols.append("val_loss")
+    return tuple(cols)
+
+
+def _packed_dtype(dt):
+    """The dtype of the packed scalar row: epoch numbers stay exact even for float16."""
+    return jnp.promote_types(dt, jnp.float32)
+
+
+def empty_history_block(spec: ProgramSpec, params0, tc, dt, rows: int) -> dict[str, jax.Array]:
+    """``rows`` history rows, NaN until written (one per evaluation).
+
+    The scalar columns are packed into one ``[rows, columns]`` array (``"scalars"``), so
+    an evaluation writes its row with one update; the host unpacks them by name.
+    """
+    K, _ = _evals(spec)
+    ncol = len(history_columns(spec, params0, tc))
+    hist = {"scalars": jnp.full((rows, ncol), jnp.nan, _packed_dtype(dt))}
     if spec.record_steps:
-        hist["step_loss"] = jnp.full((n_evals * K, spec.plan.steps_per_epoch), jnp.nan, dt)
+        hist["step_loss"] = jnp.full((rows * K, spec.plan.steps_per_epoch), jnp.nan, dt)
     if spec.record_params:
         for name, leaf in param_leaves(params0):
-            hist[name] = jnp.full((n_evals,) + leaf.shape, jnp.nan, leaf.dtype)
+            hist[name] = jnp.full((rows,) + leaf.shape, jnp.nan, leaf.dtype)
     return hist
 
 
@@ -281,7 +307,6 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx) -> St
     else:  # not needed: skip a pass over the data for every configuration
         init_loss = jnp.asarray(jnp.nan, dt)
     bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
-    hist = _empty_history(spec, params0, tc, dt)
     return State(
         params=params0,
         opt_state=opt.init(params0),
@@ -294,7 +319,6 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx) -> St
         best_epoch=jnp.asarray(-1, jnp.int32),
         bad_epochs=jnp.zeros((), jnp.int32),
         best_params=params0 if spec.restore_best else None,
-        history=hist,
         evals_run=jnp.zeros((), jnp.int32),
     )
 
@@ -406,17 +430,22 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
 
 def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
              vidx) -> Metrics:
-    """Loss, gradient norm (full data, or the block's batch means) and validation loss."""
+    """Loss (full data, or the block's batch mean), gradient norm (full data only with
+    ``spec.full_grad``, else the block's batch mean) and validation loss."""
     dt = st.init_loss.dtype
     steps_done = jnp.maximum(c.step - st.step, 1).astype(dt)
     any_step = c.step > st.step  # a block whose every step was refused has no batch mean
     batch_loss = jnp.where(any_step, c.sum_loss / steps_done, jnp.nan)
     batch_gn = jnp.where(any_step, c.sum_grad_norm / steps_done, jnp.nan)
-    if spec.metrics == "full":
+    if spec.metrics != "batch":
         tr = ctx.tf(_train_view(ctx.data, ctx.tidx))
-        (obj, loss), g = jax.value_and_grad(
-            lambda p: _objective(spec, p, tr, ctx.tc), has_aux=True)(c.params)
-        gn = _global_norm(g)
+        if spec.full_grad:
+            (obj, loss), g = jax.value_and_grad(
+                lambda p: _objective(spec, p, tr, ctx.tc), has_aux=True)(c.params)
+            gn = _global_norm(g)
+        else:  # one forward pass: no gradient is recorded or checked
+            obj, loss = _objective(spec, c.params, tr, ctx.tc)
+            gn = batch_gn
     else:
         obj, loss, gn = batch_loss, batch_loss, batch_gn
     val_loss = None
@@ -454,8 +483,9 @@ def check_stops(spec: ProgramSpec, ev: stops.Evaluation, tc, active, reason, epo
 
 
 def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
-                vidx) -> State:
-    """``eval_every`` epochs of training, then the evaluation and stop checks."""
+                vidx) -> tuple[State, dict[str, jax.Array]]:
+    """``eval_every`` epochs of training, then the evaluation and stop checks: the new
+    state and the evaluation's history row."""
     K, _ = _evals(spec)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
@@ -480,52 +510,55 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
 
     ev = stops.Evaluation(loss=m.loss, grad_norm=m.grad_norm, monitor=monitor, bad_evals=bad)
     active, reason = check_stops(spec, ev, tc, active, reason, epoch)
-    hist = record_history(spec, st, m, tc, c, block, epoch, rows)
+    row = history_row(spec, st, m, tc, c, epoch, rows)
     return State(
         params=c.params, opt_state=c.opt_state, step=c.step, active=active, reason=reason,
         epochs_run=carry.epochs_run, init_loss=ref, best_metric=best_metric,
-        best_epoch=best_epoch, bad_epochs=bad, best_params=best_params, history=hist,
+        best_epoch=best_epoch, bad_epochs=bad, best_params=best_params,
         evals_run=st.evals_run + st.active.astype(jnp.int32),
-    )
+    ), row
 
 
-def record_history(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, block, epoch,
-                   rows) -> dict[str, jax.Array]:
-    """The history with row ``block`` written (NaN for a configuration already stopped)."""
+def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoch,
+                rows) -> dict[str, jax.Array]:
+    """The history row of this evaluation (NaN for a configuration already stopped): the
+    scalar columns packed in :func:`history_columns` order, and the optional arrays."""
     was_active = st.active
     dt = st.init_loss.dtype
-
-    def put(h, key, value):
-        return h[key].at[block].set(
-            jnp.where(was_active, value, jnp.nan).astype(h[key].dtype))
-
-    hist = dict(st.history)
-    hist["epoch"] = put(hist, "epoch", epoch)
-    hist["loss"] = put(hist, "loss", m.loss)
-    hist["batch_loss"] = put(hist, "batch_loss", m.batch_loss)
-    hist["grad_norm"] = put(hist, "grad_norm", m.grad_norm)
-    hist["lr"] = put(hist, "lr", optim.current_lr(spec.schedule, tc, jnp.maximum(c.step - 1, 0)))
-    if "objective" in hist:
-        hist["objective"] = put(hist, "objective", m.objective)
-    if m.val_loss is not None:
-        hist["val_loss"] = put(hist, "val_loss", m.val_loss)
+    pdt = _packed_dtype(dt)
+    values = {"epoch": epoch, "loss": m.loss, "batch_loss": m.batch_loss,
+              "grad_norm": m.grad_norm,
+              "lr": optim.current_lr(spec.schedule, tc, jnp.maximum(c.step - 1, 0)),
+              "objective": m.objective, "val_loss": m.val_loss}
+    # each value rounded to the run's dtype first (as a column of its own would be)
+    packed = jnp.stack([
+        jnp.asarray(values[k]).astype(pdt if k == "epoch" else dt).astype(pdt)
+        for k in history_columns(spec, st.params, tc)])
+    row = {"scalars": jnp.where(was_active, packed, jnp.nan)}
     if spec.record_params:
         for name, leaf in param_leaves(c.params):
-            hist[name] = hist[name].at[block].set(
-                jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype))
+            row[name] = jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype)
     if spec.record_steps:
-        K, _ = _evals(spec)
-        hist["step_loss"] = jax.lax.dynamic_update_slice_in_dim(
-            hist["step_loss"], rows.astype(dt), block * K, axis=0)
-    return hist
+        row["step_loss"] = rows.astype(dt)
+    return row
+
+
+def write_row(spec: ProgramSpec, hist: dict[str, jax.Array], row: dict[str, jax.Array],
+              i) -> dict[str, jax.Array]:
+    """The history block with evaluation ``i`` (block-local) written."""
+    K, _ = _evals(spec)
+    out = {}
+    for name, h in hist.items():
+        at = i * K if name == "step_loss" else i
+        r = row[name] if name == "step_loss" else row[name][None]
+        out[name] = jax.lax.dynamic_update_slice_in_dim(h, r.astype(h.dtype), at, axis=0)
+    return out
 
 
 def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
-    """The outputs of one configuration (its best parameters with ``restore_best``)."""
+    """The outputs of one configuration (its best parameters with ``restore_best``); the
+    history is assembled on the host from the blocks (see :func:`run_program`)."""
     params = st.params
-    if spec.record_steps:
-        st = st._replace(history={**st.history,
-                                  "step_loss": st.history["step_loss"][:spec.epochs]})
     if spec.restore_best:
         use_best = st.best_epoch >= 0
         params = _tree_where(use_best, st.best_params, params)
@@ -534,7 +567,7 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
         best_metric=st.best_metric,
         epochs_run=st.epochs_run,
         evals_run=st.evals_run,
-        history=st.history,
+        history={},
         init_loss=st.init_loss if spec.track_init else jnp.full_like(st.init_loss, jnp.nan),
         params=params,
         reason=st.reason,
@@ -542,43 +575,177 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
     )
 
 
-def build_program(spec: ProgramSpec) -> Callable[..., ProgramOutput]:
-    """The un-jitted block program ``run(params0, data, val, tc, keys, tidx, vidx)``.
+# ------------------------------------------------------------------ blocks of evaluations
+
+# The history of a program call is a block of at most this many bytes (or HISTORY_MIN_ROWS
+# rows); the host runs blocks until no configuration is active, so history memory follows
+# the evaluations actually run, not ``epochs``.
+HISTORY_BLOCK_BYTES = 16 << 20
+HISTORY_MIN_ROWS = 16
+
+
+def history_row_bytes(spec: ProgramSpec, params0, tc) -> int:
+    """Bytes of one configuration's history row (one evaluation)."""
+    K, _ = _evals(spec)
+    dt = jnp.dtype(float_dtype(params0))
+    n = len(history_columns(spec, params0, tc)) * jnp.dtype(_packed_dtype(dt)).itemsize
+    if spec.record_steps:
+        n += K * spec.plan.steps_per_epoch * dt.itemsize
+    if spec.record_params:
+        n += sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params0))
+    return int(n)
+
+
+def block_rows(spec: ProgramSpec, row_bytes: int, n_configs: int) -> int:
+    """Evaluations per program call for ``n_configs`` configurations run together."""
+    _, n_evals = _evals(spec)
+    fit_rows = HISTORY_BLOCK_BYTES // max(1, row_bytes * n_configs)
+    return int(max(1, min(n_evals, max(HISTORY_MIN_ROWS, fit_rows))))
+
+
+class Program(NamedTuple):
+    """The jitted programs of a spec: ``init`` (the state before the first epoch) and
+    ``block`` (up to ``rows`` evaluations from a state, with their history)."""
+
+    init: Callable[..., Any]
+    block: Callable[..., Any]
+    rows: int
+
+
+def program_for(spec: ProgramSpec, params0, tc, n_configs: int
+                ) -> tuple[Program, tuple[str, ...]]:
+    """The compiled programs for ``n_configs`` configurations per call (history blocks
+    sized by :data:`HISTORY_BLOCK_BYTES`) and the history's scalar columns. ``tc``: the
+    traced hyper-parameters by name (only the names are used)."""
+    columns = history_columns(spec, params0, tc)
+    rows = block_rows(spec, history_row_bytes(spec, params0, tc), n_configs)
+    return compiled_program(spec, rows), columns
+
+
+def _single(keys, tc) -> tuple[bool, bool]:
+    """(one stream, one configuration): axes of size 1 are not vmapped (XLA would copy and
+    transpose the parameters at every step for them)."""
+    one_stream = keys.shape[0] == 1
+    leaves = jax.tree.leaves(tc)
+    one_config = one_stream and bool(leaves) and all(a.shape[1] == 1 for a in leaves)
+    return one_stream, one_config
+
+
+def _vmapped(fn, in_axes_c, in_axes_s, one_stream, one_config):
+    """``fn`` vmapped over configurations and streams (axes of size 1 dropped)."""
+    if one_config:
+        return fn
+    fn = jax.vmap(fn, in_axes=in_axes_c)
+    return fn if one_stream else jax.vmap(fn, in_axes=in_axes_s)
+
+
+def _squeeze(one_stream, one_config, tc, keys, tidx, vidx):
+    sq = lambda t: None if t is None else jax.tree.map(lambda a: a[0], t)  # noqa: E731
+    if one_config:
+        tc = jax.tree.map(lambda a: a[0, 0], tc)
+    elif one_stream:
+        tc = sq(tc)
+    if one_stream:
+        keys, tidx, vidx = keys[0], sq(tidx), sq(vidx)
+    return tc, keys, tidx, vidx
+
+
+def _unsqueeze(one_stream, one_config, tree):
+    """Outputs with their leading [stream, config] axes back."""
+    if one_config:
+        return jax.tree.map(lambda a: a[None, None], tree)
+    if one_stream:
+        return jax.tree.map(lambda a: a[None], tree)
+    return tree
+
+
+class Packed(NamedTuple):
+    """A pytree's leaves stacked by (shape, dtype): one array per group."""
+
+    groups: tuple[jax.Array, ...]
+
+
+def _pack_layout(tree):
+    """(treedef, per leaf: (group, index in group), group keys) of ``tree``'s leaves."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys: list[tuple[Any, ...]] = []
+    where = []
+    for leaf in leaves:
+        k = (tuple(leaf.shape), jnp.dtype(leaf.dtype))
+        if k not in keys:
+            keys.append(k)
+        g = keys.index(k)
+        where.append((g, sum(1 for w in where if w[0] == g)))
+    return treedef, where, keys
+
+
+def pack(tree) -> tuple[Packed, Any]:
+    """The leaves of ``tree`` stacked by (shape, dtype), and what :func:`unpack` needs.
+
+    A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
+    kernel of its own at every iteration; stacked, an iteration updates one buffer per
+    group (a few kernels instead of a dozen per evaluation).
+    """
+    treedef, where, keys = _pack_layout(tree)
+    leaves = jax.tree.leaves(tree)
+    groups = tuple(jnp.stack([leaves[i] for i, w in enumerate(where) if w[0] == g])
+                   for g in range(len(keys)))
+    return Packed(groups), (treedef, tuple(where))
+
+
+def unpack(packed: Packed, layout) -> Any:
+    treedef, where = layout
+    return jax.tree.unflatten(treedef, [packed.groups[g][i] for g, i in where])
+
+
+def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The un-jitted programs ``init(params0, data, val, tc, keys, tidx, vidx) -> state``
+    and ``block(state, start, data, val, tc, keys, tidx, vidx) -> (state, outputs,
+    history block, any active)``.
 
     Shapes: ``tc`` leaves are [S, C]; ``keys`` is [S] PRNG keys; ``tidx`` [S, n_train]
     and ``vidx`` [S, n_val] index arrays (or None); ``params0`` is a pytree shared by
-    every configuration (or None when ``spec.init_fn`` draws it from each key).
+    every configuration (or None when ``spec.init_fn`` draws it from each key). The
+    state keeps the program's own layout between calls; outputs and history blocks have
+    leading axes [S, C]. ``start`` is the index of the block's first evaluation.
     """
     _, n_evals = _evals(spec)
 
-    def run(params0, data, val, tc, keys, tidx, vidx):
-        # inner axis: configurations (they share the stream's key and data indices);
-        # outer axis: streams. With a single stream the outer axis is dropped: a vmapped
-        # axis of size 1 makes XLA copy and transpose the parameters at every step.
-        single = keys.shape[0] == 1
+    def init(params0, data, val, tc, keys, tidx, vidx):
+        one_s, one_c = _single(keys, tc)
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
-        squeeze = lambda t: None if t is None else jax.tree.map(lambda a: a[0], t)  # noqa: E731
-        if single:
-            tc, keys, tidx, vidx = squeeze(tc), keys[0], squeeze(tidx), squeeze(vidx)
-        init_c = jax.vmap(functools.partial(init_state, spec),
-                          in_axes=(None, 0, None, None, None, None, None))
-        ep_c = jax.vmap(functools.partial(epoch_block, spec),
-                        in_axes=(0, 0, None, None, None, None, None, None))
-        fin = jax.vmap(functools.partial(finalize, spec))
-        if not single:
-            init_c = jax.vmap(init_c, in_axes=(None, 0, 0, None, None, t_ax, v_ax))
-            ep_c = jax.vmap(ep_c, in_axes=(0, 0, 0, None, None, None, t_ax, v_ax))
-            fin = jax.vmap(fin)
-        st = init_c(params0, tc, keys, data, val, tidx, vidx)
+        tc, keys, tidx, vidx = _squeeze(one_s, one_c, tc, keys, tidx, vidx)
+        fn = _vmapped(functools.partial(init_state, spec),
+                      (None, 0, None, None, None, None, None),
+                      (None, 0, 0, None, None, t_ax, v_ax), one_s, one_c)
+        return fn(params0, tc, keys, data, val, tidx, vidx)
+
+    def block(st, start, data, val, tc, keys, tidx, vidx):
+        one_s, one_c = _single(keys, tc)
+        t_ax = None if tidx is None else 0
+        v_ax = None if vidx is None else 0
+        tc, keys, tidx, vidx = _squeeze(one_s, one_c, tc, keys, tidx, vidx)
+        ep = _vmapped(functools.partial(epoch_block, spec),
+                      (0, 0, None, None, None, None, None, None),
+                      (0, 0, 0, None, None, None, t_ax, v_ax), one_s, one_c)
+        def empty(p, t):
+            return empty_history_block(spec, p, t, st.init_loss.dtype, rows)
+
+        hist = _vmapped(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tc)
+        put = _vmapped(functools.partial(write_row, spec), (0, 0, None), (0, 0, None),
+                       one_s, one_c)
+
+        _, layout = pack(st)
 
         def cond(c):
-            e, s = c
-            return (e < n_evals) & jnp.any(s.active)
+            e, s, _ = c
+            return (e < rows) & (start + e < n_evals) & jnp.any(unpack(s, layout).active)
 
         def body(c):
-            e, s = c
-            s = ep_c(s, tc, keys, e, data, val, tidx, vidx)
+            e, s, h = c
+            s, row = ep(unpack(s, layout), tc, keys, start + e, data, val, tidx, vidx)
+            h = put(h, row, e)
             if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
                 # The count is reduced in the program (padding of a sharded block left out
                 # with sweep's PROGRESS_VALID mask), so the callback gets a replicated
@@ -586,17 +753,70 @@ def build_program(spec: ProgramSpec) -> Callable[..., ProgramOutput]:
                 # process compiles this same program: sweep agrees on `progress`.
                 act = s.active & tc[PROGRESS_VALID] if PROGRESS_VALID in tc else s.active
                 every = max(1, n_evals // 100)
-                jax.lax.cond(((e + 1) % every == 0) | (e + 1 == n_evals),
-                             lambda: jax.debug.callback(_progress_tick, e + 1, jnp.sum(act)),
+                g = start + e + 1
+                jax.lax.cond((g % every == 0) | (g == n_evals),
+                             lambda: jax.debug.callback(_progress_tick, g, jnp.sum(act)),
                              lambda: None)
-            return e + 1, s
+            s = pack(s)[0]
+            return e + 1, s, h
 
-        _, st = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), st))
-        # every configuration still active at epoch E-1 is marked max_epochs there
-        out = fin(st)
-        return jax.tree.map(lambda a: a[None], out) if single else out
+        _, st, hist = jax.lax.while_loop(cond, body,
+                                         (jnp.zeros((), jnp.int32), pack(st)[0], hist))
+        st = unpack(st, layout)
+        out = _vmapped(functools.partial(finalize, spec), 0, 0, one_s, one_c)(st)
+        out, hist = _unsqueeze(one_s, one_c, (out, hist))
+        return st, out, hist, jnp.any(st.active)
 
-    return run
+    return init, block
+
+
+def run_program(prog: Program, spec: ProgramSpec, columns: tuple[str, ...], args, *,
+                to_host: Callable[[Any], Any] = np.asarray,
+                put_scalar: Callable[[Any], Any] = lambda v: v) -> ProgramOutput:
+    """Run ``prog`` on ``args = (params0, data, val, tc, keys, tidx, vidx)`` block by block
+    until no configuration is active or every evaluation has run; returns host (numpy)
+    outputs with the history blocks concatenated (leading axes [S, C]).
+
+    The decision to run another block comes from a value every device (and process)
+    holds whole, so every process runs the same number of blocks. ``to_host`` brings an
+    output array home; ``put_scalar`` makes the block's start index a program input.
+    """
+    _, n_evals = _evals(spec)
+    params0, data, val, tc, keys, tidx, vidx = args
+    st = prog.init(params0, data, val, tc, keys, tidx, vidx)
+    parts = []
+    start = 0
+    while True:
+        st, out, hist, more = prog.block(st, put_scalar(np.int32(start)), data, val, tc, keys,
+                                         tidx, vidx)
+        parts.append(jax.tree.map(to_host, hist))
+        start += prog.rows
+        if start >= n_evals or not _replicated_bool(more):
+            break
+    out = jax.tree.map(to_host, out)
+    # rows past the last evaluation of the budget (a partial last block) are dropped
+    hist = {k: np.concatenate([p[k] for p in parts], axis=2)[
+        :, :, :spec.epochs if k == "step_loss" else n_evals] for k in parts[0]}
+    return out._replace(history=unpack_history(spec, columns, hist, out.init_loss.dtype))
+
+
+def _replicated_bool(x) -> bool:
+    """A scalar every device holds whole (the program's reduction over configurations)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return bool(np.asarray(x.addressable_data(0)))
+    return bool(np.asarray(x))
+
+
+def unpack_history(spec: ProgramSpec, columns: tuple[str, ...], hist: dict[str, np.ndarray],
+                   dt) -> dict[str, np.ndarray]:
+    """History arrays by name ([S, C, rows, ...]) from the packed blocks."""
+    scal = hist.pop("scalars")
+    out = {}
+    for i, name in enumerate(columns):
+        col = scal[..., i]
+        out[name] = col if name == "epoch" else col.astype(dt)
+    out.update(hist)
+    return out
 
 
 _EPOCH_BAR: list[Any] = [None]
@@ -640,6 +860,8 @@ class epoch_progress:
 
 
 @functools.lru_cache(maxsize=256)
-def compiled_program(spec: ProgramSpec):
-    """A jitted block program for ``spec`` (cached, so new values never re-trace)."""
-    return jax.jit(build_program(spec))
+def compiled_program(spec: ProgramSpec, rows: int) -> Program:
+    """The jitted programs for ``spec`` with history blocks of ``rows`` evaluations
+    (cached, so new values never re-trace)."""
+    init, block = build_program(spec, rows)
+    return Program(jax.jit(init), jax.jit(block), rows)

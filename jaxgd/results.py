@@ -24,8 +24,10 @@ class FitResult:
         monitored ones with ``restore_best=True``).
       history: dict of numpy arrays, one row per evaluation (every epoch, or every
         ``eval_every`` epochs; ``epoch`` holds each row's 0-based epoch): ``loss`` (training
-        loss at the evaluation), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``,
-        ``lr`` (learning rate of the epoch's last update), and ``val_loss``,
+        loss at the evaluation), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``
+        (full data with ``grad_tol`` or ``metrics="full_grad"``, else the mean of the
+        epoch's batch gradient norms), ``lr`` (learning rate of the epoch's last update),
+        and ``val_loss``,
         ``objective`` (loss + penalty), ``step_loss`` [epoch, step] when present.
       stop_reason: one of :data:`jaxgd.STOP_REASONS` after "running" (declared in
         :mod:`jaxgd.stops`): "max_epochs", "grad_tol", "loss_target", "patience",
@@ -160,7 +162,10 @@ class SweepResult:
         ``steps_run``, ``stop_reason``, ``diverged`` and, with validation or folds,
         ``final_val_loss`` and ``best_val_loss``.
       history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
-        ``history["epoch"]`` gives each row's epoch.
+        ``history["epoch"]`` gives each row's epoch. The program runs in blocks of
+        evaluations and stops when every configuration of a chunk has stopped, so a
+        sweep whose configurations all stop early may have fewer columns than ``epochs``
+        (at least the longest run's evaluations).
       params: stacked parameters, leading axis = configuration (table order). A sweep
         whose shape axes (``init``'s keyword parameters) give several parameter shapes
         has no single stacked tree: use :meth:`params_of`, ``best().params`` or

@@ -80,9 +80,10 @@ STOPS: tuple[StopCondition, ...] = (
         "grad_tol", 2,
         (StopParam("grad_tol", -1.0, lambda v: v >= 0, "a number >= 0",
                    "stop when the gradient norm is <= this (\"grad_tol\"): of the full "
-                   "training data with ``metrics=\"full\"``, the mean of the epoch's batch "
-                   "gradient norms with ``metrics=\"batch\"`` (mini-batch noise keeps that "
-                   "one higher)."),),
+                   "training data with ``metrics=\"full\"`` (giving ``grad_tol`` adds a "
+                   "backward pass over the data to every evaluation), the mean of the "
+                   "epoch's batch gradient norms with ``metrics=\"batch\"`` (mini-batch "
+                   "noise keeps that one higher)."),),
         lambda ev, tc: ev.grad_norm <= tc["grad_tol"],
         "the gradient norm reached grad_tol",
     ),

@@ -32,7 +32,7 @@ import numpy as np
 from . import optim
 from .options import collect, document, fingerprint_settings
 from .prepare import MAX_SEED, Prepared, as_key, prepare, stop_hparams, tc_array
-from .program import PROGRESS_VALID, compiled_program, epoch_progress, float_dtype
+from .program import PROGRESS_VALID, epoch_progress, float_dtype, program_for, run_program
 from .stops import STOP_DEFAULTS
 
 __all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]
@@ -567,7 +567,6 @@ def _stable_repr(v: Any, depth: int = 0) -> str:
     functions, a few levels deep), so an edited loss or one closing over other values is
     not resumed; ``functools.partial`` by its function, arguments and keywords.
     """
-    import functools
     import marshal
     import re
 
@@ -616,12 +615,48 @@ def default_mesh() -> jax.sharding.Mesh | None:
 
 
 def _bytes_per_config(prep: Prepared, epochs: int) -> int:
+    """Device memory one configuration of a chunk needs (a rough upper bound).
+
+    Parameters and their copies (gradient, update, optimizer state, best parameters), a
+    step's activations, the history rows a program call keeps on the device (history
+    blocks hold at most :data:`jaxgd.program.HISTORY_BLOCK_BYTES` for the whole call, or
+    ``HISTORY_MIN_ROWS`` rows per configuration; the host keeps the evaluations run) and
+    the intermediates of the loss over the whole training set: the full-data metrics pass
+    (``metrics="full"``) and the initial loss evaluate every configuration on all N
+    samples at once (e.g. 4*N bytes of predictions per configuration for a linear model,
+    more for wide outputs or hidden layers).
+    """
+    from . import program
+
     spec = prep.spec
     pbytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(prep.params))
-    hist = 8 * epochs * (6 + (spec.plan.steps_per_epoch if spec.record_steps else 0))
+    _, n_evals = program._evals(spec)
+    row = program.history_row_bytes(spec, prep.params, prep.numeric)
+    hist = row * min(n_evals, program.HISTORY_MIN_ROWS)
     # params, gradient, new params, optimizer state (<= 3 copies), best params
     act = 4 * spec.plan.batch_size * spec.accumulate * 64  # activations of a step, rough
-    return pbytes * 8 + hist + act
+    full = _full_pass_bytes(prep) if spec.metrics != "batch" or spec.track_init else 0
+    return pbytes * 8 + hist + act + full
+
+
+def _full_pass_bytes(prep: Prepared) -> int:
+    """Bytes of the intermediates of ``loss(params, data)`` on all N samples (their sum:
+    a bound on what the forward pass, and the gradient's residuals, hold at once)."""
+    spec, params, data = prep.spec, prep.params, prep.data
+    n_train = spec.plan.n
+    shapes = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((n_train,) + a.shape[1:], a.dtype), data)
+    try:
+        jaxpr = jax.make_jaxpr(spec.loss)(params, shapes).jaxpr
+    except Exception:  # noqa: BLE001 - checked by prepare already; fall back to the data
+        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(shapes))
+    total = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if aval is not None and hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+    return total
 
 
 Stream = tuple[int, int]  # (seed, fold or -1): owns a data order
@@ -764,12 +799,13 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
         vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))
     else:
         tidx = vidx = None
-    prog = compiled_program(spec)
+    prog, columns = program_for(spec, params, tc, S * width)
     args = (None if spec.init_fn is not None else params, data, val, tc, keys, tidx, vidx)
+    put_scalar = lambda v: v  # noqa: E731
     if mesh is not None:
         args = _shard_args(mesh, args)
-    out = prog(*args)
-    out = jax.tree.map(_to_host, out)
+        put_scalar = functools.partial(_replicated, mesh)
+    out = run_program(prog, spec, columns, args, to_host=_to_host, put_scalar=put_scalar)
     idx = [g.rows[grid_rows[s, c]].config for s in range(S) for c in range(width)
            if valid[s, c]]
     sel = np.nonzero(valid.reshape(-1))[0]
@@ -801,6 +837,17 @@ def _shard_args(mesh, args):
     tree_put = lambda t, s: jax.tree.map(lambda x: put(x, s), t)  # noqa: E731
     return (tree_put(params, rep), tree_put(data, rep), tree_put(val, rep),
             tree_put(tc, cfg), put(keys, rep), put(tidx, rep), put(vidx, rep))
+
+
+def _replicated(mesh, value):
+    """A host value as a global array every device holds whole (the same on every
+    process)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, NamedSharding(mesh, P()),
+                                        lambda i: host[i])
 
 
 def _to_host(x):

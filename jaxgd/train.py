@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from .options import collect, document
 from .prepare import as_key, prepare, tc_array
-from .program import compiled_program, epoch_progress, float_dtype
+from .program import epoch_progress, float_dtype, program_for, run_program
 
 __all__ = ["fit"]
 
@@ -80,10 +80,11 @@ def fit(
     spec = p.spec
     dt = float_dtype(p.params)
     tc = jax.device_put({k: tc_array(k, v, dt)[None, None] for k, v in p.numeric.items()})
+    prog, columns = program_for(spec, p.params, p.numeric, 1)
     with epoch_progress(spec):
-        out = compiled_program(spec)(p.params, p.data, p.val_data, tc, key[None], None, None)
-        out = jax.block_until_ready(out)
-    out = jax.tree.map(lambda a: a[0, 0], jax.device_get(out))  # one transfer, host slicing
+        out = run_program(prog, spec, columns,
+                          (p.params, p.data, p.val_data, tc, key[None], None, None))
+    out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
     out = out._replace(params=jax.tree.map(jnp.asarray, out.params))
     return FitResult.from_program(out, spec)
 

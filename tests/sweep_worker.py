@@ -69,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--report", default=None)
     ap.add_argument("--progress", choices=("all", "lead"), default=None,
                     help="progress bars: asked for by every process, or by process 0 only")
+    ap.add_argument("--block-rows", type=int, default=None,
+                    help="history blocks of this many evaluations (several program calls)")
     a = ap.parse_args(argv)
 
     import jax
@@ -84,26 +86,30 @@ def main(argv=None):
 
     import jaxgd  # noqa: F401
 
+    if a.block_rows:
+        prog_mod = sys.modules["jaxgd.program"]
+        prog_mod.HISTORY_BLOCK_BYTES, prog_mod.HISTORY_MIN_ROWS = 1, a.block_rows
     sweep_mod = sys.modules["jaxgd.sweep"]  # (jaxgd.sweep is the function)
 
     shardings = []
-    real = sweep_mod.compiled_program
+    prog_mod = sys.modules["jaxgd.program"]
+    real = prog_mod.compiled_program
 
-    def spy(spec):
-        prog = real(spec)
+    def spy(spec, rows):
+        prog = real(spec, rows)
 
         def call(*args):
-            out = prog(*args)
-            leaf = out.reason
+            res = prog.block(*args)
+            leaf = res[1].reason
             shardings.append({"devices": len(leaf.sharding.device_set),
                               "addressable_shards": len(leaf.addressable_shards),
                               "spec": str(getattr(leaf.sharding, "spec", None)),
                               "shape": list(leaf.shape)})
-            return out
+            return res
 
-        return call
+        return prog._replace(block=call)
 
-    sweep_mod.compiled_program = spy
+    prog_mod.compiled_program = spy
     bs = [None if b == "full" else int(b) for b in a.batch_size.split(",")]
     lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
     progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)

@@ -59,17 +59,20 @@ def test_two_processes_equal_one(tmp_path):
     out = tmp_path / "run"
     report = tmp_path / "report.json"
     # progress=True on process 0 only (as a script might write it): the processes must
-    # still agree on one program, and only process 0 draws
+    # still agree on one program, and only process 0 draws; 4 epochs in history blocks of
+    # 3 evaluations: two program calls, the decision to run the second taken alike on both
+    # processes
     logs = run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
                                "--num-processes", "2", "--port", str(port), "--devices", "2",
-                               "--out", str(out), "--report", str(report), "--progress", "lead"],
-                    tmp_path, "p")
+                               "--out", str(out), "--report", str(report), "--progress", "lead",
+                               "--block-rows", "3"], tmp_path, "p")
 
     info = json.loads(report.read_text())
     assert info["process_count"] == 2 and info["device_count"] == 4
     assert info["local_device_count"] == 2 and info["default_mesh_devices"] == 4
     for s in info["shardings"]:  # the configuration axis spans both processes
         assert s["devices"] == 4 and s["addressable_shards"] == 2
+    assert len(info["shardings"]) == 4  # 2 groups x 2 blocks
 
     ref = load_worker().run_sweep()  # one process, one device
     compare_tables(pd.DataFrame(info["table"]), ref.table)

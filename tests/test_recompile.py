@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jaxgd
-from jaxgd import train
+from jaxgd import program as train  # the compiled programs live there
 
 COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration")
@@ -110,7 +110,7 @@ def test_one_cache_entry_per_structure(monkeypatch):
     for lr, m in ((0.1, 0.9), (0.05, 0.0), (0.01, 0.5)):
         run(case, {**case["a"], "learning_rate": lr, "momentum": m}, data, params)
     assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
-    assert seen[0]._cache_size() == 1
+    assert seen[0].init._cache_size() == 1 and seen[0].block._cache_size() == 1
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -1,0 +1,152 @@
+"""History in blocks of evaluations: memory follows the evaluations run, not ``epochs``.
+
+The program runs in host-side blocks (one compiled block length) and stops calling when
+no configuration is active. Results in several blocks must equal one block; a run with
+an enormous epoch budget that stops early must not allocate history for the budget.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxgd
+from jaxgd import program
+
+X = np.linspace(-1.0, 1.0, 24, dtype=np.float32)[:, None]
+Y = (2.0 * X[:, 0] + 0.5 + 0.1 * np.sin(7 * X[:, 0])).astype(np.float32)
+XV, YV = X[::3] + 0.01, Y[::3]
+P0 = {"w": jnp.zeros(1), "b": jnp.zeros(())}
+
+
+def mse(p, batch):
+    x, y = batch
+    return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """History blocks of 7 evaluations (so a run of 30 evaluations is 5 program calls)."""
+    calls = []
+    real = program.run_program
+
+    def counting(prog, *a, **kw):
+        calls.append(prog.rows)
+        real_block = prog.block
+
+        def block(*b):
+            calls.append("block")
+            return real_block(*b)
+
+        return real(prog._replace(block=block), *a, **kw)
+
+    program.compiled_program.cache_clear()
+    monkeypatch.setattr(program, "HISTORY_BLOCK_BYTES", 1)
+    monkeypatch.setattr(program, "HISTORY_MIN_ROWS", 7)
+    for mod in (jaxgd.train, __import__("jaxgd.sweep", fromlist=["x"])):
+        monkeypatch.setattr(mod, "run_program", counting)
+    yield calls
+    program.compiled_program.cache_clear()
+
+
+def _fit(**kw):
+    return jaxgd.fit(mse, P0, (X, Y), optimizer="momentum",
+                     hparams={"learning_rate": 0.05, "momentum": 0.5, "l2": 1e-3},
+                     batch_size=5, epochs=30, val_data=(XV, YV), record_steps=True,
+                     record_params=True, key=3, **kw)
+
+
+def _same(a, b):
+    for k in a.history:
+        np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+    assert a.history.keys() == b.history.keys()
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert (a.stop_reason, a.epochs_run, a.steps_run, a.best_epoch) == (
+        b.stop_reason, b.epochs_run, b.steps_run, b.best_epoch)
+
+
+@pytest.mark.parametrize("stop", [{}, {"loss_target": 0.02}, {"patience": 2, "min_delta": 1e-3,
+                                                               "restore_best": True}])
+def test_fit_in_blocks_equals_one_block(small_blocks, stop):
+    program.compiled_program.cache_clear()
+    ref = None
+    # one block: the reference (the fixture's small blocks are switched off for it)
+    program.HISTORY_BLOCK_BYTES, program.HISTORY_MIN_ROWS = 1 << 30, 16
+    ref = _fit(**stop)
+    program.HISTORY_BLOCK_BYTES, program.HISTORY_MIN_ROWS = 1, 7
+    small_blocks.clear()
+    res = _fit(**stop)
+    assert small_blocks[0] == 7
+    n_blocks = small_blocks.count("block")
+    assert n_blocks == -(-res.history["loss"].shape[0] // 7)  # stopped after the last
+    assert res.history["step_loss"].shape[0] == res.epochs_run
+    _same(res, ref)
+    if stop:
+        assert res.stop_reason != "max_epochs" and res.epochs_run < 30
+
+
+def test_sweep_in_blocks_equals_one_block(small_blocks):
+    def run():
+        return jaxgd.sweep(mse, P0, (X, Y), optimizer="sgd", batch_size=6, epochs=20,
+                           grid={"learning_rate": [0.01, 0.1, 0.5, 3.0], "seed": [0, 1]},
+                           loss_target=0.05, chunk_size=3, record_steps=True)
+
+    program.HISTORY_BLOCK_BYTES, program.HISTORY_MIN_ROWS = 1 << 30, 16
+    ref = run()
+    program.HISTORY_BLOCK_BYTES, program.HISTORY_MIN_ROWS = 1, 7
+    small_blocks.clear()
+    sw = run()
+    assert small_blocks.count("block") > small_blocks.count(7) >= 2  # chunks of blocks
+    for k in ref.history:
+        np.testing.assert_array_equal(sw.history[k], ref.history[k], err_msg=k)
+    cols = ["final_loss", "epochs_run", "steps_run", "stop_reason"]
+    assert sw.table[cols].equals(ref.table[cols])
+    assert set(sw.table.stop_reason) >= {"loss_target", "diverged"}
+
+
+def _hwm_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_huge_epoch_budget_stopping_early_uses_memory_of_the_run(monkeypatch):
+    """epochs=10**9 with an early stop: history of the evaluations run, one block in the
+    program (at most HISTORY_BLOCK_BYTES), and no rise of the peak RSS by the budget."""
+    rows = []
+    real = program.program_for
+
+    def spy(*a, **kw):
+        prog, cols = real(*a, **kw)
+        rows.append((prog.rows, program.history_row_bytes(a[0], a[1], a[2])))
+        return prog, cols
+
+    monkeypatch.setattr(jaxgd.train, "program_for", spy)
+    kw = dict(optimizer="sgd", hparams={"learning_rate": 0.3}, loss_target=0.01)
+    jaxgd.fit(mse, P0, (X, Y), epochs=10**9, **kw)  # compile (and warm) first
+    have_hwm = _hwm_reset()
+    before = _status_kb("VmRSS") if have_hwm else 0
+    res = jaxgd.fit(mse, P0, (X, Y), epochs=10**9, **kw)
+    assert res.stop_reason == "loss_target"
+    assert 1 < res.epochs_run < 1000
+    assert all(len(v) == res.epochs_run for k, v in res.history.items())
+    n_rows, row_bytes = rows[-1]
+    assert n_rows * row_bytes <= program.HISTORY_BLOCK_BYTES
+    # the old program held 10**9 rows of 5 float32 columns (20 GB)
+    if have_hwm:
+        rise_mb = (_status_kb("VmHWM") - before) / 1024
+        assert rise_mb < 200, f"peak RSS rose by {rise_mb:.0f} MB"
