@@ -233,7 +233,7 @@ class ProgramOutput(NamedTuple):
     steps_run: jax.Array
 
 
-def _evals(spec: ProgramSpec) -> tuple[int, int]:
+def evals_of(spec: ProgramSpec) -> tuple[int, int]:
     """(epochs per evaluation, number of evaluations)."""
     K = min(spec.eval_every, spec.epochs)
     return K, -(-spec.epochs // K)
@@ -283,7 +283,7 @@ def empty_history_block(spec: ProgramSpec, params0, tc, dt, rows: int) -> dict[s
     The scalar columns are packed into one ``[rows, columns]`` array (``"scalars"``), so
     an evaluation writes its row with one update; the host unpacks them by name.
     """
-    K, _ = _evals(spec)
+    K, _ = evals_of(spec)
     ncol = len(history_columns(spec, params0, tc))
     hist = {"scalars": jnp.full((rows, ncol), jnp.nan, _packed_dtype(dt))}
     if spec.record_steps:
@@ -414,7 +414,7 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
 
 def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     """``eval_every`` epochs of training from ``st``: (carry, step-loss rows or None)."""
-    K, _ = _evals(spec)
+    K, _ = evals_of(spec)
     dt = st.init_loss.dtype
     carry = EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
                                  jnp.zeros((), dt), jnp.zeros((), dt)), st.epochs_run)
@@ -486,7 +486,7 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
                 vidx) -> tuple[State, dict[str, jax.Array]]:
     """``eval_every`` epochs of training, then the evaluation and stop checks: the new
     state and the evaluation's history row."""
-    K, _ = _evals(spec)
+    K, _ = evals_of(spec)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
     wd_mask = (spec.penalty_mask or _default_mask)(st.params) if own_wd else None
@@ -546,7 +546,7 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
 def write_row(spec: ProgramSpec, hist: dict[str, jax.Array], row: dict[str, jax.Array],
               i) -> dict[str, jax.Array]:
     """The history block with evaluation ``i`` (block-local) written."""
-    K, _ = _evals(spec)
+    K, _ = evals_of(spec)
     out = {}
     for name, h in hist.items():
         at = i * K if name == "step_loss" else i
@@ -586,7 +586,7 @@ HISTORY_MIN_ROWS = 16
 
 def history_row_bytes(spec: ProgramSpec, params0, tc) -> int:
     """Bytes of one configuration's history row (one evaluation)."""
-    K, _ = _evals(spec)
+    K, _ = evals_of(spec)
     dt = jnp.dtype(float_dtype(params0))
     n = len(history_columns(spec, params0, tc)) * jnp.dtype(_packed_dtype(dt)).itemsize
     if spec.record_steps:
@@ -598,7 +598,7 @@ def history_row_bytes(spec: ProgramSpec, params0, tc) -> int:
 
 def block_rows(spec: ProgramSpec, row_bytes: int, n_configs: int) -> int:
     """Evaluations per program call for ``n_configs`` configurations run together."""
-    _, n_evals = _evals(spec)
+    _, n_evals = evals_of(spec)
     fit_rows = HISTORY_BLOCK_BYTES // max(1, row_bytes * n_configs)
     return int(max(1, min(n_evals, max(HISTORY_MIN_ROWS, fit_rows))))
 
@@ -709,7 +709,7 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
     state keeps the program's own layout between calls; outputs and history blocks have
     leading axes [S, C]. ``start`` is the index of the block's first evaluation.
     """
-    _, n_evals = _evals(spec)
+    _, n_evals = evals_of(spec)
 
     def init(params0, data, val, tc, keys, tidx, vidx):
         one_s, one_c = _single(keys, tc)
@@ -781,7 +781,7 @@ def run_program(prog: Program, spec: ProgramSpec, columns: tuple[str, ...], args
     holds whole, so every process runs the same number of blocks. ``to_host`` brings an
     output array home; ``put_scalar`` makes the block's start index a program input.
     """
-    _, n_evals = _evals(spec)
+    _, n_evals = evals_of(spec)
     params0, data, val, tc, keys, tidx, vidx = args
     st = prog.init(params0, data, val, tc, keys, tidx, vidx)
     parts = []
