@@ -34,6 +34,8 @@ class FitResult:
       steps_run: parameter updates applied.
       best_epoch: epoch (0-based) of the best monitored loss, -1 if none.
       init_loss: the loss of the initial parameters on the training data.
+      state: the final model state, for a loss that carries one (``state=``), else None
+        (with ``restore_best``, the state of the best epoch).
     """
 
     params: Any
@@ -43,6 +45,7 @@ class FitResult:
     steps_run: int
     best_epoch: int = -1
     init_loss: float = float("nan")
+    state: Any = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -59,6 +62,7 @@ class FitResult:
             steps_run=int(out.steps_run),
             best_epoch=int(out.best_epoch),
             init_loss=float(out.init_loss),
+            state=out.state,
         )
 
     def param_history(self) -> Any:
@@ -101,6 +105,7 @@ class Best(NamedTuple):
     row: Any  # pandas.Series
     params: Any
     index: int
+    state: Any = None  # its model state (a loss with state), else None
 
 
 def _display(v: Any) -> Any:
@@ -125,10 +130,13 @@ class SweepResult:
       history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
         ``history["epoch"]`` gives each row's epoch.
       params: stacked parameters, leading axis = configuration (table order).
+      state: stacked model states like ``params`` (a loss with ``state``), else None.
       folds: the number of folds of a cross-validation sweep, else None.
     """
 
-    def __init__(self, configs, table, history, params, folds=None, fingerprint=None):
+    def __init__(self, configs, table, history, params, folds=None, fingerprint=None,
+                 state=None):
+        self.state = state
         self.configs = configs
         self.table = table
         self.history = history
@@ -193,12 +201,22 @@ class SweepResult:
             with np.errstate(all="ignore"):
                 fv = np.where(np.isfinite(vl), vl, np.inf)
                 table["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
+        _metric_columns(table, hist, n_rows, scal["best_epoch"])
         table["epochs_run"] = scal["epochs_run"].astype(np.int64)
         table["steps_run"] = scal["steps_run"].astype(np.int64)
         table["stop_reason"] = [STOP_REASONS[int(r)] for r in scal["reason"]]
         table["diverged"] = table["stop_reason"] == "diverged"
         params = jax.tree.unflatten(treedef, leaves)
-        return cls(configs, table, hist, params, folds)
+        state = None
+        if first.get("state") is not None:
+            s_leaves0, s_def = jax.tree.flatten(first["state"])
+            s_leaves = [np.zeros((n,) + leaf.shape[1:], leaf.dtype) for leaf in s_leaves0]
+            for r in results:
+                rows = np.asarray([pos[int(c)] for c in r["config"]])
+                for dst, src in zip(s_leaves, jax.tree.leaves(r["state"]), strict=True):
+                    dst[rows] = src
+            state = jax.tree.unflatten(s_def, s_leaves)
+        return cls(configs, table, hist, params, folds, state=state)
 
     @classmethod
     def concat(cls, parts: list[SweepResult]) -> SweepResult:
@@ -214,8 +232,12 @@ class SweepResult:
         configs = [c for p in parts for c in p.configs]
         hist = {k: np.concatenate([p.history[k] for p in parts])[order] for k in parts[0].history}
         params = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[p.params for p in parts])
+        state = None
+        if parts[0].state is not None:
+            state = jax.tree.map(lambda *xs: np.concatenate(xs)[order],
+                                 *[p.state for p in parts])
         return cls([configs[i] for i in order], table.iloc[order].reset_index(drop=True),
-                   hist, params, parts[0].folds)
+                   hist, params, parts[0].folds, state=state)
 
     # -- queries
     def axes(self) -> list[str]:
@@ -250,7 +272,11 @@ class SweepResult:
         if vals.empty:
             raise ValueError(f"no finite {metric!r}: every configuration diverged or has none")
         i = int(vals.idxmin() if mode == "min" else vals.idxmax())
-        return Best(self.table.loc[i], jax.tree.map(lambda a: a[i], self.params), i)
+        return self._best_at(self.table.loc[i], i)
+
+    def _best_at(self, row, i: int) -> Best:
+        state = None if self.state is None else jax.tree.map(lambda a: a[i], self.state)
+        return Best(row, _index(self.params, i), i, state)
 
     def _setting_keys(self) -> list[str]:
         return [c for c in self.table.columns
@@ -275,7 +301,7 @@ class SweepResult:
         for k, v in zip(keys, j, strict=True):
             match &= (t[k] == v).to_numpy()
         i = int(t.index[match][0])
-        return Best(row, jax.tree.map(lambda a: a[i], self.params), i)
+        return self._best_at(row, i)
 
     def cv_table(self, metric: str = "final_val_loss"):
         """Mean and standard deviation of ``metric`` over folds, one row per setting."""
@@ -308,12 +334,46 @@ class SweepResult:
         return plots.plot_sweep(self, out, show=show)
 
 
+def _index(tree, i: int):
+    """Configuration ``i`` of stacked parameters (leaves that are not arrays, such as a
+    model object's activation functions, are shared and kept as they are)."""
+    return jax.tree.map(lambda a: a[i] if isinstance(a, np.ndarray | jax.Array) else a, tree)
+
+
 def _axis_columns(configs) -> dict[str, list[Any]]:
     """The swept values of each configuration, one column per axis (first-seen order)."""
     axes: list[str] = []
     for c in configs:
         axes += [k for k in c if k not in axes]
     return {a: [_display(c[a]) if a in c else np.nan for c in configs] for a in axes}
+
+
+STANDARD_HISTORY = ("epoch", "loss", "batch_loss", "grad_norm", "lr", "objective",
+                    "val_loss", "step_loss")
+
+
+def metric_names(hist) -> list[str]:
+    """The loss's metrics among history keys (``m``; ``batch_m`` and ``val_m`` besides)."""
+    return sorted(k for k in hist if k not in STANDARD_HISTORY and not k.startswith(
+        ("params", "batch_", "val_")))
+
+
+def _metric_columns(table, hist, n_rows, best_epoch) -> None:
+    """``final_<m>``, ``final_val_<m>`` and their values at the best epoch
+    (``best_epoch_<m>``, ``best_epoch_val_<m>``) for every metric the loss returns."""
+    epochs = hist["epoch"]
+    for m in metric_names(hist):
+        for name in (m, f"val_{m}"):
+            if name not in hist:
+                continue
+            h = hist[name]
+            table[f"final_{name}"] = _last_finite(h, n_rows)
+            at = np.full(len(table), np.nan)
+            for i, e in enumerate(best_epoch):
+                hit = np.nonzero(epochs[i] == e)[0] if e >= 0 else []
+                if len(hit):
+                    at[i] = h[i, hit[0]]
+            table[f"best_epoch_{name}"] = at
 
 
 def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
@@ -327,7 +387,7 @@ def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
     return out
 
 
-def load(path, like=None):
+def load(path, like=None, state_like=None):
     """Load a saved :class:`SweepResult` (``sw.save(path)`` or ``sweep(..., out=path)``).
 
     Every file is checked against the checksums and fingerprint in ``result.json``; a file
@@ -341,12 +401,13 @@ def load(path, like=None):
         dataclass or any registered pytree), each leaf with a leading configuration axis.
         Its key paths and leaf shapes must match the stored ones. Without it, ``params``
         is nested dicts (dict keys and attribute names) and lists (sequence indices).
+      state_like: the same for the model state (a loss with ``state``), if saved.
     """
     from .store import load_result
 
     if path is None:
         raise TypeError("path=None: give the run folder to load (str or pathlib.Path)")
-    r = load_result(path, like=like)
+    r = load_result(path, like=like, state_like=state_like)
     table, configs = r["table"], r["configs"]
     # CSV loses the types of mixed columns (batch_size 5 / "full"): take them from configs
     for a, col in _axis_columns(configs).items():
@@ -354,4 +415,4 @@ def load(path, like=None):
             table[a] = pd.Series(col, index=table.index, dtype=object if any(
                 isinstance(v, str) for v in col) else None)
     return SweepResult(configs, table, r["history"], r["params"], r["folds"],
-                       fingerprint=r["fingerprint"])
+                       fingerprint=r["fingerprint"], state=r["state"])

@@ -46,6 +46,7 @@ import numpy as np
 FORMAT_VERSION = 2
 META = "__jaxgd__"  # the npz entry holding a file's JSON metadata
 PARAMS_PREFIX = "params/"
+STATE_PREFIX = "state/"  # the model state (a loss's non-trainable state), same format
 FINAL_FILES = ("table.csv", "history.npz", "params.npz", "result.json")
 _MAX_META = 64 << 20  # a metadata entry larger than this is not ours
 
@@ -292,24 +293,27 @@ def _nest(items: list[tuple[list[list[Any]], Any]], where: Path) -> Any:
     return {k[1]: _nest(v, where) for k, v in groups.items()}
 
 
-def params_arrays(params: Any) -> tuple[dict[str, np.ndarray], list]:
-    """The params format: ``params/0..n-1`` leaf arrays, and the tree's key paths."""
+def params_arrays(params: Any, prefix: str = PARAMS_PREFIX
+                  ) -> tuple[dict[str, np.ndarray], list]:
+    """The params format: ``params/0..n-1`` leaf arrays, and the tree's key paths (the
+    model state: ``state/0..``)."""
     import jax
 
     leaves = jax.tree.leaves(params)
-    return ({f"{PARAMS_PREFIX}{i}": np.asarray(x) for i, x in enumerate(leaves)},
+    return ({f"{prefix}{i}": np.asarray(x) for i, x in enumerate(leaves)},
             tree_spec(params))
 
 
 def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
-                       like: Any = None, stacked: bool = True) -> Any:
+                       like: Any = None, stacked: bool = True,
+                       prefix: str = PARAMS_PREFIX) -> Any:
     """Rebuild parameters from the params format: nested dicts/lists by default, or the
     pytree type of ``like`` (one configuration's parameters, or stacked ones)."""
     import jax
 
-    n = sum(1 for k in arrays if k.startswith(PARAMS_PREFIX))
+    n = sum(1 for k in arrays if k.startswith(prefix))
     try:
-        leaves = [arrays[f"{PARAMS_PREFIX}{i}"] for i in range(n)]
+        leaves = [arrays[f"{prefix}{i}"] for i in range(n)]
     except KeyError:
         raise IntegrityError(f"{where} is damaged (parameter leaves are not numbered "
                              "0..n-1)") from None
@@ -502,7 +506,7 @@ class RunStore:
             self.close()
 
     # -- chunks
-    def load_chunk(self, tag: str, treedef) -> dict[str, Any] | None:
+    def load_chunk(self, tag: str, treedef, state_treedef=None) -> dict[str, Any] | None:
         """A finished chunk of this sweep, or None (missing, damaged, another sweep's, or
         not shaped like ``treedef``: recompute it)."""
         import jax
@@ -519,7 +523,13 @@ class RunStore:
             if any(k.startswith(PARAMS_PREFIX) for k in arrays):
                 return None
             chunk: dict[str, Any] = {"params": jax.tree.unflatten(treedef, leaves),
-                                     "history": {}}
+                                     "history": {}, "state": None}
+            if state_treedef is not None:
+                m = state_treedef.num_leaves
+                chunk["state"] = jax.tree.unflatten(
+                    state_treedef, [arrays.pop(f"{STATE_PREFIX}{i}") for i in range(m)])
+            if any(k.startswith(STATE_PREFIX) for k in arrays):
+                return None
             for k, v in arrays.items():
                 if k.startswith("history/"):
                     chunk["history"][k.split("/", 1)[1]] = v
@@ -533,10 +543,12 @@ class RunStore:
         if not self.writer:
             return
         arrays, spec = params_arrays(chunk["params"])
+        if chunk.get("state") is not None:
+            arrays.update(params_arrays(chunk["state"], STATE_PREFIX)[0])
         for k, v in chunk["history"].items():
             arrays[f"history/{k}"] = np.asarray(v)
         for k, v in chunk.items():
-            if k not in ("params", "history"):
+            if k not in ("params", "history", "state"):
                 arrays[k] = np.asarray(v)
         write_npz(self.path / "chunks" / f"{tag}.npz", arrays, self.fingerprint,
                   kind="chunk", tag=tag, tree=spec)
@@ -566,6 +578,12 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         store.lock("path")
     try:
         params, spec = params_arrays(res.params)
+        state = getattr(res, "state", None)
+        extra = {}
+        if state is not None:
+            sarrays, sspec = params_arrays(state, STATE_PREFIX)
+            params.update(sarrays)
+            extra["state_tree"] = sspec
         history = {k: np.asarray(v) for k, v in res.history.items()}
         if not fingerprint:  # not from sweep(): tie the files together by their content
             fingerprint = "content-" + hashlib.sha256(
@@ -583,7 +601,8 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         table = res.table.to_csv(index=False).encode()
         atomic_write_bytes(path / "table.csv", table)
         h_sum = write_npz(path / "history.npz", history, fingerprint, kind="history")
-        p_sum = write_npz(path / "params.npz", params, fingerprint, kind="params", tree=spec)
+        p_sum = write_npz(path / "params.npz", params, fingerprint, kind="params", tree=spec,
+                          **extra)
         meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "folds": res.folds,
                 "configs": res.configs, "n": len(res.table),
                 "files": {"table.csv": hashlib.sha256(table).hexdigest(),
@@ -607,7 +626,7 @@ def json_default(v: Any) -> Any:
     return getattr(v, "__name__", repr(v))
 
 
-def load_result(path: Any, like: Any = None) -> dict[str, Any]:
+def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str, Any]:
     """The verified contents of a finished run folder (see :func:`jaxgd.load`)."""
     import pandas as pd
 
@@ -657,9 +676,13 @@ def load_result(path: Any, like: Any = None) -> dict[str, Any]:
         raise ValueError(f"path={str(path)!r} is damaged: {p / 'table.csv'} lacks {lacking}"
                          if lacking else f"path={str(path)!r} is damaged: folds={folds!r}")
     params = params_from_arrays(parrays, pmeta.get("tree"), p / "params.npz", like=like)
-    leaves = [v for k, v in parrays.items() if k.startswith(PARAMS_PREFIX)]
+    state = None
+    if any(k.startswith(STATE_PREFIX) for k in parrays):
+        state = params_from_arrays(parrays, pmeta.get("state_tree"), p / "params.npz",
+                                   like=state_like, prefix=STATE_PREFIX)
+    leaves = [v for k, v in parrays.items() if k.startswith((PARAMS_PREFIX, STATE_PREFIX))]
     if (len(table) != meta.get("n") or len(configs) != len(table)
             or any(v.ndim == 0 or len(v) != len(table) for v in [*history.values(), *leaves])):
         raise ValueError(f"path={str(path)!r} is damaged: table and history lengths differ")
     return {"configs": configs, "table": table, "history": history, "params": params,
-            "folds": meta.get("folds"), "fingerprint": fingerprint}
+            "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint}

@@ -8,9 +8,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import lossform
 from .options import collect, document
 from .prepare import as_key, prepare, tc_array
-from .program import compiled_program, epoch_progress, float_dtype
+from .program import KEY_BITS, compiled_program, epoch_progress, float_dtype
 
 __all__ = ["fit"]
 
@@ -30,6 +31,7 @@ def fit(
     schedule: str = "constant",
     accumulate: int = 1,
     val_data: Any = None,
+    state: Any = None,
     grad_tol: float | None = None,
     loss_target: float | None = None,
     patience: int | None = None,
@@ -79,12 +81,19 @@ def fit(
     key = as_key(key)
     spec = p.spec
     dt = float_dtype(p.params)
-    tc = jax.device_put({k: tc_array(k, v, dt)[None, None] for k, v in p.numeric.items()})
+    tc = {k: tc_array(k, v, dt)[None, None] for k, v in p.numeric.items()}
+    if spec.form.key:  # the configuration's words of its loss keys (jaxgd.loss_key)
+        tc[KEY_BITS] = lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
+    tc = jax.device_put(tc)
     with epoch_progress(spec):
-        out = compiled_program(spec)(p.params, p.data, p.val_data, tc, key[None], None, None)
+        out = compiled_program(spec)(p.params, p.data, p.val_data, tc, key[None], None, None,
+                                     p.state)
         out = jax.block_until_ready(out)
     out = jax.tree.map(lambda a: a[0, 0], jax.device_get(out))  # one transfer, host slicing
-    out = out._replace(params=jax.tree.map(jnp.asarray, out.params))
+    out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
+                       state=jax.tree.map(jnp.asarray, out.state))
+    if p.combined is not None:  # the model object, with its trained arrays
+        out = out._replace(params=p.combined.rebuild(out.params))
     return FitResult.from_program(out, spec)
 
 

@@ -1,0 +1,320 @@
+"""Research code as it is (issue 10): per-step PRNG keys, model state, metrics, model
+libraries. Every trajectory is compared with a hand-written optax loop that derives its
+keys by the documented rule (jaxgd.lossform), written out here with jax.random alone."""
+
+import equinox as eqx  # the test extra
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxgd
+
+TAG = 0x4C055  # the documented tag: fold_in(run key, TAG) starts a configuration's keys
+
+rng = np.random.RandomState(0)
+X = rng.randn(24, 3).astype(np.float32)
+Y = (X @ np.asarray([1.0, -2.0, 0.5], np.float32) + 0.1 * rng.randn(24).astype(np.float32))
+
+
+def hand_config_key(seed, hparams):
+    """The documented derivation, by hand."""
+    k = jax.random.fold_in(jax.random.key(seed), TAG)
+    for name in sorted(hparams):
+        k = jax.random.fold_in(k, np.float32(hparams[name]).view(np.uint32))
+    return k
+
+
+def batches(bs):
+    return [(X[i:i + bs], Y[i:i + bs]) for i in range(0, len(X), bs)]
+
+
+def hand_loop(loss, params, hparams, seed, epochs, bs, opt, eval_loss):
+    """optax loop in data order; the loss gets fold_in(config key, t) at update t."""
+    kc = hand_config_key(seed, hparams)
+    state = opt.init(params)
+    t = 0
+    losses = []
+    for _ in range(epochs):
+        for b in batches(bs):
+            g = jax.grad(lambda p: loss(p, b, key=jax.random.fold_in(kc, t)))(params)  # noqa: B023
+            u, state = opt.update(g, state, params)
+            params = optax.apply_updates(params, u)
+            t += 1
+        losses.append(float(eval_loss(params)))
+    return params, np.asarray(losses)
+
+
+def close_trees(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+class DropMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+        h = nn.relu(nn.Dense(16)(x))
+        h = nn.Dropout(0.3, deterministic=not train)(h)
+        return nn.Dense(1)(h)[:, 0]
+
+
+LINEN = DropMLP()
+LINEN_P0 = LINEN.init(jax.random.key(1), X[:2], train=False)["params"]
+
+
+def linen_loss(params, batch, *, key, train):
+    x, y = batch
+    rngs = {"dropout": key} if train else {}
+    return jnp.mean((LINEN.apply({"params": params}, x, train=train, rngs=rngs) - y) ** 2)
+
+
+def test_flax_linen_dropout_fit_equals_hand_loop():
+    hp = {"learning_rate": 0.05}
+    res = jaxgd.fit(linen_loss, LINEN_P0, (X, Y), optimizer=optax.sgd, hparams=hp,
+                    batch_size=8, epochs=4, shuffle=False, key=3)
+    ref_p, ref_l = hand_loop(lambda p, b, key: linen_loss(p, b, key=key, train=True),
+                             LINEN_P0, hp, 3, 4, 8, optax.sgd(0.05),
+                             lambda p: linen_loss(p, (X, Y), key=None, train=False))
+    close_trees(res.params, ref_p)
+    np.testing.assert_allclose(res.history["loss"], ref_l, rtol=1e-5)
+    # the public derivation is the documented one
+    k = jaxgd.loss_key(3, hp, 5)
+    np.testing.assert_array_equal(jax.random.key_data(k), jax.random.key_data(
+        jax.random.fold_in(hand_config_key(3, hp), 5)))
+
+
+def test_flax_linen_dropout_sweep_equals_fit_and_hand_loop():
+    sw = jaxgd.sweep(linen_loss, LINEN_P0, (X, Y), optimizer=optax.sgd,
+                     grid={"learning_rate": [0.02, 0.05], "seed": [0, 1]},
+                     batch_size=8, epochs=3, shuffle=False)
+    for i, c in enumerate(sw.configs):
+        hp = {"learning_rate": c["learning_rate"]}
+        ref_p, ref_l = hand_loop(lambda p, b, key: linen_loss(p, b, key=key, train=True),
+                                 LINEN_P0, hp, c["seed"], 3, 8, optax.sgd(hp["learning_rate"]),
+                                 lambda p: linen_loss(p, (X, Y), key=None, train=False))
+        close_trees(jax.tree.map(lambda a: a[i], sw.params), ref_p, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sw.history["loss"][i], ref_l, rtol=1e-4)
+    # different seeds (data order fixed: shuffle=False) differ only by their dropout keys
+    assert not np.allclose(sw.history["loss"][0], sw.history["loss"][1])
+
+
+class EqxModel(eqx.Module):
+    mlp: eqx.nn.MLP
+    drop: eqx.nn.Dropout
+
+    def __call__(self, x, key):
+        return jax.vmap(self.mlp)(self.drop(x, key=key, inference=key is None))[:, 0]
+
+
+EQX_M0 = EqxModel(eqx.nn.MLP(3, 1, 8, 1, key=jax.random.key(2)), eqx.nn.Dropout(0.25))
+
+
+def eqx_loss(model, batch, *, key):
+    x, y = batch
+    return jnp.mean((model(x, key) - y) ** 2)
+
+
+def test_equinox_module_with_dropout_fit_and_sweep_equal_hand_loop():
+    hp = {"learning_rate": 0.03}
+    res = jaxgd.fit(eqx_loss, EQX_M0, (X, Y), hparams=hp, batch_size=6, epochs=3,
+                    shuffle=False, key=0)
+    assert isinstance(res.params, EqxModel)  # the module back, activation and dropout kept
+    assert res.params.drop.p == 0.25
+    params0, static = eqx.partition(EQX_M0, eqx.is_inexact_array)
+    ref_p, ref_l = hand_loop(
+        lambda p, b, key: eqx_loss(eqx.combine(p, static), b, key=key), params0, hp, 0, 3, 6,
+        optax.sgd(0.03), lambda p: eqx_loss(eqx.combine(p, static), (X, Y), key=None))
+    close_trees(eqx.filter(res.params, eqx.is_inexact_array), ref_p)
+    np.testing.assert_allclose(res.history["loss"], ref_l, rtol=1e-5)
+
+    sw = jaxgd.sweep(eqx_loss, EQX_M0, (X, Y), grid={"learning_rate": [0.01, 0.03]},
+                     batch_size=6, epochs=3, shuffle=False)
+    np.testing.assert_allclose(sw.history["loss"][1], res.history["loss"], rtol=1e-4)
+    best = sw.best()
+    assert isinstance(best.params, EqxModel)
+
+
+def key_probe(params, batch, *, key):
+    """A loss that reports a uniform draw of its key as a metric (-1: no key)."""
+    u = jnp.float32(-1.0) if key is None else jax.random.uniform(key)
+    return jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2), {"u": u}
+
+
+def test_keys_per_step_config_and_seed_and_none_in_evaluation():
+    p0 = {"w": jnp.zeros(3)}
+    sw = jaxgd.sweep(key_probe, p0, (X, Y), grid={"learning_rate": [0.01, 0.02],
+                                                   "seed": [0, 7]},
+                     epochs=4, val_data=(X[:4], Y[:4]))
+    seen = set()
+    for i, c in enumerate(sw.configs):
+        kc = hand_config_key(c["seed"], {"learning_rate": c["learning_rate"]})
+        # full batch: one update per epoch, so batch_u of epoch t is the key of update t
+        want = [float(jax.random.uniform(jax.random.fold_in(kc, t))) for t in range(4)]
+        np.testing.assert_allclose(sw.history["batch_u"][i], want, rtol=1e-6)
+        seen |= set(np.round(want, 7))
+        assert np.all(sw.history["u"][i] == -1.0)  # full-data evaluation: key=None
+        assert np.all(sw.history["val_u"][i] == -1.0)
+    assert len(seen) == 16  # never reused over steps, configurations and seeds
+    assert "final_u" in sw.table and "final_val_u" in sw.table
+
+
+def test_accumulation_keys_fold_in_the_micro_batch():
+    p0 = {"w": jnp.zeros(3)}
+    hp = {"learning_rate": 0.01}
+    res = jaxgd.fit(key_probe, p0, (X, Y), hparams=hp, batch_size=12, accumulate=2,
+                    epochs=2, key=5, metrics="batch")
+    kc = hand_config_key(5, hp)
+    want = [np.mean([float(jax.random.uniform(jax.random.fold_in(jax.random.fold_in(kc, t), j)))
+                     for j in range(2)]) for t in range(2)]
+    np.testing.assert_allclose(res.history["batch_u"], want, rtol=1e-6)
+
+
+def test_loss_hparams_are_traced_and_reach_the_loss():
+    def loss(params, batch, *, hparams):
+        return hparams["scale"] * jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
+
+    sw = jaxgd.sweep(loss, {"w": jnp.zeros(3)}, (X, Y),
+                     grid={"scale": [1.0, 2.0], "learning_rate": [0.01]}, epochs=2)
+    assert len(sw) == 2
+    np.testing.assert_allclose(sw.table["init_loss"][1], 2 * sw.table["init_loss"][0],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="'scael'.*does not read"):
+        jaxgd.fit(loss, {"w": jnp.zeros(3)}, (X, Y),
+                  hparams={"learning_rate": 0.1, "scale": 1.0, "scael": 1.0})
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class BNMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+        # no bias before BatchNorm: its gradient is zero up to rounding, which Adam
+        # would blow up into arbitrary steps (in any implementation)
+        h = nn.Dense(8, use_bias=False)(x)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.8)(h)
+        return nn.Dense(1)(nn.relu(h))[:, 0]
+
+
+BN = BNMLP()
+BN_VARS = BN.init(jax.random.key(4), X[:2], train=False)
+
+
+def bn_loss(params, batch, *, state, train):
+    x, y = batch
+    variables = {"params": params, "batch_stats": state}
+    if train:
+        out, upd = BN.apply(variables, x, train=True, mutable=["batch_stats"])
+        new = upd["batch_stats"]
+    else:
+        out, new = BN.apply(variables, x, train=False), state
+    err = out - y
+    return jnp.mean(err**2), new, {"mae": jnp.mean(jnp.abs(err))}
+
+
+def l2_penalty(params, l2):
+    """0.5 * l2 * sum of squares of every leaf but biases (jaxgd's default mask)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return 0.5 * l2 * sum(jnp.sum(v**2) for p, v in leaves if p[-1].key != "bias")
+
+
+def hand_bn(lr, epochs, bs, l2=0.0):
+    params, stats = BN_VARS["params"], BN_VARS["batch_stats"]
+    opt = optax.adam(lr)
+    ost = opt.init(params)
+    losses = []
+    for _ in range(epochs):
+        for b in batches(bs):
+            (_, (stats_new, _)), g = jax.value_and_grad(
+                lambda p, b=b, s=stats: (lambda o: (o[0] + l2_penalty(p, l2), o[1:]))(
+                    bn_loss(p, b, state=s, train=True)),
+                has_aux=True)(params)
+            u, ost = opt.update(g, ost, params)
+            params = optax.apply_updates(params, u)
+            stats = stats_new
+        losses.append(float(bn_loss(params, (X, Y), state=stats, train=False)[0]))
+    return params, stats, np.asarray(losses)
+
+
+def test_flax_batchnorm_state_matches_hand_loop_step_for_step():
+    res = jaxgd.fit(bn_loss, BN_VARS["params"], (X, Y), state=BN_VARS["batch_stats"],
+                    optimizer=optax.adam, hparams={"learning_rate": 0.01, "l2": 0.1},
+                    batch_size=8, epochs=3, shuffle=False)
+    # the penalty covers params only (not the state), biases excluded
+    ref_p, ref_s, ref_l = hand_bn(0.01, 3, 8, l2=0.1)
+    close_trees(res.params, ref_p)
+    close_trees(res.state, ref_s)
+    np.testing.assert_allclose(res.history["loss"], ref_l, rtol=1e-5)
+    # the running statistics moved (they were trained as parameters before: stayed 0)
+    assert float(jnp.abs(res.state["BatchNorm_0"]["mean"]).max()) > 1e-3
+    # per-epoch hand loop, 1 epoch: the state after one epoch too
+    one = jaxgd.fit(bn_loss, BN_VARS["params"], (X, Y), state=BN_VARS["batch_stats"],
+                    optimizer=optax.adam, hparams={"learning_rate": 0.01}, batch_size=8,
+                    epochs=1, shuffle=False)
+    close_trees(one.state, hand_bn(0.01, 1, 8)[1])
+    assert "mae" in res.history and "batch_mae" in res.history
+
+
+def test_state_in_sweep_best_and_saved(tmp_path):
+    sw = jaxgd.sweep(bn_loss, BN_VARS["params"], (X, Y), state=BN_VARS["batch_stats"],
+                     optimizer=optax.adam, grid={"learning_rate": [0.003, 0.01]},
+                     batch_size=8, epochs=3, shuffle=False)
+    ref_p, ref_s, _ = hand_bn(0.01, 3, 8)
+    close_trees(jax.tree.map(lambda a: a[1], sw.state), ref_s, rtol=1e-4, atol=1e-5)
+    best = sw.best()
+    assert best.state is not None
+    close_trees(best.state, jax.tree.map(lambda a: a[best.index], sw.state))
+    sw.save(tmp_path / "run")
+    back = jaxgd.load(tmp_path / "run")
+    close_trees(back.state, sw.state, rtol=0, atol=0)
+    close_trees(back.params, sw.params, rtol=0, atol=0)
+
+
+def fit_lr(*args, **kw):
+    return jaxgd.fit(*args, hparams={"learning_rate": 0.1}, epochs=1, **kw)
+
+
+def test_state_bad_forms_refused_before_compiling():
+    variables = BN_VARS
+
+    def drops_state(params, batch):  # the silent bug of old: batch_stats "trained"
+        out, _ = BN.apply(params, batch[0], train=True, mutable=["batch_stats"])
+        return jnp.mean((out - batch[1]) ** 2)
+
+    with pytest.raises(ValueError, match=r"params\['batch_stats'\].*state="):
+        fit_lr(drops_state, dict(variables), (X, Y))
+
+    def returns_state_as_aux(params, batch):
+        out, upd = BN.apply({"params": params, "batch_stats": BN_VARS["batch_stats"]},
+                            batch[0], train=True, mutable=["batch_stats"])
+        return jnp.mean((out - batch[1]) ** 2), upd
+
+    with pytest.raises(TypeError, match="metrics.*'batch_stats'.*declare"):
+        fit_lr(returns_state_as_aux, variables["params"], (X, Y))
+    with pytest.raises(TypeError, match="declares a 'state' parameter but no state"):
+        fit_lr(bn_loss, variables["params"], (X, Y))
+    with pytest.raises(TypeError, match="state= was given but loss has no 'state'"):
+        fit_lr(linen_loss, LINEN_P0, (X, Y), state=variables["batch_stats"])
+
+    def wrong_state(params, batch, *, state):
+        return jnp.mean(batch[0] @ params["w"]), {"other": jnp.zeros(2)}
+
+    with pytest.raises(TypeError, match="new state whose structure differs"):
+        fit_lr(wrong_state, {"w": jnp.zeros(3)}, (X, Y), state={"s": jnp.zeros(2)})
+
+    def metrics_vector(params, batch):
+        return jnp.mean(batch[0] @ params["w"]), {"v": batch[0][:, 0]}
+
+    with pytest.raises(TypeError, match=r"metrics\['v'\] has shape \(2,\)"):
+        fit_lr(metrics_vector, {"w": jnp.zeros(3)}, (X, Y))
+
+    def needs_arg(params, batch, rng):
+        return jnp.mean(batch[0] @ params["w"])
+
+    with pytest.raises(TypeError, match="required parameter 'rng'"):
+        fit_lr(needs_arg, {"w": jnp.zeros(3)}, (X, Y))
