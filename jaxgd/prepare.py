@@ -75,7 +75,7 @@ def check_params(params: Any, name: str = "params") -> Any:
             arr = np.asarray(leaf)
         except Exception as e:  # noqa: BLE001
             raise TypeError(f"{name}{where} is not an array: {leaf!r}") from e
-        if arr.dtype.kind != "f":
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
             raise TypeError(
                 f"{name}{where} has dtype {arr.dtype}; trainable parameters must be floating "
                 "point (e.g. jnp.zeros(3) rather than [0, 0, 0])")

@@ -97,19 +97,30 @@ def _penalty(spec: ProgramSpec, params, tc):
     return total
 
 
+BIAS_NAMES = ("b", "bias")
+VARIABLE_NAMES = ("value", "raw_value")  # flax.nnx Variables: ['bias'].value
+
+
 def _default_mask(params):
-    """Penalise every leaf except biases (leaves whose last dict key is 'b' or 'bias')."""
+    """Penalise every leaf except biases: leaves whose last path name, ignoring a
+    trailing ``value``/``raw_value`` (flax.nnx), is ``b`` or ``bias`` (flax.linen
+    ``['bias']``, flax.nnx ``['bias'].value``, equinox ``.bias``, haiku ``['b']``)."""
+
+    def name_of(entry):
+        return getattr(entry, "key", getattr(entry, "name", None))
 
     def keep(path, _):
-        last = path[-1] if path else None
-        name = getattr(last, "key", getattr(last, "name", None))
-        return name not in ("b", "bias")
+        names = [name_of(e) for e in path]
+        while len(names) > 1 and names[-1] in VARIABLE_NAMES:
+            names.pop()
+        return not names or names[-1] not in BIAS_NAMES
 
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def metric_dtype(params):
-    """Metrics are accumulated in at least float32."""
+    """Losses, metrics and stop checks are computed in at least float32 (bfloat16 and
+    float16 params included)."""
     return jnp.promote_types(float_dtype(params), jnp.float32)
 
 
@@ -122,8 +133,9 @@ def call_loss(spec: ProgramSpec, params, state, batch, key, train: bool, tc):
     value, new_state, metrics = lossform.call(f, spec.loss, params, batch, state=state,
                                               key=key, train=train, hparams=hp)
     mdt = metric_dtype(params)
-    # in the params' dtype: float64 data with float32 params must not widen the carries
-    return (value.astype(float_dtype(params)), new_state,
+    # in the params' dtype (at least float32): float64 data with float32 params must not
+    # widen the carries
+    return (value.astype(mdt), new_state,
             {k: v.astype(mdt) for k, v in metrics.items()})
 
 
@@ -156,8 +168,8 @@ def _mean_grad(spec, params, state, batch, tc, micro: int, key=None):
         (obj, (loss, s, m)), g = vg(params, s, b, k)
         return (jax.tree.map(jnp.add, acc, (obj, loss, g, m)), s), None
 
-    zero = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-    zero = jax.tree.map(lambda z: z.astype(float_dtype(params)), zero)
+    zero = (jnp.zeros((), metric_dtype(params)), jnp.zeros((), metric_dtype(params)),
+            jax.tree.map(jnp.zeros_like, params))
     zero = zero + ({k: jnp.zeros((), metric_dtype(params)) for k in spec.form.metrics},)
     xs = pieces if key is None else (pieces, jnp.arange(micro, dtype=jnp.uint32))
     ((obj, loss, g, m), state), _ = jax.lax.scan(body, (zero, state), xs)
@@ -173,8 +185,12 @@ def float_dtype(params):
 
 
 def _global_norm(tree) -> jax.Array:
-    """Euclidean norm of all leaves together."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+    """Euclidean norm of all leaves together (in at least float32)."""
+    def sq(x):
+        if jnp.promote_types(x.dtype, jnp.float32) != x.dtype:
+            x = x.astype(jnp.float32)
+        return jnp.sum(jnp.square(x))
+    return jnp.sqrt(sum(sq(x) for x in jax.tree.leaves(tree)))
 
 
 PARAMS_PREFIX = "params"
@@ -321,7 +337,7 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
     if spec.init_fn is not None:
         params0 = spec.init_fn(jax.random.fold_in(key, 0x5EED))
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
-    dt = float_dtype(params0)
+    dt = metric_dtype(params0)
     tr = _train_view(data, tidx)
     tr = _standardizer(spec, tr)(tr)
     if spec.track_init:

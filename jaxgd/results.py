@@ -250,8 +250,16 @@ class SweepResult:
     def default_metric(self) -> str:
         return "final_val_loss" if "final_val_loss" in self.table else "final_loss"
 
-    def best(self, metric: str | None = None, mode: str = "min") -> Best:
-        """The best non-diverged configuration by ``metric`` (a table column).
+    def best(self, metric: str | None = None, mode: str = "min",
+             average: list[str] | tuple[str, ...] | None = None) -> Best:
+        """The best non-diverged configuration by ``metric`` (a table column, or a recorded
+        metric's name: ``"val_accuracy"`` means ``final_val_accuracy``).
+
+        ``average=["seed"]`` ranks *settings* (the configurations equal but for the given
+        axes) by the mean of ``metric`` over those axes; a setting with any diverged or
+        non-finite member is excluded. The result's ``row`` is then the setting's row
+        (``<metric>_mean``, ``_std``, ``n``), with ``params``/``state``/``index`` those of
+        its best member.
 
         With folds (and the default metric), settings are compared by their mean
         ``final_val_loss`` over folds (:meth:`cv_table`), a setting with any diverged fold
@@ -261,11 +269,16 @@ class SweepResult:
         """
         if mode not in ("min", "max"):
             raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
-        if self.folds and "fold" in self.table and metric in (None, "final_val_loss"):
+        if self.folds and "fold" in self.table and metric in (None, "final_val_loss") and (
+                average is None):
             return self._best_cv(mode)
         metric = metric or self.default_metric()
+        if metric not in self.table and f"final_{metric}" in self.table:
+            metric = f"final_{metric}"
         if metric not in self.table:
             raise ValueError(f"metric={metric!r} is not a column; columns: {list(self.table)}")
+        if average is not None:
+            return self._best_average(metric, mode, average)
         t = self.table[~self.table["diverged"]]
         vals = t[metric].astype(float)
         vals = vals[np.isfinite(vals)]
@@ -277,6 +290,40 @@ class SweepResult:
     def _best_at(self, row, i: int) -> Best:
         state = None if self.state is None else jax.tree.map(lambda a: a[i], self.state)
         return Best(row, _index(self.params, i), i, state)
+
+    def _best_average(self, metric: str, mode: str, average) -> Best:
+        if isinstance(average, str) or not all(isinstance(a, str) for a in average):
+            raise TypeError(f"average={average!r} must be a list of axis names, e.g. ['seed']")
+        axes = self.axes()
+        unknown = [a for a in average if a not in axes]
+        if unknown:
+            raise ValueError(f"average={list(average)!r}: {unknown[0]!r} is not a swept axis "
+                             f"(axes: {axes})")
+        keys = [k for k in axes if k not in average and k != "config"]
+        vals = self.table[metric].astype(float)
+        t = self.table.assign(_v=vals, _bad=self.table["diverged"] | ~np.isfinite(vals))
+        if not keys:  # every axis averaged: one setting
+            t = t.assign(_one=0)
+            keys = ["_one"]
+        g = t.groupby(keys, dropna=False, sort=False)
+        ok = ~g["_bad"].transform("any")
+        t = t[ok]
+        if t.empty:
+            raise ValueError(f"no setting has a finite {metric!r} for every "
+                             f"{', '.join(average)}")
+        stats = t.groupby(keys, dropna=False, sort=False)["_v"].agg(["mean", "std", "count"])
+        j = stats["mean"].idxmin() if mode == "min" else stats["mean"].idxmax()
+        j = j if isinstance(j, tuple) else (j,)
+        sel = stats.loc[j if len(j) > 1 else j[0]]
+        row = pd.Series({**{k: v for k, v in zip(keys, j, strict=True) if k != "_one"},
+                         f"{metric}_mean": sel["mean"], f"{metric}_std": sel["std"],
+                         "n": int(sel["count"])})
+        match = np.ones(len(t), bool)
+        for k, v in zip(keys, j, strict=True):
+            match &= (t[k] == v).to_numpy()
+        members = t[match]["_v"]
+        i = int(members.idxmin() if mode == "min" else members.idxmax())
+        return self._best_at(row, i)
 
     def _setting_keys(self) -> list[str]:
         return [c for c in self.table.columns

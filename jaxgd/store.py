@@ -244,11 +244,20 @@ def _entry(k: Any) -> list[Any]:
 
 
 def tree_spec(tree: Any) -> list[list[list[Any]]]:
-    """The key path of every leaf of ``tree`` (flatten order) as JSON-able lists."""
+    """The key path of every stored leaf of ``tree`` (flatten order) as JSON-able lists."""
+    return [[_entry(k) for k in path] for path, _ in _stored_leaves(tree)]
+
+
+def _stored_leaves(tree: Any) -> list[tuple[Any, Any]]:
+    """(path, leaf) of the leaves that are stored: all of a dict/list/tuple tree; of a
+    model object (e.g. an equinox Module), its arrays (functions and other held leaves
+    are code: ``load(like=...)`` takes them from the template)."""
     import jax
 
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [[_entry(k) for k in path] for path, _ in flat]
+    if tree is None or isinstance(tree, (dict, list, tuple)):
+        return flat
+    return [(p, x) for p, x in flat if isinstance(x, np.ndarray | jax.Array)]
 
 
 def _path_str(path: list[list[Any]]) -> str:
@@ -297,9 +306,8 @@ def params_arrays(params: Any, prefix: str = PARAMS_PREFIX
                   ) -> tuple[dict[str, np.ndarray], list]:
     """The params format: ``params/0..n-1`` leaf arrays, and the tree's key paths (the
     model state: ``state/0..``)."""
-    import jax
 
-    leaves = jax.tree.leaves(params)
+    leaves = [x for _, x in _stored_leaves(params)]
     return ({f"{prefix}{i}": np.asarray(x) for i, x in enumerate(leaves)},
             tree_spec(params))
 
@@ -322,7 +330,9 @@ def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
         if not leaves:
             return {}
         return _nest(list(zip(spec, leaves, strict=True)), where)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    full, treedef = jax.tree_util.tree_flatten_with_path(like)
+    flat = _stored_leaves(like)
+    stored_ids = {id(x) for _, x in flat}
     if len(flat) != n:
         raise ValueError(f"like= has {len(flat)} leaves but {where} holds {n} parameter "
                          f"arrays ({', '.join(_path_str(p) for p in spec[:4])}"
@@ -336,7 +346,9 @@ def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
                 f"like= does not match {where}: leaf {_path_str(mine)} of shape {tshape} "
                 f"vs stored {_path_str(stored)} of shape {sl.shape}"
                 + (" (with a leading configuration axis)" if stacked else ""))
-    return jax.tree.unflatten(treedef, leaves)
+    it = iter(leaves)
+    return jax.tree.unflatten(treedef, [next(it) if id(x) in stored_ids else x
+                                        for _, x in full])
 
 
 # ----------------------------------------------------------------------------- the folder

@@ -318,3 +318,166 @@ def test_state_bad_forms_refused_before_compiling():
 
     with pytest.raises(TypeError, match="required parameter 'rng'"):
         fit_lr(needs_arg, {"w": jnp.zeros(3)}, (X, Y))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def acc_loss(params, batch):
+    x, y = batch
+    pred = x @ params["w"]
+    return jnp.mean((pred - y) ** 2), {"sign_acc": jnp.mean((pred > 0) == (y > 0))}
+
+
+def test_metrics_history_table_and_best_by_metric_and_seed_mean():
+    p0 = {"w": jnp.zeros(3)}
+    val = (X[:8], Y[:8])
+    lrs = [0.001, 0.05]
+    sw = jaxgd.sweep(acc_loss, p0, (X, Y), grid={"learning_rate": lrs, "seed": [0, 1, 2]},
+                     batch_size=6, epochs=3, val_data=val)
+    # independent reference: the metric recomputed from the recorded parameters
+    res = jaxgd.fit(acc_loss, p0, (X, Y), hparams={"learning_rate": 0.05}, batch_size=6,
+                    epochs=3, val_data=val, key=1, record_params=True)
+    ph = res.param_history()
+    want = [float(np.mean(((X[:8] @ np.asarray(w)) > 0) == (Y[:8] > 0))) for w in ph["w"]]
+    np.testing.assert_allclose(res.history["val_sign_acc"], want)
+    want_full = [float(np.mean(((X @ np.asarray(w)) > 0) == (Y > 0))) for w in ph["w"]]
+    np.testing.assert_allclose(res.history["sign_acc"], want_full)
+    i = [k for k, c in enumerate(sw.configs) if c == {"learning_rate": 0.05, "seed": 1}][0]
+    np.testing.assert_allclose(sw.history["val_sign_acc"][i], want, rtol=1e-6)
+    np.testing.assert_allclose(sw.table["final_val_sign_acc"][i], want[-1])
+    b = sw.best(metric="val_sign_acc", mode="max")
+    assert b.row["final_val_sign_acc"] == sw.table["final_val_sign_acc"].max()
+    # mean over seeds, by hand
+    means = {lr: np.mean([sw.table["final_val_loss"][k] for k, c in enumerate(sw.configs)
+                          if c["learning_rate"] == lr]) for lr in lrs}
+    ba = sw.best(average=["seed"])
+    assert ba.row["learning_rate"] == min(means, key=means.get)
+    np.testing.assert_allclose(ba.row["final_val_loss_mean"], min(means.values()))
+    assert ba.row["n"] == 3
+    with pytest.raises(ValueError, match="'sed' is not a swept axis"):
+        sw.best(average=["sed"])
+
+
+def test_plain_loss_compiles_to_the_same_program():
+    """A loss using none of the new features: the jaxpr of the program is unchanged by
+    a loss that only adds an ignored (non-dict) aux."""
+    from jaxgd.options import OPTIONS
+    from jaxgd.prepare import prepare
+    from jaxgd.program import build_program
+
+    def plain(p, b):
+        return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+
+    opts = {name: o.default for name, o in OPTIONS.items()}
+    opts.update(hparams={"learning_rate": 0.1}, epochs=2)
+    a = prepare(plain, {"w": jnp.zeros(3)}, (X, Y), opts)
+    assert a.spec.form.plain and a.state is None
+    tc = {k: np.asarray([[v]], np.float32) for k, v in a.numeric.items()}
+    args = (a.params, a.data, None, tc, jax.random.key(0)[None], None, None)
+    text = str(jax.make_jaxpr(build_program(a.spec))(*args))
+    assert "random_fold_in" not in text and "random_bits" not in text
+
+
+# ----------------------------------------------------------------------------- libraries
+
+
+def test_default_mask_recognises_biases_of_every_library():
+    from flax import nnx
+
+    from jaxgd.program import _default_mask
+
+    lin = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    _, nnx_state = nnx.split(lin)
+    mask = _default_mask(nnx_state)
+    assert mask["bias"].value is False and mask["kernel"].value is True
+    eq = eqx.nn.Linear(3, 2, key=jax.random.key(0))
+    m = _default_mask(eq)
+    assert m.bias is False and m.weight is True
+    assert _default_mask({"b": 1.0, "w": 2.0}) == {"b": False, "w": True}  # haiku
+    assert _default_mask({"Dense_0": {"bias": 1.0, "kernel": 2.0}})["Dense_0"] == {
+        "bias": False, "kernel": True}  # linen
+
+
+def test_nnx_state_fit_with_l2_equals_hand_loop():
+    from flax import nnx
+
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    graphdef, params0 = nnx.split(model)
+
+    def loss(params, batch):
+        m = nnx.merge(graphdef, params)
+        return jnp.mean((m(batch[0])[:, 0] - batch[1]) ** 2)
+
+    res = jaxgd.fit(loss, params0, (X, Y), hparams={"learning_rate": 0.05, "l2": 0.5},
+                    batch_size=8, epochs=3, shuffle=False)
+    p = {"w": jnp.asarray(params0["kernel"][...]), "b": jnp.asarray(params0["bias"][...])}
+
+    def hand(p, b):  # the bias is not penalised
+        return jnp.mean((b[0] @ p["w"][:, 0] + p["b"][0] - b[1]) ** 2) + 0.25 * jnp.sum(
+            p["w"] ** 2)
+
+    for _ in range(3):
+        for b in batches(8):
+            g = jax.grad(hand)(p, b)
+            p = jax.tree.map(lambda a, d: a - 0.05 * d, p, g)
+    np.testing.assert_allclose(res.params["kernel"][...], p["w"], rtol=1e-5)
+    np.testing.assert_allclose(res.params["bias"][...], p["b"], rtol=1e-5)
+
+
+def test_bfloat16_params_train_with_float32_losses():
+    p0 = {"w": jnp.zeros(3, jnp.bfloat16)}
+
+    def loss(p, b):
+        return jnp.mean((b[0].astype(jnp.bfloat16) @ p["w"] - b[1]) ** 2)
+
+    res = jaxgd.fit(loss, p0, (X, Y), hparams={"learning_rate": 0.05}, batch_size=8,
+                    epochs=2, shuffle=False)
+    assert res.params["w"].dtype == jnp.bfloat16
+    assert res.history["loss"].dtype == np.float32
+    p = p0
+    opt = optax.sgd(jnp.asarray(0.05, jnp.bfloat16))
+    s = opt.init(p)
+    for _ in range(2):
+        for b in batches(8):
+            g = jax.grad(loss)(p, b)
+            u, s = opt.update(g, s, p)
+            p = optax.apply_updates(p, u)
+    np.testing.assert_array_equal(np.asarray(res.params["w"], np.float32),
+                                  np.asarray(p["w"], np.float32))
+    # the loss itself is a bfloat16 computation: equal to its rounding (XLA may fuse it)
+    np.testing.assert_allclose(res.history["loss"][-1], float(jax.jit(loss)(p, (X, Y))),
+                               rtol=4e-3)
+
+
+LOAD_SCRIPT = """
+import sys, jax, equinox as eqx, jaxgd
+class EqxModel(eqx.Module):
+    mlp: eqx.nn.MLP
+    drop: eqx.nn.Dropout
+    def __call__(self, x, key):
+        return jax.vmap(self.mlp)(self.drop(x, key=key, inference=key is None))[:, 0]
+like = EqxModel(eqx.nn.MLP(3, 1, 8, 1, key=jax.random.key(9)), eqx.nn.Dropout(0.25))
+sw = jaxgd.load(sys.argv[1], like=like)
+best = sw.best()
+print(type(best.params).__name__, float(best.params.mlp.layers[0].weight.sum()),
+      best.params.drop.p, best.params.mlp.activation is jax.nn.relu)
+"""
+
+
+def test_load_equinox_params_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    sw = jaxgd.sweep(eqx_loss, EQX_M0, (X, Y), grid={"learning_rate": [0.01, 0.03]},
+                     batch_size=6, epochs=2, out=tmp_path / "run")
+    best = sw.best()
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    name, wsum, p, relu = out.stdout.split()
+    assert name == "EqxModel" and p == "0.25" and relu == "True"
+    np.testing.assert_allclose(float(wsum), float(best.params.mlp.layers[0].weight.sum()),
+                               rtol=1e-6)
