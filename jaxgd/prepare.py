@@ -90,6 +90,8 @@ def split_hparams(loss, spec_opt, schedule: str, hp: Mapping[str, Any]):
     schedule, penalty, clipping or stop condition knows go to a loss that declares an
     ``hparams`` parameter (they are traced, like the others)."""
     loss_hp: dict[str, Any] = {}
+    if optim.schedule_fn(spec_opt) is not None and callable(hp.get("learning_rate")):
+        hp = {**hp, "learning_rate": 1.0}  # the factory gets the function itself
     if callable(loss) and lossform.declared(loss).get("hparams"):
         known = optim.known_names(spec_opt, schedule)
         factory = (optim.factory_params(spec_opt.factory)[1]
@@ -242,6 +244,7 @@ def prepare(
             f"{o['epochs'] * plan.steps_per_epoch} steps is more than the {MAX_COUNT} "
             "(2**31 - 1) a program counts (its step counter is int32)")
     spec_opt = optim.resolve_optimizer(o["optimizer"])
+    spec_opt, _ = optim.adapt_optimizer(spec_opt, o["schedule"], o["hparams"] or {})
     hp = dict(o["hparams"] or {})
     for name, value in stop_hparams(o).items():
         hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins

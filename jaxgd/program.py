@@ -409,7 +409,7 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     gn = _global_norm(g)
     updates, new_opt = ctx.opt.update(g, opt_state, params)
     if ctx.wd_mask is not None:
-        lr_t = optim.current_lr(spec.schedule, tc, stp)
+        lr_t = optim.recorded_lr(spec.opt, spec.schedule, tc, stp)
         updates = jax.tree.map(
             lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, ctx.wd_mask)
     new_params = optax.apply_updates(params, updates)
@@ -585,7 +585,8 @@ def record_history(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, b
     hist["loss"] = put(hist, "loss", m.loss)
     hist["batch_loss"] = put(hist, "batch_loss", m.batch_loss)
     hist["grad_norm"] = put(hist, "grad_norm", m.grad_norm)
-    hist["lr"] = put(hist, "lr", optim.current_lr(spec.schedule, tc, jnp.maximum(c.step - 1, 0)))
+    hist["lr"] = put(hist, "lr", optim.recorded_lr(spec.opt, spec.schedule, tc,
+                                                   jnp.maximum(c.step - 1, 0), c.opt_state))
     if "objective" in hist:
         hist["objective"] = put(hist, "objective", m.objective)
     if m.val_loss is not None:

@@ -481,3 +481,56 @@ def test_load_equinox_params_in_a_fresh_process(tmp_path):
     assert name == "EqxModel" and p == "0.25" and relu == "True"
     np.testing.assert_allclose(float(wsum), float(best.params.mlp.layers[0].weight.sum()),
                                rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- optax
+
+
+def sq_loss(p, b):
+    return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+
+
+def optax_loop(opt, epochs, bs):
+    p = {"w": jnp.zeros(3)}
+    s = opt.init(p)
+    for _ in range(epochs):
+        for b in batches(bs):
+            g = jax.grad(sq_loss)(p, b)
+            u, s = opt.update(g, s, p)
+            p = optax.apply_updates(p, u)
+    return p
+
+
+def test_optax_schedule_callable_as_learning_rate():
+    sched = optax.warmup_cosine_decay_schedule(0.0, 0.1, 3, 10, end_value=0.01)
+    res = jaxgd.fit(sq_loss, {"w": jnp.zeros(3)}, (X, Y), optimizer=optax.adam,
+                    hparams={"learning_rate": sched}, batch_size=8, epochs=4, shuffle=False)
+    close_trees(res.params, optax_loop(optax.adam(sched), 4, 8))
+    # history["lr"]: the rate of each epoch's last update (updates 2, 5, 8, 11)
+    np.testing.assert_allclose(res.history["lr"], [float(sched(t)) for t in (2, 5, 8, 11)],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="schedule function and schedule='cosine'"):
+        jaxgd.fit(sq_loss, {"w": jnp.zeros(3)}, (X, Y), optimizer=optax.adam,
+                  hparams={"learning_rate": sched, "decay_steps": 5}, schedule="cosine")
+
+
+def test_rate_keyword_aliases_collisions_and_injected_lr():
+    def sgd_lr(lr, momentum=0.0):
+        return optax.sgd(lr, momentum)
+
+    res = jaxgd.fit(sq_loss, {"w": jnp.zeros(3)}, (X, Y), optimizer=sgd_lr,
+                    hparams={"learning_rate": 0.05, "momentum": 0.5}, batch_size=8,
+                    epochs=2, shuffle=False)
+    close_trees(res.params, optax_loop(optax.sgd(0.05, 0.5), 2, 8))
+
+    def with_warmup(learning_rate, warmup_steps=0):
+        return optax.sgd(learning_rate)
+
+    with pytest.raises(ValueError, match="keyword 'warmup_steps' that is also jaxgd's own"):
+        jaxgd.fit(sq_loss, {"w": jnp.zeros(3)}, (X, Y), optimizer=with_warmup,
+                  hparams={"learning_rate": 0.1})
+    ready = optax.inject_hyperparams(optax.sgd)(learning_rate=0.05)
+    res = jaxgd.fit(sq_loss, {"w": jnp.zeros(3)}, (X, Y), optimizer=ready, epochs=2)
+    np.testing.assert_allclose(res.history["lr"], [0.05, 0.05])
+    res = jaxgd.fit(sq_loss, {"w": jnp.zeros(3)}, (X, Y), optimizer=optax.sgd(0.05), epochs=2)
+    assert np.all(np.isnan(res.history["lr"]))  # documented: optax does not expose it
