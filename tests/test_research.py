@@ -534,3 +534,18 @@ def test_rate_keyword_aliases_collisions_and_injected_lr():
     np.testing.assert_allclose(res.history["lr"], [0.05, 0.05])
     res = jaxgd.fit(sq_loss, {"w": jnp.zeros(3)}, (X, Y), optimizer=optax.sgd(0.05), epochs=2)
     assert np.all(np.isnan(res.history["lr"]))  # documented: optax does not expose it
+
+
+@pytest.mark.slow
+def test_readme_research_example_runs_verbatim():
+    """The README's research-code example, exactly as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Research code:", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
+    assert float(ns["res"].history["val_accuracy"][-1]) > 0.9
+    best = ns["sw"].best(metric="val_accuracy", mode="max", average=["seed"])
+    assert best.row["n"] == 3 and best.row["final_val_accuracy_mean"] > 0.9
