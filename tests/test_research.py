@@ -359,6 +359,18 @@ def test_metrics_history_table_and_best_by_metric_and_seed_mean():
         sw.best(average=["sed"])
 
 
+def test_metrics_plotted_and_saved(tmp_path):
+    sw = jaxgd.sweep(acc_loss, {"w": jnp.zeros(3)}, (X, Y), grid={"learning_rate": [0.01, 0.1]},
+                     epochs=2, val_data=(X[:8], Y[:8]))
+    paths = sw.plot(tmp_path / "fig")
+    assert str(tmp_path / "fig" / "metric_sign_acc.png") in paths
+    sw.save(tmp_path / "run")
+    back = jaxgd.load(tmp_path / "run")
+    np.testing.assert_array_equal(back.history["val_sign_acc"], sw.history["val_sign_acc"])
+    assert back.best(metric="val_sign_acc", mode="max").index == sw.best(
+        metric="val_sign_acc", mode="max").index
+
+
 def test_plain_loss_compiles_to_the_same_program():
     """A loss using none of the new features: the jaxpr of the program is unchanged by
     a loss that only adds an ignored (non-dict) aux."""
