@@ -55,10 +55,16 @@ def fit(
     floor(N/B) steps with ``drop_last=True``.
 
     Args:
-      loss: pure ``loss(params, batch) -> scalar`` (or ``(scalar, aux)``); ``batch`` has
-        the structure of ``data`` with a leading batch axis. It should be a mean over the
-        batch so that the last, smaller batch is weighted like PyTorch's.
-      params: initial parameters (any pytree of floating arrays).
+      loss: pure ``loss(params, batch) -> scalar`` (or ``(scalar, metrics)``, metrics a
+        dict of scalars recorded per evaluation); ``batch`` has the structure of ``data``
+        with a leading batch axis. It should be a mean over the batch so that the last,
+        smaller batch is weighted like PyTorch's. It may declare keyword parameters
+        ``key`` (a PRNG key per step, :func:`jaxgd.loss_key`; None in evaluation passes),
+        ``train``, ``state`` (with ``state=``) and ``hparams``: see
+        :mod:`jaxgd.lossform`.
+      params: initial parameters: any pytree of floating arrays (bfloat16 included), a
+        flax variable dict's ``params``, an nnx state, or a model object such as an
+        equinox Module (its floating arrays trained, other leaves held as they are).
       data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``.
       {options}
 

@@ -561,3 +561,20 @@ def test_readme_research_example_runs_verbatim():
     assert float(ns["res"].history["val_accuracy"][-1]) > 0.85
     best = ns["sw"].best(metric="val_accuracy", mode="max", average=["seed"])
     assert best.row["n"] == 3 and best.row["final_val_accuracy_mean"] > 0.85
+
+
+def test_state_resumed_from_chunks(tmp_path, monkeypatch):
+    import jaxgd.sweep as sweep_mod
+
+    kw = dict(state=BN_VARS["batch_stats"], optimizer=optax.adam,
+              grid={"learning_rate": [0.003, 0.01]}, batch_size=8, epochs=2, shuffle=False,
+              out=tmp_path / "run", chunk_size=1)
+    a = jaxgd.sweep(bn_loss, BN_VARS["params"], (X, Y), **kw)
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("a finished chunk was recomputed")
+
+    monkeypatch.setattr(sweep_mod, "_run_chunk", recompute)
+    b = jaxgd.sweep(bn_loss, BN_VARS["params"], (X, Y), **kw)
+    close_trees(b.state, a.state, rtol=0, atol=0)
+    close_trees(b.params, a.params, rtol=0, atol=0)
