@@ -578,3 +578,17 @@ def test_state_resumed_from_chunks(tmp_path, monkeypatch):
     b = jaxgd.sweep(bn_loss, BN_VARS["params"], (X, Y), **kw)
     close_trees(b.state, a.state, rtol=0, atol=0)
     close_trees(b.params, a.params, rtol=0, atol=0)
+
+
+def test_state_updated_only_on_accepted_steps():
+    def counting(params, batch, *, state, train):
+        base = jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
+        bad = train & (state["n"] >= 3)  # the 4th training step is non-finite: refused
+        value = jnp.where(bad, jnp.nan, base)
+        return value, {"n": state["n"] + (1.0 if train else 0.0)}
+
+    res = jaxgd.fit(counting, {"w": jnp.zeros(3)}, (X, Y), state={"n": jnp.float32(0.0)},
+                    hparams={"learning_rate": 0.01}, batch_size=8, epochs=3, shuffle=False)
+    assert res.stop_reason == "diverged"
+    assert res.steps_run == 3
+    assert float(res.state["n"]) == 3.0  # the refused step left the state as it was
