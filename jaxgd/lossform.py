@@ -46,12 +46,14 @@ class LossForm(NamedTuple):
     train: bool = False
     state: bool = False
     hparams: tuple[str, ...] = ()  # the loss's own hyper-parameter names
+    takes_hparams: bool = False  # declares an hparams parameter
     has_aux: bool = False  # returns (loss, aux) (no state)
     metrics: tuple[str, ...] = ()  # sorted metric names
 
     @property
     def plain(self) -> bool:
-        return not (self.key or self.train or self.state or self.hparams or self.metrics)
+        return not (self.key or self.train or self.state or self.takes_hparams
+                    or self.metrics)
 
 
 def declared(loss: Callable[..., Any], name: str = "loss") -> dict[str, bool]:
@@ -89,8 +91,8 @@ def call(form: LossForm, loss, params, batch, *, state=None, key=None, train=Tru
         kw["train"] = train
     if form.state:
         kw["state"] = state
-    if form.hparams:
-        kw["hparams"] = hparams
+    if form.takes_hparams:
+        kw["hparams"] = {} if hparams is None else hparams
     out = loss(params, batch, **kw)
     if form.state:
         if len(out) == 3:
@@ -127,7 +129,8 @@ def check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str
     hp_names = tuple(sorted(hparams)) if d["hparams"] else ()
     if hparams and not d["hparams"]:
         raise AssertionError("loss hyper-parameters without an hparams parameter")
-    base = LossForm(key=d["key"], train=d["train"], state=d["state"], hparams=hp_names)
+    base = LossForm(key=d["key"], train=d["train"], state=d["state"], hparams=hp_names,
+                    takes_hparams=d["hparams"])
     key = jax.random.key(0)
     hp = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
     read: set[str] = set()
@@ -152,7 +155,7 @@ def check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str
                 kw["train"] = train
             if base.state:
                 kw["state"] = s
-            if base.hparams or d["hparams"]:
+            if base.takes_hparams:
                 kw["hparams"] = Recording(h)
             out = loss(p, b, **kw)
             value = out[0] if isinstance(out, tuple) else out
@@ -191,7 +194,7 @@ def check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str
 
 
 def _form_text(f: LossForm) -> str:
-    kws = [k for k in OPTIONAL if getattr(f, k, False) or (k == "hparams" and f.hparams)]
+    kws = [k for k in OPTIONAL if (f.takes_hparams if k == "hparams" else getattr(f, k))]
     return "loss(params, batch" + "".join(f", {k}=..." for k in kws) + ")"
 
 

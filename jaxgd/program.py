@@ -129,7 +129,7 @@ def call_loss(spec: ProgramSpec, params, state, batch, key, train: bool, tc):
     model state or None, metrics dict). Training steps pass a key and ``train=True``;
     evaluation passes ``key=None`` and ``train=False``."""
     f = spec.form
-    hp = {k: tc[k] for k in f.hparams} if f.hparams else None
+    hp = {k: tc[k] for k in f.hparams} if f.takes_hparams else None
     value, new_state, metrics = lossform.call(f, spec.loss, params, batch, state=state,
                                               key=key, train=train, hparams=hp)
     mdt = metric_dtype(params)

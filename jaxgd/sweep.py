@@ -470,7 +470,8 @@ def _program_digest(prep) -> str:
     def loss_call(p, b, s):
         return lossform.call(spec.form, spec.loss, p, b, state=s, train=True,
                              key=jax.random.key(0) if spec.form.key else None,
-                             hparams={k: jnp.zeros(()) for k in spec.form.hparams})
+                             hparams={k: jnp.zeros(()) for k in spec.form.hparams}
+                             if spec.form.takes_hparams else None)
 
     add_jaxpr(loss_call, params, probe, prep.state)
     if spec.init_fn is not None:

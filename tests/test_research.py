@@ -183,6 +183,12 @@ def test_loss_hparams_are_traced_and_reach_the_loss():
     assert len(sw) == 2
     np.testing.assert_allclose(sw.table["init_loss"][1], 2 * sw.table["init_loss"][0],
                                rtol=1e-6)
+    def loss_default(params, batch, *, hparams):  # declares hparams, none given
+        return hparams.get("scale", 1.0) * jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
+
+    res = jaxgd.fit(loss_default, {"w": jnp.zeros(3)}, (X, Y),
+                    hparams={"learning_rate": 0.01}, epochs=1)
+    np.testing.assert_allclose(res.init_loss, float(np.mean(Y**2)), rtol=1e-6)
     with pytest.raises(ValueError, match="'scael'.*does not read"):
         jaxgd.fit(loss, {"w": jnp.zeros(3)}, (X, Y),
                   hparams={"learning_rate": 0.1, "scale": 1.0, "scael": 1.0})
