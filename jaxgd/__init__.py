@@ -11,10 +11,10 @@ from . import losses as losses
 from . import lossform as lossform
 from . import models as models
 from .data import batch_plan as batch_plan
-from .lossform import loss_key as loss_key
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value
+from .prepare import loss_key as loss_key
 from .results import FitResult as FitResult
 from .results import SweepResult as SweepResult
 from .results import load as load

@@ -3,7 +3,7 @@
 A loss is always called ``loss(params, batch, ...)``. It may declare any of these
 keyword parameters, detected once by *name* from its signature:
 
-* ``key``: a PRNG key, different at every training step (see :func:`loss_key`); ``None``
+* ``key``: a PRNG key, different at every training step (see :func:`jaxgd.loss_key`); ``None``
   in evaluation passes (full-data loss, validation loss, the initial loss), which must
   then be deterministic (dropout off).
 * ``train``: ``True`` in training steps, ``False`` in evaluation passes (for flax's
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["KEY_TAG", "LossForm", "check_form", "config_key", "loss_key", "partition"]
+__all__ = ["KEY_TAG", "LossForm", "check_form", "config_key", "key_hparams", "partition"]
 
 KEY_TAG = 0x4C055  # fold_in(run key, KEY_TAG) starts a configuration's loss keys
 OPTIONAL = ("key", "train", "state", "hparams")
@@ -252,6 +252,18 @@ def _returned(base: LossForm, out, state, name: str) -> LossForm:
     return base._replace(has_aux=has_aux, metrics=names)
 
 
+# ----------------------------------------------------------------------------- history
+
+STANDARD_HISTORY = ("epoch", "loss", "batch_loss", "grad_norm", "lr", "objective",
+                    "val_loss", "step_loss")
+
+
+def metric_names(hist) -> list[str]:
+    """The loss's metrics among history keys (``m``; ``batch_m`` and ``val_m`` besides)."""
+    return sorted(k for k in hist if k not in STANDARD_HISTORY and not k.startswith(
+        ("params", "batch_", "val_")))
+
+
 # ----------------------------------------------------------------------------- keys
 
 
@@ -272,21 +284,6 @@ def config_key(run_key: jax.Array, hparams: Mapping[str, Any] | jax.Array) -> ja
     for j in range(bits.shape[0]):
         k = jax.random.fold_in(k, bits[j])
     return k
-
-
-def loss_key(run_key: Any, hparams: Mapping[str, Any], step: Any,
-             micro: int | None = None) -> jax.Array:
-    """The key the loss receives at update ``step`` (0-based count of applied updates).
-
-    ``loss_key(key, hparams, t) = fold_in(config_key(key, hparams), t)``; with
-    ``accumulate > 1``, micro-batch ``j`` of update ``t`` gets
-    ``fold_in(loss_key(key, hparams, t), j)``. ``run_key`` is ``fit``'s ``key`` (an int
-    seed as ``jax.random.key(seed)``) or a sweep configuration's ``seed``.
-    """
-    from .prepare import as_key
-
-    k = jax.random.fold_in(config_key(as_key(run_key), key_hparams(hparams)), step)
-    return k if micro is None else jax.random.fold_in(k, micro)
 
 
 def key_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:

@@ -329,6 +329,11 @@ def current_lr(schedule: str, tc: Mapping[str, jax.Array], step: jax.Array) -> j
 
 # ----------------------------------------------------------------------------- research code
 
+def check_number(name: str, v: Any) -> Any:
+    """``v`` if it is a numeric scalar (a hyper-parameter's value), else a clear error."""
+    return _check_number(name, v)
+
+
 # a factory's learning-rate keyword, when it is not ``learning_rate`` (first match wins)
 RATE_ALIASES = ("lr", "step_size")
 

@@ -36,6 +36,20 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
     raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key(...)")
 
 
+def loss_key(run_key: Any, hparams: Mapping[str, Any], step: Any,
+             micro: int | None = None) -> jax.Array:
+    """The key the loss receives at update ``step`` (0-based count of applied updates).
+
+    ``loss_key(key, hparams, t) = fold_in(config_key(key, hparams), t)``; with
+    ``accumulate > 1``, micro-batch ``j`` of update ``t`` gets
+    ``fold_in(loss_key(key, hparams, t), j)``. ``run_key`` is ``fit``'s ``key`` (an int
+    seed as ``jax.random.key(seed)``) or a sweep configuration's ``seed``.
+    """
+    k = jax.random.fold_in(
+        lossform.config_key(as_key(run_key), lossform.key_hparams(hparams)), step)
+    return k if micro is None else jax.random.fold_in(k, micro)
+
+
 MAX_SEED = 2**64 - 1
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
 
@@ -98,7 +112,7 @@ def split_hparams(loss, spec_opt, schedule: str, hp: Mapping[str, Any]):
                    if spec_opt.factory is not None else set())
         for k in list(hp):
             if isinstance(k, str) and k not in known and k not in factory:
-                loss_hp[k] = optim._check_number(k, hp[k])
+                loss_hp[k] = optim.check_number(k, hp[k])
         hp = {k: v for k, v in hp.items() if k not in loss_hp}
     numeric, static = optim.split_hparams(spec_opt, schedule, hp)
     return {**numeric, **loss_hp}, static, loss_hp

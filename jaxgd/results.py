@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from .lossform import metric_names
 from .program import ProgramOutput, param_leaves
 from .stops import STOP_REASONS
 
@@ -393,16 +394,6 @@ def _axis_columns(configs) -> dict[str, list[Any]]:
     for c in configs:
         axes += [k for k in c if k not in axes]
     return {a: [_display(c[a]) if a in c else np.nan for c in configs] for a in axes}
-
-
-STANDARD_HISTORY = ("epoch", "loss", "batch_loss", "grad_norm", "lr", "objective",
-                    "val_loss", "step_loss")
-
-
-def metric_names(hist) -> list[str]:
-    """The loss's metrics among history keys (``m``; ``batch_m`` and ``val_m`` besides)."""
-    return sorted(k for k in hist if k not in STANDARD_HISTORY and not k.startswith(
-        ("params", "batch_", "val_")))
 
 
 def _metric_columns(table, hist, n_rows, best_epoch) -> None:
