@@ -8,11 +8,13 @@ group of equal shapes, sharded over the available devices.
 from . import data as data
 from . import datasets as datasets
 from . import losses as losses
+from . import lossform as lossform
 from . import models as models
 from .data import batch_plan as batch_plan
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value
+from .prepare import loss_key as loss_key
 from .results import FitResult as FitResult
 from .results import SweepResult as SweepResult
 from .results import load as load
@@ -32,6 +34,8 @@ __all__ = [
     "datasets",
     "fit",
     "load",
+    "loss_key",
+    "lossform",
     "sweep",
     "SweepResult",
     "losses",

@@ -344,3 +344,136 @@ def current_lr(schedule: str, tc: Mapping[str, jax.Array], step: jax.Array) -> j
     sched_keys = set(SCHEDULES[schedule]) | {WARMUP_KEY}
     sp = {k: tc[k] for k in sched_keys if k in tc}
     return schedule_value(schedule, step, tc["learning_rate"], sp)
+
+
+# ----------------------------------------------------------------------------- research code
+
+def check_number(name: str, v: Any) -> Any:
+    """``v`` if it is a numeric scalar (a hyper-parameter's value), else a clear error."""
+    return _check_number(name, v)
+
+
+# a factory's learning-rate keyword, when it is not ``learning_rate`` (first match wins)
+RATE_ALIASES = ("lr", "step_size")
+
+
+class _AdaptedFactory:
+    """An optax factory seen through jaxgd's ``learning_rate`` keyword: its own rate
+    keyword renamed (``lr``, ``step_size``), or a fixed schedule callable passed as the
+    rate (the traced ``learning_rate`` is then unused). Hashable by value."""
+
+    def __init__(self, factory: Callable[..., Any], alias: str = "learning_rate",
+                 schedule: Callable[[Any], Any] | None = None):
+        self.factory, self.alias, self.schedule = factory, alias, schedule
+        self.__name__ = getattr(factory, "__name__", "custom")
+        try:
+            sig = inspect.signature(factory)
+            params = [p.replace(name="learning_rate") if p.name == alias else p
+                      for p in sig.parameters.values()]
+            self.__signature__ = sig.replace(parameters=params)
+        except (TypeError, ValueError):
+            pass
+
+    def _key(self):
+        return (self.factory, self.alias, self.schedule)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, _AdaptedFactory) and self._key() == other._key()
+
+    def __call__(self, learning_rate, **kw):
+        rate = self.schedule if self.schedule is not None else learning_rate
+        return self.factory(**{self.alias: rate}, **kw)
+
+
+def adapt_optimizer(spec: OptimizerSpec, schedule: str, hparams: Mapping[str, Any]
+                    ) -> tuple[OptimizerSpec, dict[str, Any]]:
+    """Research-code forms of the optimizer, resolved before tracing:
+
+    * a factory whose rate keyword is ``lr`` or ``step_size`` (:data:`RATE_ALIASES`)
+      takes ``hparams["learning_rate"]`` under that name;
+    * ``hparams["learning_rate"]`` may be any schedule callable ``step -> rate`` (an
+      optax schedule, e.g. ``optax.warmup_cosine_decay_schedule(...)``): it is passed
+      to the factory as is (its own numbers stay Python numbers, so they cannot be sweep
+      axes) and ``history["lr"]`` records its value;
+    * a factory keyword that is also one of jaxgd's own names (a penalty, clipping, stop
+      or warm-up parameter, or a parameter of the chosen schedule) is refused: the value
+      could not go to both.
+
+    Returns the spec and the hparams (a schedule callable replaced by a placeholder).
+    """
+    hp = dict(hparams)
+    if spec.factory is None:
+        return spec, hp
+    factory = spec.factory
+    sched_fn = None
+    lr = hp.get("learning_rate")
+    if callable(lr):
+        if schedule != "constant":
+            raise ValueError(f"hparams['learning_rate'] is a schedule function and "
+                             f"schedule={schedule!r}: give one or the other")
+        sched_fn = lr
+        hp["learning_rate"] = 1.0  # traced placeholder: the factory gets the function
+    base = factory.factory if isinstance(factory, _AdaptedFactory) else factory
+    _, names = factory_params(base)
+    alias = "learning_rate"
+    if names and "learning_rate" not in names:
+        alias = next((a for a in RATE_ALIASES if a in names), "learning_rate")
+    own = (set(PENALTY_KEYS) | set(CLIP_KEYS) | set(STOP_DEFAULTS) | {WARMUP_KEY}
+           | set(SCHEDULES[schedule]))
+    clash = sorted((set(names) - {alias}) & own)
+    if clash:
+        whose = (f"of schedule {schedule!r}" if clash[0] in SCHEDULES[schedule]
+                 else "a penalty, clipping, stop or warm-up parameter")
+        raise ValueError(
+            f"optimizer {spec.name!r} has a keyword {clash[0]!r} that is also jaxgd's own "
+            f"hyper-parameter ({whose}): "
+            "the value could not go to both; wrap the factory with functools.partial "
+            f"to fix {clash[0]!r}, or rename it in a small wrapper")
+    if alias == "learning_rate" and sched_fn is None:
+        return spec, hp
+    adapted = _AdaptedFactory(base, alias, sched_fn)
+    numeric, _ = factory_params(adapted)
+    return spec._replace(factory=adapted, numeric_names=frozenset(numeric)), hp
+
+
+def schedule_fn(spec: OptimizerSpec) -> Callable[[Any], Any] | None:
+    """The schedule callable given as the learning rate, or None."""
+    f = spec.factory
+    return f.schedule if isinstance(f, _AdaptedFactory) else None
+
+
+def injected_lr(opt_state: Any) -> Any:
+    """The learning rate held by an ``optax.inject_hyperparams`` state inside
+    ``opt_state`` (searched through chains), or None when there is none."""
+    found = []
+
+    def visit(s):
+        if found:
+            return
+        hp = getattr(s, "hyperparams", None)
+        if isinstance(hp, Mapping) and "learning_rate" in hp:
+            found.append(hp["learning_rate"])
+            return
+        if isinstance(s, tuple):
+            for x in s:
+                visit(x)
+
+    visit(opt_state)
+    return found[0] if found else None
+
+
+def recorded_lr(spec: OptimizerSpec, schedule: str, tc: Mapping[str, jax.Array],
+                step: jax.Array, opt_state: Any = None) -> jax.Array:
+    """The learning rate of update ``step`` as ``history["lr"]`` records it: a schedule
+    callable's value, a ready transformation's ``inject_hyperparams`` rate (NaN when it
+    has none), or jaxgd's own schedule."""
+    fn = schedule_fn(spec)
+    if fn is not None:
+        return jnp.asarray(fn(step), tc["learning_rate"].dtype)
+    if spec.ready is not None:
+        lr = injected_lr(opt_state)
+        return jnp.asarray(jnp.nan) if lr is None else jnp.asarray(lr)
+    return current_lr(schedule, tc, step)

@@ -209,6 +209,12 @@ _TRAIN: tuple[Option, ...] = (
     Option("val_data", None, "pytree | None",
            "optional validation pytree; its loss is recorded and monitored.",
            fingerprint="own"),
+    Option("state", None, "pytree | None",
+           "initial non-trainable model state (e.g. flax BatchNorm ``batch_stats``), for a "
+           "loss declaring ``state``: ``loss(params, batch, *, state) -> (loss, new_state"
+           "[, metrics])``. Never differentiated, optimised or penalised; replaced after "
+           "every accepted step; returned as ``.state`` (see :mod:`jaxgd.lossform`).",
+           fingerprint="own"),
     Option("folds", None, "int | None",
            "k-fold cross-validation: each configuration runs on every fold, validation loss "
            "recorded on the held-out part (``kfold_indices(N, k, seed=fold_seed)``). With "

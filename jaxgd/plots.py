@@ -50,6 +50,12 @@ def plot_sweep(sw: Any, out: str | Path | None = None, show: bool = False) -> li
         fig = fn(sw, show)
         if fig is not None:
             figs.append((name, fig))
+    from .lossform import metric_names
+
+    for m in metric_names(sw.history):  # the loss's own metrics (e.g. accuracy)
+        fig = _metric_curves(sw, show, m)
+        if fig is not None:
+            figs.append((f"metric_{m}", fig))
     paths = []
     if out is not None:
         from .store import atomic_write_bytes
@@ -249,6 +255,41 @@ def _loss_curves(sw, show: bool):
         fig.colorbar(sm, ax=ax, label="learning rate")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def _metric_curves(sw, show: bool, m: str):
+    """A metric of the loss per evaluation: training (solid) and validation (dashed),
+    one line per configuration (the best by the default metric in black)."""
+    h = np.asarray(sw.history.get(m, np.empty((0, 0))), float)
+    if h.ndim != 2 or h.shape[0] == 0 or not np.isfinite(h).any():
+        return None
+    ep = np.asarray(sw.history.get("epoch", np.empty((0, 0))), float)
+    epochs = (np.nanmax(ep, axis=0) + 1 if ep.shape == h.shape and np.isfinite(ep).any(
+        axis=0).all() else np.arange(1, h.shape[1] + 1))
+    fig = _figure(show, figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    val = np.asarray(sw.history[f"val_{m}"], float) if f"val_{m}" in sw.history else None
+    alpha = max(0.15, min(0.8, 8 / max(h.shape[0], 1)))
+    for i in range(h.shape[0]):
+        ax.plot(epochs, h[i], color="C0", lw=0.8, alpha=alpha)
+        if val is not None:
+            ax.plot(epochs, val[i], color="C1", lw=0.8, ls="--", alpha=alpha)
+    try:
+        b = sw.best().index
+        ax.plot(epochs, h[b], color="black", lw=2.2, label=f"best: {_config_label(sw, b)}")
+        if val is not None:
+            ax.plot(epochs, val[b], color="black", lw=2.2, ls="--")
+    except ValueError:
+        pass
+    ax.plot([], [], color="C0", label=f"{m} (training data)")
+    if val is not None:
+        ax.plot([], [], color="C1", ls="--", label=f"val_{m}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(m)
+    ax.set_title(f"{m} ({h.shape[0]} configurations)")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
     return fig
 
 

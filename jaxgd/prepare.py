@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim, options, stops
+from . import lossform, optim, options, stops
 from .data import BatchPlan, batch_plan
 from .program import ProgramSpec
 
@@ -34,6 +34,20 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
     if arr.shape == (2,) and arr.dtype == np.uint32:
         return jax.random.wrap_key_data(jnp.asarray(arr))
     raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key(...)")
+
+
+def loss_key(run_key: Any, hparams: Mapping[str, Any], step: Any,
+             micro: int | None = None) -> jax.Array:
+    """The key the loss receives at update ``step`` (0-based count of applied updates).
+
+    ``loss_key(key, hparams, t) = fold_in(config_key(key, hparams), t)``; with
+    ``accumulate > 1``, micro-batch ``j`` of update ``t`` gets
+    ``fold_in(loss_key(key, hparams, t), j)``. ``run_key`` is ``fit``'s ``key`` (an int
+    seed as ``jax.random.key(seed)``) or a sweep configuration's ``seed``.
+    """
+    k = jax.random.fold_in(
+        lossform.config_key(as_key(run_key), lossform.key_hparams(hparams)), step)
+    return k if micro is None else jax.random.fold_in(k, micro)
 
 
 MAX_SEED = 2**64 - 1
@@ -75,7 +89,7 @@ def check_params(params: Any, name: str = "params") -> Any:
             arr = np.asarray(leaf)
         except Exception as e:  # noqa: BLE001
             raise TypeError(f"{name}{where} is not an array: {leaf!r}") from e
-        if arr.dtype.kind != "f":
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
             raise TypeError(
                 f"{name}{where} has dtype {arr.dtype}; trainable parameters must be floating "
                 "point (e.g. jnp.zeros(3) rather than [0, 0, 0])")
@@ -85,36 +99,55 @@ def check_params(params: Any, name: str = "params") -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
-def check_loss(loss: Any, params: Any, batch: Any, name: str = "loss") -> bool:
-    """Trace ``loss`` abstractly once; return whether it returns ``(value, aux)``."""
-    if not callable(loss):
-        raise TypeError(f"{name}={loss!r} must be a function loss(params, batch) -> scalar")
-    raw: list[Any] = []
+def split_hparams(loss, spec_opt, schedule: str, hp: Mapping[str, Any]):
+    """(numeric, static, the loss's own hyper-parameters): names that no optimizer,
+    schedule, penalty, clipping or stop condition knows go to a loss that declares an
+    ``hparams`` parameter (they are traced, like the others)."""
+    loss_hp: dict[str, Any] = {}
+    if optim.schedule_fn(spec_opt) is not None and callable(hp.get("learning_rate")):
+        hp = {**hp, "learning_rate": 1.0}  # the factory gets the function itself
+    if callable(loss) and lossform.declared(loss).get("hparams"):
+        known = optim.known_names(spec_opt, schedule)
+        factory = (optim.factory_params(spec_opt.factory)[1]
+                   if spec_opt.factory is not None else set())
+        for k in list(hp):
+            if isinstance(k, str) and k not in known and k not in factory:
+                loss_hp[k] = optim.check_number(k, hp[k])
+        hp = {k: v for k, v in hp.items() if k not in loss_hp}
+    numeric, static = optim.split_hparams(spec_opt, schedule, hp)
+    return {**numeric, **loss_hp}, static, loss_hp
 
-    def call(p, b):
-        out = loss(p, b)
-        value = out[0] if isinstance(out, tuple) and len(out) == 2 else out
-        raw.append(type(value))  # the type only: no tracer leaves this function
-        return out
 
-    try:
-        out = jax.eval_shape(call, params, batch)
-    except Exception as e:  # noqa: BLE001
-        raise TypeError(
-            f"{name} could not be evaluated as loss(params, batch): {type(e).__name__}: {e}"
-        ) from e
-    if raw and issubclass(raw[0], int | float | np.number) and not issubclass(raw[0], bool):
-        raise TypeError(f"{name} returned a Python/NumPy number ({raw[0].__name__}), not a "
-                        "JAX array: it does not depend on params; compute it with jax.numpy "
-                        "from params and batch")
-    has_aux = isinstance(out, tuple) and len(out) == 2
-    value = out[0] if has_aux else out
-    if not hasattr(value, "shape") or value.shape != ():
-        shape = getattr(value, "shape", type(value).__name__)
-        raise TypeError(f"{name} must return a scalar (or (scalar, aux)), got shape {shape}")
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{name} must return a floating-point scalar, got dtype {value.dtype}")
-    return has_aux
+STATE_COLLECTIONS = ("batch_stats", "cache", "intermediates")
+
+
+def check_no_state_in_params(params: Any, name: str = "params") -> None:
+    """Refuse flax model state passed as trainable parameters: it would be trained (its
+    gradient is zero) and the updates the model returns would be dropped, silently."""
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        for entry in path:
+            k = getattr(entry, "key", getattr(entry, "name", None))
+            if k in STATE_COLLECTIONS:
+                raise ValueError(
+                    f"{name}{jax.tree_util.keystr(path)} is flax model state ({k!r}), not a "
+                    f"trainable parameter: pass variables['params'] as params and "
+                    f"variables[{k!r}] as state=, with a loss(params, batch, *, state) "
+                    "returning (loss, new_state) (see jaxgd.lossform)")
+
+
+def check_state(state: Any, params: Any, name: str = "state") -> Any:
+    """The model state as arrays (any pytree of arrays, or None)."""
+    if state is None:
+        return None
+    out = []
+    leaves, treedef = jax.tree.flatten(state)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        where = jax.tree_util.keystr(path) or "<root>"
+        try:
+            out.append(jnp.asarray(leaf))
+        except Exception as e:  # noqa: BLE001
+            raise TypeError(f"{name}{where} is not an array: {leaf!r}") from e
+    return jax.tree.unflatten(treedef, out)
 
 
 def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
@@ -167,6 +200,8 @@ class Prepared(NamedTuple):
     data: Any
     val_data: Any
     numeric: dict[str, Any]  # traced hyper-parameters (defaults filled in)
+    state: Any = None  # the model's initial non-trainable state
+    combined: Any = None  # lossform.Combined: rebuilds a model object from trained leaves
 
 
 def prepare(
@@ -207,7 +242,15 @@ def prepare(
     if init_fn is not None:
         params = jax.eval_shape(init_fn, jax.random.key(0))
         params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    combined = None
+    parts = lossform.partition(params) if callable(loss) else None
+    if parts is not None:  # a model object: train its floating arrays, hold the rest
+        params, static, mask, treedef = parts
+        if not any(mask):
+            raise TypeError("params has no floating-point array leaves to train")
+        loss = combined = lossform.Combined(loss, treedef, static, mask)
     params = check_params(params)
+    check_no_state_in_params(params)
     plan = _plan(n if n_train is None else n_train, o)
     if o["epochs"] * plan.steps_per_epoch > MAX_COUNT:
         raise ValueError(
@@ -215,13 +258,18 @@ def prepare(
             f"{o['epochs'] * plan.steps_per_epoch} steps is more than the {MAX_COUNT} "
             "(2**31 - 1) a program counts (its step counter is int32)")
     spec_opt = optim.resolve_optimizer(o["optimizer"])
+    spec_opt, _ = optim.adapt_optimizer(spec_opt, o["schedule"], o["hparams"] or {})
     hp = dict(o["hparams"] or {})
     for name, value in stop_hparams(o).items():
         hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins
-    numeric, static = optim.split_hparams(spec_opt, o["schedule"], hp)
+    state = check_state(o["state"], params)
+    numeric, static, loss_hp = split_hparams(loss, spec_opt, o["schedule"], hp)
     probe = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
-    has_aux = check_loss(loss, params, probe)
+    if not callable(loss):
+        raise TypeError(f"loss={loss!r} must be a function loss(params, batch) -> scalar")
+    form = lossform.check_form(loss, params, probe, state, loss_hp)
+    has_aux = form.has_aux
     try:
         static_items = tuple(sorted(static.items()))
         hash(static_items)
@@ -238,8 +286,9 @@ def prepare(
         full_grad=o["metrics"] == "full_grad" or (o["metrics"] == "full" and "grad_tol" in hp),
         eval_every=o["eval_every"], progress=o["progress"],
         standardize=check_standardize(o["standardize"], data),
+        form=form,
     )
-    return Prepared(spec, params, data, val_data, numeric)
+    return Prepared(spec, params, data, val_data, numeric, state, combined)
 
 
 # the options that shape the program (fit's and sweep's common ones)

@@ -36,13 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import optim, stops
+from . import lossform, optim, stops
 from .data import BatchPlan, feistel_permute, feistel_round_keys
 
 # stop reasons, as integers inside the program
 RUNNING = stops.RUNNING
 MAX_EPOCHS = stops.code("max_epochs")
 DIVERGED = stops.code("diverged")
+KEY_BITS = "_key_bits"  # the traced configuration's words of its loss key (lossform)
 
 
 
@@ -71,6 +72,7 @@ class ProgramSpec(NamedTuple):
     eval_every: int  # epochs between evaluations (history rows, stop checks)
     progress: bool  # report each evaluation to the host (progress bar)
     standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
+    form: lossform.LossForm = lossform.LossForm()  # key, train, state, hparams, metrics
 
 
 class State(NamedTuple):
@@ -86,6 +88,8 @@ class State(NamedTuple):
     bad_epochs: jax.Array
     best_params: Any
     evals_run: jax.Array
+    model_state: Any = None  # non-trainable model state (None: the loss has none)
+    best_model_state: Any = None
 
 
 def _tree_where(c, a, b):
@@ -106,47 +110,84 @@ def _penalty(spec: ProgramSpec, params, tc):
     return total
 
 
+BIAS_NAMES = ("b", "bias")
+VARIABLE_NAMES = ("value", "raw_value")  # flax.nnx Variables: ['bias'].value
+
+
 def _default_mask(params):
-    """Penalise every leaf except biases (leaves whose last dict key is 'b' or 'bias')."""
+    """Penalise every leaf except biases: leaves whose last path name, ignoring a
+    trailing ``value``/``raw_value`` (flax.nnx), is ``b`` or ``bias`` (flax.linen
+    ``['bias']``, flax.nnx ``['bias'].value``, equinox ``.bias``, haiku ``['b']``)."""
+
+    def name_of(entry):
+        return getattr(entry, "key", getattr(entry, "name", None))
 
     def keep(path, _):
-        last = path[-1] if path else None
-        name = getattr(last, "key", getattr(last, "name", None))
-        return name not in ("b", "bias")
+        names = [name_of(e) for e in path]
+        while len(names) > 1 and names[-1] in VARIABLE_NAMES:
+            names.pop()
+        return not names or names[-1] not in BIAS_NAMES
 
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def _data_loss(spec: ProgramSpec, params, batch):
-    out = spec.loss(params, batch)
-    if spec.has_aux:
-        out = out[0]
-    # in the params' dtype: float64 data with float32 params must not widen the carries
-    return out.astype(float_dtype(params))
+def metric_dtype(params):
+    """Losses, metrics and stop checks are computed in at least float32 (bfloat16 and
+    float16 params included)."""
+    return jnp.promote_types(float_dtype(params), jnp.float32)
 
 
-def _objective(spec: ProgramSpec, params, batch, tc):
-    loss = _data_loss(spec, params, batch)
+def call_loss(spec: ProgramSpec, params, state, batch, key, train: bool, tc):
+    """The loss in its form (:mod:`jaxgd.lossform`): (loss in the params' dtype, new
+    model state or None, metrics dict). Training steps pass a key and ``train=True``;
+    evaluation passes ``key=None`` and ``train=False``."""
+    f = spec.form
+    hp = {k: tc[k] for k in f.hparams} if f.takes_hparams else None
+    value, new_state, metrics = lossform.call(f, spec.loss, params, batch, state=state,
+                                              key=key, train=train, hparams=hp)
+    mdt = metric_dtype(params)
+    # in the params' dtype (at least float32): float64 data with float32 params must not
+    # widen the carries
+    return (value.astype(mdt), new_state,
+            {k: v.astype(mdt) for k, v in metrics.items()})
+
+
+def _data_loss(spec: ProgramSpec, params, batch, state=None, tc=None):
+    """The loss of an evaluation pass (key=None, train=False)."""
+    return call_loss(spec, params, state, batch, None, False, tc)[0]
+
+
+def _objective(spec: ProgramSpec, params, state, batch, tc, key, train=True):
+    loss, new_state, metrics = call_loss(spec, params, state, batch, key, train, tc)
     pen = _penalty(spec, params, tc)
-    return (loss if pen is None else loss + pen), loss
+    return (loss if pen is None else loss + pen), (loss, new_state, metrics)
 
 
-def _mean_grad(spec, params, batch, tc, micro: int):
-    """(objective, data loss, gradient) of a batch, accumulated over ``micro`` pieces."""
-    vg = jax.value_and_grad(lambda p, b: _objective(spec, p, b, tc), has_aux=True)
+def _mean_grad(spec, params, state, batch, tc, micro: int, key=None):
+    """(objective, data loss, gradient, new model state, metrics) of a batch, accumulated
+    over ``micro`` pieces (the model state threaded through them in order; piece ``j``
+    gets the key ``fold_in(key, j)`` when ``accumulate > 1``)."""
+    vg = jax.value_and_grad(lambda p, s, b, k: _objective(spec, p, s, b, tc, k),
+                            has_aux=True)
     if micro == 1:
-        (obj, loss), g = vg(params, batch)
-        return obj, loss, g
+        k = key if key is None or spec.accumulate == 1 else jax.random.fold_in(key, 0)
+        (obj, (loss, new_state, m)), g = vg(params, state, batch, k)
+        return obj, loss, g, new_state, m
     pieces = jax.tree.map(lambda a: a.reshape((micro, a.shape[0] // micro) + a.shape[1:]), batch)
 
-    def body(acc, b):
-        (obj, loss), g = vg(params, b)
-        return jax.tree.map(jnp.add, acc, (obj, loss, g)), None
+    def body(carry, xs):
+        acc, s = carry
+        b, k = (xs, None) if key is None else (xs[0], jax.random.fold_in(key, xs[1]))
+        (obj, (loss, s, m)), g = vg(params, s, b, k)
+        return (jax.tree.map(jnp.add, acc, (obj, loss, g, m)), s), None
 
-    zero = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-    zero = jax.tree.map(lambda z: z.astype(float_dtype(params)), zero)
-    (obj, loss, g), _ = jax.lax.scan(body, zero, pieces)
-    return obj / micro, loss / micro, jax.tree.map(lambda x: x / micro, g)
+    zero = (jnp.zeros((), metric_dtype(params)), jnp.zeros((), metric_dtype(params)),
+            jax.tree.map(jnp.zeros_like, params))
+    zero = zero + ({k: jnp.zeros((), metric_dtype(params)) for k in spec.form.metrics},)
+    xs = pieces if key is None else (pieces, jnp.arange(micro, dtype=jnp.uint32))
+    ((obj, loss, g, m), state), _ = jax.lax.scan(body, (zero, state), xs)
+    return (obj / micro, loss / micro, jax.tree.map(lambda x: x / micro, g), state,
+            {k: v / micro for k, v in m.items()})
 
 
 def float_dtype(params):
@@ -157,8 +198,12 @@ def float_dtype(params):
 
 
 def _global_norm(tree) -> jax.Array:
-    """Euclidean norm of all leaves together."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+    """Euclidean norm of all leaves together (in at least float32)."""
+    def sq(x):
+        if jnp.promote_types(x.dtype, jnp.float32) != x.dtype:
+            x = x.astype(jnp.float32)
+        return jnp.sum(jnp.square(x))
+    return jnp.sqrt(sum(sq(x) for x in jax.tree.leaves(tree)))
 
 
 PARAMS_PREFIX = "params"
@@ -184,6 +229,8 @@ class StepCarry(NamedTuple):
     reason: jax.Array
     sum_loss: jax.Array  # batch losses of the accepted steps of this block, summed
     sum_grad_norm: jax.Array
+    model_state: Any = None
+    sum_metrics: Any = None  # dict: the metrics of the accepted steps, summed
 
 
 class EpochCarry(NamedTuple):
@@ -203,6 +250,7 @@ class EpochContext(NamedTuple):
     tidx: Any  # the stream's training indices into data, or None (all of it)
     wd_mask: Any  # leaves under decoupled weight decay, or None (the optimizer's own)
     tf: Callable[[Any], Any]  # the standardisation of a batch
+    cfg_key: jax.Array | None = None  # the configuration's loss key (lossform.config_key)
 
 
 class Metrics(NamedTuple):
@@ -213,6 +261,9 @@ class Metrics(NamedTuple):
     grad_norm: jax.Array
     batch_loss: jax.Array  # mean of the block's batch losses
     val_loss: jax.Array | None
+    metrics: Any = None  # dict: the loss's metrics (full data, or the batch means)
+    batch_metrics: Any = None  # dict: means over the block's accepted steps
+    val_metrics: Any = None  # dict: on the validation data
 
 
 class ProgramOutput(NamedTuple):
@@ -230,6 +281,7 @@ class ProgramOutput(NamedTuple):
     init_loss: jax.Array
     params: Any
     reason: jax.Array
+    state: Any  # the model state (None: the loss has none)
     steps_run: jax.Array
 
 
@@ -291,19 +343,31 @@ def empty_history_block(spec: ProgramSpec, params0, tc, dt, rows: int) -> dict[s
     if spec.record_params:
         for name, leaf in param_leaves(params0):
             hist[name] = jnp.full((rows,) + leaf.shape, jnp.nan, leaf.dtype)
+    for name in metric_history_names(spec):
+        hist[name] = jnp.full((rows,), jnp.nan, metric_dtype(params0))
     return hist
 
 
-def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx) -> State:
+def metric_history_names(spec: ProgramSpec) -> list[str]:
+    """History rows of the loss's metrics: ``<m>`` (full data, or the batch mean with
+    ``metrics="batch"``), ``batch_<m>`` and, with validation, ``val_<m>``."""
+    out = []
+    for m in spec.form.metrics:
+        out += [m, f"batch_{m}"] + ([f"val_{m}"] if spec.has_val else [])
+    return out
+
+
+def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
+               state0=None) -> State:
     """The state before the first epoch (one configuration)."""
     if spec.init_fn is not None:
         params0 = spec.init_fn(jax.random.fold_in(key, 0x5EED))
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
-    dt = float_dtype(params0)
+    dt = metric_dtype(params0)
     tr = _train_view(data, tidx)
     tr = _standardizer(spec, tr)(tr)
     if spec.track_init:
-        init_loss = _data_loss(spec, params0, tr).astype(dt)
+        init_loss = _data_loss(spec, params0, tr, state0, tc).astype(dt)
     else:  # not needed: skip a pass over the data for every configuration
         init_loss = jnp.asarray(jnp.nan, dt)
     bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
@@ -320,6 +384,8 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx) -> St
         bad_epochs=jnp.zeros((), jnp.int32),
         best_params=params0 if spec.restore_best else None,
         evals_run=jnp.zeros((), jnp.int32),
+        model_state=state0,
+        best_model_state=state0 if spec.restore_best else None,
     )
 
 
@@ -361,11 +427,13 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     tc = ctx.tc
     params, opt_state, stp = carry.params, carry.opt_state, carry.step
     batch = ctx.tf(_gather(spec, ctx, order, start, size))
-    obj, loss, g = _mean_grad(spec, params, batch, tc, micro)
+    key = None if ctx.cfg_key is None else jax.random.fold_in(ctx.cfg_key, stp)
+    obj, loss, g, new_state, m = _mean_grad(spec, params, carry.model_state, batch, tc, micro,
+                                            key)
     gn = _global_norm(g)
     updates, new_opt = ctx.opt.update(g, opt_state, params)
     if ctx.wd_mask is not None:
-        lr_t = optim.current_lr(spec.schedule, tc, stp)
+        lr_t = optim.recorded_lr(spec.opt, spec.schedule, tc, stp)
         updates = jax.tree.map(
             lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, ctx.wd_mask)
     new_params = optax.apply_updates(params, updates)
@@ -376,9 +444,12 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     params = _tree_where(ok, new_params, params)
     opt_state = _tree_where(ok, new_opt, opt_state)
     reason = jnp.where(carry.active & ~finite, DIVERGED, carry.reason)
+    model_state = _tree_where(ok, new_state, carry.model_state) if spec.form.state else None
     w = ok.astype(carry.sum_loss.dtype)
+    sum_metrics = {k: v + ok.astype(v.dtype) * m[k] for k, v in carry.sum_metrics.items()}
     return StepCarry(params, opt_state, stp + ok.astype(jnp.int32), carry.active & finite,
-                     reason, carry.sum_loss + w * loss, carry.sum_grad_norm + w * gn), loss
+                     reason, carry.sum_loss + w * loss, carry.sum_grad_norm + w * gn,
+                     model_state, sum_metrics), loss
 
 
 def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
@@ -416,8 +487,11 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     """``eval_every`` epochs of training from ``st``: (carry, step-loss rows or None)."""
     K, _ = evals_of(spec)
     dt = st.init_loss.dtype
+    mdt = metric_dtype(st.params)
     carry = EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
-                                 jnp.zeros((), dt), jnp.zeros((), dt)), st.epochs_run)
+                                 jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
+                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}),
+                       st.epochs_run)
     e0 = block * K
     if K == 1:
         carry, rows = train_epoch(spec, ctx, carry, e0)
@@ -437,22 +511,26 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
     any_step = c.step > st.step  # a block whose every step was refused has no batch mean
     batch_loss = jnp.where(any_step, c.sum_loss / steps_done, jnp.nan)
     batch_gn = jnp.where(any_step, c.sum_grad_norm / steps_done, jnp.nan)
+    batch_m = {k: jnp.where(any_step, v / steps_done.astype(v.dtype), jnp.nan)
+               for k, v in c.sum_metrics.items()}
     if spec.metrics != "batch":
         tr = ctx.tf(_train_view(ctx.data, ctx.tidx))
         if spec.full_grad:
-            (obj, loss), g = jax.value_and_grad(
-                lambda p: _objective(spec, p, tr, ctx.tc), has_aux=True)(c.params)
+            (obj, (loss, _, full_m)), g = jax.value_and_grad(
+                lambda p: _objective(spec, p, c.model_state, tr, ctx.tc, None, False),
+                has_aux=True)(c.params)
             gn = _global_norm(g)
         else:  # one forward pass: no gradient is recorded or checked
-            obj, loss = _objective(spec, c.params, tr, ctx.tc)
+            obj, (loss, _, full_m) = _objective(spec, c.params, c.model_state, tr, ctx.tc,
+                                                None, False)
             gn = batch_gn
     else:
-        obj, loss, gn = batch_loss, batch_loss, batch_gn
-    val_loss = None
+        obj, loss, gn, full_m = batch_loss, batch_loss, batch_gn, batch_m
+    val_loss = val_m = None
     if spec.has_val:
         v = ctx.tf(val if vidx is None else _take(ctx.data, vidx))
-        val_loss = _data_loss(spec, c.params, v)
-    return Metrics(obj, loss, gn, batch_loss, val_loss)
+        val_loss, _, val_m = call_loss(spec, c.params, c.model_state, v, None, False, ctx.tc)
+    return Metrics(obj, loss, gn, batch_loss, val_loss, full_m, batch_m, val_m)
 
 
 def _diverged(spec: ProgramSpec, st: State, m: Metrics, tc, block):
@@ -490,8 +568,9 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
     wd_mask = (spec.penalty_mask or _default_mask)(st.params) if own_wd else None
+    cfg_key = lossform.config_key(key, tc[KEY_BITS]) if spec.form.key else None
     ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
-                       _standardizer(spec, _train_view(data, tidx)))
+                       _standardizer(spec, _train_view(data, tidx)), cfg_key)
     carry, rows = _train_block(spec, ctx, st, block)
     c = carry.steps
     epoch = jnp.minimum(block * K + K, spec.epochs) - 1  # the last epoch of this block
@@ -507,6 +586,8 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
     best_epoch = jnp.where(improved, epoch, st.best_epoch)
     bad = jnp.where(improved, 0, st.bad_epochs + active.astype(jnp.int32))
     best_params = _tree_where(improved, c.params, st.best_params) if spec.restore_best else None
+    best_mstate = (_tree_where(improved, c.model_state, st.best_model_state)
+                   if spec.restore_best and spec.form.state else None)
 
     ev = stops.Evaluation(loss=m.loss, grad_norm=m.grad_norm, monitor=monitor, bad_evals=bad)
     active, reason = check_stops(spec, ev, tc, active, reason, epoch)
@@ -516,6 +597,7 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
         epochs_run=carry.epochs_run, init_loss=ref, best_metric=best_metric,
         best_epoch=best_epoch, bad_epochs=bad, best_params=best_params,
         evals_run=st.evals_run + st.active.astype(jnp.int32),
+        model_state=c.model_state, best_model_state=best_mstate,
     ), row
 
 
@@ -528,13 +610,19 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
     pdt = _packed_dtype(dt)
     values = {"epoch": epoch, "loss": m.loss, "batch_loss": m.batch_loss,
               "grad_norm": m.grad_norm,
-              "lr": optim.current_lr(spec.schedule, tc, jnp.maximum(c.step - 1, 0)),
+              "lr": optim.recorded_lr(spec.opt, spec.schedule, tc,
+                                      jnp.maximum(c.step - 1, 0), c.opt_state),
               "objective": m.objective, "val_loss": m.val_loss}
     # each value rounded to the run's dtype first (as a column of its own would be)
     packed = jnp.stack([
         jnp.asarray(values[k]).astype(pdt if k == "epoch" else dt).astype(pdt)
         for k in history_columns(spec, st.params, tc)])
     row = {"scalars": jnp.where(was_active, packed, jnp.nan)}
+    for name in spec.form.metrics:
+        row[name] = jnp.where(was_active, m.metrics[name], jnp.nan)
+        row[f"batch_{name}"] = jnp.where(was_active, m.batch_metrics[name], jnp.nan)
+        if m.val_metrics is not None:
+            row[f"val_{name}"] = jnp.where(was_active, m.val_metrics[name], jnp.nan)
     if spec.record_params:
         for name, leaf in param_leaves(c.params):
             row[name] = jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype)
@@ -558,10 +646,12 @@ def write_row(spec: ProgramSpec, hist: dict[str, jax.Array], row: dict[str, jax.
 def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
     """The outputs of one configuration (its best parameters with ``restore_best``); the
     history is assembled on the host from the blocks (see :func:`run_program`)."""
-    params = st.params
+    params, mstate = st.params, st.model_state
     if spec.restore_best:
         use_best = st.best_epoch >= 0
         params = _tree_where(use_best, st.best_params, params)
+        if spec.form.state:
+            mstate = _tree_where(use_best, st.best_model_state, mstate)
     return ProgramOutput(
         best_epoch=st.best_epoch,
         best_metric=st.best_metric,
@@ -571,6 +661,7 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
         init_loss=st.init_loss if spec.track_init else jnp.full_like(st.init_loss, jnp.nan),
         params=params,
         reason=st.reason,
+        state=mstate,
         steps_run=st.step,
     )
 
@@ -593,6 +684,7 @@ def history_row_bytes(spec: ProgramSpec, params0, tc) -> int:
         n += K * spec.plan.steps_per_epoch * dt.itemsize
     if spec.record_params:
         n += sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params0))
+    n += len(metric_history_names(spec)) * 8  # the loss's metrics (at least float32)
     return int(n)
 
 
@@ -711,15 +803,15 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
     """
     _, n_evals = evals_of(spec)
 
-    def init(params0, data, val, tc, keys, tidx, vidx):
+    def init(params0, data, val, tc, keys, tidx, vidx, state0=None):
         one_s, one_c = _single(keys, tc)
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
         tc, keys, tidx, vidx = _squeeze(one_s, one_c, tc, keys, tidx, vidx)
         fn = _vmapped(functools.partial(init_state, spec),
-                      (None, 0, None, None, None, None, None),
-                      (None, 0, 0, None, None, t_ax, v_ax), one_s, one_c)
-        return fn(params0, tc, keys, data, val, tidx, vidx)
+                      (None, 0, None, None, None, None, None, None),
+                      (None, 0, 0, None, None, t_ax, v_ax, None), one_s, one_c)
+        return fn(params0, tc, keys, data, val, tidx, vidx, state0)
 
     def block(st, start, data, val, tc, keys, tidx, vidx):
         one_s, one_c = _single(keys, tc)
@@ -773,17 +865,17 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
 def run_program(prog: Program, spec: ProgramSpec, columns: tuple[str, ...], args, *,
                 to_host: Callable[[Any], Any] = np.asarray,
                 put_scalar: Callable[[Any], Any] = lambda v: v) -> ProgramOutput:
-    """Run ``prog`` on ``args = (params0, data, val, tc, keys, tidx, vidx)`` block by block
-    until no configuration is active or every evaluation has run; returns host (numpy)
-    outputs with the history blocks concatenated (leading axes [S, C]).
+    """Run ``prog`` on ``args = (params0, data, val, tc, keys, tidx, vidx[, state0])``
+    block by block until no configuration is active or every evaluation has run; returns
+    host (numpy) outputs with the history blocks concatenated (leading axes [S, C]).
 
     The decision to run another block comes from a value every device (and process)
     holds whole, so every process runs the same number of blocks. ``to_host`` brings an
     output array home; ``put_scalar`` makes the block's start index a program input.
     """
     _, n_evals = evals_of(spec)
-    params0, data, val, tc, keys, tidx, vidx = args
-    st = prog.init(params0, data, val, tc, keys, tidx, vidx)
+    params0, data, val, tc, keys, tidx, vidx, *state0 = args
+    st = prog.init(params0, data, val, tc, keys, tidx, vidx, *state0)
     parts = []
     start = 0
     while True:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from .lossform import metric_names
 from .program import ProgramOutput, param_leaves
 from .stops import STOP_REASONS
 
@@ -36,6 +37,8 @@ class FitResult:
       steps_run: parameter updates applied.
       best_epoch: epoch (0-based) of the best monitored loss, -1 if none.
       init_loss: the loss of the initial parameters on the training data.
+      state: the final model state, for a loss that carries one (``state=``), else None
+        (with ``restore_best``, the state of the best epoch).
     """
 
     params: Any
@@ -45,6 +48,7 @@ class FitResult:
     steps_run: int
     best_epoch: int = -1
     init_loss: float = float("nan")
+    state: Any = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -61,6 +65,7 @@ class FitResult:
             steps_run=int(out.steps_run),
             best_epoch=int(out.best_epoch),
             init_loss=float(out.init_loss),
+            state=out.state,
         )
 
     def param_history(self) -> Any:
@@ -103,6 +108,7 @@ class Best(NamedTuple):
     row: Any  # pandas.Series
     params: Any
     index: int
+    state: Any = None  # its model state (a loss with state), else None
 
 
 class ParamGroup(NamedTuple):
@@ -172,11 +178,13 @@ class SweepResult:
         ``param_groups``.
       param_groups: list of :class:`ParamGroup`, one per parameter shape (one for an
         ordinary sweep, holding every row).
+      state: stacked model states like ``params`` (a loss with ``state``), else None.
       folds: the number of folds of a cross-validation sweep, else None.
     """
 
     def __init__(self, configs, table, history, params, folds=None, fingerprint=None, *,
-                 param_groups=None):
+                 param_groups=None, state=None):
+        self.state = state
         self.configs = configs
         self.table = table
         self.history = history
@@ -271,12 +279,22 @@ class SweepResult:
             with np.errstate(all="ignore"):
                 fv = np.where(np.isfinite(vl), vl, np.inf)
                 table["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
+        _metric_columns(table, hist, n_rows, scal["best_epoch"])
         table["epochs_run"] = scal["epochs_run"].astype(np.int64)
         table["steps_run"] = scal["steps_run"].astype(np.int64)
         table["stop_reason"] = [STOP_REASONS[int(r)] for r in scal["reason"]]
         table["diverged"] = table["stop_reason"] == "diverged"
+        state = None
+        if first.get("state") is not None:
+            s_leaves0, s_def = jax.tree.flatten(first["state"])
+            s_leaves = [np.zeros((n,) + leaf.shape[1:], leaf.dtype) for leaf in s_leaves0]
+            for r in results:
+                rows = np.asarray([pos[int(c)] for c in r["config"]])
+                for dst, src in zip(s_leaves, jax.tree.leaves(r["state"]), strict=True):
+                    dst[rows] = src
+            state = jax.tree.unflatten(s_def, s_leaves)
         return cls(configs, table, hist, None, folds,
-                   param_groups=merge_param_groups(param_parts))
+                   param_groups=merge_param_groups(param_parts), state=state)
 
     @classmethod
     def concat(cls, parts: list[SweepResult]) -> SweepResult:
@@ -297,8 +315,13 @@ class SweepResult:
         for p in parts:
             pieces += [(new_pos[offset + g.rows], g.params) for g in p.param_groups]
             offset += len(p.table)
+        state = None
+        if parts[0].state is not None:
+            state = jax.tree.map(lambda *xs: np.concatenate(xs)[order],
+                                 *[p.state for p in parts])
         return cls([configs[i] for i in order], table.iloc[order].reset_index(drop=True),
-                   hist, None, parts[0].folds, param_groups=merge_param_groups(pieces))
+                   hist, None, parts[0].folds, param_groups=merge_param_groups(pieces),
+                   state=state)
 
     # -- queries
     def axes(self) -> list[str]:
@@ -311,8 +334,16 @@ class SweepResult:
     def default_metric(self) -> str:
         return "final_val_loss" if "final_val_loss" in self.table else "final_loss"
 
-    def best(self, metric: str | None = None, mode: str = "min") -> Best:
-        """The best non-diverged configuration by ``metric`` (a table column).
+    def best(self, metric: str | None = None, mode: str = "min",
+             average: list[str] | tuple[str, ...] | None = None) -> Best:
+        """The best non-diverged configuration by ``metric`` (a table column, or a recorded
+        metric's name: ``"val_accuracy"`` means ``final_val_accuracy``).
+
+        ``average=["seed"]`` ranks *settings* (the configurations equal but for the given
+        axes) by the mean of ``metric`` over those axes; a setting with any diverged or
+        non-finite member is excluded. The result's ``row`` is then the setting's row
+        (``<metric>_mean``, ``_std``, ``n``), with ``params``/``state``/``index`` those of
+        its best member.
 
         With folds (and the default metric), settings are compared by their mean
         ``final_val_loss`` over folds (:meth:`cv_table`), a setting with any diverged fold
@@ -322,18 +353,61 @@ class SweepResult:
         """
         if mode not in ("min", "max"):
             raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
-        if self.folds and "fold" in self.table and metric in (None, "final_val_loss"):
+        if self.folds and "fold" in self.table and metric in (None, "final_val_loss") and (
+                average is None):
             return self._best_cv(mode)
         metric = metric or self.default_metric()
+        if metric not in self.table and f"final_{metric}" in self.table:
+            metric = f"final_{metric}"
         if metric not in self.table:
             raise ValueError(f"metric={metric!r} is not a column; columns: {list(self.table)}")
+        if average is not None:
+            return self._best_average(metric, mode, average)
         t = self.table[~self.table["diverged"]]
         vals = t[metric].astype(float)
         vals = vals[np.isfinite(vals)]
         if vals.empty:
             raise ValueError(f"no finite {metric!r}: every configuration diverged or has none")
         i = int(vals.idxmin() if mode == "min" else vals.idxmax())
-        return Best(self.table.loc[i], self.params_of(i), i)
+        return self._best_at(self.table.loc[i], i)
+
+    def _best_at(self, row, i: int) -> Best:
+        state = None if self.state is None else jax.tree.map(lambda a: a[i], self.state)
+        return Best(row, self.params_of(i), i, state)
+
+    def _best_average(self, metric: str, mode: str, average) -> Best:
+        if isinstance(average, str) or not all(isinstance(a, str) for a in average):
+            raise TypeError(f"average={average!r} must be a list of axis names, e.g. ['seed']")
+        axes = self.axes()
+        unknown = [a for a in average if a not in axes]
+        if unknown:
+            raise ValueError(f"average={list(average)!r}: {unknown[0]!r} is not a swept axis "
+                             f"(axes: {axes})")
+        keys = [k for k in axes if k not in average and k != "config"]
+        vals = self.table[metric].astype(float)
+        t = self.table.assign(_v=vals, _bad=self.table["diverged"] | ~np.isfinite(vals))
+        if not keys:  # every axis averaged: one setting
+            t = t.assign(_one=0)
+            keys = ["_one"]
+        g = t.groupby(keys, dropna=False, sort=False)
+        ok = ~g["_bad"].transform("any")
+        t = t[ok]
+        if t.empty:
+            raise ValueError(f"no setting has a finite {metric!r} for every "
+                             f"{', '.join(average)}")
+        stats = t.groupby(keys, dropna=False, sort=False)["_v"].agg(["mean", "std", "count"])
+        j = stats["mean"].idxmin() if mode == "min" else stats["mean"].idxmax()
+        j = j if isinstance(j, tuple) else (j,)
+        sel = stats.loc[j if len(j) > 1 else j[0]]
+        row = pd.Series({**{k: v for k, v in zip(keys, j, strict=True) if k != "_one"},
+                         f"{metric}_mean": sel["mean"], f"{metric}_std": sel["std"],
+                         "n": int(sel["count"])})
+        match = np.ones(len(t), bool)
+        for k, v in zip(keys, j, strict=True):
+            match &= (t[k] == v).to_numpy()
+        members = t[match]["_v"]
+        i = int(members.idxmin() if mode == "min" else members.idxmax())
+        return self._best_at(row, i)
 
     def _setting_keys(self) -> list[str]:
         return [c for c in self.table.columns
@@ -358,7 +432,7 @@ class SweepResult:
         for k, v in zip(keys, j, strict=True):
             match &= (t[k] == v).to_numpy()
         i = int(t.index[match][0])
-        return Best(row, self.params_of(i), i)
+        return self._best_at(row, i)
 
     def cv_table(self, metric: str = "final_val_loss"):
         """Mean and standard deviation of ``metric`` over folds, one row per setting."""
@@ -391,12 +465,36 @@ class SweepResult:
         return plots.plot_sweep(self, out, show=show)
 
 
+def _index(tree, i: int):
+    """Configuration ``i`` of stacked parameters (leaves that are not arrays, such as a
+    model object's activation functions, are shared and kept as they are)."""
+    return jax.tree.map(lambda a: a[i] if isinstance(a, np.ndarray | jax.Array) else a, tree)
+
+
 def _axis_columns(configs) -> dict[str, list[Any]]:
     """The swept values of each configuration, one column per axis (first-seen order)."""
     axes: list[str] = []
     for c in configs:
         axes += [k for k in c if k not in axes]
     return {a: [_display(c[a]) if a in c else np.nan for c in configs] for a in axes}
+
+
+def _metric_columns(table, hist, n_rows, best_epoch) -> None:
+    """``final_<m>``, ``final_val_<m>`` and their values at the best epoch
+    (``best_epoch_<m>``, ``best_epoch_val_<m>``) for every metric the loss returns."""
+    epochs = hist["epoch"]
+    for m in metric_names(hist):
+        for name in (m, f"val_{m}"):
+            if name not in hist:
+                continue
+            h = hist[name]
+            table[f"final_{name}"] = _last_finite(h, n_rows)
+            at = np.full(len(table), np.nan)
+            for i, e in enumerate(best_epoch):
+                hit = np.nonzero(epochs[i] == e)[0] if e >= 0 else []
+                if len(hit):
+                    at[i] = h[i, hit[0]]
+            table[f"best_epoch_{name}"] = at
 
 
 def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
@@ -410,7 +508,7 @@ def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
     return out
 
 
-def load(path, like=None):
+def load(path, like=None, state_like=None):
     """Load a saved :class:`SweepResult` (``sw.save(path)`` or ``sweep(..., out=path)``).
 
     Every file is checked against the checksums and fingerprint in ``result.json``; a file
@@ -427,12 +525,13 @@ def load(path, like=None):
         A sweep with several parameter shapes (shape axes) needs a function
         ``like(config) -> template`` instead, called once per shape with one of its
         configurations (e.g. ``lambda c: init(key, hidden=c["hidden"])``).
+      state_like: the same for the model state (a loss with ``state``), if saved.
     """
     from .store import load_result
 
     if path is None:
         raise TypeError("path=None: give the run folder to load (str or pathlib.Path)")
-    r = load_result(path, like=like)
+    r = load_result(path, like=like, state_like=state_like)
     table, configs = r["table"], r["configs"]
     # CSV loses the types of mixed columns (batch_size 5 / "full"): take them from configs
     for a, col in _axis_columns(configs).items():
@@ -442,4 +541,5 @@ def load(path, like=None):
     return SweepResult(configs, table, r["history"], None, r["folds"],
                        fingerprint=r["fingerprint"],
                        param_groups=[ParamGroup(rows, params)
-                                     for rows, params in r["param_groups"]])
+                                     for rows, params in r["param_groups"]],
+                       state=r["state"])

@@ -48,6 +48,7 @@ import numpy as np
 FORMAT_VERSION = 2
 META = "__jaxgd__"  # the npz entry holding a file's JSON metadata
 PARAMS_PREFIX = "params/"
+STATE_PREFIX = "state/"  # the model state (a loss's non-trainable state), same format
 FINAL_FILES = ("table.csv", "history.npz", "params.npz", "result.json")
 _MAX_META = 64 << 20  # a metadata entry larger than this is not ours
 
@@ -245,11 +246,20 @@ def _entry(k: Any) -> list[Any]:
 
 
 def tree_spec(tree: Any) -> list[list[list[Any]]]:
-    """The key path of every leaf of ``tree`` (flatten order) as JSON-able lists."""
+    """The key path of every stored leaf of ``tree`` (flatten order) as JSON-able lists."""
+    return [[_entry(k) for k in path] for path, _ in _stored_leaves(tree)]
+
+
+def _stored_leaves(tree: Any) -> list[tuple[Any, Any]]:
+    """(path, leaf) of the leaves that are stored: all of a dict/list/tuple tree; of a
+    model object (e.g. an equinox Module), its arrays (functions and other held leaves
+    are code: ``load(like=...)`` takes them from the template)."""
     import jax
 
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [[_entry(k) for k in path] for path, _ in flat]
+    if tree is None or isinstance(tree, (dict, list, tuple)):
+        return flat
+    return [(p, x) for p, x in flat if isinstance(x, np.ndarray | jax.Array)]
 
 
 def _path_str(path: list[list[Any]]) -> str:
@@ -294,24 +304,26 @@ def _nest(items: list[tuple[list[list[Any]], Any]], where: Path) -> Any:
     return {k[1]: _nest(v, where) for k, v in groups.items()}
 
 
-def params_arrays(params: Any) -> tuple[dict[str, np.ndarray], list]:
-    """The params format: ``params/0..n-1`` leaf arrays, and the tree's key paths."""
-    import jax
+def params_arrays(params: Any, prefix: str = PARAMS_PREFIX
+                  ) -> tuple[dict[str, np.ndarray], list]:
+    """The params format: ``params/0..n-1`` leaf arrays, and the tree's key paths (the
+    model state: ``state/0..``)."""
 
-    leaves = jax.tree.leaves(params)
-    return ({f"{PARAMS_PREFIX}{i}": np.asarray(x) for i, x in enumerate(leaves)},
+    leaves = [x for _, x in _stored_leaves(params)]
+    return ({f"{prefix}{i}": np.asarray(x) for i, x in enumerate(leaves)},
             tree_spec(params))
 
 
 def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
-                       like: Any = None, stacked: bool = True) -> Any:
+                       like: Any = None, stacked: bool = True,
+                       prefix: str = PARAMS_PREFIX) -> Any:
     """Rebuild parameters from the params format: nested dicts/lists by default, or the
     pytree type of ``like`` (one configuration's parameters, or stacked ones)."""
     import jax
 
-    n = sum(1 for k in arrays if k.startswith(PARAMS_PREFIX))
+    n = sum(1 for k in arrays if k.startswith(prefix))
     try:
-        leaves = [arrays[f"{PARAMS_PREFIX}{i}"] for i in range(n)]
+        leaves = [arrays[f"{prefix}{i}"] for i in range(n)]
     except KeyError:
         raise IntegrityError(f"{where} is damaged (parameter leaves are not numbered "
                              "0..n-1)") from None
@@ -320,7 +332,9 @@ def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
         if not leaves:
             return {}
         return _nest(list(zip(spec, leaves, strict=True)), where)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    full, treedef = jax.tree_util.tree_flatten_with_path(like)
+    flat = _stored_leaves(like)
+    stored_ids = {id(x) for _, x in flat}
     if len(flat) != n:
         raise ValueError(f"like= has {len(flat)} leaves but {where} holds {n} parameter "
                          f"arrays ({', '.join(_path_str(p) for p in spec[:4])}"
@@ -334,7 +348,9 @@ def params_from_arrays(arrays: dict[str, np.ndarray], spec: Any, where: Path,
                 f"like= does not match {where}: leaf {_path_str(mine)} of shape {tshape} "
                 f"vs stored {_path_str(stored)} of shape {sl.shape}"
                 + (" (with a leading configuration axis)" if stacked else ""))
-    return jax.tree.unflatten(treedef, leaves)
+    it = iter(leaves)
+    return jax.tree.unflatten(treedef, [next(it) if id(x) in stored_ids else x
+                                        for _, x in full])
 
 
 def param_groups_arrays(groups: list[Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -580,7 +596,7 @@ class RunStore:
             self.close()
 
     # -- chunks
-    def load_chunk(self, tag: str, treedef) -> dict[str, Any] | None:
+    def load_chunk(self, tag: str, treedef, state_treedef=None) -> dict[str, Any] | None:
         """A finished chunk of this sweep, or None (missing, damaged, another sweep's, or
         not shaped like ``treedef``: recompute it)."""
         import jax
@@ -597,7 +613,13 @@ class RunStore:
             if any(k.startswith(PARAMS_PREFIX) for k in arrays):
                 return None
             chunk: dict[str, Any] = {"params": jax.tree.unflatten(treedef, leaves),
-                                     "history": {}}
+                                     "history": {}, "state": None}
+            if state_treedef is not None:
+                m = state_treedef.num_leaves
+                chunk["state"] = jax.tree.unflatten(
+                    state_treedef, [arrays.pop(f"{STATE_PREFIX}{i}") for i in range(m)])
+            if any(k.startswith(STATE_PREFIX) for k in arrays):
+                return None
             for k, v in arrays.items():
                 if k.startswith("history/"):
                     chunk["history"][k.split("/", 1)[1]] = v
@@ -611,10 +633,12 @@ class RunStore:
         if not self.writer:
             return
         arrays, spec = params_arrays(chunk["params"])
+        if chunk.get("state") is not None:
+            arrays.update(params_arrays(chunk["state"], STATE_PREFIX)[0])
         for k, v in chunk["history"].items():
             arrays[f"history/{k}"] = np.asarray(v)
         for k, v in chunk.items():
-            if k not in ("params", "history"):
+            if k not in ("params", "history", "state"):
                 arrays[k] = np.asarray(v)
         write_npz(self.path / "chunks" / f"{tag}.npz", arrays, self.fingerprint,
                   kind="chunk", tag=tag, tree=spec)
@@ -644,6 +668,11 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         store.lock("path")
     try:
         params, pmeta = param_groups_arrays(res.param_groups)
+        state = getattr(res, "state", None)
+        if state is not None:
+            sarrays, sspec = params_arrays(state, STATE_PREFIX)
+            params.update(sarrays)
+            pmeta["state_tree"] = sspec
         history = {k: np.asarray(v) for k, v in res.history.items()}
         if not fingerprint:  # not from sweep(): tie the files together by their content
             fingerprint = "content-" + hashlib.sha256(
@@ -685,7 +714,7 @@ def json_default(v: Any) -> Any:
     return getattr(v, "__name__", repr(v))
 
 
-def load_result(path: Any, like: Any = None) -> dict[str, Any]:
+def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str, Any]:
     """The verified contents of a finished run folder (see :func:`jaxgd.load`)."""
     import pandas as pd
 
@@ -734,8 +763,13 @@ def load_result(path: Any, like: Any = None) -> dict[str, Any]:
     if lacking or not (folds is None or (isinstance(folds, int) and folds >= 2)):
         raise ValueError(f"path={str(path)!r} is damaged: {p / 'table.csv'} lacks {lacking}"
                          if lacking else f"path={str(path)!r} is damaged: folds={folds!r}")
+    state = None
+    if any(k.startswith(STATE_PREFIX) for k in parrays):
+        state = params_from_arrays(parrays, pmeta.get("state_tree"), p / "params.npz",
+                                   like=state_like, prefix=STATE_PREFIX)
+    leaves = [v for k, v in parrays.items() if k.startswith(STATE_PREFIX)]
     if (len(table) != meta.get("n") or len(configs) != len(table)
-            or any(v.ndim == 0 or len(v) != len(table) for v in history.values())):
+            or any(v.ndim == 0 or len(v) != len(table) for v in [*history.values(), *leaves])):
         raise ValueError(f"path={str(path)!r} is damaged: table and history lengths differ")
     try:
         groups = param_groups_from_arrays(parrays, pmeta, len(table), configs,
@@ -743,4 +777,4 @@ def load_result(path: Any, like: Any = None) -> dict[str, Any]:
     except IntegrityError as e:
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     return {"configs": configs, "table": table, "history": history, "param_groups": groups,
-            "folds": meta.get("folds"), "fingerprint": fingerprint}
+            "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint}

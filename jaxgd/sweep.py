@@ -29,10 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim
+from . import lossform
 from .options import collect, document, fingerprint_settings
-from .prepare import MAX_SEED, Prepared, as_key, prepare, stop_hparams, tc_array
-from .program import PROGRESS_VALID, epoch_progress, float_dtype, program_for, run_program
+from .prepare import MAX_SEED, Prepared, as_key, prepare, split_hparams, stop_hparams, tc_array
+from .program import (
+    KEY_BITS,
+    PROGRESS_VALID,
+    epoch_progress,
+    float_dtype,
+    program_for,
+    run_program,
+)
 from .stops import STOP_DEFAULTS
 
 __all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]
@@ -192,6 +199,7 @@ def sweep(
     schedule: str = "constant",
     accumulate: int = 1,
     val_data: Any = None,
+    state: Any = None,
     folds: int | None = None,
     fold_seed: int = 0,
     grad_tol: float | None = None,
@@ -284,13 +292,16 @@ def sweep(
     if out is not None:
         fingerprint = _fingerprint(cfgs, all_idx, base, dict(hparams or {}), epochs, shuffle,
                                    drop_last, folds, fold_seed, settings,
-                                   (data, params, val_data),
+                                   (data, params if groups[0].prepared.combined is None
+                                    else groups[0].prepared.params, val_data, state),
                                    [_program_digest(g.prepared) for g in groups])
     store = RunStore.open(out, fingerprint) if out is not None else None
     try:
         results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
                               epochs, mesh, store, progress)
         res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
+        if groups[0].prepared.combined is not None:  # the model object, stacked arrays
+            res.params = groups[0].prepared.combined.rebuild(res.params)
         res.fingerprint = fingerprint
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
@@ -347,6 +358,7 @@ class Group:
     prepared: Prepared
     rows: list[Row] = field(default_factory=list)
     numeric: list[dict[str, Any]] = field(default_factory=list)  # per row: traced values
+    key_bits: list[Any] = field(default_factory=list)  # per row: words of its loss key
 
 
 def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Group]:
@@ -386,8 +398,8 @@ def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gr
         spec = g.prepared.spec
         try:
             # base stop keywords first: a value on a sweep axis overrides them
-            numeric, static = optim.split_hparams(spec.opt, spec.schedule,
-                                                  {**stop_hparams(opts), **hp})
+            numeric, static, _ = split_hparams(loss, spec.opt, spec.schedule,
+                                               {**stop_hparams(opts), **hp})
         except (ValueError, TypeError) as e:
             raise type(e)(f"configuration {i} {c}: {e}") from e
         if tuple(sorted(static.items())) != spec.static_hparams:
@@ -396,6 +408,8 @@ def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gr
                              "the same across a sweep axis")
         g.rows.append(Row(i, int(full["seed"]), fold))
         g.numeric.append(numeric)
+        if spec.form.key:  # as fit(..., hparams=hp) derives them (jaxgd.loss_key)
+            g.key_bits.append(lossform.key_bits(lossform.key_hparams(hp)))
     return list(groups.values())
 
 
@@ -546,7 +560,13 @@ def _program_digest(prep) -> str:
                 isinstance(c, jax.Array) and jnp.issubdtype(c.dtype, jax.dtypes.prng_key))
                 else jax.random.key_data(c)).encode())
 
-    add_jaxpr(spec.loss, params, probe)
+    def loss_call(p, b, s):
+        return lossform.call(spec.form, spec.loss, p, b, state=s, train=True,
+                             key=jax.random.key(0) if spec.form.key else None,
+                             hparams={k: jnp.zeros(()) for k in spec.form.hparams}
+                             if spec.form.takes_hparams else None)
+
+    add_jaxpr(loss_call, params, probe, prep.state)
     if spec.init_fn is not None:
         add_jaxpr(spec.init_fn, jax.random.key(0))
     if spec.penalty_mask is not None:
@@ -717,7 +737,9 @@ def _run_groups(groups: list[Group], data, val_data, fold_split, chunk_size, mem
                 bar.set_postfix(group=f"{p.group_index + 1}/{len(groups)}",
                                 width=p.width * len(p.streams))
                 tag = f"{p.tag}_c{ci:05d}"
-                cached = (store.load_chunk(tag, jax.tree.structure(p.group.prepared.params))
+                st0 = p.group.prepared.state
+                cached = (store.load_chunk(tag, jax.tree.structure(p.group.prepared.params),
+                                           None if st0 is None else jax.tree.structure(st0))
                           if store is not None else None)
                 if cached is not None and not np.array_equal(
                         np.sort(np.asarray(cached.get("config", []))), _chunk_configs(p, ci)):
@@ -793,6 +815,8 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
     tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
     if spec.progress:  # the progress bar counts the active configurations, not padding
         tc[PROGRESS_VALID] = valid
+    if spec.form.key:
+        tc[KEY_BITS] = np.stack([np.stack([g.key_bits[r] for r in row]) for row in grid_rows])
     keys = jnp.stack([as_key(s) for s, _ in streams])
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
@@ -800,7 +824,8 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
     else:
         tidx = vidx = None
     prog, columns = program_for(spec, params, tc, S * width)
-    args = (None if spec.init_fn is not None else params, data, val, tc, keys, tidx, vidx)
+    args = (None if spec.init_fn is not None else params, data, val, tc, keys, tidx, vidx,
+            g.prepared.state)
     put_scalar = lambda v: v  # noqa: E731
     if mesh is not None:
         args = _shard_args(mesh, args)
@@ -820,7 +845,7 @@ def _shard_args(mesh, args):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    params, data, val, tc, keys, tidx, vidx = args
+    params, data, val, tc, keys, tidx, vidx, state = args
     rep = NamedSharding(mesh, P())
     cfg = NamedSharding(mesh, P(None, "config"))
 
@@ -836,7 +861,8 @@ def _shard_args(mesh, args):
 
     tree_put = lambda t, s: jax.tree.map(lambda x: put(x, s), t)  # noqa: E731
     return (tree_put(params, rep), tree_put(data, rep), tree_put(val, rep),
-            tree_put(tc, cfg), put(keys, rep), put(tidx, rep), put(vidx, rep))
+            tree_put(tc, cfg), put(keys, rep), put(tidx, rep), put(vidx, rep),
+            tree_put(state, rep))
 
 
 def _replicated(mesh, value):

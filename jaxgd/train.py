@@ -8,9 +8,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import lossform
 from .options import collect, document
 from .prepare import as_key, prepare, tc_array
-from .program import epoch_progress, float_dtype, program_for, run_program
+from .program import KEY_BITS, epoch_progress, float_dtype, program_for, run_program
 
 __all__ = ["fit"]
 
@@ -30,6 +31,7 @@ def fit(
     schedule: str = "constant",
     accumulate: int = 1,
     val_data: Any = None,
+    state: Any = None,
     grad_tol: float | None = None,
     loss_target: float | None = None,
     patience: int | None = None,
@@ -53,10 +55,16 @@ def fit(
     floor(N/B) steps with ``drop_last=True``.
 
     Args:
-      loss: pure ``loss(params, batch) -> scalar`` (or ``(scalar, aux)``); ``batch`` has
-        the structure of ``data`` with a leading batch axis. It should be a mean over the
-        batch so that the last, smaller batch is weighted like PyTorch's.
-      params: initial parameters (any pytree of floating arrays).
+      loss: pure ``loss(params, batch) -> scalar`` (or ``(scalar, metrics)``, metrics a
+        dict of scalars recorded per evaluation); ``batch`` has the structure of ``data``
+        with a leading batch axis. It should be a mean over the batch so that the last,
+        smaller batch is weighted like PyTorch's. It may declare keyword parameters
+        ``key`` (a PRNG key per step, :func:`jaxgd.loss_key`; None in evaluation passes),
+        ``train``, ``state`` (with ``state=``) and ``hparams``: see
+        :mod:`jaxgd.lossform`.
+      params: initial parameters: any pytree of floating arrays (bfloat16 included), a
+        flax variable dict's ``params``, an nnx state, or a model object such as an
+        equinox Module (its floating arrays trained, other leaves held as they are).
       data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``.
       {options}
 
@@ -79,13 +87,19 @@ def fit(
     key = as_key(key)
     spec = p.spec
     dt = float_dtype(p.params)
-    tc = jax.device_put({k: tc_array(k, v, dt)[None, None] for k, v in p.numeric.items()})
+    tc = {k: tc_array(k, v, dt)[None, None] for k, v in p.numeric.items()}
+    if spec.form.key:  # the configuration's words of its loss keys (jaxgd.loss_key)
+        tc[KEY_BITS] = lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
+    tc = jax.device_put(tc)
     prog, columns = program_for(spec, p.params, p.numeric, 1)
     with epoch_progress(spec):
         out = run_program(prog, spec, columns,
-                          (p.params, p.data, p.val_data, tc, key[None], None, None))
+                          (p.params, p.data, p.val_data, tc, key[None], None, None, p.state))
     out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
-    out = out._replace(params=jax.tree.map(jnp.asarray, out.params))
+    out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
+                       state=jax.tree.map(jnp.asarray, out.state))
+    if p.combined is not None:  # the model object, with its trained arrays
+        out = out._replace(params=p.combined.rebuild(out.params))
     return FitResult.from_program(out, spec)
 
 

@@ -67,3 +67,12 @@ def test_e14_digits(tmp_path):
     mod, res = run_quick("e14_digits", tmp_path)
     assert res["softmax_vs_sklearn_accuracy_diff"] <= mod.ACC_TOL
     assert min(res["test_accuracy"].values()) > 0.85
+
+
+def test_e15_research_code(tmp_path):
+    mod, res = run_quick("e15_research_code", tmp_path)
+    assert res["params_max_abs_diff"] <= mod.PARAM_TOL
+    assert res["batch_stats_max_abs_diff"] <= mod.PARAM_TOL
+    assert res["test_accuracy_max_diff"] == 0.0
+    assert res["test_accuracy"] > 0.7
+    assert (tmp_path / "e15_research_code" / "sweep.csv").exists()

@@ -38,6 +38,7 @@ def test_docstring_documents_every_option(fn, scope):
 NOT_IN_FILES = {
     "key": "[train] seed is the file's key",
     "val_data": "[data] val_fraction",
+    "state": "arrays of a model library",
     "penalty_mask": "a function",
     "progress": "the command line's --quiet",
     "standardize": "[data] standardize",

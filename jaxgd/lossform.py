@@ -1,0 +1,363 @@
+"""The forms a loss may take, and the per-step PRNG keys of a stochastic loss.
+
+A loss is always called ``loss(params, batch, ...)``. It may declare any of these
+keyword parameters, detected once by *name* from its signature:
+
+* ``key``: a PRNG key, different at every training step (see :func:`jaxgd.loss_key`); ``None``
+  in evaluation passes (full-data loss, validation loss, the initial loss), which must
+  then be deterministic (dropout off).
+* ``train``: ``True`` in training steps, ``False`` in evaluation passes (for flax's
+  ``deterministic=not train`` / ``use_running_average=not train``).
+* ``state``: non-trainable model state (BatchNorm statistics; any pytree given as
+  ``fit(..., state=...)``). The loss then returns ``(loss, new_state)`` or
+  ``(loss, new_state, metrics)``; the new state must have the structure, shapes and
+  dtypes of the old. It receives no gradient, no optimizer update and no penalty; it is
+  replaced after every accepted step; evaluation passes call the loss with
+  ``train=False`` / ``key=None`` and discard the state they return.
+* ``hparams``: a dict of the loss's own traced hyper-parameters: every ``hparams`` name
+  (or sweep axis) that is not the optimizer's, the schedule's, a penalty, clipping or
+  stop parameter (e.g. a dropout rate) goes to the loss, and must be read by it.
+
+Without ``state``, a loss returns a scalar or ``(scalar, metrics)``; metrics is a dict
+of scalars recorded per evaluation (any other aux is ignored, as before).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["KEY_TAG", "LossForm", "check_form", "config_key", "key_hparams", "partition"]
+
+KEY_TAG = 0x4C055  # fold_in(run key, KEY_TAG) starts a configuration's loss keys
+OPTIONAL = ("key", "train", "state", "hparams")
+RESERVED = ("epoch", "loss", "grad_norm", "lr", "objective", "step_loss", "state")
+
+
+class LossForm(NamedTuple):
+    """What a loss declares and returns (hashable: part of the program's spec)."""
+
+    key: bool = False
+    train: bool = False
+    state: bool = False
+    hparams: tuple[str, ...] = ()  # the loss's own hyper-parameter names
+    takes_hparams: bool = False  # declares an hparams parameter
+    has_aux: bool = False  # returns (loss, aux) (no state)
+    metrics: tuple[str, ...] = ()  # sorted metric names
+
+    @property
+    def plain(self) -> bool:
+        return not (self.key or self.train or self.state or self.takes_hparams
+                    or self.metrics)
+
+
+def declared(loss: Callable[..., Any], name: str = "loss") -> dict[str, bool]:
+    """The optional keyword parameters ``loss`` declares (by name)."""
+    try:
+        sig = inspect.signature(loss)
+    except (TypeError, ValueError):  # a builtin or C callable: the plain form
+        return {k: False for k in OPTIONAL}
+    params = list(sig.parameters.values())
+    out = {k: k in sig.parameters for k in OPTIONAL}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in OPTIONAL]
+    required = [p for p in positional[2:] if p.default is p.empty]
+    required += [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty
+                 and p.name not in OPTIONAL]
+    if required:
+        raise TypeError(
+            f"{name} has a required parameter {required[0].name!r} that jaxgd never gives: "
+            "the form is loss(params, batch) with optional keyword parameters "
+            f"{', '.join(OPTIONAL)} (by these names)")
+    for k in OPTIONAL:
+        if k in sig.parameters and sig.parameters[k].kind == inspect.Parameter.POSITIONAL_ONLY:
+            raise TypeError(f"{name}'s parameter {k!r} is positional-only; jaxgd passes it "
+                            f"by name ({k}=...)")
+    return out
+
+
+def call(form: LossForm, loss, params, batch, *, state=None, key=None, train=True,
+         hparams=None):
+    """Call ``loss`` in its form: (loss value, new state or None, metrics dict)."""
+    kw: dict[str, Any] = {}
+    if form.key:
+        kw["key"] = key
+    if form.train:
+        kw["train"] = train
+    if form.state:
+        kw["state"] = state
+    if form.takes_hparams:
+        kw["hparams"] = {} if hparams is None else hparams
+    out = loss(params, batch, **kw)
+    if form.state:
+        if len(out) == 3:
+            value, new_state, metrics = out
+        else:
+            (value, new_state), metrics = out, {}
+    elif form.has_aux:
+        value, metrics = out
+    else:
+        value, metrics, new_state = out, {}, None
+    if not form.state:
+        new_state = None
+    metrics = {m: jnp.asarray(metrics[m]) for m in form.metrics} if form.metrics else {}
+    return value, new_state, metrics
+
+
+def _describe(tree) -> list[tuple[str, Any, Any]]:
+    return [(jax.tree_util.keystr(p), getattr(x, "shape", None), getattr(x, "dtype", None))
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str = "loss"
+               ) -> LossForm:
+    """Detect and check the form of ``loss`` by tracing it abstractly (training and
+    evaluation calls); refuse what does not fit, naming the argument and the form."""
+    d = declared(loss, name)
+    if d["state"] and state is None:
+        raise TypeError(f"{name} declares a 'state' parameter but no state was given: pass "
+                        "the model's initial non-trainable state, fit(..., state=...)")
+    if state is not None and not d["state"]:
+        raise TypeError(f"state= was given but {name} has no 'state' parameter: declare "
+                        "loss(params, batch, *, state) returning (loss, new_state) or "
+                        "(loss, new_state, metrics)")
+    hp_names = tuple(sorted(hparams)) if d["hparams"] else ()
+    if hparams and not d["hparams"]:
+        raise AssertionError("loss hyper-parameters without an hparams parameter")
+    base = LossForm(key=d["key"], train=d["train"], state=d["state"], hparams=hp_names,
+                    takes_hparams=d["hparams"])
+    key = jax.random.key(0)
+    hp = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+    read: set[str] = set()
+
+    class Recording(dict):
+        def __getitem__(self, k):
+            read.add(k)
+            return super().__getitem__(k)
+
+        def get(self, k, default=None):
+            read.add(k)
+            return super().get(k, default)
+
+    raw: list[Any] = []
+
+    def run(train):
+        def f(p, b, s, h):
+            kw: dict[str, Any] = {}
+            if base.key:
+                kw["key"] = key if train else None
+            if base.train:
+                kw["train"] = train
+            if base.state:
+                kw["state"] = s
+            if base.takes_hparams:
+                kw["hparams"] = Recording(h)
+            out = loss(p, b, **kw)
+            value = out[0] if isinstance(out, tuple) else out
+            raw.append(type(value))
+            return out
+        return f
+
+    mode = "training" if (base.key or base.train or base.state) else ""
+    try:
+        out = jax.eval_shape(run(True), params, batch, state, hp)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(f"{name} could not be evaluated as {_form_text(base)}"
+                        f"{' in a ' + mode + ' step' if mode else ''}: "
+                        f"{type(e).__name__}: {e}") from e
+    if raw and issubclass(raw[0], int | float | np.number) and not issubclass(raw[0], bool):
+        raise TypeError(f"{name} returned a Python/NumPy number ({raw[0].__name__}), not a "
+                        "JAX array: it does not depend on params; compute it with jax.numpy "
+                        "from params and batch")
+    unread = sorted(set(hp) - read)
+    if unread:
+        raise ValueError(f"hparams key {unread[0]!r} is not a hyper-parameter of the "
+                         f"optimizer, schedule or stop conditions, and {name} does not read "
+                         f"it from its hparams argument")
+    form = _returned(base, out, state, name)
+    if base.key or base.train or base.state:
+        try:  # the evaluation call: key=None, train=False
+            out_eval = jax.eval_shape(run(False), params, batch, state, hp)
+        except Exception as e:  # noqa: BLE001
+            raise TypeError(
+                f"{name} failed in an evaluation call (key=None, train=False, used for the "
+                f"full-data and validation loss): {type(e).__name__}: {e}") from e
+        if _returned(base, out_eval, state, name) != form:
+            raise TypeError(f"{name} returns a different form in evaluation calls "
+                            "(key=None, train=False) than in training steps")
+    return form
+
+
+def _form_text(f: LossForm) -> str:
+    kws = [k for k in OPTIONAL if (f.takes_hparams if k == "hparams" else getattr(f, k))]
+    return "loss(params, batch" + "".join(f", {k}=..." for k in kws) + ")"
+
+
+def _returned(base: LossForm, out, state, name: str) -> LossForm:
+    """The form with what ``out`` (an abstract return value) holds, checked."""
+    metrics: Any = None
+    if base.state:
+        if not isinstance(out, tuple) or len(out) not in (2, 3):
+            raise TypeError(f"{name} declares 'state' and must return (loss, new_state) or "
+                            f"(loss, new_state, metrics), got {type(out).__name__}")
+        value, new_state = out[0], out[1]
+        metrics = out[2] if len(out) == 3 else None
+        if jax.tree.structure(new_state) != jax.tree.structure(state):
+            raise TypeError(f"{name} returned a new state whose structure differs from the "
+                            f"state given: {jax.tree.structure(new_state)} vs "
+                            f"{jax.tree.structure(state)}")
+        for (p, s0, d0), (_, s1, d1) in zip(_describe(state), _describe(new_state),
+                                            strict=True):
+            if s0 != s1 or d0 != d1:
+                raise TypeError(f"{name} returned state{p} with shape {s1} and dtype {d1}; "
+                                f"the state given has shape {s0} and dtype {d0}")
+        has_aux = False
+    else:
+        has_aux = isinstance(out, tuple) and len(out) == 2
+        value = out[0] if has_aux else out
+        if has_aux:
+            metrics = out[1]
+            if not isinstance(metrics, Mapping):
+                metrics = None  # another aux: ignored, as always
+    if not hasattr(value, "shape") or value.shape != ():
+        shape = getattr(value, "shape", type(value).__name__)
+        raise TypeError(f"{name} must return a scalar (or (scalar, aux)), got shape {shape}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must return a floating-point scalar, got dtype {value.dtype}")
+    names: tuple[str, ...] = ()
+    if metrics is not None:
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"{name}'s metrics must be a dict of scalars, got "
+                            f"{type(metrics).__name__}")
+        for k, v in metrics.items():
+            if not isinstance(k, str) or not k.isidentifier():
+                raise TypeError(f"{name}'s metrics key {k!r} must be a name (str)")
+            shape = getattr(v, "shape", None)
+            if shape != ():
+                hint = ("" if base.state else
+                        ": if it is model state (e.g. flax batch_stats from mutable=...), "
+                        "declare loss(params, batch, *, state) and pass fit(..., state=...)")
+                raise TypeError(f"{name}'s metrics[{k!r}] has shape {shape}; metrics must "
+                                f"be scalars{hint}")
+            if k in RESERVED or k.startswith(("batch_", "val_", "params")):
+                raise ValueError(f"{name}'s metrics key {k!r} clashes with a history name "
+                                 f"(reserved: {', '.join(RESERVED)} and names starting with "
+                                 "batch_, val_ or params): rename it")
+        names = tuple(sorted(metrics))
+    return base._replace(has_aux=has_aux, metrics=names)
+
+
+# ----------------------------------------------------------------------------- history
+
+STANDARD_HISTORY = ("epoch", "loss", "batch_loss", "grad_norm", "lr", "objective",
+                    "val_loss", "step_loss")
+
+
+def metric_names(hist) -> list[str]:
+    """The loss's metrics among history keys (``m``; ``batch_m`` and ``val_m`` besides)."""
+    return sorted(k for k in hist if k not in STANDARD_HISTORY and not k.startswith(
+        ("params", "batch_", "val_")))
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def key_bits(hparams: Mapping[str, Any]) -> np.ndarray:
+    """The uint32 words :func:`config_key` folds in: the float32 bit pattern of each
+    value, in sorted-name order."""
+    vals = [np.float32(float(hparams[k])) for k in sorted(hparams)]
+    return np.asarray(vals, np.float32).view(np.uint32)
+
+
+def config_key(run_key: jax.Array, hparams: Mapping[str, Any] | jax.Array) -> jax.Array:
+    """A configuration's loss key: ``fold_in(run_key, KEY_TAG)``, then ``fold_in`` of the
+    float32 bit pattern (as uint32) of each of its numeric hyper-parameters in sorted-name
+    order (``hparams`` as given to ``fit``, or a sweep configuration's base hparams and
+    axes; stop-condition parameters excluded)."""
+    k = jax.random.fold_in(run_key, KEY_TAG)
+    bits = key_bits(hparams) if isinstance(hparams, Mapping) else hparams
+    for j in range(bits.shape[0]):
+        k = jax.random.fold_in(k, bits[j])
+    return k
+
+
+def key_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a configuration's key covers: numeric values (not booleans),
+    stop-condition parameters excluded."""
+    from .stops import STOP_PARAMS
+
+    out = {}
+    for k, v in hparams.items():
+        if k in STOP_PARAMS or isinstance(v, bool | str) or v is None:
+            continue
+        if isinstance(v, (int, float, np.integer, np.floating)) or (
+                hasattr(v, "shape") and np.shape(v) == ()):
+            out[k] = float(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- model objects
+
+
+def _is_float_array(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, jax.Array)) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+class Combined:
+    """``loss`` called with the full model object rebuilt from its trained leaves and the
+    held (static) ones: the equinox filter convention (``eqx.combine``), without equinox.
+    Hashable by value, so the compiled program is reused across calls."""
+
+    def __init__(self, loss: Callable[..., Any], treedef, static: tuple[Any, ...],
+                 mask: tuple[bool, ...]):
+        self.loss, self.treedef, self.static, self.mask = loss, treedef, static, mask
+        self.__signature__ = inspect.signature(loss)
+        self.__name__ = getattr(loss, "__name__", "loss")
+        self.__qualname__ = getattr(loss, "__qualname__", self.__name__)
+
+    def _key(self):
+        return (self.loss, self.treedef, tuple(map(_ident, self.static)), self.mask)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, Combined) and self._key() == other._key()
+
+    def rebuild(self, trained):
+        """The full object from the trained part (``partition``'s first output)."""
+        leaves = iter(jax.tree.leaves(trained))
+        full = [next(leaves) if m else s for m, s in zip(self.mask, self.static, strict=True)]
+        return jax.tree.unflatten(self.treedef, full)
+
+    def __call__(self, params, batch, **kw):
+        return self.loss(self.rebuild(params), batch, **kw)
+
+
+def _ident(v: Any) -> Any:
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return id(v)
+
+
+def partition(params: Any) -> tuple[Any, tuple[Any, ...], tuple[bool, ...], Any] | None:
+    """For a model object (a pytree whose root is not a dict, list or tuple, e.g. an
+    equinox Module) with leaves that are not floating arrays: (trained part with ``None``
+    for held leaves, held leaves, mask, treedef). None when every leaf is trained."""
+    if params is None or isinstance(params, (dict, list, tuple)):
+        return None
+    leaves, treedef = jax.tree.flatten(params)
+    mask = tuple(_is_float_array(x) for x in leaves)
+    if all(mask):
+        return None
+    static = tuple(None if m else x for m, x in zip(mask, leaves, strict=True))
+    trained = jax.tree.unflatten(treedef, [x if m else None
+                                           for m, x in zip(mask, leaves, strict=True)])
+    return trained, static, mask, treedef
