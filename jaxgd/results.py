@@ -221,7 +221,7 @@ class SweepResult:
         for g in self.param_groups:
             j = int(np.searchsorted(g.rows, i))
             if j < len(g.rows) and g.rows[j] == i:
-                return jax.tree.map(lambda a: a[j], g.params)
+                return _index(g.params, j)
         raise ValueError(f"row {i} has no parameters (damaged result)")
 
     def __len__(self) -> int:
