@@ -239,6 +239,11 @@ def _evals(spec: ProgramSpec) -> tuple[int, int]:
     return K, -(-spec.epochs // K)
 
 
+def evaluations(spec: ProgramSpec) -> tuple[int, int]:
+    """(epochs per evaluation, number of evaluations) of a run of ``spec``."""
+    return _evals(spec)
+
+
 def _train_view(data, tidx):
     return data if tidx is None else _take(data, tidx)
 

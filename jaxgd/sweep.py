@@ -545,7 +545,7 @@ def _bytes_per_config(prep: Prepared, epochs: int) -> int:
 
     spec = prep.spec
     pbytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(prep.params))
-    _, n_evals = program._evals(spec)
+    _, n_evals = program.evaluations(spec)
     row = program.history_row_bytes(spec, prep.params, prep.numeric)
     hist = row * min(n_evals, program.HISTORY_MIN_ROWS)
     # params, gradient, new params, optimizer state (<= 3 copies), best params
