@@ -321,7 +321,7 @@ class Combined:
         self.__qualname__ = getattr(loss, "__qualname__", self.__name__)
 
     def _key(self):
-        return (self.loss, self.treedef, tuple(map(_ident, self.static)), self.mask)
+        return (self.loss, self.treedef, tuple(map(hashable, self.static)), self.mask)
 
     def __hash__(self):
         return hash(self._key())
@@ -339,7 +339,8 @@ class Combined:
         return self.loss(self.rebuild(params), batch, **kw)
 
 
-def _ident(v: Any) -> Any:
+def hashable(v: Any) -> Any:
+    """``v`` itself when it can be hashed, else its identity (a key for grouping)."""
     try:
         hash(v)
         return v

@@ -378,7 +378,7 @@ def _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gr
         fold = c.get("fold")
         n_train = None if fold is None else len(fold_split[fold][0])
         key_struct = (
-            _hashable(full["optimizer"]), full["batch_size"], full["accumulate"],
+            lossform.hashable(full["optimizer"]), full["batch_size"], full["accumulate"],
             full["schedule"], n_train, tuple(sorted(hp)), shape,
             # non-numeric values (e.g. nesterov=True/False) change the program: own group
             tuple(sorted((k, v) for k, v in hp.items()
@@ -477,14 +477,6 @@ def _shaped_init(init, shape, i, c):
         raise ValueError(f"configuration {i} {c}: init rejects shape axis {vals}: "
                          f"{type(e).__name__}: {e}") from e
     return fn
-
-
-def _hashable(v: Any) -> Any:
-    try:
-        hash(v)
-        return v
-    except TypeError:
-        return id(v)
 
 
 def _fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds, fold_seed,
