@@ -792,14 +792,16 @@ def unpack(packed: Packed, layout) -> Any:
 
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The un-jitted programs ``init(params0, data, val, tc, keys, tidx, vidx) -> state``
-    and ``block(state, start, data, val, tc, keys, tidx, vidx) -> (state, outputs,
+    and ``block(state, start, end, data, val, tc, keys, tidx, vidx) -> (state, outputs,
     history block, any active)``.
 
     Shapes: ``tc`` leaves are [S, C]; ``keys`` is [S] PRNG keys; ``tidx`` [S, n_train]
     and ``vidx`` [S, n_val] index arrays (or None); ``params0`` is a pytree shared by
     every configuration (or None when ``spec.init_fn`` draws it from each key). The
     state keeps the program's own layout between calls; outputs and history blocks have
-    leading axes [S, C]. ``start`` is the index of the block's first evaluation.
+    leading axes [S, C]. ``start`` is the index of the block's first evaluation and
+    ``end`` the evaluation it stops before (at most ``n_evals``; an adaptive search stops
+    at its rung boundaries).
     """
     _, n_evals = evals_of(spec)
 
@@ -813,7 +815,7 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
                       (None, 0, 0, None, None, t_ax, v_ax, None), one_s, one_c)
         return fn(params0, tc, keys, data, val, tidx, vidx, state0)
 
-    def block(st, start, data, val, tc, keys, tidx, vidx):
+    def block(st, start, end, data, val, tc, keys, tidx, vidx):
         one_s, one_c = _single(keys, tc)
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
@@ -832,7 +834,7 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
 
         def cond(c):
             e, s, _ = c
-            return (e < rows) & (start + e < n_evals) & jnp.any(unpack(s, layout).active)
+            return (e < rows) & (start + e < end) & jnp.any(unpack(s, layout).active)
 
         def body(c):
             e, s, h = c
@@ -879,7 +881,8 @@ def run_program(prog: Program, spec: ProgramSpec, columns: tuple[str, ...], args
     parts = []
     start = 0
     while True:
-        st, out, hist, more = prog.block(st, put_scalar(np.int32(start)), data, val, tc, keys,
+        st, out, hist, more = prog.block(st, put_scalar(np.int32(start)),
+                                         put_scalar(np.int32(n_evals)), data, val, tc, keys,
                                          tidx, vidx)
         parts.append(jax.tree.map(to_host, hist))
         start += prog.rows
