@@ -19,6 +19,9 @@ A configuration has four tables (every key is documented with examples in
     [sweep.random]                # random search, crossed with the grid
     n = 32
     l2 = ["loguniform", 1e-5, 1e-1]
+    [search]                      # optional: adaptive search (jaxgd.search)
+    method = "halving"            # "halving", "hyperband" or "pbt"
+    eta = 3
 
 Reading is two steps so that a command line can check a file before starting JAX:
 :func:`read_config` parses and validates (no JAX operation), :func:`build` loads the
@@ -77,7 +80,8 @@ DATA_KEYS = ("dataset", "standardize", "standardize_target", "val_fraction", "sp
 # seed of the initial parameters
 TRAIN_KEYS = (*(o.name for o in options.file_options()), "init_seed")
 # [model]: the name, the loss, and the arguments of the registered models (models.REGISTRY)
-SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "train": TRAIN_KEYS, "sweep": ()}
+SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "train": TRAIN_KEYS, "sweep": (),
+            "search": ()}
 # [train] entries that become sweep axes when given a list
 TRAIN_AXES = options.file_axes()
 TASKS = ("regression", "binary", "multiclass")
@@ -154,6 +158,7 @@ class Config:
     grid: dict[str, list[Any]]
     random: dict[str, Any] | None
     base_dir: Path = field(default_factory=Path.cwd)
+    search: Any = None  # a jaxgd.search.Halving / PBT from [search], or None
 
     @property
     def stem(self) -> str:
@@ -254,7 +259,25 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
                       "[data] val_fraction and [train] folds exclude each other: choose one")
     _check_names(ctx, grid, random, train, model_shape_axes(model))
     _check_required(ctx, grid, random, train)
-    return Config(file, data, model, train, grid, random, base)
+    search = _read_search(ctx, raw.get("search"), train)
+    return Config(file, data, model, train, grid, random, base, search)
+
+
+def _read_search(ctx: _Ctx, s: dict[str, Any] | None, train: dict[str, Any]):
+    """The [search] table as a checked :mod:`jaxgd.search` object (or None)."""
+    if s is None:
+        return None
+    from . import search as search_mod
+
+    epochs = train.get("epochs", options.OPTIONS["epochs"].default)
+    every = train.get("eval_every", options.OPTIONS["eval_every"].default)
+    try:
+        return search_mod.check(search_mod.from_dict(s, "[search]"), epochs, every)
+    except (ValueError, TypeError) as e:
+        m = re.search(r"search (\w+)=", str(e)) or re.search(r"key '(\w+)'", str(e)) or \
+            re.search(r"\[search\]: (\w+)=", str(e))
+        key = f"search.{m.group(1)}" if m and m.group(1) in s else "search"
+        raise ctx.err(key, str(e)) from None
 
 
 def sys_version_lacks_tomllib() -> bool:
@@ -902,6 +925,8 @@ def _sweep_kwargs(cfg: Config, in_program, val_data) -> tuple[dict[str, Any], An
         kw["random"] = dict(cfg.random)
     if val_data is not None:
         kw["val_data"] = val_data
+    if cfg.search is not None:
+        kw["search"] = cfg.search
     return kw, init_seed
 
 

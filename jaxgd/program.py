@@ -751,6 +751,25 @@ def _unsqueeze(one_stream, one_config, tree):
     return tree
 
 
+def layout(keys, tc) -> tuple[bool, bool]:
+    """(one stream, one configuration): the axes of size 1 the program's state drops."""
+    return _single(keys, tc)
+
+
+def state_axes(state, keys, tc):
+    """A program state with its leading [stream, config] axes (whatever its layout)."""
+    return _unsqueeze(*_single(keys, tc), state)
+
+
+def state_layout(state, keys, tc):
+    """A state with leading [stream, config] axes in the program's layout for
+    ``keys``/``tc`` (the inverse of :func:`state_axes`)."""
+    one_s, one_c = _single(keys, tc)
+    if one_c:
+        return jax.tree.map(lambda a: a[0, 0], state)
+    return jax.tree.map(lambda a: a[0], state) if one_s else state
+
+
 class Packed(NamedTuple):
     """A pytree's leaves stacked by (shape, dtype): one array per group."""
 
@@ -878,21 +897,40 @@ def run_program(prog: Program, spec: ProgramSpec, columns: tuple[str, ...], args
     _, n_evals = evals_of(spec)
     params0, data, val, tc, keys, tidx, vidx, *state0 = args
     st = prog.init(params0, data, val, tc, keys, tidx, vidx, *state0)
+    _, out, hist = run_blocks(prog, spec, st, 0, n_evals, (data, val, tc, keys, tidx, vidx),
+                              to_host=to_host, put_scalar=put_scalar)
+    return out._replace(history=unpack_history(spec, columns, hist, out.init_loss.dtype))
+
+
+def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
+               to_host: Callable[[Any], Any] = np.asarray,
+               put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False):
+    """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
+    layout), stopping early when no configuration is active; ``args = (data, val, tc,
+    keys, tidx, vidx)``. Returns (state, host outputs, packed host history of the
+    evaluations run: ``end - start`` rows with ``pad``, NaN for those not run)."""
+    K, _ = evals_of(spec)
     parts = []
-    start = 0
-    while True:
-        st, out, hist, more = prog.block(st, put_scalar(np.int32(start)),
-                                         put_scalar(np.int32(n_evals)), data, val, tc, keys,
-                                         tidx, vidx)
+    at = start
+    while at < end:
+        st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
+                                         put_scalar(np.int32(end)), *args)
         parts.append(jax.tree.map(to_host, hist))
-        start += prog.rows
-        if start >= n_evals or not _replicated_bool(more):
+        at += prog.rows
+        if not _replicated_bool(more):
             break
     out = jax.tree.map(to_host, out)
-    # rows past the last evaluation of the budget (a partial last block) are dropped
-    hist = {k: np.concatenate([p[k] for p in parts], axis=2)[
-        :, :, :spec.epochs if k == "step_loss" else n_evals] for k in parts[0]}
-    return out._replace(history=unpack_history(spec, columns, hist, out.init_loss.dtype))
+    n = end - start
+    hist = {}
+    for k in parts[0]:
+        h = np.concatenate([p[k] for p in parts], axis=2)
+        want = min(n * K, spec.epochs - start * K) if k == "step_loss" else n
+        h = h[:, :, :want]
+        if pad and h.shape[2] < want:
+            fill = np.full(h.shape[:2] + (want - h.shape[2],) + h.shape[3:], np.nan, h.dtype)
+            h = np.concatenate([h, fill], axis=2)
+        hist[k] = h
+    return st, out, hist
 
 
 def _replicated_bool(x) -> bool:

@@ -196,6 +196,9 @@ class SweepResult:
             self.params = params
         self.folds = folds
         self.fingerprint = fingerprint  # of the sweep that computed it (None: unknown)
+        # PBT (search=jaxgd.search.PBT): a DataFrame of each member's hyper-parameters
+        # from each exploit/explore step on (config, epoch, parent, explored values)
+        self.lineage = None
 
     @property
     def params(self) -> Any:

@@ -117,6 +117,11 @@ STOPS: tuple[StopCondition, ...] = (
         None,
         "a non-finite loss or gradient, or growth beyond diverge_factor",
     ),
+    StopCondition(
+        "pruned", 6, (), None,
+        "an adaptive search (``search=``, :mod:`jaxgd.search`) stopped it at a rung: "
+        "``epochs_run`` says how far it got",
+    ),
 )
 
 RUNNING = 0

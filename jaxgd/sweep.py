@@ -30,17 +30,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import lossform
+from . import search as search_mod
 from .options import collect, document, fingerprint_settings
 from .prepare import MAX_SEED, Prepared, as_key, prepare, split_hparams, stop_hparams, tc_array
 from .program import (
+    DIVERGED,
     KEY_BITS,
     PROGRESS_VALID,
     epoch_progress,
+    evals_of,
     float_dtype,
+    history_columns,
+    layout,
+    metric_history_names,
     program_for,
+    run_blocks,
     run_program,
+    state_axes,
+    state_layout,
+    unpack_history,
 )
 from .stops import STOP_DEFAULTS
+from .stops import code as stop_code
+
+PRUNED = stop_code("pruned")
 
 __all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]
 
@@ -218,6 +231,7 @@ def sweep(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     only: Iterable[int] | None = None,
+    search: Any = None,
     out: str | os.PathLike | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
@@ -282,12 +296,16 @@ def sweep(
     if folds is not None and folds > n:
         raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
+    if search is not None:
+        search = _checked_search(search, cfgs, epochs, eval_every)
     groups = _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split)
 
     base = {k: opts[k] for k in STRUCTURAL_AXES + ("seed",)}
     # what determines the results (see jaxgd.options: each option's fingerprint entry)
     settings = {k: opts[k] for k in fingerprint_settings()}
     settings["loss"] = loss
+    if search is not None:  # only then: folders of sweeps without one keep their key
+        settings["search"] = search
     fingerprint = None
     if out is not None:
         fingerprint = _fingerprint(cfgs, all_idx, base, dict(hparams or {}), epochs, shuffle,
@@ -297,9 +315,19 @@ def sweep(
                                    [_program_digest(g.prepared) for g in groups])
     store = RunStore.open(out, fingerprint) if out is not None else None
     try:
-        results = _run_groups(groups, data, val_data, fold_split, chunk_size, memory_budget,
-                              epochs, mesh, store, progress)
+        lineage = None
+        if search is None:
+            results = _run_groups(groups, data, val_data, fold_split, chunk_size,
+                                  memory_budget, epochs, mesh, store, progress)
+        else:
+            results, lineage = _run_search(search, groups, cfgs, grid, random, data, val_data,
+                                           fold_split, chunk_size, memory_budget, epochs,
+                                           mesh)
         res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
+        if lineage is not None:
+            import pandas as pd
+
+            res.lineage = pd.DataFrame(lineage)
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.params = groups[0].prepared.combined.rebuild(res.params)
         res.fingerprint = fingerprint
@@ -309,6 +337,18 @@ def sweep(
         if store is not None:
             store.release_lock_on_error()
     return res
+
+
+def _checked_search(search, cfgs, epochs: int, eval_every: int):
+    """``search`` validated against the sweep's epochs and axes (before anything runs)."""
+    search = search_mod.check(search, epochs, eval_every)
+    if isinstance(search, search_mod.Halving) and search.average:
+        axes = set(k for c in cfgs for k in c)
+        missing = [a for a in search.average if a not in axes]
+        if missing:
+            raise ValueError(f"search average={list(search.average)!r}: {missing[0]!r} is "
+                             f"not a swept axis (axes: {sorted(axes)})")
+    return search
 
 
 def _with_folds(cfgs: list[dict[str, Any]], folds: int | None, val_data: Any):
@@ -788,17 +828,26 @@ def _agree_cached(cached):
     return cached if bool(np.all(np.asarray(have))) else None
 
 
-def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[str, Any]:
-    """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
-    configuration, with their indices under ``"config"``."""
-    g, streams, width = p.group, p.streams, p.width
-    spec, params, val = g.prepared.spec, g.prepared.params, g.prepared.val_data
-    dt = float_dtype(params)
+class ChunkInputs(NamedTuple):
+    """One program call's configurations and inputs."""
+
+    grid_rows: np.ndarray  # [S, width] row numbers into group.rows (padding repeats one)
+    valid: np.ndarray  # [S, width] False for padding
+    tc: dict[str, Any]  # traced hyper-parameters [S, width] (host arrays)
+    keys: Any  # [S] PRNG keys (the streams' data orders)
+    tidx: Any  # [S, n_train] training indices of a fold, or None
+    vidx: Any
+
+
+def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], ci: int,
+                 width: int, fold_split) -> ChunkInputs:
+    """The inputs of chunk ``ci`` (``width`` configurations per stream) of ``g``'s rows
+    ``per_stream``."""
+    spec, dt = g.prepared.spec, float_dtype(g.prepared.params)
     S = len(streams)
-    # [S, width] row numbers into g.rows (padding repeats the stream's first row)
     grid_rows = np.zeros((S, width), np.int64)
-    valid = _chunk_valid(p.per_stream, ci, width)
-    for s, rows in enumerate(p.per_stream):
+    valid = _chunk_valid(per_stream, ci, width)
+    for s, rows in enumerate(per_stream):
         part = rows[ci * width:(ci + 1) * width]
         grid_rows[s, :] = rows[0]
         grid_rows[s, :len(part)] = part
@@ -815,17 +864,26 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
         vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))
     else:
         tidx = vidx = None
-    prog, columns = program_for(spec, params, tc, S * width)
-    args = (None if spec.init_fn is not None else params, data, val, tc, keys, tidx, vidx,
-            g.prepared.state)
+    return ChunkInputs(grid_rows, valid, tc, keys, tidx, vidx)
+
+
+def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[str, Any]:
+    """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
+    configuration, with their indices under ``"config"``."""
+    g, S, width = p.group, len(p.streams), p.width
+    spec, params, val = g.prepared.spec, g.prepared.params, g.prepared.val_data
+    ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, fold_split)
+    prog, columns = program_for(spec, params, ch.tc, S * width)
+    args = (None if spec.init_fn is not None else params, data, val, ch.tc, ch.keys, ch.tidx,
+            ch.vidx, g.prepared.state)
     put_scalar = lambda v: v  # noqa: E731
     if mesh is not None:
         args = _shard_args(mesh, args)
         put_scalar = functools.partial(_replicated, mesh)
     out = run_program(prog, spec, columns, args, to_host=_to_host, put_scalar=put_scalar)
-    idx = [g.rows[grid_rows[s, c]].config for s in range(S) for c in range(width)
-           if valid[s, c]]
-    sel = np.nonzero(valid.reshape(-1))[0]
+    idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
+           if ch.valid[s, c]]
+    sel = np.nonzero(ch.valid.reshape(-1))[0]
     flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
     # a chunk as the run folder stores it: the program's outputs by name, and the
     # configurations they belong to
@@ -878,3 +936,292 @@ def _to_host(x):
 
 # the options' entries of the docstring come from the table in jaxgd.options
 sweep.__doc__ = sweep.__doc__.replace("      {options}\n", document("sweep") + "\n")
+
+
+# ------------------------------------------------------------------- adaptive search
+
+@dataclass
+class Member:
+    """A configuration of an adaptive search between program calls (host arrays)."""
+
+    numeric: dict[str, Any]  # its traced hyper-parameters (PBT changes them)
+    state: Any = None  # the program state, no leading axes (None: not started)
+    out: dict[str, Any] | None = None  # its outputs after the last call
+    hist: list[dict[str, np.ndarray]] = field(default_factory=list)  # packed, per call
+    pruned: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.state is None or bool(self.state.active)
+
+
+class SearchRun(NamedTuple):
+    """What the calls of a search share."""
+
+    groups: list[Group]
+    data: Any
+    val_data: Any
+    fold_split: Any
+    chunk_size: int | None
+    memory_budget: int | None
+    epochs: int
+    mesh: Any
+    ndev: int
+    members: dict[tuple[int, int], Member]  # (group, row) -> member
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _advance(run: SearchRun, gi: int, rows: list[int], start: int, end: int,
+             desc: str) -> None:
+    """Evaluations ``start``..``end`` of group ``gi``'s rows ``rows`` from their states,
+    in chunks whose width is a power of two (a width compiles once)."""
+    g = run.groups[gi]
+    spec, params = g.prepared.spec, g.prepared.params
+    sub = Group(g.prepared, [g.rows[r] for r in rows],
+                [run.members[(gi, r)].numeric for r in rows],
+                [g.key_bits[r] for r in rows] if g.key_bits else [])
+    (p0,) = _plan_chunks([sub], run.chunk_size, run.memory_budget, run.epochs, 1)
+    C = max(len(v) for v in p0.per_stream)
+    width = -(-_pow2(min(p0.width, C)) // run.ndev) * run.ndev
+    put_scalar = lambda v: v  # noqa: E731
+    if run.mesh is not None:
+        put_scalar = functools.partial(_replicated, run.mesh)
+    for ci in range(-(-C // width)):
+        ch = chunk_inputs(sub, p0.streams, p0.per_stream, ci, width, run.fold_split)
+        prog, _ = program_for(spec, params, ch.tc, len(p0.streams) * width)
+        args = (None if spec.init_fn is not None else params, run.data, g.prepared.val_data,
+                ch.tc, ch.keys, ch.tidx, ch.vidx, g.prepared.state)
+        if run.mesh is not None:
+            args = _shard_args(run.mesh, args)
+        params0, data, val, tc, keys, tidx, vidx, state0 = args
+        if start == 0:
+            st = prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
+        else:
+            st = _member_states(run, gi, rows, ch, keys, tc)
+        with epoch_progress(spec, desc=desc):
+            st, out, hist = run_blocks(prog, spec, st, start, end,
+                                       (data, val, tc, keys, tidx, vidx),
+                                       to_host=_to_host, put_scalar=put_scalar, pad=True)
+        st = jax.tree.map(_to_host, state_axes(st, keys, tc))
+        for s, c in zip(*np.nonzero(ch.valid), strict=True):
+            m = run.members[(gi, rows[ch.grid_rows[s, c]])]
+            at = lambda a: np.array(a[s, c])  # noqa: E731
+            m.state = jax.tree.map(at, st)
+            m.out = {k: jax.tree.map(at, v) for k, v in out._asdict().items()
+                     if k != "history"}
+            m.hist.append({k: at(v) for k, v in hist.items()})
+
+
+def _member_states(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, keys, tc):
+    """The members' states stacked [S, width] (padding: a stopped copy), in the
+    program's layout, on the mesh."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    S, W = ch.grid_rows.shape
+    slots = [run.members[(gi, rows[r])].state for r in ch.grid_rows.reshape(-1)]
+    st = jax.tree.map(lambda *xs: np.stack(xs).reshape((S, W) + np.shape(xs[0])), *slots)
+    st = st._replace(active=st.active & ch.valid)
+    st = state_layout(st, keys, tc)
+    if run.mesh is None:
+        return jax.tree.map(jnp.asarray, st)
+    one_s, one_c = layout(keys, tc)
+    sh = NamedSharding(run.mesh, P() if one_c else P("config") if one_s else P(None, "config"))
+    return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sh, lambda i: a[i]),
+                        st)
+
+
+def _member_value(run: SearchRun, gi: int, m: Member, metric: str, mode: str) -> float:
+    """The member's ranking value: ``metric`` at its last evaluation with a finite value
+    (worst for a diverged member)."""
+    if m.out is not None and int(m.out["reason"]) == DIVERGED:
+        return math.inf if mode == "min" else -math.inf
+    series = _member_series(run.groups[gi], m, metric)
+    finite = series[np.isfinite(series)]
+    return float(finite[-1]) if finite.size else math.nan
+
+
+def _member_series(g: Group, m: Member, name: str) -> np.ndarray:
+    """A member's recorded values of ``name`` so far."""
+    cols = _history_columns(g)
+    if name in cols:
+        return np.concatenate([h["scalars"][:, cols.index(name)] for h in m.hist])
+    return np.concatenate([h[name] for h in m.hist])
+
+
+def _history_columns(g: Group) -> tuple[str, ...]:
+    return history_columns(g.prepared.spec, g.prepared.params, g.numeric[0])
+
+
+def _check_search_metric(groups: list[Group], metric: str) -> None:
+    for g in groups:
+        names = set(_history_columns(g)) | set(metric_history_names(g.prepared.spec))
+        names -= {"epoch", "lr"}
+        if metric not in names:
+            raise ValueError(f"search metric={metric!r} is not recorded by this sweep; "
+                             f"recorded: {sorted(names)}")
+
+
+def _search_results(run: SearchRun) -> list[dict[str, Any]]:
+    """The members as the results of chunks (one per group), their histories padded to
+    every evaluation (NaN where a member did not run)."""
+    results = []
+    K, n_evals = evals_of(run.groups[0].prepared.spec)
+    for gi, g in enumerate(run.groups):
+        spec = g.prepared.spec
+        rows = [r for r in range(len(g.rows)) if run.members[(gi, r)].out is not None]
+        if not rows:
+            continue
+        ms = [run.members[(gi, r)] for r in rows]
+        hist = {}
+        for k in ms[0].hist[0]:
+            n = spec.epochs if k == "step_loss" else n_evals
+            parts = [np.concatenate([h[k] for h in m.hist]) for m in ms]
+            full = np.full((len(ms), n) + parts[0].shape[1:], np.nan, parts[0].dtype)
+            for i, part in enumerate(parts):
+                full[i, :len(part)] = part[:n]
+            hist[k] = full
+        out = {k: jax.tree.map(lambda *xs: np.stack(xs), *[m.out[k] for m in ms])
+               if ms[0].out[k] is not None else None for k in ms[0].out}
+        out["reason"] = np.where([m.pruned for m in ms], PRUNED, out["reason"])
+        dt = out["init_loss"].dtype
+        out["history"] = unpack_history(spec, _history_columns(g), hist, dt)
+        out["config"] = np.asarray([g.rows[r].config for r in rows], np.int64)
+        results.append(out)
+    return results
+
+
+def _run_members(run: SearchRun, keys: Iterable[tuple[int, int]], start: int, end: int,
+                 desc: str) -> None:
+    """Run the given members that are still active from ``start`` to ``end``."""
+    by_group: dict[int, list[int]] = {}
+    for gi, r in keys:
+        if run.members[(gi, r)].active:
+            by_group.setdefault(gi, []).append(r)
+    for gi, rows in sorted(by_group.items()):
+        _advance(run, gi, sorted(rows), start, end, desc)
+
+
+def _run_halving(run: SearchRun, h: search_mod.Halving, cfgs, metric: str) -> None:
+    """Successive halving / Hyperband over the members (see :mod:`jaxgd.search`)."""
+    K, _ = evals_of(run.groups[0].prepared.spec)
+    units: dict[Any, list[tuple[int, int]]] = {}
+    for (gi, r) in run.members:
+        c = cfgs[run.groups[gi].rows[r].config]
+        key = (tuple(sorted((k, _stable_repr(v)) for k, v in c.items()
+                            if k not in h.average)) if h.average
+               else run.groups[gi].rows[r].config)
+        units.setdefault(key, []).append((gi, r))
+    order = sorted(units, key=lambda u: min(run.groups[gi].rows[r].config
+                                            for gi, r in units[u]))
+    brs = search_mod.brackets(h, order, run.epochs, K)
+    for b, br in enumerate(brs):
+        live, start = list(br.units), 0
+        for i, (end, keep) in enumerate(br.rungs):
+            desc = f"bracket {b + 1}/{len(brs)} rung {i + 1}/{len(br.rungs)}"
+            _run_members(run, [k for u in live for k in units[u]], start, end, desc)
+            if i == len(br.rungs) - 1:
+                break
+            values = {}
+            for u in live:
+                vals = [_member_value(run, gi, run.members[(gi, r)], metric, h.mode)
+                        for gi, r in units[u]]
+                values[u] = float(np.mean(vals))
+            kept = set(search_mod.ranked(values, h.mode)[:keep])
+            for u in live:
+                for k in units[u] if u not in kept else ():
+                    m = run.members[k]
+                    if m.active:
+                        m.pruned = True
+                        m.state = m.state._replace(active=np.zeros_like(m.state.active))
+            live, start = [u for u in live if u in kept], end
+
+
+def _run_pbt(run: SearchRun, p: search_mod.PBT, cfgs, priors, metric: str):
+    """Population-based training over the members; returns the lineage rows."""
+    if len(run.groups) != 1:
+        raise ValueError("search=PBT(...) needs every configuration in one compiled group "
+                         "(the same optimizer, batch size, accumulate, schedule and shapes): "
+                         f"this sweep has {len(run.groups)} groups")
+    g = run.groups[0]
+    names = _explored(p, g, cfgs)
+    K, n_evals = evals_of(g.prepared.spec)
+    if int(len(g.rows) * p.quantile) < 1:
+        raise ValueError(f"search quantile={p.quantile} of a population of {len(g.rows)} "
+                         "replaces no member: need population * quantile >= 1")
+    rng = np.random.default_rng(p.seed)
+    lineage = [{"config": row.config, "epoch": 0, "parent": row.config,
+                **{k: float(g.numeric[r][k]) for k in names}} for r, row in enumerate(g.rows)]
+    ends = list(range(p.interval // K, n_evals, p.interval // K)) + [n_evals]
+    start = 0
+    for i, end in enumerate(ends):
+        _run_members(run, run.members, start, end, f"interval {i + 1}/{len(ends)}")
+        if end == n_evals:
+            break
+        values = {r: _member_value(run, 0, run.members[(0, r)], metric, p.mode)
+                  for r in range(len(g.rows))}
+        for ex in search_mod.exploit(values, p, rng):
+            child, parent = run.members[(0, ex.member)], run.members[(0, ex.parent)]
+            child.state = jax.tree.map(np.copy, parent.state)
+            new = search_mod.explore({k: parent.numeric[k] for k in names}, names, priors, p,
+                                     rng)
+            for k, v in new.items():
+                try:
+                    _check_axis_value(k, v)
+                except (ValueError, TypeError):
+                    new[k] = parent.numeric[k]  # outside the hyper-parameter's range
+            child.numeric = {**child.numeric, **new}
+            lineage.append({"config": g.rows[ex.member].config, "epoch": end * K,
+                            "parent": g.rows[ex.parent].config,
+                            **{k: float(v) for k, v in new.items()}})
+        start = end
+    return lineage
+
+
+def _explored(p: search_mod.PBT, g: Group, cfgs) -> list[str]:
+    traced = set(g.prepared.spec.numeric_names)
+    swept = [k for k in dict.fromkeys(k for c in cfgs for k in c)
+             if k in traced and k not in STREAM_AXES]
+    names = list(p.explore) if p.explore is not None else swept
+    bad = [k for k in names if k not in traced]
+    if bad:
+        raise ValueError(f"search explore={list(names)!r}: {bad[0]!r} is not a traced "
+                         f"hyper-parameter of this sweep (traced: {sorted(traced)})")
+    if not names:
+        raise ValueError("search=PBT(...) has no hyper-parameter to explore: put a numeric "
+                         "hyper-parameter (e.g. learning_rate) on grid or random")
+    return names
+
+
+def _priors(grid, random) -> dict[str, Any]:
+    """Each axis's prior for PBT's resampling: its grid values or random distribution."""
+    out: dict[str, Any] = {k: list(v) for k, v in (grid or {}).items()
+                           if isinstance(v, list | tuple)}
+    for k, v in (random or {}).items():
+        if k not in ("n", "random_seed"):
+            out[k] = v
+    return out
+
+
+def _run_search(search, groups, cfgs, grid, random, data, val_data, fold_split, chunk_size,
+                memory_budget, epochs, mesh):
+    """Run an adaptive search; returns (chunk-like results, PBT lineage or None)."""
+    if mesh is None:
+        mesh = default_mesh()
+    ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+    spec0 = groups[0].prepared.spec
+    metric = search.metric or search_mod.default_metric(spec0.has_val)
+    _check_search_metric(groups, metric)
+    members = {(gi, r): Member(dict(g.numeric[r]))
+               for gi, g in enumerate(groups) for r in range(len(g.rows))}
+    run = SearchRun(groups, data, val_data, fold_split, chunk_size, memory_budget, epochs,
+                    mesh, ndev, members)
+    lineage = None
+    if isinstance(search, search_mod.PBT):
+        lineage = _run_pbt(run, search, cfgs, _priors(grid, random), metric)
+    else:
+        _run_halving(run, search, cfgs, metric)
+    return _search_results(run), lineage

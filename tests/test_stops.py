@@ -75,7 +75,7 @@ CASES = {
 
 def test_reasons_and_codes_are_derived_from_the_table():
     assert jaxgd.STOP_REASONS == ("running", "max_epochs", "grad_tol", "loss_target",
-                                  "patience", "diverged")
+                                  "patience", "diverged", "pruned")
     codes = [s.code for s in stops.STOPS]
     assert sorted(codes) == list(range(1, len(stops.STOPS) + 1))
     for s in stops.STOPS:
