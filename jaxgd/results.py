@@ -541,8 +541,10 @@ def load(path, like=None, state_like=None):
         if a in table:
             table[a] = pd.Series(col, index=table.index, dtype=object if any(
                 isinstance(v, str) for v in col) else None)
-    return SweepResult(configs, table, r["history"], None, r["folds"],
-                       fingerprint=r["fingerprint"],
-                       param_groups=[ParamGroup(rows, params)
-                                     for rows, params in r["param_groups"]],
-                       state=r["state"])
+    res = SweepResult(configs, table, r["history"], None, r["folds"],
+                      fingerprint=r["fingerprint"],
+                      param_groups=[ParamGroup(rows, params)
+                                    for rows, params in r["param_groups"]],
+                      state=r["state"])
+    res.lineage = r["lineage"]
+    return res

@@ -449,7 +449,7 @@ def check_folder(path: Path, arg: str, marker: tuple[str, ...]) -> None:
         return
     if not path.is_dir():
         raise ValueError(f"{arg}={str(path)!r} exists and is not a folder")
-    for name in ("chunks", ".lock", "sweep.json", *FINAL_FILES):
+    for name in ("chunks", ".lock", "sweep.json", *FINAL_FILES, "lineage.csv"):
         if _is_link(path / name):
             raise ValueError(f"{arg}={str(path)!r}: {path / name} is a symbolic link: refused "
                              "(jaxgd never follows links inside a run folder)")
@@ -691,10 +691,18 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         atomic_write_bytes(path / "table.csv", table)
         h_sum = write_npz(path / "history.npz", history, fingerprint, kind="history")
         p_sum = write_npz(path / "params.npz", params, fingerprint, kind="params", **pmeta)
+        files = {"table.csv": hashlib.sha256(table).hexdigest(),
+                 "history.npz": h_sum, "params.npz": p_sum}
+        lineage = getattr(res, "lineage", None)
+        if lineage is not None:  # PBT: the members' hyper-parameters over time
+            raw = lineage.to_csv(index=False).encode()
+            atomic_write_bytes(path / "lineage.csv", raw)
+            files["lineage.csv"] = hashlib.sha256(raw).hexdigest()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path / "lineage.csv")
         meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "folds": res.folds,
-                "configs": res.configs, "n": len(res.table),
-                "files": {"table.csv": hashlib.sha256(table).hexdigest(),
-                          "history.npz": h_sum, "params.npz": p_sum}}
+                "configs": res.configs, "n": len(res.table), "files": files}
         atomic_write_bytes(path / "result.json", _sealed_json(meta, default=json_default))
     finally:
         store.close()
@@ -753,6 +761,13 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
             table = pd.read_csv(io.BytesIO(raw))
         except Exception as e:  # noqa: BLE001
             raise IntegrityError(f"{p / 'table.csv'} is damaged ({e})") from None
+        lineage = None
+        if "lineage.csv" in files:
+            raw = read_bytes(p / "lineage.csv")
+            if hashlib.sha256(raw).hexdigest() != files["lineage.csv"]:
+                raise IntegrityError(f"{p / 'lineage.csv'} does not match result.json "
+                                     "(checksum)")
+            lineage = pd.read_csv(io.BytesIO(raw))
     except IntegrityError as e:
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     need = ("config", "init_loss", "final_loss", "best_loss", "best_epoch", "epochs_run",
@@ -777,4 +792,5 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
     except IntegrityError as e:
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     return {"configs": configs, "table": table, "history": history, "param_groups": groups,
-            "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint}
+            "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint,
+            "lineage": lineage}

@@ -1,0 +1,246 @@
+"""Adaptive search (jaxgd.search): successive halving / Hyperband and PBT.
+
+References are independent NumPy loops: full-batch gradient descent (with momentum) of a
+linear least-squares model, replaying the search's decisions (rankings by the NumPy
+validation loss; PBT's copies and hyper-parameter changes from the recorded lineage).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxgd
+from jaxgd import search
+
+RNG = np.random.default_rng(3)
+X = RNG.normal(size=(64, 3)).astype(np.float32)
+W = np.array([1.5, -2.0, 0.5], np.float32)
+Y = (X @ W + 0.3 * RNG.normal(size=64)).astype(np.float32)
+XV = RNG.normal(size=(32, 3)).astype(np.float32)
+YV = (XV @ W + 0.3 * RNG.normal(size=32)).astype(np.float32)
+P0 = {"w": jnp.zeros(3, jnp.float32)}
+
+
+def mse(p, b):
+    return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+
+
+def np_gd(w, v, lr, mom, epochs):
+    """Full-batch heavy-ball GD (optax.sgd(momentum=...)): returns (w, v, val losses)."""
+    w, v = w.astype(np.float64).copy(), v.astype(np.float64).copy()
+    vals = []
+    for _ in range(epochs):
+        g = 2 * X.T.astype(np.float64) @ (X @ w - Y) / len(Y)
+        v = mom * v + g
+        w = w - lr * v
+        vals.append(np.mean((XV @ w - YV) ** 2))
+    return w, v, vals
+
+
+# lrs far enough apart that float32 and float64 rank them the same
+LRS = [0.002, 0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2]
+
+
+def test_halving_matches_a_numpy_replay():
+    res = jaxgd.sweep(mse, P0, (X, Y), optimizer="momentum", hparams={"momentum": 0.5},
+                      grid={"learning_rate": LRS}, epochs=9, val_data=(XV, YV),
+                      search=search.Halving(eta=3, min_epochs=1))
+    # the reference: rungs end at epochs 1, 3, 9; keep 9 // 3 = 3, then 9 // 9 = 1
+    runs = {i: np_gd(np.zeros(3), np.zeros(3), lr, 0.5, 9) for i, lr in enumerate(LRS)}
+    live = list(range(len(LRS)))
+    reached = {}
+    for end, keep in ((1, 3), (3, 1)):
+        order = sorted(live, key=lambda i: runs[i][2][end - 1])
+        for i in order[keep:]:
+            reached[i] = end
+        live = order[:keep]
+    (winner,) = live
+    t = res.table
+    assert list(t["stop_reason"]) == ["max_epochs" if i == winner else "pruned"
+                                      for i in range(len(LRS))]
+    assert [int(e) for e in t["epochs_run"]] == [reached.get(i, 9) for i in range(len(LRS))]
+    assert int(t["steps_run"].sum()) == 9 + sum(reached.values())
+    np.testing.assert_allclose(res.params_of(winner)["w"], runs[winner][0], rtol=1e-5)
+    for i in range(len(LRS)):  # each row's history is its own run up to where it stopped
+        e = reached.get(i, 9)
+        np.testing.assert_allclose(res.history["val_loss"][i, :e], runs[i][2][:e], rtol=1e-4)
+        assert np.isnan(res.history["val_loss"][i, e:]).all()
+        np.testing.assert_allclose(res.params_of(i)["w"],
+                                   np_gd(np.zeros(3), np.zeros(3), LRS[i], 0.5, e)[0],
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_survivors_continue_from_their_state_adam_minibatch():
+    """Adam, shuffled mini-batches: a survivor's run equals the same configuration in a
+    plain sweep (optimizer state, step count and data order carried across rungs)."""
+    kw = dict(optimizer="adam", grid={"learning_rate": [0.001, 0.01, 0.03, 0.1]},
+              epochs=8, batch_size=16, val_data=(XV, YV), seed=4)
+    full = jaxgd.sweep(mse, P0, (X, Y), **kw)
+    res = jaxgd.sweep(mse, P0, (X, Y), search=search.Halving(eta=2, min_epochs=2), **kw)
+    done = res.table.index[res.table["stop_reason"] == "max_epochs"]
+    assert len(done) == 1
+    i = int(done[0])
+    np.testing.assert_allclose(res.params_of(i)["w"], full.params_of(i)["w"], rtol=2e-6)
+    np.testing.assert_allclose(res.history["loss"][i], full.history["loss"][i], rtol=2e-6)
+    assert res.table["steps_run"][i] == full.table["steps_run"][i] == 8 * 4
+
+
+def test_hyperband_brackets_follow_the_definition():
+    h = search.hyperband(eta=3, min_epochs=1)
+    assert search.max_bracket(h, 27, 1) == 3
+    assert [search.rung_ends(h, s, 27, 1) for s in (3, 2, 1, 0)] == [
+        [1, 3, 9, 27], [3, 9, 27], [9, 27], [27]]
+    # n_s = ceil(4 / (s + 1) * 3**s): 27, 12, 6, 4 (49 in all) for 49 configurations
+    brs = search.brackets(h, list(range(49)), 27, 1)
+    assert [len(b.units) for b in brs] == [27, 12, 6, 4]
+    assert sorted(u for b in brs for u in b.units) == list(range(49))
+    assert [[k for _, k in b.rungs] for b in brs] == [[9, 3, 1, 1], [4, 1, 1], [2, 2], [4]]
+    # eval_every=2: rung ends in evaluations, rounded down to evaluations
+    assert search.rung_ends(search.Halving(eta=3, min_epochs=2), 2, 20, 2) == [1, 3, 10]
+
+
+def test_hyperband_run_spends_less_and_keeps_rows():
+    res = jaxgd.sweep(mse, P0, (X, Y), random={"n": 12, "learning_rate": ("loguniform",
+                                                                          1e-3, 0.3)},
+                      epochs=9, batch_size=16, val_data=(XV, YV),
+                      search=search.hyperband(eta=3))
+    assert len(res.table) == 12
+    reasons = set(res.table["stop_reason"])
+    assert reasons <= {"pruned", "max_epochs"} and "pruned" in reasons
+    assert res.table["steps_run"].sum() < 12 * 9 * 4
+    pruned = res.table[res.table["stop_reason"] == "pruned"]
+    assert (pruned["epochs_run"] < 9).all()
+
+
+def test_average_keeps_or_prunes_a_setting_as_a_whole():
+    res = jaxgd.sweep(mse, P0, (X, Y), grid={"learning_rate": LRS[:6], "seed": [0, 1]},
+                      epochs=6, batch_size=16, val_data=(XV, YV),
+                      search=search.Halving(eta=3, min_epochs=2, average=("seed",)))
+    by_lr = res.table.groupby("learning_rate")["stop_reason"].agg(set)
+    assert all(len(s) == 1 for s in by_lr)  # both seeds share the decision
+    assert sum(s == {"max_epochs"} for s in by_lr) == 2  # 6 settings // 3
+
+
+def test_pbt_matches_a_numpy_replay_of_its_lineage():
+    lrs = [0.002, 0.01, 0.05, 0.12]
+    res = jaxgd.sweep(mse, P0, (X, Y), optimizer="momentum", hparams={"momentum": 0.5},
+                      grid={"learning_rate": lrs}, epochs=8, val_data=(XV, YV),
+                      search=search.PBT(interval=2, quantile=0.25, seed=1))
+    lin = res.lineage
+    assert list(lin.columns) == ["config", "epoch", "parent", "learning_rate"]
+    assert (lin[lin["epoch"] > 0].groupby("epoch").size() == 1).all()  # 4 * 0.25
+    # replay: each member runs its lr; at a step the worst member (NumPy val loss) copies
+    # the best's weights and velocity and continues with the lineage's new lr
+    w = {i: np.zeros(3) for i in range(4)}
+    v = {i: np.zeros(3) for i in range(4)}
+    lr = dict(enumerate(lrs))
+    for e0 in (0, 2, 4, 6):
+        vals = {}
+        for i in range(4):
+            w[i], v[i], hist = np_gd(w[i], v[i], lr[i], 0.5, 2)
+            vals[i] = hist[-1]
+            np.testing.assert_allclose(res.history["val_loss"][i, e0 + 1], hist[-1],
+                                       rtol=1e-4)
+        step = lin[lin["epoch"] == e0 + 2]
+        if e0 == 6:
+            assert step.empty
+            break
+        (row,) = step.itertuples()
+        # the worst copies the best (ties: either member of the tie)
+        assert vals[row.config] >= max(vals.values()) * (1 - 1e-5)
+        assert vals[row.parent] <= min(vals.values()) * (1 + 1e-5)
+        w[row.config], v[row.config] = w[row.parent].copy(), v[row.parent].copy()
+        new = row.learning_rate
+        assert any(math.isclose(new, lr[row.parent] * f, rel_tol=1e-9) for f in (0.8, 1.2)
+                   ) or new in lrs  # perturbed, or resampled from the grid
+        lr[row.config] = new
+    for i in range(4):
+        np.testing.assert_allclose(res.params_of(i)["w"], w[i], rtol=2e-5)
+
+
+def test_pbt_is_deterministic_and_saved(tmp_path):
+    kw = dict(grid={"learning_rate": [0.001, 0.01, 0.05, 0.1]}, epochs=6, batch_size=16,
+              val_data=(XV, YV), search=search.PBT(interval=2, quantile=0.5, seed=7))
+    a = jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
+    b = jaxgd.sweep(mse, P0, (X, Y), **kw)
+    assert a.lineage.equals(b.lineage)
+    np.testing.assert_array_equal(a.params["w"], b.params["w"])
+    loaded = jaxgd.load(tmp_path / "run")
+    np.testing.assert_allclose(loaded.lineage.to_numpy(float), a.lineage.to_numpy(float))
+    (tmp_path / "run" / "lineage.csv").write_text("config,epoch\n0,0\n")
+    with pytest.raises(ValueError, match="lineage.csv does not match"):
+        jaxgd.load(tmp_path / "run")
+
+
+def test_search_from_a_toml_file(tmp_path):
+    from jaxgd.config import ConfigError, load_config
+
+    text = """
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+val_fraction = 0.25
+[model]
+name = "linear"
+[train]
+epochs = 9
+batch_size = 64
+[sweep]
+learning_rate = [0.003, 0.01, 0.03, 0.1, 0.3, 0.6]
+[search]
+method = "halving"
+eta = 3
+min_epochs = 1
+"""
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    exp = load_config(f)
+    res = exp.run()
+    ref = jaxgd.sweep(exp.loss, exp.params, exp.data,
+                      **{**exp.sweep_kwargs, "search": search.Halving(eta=3, min_epochs=1)})
+    assert list(res.table["stop_reason"]) == list(ref.table["stop_reason"])
+    assert list(res.table["stop_reason"]).count("max_epochs") == 1  # 6 // 3 // 3 -> 1
+    f.write_text(text.replace("eta = 3", "eta = 1"))
+    with pytest.raises(ConfigError, match=r"s.toml:16: search eta=1 must be an integer >= 2"):
+        load_config(f)
+    f.write_text(text.replace("eta = 3", "rungs = 3"))
+    with pytest.raises(ConfigError, match="unknown key 'rungs'"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(search=search.Halving(eta=1)), "eta=1 must be an integer >= 2"),
+    (dict(search=search.Halving(min_epochs=4)), "leaves no second rung"),
+    (dict(search=search.Halving(brackets=5)), "brackets=5 is more than the 3"),
+    (dict(search=search.Halving(metric="val_accuracy")), "metric='val_accuracy' is not "
+                                                         "recorded"),
+    (dict(search=search.Halving(average=("seed",))), "'seed' is not a swept axis"),
+    (dict(search=search.PBT(interval=3, quantile=0.1)), "replaces no member"),
+    (dict(search=search.PBT(interval=3, explore=("momentum",))), "'momentum' is not a traced"),
+    (dict(search=search.PBT(interval=9)), "interval=9 must be less than epochs=9"),
+    (dict(search=search.PBT(interval=2), eval_every=3), "multiple of eval_every=3"),
+    (dict(search={"method": "asha"}), "method='asha' must be one of"),
+    (dict(search="halving"), "must be jaxgd.search.Halving"),
+])
+def test_bad_searches_are_refused_before_compiling(kw, match, monkeypatch):
+    from jaxgd import program
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled")
+
+    monkeypatch.setattr(program, "compiled_program", no_compile)
+    with pytest.raises((ValueError, TypeError), match=match):
+        jaxgd.sweep(mse, P0, (X, Y), grid={"learning_rate": [0.01, 0.02, 0.03, 0.04]},
+                    epochs=9, val_data=(XV, YV), **kw)
+
+
+def test_pbt_needs_one_group():
+    with pytest.raises(ValueError, match="one compiled group"):
+        jaxgd.sweep(mse, P0, (X, Y), grid={"learning_rate": [0.01, 0.02],
+                                           "batch_size": [8, 16]},
+                    epochs=4, search=search.PBT(interval=2, quantile=0.5))
