@@ -55,6 +55,16 @@ def run_sweep(out=None, epochs=4, chunk_size=None, batch_sizes=(None, 5), lrs=LR
                        chunk_size=chunk_size, out=out, **kw)
 
 
+def search_of(name):
+    """The worker's adaptive searches: halving ranks across both batch-size groups; PBT
+    runs one group (give --batch-size 5)."""
+    from jaxgd import search
+
+    if name == "halving":
+        return search.Halving(eta=2, min_epochs=1)
+    return search.PBT(interval=1, quantile=0.25, seed=3)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -71,6 +81,8 @@ def main(argv=None):
                     help="progress bars: asked for by every process, or by process 0 only")
     ap.add_argument("--block-rows", type=int, default=None,
                     help="history blocks of this many evaluations (several program calls)")
+    ap.add_argument("--search", choices=("halving", "pbt"), default=None,
+                    help="an adaptive search (search_of)")
     a = ap.parse_args(argv)
 
     import jax
@@ -113,8 +125,9 @@ def main(argv=None):
     bs = [None if b == "full" else int(b) for b in a.batch_size.split(",")]
     lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
     progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)
+    extra = {"search": search_of(a.search)} if a.search else {}
     sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
-                   lrs=lrs, progress=progress)
+                   lrs=lrs, progress=progress, **extra)
     mesh = sweep_mod.default_mesh()
     if a.report and jax.process_index() == 0:
         info = {
@@ -126,6 +139,7 @@ def main(argv=None):
             "table": json.loads(sw.table.to_json(orient="records")),
             "loss": sw.history["loss"].tolist(),
             "params_w": sw.params["w"].tolist(),
+            "lineage": None if sw.lineage is None else sw.lineage.to_numpy(float).tolist(),
         }
         with open(a.report + ".tmp", "w") as f:
             json.dump(info, f)

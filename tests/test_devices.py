@@ -110,3 +110,25 @@ def test_four_forced_devices_equal_one(tmp_path):
     ticks = progress_ticks(log)
     assert ticks == expected_ticks(ref.table, "batch_size", 4)
     assert ticks[0][0] == (1, 9)
+
+
+def test_search_on_four_forced_devices_equals_one(tmp_path):
+    """Successive halving across two groups on a 4-device mesh: the same rankings, pruned
+    rows, histories and parameters as on one device (survivors' states gathered from the
+    sharded program and put back, compacted, on the mesh)."""
+    report = tmp_path / "report.json"
+    run_worker(["--report", str(report), "--search", "halving"],
+               env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    info = json.loads(report.read_text())
+    assert info["device_count"] == 4
+    assert {s["devices"] for s in info["shardings"]} == {4}
+    w = load_worker()
+    ref = w.run_sweep(search=w.search_of("halving"))
+    got = pd.DataFrame(info["table"])
+    assert list(got["stop_reason"]) == list(ref.table["stop_reason"])
+    assert (ref.table["stop_reason"] == "pruned").sum() == 18 - 18 // 4
+    compare_tables(got, ref.table)
+    np.testing.assert_allclose(np.asarray(info["loss"], float), ref.history["loss"],
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-4,
+                               atol=1e-6)

@@ -132,3 +132,26 @@ def test_cli_two_processes_equal_one(tmp_path):
     ticks = progress_ticks(logs[0])
     assert ticks == expected_ticks(b, "batch_size", 3)
     assert (1, 4) in [t[0] for t in ticks]
+
+
+@pytest.mark.slow
+def test_pbt_on_two_processes_equals_one(tmp_path):
+    """PBT over 2 processes x 2 devices: every process takes the same exploit/explore
+    decisions from the gathered history; lineage, table and parameters equal one
+    process's."""
+    port = free_port()
+    report = tmp_path / "report.json"
+    run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
+                        "--num-processes", "2", "--port", str(port), "--devices", "2",
+                        "--report", str(report), "--batch-size", "5", "--search", "pbt"],
+             tmp_path, "pbt")
+    info = json.loads(report.read_text())
+    assert info["process_count"] == 2
+    w = load_worker()
+    ref = w.run_sweep(batch_sizes=(5,), search=w.search_of("pbt"))
+    np.testing.assert_allclose(np.asarray(info["lineage"]), ref.lineage.to_numpy(float),
+                               rtol=1e-12)
+    assert len(ref.lineage) > 9  # exploit steps happened
+    compare_tables(pd.DataFrame(info["table"]), ref.table)
+    np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-4,
+                               atol=1e-6)
