@@ -46,7 +46,8 @@ def plot_sweep(sw: Any, out: str | Path | None = None, show: bool = False) -> li
         raise ValueError("plot needs out=folder (to write PNGs) or show=True")
     figs = []
     for name, fn in (("loss_curves", _loss_curves), ("final_loss_vs_lr", _final_vs_lr),
-                     ("heatmap_lr_batch_size", _heatmap), ("cv_learning_rate", _cv)):
+                     ("heatmap_lr_batch_size", _heatmap), ("cv_learning_rate", _cv),
+                     ("search_rungs", _search_rungs), ("pbt_lineage", _pbt_lineage)):
         fig = fn(sw, show)
         if fig is not None:
             figs.append((name, fig))
@@ -79,6 +80,63 @@ def plot_sweep(sw: Any, out: str | Path | None = None, show: bool = False) -> li
         for _, fig in figs:
             fig.clear()
     return paths
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def _search_rungs(sw, show: bool):
+    """Successive halving / Hyperband: each configuration's monitored loss until it was
+    pruned (thin) or finished (thick), the rungs as dashed lines."""
+    t = sw.table
+    if "pruned" not in set(t["stop_reason"]):
+        return None
+    metric = "val_loss" if "val_loss" in sw.history else "loss"
+    fig = _figure(show, figsize=(7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ep = np.asarray(sw.history["epoch"], float) + 1
+    ran = t["epochs_run"].to_numpy()
+    for i in range(len(t)):
+        done = t["stop_reason"].iloc[i] != "pruned"
+        ax.plot(ep[i], sw.history[metric][i], lw=2.0 if done else 0.7,
+                color="C3" if done else "0.55", alpha=1.0 if done else 0.6)
+    for e in sorted(set(ran[t["stop_reason"] == "pruned"])):
+        ax.axvline(e, ls="--", lw=0.8, color="C0")
+    _positive_log(ax, np.asarray(sw.history[metric], float))
+    steps = int(t["steps_run"].sum())
+    kept = int((t["stop_reason"] != "pruned").sum())
+    ax.set_title(f"adaptive search: {len(t)} configurations, {kept} not pruned; "
+                 f"{steps} optimizer steps", fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    return fig
+
+
+def _pbt_lineage(sw, show: bool):
+    """PBT: each member's explored hyper-parameters over the epochs (dots: the member
+    copied another's state there)."""
+    lin = getattr(sw, "lineage", None)
+    if lin is None or lin.empty:
+        return None
+    names = [c for c in lin.columns if c not in ("config", "epoch", "parent")]
+    end = int(sw.table["epochs_run"].max())
+    fig = _figure(show, figsize=(7, 3.2 * len(names)))
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(len(names), 1, k + 1)
+        for j, (member, rows) in enumerate(lin.groupby("config", sort=True)):
+            rows = rows.sort_values("epoch", kind="stable")
+            x = np.append(rows["epoch"].to_numpy(float), end)
+            y = np.append(rows[name].to_numpy(float), rows[name].to_numpy(float)[-1])
+            ax.step(x, y, where="post", lw=1.2, color=f"C{j % 10}", label=f"{member}")
+            moved = rows[rows["epoch"] > 0]
+            ax.plot(moved["epoch"], moved[name], "o", ms=3, color=f"C{j % 10}")
+        _positive_log(ax, lin[name].to_numpy(float))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        if k == 0:
+            ax.set_title(f"PBT: {lin['config'].nunique()} members' hyper-parameters",
+                         fontsize=10)
+    return fig
 
 
 # ----------------------------------------------------------------------------- helpers

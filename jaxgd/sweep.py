@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -867,6 +868,26 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
     return ChunkInputs(grid_rows, valid, tc, keys, tidx, vidx)
 
 
+_COMPILE_SECONDS = [0.0]  # JAX's compile time in this process so far (the listener adds)
+_SPEC_COMPILE: dict[Any, float] = {}  # per program spec: the longest compile seen (seconds)
+
+
+def _count_compiles(event: str, secs: float, **_: Any) -> None:
+    if event.startswith("/jax/core/compile/"):
+        _COMPILE_SECONDS[0] += secs
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+def _note_compile(spec, c0: float) -> float:
+    """The compile seconds since ``c0``, remembered for ``spec`` (an adaptive search
+    weighs a new width's compile against the compute it saves)."""
+    secs = _COMPILE_SECONDS[0] - c0
+    _SPEC_COMPILE[spec] = max(secs, _SPEC_COMPILE.get(spec, 0.0))
+    return secs
+
+
 def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[str, Any]:
     """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
     configuration, with their indices under ``"config"``."""
@@ -880,7 +901,9 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
     if mesh is not None:
         args = _shard_args(mesh, args)
         put_scalar = functools.partial(_replicated, mesh)
+    c0 = _COMPILE_SECONDS[0]
     out = run_program(prog, spec, columns, args, to_host=_to_host, put_scalar=put_scalar)
+    _note_compile(spec, c0)
     idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
            if ch.valid[s, c]]
     sel = np.nonzero(ch.valid.reshape(-1))[0]
@@ -968,6 +991,10 @@ class SearchRun(NamedTuple):
     mesh: Any
     ndev: int
     members: dict[tuple[int, int], Member]  # (group, row) -> member
+    compact: bool | str  # survivors in narrower programs: True, False or "auto"
+    widths: dict[int, int]  # per group: the width of its last call
+    costs: dict[int, tuple[float, float]]  # per group: (compile s, s per lane-evaluation)
+    compiled: set[tuple[int, int]]  # (group, width) pairs compiled in this search
 
 
 def _pow2(n: int) -> int:
@@ -983,9 +1010,10 @@ def _advance(run: SearchRun, gi: int, rows: list[int], start: int, end: int,
     sub = Group(g.prepared, [g.rows[r] for r in rows],
                 [run.members[(gi, r)].numeric for r in rows],
                 [g.key_bits[r] for r in rows] if g.key_bits else [])
-    (p0,) = _plan_chunks([sub], run.chunk_size, run.memory_budget, run.epochs, 1)
+    (p0,) = _plan_chunks([sub], run.chunk_size, run.memory_budget, run.epochs, run.ndev)
     C = max(len(v) for v in p0.per_stream)
-    width = -(-_pow2(min(p0.width, C)) // run.ndev) * run.ndev
+    width = run.widths[gi] = _search_width(run, gi, p0, end - start)
+    S = len(p0.streams)
     put_scalar = lambda v: v  # noqa: E731
     if run.mesh is not None:
         put_scalar = functools.partial(_replicated, run.mesh)
@@ -1001,11 +1029,18 @@ def _advance(run: SearchRun, gi: int, rows: list[int], start: int, end: int,
             st = prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
         else:
             st = _member_states(run, gi, rows, ch, keys, tc)
+        t0, c0 = time.perf_counter(), _COMPILE_SECONDS[0]
         with epoch_progress(spec, desc=desc):
             st, out, hist = run_blocks(prog, spec, st, start, end,
                                        (data, val, tc, keys, tidx, vidx),
                                        to_host=_to_host, put_scalar=put_scalar, pad=True)
         st = jax.tree.map(_to_host, state_axes(st, keys, tc))
+        comp = _note_compile(spec, c0)
+        ran = max(1, int(np.max(out.evals_run)) - start) if start else max(
+            1, int(np.max(out.evals_run)))
+        run.costs[gi] = (max(comp, run.costs.get(gi, (0.0, 0.0))[0]),
+                         max(0.0, time.perf_counter() - t0 - comp) / (ran * S * width))
+        run.compiled.add((gi, width))
         for s, c in zip(*np.nonzero(ch.valid), strict=True):
             m = run.members[(gi, rows[ch.grid_rows[s, c]])]
             at = lambda a: np.array(a[s, c])  # noqa: E731
@@ -1013,6 +1048,32 @@ def _advance(run: SearchRun, gi: int, rows: list[int], start: int, end: int,
             m.out = {k: jax.tree.map(at, v) for k, v in out._asdict().items()
                      if k != "history"}
             m.hist.append({k: at(v) for k, v in hist.items()})
+
+
+
+
+def _search_width(run: SearchRun, gi: int, p0: ChunkPlan, n_evals: int) -> int:
+    """The width of a group's next call: the first call takes a plain sweep's width;
+    later calls run narrower (a power of two) when ``compact`` is True, or with "auto"
+    when the compute saved exceeds a compile (both measured in this search; a width
+    already compiled is free). Processes agree on the measurements."""
+    if gi not in run.widths:
+        return p0.width
+    cur = run.widths[gi]
+    narrow = min(cur, -(-_pow2(p0.width) // run.ndev) * run.ndev)
+    if narrow >= cur or run.compact is False or (gi, narrow) in run.compiled:
+        return narrow if run.compact is not False else cur
+    if run.compact is True:
+        return narrow
+    comp, per_lane = run.costs[gi]
+    comp = max(comp, _SPEC_COMPILE.get(run.groups[gi].prepared.spec, 0.0))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        comp, per_lane = (float(v) for v in multihost_utils.broadcast_one_to_all(
+            np.asarray([comp, per_lane])))
+    saved = n_evals * len(p0.streams) * (cur - narrow) * per_lane
+    return narrow if saved > comp else cur
 
 
 def _member_states(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, keys, tc):
@@ -1218,7 +1279,7 @@ def _run_search(search, groups, cfgs, grid, random, data, val_data, fold_split, 
     members = {(gi, r): Member(dict(g.numeric[r]))
                for gi, g in enumerate(groups) for r in range(len(g.rows))}
     run = SearchRun(groups, data, val_data, fold_split, chunk_size, memory_budget, epochs,
-                    mesh, ndev, members)
+                    mesh, ndev, members, getattr(search, "compact", True), {}, {}, set())
     lineage = None
     if isinstance(search, search_mod.PBT):
         lineage = _run_pbt(run, search, cfgs, _priors(grid, random), metric)

@@ -74,13 +74,39 @@ def test_halving_matches_a_numpy_replay():
                                    rtol=1e-5, atol=1e-7)
 
 
-def test_survivors_continue_from_their_state_adam_minibatch():
+def _widths(monkeypatch):
+    """The [streams, width] shapes of every program call (block) made."""
+    from jaxgd import program
+
+    shapes = []
+    real = program.compiled_program
+
+    def spy(spec, rows):
+        prog = real(spec, rows)
+
+        def block(st, start, end, data, val, tc, *rest):
+            shapes.append(tuple(np.shape(tc["learning_rate"])))
+            return prog.block(st, start, end, data, val, tc, *rest)
+
+        return prog._replace(block=block)
+
+    monkeypatch.setattr(program, "compiled_program", spy)
+    return shapes
+
+
+@pytest.mark.parametrize("compact, widths", [(True, [(1, 4), (1, 2), (1, 1)]),
+                                             (False, [(1, 4), (1, 4), (1, 4)])])
+def test_survivors_continue_from_their_state_adam_minibatch(compact, widths, monkeypatch):
     """Adam, shuffled mini-batches: a survivor's run equals the same configuration in a
-    plain sweep (optimizer state, step count and data order carried across rungs)."""
+    plain sweep (optimizer state, step count and data order carried across rungs), in
+    compacted (narrower) programs or in the first width with pruned lanes masked."""
     kw = dict(optimizer="adam", grid={"learning_rate": [0.001, 0.01, 0.03, 0.1]},
               epochs=8, batch_size=16, val_data=(XV, YV), seed=4)
     full = jaxgd.sweep(mse, P0, (X, Y), **kw)
-    res = jaxgd.sweep(mse, P0, (X, Y), search=search.Halving(eta=2, min_epochs=2), **kw)
+    shapes = _widths(monkeypatch)
+    res = jaxgd.sweep(mse, P0, (X, Y), **kw,
+                      search=search.Halving(eta=2, min_epochs=2, compact=compact))
+    assert shapes == widths  # rungs end at epochs 2, 4, 8: 4 -> 2 -> 1 survivors
     done = res.table.index[res.table["stop_reason"] == "max_epochs"]
     assert len(done) == 1
     i = int(done[0])
