@@ -10,6 +10,7 @@ from . import datasets as datasets
 from . import losses as losses
 from . import lossform as lossform
 from . import models as models
+from . import search as search
 from .data import batch_plan as batch_plan
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
@@ -41,4 +42,5 @@ __all__ = [
     "losses",
     "models",
     "schedule_value",
+    "search",
 ]

@@ -99,6 +99,7 @@ def _search_rungs(sw, show: bool):
     for i in range(len(t)):
         done = t["stop_reason"].iloc[i] != "pruned"
         ax.plot(ep[i], sw.history[metric][i], lw=2.0 if done else 0.7,
+                marker="" if done else ".", ms=3,  # a run pruned at the first rung: 1 point
                 color="C3" if done else "0.55", alpha=1.0 if done else 0.6)
     for e in sorted(set(ran[t["stop_reason"] == "pruned"])):
         ax.axvline(e, ls="--", lw=0.8, color="C0")
