@@ -270,3 +270,81 @@ def test_pbt_needs_one_group():
         jaxgd.sweep(mse, P0, (X, Y), grid={"learning_rate": [0.01, 0.02],
                                            "batch_size": [8, 16]},
                     epochs=4, search=search.PBT(interval=2, quantile=0.5))
+
+
+def test_auto_compacts_only_when_the_saving_beats_a_compile(monkeypatch):
+    """compact="auto": with a compile measured as very costly the survivors stay in the
+    first width; with compiles free they move to narrower programs."""
+    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    kw = dict(optimizer="adam", grid={"learning_rate": [0.001, 0.01, 0.03, 0.1]},
+              epochs=8, batch_size=16, val_data=(XV, YV), seed=4,
+              search=search.Halving(eta=2, min_epochs=2))
+    shapes = _widths(monkeypatch)
+    monkeypatch.setattr(sweep_mod, "_SPEC_COMPILE", _Always(1e9))
+    jaxgd.sweep(mse, P0, (X, Y), **kw)
+    assert shapes == [(1, 4)] * 3
+    shapes.clear()
+    monkeypatch.setattr(sweep_mod, "_SPEC_COMPILE", _Always(0.0))
+    monkeypatch.setattr(sweep_mod, "_COMPILE_SECONDS", _Frozen())
+    jaxgd.sweep(mse, P0, (X, Y), **kw)
+    assert shapes == [(1, 4), (1, 2), (1, 1)]
+
+
+class _Always(dict):
+    """A compile-time record that reads ``value`` for every program."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def get(self, key, default=None):
+        return self.value
+
+    def __setitem__(self, key, v):
+        pass
+
+
+class _Frozen(list):
+    """A compile-seconds counter that never advances (every compile looks free)."""
+
+    def __init__(self):
+        super().__init__([0.0])
+
+    def __setitem__(self, i, v):
+        pass
+
+
+def test_search_figures_and_cli(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "pbt.toml"
+    cfg.write_text("""
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+val_fraction = 0.25
+[model]
+name = "linear"
+[train]
+epochs = 6
+batch_size = 32
+[sweep]
+learning_rate = [0.001, 0.01, 0.05, 0.1]
+[search]
+method = "pbt"
+interval = 2
+quantile = 0.25
+""")
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out",
+                        str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (out / "pbt_lineage.png").stat().st_size > 1000
+    assert (out / "lineage.csv").exists()
+    res = jaxgd.load(out)
+    assert len(res.lineage) == 4 + 2  # the initial members, one copy at epochs 2 and 4
+    from jaxgd.plots import plot_sweep
+
+    assert "pbt_lineage.png" in " ".join(plot_sweep(res, tmp_path / "figs"))
