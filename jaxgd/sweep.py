@@ -992,9 +992,9 @@ class SearchRun(NamedTuple):
     ndev: int
     members: dict[tuple[int, int], Member]  # (group, row) -> member
     compact: bool | str  # survivors in narrower programs: True, False or "auto"
-    widths: dict[int, int]  # per group: the width of its last call
+    widths: dict[int, int]  # per group: the width of its first call
     costs: dict[int, tuple[float, float]]  # per group: (compile s, s per lane-evaluation)
-    compiled: set[tuple[int, int]]  # (group, width) pairs compiled in this search
+    compiled: set[tuple[int, int, int]]  # (group, streams, width) compiled in this search
 
 
 def _pow2(n: int) -> int:
@@ -1003,67 +1003,73 @@ def _pow2(n: int) -> int:
 
 def _advance(run: SearchRun, gi: int, rows: list[int], start: int, end: int,
              desc: str) -> None:
-    """Evaluations ``start``..``end`` of group ``gi``'s rows ``rows`` from their states,
-    in chunks whose width is a power of two (a width compiles once)."""
+    """Evaluations ``start``..``end`` of group ``gi``'s rows ``rows`` from their states
+    (or their initial state when ``start`` is 0), in chunks of :func:`_search_width`."""
     g = run.groups[gi]
-    spec, params = g.prepared.spec, g.prepared.params
     sub = Group(g.prepared, [g.rows[r] for r in rows],
                 [run.members[(gi, r)].numeric for r in rows],
                 [g.key_bits[r] for r in rows] if g.key_bits else [])
-    (p0,) = _plan_chunks([sub], run.chunk_size, run.memory_budget, run.epochs, run.ndev)
-    C = max(len(v) for v in p0.per_stream)
-    width = run.widths[gi] = _search_width(run, gi, p0, end - start)
-    S = len(p0.streams)
+    for p in _plan_chunks([sub], run.chunk_size, run.memory_budget, run.epochs, run.ndev):
+        C = max(len(v) for v in p.per_stream)
+        width = _search_width(run, gi, p, end - start)
+        for ci in range(-(-C // width)):
+            ch = chunk_inputs(sub, p.streams, p.per_stream, ci, width, run.fold_split)
+            _advance_chunk(run, gi, rows, ch, start, end, desc)
+
+
+def _advance_chunk(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, start: int,
+                   end: int, desc: str) -> None:
+    """One program call of a search: the members of ``ch`` from ``start`` to ``end``;
+    their states, outputs and history kept on the host, the speed measured."""
+    g = run.groups[gi]
+    spec, params = g.prepared.spec, g.prepared.params
+    S, width = ch.grid_rows.shape
+    prog, _ = program_for(spec, params, ch.tc, S * width)
+    args = (None if spec.init_fn is not None else params, run.data, g.prepared.val_data,
+            ch.tc, ch.keys, ch.tidx, ch.vidx, g.prepared.state)
     put_scalar = lambda v: v  # noqa: E731
     if run.mesh is not None:
+        args = _shard_args(run.mesh, args)
         put_scalar = functools.partial(_replicated, run.mesh)
-    for ci in range(-(-C // width)):
-        ch = chunk_inputs(sub, p0.streams, p0.per_stream, ci, width, run.fold_split)
-        prog, _ = program_for(spec, params, ch.tc, len(p0.streams) * width)
-        args = (None if spec.init_fn is not None else params, run.data, g.prepared.val_data,
-                ch.tc, ch.keys, ch.tidx, ch.vidx, g.prepared.state)
-        if run.mesh is not None:
-            args = _shard_args(run.mesh, args)
-        params0, data, val, tc, keys, tidx, vidx, state0 = args
-        if start == 0:
-            st = prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
-        else:
-            st = _member_states(run, gi, rows, ch, keys, tc)
-        t0, c0 = time.perf_counter(), _COMPILE_SECONDS[0]
-        with epoch_progress(spec, desc=desc):
-            st, out, hist = run_blocks(prog, spec, st, start, end,
-                                       (data, val, tc, keys, tidx, vidx),
-                                       to_host=_to_host, put_scalar=put_scalar, pad=True)
-        st = jax.tree.map(_to_host, state_axes(st, keys, tc))
-        comp = _note_compile(spec, c0)
-        ran = max(1, int(np.max(out.evals_run)) - start) if start else max(
-            1, int(np.max(out.evals_run)))
-        run.costs[gi] = (max(comp, run.costs.get(gi, (0.0, 0.0))[0]),
-                         max(0.0, time.perf_counter() - t0 - comp) / (ran * S * width))
-        run.compiled.add((gi, width))
-        for s, c in zip(*np.nonzero(ch.valid), strict=True):
-            m = run.members[(gi, rows[ch.grid_rows[s, c]])]
-            at = lambda a: np.array(a[s, c])  # noqa: E731
-            m.state = jax.tree.map(at, st)
-            m.out = {k: jax.tree.map(at, v) for k, v in out._asdict().items()
-                     if k != "history"}
-            m.hist.append({k: at(v) for k, v in hist.items()})
+    params0, data, val, tc, keys, tidx, vidx, state0 = args
+    if start == 0:
+        st = prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
+    else:
+        st = _member_states(run, gi, rows, ch, keys, tc)
+    t0, c0 = time.perf_counter(), _COMPILE_SECONDS[0]
+    with epoch_progress(spec, desc=desc):
+        st, out, hist = run_blocks(prog, spec, st, start, end,
+                                   (data, val, tc, keys, tidx, vidx),
+                                   to_host=_to_host, put_scalar=put_scalar, pad=True)
+    st = jax.tree.map(_to_host, state_axes(st, keys, tc))
+    comp = _note_compile(spec, c0)
+    ran = max(1, int(np.max(out.evals_run)) - start)
+    run.costs[gi] = (max(comp, run.costs.get(gi, (0.0, 0.0))[0]),
+                     max(0.0, time.perf_counter() - t0 - comp) / (ran * S * width))
+    run.compiled.add((gi, S, width))
+    for s, c in zip(*np.nonzero(ch.valid), strict=True):
+        m = run.members[(gi, rows[ch.grid_rows[s, c]])]
+        at = lambda a: np.array(a[s, c])  # noqa: E731
+        m.state = jax.tree.map(at, st)
+        m.out = {k: jax.tree.map(at, v) for k, v in out._asdict().items() if k != "history"}
+        m.hist.append({k: at(v) for k, v in hist.items()})
 
 
 
 
-def _search_width(run: SearchRun, gi: int, p0: ChunkPlan, n_evals: int) -> int:
-    """The width of a group's next call: the first call takes a plain sweep's width;
-    later calls run narrower (a power of two) when ``compact`` is True, or with "auto"
-    when the compute saved exceeds a compile (both measured in this search; a width
-    already compiled is free). Processes agree on the measurements."""
-    if gi not in run.widths:
-        return p0.width
-    cur = run.widths[gi]
-    narrow = min(cur, -(-_pow2(p0.width) // run.ndev) * run.ndev)
-    if narrow >= cur or run.compact is False or (gi, narrow) in run.compiled:
-        return narrow if run.compact is not False else cur
-    if run.compact is True:
+def _search_width(run: SearchRun, gi: int, p: ChunkPlan, n_evals: int) -> int:
+    """The width of a search's call: the group's first call takes a plain sweep's width
+    (``top``); later calls take ``top`` or, for fewer configurations, a narrower power of
+    two: always with ``compact=True``, never with False, and with "auto" when its compute
+    plus a compile (unless that shape was compiled in this search) costs less than
+    ``top``'s compute, at the speed and compile time measured in this search. Processes
+    agree on the measurements."""
+    S, need = len(p.streams), p.width
+    top = run.widths.setdefault(gi, need)
+    narrow = min(top, -(-_pow2(need) // run.ndev) * run.ndev)
+    if narrow >= top or run.compact is False:
+        return top
+    if run.compact is True or gi not in run.costs:
         return narrow
     comp, per_lane = run.costs[gi]
     comp = max(comp, _SPEC_COMPILE.get(run.groups[gi].prepared.spec, 0.0))
@@ -1072,8 +1078,11 @@ def _search_width(run: SearchRun, gi: int, p0: ChunkPlan, n_evals: int) -> int:
 
         comp, per_lane = (float(v) for v in multihost_utils.broadcast_one_to_all(
             np.asarray([comp, per_lane])))
-    saved = n_evals * len(p0.streams) * (cur - narrow) * per_lane
-    return narrow if saved > comp else cur
+
+    def cost(w):
+        return n_evals * S * w * per_lane + (0.0 if (gi, S, w) in run.compiled else comp)
+
+    return narrow if cost(narrow) < cost(top) else top
 
 
 def _member_states(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, keys, tc):
