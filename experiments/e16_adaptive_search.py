@@ -243,8 +243,11 @@ def run(out: Path, quick: bool) -> dict:
     out = Path(out) / NAME
     rows_d, res_d = part_digits(quick)
     rows_r, res_r = part_regression(quick)
-    rows = rows_d + rows_r + [_optuna_row(quick)]
-    table = pd.DataFrame(rows)
+    opt = _optuna_row(quick)
+    if "best_val_loss" in opt:  # against the digits grid of this run
+        opt["vs grid best"] = opt["best_val_loss"] / rows_d[0]["best_val_loss"]
+        opt["time / grid"] = opt["seconds"] / rows_d[0]["seconds"]
+    table = pd.DataFrame(rows_d + rows_r + [opt])
     save_table(table, out, "halving_vs_grid")
     pbt_table, pbt = part_pbt(quick)
     save_table(pbt_table, out, "pbt_vs_fixed")

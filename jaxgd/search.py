@@ -20,6 +20,10 @@ on the host, at *rung* (halving) or *interval* (PBT) boundaries:
   distribution or the ``grid`` values). Each member's hyper-parameters over time are in
   ``SweepResult.lineage`` (and ``jaxgd.plots.plot_lineage``).
 
+With ``out=`` the sweep saves every boundary (members' states, histories and
+hyper-parameters, PBT's lineage and random state) and the same call after an
+interruption continues from the last one.
+
 Rankings use the history row of the boundary's evaluation (the last finite value for a
 configuration that stopped earlier on its own); diverged configurations rank last. The
 random choices come from ``seed`` (NumPy), so a search is deterministic for its seed,

@@ -644,6 +644,22 @@ class RunStore:
                   kind="chunk", tag=tag, tree=spec)
 
 
+    def save_search(self, arrays: dict[str, np.ndarray], **meta: Any) -> None:
+        """An adaptive search's state at a rung / interval boundary (replaced at each)."""
+        if self.writer:
+            write_npz(self.path / "chunks" / "search.npz", arrays, self.fingerprint,
+                      kind="search", **meta)
+
+    def load_search(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The last saved search boundary of this sweep, or None (none, damaged, or
+        another sweep's: the search starts again)."""
+        try:
+            arrays, meta = read_npz(self.path / "chunks" / "search.npz", self.fingerprint)
+        except (IntegrityError, OSError, ValueError):
+            return None
+        return (arrays, meta) if meta.get("kind") == "search" else None
+
+
 # ----------------------------------------------------------------------------- results
 
 

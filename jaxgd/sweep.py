@@ -40,6 +40,7 @@ from .program import (
     PROGRESS_VALID,
     epoch_progress,
     evals_of,
+    finalize,
     float_dtype,
     history_columns,
     layout,
@@ -323,7 +324,7 @@ def sweep(
         else:
             results, lineage = _run_search(search, groups, cfgs, grid, random, data, val_data,
                                            fold_split, chunk_size, memory_budget, epochs,
-                                           mesh)
+                                           mesh, store)
         res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
         if lineage is not None:
             import pandas as pd
@@ -969,7 +970,6 @@ class Member:
 
     numeric: dict[str, Any]  # its traced hyper-parameters (PBT changes them)
     state: Any = None  # the program state, no leading axes (None: not started)
-    out: dict[str, Any] | None = None  # its outputs after the last call
     hist: list[dict[str, np.ndarray]] = field(default_factory=list)  # packed, per call
     pruned: bool = False
 
@@ -995,6 +995,7 @@ class SearchRun(NamedTuple):
     widths: dict[int, int]  # per group: the width of its first call
     costs: dict[int, tuple[float, float]]  # per group: (compile s, s per lane-evaluation)
     compiled: set[tuple[int, int, int]]  # (group, streams, width) compiled in this search
+    store: Any  # the run folder (out=), or None: boundaries are saved there
 
 
 def _pow2(n: int) -> int:
@@ -1051,7 +1052,6 @@ def _advance_chunk(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, st
         m = run.members[(gi, rows[ch.grid_rows[s, c]])]
         at = lambda a: np.array(a[s, c])  # noqa: E731
         m.state = jax.tree.map(at, st)
-        m.out = {k: jax.tree.map(at, v) for k, v in out._asdict().items() if k != "history"}
         m.hist.append({k: at(v) for k, v in hist.items()})
 
 
@@ -1085,6 +1085,58 @@ def _search_width(run: SearchRun, gi: int, p: ChunkPlan, n_evals: int) -> int:
     return narrow if cost(narrow) < cost(top) else top
 
 
+def _checkpoint(run: SearchRun, where: dict[str, Any]) -> None:
+    """Save the members (states, histories, hyper-parameters) at a boundary (out=)."""
+    if run.store is None:
+        return
+    arrays, members = {}, []
+    for (gi, r), m in run.members.items():
+        if m.state is None:
+            continue
+        for i, leaf in enumerate(jax.tree.leaves(m.state)):
+            arrays[f"{gi}/{r}/s{i}"] = np.asarray(leaf)
+        for k in m.hist[0]:
+            arrays[f"{gi}/{r}/h/{k}"] = np.concatenate([h[k] for h in m.hist])
+        members.append([gi, r, {k: np.asarray(v).item() for k, v in m.numeric.items()},
+                        m.pruned])
+    run.store.save_search(arrays, where=where, members=members)
+
+
+def _restore(run: SearchRun) -> dict[str, Any] | None:
+    """The members as saved at the last boundary of this search (out=), and where that
+    was; None to start from the beginning."""
+    got = _agree_cached(run.store.load_search() if run.store is not None else None)
+    if got is None:
+        return None
+    arrays, meta = got
+    treedefs: dict[int, Any] = {}
+    for gi, r, numeric, pruned in meta["members"]:
+        if gi not in treedefs:
+            treedefs[gi] = _state_treedef(run, gi)
+        m = run.members[(gi, r)]
+        m.state = jax.tree.unflatten(treedefs[gi], [arrays[f"{gi}/{r}/s{i}"] for i in
+                                                    range(treedefs[gi].num_leaves)])
+        pre = f"{gi}/{r}/h/"
+        m.hist = [{k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}]
+        m.numeric, m.pruned = {**m.numeric, **numeric}, bool(pruned)
+    return meta["where"]
+
+
+def _state_treedef(run: SearchRun, gi: int):
+    """The structure of one configuration's program state in group ``gi`` (traced, not
+    compiled)."""
+    g = run.groups[gi]
+    row = g.rows[0]
+    ch = chunk_inputs(g, [(row.seed, row.fold if row.fold is not None else -1)], [[0]], 0,
+                      1, run.fold_split)
+    spec = g.prepared.spec
+    prog, _ = program_for(spec, g.prepared.params, ch.tc, 1)
+    shapes = jax.eval_shape(prog.init, None if spec.init_fn is not None else g.prepared.params,
+                            run.data, g.prepared.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx,
+                            g.prepared.state)
+    return jax.tree.structure(shapes)
+
+
 def _member_states(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, keys, tc):
     """The members' states stacked [S, width] (padding: a stopped copy), in the
     program's layout, on the mesh."""
@@ -1107,7 +1159,7 @@ def _member_states(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, ke
 def _member_value(run: SearchRun, gi: int, m: Member, metric: str, mode: str) -> float:
     """The member's ranking value: ``metric`` at its last evaluation with a finite value
     (worst for a diverged member)."""
-    if m.out is not None and int(m.out["reason"]) == DIVERGED:
+    if m.state is not None and int(m.state.reason) == DIVERGED:
         return math.inf if mode == "min" else -math.inf
     series = _member_series(run.groups[gi], m, metric)
     finite = series[np.isfinite(series)]
@@ -1142,7 +1194,7 @@ def _search_results(run: SearchRun) -> list[dict[str, Any]]:
     K, n_evals = evals_of(run.groups[0].prepared.spec)
     for gi, g in enumerate(run.groups):
         spec = g.prepared.spec
-        rows = [r for r in range(len(g.rows)) if run.members[(gi, r)].out is not None]
+        rows = [r for r in range(len(g.rows)) if run.members[(gi, r)].state is not None]
         if not rows:
             continue
         ms = [run.members[(gi, r)] for r in rows]
@@ -1154,8 +1206,10 @@ def _search_results(run: SearchRun) -> list[dict[str, Any]]:
             for i, part in enumerate(parts):
                 full[i, :len(part)] = part[:n]
             hist[k] = full
-        out = {k: jax.tree.map(lambda *xs: np.stack(xs), *[m.out[k] for m in ms])
-               if ms[0].out[k] is not None else None for k in ms[0].out}
+        # the outputs as the program's finalize gives them (selections only: exact)
+        outs = [jax.tree.map(np.asarray, finalize(spec, m.state))._asdict() for m in ms]
+        out = {k: jax.tree.map(lambda *xs: np.stack(xs), *[o[k] for o in outs])
+               if outs[0][k] is not None else None for k in outs[0] if k != "history"}
         out["reason"] = np.where([m.pruned for m in ms], PRUNED, out["reason"])
         dt = out["init_loss"].dtype
         out["history"] = unpack_history(spec, _history_columns(g), hist, dt)
@@ -1175,8 +1229,10 @@ def _run_members(run: SearchRun, keys: Iterable[tuple[int, int]], start: int, en
         _advance(run, gi, sorted(rows), start, end, desc)
 
 
-def _run_halving(run: SearchRun, h: search_mod.Halving, cfgs, metric: str) -> None:
-    """Successive halving / Hyperband over the members (see :mod:`jaxgd.search`)."""
+def _run_halving(run: SearchRun, h: search_mod.Halving, cfgs, metric: str,
+                 resume: dict[str, Any] | None = None) -> None:
+    """Successive halving / Hyperband over the members (see :mod:`jaxgd.search`),
+    continuing after the boundary ``resume`` (a saved one) if given."""
     K, _ = evals_of(run.groups[0].prepared.spec)
     units: dict[Any, list[tuple[int, int]]] = {}
     for (gi, r) in run.members:
@@ -1187,31 +1243,51 @@ def _run_halving(run: SearchRun, h: search_mod.Halving, cfgs, metric: str) -> No
         units.setdefault(key, []).append((gi, r))
     order = sorted(units, key=lambda u: min(run.groups[gi].rows[r].config
                                             for gi, r in units[u]))
+    index = {u: j for j, u in enumerate(order)}
+    at = resume or {"bracket": -1, "rung": -1, "live": []}
     brs = search_mod.brackets(h, order, run.epochs, K)
     for b, br in enumerate(brs):
-        live, start = list(br.units), 0
+        if b < at["bracket"]:
+            continue
+        live, start, first = list(br.units), 0, 0
+        if b == at["bracket"]:
+            live, first = [order[j] for j in at["live"]], at["rung"] + 1
+            start = br.rungs[at["rung"]][0]
         for i, (end, keep) in enumerate(br.rungs):
+            if i < first:
+                continue
             desc = f"bracket {b + 1}/{len(brs)} rung {i + 1}/{len(br.rungs)}"
             _run_members(run, [k for u in live for k in units[u]], start, end, desc)
-            if i == len(br.rungs) - 1:
-                break
-            values = {}
-            for u in live:
-                vals = [_member_value(run, gi, run.members[(gi, r)], metric, h.mode)
-                        for gi, r in units[u]]
-                values[u] = float(np.mean(vals))
-            kept = set(search_mod.ranked(values, h.mode)[:keep])
-            for u in live:
-                for k in units[u] if u not in kept else ():
-                    m = run.members[k]
-                    if m.active:
-                        m.pruned = True
-                        m.state = m.state._replace(active=np.zeros_like(m.state.active))
-            live, start = [u for u in live if u in kept], end
+            if i < len(br.rungs) - 1:
+                live = _prune(run, live, units, keep, metric, h.mode)
+                start = end
+            else:
+                live = []
+            _checkpoint(run, {"bracket": b, "rung": i, "live": [index[u] for u in live]})
 
 
-def _run_pbt(run: SearchRun, p: search_mod.PBT, cfgs, priors, metric: str):
-    """Population-based training over the members; returns the lineage rows."""
+def _prune(run: SearchRun, live: list[Any], units, keep: int, metric: str, mode: str):
+    """The ``keep`` best units of ``live`` (by their members' mean ``metric``); the other
+    units' active members are pruned."""
+    values = {}
+    for u in live:
+        vals = [_member_value(run, gi, run.members[(gi, r)], metric, mode)
+                for gi, r in units[u]]
+        values[u] = float(np.mean(vals))
+    kept = set(search_mod.ranked(values, mode)[:keep])
+    for u in live:
+        for k in units[u] if u not in kept else ():
+            m = run.members[k]
+            if m.active:
+                m.pruned = True
+                m.state = m.state._replace(active=np.zeros_like(m.state.active))
+    return [u for u in live if u in kept]
+
+
+def _run_pbt(run: SearchRun, p: search_mod.PBT, cfgs, priors, metric: str,
+             resume: dict[str, Any] | None = None):
+    """Population-based training over the members, continuing after the boundary
+    ``resume`` (a saved one) if given; returns the lineage rows."""
     if len(run.groups) != 1:
         raise ValueError("search=PBT(...) needs every configuration in one compiled group "
                          "(the same optimizer, batch size, accumulate, schedule and shapes): "
@@ -1226,8 +1302,14 @@ def _run_pbt(run: SearchRun, p: search_mod.PBT, cfgs, priors, metric: str):
     lineage = [{"config": row.config, "epoch": 0, "parent": row.config,
                 **{k: float(g.numeric[r][k]) for k in names}} for r, row in enumerate(g.rows)]
     ends = list(range(p.interval // K, n_evals, p.interval // K)) + [n_evals]
-    start = 0
+    start, first = 0, 0
+    if resume is not None:
+        first, lineage = resume["interval"] + 1, resume["lineage"]
+        rng.bit_generator.state = resume["rng"]
+        start = ends[resume["interval"]]
     for i, end in enumerate(ends):
+        if i < first:
+            continue
         _run_members(run, run.members, start, end, f"interval {i + 1}/{len(ends)}")
         if end == n_evals:
             break
@@ -1248,6 +1330,7 @@ def _run_pbt(run: SearchRun, p: search_mod.PBT, cfgs, priors, metric: str):
                             "parent": g.rows[ex.parent].config,
                             **{k: float(v) for k, v in new.items()}})
         start = end
+        _checkpoint(run, {"interval": i, "lineage": lineage, "rng": rng.bit_generator.state})
     return lineage
 
 
@@ -1277,7 +1360,7 @@ def _priors(grid, random) -> dict[str, Any]:
 
 
 def _run_search(search, groups, cfgs, grid, random, data, val_data, fold_split, chunk_size,
-                memory_budget, epochs, mesh):
+                memory_budget, epochs, mesh, store=None):
     """Run an adaptive search; returns (chunk-like results, PBT lineage or None)."""
     if mesh is None:
         mesh = default_mesh()
@@ -1288,10 +1371,12 @@ def _run_search(search, groups, cfgs, grid, random, data, val_data, fold_split, 
     members = {(gi, r): Member(dict(g.numeric[r]))
                for gi, g in enumerate(groups) for r in range(len(g.rows))}
     run = SearchRun(groups, data, val_data, fold_split, chunk_size, memory_budget, epochs,
-                    mesh, ndev, members, getattr(search, "compact", True), {}, {}, set())
+                    mesh, ndev, members, getattr(search, "compact", True), {}, {}, set(),
+                    store)
+    resume = _restore(run)
     lineage = None
     if isinstance(search, search_mod.PBT):
-        lineage = _run_pbt(run, search, cfgs, _priors(grid, random), metric)
+        lineage = _run_pbt(run, search, cfgs, _priors(grid, random), metric, resume)
     else:
-        _run_halving(run, search, cfgs, metric)
+        _run_halving(run, search, cfgs, metric, resume)
     return _search_results(run), lineage

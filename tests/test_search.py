@@ -348,3 +348,52 @@ quantile = 0.25
     from jaxgd.plots import plot_sweep
 
     assert "pbt_lineage.png" in " ".join(plot_sweep(res, tmp_path / "figs"))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["halving", "pbt"])
+def test_interrupted_search_resumes_at_its_last_boundary(kind, tmp_path, monkeypatch):
+    """Killed after its second boundary, the same call with the same out= continues from
+    the saved boundary (no evaluation before it runs again) and ends with the result of
+    an uninterrupted search."""
+    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    s = (search.Halving(eta=2, min_epochs=1, compact=True) if kind == "halving"
+         else search.PBT(interval=1, quantile=0.25, seed=2))
+    kw = dict(optimizer="momentum", hparams={"momentum": 0.5},
+              grid={"learning_rate": [0.002, 0.01, 0.03, 0.05, 0.08, 0.1, 0.12, 0.15]},
+              epochs=4 if kind == "pbt" else 8, batch_size=16, val_data=(XV, YV),
+              search=s)
+    ref = jaxgd.sweep(mse, P0, (X, Y), **kw)
+    real_members, real_check = sweep_mod._run_members, sweep_mod._checkpoint
+    saved, starts = [], []
+
+    def counting(run, keys, start, end, desc):
+        starts.append(start)
+        return real_members(run, keys, start, end, desc)
+
+    def dying(run, where):
+        real_check(run, where)
+        saved.append(where)
+        if len(saved) == 2:
+            raise _Interrupt
+
+    monkeypatch.setattr(sweep_mod, "_run_members", counting)
+    monkeypatch.setattr(sweep_mod, "_checkpoint", dying)
+    with pytest.raises(_Interrupt):
+        jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
+    assert (tmp_path / "run" / "chunks" / "search.npz").exists()
+    starts.clear()
+    monkeypatch.setattr(sweep_mod, "_checkpoint", real_check)
+    res = jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
+    assert starts and min(starts) > 0  # nothing before the saved boundary ran again
+    assert list(res.table["stop_reason"]) == list(ref.table["stop_reason"])
+    np.testing.assert_array_equal(res.table["steps_run"], ref.table["steps_run"])
+    np.testing.assert_allclose(res.params["w"], ref.params["w"], rtol=1e-6)
+    np.testing.assert_allclose(res.history["val_loss"], ref.history["val_loss"], rtol=1e-6)
+    if kind == "pbt":
+        assert res.lineage.equals(ref.lineage)
+    assert jaxgd.load(tmp_path / "run").table["stop_reason"].tolist() == list(
+        ref.table["stop_reason"])
