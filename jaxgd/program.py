@@ -790,6 +790,79 @@ def unpack(packed: Packed, layout) -> Any:
     return jax.tree.unflatten(treedef, [packed.groups[g][i] for g, i in where])
 
 
+# XLA:CPU runs the kernels of a loop body one after another (no thread-pool dispatch)
+# only when every buffer the body touches is at most this many bytes (or the body has at
+# most 8 kernels): its ThunkExecutor's ``execute_sequential_buffer_threshold``. A history
+# block of thousands of rows in the loop carry made every evaluation of a small problem
+# pay the concurrent executor's scheduling (~1-2 us); rows are therefore collected in a
+# local buffer of at most this size and copied into the block once per sub-block.
+SEQUENTIAL_BYTES = 512
+
+
+def sub_rows(hist: dict[str, jax.Array], rows: int) -> int:
+    """Evaluations per sub-block: as many rows (of every configuration) as fit in
+    :data:`SEQUENTIAL_BYTES`, at least 1 and at most ``rows``."""
+    row_bytes = sum(h.size * h.dtype.itemsize for h in hist.values()) // rows
+    return max(1, min(rows, SEQUENTIAL_BYTES // max(1, row_bytes)))
+
+
+def read_rows(spec: ProgramSpec, n: int, hist: dict[str, jax.Array], at
+              ) -> dict[str, jax.Array]:
+    """Rows ``at .. at + n`` of a history block (one configuration)."""
+    K, _ = evals_of(spec)
+    return {name: jax.lax.dynamic_slice_in_dim(h, at * K, n * K, axis=0)
+            if name == "step_loss" else jax.lax.dynamic_slice_in_dim(h, at, n, axis=0)
+            for name, h in hist.items()}
+
+
+def write_rows(spec: ProgramSpec, hist: dict[str, jax.Array], part: dict[str, jax.Array],
+               at) -> dict[str, jax.Array]:
+    """The history block with the rows of ``part`` written from row ``at`` on."""
+    K, _ = evals_of(spec)
+    return {name: jax.lax.dynamic_update_slice_in_dim(
+        h, part[name], at * K if name == "step_loss" else at, axis=0)
+        for name, h in hist.items()}
+
+
+def _run_rows(st: State, hist, rows: int, sub: int, limit, evaluation, take, put_row,
+              put_rows):
+    """Block-local evaluations ``0, 1, ...`` while ``e < rows``, ``e < limit`` and a
+    configuration is active: (state, history block).
+
+    The evaluations run in sub-blocks of ``sub``: an inner loop writes their rows into a
+    ``sub``-row buffer read from the block at ``at`` (rows not yet written are NaN, so
+    reading keeps what is there) and the outer loop writes it back. The last sub-block
+    of a block starts at ``rows - sub`` so that it stays inside the block. The same
+    evaluations run, with the same conditions, as in one loop over evaluations.
+    """
+    _, layout = pack(st)
+
+    def any_active(s):
+        return jnp.any(unpack(s, layout).active)
+
+    def inner(c):
+        e, s, loc, at = c
+        s, row = evaluation(unpack(s, layout), e)
+        return e + 1, pack(s)[0], put_row(loc, row, e - at), at
+
+    def outer(c):
+        e, s, h = c
+        at = jnp.minimum(e, rows - sub)
+        c = (e, s, take(h, at), at)
+        if sub == 1:
+            c = inner(c)
+        else:
+            stop = jnp.minimum(at + sub, limit)
+            c = jax.lax.while_loop(lambda c: (c[0] < stop) & any_active(c[1]), inner, c)
+        e, s, loc, _ = c
+        return e, s, put_rows(h, loc, at)
+
+    _, s, hist = jax.lax.while_loop(
+        lambda c: (c[0] < rows) & (c[0] < limit) & any_active(c[1]), outer,
+        (jnp.zeros((), jnp.int32), pack(st)[0], hist))
+    return unpack(s, layout), hist
+
+
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The un-jitted programs ``init(params0, data, val, tc, keys, tidx, vidx) -> state``
     and ``block(state, start, end, data, val, tc, keys, tidx, vidx) -> (state, outputs,
@@ -827,19 +900,15 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
             return empty_history_block(spec, p, t, st.init_loss.dtype, rows)
 
         hist = _vmapped(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tc)
-        put = _vmapped(functools.partial(write_row, spec), (0, 0, None), (0, 0, None),
-                       one_s, one_c)
+        sub = sub_rows(hist, rows)
+        puts = tuple(_vmapped(functools.partial(fn, spec), (0, 0, None), (0, 0, None),
+                              one_s, one_c) for fn in (write_row, write_rows))
+        take = _vmapped(functools.partial(read_rows, spec, sub), (0, None), (0, None),
+                        one_s, one_c)
 
-        _, layout = pack(st)
-
-        def cond(c):
-            e, s, _ = c
-            return (e < rows) & (start + e < end) & jnp.any(unpack(s, layout).active)
-
-        def body(c):
-            e, s, h = c
-            s, row = ep(unpack(s, layout), tc, keys, start + e, data, val, tidx, vidx)
-            h = put(h, row, e)
+        def evaluation(s, e):
+            """Block-local evaluation ``e`` from the state ``s``: (state, history row)."""
+            s, row = ep(s, tc, keys, start + e, data, val, tidx, vidx)
             if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
                 # The count is reduced in the program (padding of a sharded block left out
                 # with sweep's PROGRESS_VALID mask), so the callback gets a replicated
@@ -851,12 +920,9 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
                 jax.lax.cond((g % every == 0) | (g == n_evals),
                              lambda: jax.debug.callback(_progress_tick, g, jnp.sum(act)),
                              lambda: None)
-            s = pack(s)[0]
-            return e + 1, s, h
+            return s, row
 
-        _, st, hist = jax.lax.while_loop(cond, body,
-                                         (jnp.zeros((), jnp.int32), pack(st)[0], hist))
-        st = unpack(st, layout)
+        st, hist = _run_rows(st, hist, rows, sub, end - start, evaluation, take, *puts)
         out = _vmapped(functools.partial(finalize, spec), 0, 0, one_s, one_c)(st)
         out, hist = _unsqueeze(one_s, one_c, (out, hist))
         return st, out, hist, jnp.any(st.active)
