@@ -497,8 +497,19 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
         carry, rows = train_epoch(spec, ctx, carry, e0)
         rows = None if rows is None else rows[None]
     else:
-        carry, rows = jax.lax.scan(lambda c, e: train_epoch(spec, ctx, c, e),
-                                   carry, e0 + jnp.arange(K, dtype=jnp.int32))
+        # the epoch counter in the carry (an array of K epoch numbers as the scan's input
+        # would be a buffer of 4K bytes: see SEQUENTIAL_BYTES) and the carry packed (a few
+        # buffers updated per epoch instead of one per scalar)
+        _, layout = pack(carry)
+
+        def body(c, _):
+            k, packed = c
+            c, row = train_epoch(spec, ctx, unpack(packed, layout), e0 + k)
+            return (k + 1, pack(c)[0]), row
+
+        (_, packed), rows = jax.lax.scan(body, (jnp.zeros((), jnp.int32), pack(carry)[0]),
+                                         None, length=K)
+        carry = unpack(packed, layout)
     return carry, rows
 
 
