@@ -18,7 +18,9 @@ a block of history rows). :func:`run_program` calls ``block`` from the host unti
 configuration is active, carrying the state on the device and concatenating the history
 blocks on the host, so history memory follows the evaluations actually run (at most one
 block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``. One block length per spec
-and chunk width: one compile.
+and chunk width: one compile. Inside a block, evaluations run in sub-blocks whose rows
+collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large buffer in a loop body
+makes XLA:CPU dispatch that body's kernels to its thread pool, at every iteration).
 
 Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
 over the training data per configuration (plus a backward pass with ``grad_tol`` or
