@@ -502,16 +502,15 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
         # the epoch counter in the carry (an array of K epoch numbers as the scan's input
         # would be a buffer of 4K bytes: see SEQUENTIAL_BYTES) and the carry packed (a few
         # buffers updated per epoch instead of one per scalar)
-        _, layout = pack(carry)
+        packed, layout = pack((jnp.zeros((), jnp.int32), carry))
 
-        def body(c, _):
-            k, packed = c
-            c, row = train_epoch(spec, ctx, unpack(packed, layout), e0 + k)
-            return (k + 1, pack(c)[0]), row
+        def body(packed, _):
+            k, c = unpack(packed, layout)
+            c, row = train_epoch(spec, ctx, c, e0 + k)
+            return pack((k + 1, c))[0], row
 
-        (_, packed), rows = jax.lax.scan(body, (jnp.zeros((), jnp.int32), pack(carry)[0]),
-                                         None, length=K)
-        carry = unpack(packed, layout)
+        packed, rows = jax.lax.scan(body, packed, None, length=K)
+        carry = unpack(packed, layout)[1]
     return carry, rows
 
 
@@ -770,17 +769,24 @@ class Packed(NamedTuple):
     groups: tuple[jax.Array, ...]
 
 
+def _stored(dt):
+    """The dtype a leaf is stacked as: booleans as int32 (they join the int32 leaves of
+    their shape: one buffer less to update), anything else as itself."""
+    return jnp.dtype(jnp.int32) if jnp.dtype(dt) == jnp.bool_ else jnp.dtype(dt)
+
+
 def _pack_layout(tree):
-    """(treedef, per leaf: (group, index in group), group keys) of ``tree``'s leaves."""
+    """(treedef, per leaf: (group, index in group, dtype), group keys) of ``tree``'s
+    leaves."""
     leaves, treedef = jax.tree.flatten(tree)
     keys: list[tuple[Any, ...]] = []
     where = []
     for leaf in leaves:
-        k = (tuple(leaf.shape), jnp.dtype(leaf.dtype))
+        k = (tuple(leaf.shape), _stored(leaf.dtype))
         if k not in keys:
             keys.append(k)
         g = keys.index(k)
-        where.append((g, sum(1 for w in where if w[0] == g)))
+        where.append((g, sum(1 for w in where if w[0] == g), jnp.dtype(leaf.dtype)))
     return treedef, where, keys
 
 
@@ -792,7 +798,8 @@ def pack(tree) -> tuple[Packed, Any]:
     group (a few kernels instead of a dozen per evaluation).
     """
     treedef, where, keys = _pack_layout(tree)
-    leaves = jax.tree.leaves(tree)
+    leaves = [x if _stored(x.dtype) == x.dtype else x.astype(_stored(x.dtype))
+              for x in jax.tree.leaves(tree)]
     groups = tuple(jnp.stack([leaves[i] for i, w in enumerate(where) if w[0] == g])
                    for g in range(len(keys)))
     return Packed(groups), (treedef, tuple(where))
@@ -800,7 +807,9 @@ def pack(tree) -> tuple[Packed, Any]:
 
 def unpack(packed: Packed, layout) -> Any:
     treedef, where = layout
-    return jax.tree.unflatten(treedef, [packed.groups[g][i] for g, i in where])
+    leaves = [packed.groups[g][i] for g, i, _ in where]
+    return jax.tree.unflatten(treedef, [x if x.dtype == dt else x.astype(dt)
+                                        for x, (_, _, dt) in zip(leaves, where, strict=True)])
 
 
 # XLA:CPU runs the kernels of a loop body one after another (no thread-pool dispatch)
@@ -848,32 +857,34 @@ def _run_rows(st: State, hist, rows: int, sub: int, limit, evaluation, take, put
     of a block starts at ``rows - sub`` so that it stays inside the block. The same
     evaluations run, with the same conditions, as in one loop over evaluations.
     """
-    _, layout = pack(st)
+    # the evaluation counter is packed with the state (one buffer less per iteration)
+    _, layout = pack((jnp.zeros((), jnp.int32), st))
 
-    def any_active(s):
-        return jnp.any(unpack(s, layout).active)
+    def going(p, stop):
+        e, s = unpack(p, layout)
+        return (e < stop) & jnp.any(s.active)
 
     def inner(c):
-        e, s, loc, at = c
-        s, row = evaluation(unpack(s, layout), e)
-        return e + 1, pack(s)[0], put_row(loc, row, e - at), at
+        p, loc, at = c
+        e, s = unpack(p, layout)
+        s, row = evaluation(s, e)
+        return pack((e + 1, s))[0], put_row(loc, row, e - at), at
 
     def outer(c):
-        e, s, h = c
-        at = jnp.minimum(e, rows - sub)
-        c = (e, s, take(h, at), at)
+        p, h = c
+        at = jnp.minimum(unpack(p, layout)[0], rows - sub)
+        c = (p, take(h, at), at)
         if sub == 1:
             c = inner(c)
         else:
             stop = jnp.minimum(at + sub, limit)
-            c = jax.lax.while_loop(lambda c: (c[0] < stop) & any_active(c[1]), inner, c)
-        e, s, loc, _ = c
-        return e, s, put_rows(h, loc, at)
+            c = jax.lax.while_loop(lambda c: going(c[0], stop), inner, c)
+        p, loc, _ = c
+        return p, put_rows(h, loc, at)
 
-    _, s, hist = jax.lax.while_loop(
-        lambda c: (c[0] < rows) & (c[0] < limit) & any_active(c[1]), outer,
-        (jnp.zeros((), jnp.int32), pack(st)[0], hist))
-    return unpack(s, layout), hist
+    p, hist = jax.lax.while_loop(lambda c: going(c[0], jnp.minimum(rows, limit)), outer,
+                                 (pack((jnp.zeros((), jnp.int32), st))[0], hist))
+    return unpack(p, layout)[1], hist
 
 
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
