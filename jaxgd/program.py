@@ -764,7 +764,8 @@ def _unsqueeze(one_stream, one_config, tree):
 
 
 class Packed(NamedTuple):
-    """A pytree's leaves stacked by (shape, dtype): one array per group."""
+    """A pytree's leaves stacked by (shape, dtype; booleans with int32): one array per
+    group."""
 
     groups: tuple[jax.Array, ...]
 
@@ -791,7 +792,8 @@ def _pack_layout(tree):
 
 
 def pack(tree) -> tuple[Packed, Any]:
-    """The leaves of ``tree`` stacked by (shape, dtype), and what :func:`unpack` needs.
+    """The leaves of ``tree`` stacked by (shape, dtype; booleans as int32, see
+    :func:`_stored`), and what :func:`unpack` needs (it gives each leaf back exactly).
 
     A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
     kernel of its own at every iteration; stacked, an iteration updates one buffer per
