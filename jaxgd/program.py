@@ -18,7 +18,9 @@ a block of history rows). :func:`run_program` calls ``block`` from the host unti
 configuration is active, carrying the state on the device and concatenating the history
 blocks on the host, so history memory follows the evaluations actually run (at most one
 block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``. One block length per spec
-and chunk width: one compile.
+and chunk width: one compile. Inside a block, evaluations run in sub-blocks whose rows
+collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large buffer in a loop body
+makes XLA:CPU dispatch that body's kernels to its thread pool, at every iteration).
 
 Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
 over the training data per configuration (plus a backward pass with ``grad_tol`` or
@@ -497,8 +499,18 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
         carry, rows = train_epoch(spec, ctx, carry, e0)
         rows = None if rows is None else rows[None]
     else:
-        carry, rows = jax.lax.scan(lambda c, e: train_epoch(spec, ctx, c, e),
-                                   carry, e0 + jnp.arange(K, dtype=jnp.int32))
+        # the epoch counter in the carry (an array of K epoch numbers as the scan's input
+        # would be a buffer of 4K bytes: see SEQUENTIAL_BYTES) and the carry packed (a few
+        # buffers updated per epoch instead of one per scalar)
+        packed, layout = pack((jnp.zeros((), jnp.int32), carry))
+
+        def body(packed, _):
+            k, c = unpack(packed, layout)
+            c, row = train_epoch(spec, ctx, c, e0 + k)
+            return pack((k + 1, c))[0], row
+
+        packed, rows = jax.lax.scan(body, packed, None, length=K)
+        carry = unpack(packed, layout)[1]
     return carry, rows
 
 
@@ -771,34 +783,44 @@ def state_layout(state, keys, tc):
 
 
 class Packed(NamedTuple):
-    """A pytree's leaves stacked by (shape, dtype): one array per group."""
+    """A pytree's leaves stacked by (shape, dtype; booleans with int32): one array per
+    group."""
 
     groups: tuple[jax.Array, ...]
 
 
+def _stored(dt):
+    """The dtype a leaf is stacked as: booleans as int32 (they join the int32 leaves of
+    their shape: one buffer less to update), anything else as itself."""
+    return jnp.dtype(jnp.int32) if jnp.dtype(dt) == jnp.bool_ else jnp.dtype(dt)
+
+
 def _pack_layout(tree):
-    """(treedef, per leaf: (group, index in group), group keys) of ``tree``'s leaves."""
+    """(treedef, per leaf: (group, index in group, dtype), group keys) of ``tree``'s
+    leaves."""
     leaves, treedef = jax.tree.flatten(tree)
     keys: list[tuple[Any, ...]] = []
     where = []
     for leaf in leaves:
-        k = (tuple(leaf.shape), jnp.dtype(leaf.dtype))
+        k = (tuple(leaf.shape), _stored(leaf.dtype))
         if k not in keys:
             keys.append(k)
         g = keys.index(k)
-        where.append((g, sum(1 for w in where if w[0] == g)))
+        where.append((g, sum(1 for w in where if w[0] == g), jnp.dtype(leaf.dtype)))
     return treedef, where, keys
 
 
 def pack(tree) -> tuple[Packed, Any]:
-    """The leaves of ``tree`` stacked by (shape, dtype), and what :func:`unpack` needs.
+    """The leaves of ``tree`` stacked by (shape, dtype; booleans as int32, see
+    :func:`_stored`), and what :func:`unpack` needs (it gives each leaf back exactly).
 
     A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
     kernel of its own at every iteration; stacked, an iteration updates one buffer per
     group (a few kernels instead of a dozen per evaluation).
     """
     treedef, where, keys = _pack_layout(tree)
-    leaves = jax.tree.leaves(tree)
+    leaves = [x if _stored(x.dtype) == x.dtype else x.astype(_stored(x.dtype))
+              for x in jax.tree.leaves(tree)]
     groups = tuple(jnp.stack([leaves[i] for i, w in enumerate(where) if w[0] == g])
                    for g in range(len(keys)))
     return Packed(groups), (treedef, tuple(where))
@@ -806,7 +828,84 @@ def pack(tree) -> tuple[Packed, Any]:
 
 def unpack(packed: Packed, layout) -> Any:
     treedef, where = layout
-    return jax.tree.unflatten(treedef, [packed.groups[g][i] for g, i in where])
+    leaves = [packed.groups[g][i] for g, i, _ in where]
+    return jax.tree.unflatten(treedef, [x if x.dtype == dt else x.astype(dt)
+                                        for x, (_, _, dt) in zip(leaves, where, strict=True)])
+
+
+# XLA:CPU runs the kernels of a loop body one after another (no thread-pool dispatch)
+# only when every buffer the body touches is at most this many bytes (or the body has at
+# most 8 kernels): its ThunkExecutor's ``execute_sequential_buffer_threshold``. A history
+# block of thousands of rows in the loop carry made every evaluation of a small problem
+# pay the concurrent executor's scheduling (~1-2 us); rows are therefore collected in a
+# local buffer of at most this size and copied into the block once per sub-block.
+SEQUENTIAL_BYTES = 512
+
+
+def sub_rows(hist: dict[str, jax.Array], rows: int) -> int:
+    """Evaluations per sub-block: as many rows (of every configuration) as fit in
+    :data:`SEQUENTIAL_BYTES`, at least 1 and at most ``rows``."""
+    row_bytes = sum(h.size * h.dtype.itemsize for h in hist.values()) // rows
+    return max(1, min(rows, SEQUENTIAL_BYTES // max(1, row_bytes)))
+
+
+def read_rows(spec: ProgramSpec, n: int, hist: dict[str, jax.Array], at
+              ) -> dict[str, jax.Array]:
+    """Rows ``at .. at + n`` of a history block (one configuration)."""
+    K, _ = evals_of(spec)
+    return {name: jax.lax.dynamic_slice_in_dim(h, at * K, n * K, axis=0)
+            if name == "step_loss" else jax.lax.dynamic_slice_in_dim(h, at, n, axis=0)
+            for name, h in hist.items()}
+
+
+def write_rows(spec: ProgramSpec, hist: dict[str, jax.Array], part: dict[str, jax.Array],
+               at) -> dict[str, jax.Array]:
+    """The history block with the rows of ``part`` written from row ``at`` on."""
+    K, _ = evals_of(spec)
+    return {name: jax.lax.dynamic_update_slice_in_dim(
+        h, part[name], at * K if name == "step_loss" else at, axis=0)
+        for name, h in hist.items()}
+
+
+def _run_rows(st: State, hist, rows: int, sub: int, limit, evaluation, take, put_row,
+              put_rows):
+    """Block-local evaluations ``0, 1, ...`` while ``e < rows``, ``e < limit`` and a
+    configuration is active: (state, history block).
+
+    The evaluations run in sub-blocks of ``sub``: an inner loop writes their rows into a
+    ``sub``-row buffer read from the block at ``at`` (rows not yet written are NaN, so
+    reading keeps what is there) and the outer loop writes it back. The last sub-block
+    of a block starts at ``rows - sub`` so that it stays inside the block. The same
+    evaluations run, with the same conditions, as in one loop over evaluations.
+    """
+    # the evaluation counter is packed with the state (one buffer less per iteration)
+    _, layout = pack((jnp.zeros((), jnp.int32), st))
+
+    def going(p, stop):
+        e, s = unpack(p, layout)
+        return (e < stop) & jnp.any(s.active)
+
+    def inner(c):
+        p, loc, at = c
+        e, s = unpack(p, layout)
+        s, row = evaluation(s, e)
+        return pack((e + 1, s))[0], put_row(loc, row, e - at), at
+
+    def outer(c):
+        p, h = c
+        at = jnp.minimum(unpack(p, layout)[0], rows - sub)
+        c = (p, take(h, at), at)
+        if sub == 1:
+            c = inner(c)
+        else:
+            stop = jnp.minimum(at + sub, limit)
+            c = jax.lax.while_loop(lambda c: going(c[0], stop), inner, c)
+        p, loc, _ = c
+        return p, put_rows(h, loc, at)
+
+    p, hist = jax.lax.while_loop(lambda c: going(c[0], jnp.minimum(rows, limit)), outer,
+                                 (pack((jnp.zeros((), jnp.int32), st))[0], hist))
+    return unpack(p, layout)[1], hist
 
 
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -846,19 +945,15 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
             return empty_history_block(spec, p, t, st.init_loss.dtype, rows)
 
         hist = _vmapped(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tc)
-        put = _vmapped(functools.partial(write_row, spec), (0, 0, None), (0, 0, None),
-                       one_s, one_c)
+        sub = sub_rows(hist, rows)
+        puts = tuple(_vmapped(functools.partial(fn, spec), (0, 0, None), (0, 0, None),
+                              one_s, one_c) for fn in (write_row, write_rows))
+        take = _vmapped(functools.partial(read_rows, spec, sub), (0, None), (0, None),
+                        one_s, one_c)
 
-        _, layout = pack(st)
-
-        def cond(c):
-            e, s, _ = c
-            return (e < rows) & (start + e < end) & jnp.any(unpack(s, layout).active)
-
-        def body(c):
-            e, s, h = c
-            s, row = ep(unpack(s, layout), tc, keys, start + e, data, val, tidx, vidx)
-            h = put(h, row, e)
+        def evaluation(s, e):
+            """Block-local evaluation ``e`` from the state ``s``: (state, history row)."""
+            s, row = ep(s, tc, keys, start + e, data, val, tidx, vidx)
             if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
                 # The count is reduced in the program (padding of a sharded block left out
                 # with sweep's PROGRESS_VALID mask), so the callback gets a replicated
@@ -870,12 +965,9 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
                 jax.lax.cond((g % every == 0) | (g == n_evals),
                              lambda: jax.debug.callback(_progress_tick, g, jnp.sum(act)),
                              lambda: None)
-            s = pack(s)[0]
-            return e + 1, s, h
+            return s, row
 
-        _, st, hist = jax.lax.while_loop(cond, body,
-                                         (jnp.zeros((), jnp.int32), pack(st)[0], hist))
-        st = unpack(st, layout)
+        st, hist = _run_rows(st, hist, rows, sub, end - start, evaluation, take, *puts)
         out = _vmapped(functools.partial(finalize, spec), 0, 0, one_s, one_c)(st)
         out, hist = _unsqueeze(one_s, one_c, (out, hist))
         return st, out, hist, jnp.any(st.active)

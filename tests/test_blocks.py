@@ -107,6 +107,61 @@ def test_sweep_in_blocks_equals_one_block(small_blocks):
     assert set(sw.table.stop_reason) >= {"loss_target", "diverged"}
 
 
+@pytest.mark.parametrize("stop", [{}, {"loss_target": 0.02}, {"patience": 2, "min_delta": 1e-3,
+                                                               "restore_best": True}])
+@pytest.mark.parametrize("min_rows", [7, 16])
+def test_sub_blocks_equal_one_evaluation_at_a_time(monkeypatch, stop, min_rows):
+    """Rows collected in sub-blocks (here of 4 evaluations: the last one of a block of 7
+    overlaps the one before it; the runs stop after 6 and 11 evaluations, inside a
+    sub-block) equal the program that writes each evaluation's row into the block
+    directly (sub-blocks of 1)."""
+    monkeypatch.setattr(program, "HISTORY_BLOCK_BYTES", 1)
+    monkeypatch.setattr(program, "HISTORY_MIN_ROWS", min_rows)
+    runs = []
+    for sub in (1, 4):
+        monkeypatch.setattr(program, "sub_rows", lambda hist, rows, sub=sub: min(rows, sub))
+        program.compiled_program.cache_clear()
+        runs.append(_fit(**stop))
+    program.compiled_program.cache_clear()
+    _same(runs[1], runs[0])
+    assert runs[0].epochs_run == (11 if "patience" in stop else 6 if stop else 30)
+
+
+def test_block_stops_at_end_inside_a_sub_block():
+    """``block(st, start, end)`` runs evaluations ``start .. end - 1`` exactly, when ``end``
+    falls inside a sub-block: the state after two calls (0..4, 4..11) equals one call
+    (0..11), and the rows past ``end`` stay NaN."""
+    cap = {}
+    real = program.run_program
+
+    def spy(prog, spec, columns, args, **kw):
+        cap.update(prog=prog, args=args)
+        return real(prog, spec, columns, args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jaxgd.train, "run_program", spy)
+        jaxgd.fit(mse, P0, (X, Y), optimizer="sgd", hparams={"learning_rate": 0.1},
+                  epochs=40)
+    prog, (p0, data, val, tc, keys, tidx, vidx, *s0) = cap["prog"], cap["args"]
+    assert program.sub_rows({"scalars": jnp.zeros((prog.rows, 5))}, prog.rows) > 4
+    st0 = prog.init(p0, data, val, tc, keys, tidx, vidx, *s0)
+
+    def call(st, start, end):
+        return prog.block(st, np.int32(start), np.int32(end), data, val, tc, keys, tidx, vidx)
+
+    st_a, _, hist_a, _ = call(st0, 0, 4)
+    st_b, _, hist_b, _ = call(st_a, 4, 11)
+    st_c, _, hist_c, _ = call(st0, 0, 11)
+    for u, v in zip(jax.tree.leaves(st_b), jax.tree.leaves(st_c), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert int(st_a.evals_run) == 4 and int(st_c.evals_run) == 11
+    scal_a, scal_c = np.asarray(hist_a["scalars"])[0, 0], np.asarray(hist_c["scalars"])[0, 0]
+    np.testing.assert_array_equal(scal_a[:4], scal_c[:4])
+    assert np.isnan(scal_a[4:]).all() and np.isnan(scal_c[11:]).all()
+    assert not np.isnan(scal_c[:11]).any()
+    np.testing.assert_array_equal(np.asarray(hist_b["scalars"])[0, 0, :7], scal_c[4:11])
+
+
 def _hwm_reset() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
