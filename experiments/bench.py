@@ -22,15 +22,15 @@ function per configuration (the learning rate is an argument, so it compiles onc
 configurations run one after another, and (4) jaxgd. PyTorch is optional (the [test]
 extra): without it its rows and target read "not installed (...)" and the rest runs.
 
-Timing: median of ``--reps`` repetitions; compile time reported apart (first call minus
-the median of later calls); every timed jaxgd repetition uses new hyper-parameter values
-and the XLA compilations it triggers are counted from JAX's compile log
-(``jax_log_compiles``). Peers that would take too long for all K configurations run a
-subset (and, for very long runs, a prefix of the steps) and are extrapolated linearly;
-the "measured" column says how much was run. FLOPs count the matrix products exactly
-(every step's real batch, short last batches included): a linear step costs 4*b*d per
-configuration (forward 2bd, gradient 2bd). The machine's peak is a jitted 2048x2048
-fp32 ``x @ y`` measured in the same run.
+Timing: median of ``--reps`` repetitions (3; 2 with ``--quick`` or ``--tiny``); compile
+time reported apart (first call minus the median of later calls); every timed jaxgd
+repetition uses new hyper-parameter values and the XLA compilations it triggers are
+counted from JAX's compile log (``jax_log_compiles``). Peers that would take too long
+for all K configurations run a subset (and, for very long runs, a prefix of the steps)
+and are extrapolated linearly; the "measured" column says how much was run. FLOPs count
+the matrix products exactly (every step's real batch, short last batches included): a
+linear step costs 4*b*d per configuration (forward 2bd, gradient 2bd). The machine's
+peak is a jitted 2048x2048 fp32 ``x @ y`` measured in the same run.
 
 Memory: in-process rows report the rise of the peak RSS (``VmHWM`` after a reset through
 ``/proc/self/clear_refs``) during the timed calls; XLA allocates outside ``tracemalloc``,
@@ -1429,7 +1429,8 @@ def main(argv=None) -> dict[str, Any] | None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--quick", action="store_true", help="reduced peers and scaling (< 2 min)")
     p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed repetitions (median; default 3, 2 with --quick or --tiny)")
     p.add_argument("--problems", default=",".join(PROBLEMS), help="subset, e.g. A,B,C")
     p.add_argument("--no-scaling", action="store_true", help="skip the subprocess figures")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -1441,6 +1442,8 @@ def main(argv=None) -> dict[str, Any] | None:
     bad = [q for q in probs if q not in PROBLEMS]
     if bad:
         p.error(f"unknown problem(s) {bad}; choose from {','.join(PROBLEMS)}")
+    if a.reps is None:
+        a.reps = 2 if a.quick or a.tiny else 3
     if a.reps < 1:
         p.error("--reps must be >= 1")
     sizes = TINY if a.tiny else QUICK if a.quick else FULL
