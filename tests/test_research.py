@@ -396,7 +396,8 @@ def test_plain_loss_compiles_to_the_same_program():
     tc = {k: np.asarray([[v]], np.float32) for k, v in a.numeric.items()}
     args = (a.params, a.data, None, tc, jax.random.key(0)[None], None, None)
     init, block = build_program(a.spec, 2)  # the state's init and a block of evaluations
-    text = str(jax.make_jaxpr(lambda *xs: block(init(*xs), jnp.int32(0), *xs[1:]))(*args))
+    text = str(jax.make_jaxpr(lambda *xs: block(init(*xs), jnp.int32(0), jnp.int32(2),
+                                                          *xs[1:]))(*args))
     assert "random_fold_in" not in text and "random_bits" not in text
 
 
