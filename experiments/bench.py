@@ -4,7 +4,9 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
 
 - A. 16-point noisy line, full batch, SGD lr 1e-4, 100 000 iterations (``jaxgd.fit``);
 - B. linear regression N=65 536, d=64, B=256, Adam, 256 learning rates, 3 epochs, one
-  shared shuffle order (``jaxgd.sweep``);
+  shared shuffle order (``jaxgd.sweep``); also with losses that take a per-step key (a
+  random feature mask), model state (BatchNorm-like centring) or both, against the plain
+  loss in the same run;
 - C. as B with 8 seeds x 32 learning rates, each seed its own shuffle;
 - D. as B with batch sizes {1, 16, 64, 256, N} x 32 learning rates;
 - E. digits: softmax regression and a 1-hidden-layer MLP, 64 learning rates each;
@@ -20,15 +22,15 @@ function per configuration (the learning rate is an argument, so it compiles onc
 configurations run one after another, and (4) jaxgd. PyTorch is optional (the [test]
 extra): without it its rows and target read "not installed (...)" and the rest runs.
 
-Timing: median of ``--reps`` repetitions; compile time reported apart (first call minus
-the median of later calls); every timed jaxgd repetition uses new hyper-parameter values
-and the XLA compilations it triggers are counted from JAX's compile log
-(``jax_log_compiles``). Peers that would take too long for all K configurations run a
-subset (and, for very long runs, a prefix of the steps) and are extrapolated linearly;
-the "measured" column says how much was run. FLOPs count the matrix products exactly
-(every step's real batch, short last batches included): a linear step costs 4*b*d per
-configuration (forward 2bd, gradient 2bd). The machine's peak is a jitted 2048x2048
-fp32 ``x @ y`` measured in the same run.
+Timing: median of ``--reps`` repetitions (3; 2 with ``--quick`` or ``--tiny``); compile
+time reported apart (first call minus the median of later calls); every timed jaxgd
+repetition uses new hyper-parameter values and the XLA compilations it triggers are
+counted from JAX's compile log (``jax_log_compiles``). Peers that would take too long
+for all K configurations run a subset (and, for very long runs, a prefix of the steps)
+and are extrapolated linearly; the "measured" column says how much was run. FLOPs count
+the matrix products exactly (every step's real batch, short last batches included): a
+linear step costs 4*b*d per configuration (forward 2bd, gradient 2bd). The machine's
+peak is a jitted 2048x2048 fp32 ``x @ y`` measured in the same run.
 
 Memory: in-process rows report the rise of the peak RSS (``VmHWM`` after a reset through
 ``/proc/self/clear_refs``) during the timed calls; XLA allocates outside ``tracemalloc``,
@@ -88,6 +90,8 @@ class Sizes:
     e_batch: int = 64
     e_hidden: int = 32
     e_models: tuple = ("softmax", "mlp")
+    # B's losses with a key / state, timed interleaved with the plain loss (all: FULL)
+    b_variants: tuple = ("plain", "key", "state", "key + state", "key + state unused")
     # which per-configuration peers run outside B (B always runs all three)
     other_peers: tuple = ("optax", "torch", "numpy")
     # peers: configurations actually run (the rest extrapolated), steps cap per config
@@ -107,11 +111,13 @@ class Sizes:
 
 
 FULL = Sizes()
+B_VARIANTS_QUICK = ("plain", "key + state", "key + state unused")
 QUICK = dataclasses.replace(
     FULL, a_text_iters=20_000, d_n=16_384, d_sub=1, e_epochs=5, sub_optax=8, sub_torch=1,
     sub_numpy=1, peer_step_cap=300,
     scale_n=16_384, scale_k=(1, 256, 4096), scale_ns=(4096, 16_384, 65_536), peak_reps=5,
     child_timeout=120,
+    b_variants=B_VARIANTS_QUICK,
 )
 TINY = dataclasses.replace(
     FULL, a_iters=2000, a_text_iters=2000, d_n=1024, d_sub=1, n=1024, d=8, batch=64, epochs=2,
@@ -120,6 +126,7 @@ TINY = dataclasses.replace(
     e_models=("softmax",), other_peers=("torch", "numpy"),
     sub_torch=1, sub_numpy=1, peer_step_cap=500, scale_n=1024, scale_k=(1, 8),
     scale_ns=(1024,), scale_k_base=8, devices=(1, 2), peak_reps=3, child_timeout=60,
+    b_variants=B_VARIANTS_QUICK,
 )
 
 
@@ -639,15 +646,16 @@ class Bench:
         return out
 
     def jaxgd_sweep(self, problem, kind, data, grid_fn, flops, note="", label="jaxgd",
-                    **kw):
+                    loss=None, **kw):
         """Time ``jaxgd.sweep`` with ``grid_fn(r)`` (new values every call). Without
         tuning keywords in ``kw`` this is the sweep a user writes (the defaults:
-        ``metrics="full"``, ``eval_every=1``); a tuned call is labelled so by the caller."""
+        ``metrics="full"``, ``eval_every=1``); a tuned call is labelled so by the caller.
+        ``loss``: another loss for the ``kind``'s parameters (else the kind's own)."""
         import jaxgd
 
         x, y = data
         p0 = params0(kind, x.shape[1], self.s.e_hidden)
-        loss = MODELS[kind][0]
+        loss = MODELS[kind][0] if loss is None else loss
         res = {}
 
         def call(r):
@@ -850,7 +858,117 @@ def problem_b(bn: Bench, data):
     gfb = flops / run_batch / 1e9
     bn.target("B: achieved share of matmul peak, metrics='batch' (%)", 100 * gfb / bn.peak,
               ">=", 30, f"{gfb:.1f} GFLOP/s (moonshot 40%)")
+    problem_b_keys_state(bn, data)
     return run
+
+
+KEEP = 0.9  # the feature mask's keep probability (problem B with a key)
+
+
+def _jax_mse_key(p, batch, *, key):
+    """B's linear model with a random feature mask drawn from the step's key (each
+    feature kept with probability KEEP); evaluation passes (``key=None``) use the
+    expectation ``KEEP * w``."""
+    import jax
+    import jax.numpy as jnp
+
+    x, y = batch
+    w = KEEP * p["w"] if key is None else jnp.where(
+        jax.random.bernoulli(key, KEEP, p["w"].shape), p["w"], 0.0)
+    return jnp.mean((x @ w + p["b"] - y) ** 2)
+
+
+def _jax_mse_state(p, batch, *, state, train):
+    """B's linear model on centred features, BatchNorm-like: training steps centre with
+    the batch mean and move the running mean (the state) towards it; evaluation passes
+    centre with the running mean."""
+    import jax.numpy as jnp
+
+    x, y = batch
+    mu = jnp.mean(x, axis=0) if train else state
+    new = 0.9 * state + 0.1 * mu if train else state
+    return jnp.mean((x @ p["w"] - mu @ p["w"] + p["b"] - y) ** 2), new
+
+
+def _jax_mse_key_state(p, batch, *, key, state, train):
+    """Both: the feature mask of ``_jax_mse_key`` on the centred model of
+    ``_jax_mse_state``."""
+    import jax
+    import jax.numpy as jnp
+
+    x, y = batch
+    w = KEEP * p["w"] if key is None else jnp.where(
+        jax.random.bernoulli(key, KEEP, p["w"].shape), p["w"], 0.0)
+    mu = jnp.mean(x, axis=0) if train else state
+    new = 0.9 * state + 0.1 * mu if train else state
+    return jnp.mean((x @ w - mu @ w + p["b"] - y) ** 2), new
+
+
+def _jax_mse_plumbing(p, batch, *, key, state, train):
+    """The plain loss declaring ``key``, ``state`` and ``train`` without using them (the
+    state passes through): what jaxgd's key and state handling costs by itself."""
+    del key, train
+    return _jax_mse(p, batch), state
+
+
+def problem_b_keys_state(bn: Bench, data) -> None:
+    """B's default sweep with losses that use the per-step key (a random feature mask),
+    the model state (BatchNorm-like centring) or both, and one that declares both without
+    using them, each timed interleaved with the plain loss's sweep (so the machine's load
+    drifts alike): their cost per step relative to the plain loss."""
+    import jaxgd
+
+    s = bn.s
+    k = s.k_lr
+    x, y = data
+    p0 = params0("linreg", x.shape[1], s.e_hidden)
+    flops = linear_flops(s.n, s.d, s.batch, s.epochs, k)
+    state0 = np.zeros(s.d, np.float32)
+    variants: dict[str, tuple[Any, dict[str, Any], str]] = {  # loss, keywords, note
+        "plain": (_jax_mse, {}, "the plain loss, timed interleaved with the rows below"),
+        "key": (_jax_mse_key, {}, "random feature mask drawn from the step's key"),
+        "state": (_jax_mse_state, {"state": state0},
+                  "BatchNorm-like centring, the running feature mean as state"),
+        "key + state": (_jax_mse_key_state, {"state": state0}, "feature mask and centring"),
+        "key + state unused": (_jax_mse_plumbing, {"state": state0},
+                               "declares key, state, train; uses none (state passes through)"),
+    }
+    variants = {name: variants[name] for name in s.b_variants}
+
+    def call(name, r):
+        loss, extra, _ = variants[name]
+        return jaxgd.sweep(loss, p0, (x, y), optimizer="adam", epochs=s.epochs,
+                           batch_size=s.batch, seed=0,
+                           grid={"learning_rate": lr_grid(k, jitter=r)}, **extra)
+
+    first, times = {}, {name: [] for name in variants}
+    for name in variants:
+        t = time.perf_counter()
+        call(name, 0)
+        first[name] = time.perf_counter() - t
+    c0 = bn.log.count
+    for r in range(1, bn.reps + 1):
+        for name in variants:
+            t = time.perf_counter()
+            call(name, r)
+            times[name].append(time.perf_counter() - t)
+    rec = bn.log.count - c0
+    bn.recompiles += rec
+    run = {name: _median(ts) for name, ts in times.items()}
+    for name, (_, _, note) in variants.items():
+        bn.add("B", f"jaxgd (defaults), {name} loss", k, f"{k}/{k}",
+               first[name] - run[name], run[name], flops, float("nan"),
+               f"{note}; recompiles in timed reps (all rows): {rec}")
+    # the ratios from the fastest interleaved repetition of each (the least disturbed by
+    # other load on the machine; the rows above give medians)
+    best = {name: min(ts) for name, ts in times.items()}
+    ratio = {name: best[name] / best["plain"] for name in variants}
+    alone = "".join(f"{n} alone {ratio[n]:.2f}x, " for n in ("key", "state") if n in ratio)
+    bn.target("B: keys+state cost per step <= 1.10x plain", ratio["key + state"], "<=", 1.10,
+              f"feature mask + centring; {alone}fastest of {bn.reps} interleaved reps each")
+    bn.target("B: keys+state handling alone (declared, unused) <= 1.10x plain",
+              ratio["key + state unused"], "<=", 1.10,
+              "what jaxgd adds for a loss with key, state and train, beyond the model's work")
 
 
 def problem_b_store(bn: Bench, data, b_run: float) -> None:
@@ -1311,7 +1429,8 @@ def main(argv=None) -> dict[str, Any] | None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--quick", action="store_true", help="reduced peers and scaling (< 2 min)")
     p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed repetitions (median; default 3, 2 with --quick or --tiny)")
     p.add_argument("--problems", default=",".join(PROBLEMS), help="subset, e.g. A,B,C")
     p.add_argument("--no-scaling", action="store_true", help="skip the subprocess figures")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -1323,6 +1442,8 @@ def main(argv=None) -> dict[str, Any] | None:
     bad = [q for q in probs if q not in PROBLEMS]
     if bad:
         p.error(f"unknown problem(s) {bad}; choose from {','.join(PROBLEMS)}")
+    if a.reps is None:
+        a.reps = 2 if a.quick or a.tiny else 3
     if a.reps < 1:
         p.error("--reps must be >= 1")
     sizes = TINY if a.tiny else QUICK if a.quick else FULL

@@ -362,3 +362,68 @@ def partition(params: Any) -> tuple[Any, tuple[Any, ...], tuple[bool, ...], Any]
     trained = jax.tree.unflatten(treedef, [x if m else None
                                            for m, x in zip(mask, leaves, strict=True)])
     return trained, static, mask, treedef
+
+
+class TrainedInit:
+    """``init(key)`` that returns a model object, reduced to the part jaxgd trains (the
+    floating arrays; ``None`` where a held leaf sits), as :func:`partition` splits
+    ``params``. Hashable by value, so the compiled program is reused across calls."""
+
+    def __init__(self, init: Callable[[jax.Array], Any], treedef, mask: tuple[bool, ...]):
+        self.init, self.treedef, self.mask = init, treedef, mask
+
+    def _key(self):
+        return (self.init, self.treedef, self.mask)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, TrainedInit) and self._key() == other._key()
+
+    def __call__(self, key):
+        leaves, treedef = jax.tree.flatten(self.init(key))
+        if treedef != self.treedef:
+            raise ValueError(f"init returned a model of structure {treedef}, not the "
+                             f"{self.treedef} it returned before: it must not depend on the key")
+        return jax.tree.unflatten(treedef, [x if m else None
+                                            for m, x in zip(self.mask, leaves, strict=True)])
+
+
+def partition_init(init: Callable[[jax.Array], Any]):
+    """For ``init(key)`` returning a model object (see :func:`partition`): (abstract
+    trained part, held leaves, mask, treedef), found by tracing ``init`` abstractly. None
+    when every leaf is a floating array (``init`` is used as it is)."""
+    box: dict[str, Any] = {}
+
+    def probe(key):
+        obj = init(key)
+        leaves, treedef = jax.tree.flatten(obj)
+        mask = tuple(_is_float_array(x) for x in leaves)
+        box.update(obj=obj, leaves=leaves, treedef=treedef, mask=mask)
+        return [x for x, m in zip(leaves, mask, strict=True) if m]
+
+    try:
+        trained = jax.eval_shape(probe, jax.random.key(0))
+    except Exception as e:  # noqa: BLE001 - whatever init raises, named as init's
+        raise TypeError(f"init(key) could not be evaluated: {type(e).__name__}: {e}") from e
+    obj, leaves, treedef, mask = box["obj"], box["leaves"], box["treedef"], box["mask"]
+    if obj is None or isinstance(obj, (dict, list, tuple)) or all(mask):
+        return None
+    if not any(mask):
+        raise TypeError("init(key) returned a model object with no floating-point array "
+                        "leaves to train")
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        obj, is_leaf=lambda x: isinstance(x, jax.core.Tracer))[0]]
+    for path, x, m in zip(paths, leaves, mask, strict=True):
+        if not m and isinstance(x, jax.core.Tracer):
+            raise ValueError(
+                f"init(key) returned a model object whose leaf {path} is a "
+                f"{x.dtype} array computed by jax: jaxgd trains a model object's "
+                "floating-point arrays and holds its other leaves as they are, so a held "
+                "array must be a fixed value (a NumPy array or a static field), or pass the "
+                "model as params= instead of init=")
+    static = tuple(None if m else x for m, x in zip(mask, leaves, strict=True))
+    it = iter(trained)
+    abstract = jax.tree.unflatten(treedef, [next(it) if m else None for m in mask])
+    return abstract, static, mask, treedef

@@ -239,11 +239,17 @@ def prepare(
                 raise ValueError(
                     f"val_data{where} has shape {v.shape} but data{where} has shape "
                     f"{d.shape}: all but the leading (sample) axis must match")
-    if init_fn is not None:
-        params = jax.eval_shape(init_fn, jax.random.key(0))
-        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
     combined = None
-    parts = lossform.partition(params) if callable(loss) else None
+    if init_fn is not None:
+        parts = lossform.partition_init(init_fn) if callable(loss) else None
+        if parts is not None:  # init returns a model object: trained part + held leaves
+            params, static, mask, treedef = parts
+            init_fn = lossform.TrainedInit(init_fn, treedef, mask)
+            loss = combined = lossform.Combined(loss, treedef, static, mask)
+        else:
+            params = jax.eval_shape(init_fn, jax.random.key(0))
+        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    parts = lossform.partition(params) if callable(loss) and combined is None else None
     if parts is not None:  # a model object: train its floating arrays, hold the rest
         params, static, mask, treedef = parts
         if not any(mask):

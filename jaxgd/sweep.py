@@ -250,7 +250,9 @@ def sweep(
 
     Args:
       loss, params, data: as for :func:`jaxgd.fit`. ``params`` may be ``None`` when
-        ``init(key) -> params`` draws each seed's initial parameters.
+        ``init(key) -> params`` draws each seed's initial parameters (a model object,
+        e.g. an equinox Module, is split as ``params`` is: floating arrays trained,
+        other leaves held; a held array must be a fixed value, not computed by jax).
         Shape axes: the keyword parameters of ``init`` after the key (e.g.
         ``init(key, hidden)``) are sweep axes that may change the parameters' shapes
         (:func:`shape_axes`); each distinct value (tuple) is its own group, like a batch
@@ -331,7 +333,7 @@ def sweep(
 
             res.lineage = pd.DataFrame(lineage)
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
-            res.params = groups[0].prepared.combined.rebuild(res.params)
+            res.param_groups = [_as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
@@ -495,6 +497,20 @@ def _shape_of(init, names, values, i, c) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(out))
 
 
+def _as_model(pg, groups: list[Group]):
+    """A parameter group's stacked trained part rebuilt as the model object of the group
+    (shape) it was trained in."""
+    from .results import ParamGroup
+
+    def sig(tree, lead):
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef, [np.shape(x)[lead:] for x in leaves]
+
+    want = sig(pg.params, 1)
+    g = next(g for g in groups if sig(g.prepared.params, 0) == want)
+    return ParamGroup(pg.rows, g.prepared.combined.rebuild(pg.params))
+
+
 def _frozen(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return tuple(_frozen(x) for x in v)
@@ -512,8 +528,9 @@ def _shaped_init(init, shape, i, c):
     """``init`` with the shape axes bound (the same object for equal values, so a program
     is compiled once per shape); refused before compilation if ``init`` rejects them."""
     fn = _init_with(init, shape)
-    try:
-        jax.eval_shape(fn, jax.random.key(0))
+    try:  # (its array leaves: a model object may hold others, e.g. an activation)
+        jax.eval_shape(lambda k: [x for x in jax.tree.leaves(fn(k))
+                                  if isinstance(x, jax.Array)], jax.random.key(0))
     except Exception as e:  # noqa: BLE001 - whatever init raises names the axis
         vals = ", ".join(f"{k}={v!r}" for k, v in shape)
         raise ValueError(f"configuration {i} {c}: init rejects shape axis {vals}: "

@@ -2,7 +2,7 @@
 
     python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
         --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
-        [--progress all|lead]
+        [--progress all|lead] [--model-state]
 
 JAX options that must come before any JAX operation (forced host devices, the
 distributed runtime) are set here, first thing. With ``--report`` a JSON summary
@@ -28,6 +28,30 @@ def mse(params, batch):
     return jnp.mean((xb @ params["w"] + params["b"] - yb) ** 2)
 
 
+def bn_mse(params, batch, *, state, train):
+    """mse of a BatchNorm-like linear model: the prediction is centred by the batch mean
+    of ``x @ w`` in training steps (the running mean in evaluation passes); the state holds
+    that running mean (it depends on each configuration's ``w``) and a step count."""
+    import jax
+    import jax.numpy as jnp
+
+    xb, yb = batch
+    h = xb @ params["w"]
+    if train:
+        mu = jnp.mean(h)
+        new = {"mean": 0.8 * state["mean"] + 0.2 * jax.lax.stop_gradient(mu),
+               "steps": state["steps"] + 1.0}
+    else:
+        mu, new = state["mean"], state
+    return jnp.mean((h - mu + params["b"] - yb) ** 2), new
+
+
+def state0():
+    import jax.numpy as jnp
+
+    return {"mean": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.float32)}
+
+
 def problem():
     import jax.numpy as jnp
     import numpy as np
@@ -47,10 +71,13 @@ def grid(batch_sizes=(None, 5), lrs=LRS, seeds=SEEDS):
 
 
 def run_sweep(out=None, epochs=4, chunk_size=None, batch_sizes=(None, 5), lrs=LRS,
-              seeds=SEEDS, **kw):
+              seeds=SEEDS, model_state=False, **kw):
+    """The sweep; ``model_state``: the BatchNorm-like loss ``bn_mse`` with its state."""
     import jaxgd
 
     mse, p0, data = problem()
+    if model_state:
+        mse, kw = bn_mse, {**kw, "state": state0()}
     return jaxgd.sweep(mse, p0, data, grid=grid(batch_sizes, lrs, seeds), epochs=epochs,
                        chunk_size=chunk_size, out=out, **kw)
 
@@ -77,6 +104,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", default="full,5")
     ap.add_argument("--lrs", default=None)
     ap.add_argument("--report", default=None)
+    ap.add_argument("--model-state", action="store_true",
+                    help="the BatchNorm-like loss bn_mse, with model state")
     ap.add_argument("--progress", choices=("all", "lead"), default=None,
                     help="progress bars: asked for by every process, or by process 0 only")
     ap.add_argument("--block-rows", type=int, default=None,
@@ -86,6 +115,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     import jax
+    import numpy as np
 
     if a.devices:
         jax.config.update("jax_num_cpu_devices", a.devices)
@@ -113,10 +143,15 @@ def main(argv=None):
         def call(*args):
             res = prog.block(*args)
             leaf = res[1].reason
-            shardings.append({"devices": len(leaf.sharding.device_set),
-                              "addressable_shards": len(leaf.addressable_shards),
-                              "spec": str(getattr(leaf.sharding, "spec", None)),
-                              "shape": list(leaf.shape)})
+            record = {"devices": len(leaf.sharding.device_set),
+                      "addressable_shards": len(leaf.addressable_shards),
+                      "spec": str(getattr(leaf.sharding, "spec", None)),
+                      "shape": list(leaf.shape)}
+            if res[1].state is not None:  # the model state the block returns
+                st = res[1].state["mean"]
+                record["state_spec"] = str(getattr(st.sharding, "spec", None))
+                record["state_shape"] = list(st.shape)
+            shardings.append(record)
             return res
 
         return prog._replace(block=call)
@@ -127,7 +162,7 @@ def main(argv=None):
     progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)
     extra = {"search": search_of(a.search)} if a.search else {}
     sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
-                   lrs=lrs, progress=progress, **extra)
+                   lrs=lrs, progress=progress, model_state=a.model_state, **extra)
     mesh = sweep_mod.default_mesh()
     if a.report and jax.process_index() == 0:
         info = {
@@ -140,6 +175,9 @@ def main(argv=None):
             "loss": sw.history["loss"].tolist(),
             "params_w": sw.params["w"].tolist(),
             "lineage": None if sw.lineage is None else sw.lineage.to_numpy(float).tolist(),
+            "params_b": sw.params["b"].tolist(),
+            "state": None if sw.state is None else {k: np.asarray(v).tolist()
+                                                    for k, v in sw.state.items()},
         }
         with open(a.report + ".tmp", "w") as f:
             json.dump(info, f)

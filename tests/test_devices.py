@@ -1,4 +1,5 @@
-"""A sweep on 4 forced host devices equals the single-device sweep.
+"""A sweep on 4 forced host devices equals the single-device sweep; one whose loss carries
+model state (BatchNorm-like) on 8 devices equals it too, and a hand-written optax loop.
 
 Forcing devices must happen before JAX starts, and slows ordinary code, so it runs in a
 separate process (tests/sweep_worker.py); the single-device reference runs here.
@@ -132,3 +133,64 @@ def test_search_on_four_forced_devices_equals_one(tmp_path):
                                rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-4,
                                atol=1e-6)
+
+
+def hand_bn_sgd(worker, lr, epochs):
+    """``worker.bn_mse`` trained full batch by a hand-written optax SGD loop: (params,
+    state, eval-mode loss after each epoch)."""
+    import jax
+    import optax
+
+    _, p, (x, y) = worker.problem()
+    s = worker.state0()
+    opt = optax.sgd(lr)
+    ost = opt.init(p)
+    losses = []
+    for _ in range(epochs):
+        g, s_new = jax.grad(lambda q, s=s: worker.bn_mse(q, (x, y), state=s, train=True),
+                            has_aux=True)(p)
+        u, ost = opt.update(g, ost, p)
+        p, s = optax.apply_updates(p, u), s_new
+        losses.append(float(worker.bn_mse(p, (x, y), state=s, train=False)[0]))
+    return p, s, np.asarray(losses)
+
+
+def test_model_state_sweep_on_eight_devices_equals_one_and_hand_loop(tmp_path):
+    report = tmp_path / "report.json"
+    run_worker(["--report", str(report), "--model-state"],
+               env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    info = json.loads(report.read_text())
+    assert info["device_count"] == 8 and info["default_mesh_devices"] == 8
+    for s in info["shardings"]:  # blocks of 3 x 3 padded to 3 x 8, split over 8 devices
+        assert s["devices"] == 8 and "config" in s["spec"] and s["shape"] == [3, 8]
+        # the state comes back per configuration, split over the devices like the rest
+        assert "config" in s["state_spec"] and s["state_shape"] == [3, 8]
+
+    worker = load_worker()
+    ref = worker.run_sweep(model_state=True)  # single device, in this process
+    compare_tables(pd.DataFrame(info["table"]), ref.table)
+    for name in ("mean", "steps"):
+        np.testing.assert_allclose(np.asarray(info["state"][name]), ref.state[name],
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["params_b"]), ref.params["b"], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["loss"]), ref.history["loss"], rtol=1e-5,
+                               atol=1e-6)
+    # each configuration carried its own state: the running mean of x @ w differs with the
+    # learning rate; full batch runs 1 step an epoch, batches of 5 run 5 (23 rows)
+    t = ref.table
+    full = (t["batch_size"].astype(str) == "full").to_numpy()
+    steps = np.where(full, 4.0, 20.0)
+    np.testing.assert_array_equal(np.asarray(info["state"]["steps"]), steps)
+    assert len(np.unique(np.round(np.asarray(info["state"]["mean"]), 6))) >= 6
+    # and the full-batch configurations equal a hand-written optax loop
+    for lr in worker.LRS:
+        i = t.index[(t["learning_rate"] == lr) & full & (t["seed"] == 1)][0]
+        p, s, losses = hand_bn_sgd(worker, lr, 4)
+        np.testing.assert_allclose(info["params_w"][i], p["w"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(info["params_b"][i], p["b"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(info["state"]["mean"][i], s["mean"], rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(info["loss"])[i], losses, rtol=1e-5)

@@ -602,3 +602,55 @@ def test_state_updated_only_on_accepted_steps():
     assert res.stop_reason == "diverged"
     assert res.steps_run == 3
     assert float(res.state["n"]) == 3.0  # the refused step left the state as it was
+
+
+# ----------------------------------------------------------------------------- init= a model
+
+
+def eqx_init(key, hidden=8):
+    return EqxModel(eqx.nn.MLP(3, 1, hidden, 1, key=key), eqx.nn.Dropout(0.25))
+
+
+def test_init_returning_an_equinox_module_equals_hand_loop():
+    sw = jaxgd.sweep(eqx_loss, None, (X, Y), init=eqx_init,
+                     grid={"learning_rate": [0.01, 0.03], "seed": [0, 1]}, batch_size=6,
+                     epochs=3, shuffle=False)
+    assert isinstance(sw.params, EqxModel) and sw.params.drop.p == 0.25
+    assert sw.params.mlp.activation is jax.nn.relu
+    trained = eqx.filter(sw.params, eqx.is_inexact_array)
+    t = sw.table
+    for i in (0, len(t) - 1):  # (0.01, seed 0) and (0.03, seed 1)
+        lr, seed = float(t["learning_rate"][i]), int(t["seed"][i])
+        # the documented draw: init(fold_in(key(seed), 0x5EED)); the module's dropout p
+        # and activation held as they are
+        m0 = eqx_init(jax.random.fold_in(jax.random.key(seed), 0x5EED))
+        p0, static = eqx.partition(m0, eqx.is_inexact_array)
+        ref_p, ref_l = hand_loop(
+            lambda p, b, key, static=static: eqx_loss(eqx.combine(p, static), b, key=key),
+            p0, {"learning_rate": lr}, seed, 3, 6, optax.sgd(lr),
+            lambda p, static=static: eqx_loss(eqx.combine(p, static), (X, Y), key=None))
+        close_trees(jax.tree.map(lambda a, i=i: a[i], trained), ref_p, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sw.history["loss"][i], ref_l, rtol=1e-4)
+    best = sw.best()
+    assert isinstance(best.params, EqxModel)
+    # a shape axis of such an init: each width its own group, modules back
+    sh = jaxgd.sweep(eqx_loss, None, (X, Y), init=eqx_init,
+                     grid={"hidden": [4, 8], "learning_rate": [0.03]}, batch_size=6, epochs=1)
+    assert sh.table["final_loss"].notna().all()
+    assert isinstance(sh.best().params, EqxModel)
+
+
+def test_init_returning_a_model_with_a_computed_held_array_refused():
+    class Counted(eqx.Module):
+        w: jax.Array
+        n: jax.Array  # an int array computed in init: cannot be held as a fixed value
+
+    def init(key):
+        return Counted(jax.random.normal(key, (3,)), jnp.arange(3))
+
+    def loss(m, b):
+        return jnp.mean((b[0] @ m.w - b[1]) ** 2)
+
+    with pytest.raises(ValueError, match=r"init\(key\) returned a model object whose leaf "
+                       r"\.n is a int32 array"):
+        jaxgd.sweep(loss, None, (X, Y), init=init, grid={"learning_rate": [0.1]}, epochs=1)
