@@ -90,28 +90,22 @@ def _cold():
 def _compare(name, run_grid, searches, quick):
     """Grid vs each search: best validation loss, optimizer steps, seconds (each run
     cold: its compiles included)."""
-    _cold()
-    t0 = time.perf_counter()
-    grid = run_grid(None)
-    t_grid = time.perf_counter() - t0
-    best_grid = float(np.nanmin(grid.table["best_val_loss"]))
-    steps_grid = int(grid.table["steps_run"].sum())
-    rows = [{"problem": name, "method": f"grid ({len(grid)} configurations)",
-             "best_val_loss": best_grid, "vs grid best": 1.0, "optimizer steps": steps_grid,
-             "steps / grid": 1.0, "seconds": t_grid, "time / grid": 1.0}]
-    results = {"grid": grid}
-    for label, s in searches:
+    rows, results = [], {}
+    for label, s in [("grid", None), *searches]:
         _cold()
         t0 = time.perf_counter()
-        res = run_grid(s)
-        secs = time.perf_counter() - t0
-        best = float(np.nanmin(res.table["best_val_loss"]))
-        steps = int(res.table["steps_run"].sum())
-        rows.append({"problem": name, "method": label, "best_val_loss": best,
-                     "vs grid best": best / best_grid, "optimizer steps": steps,
-                     "steps / grid": steps / steps_grid, "seconds": secs,
-                     "time / grid": secs / t_grid})
-        results[label] = res
+        res = results[label] = run_grid(s)
+        rows.append({"method": f"grid ({len(res)} configurations)" if s is None else label,
+                     "best_val_loss": float(np.nanmin(res.table["best_val_loss"])),
+                     "optimizer steps": int(res.table["steps_run"].sum()),
+                     "seconds": time.perf_counter() - t0})
+    g = rows[0]  # ratios to the grid (its own row: 1)
+    rows = [{"problem": name, "method": r["method"], "best_val_loss": r["best_val_loss"],
+             "vs grid best": r["best_val_loss"] / g["best_val_loss"],
+             "optimizer steps": r["optimizer steps"],
+             "steps / grid": r["optimizer steps"] / g["optimizer steps"],
+             "seconds": r["seconds"], "time / grid": r["seconds"] / g["seconds"]}
+            for r in rows]
     return rows, results
 
 

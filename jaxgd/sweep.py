@@ -910,15 +910,10 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
     """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
     configuration, with their indices under ``"config"``."""
     g, S, width = p.group, len(p.streams), p.width
-    spec, params, val = g.prepared.spec, g.prepared.params, g.prepared.val_data
+    spec, params = g.prepared.spec, g.prepared.params
     ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, fold_split)
     prog, columns = program_for(spec, params, ch.tc, S * width)
-    args = (None if spec.init_fn is not None else params, data, val, ch.tc, ch.keys, ch.tidx,
-            ch.vidx, g.prepared.state)
-    put_scalar = lambda v: v  # noqa: E731
-    if mesh is not None:
-        args = _shard_args(mesh, args)
-        put_scalar = functools.partial(_replicated, mesh)
+    args, put_scalar = _program_args(g, ch, data, mesh)
     c0 = _COMPILE_SECONDS[0]
     out = run_program(prog, spec, columns, args, to_host=_to_host, put_scalar=put_scalar)
     _note_compile(spec, c0)
@@ -929,6 +924,17 @@ def _run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[
     # a chunk as the run folder stores it: the program's outputs by name, and the
     # configurations they belong to
     return {**flat._asdict(), "config": np.asarray(idx, np.int64)}
+
+
+def _program_args(g: Group, ch: ChunkInputs, data, mesh):
+    """(the program's ``(params0, data, val, tc, keys, tidx, vidx, state0)``, on the mesh
+    when there is one; the function that makes a host scalar a program input)."""
+    spec = g.prepared.spec
+    args = (None if spec.init_fn is not None else g.prepared.params, data,
+            g.prepared.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx, g.prepared.state)
+    if mesh is None:
+        return args, lambda v: v
+    return _shard_args(mesh, args), functools.partial(_replicated, mesh)
 
 
 def _shard_args(mesh, args):
@@ -1043,12 +1049,7 @@ def _advance_chunk(run: SearchRun, gi: int, rows: list[int], ch: ChunkInputs, st
     spec, params = g.prepared.spec, g.prepared.params
     S, width = ch.grid_rows.shape
     prog, _ = program_for(spec, params, ch.tc, S * width)
-    args = (None if spec.init_fn is not None else params, run.data, g.prepared.val_data,
-            ch.tc, ch.keys, ch.tidx, ch.vidx, g.prepared.state)
-    put_scalar = lambda v: v  # noqa: E731
-    if run.mesh is not None:
-        args = _shard_args(run.mesh, args)
-        put_scalar = functools.partial(_replicated, run.mesh)
+    args, put_scalar = _program_args(g, ch, run.data, run.mesh)
     params0, data, val, tc, keys, tidx, vidx, state0 = args
     if start == 0:
         st = prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
