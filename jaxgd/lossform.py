@@ -114,10 +114,42 @@ def _describe(tree) -> list[tuple[str, Any, Any]]:
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+# forms already checked: (loss, name, abstract signature of the arguments) -> LossForm.
+# Tracing the loss costs ~2 ms, a noticeable share of a short ``fit`` call; a loss and
+# argument shapes seen before give the same form (as jax.jit's own cache assumes).
+_FORMS: dict[Any, LossForm] = {}
+_FORMS_MAX = 256
+
+
+def _signature(tree) -> tuple[Any, ...]:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((type(x).__name__, np.shape(x), str(getattr(x, "dtype", "")),
+                           getattr(x, "weak_type", None)) for x in leaves)
+
+
 def check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str = "loss"
                ) -> LossForm:
     """Detect and check the form of ``loss`` by tracing it abstractly (training and
-    evaluation calls); refuse what does not fit, naming the argument and the form."""
+    evaluation calls); refuse what does not fit, naming the argument and the form.
+    A form found before for the same loss and argument shapes is reused."""
+    try:
+        key = (loss, name, _signature(params), _signature(batch), _signature(state),
+               tuple(sorted((k, np.shape(v)) for k, v in hparams.items())))
+        hash(key)
+    except TypeError:  # an unhashable loss or static leaf: check every time
+        key = None
+    if key is not None and key in _FORMS:
+        return _FORMS[key]
+    form = _check_form(loss, params, batch, state, hparams, name)
+    if key is not None:
+        if len(_FORMS) >= _FORMS_MAX:
+            _FORMS.clear()
+        _FORMS[key] = form
+    return form
+
+
+def _check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str
+                ) -> LossForm:
     d = declared(loss, name)
     if d["state"] and state is None:
         raise TypeError(f"{name} declares a 'state' parameter but no state was given: pass "

@@ -92,6 +92,47 @@ class State(NamedTuple):
     evals_run: jax.Array
     model_state: Any = None  # non-trainable model state (None: the loss has none)
     best_model_state: Any = None
+    ahead: Any = None  # Ahead at ``params`` when :func:`lookahead` (else None)
+
+
+class Ahead(NamedTuple):
+    """The data loss, its gradient and the loss's metrics over the whole training set
+    at the current parameters (an evaluation call: ``key=None``, ``train=False``)."""
+
+    loss: jax.Array
+    grad: Any
+    metrics: Any
+
+
+def lookahead(spec: ProgramSpec) -> bool:
+    """Full-batch GD whose evaluations pass over the training data: the evaluation
+    after an update computes the loss *and gradient* at the new parameters, and that
+    gradient is the next update's. One forward and backward pass per epoch instead of a
+    step's pass plus an evaluation's pass; the same numbers (the batch is the training
+    data, and a loss without key, train flag, state or hyper-parameters is called the
+    same way in steps and evaluations). The penalty's gradient is added at each step, so
+    a hyper-parameter changed between calls (population-based training) is never stale."""
+    plan, f = spec.plan, spec.form
+    return (plan.full_steps == 1 and plan.last_batch_size == 0 and spec.accumulate == 1
+            and plan.batch_size == plan.n and spec.metrics != "batch"
+            and not (f.key or f.train or f.state or f.takes_hparams))
+
+
+def _ahead(spec: ProgramSpec, params, batch, tc) -> Ahead:
+    def f(p):
+        loss, _, m = call_loss(spec, p, None, batch, None, False, tc)
+        return loss, m
+    (loss, m), g = jax.value_and_grad(f, has_aux=True)(params)
+    return Ahead(loss, g, m)
+
+
+def _with_penalty(spec: ProgramSpec, params, tc, a: Ahead):
+    """(objective, its gradient) at ``params`` from the data loss's :class:`Ahead`."""
+    pen = _penalty(spec, params, tc)
+    if pen is None:
+        return a.loss, a.grad
+    gp = jax.grad(lambda p: _penalty(spec, p, tc))(params)
+    return a.loss + pen, jax.tree.map(jnp.add, a.grad, gp)
 
 
 def _tree_where(c, a, b):
@@ -233,6 +274,7 @@ class StepCarry(NamedTuple):
     sum_grad_norm: jax.Array
     model_state: Any = None
     sum_metrics: Any = None  # dict: the metrics of the accepted steps, summed
+    ahead: Any = None  # Ahead at ``params`` (lookahead), else None
 
 
 class EpochCarry(NamedTuple):
@@ -368,8 +410,10 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
     dt = metric_dtype(params0)
     tr = _train_view(data, tidx)
     tr = _standardizer(spec, tr)(tr)
+    ahead = _ahead(spec, params0, tr, tc) if lookahead(spec) else None
     if spec.track_init:
-        init_loss = _data_loss(spec, params0, tr, state0, tc).astype(dt)
+        init_loss = (ahead.loss if ahead is not None
+                     else _data_loss(spec, params0, tr, state0, tc)).astype(dt)
     else:  # not needed: skip a pass over the data for every configuration
         init_loss = jnp.asarray(jnp.nan, dt)
     bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
@@ -388,6 +432,7 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
         evals_run=jnp.zeros((), jnp.int32),
         model_state=state0,
         best_model_state=state0 if spec.restore_best else None,
+        ahead=ahead,
     )
 
 
@@ -430,8 +475,13 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     params, opt_state, stp = carry.params, carry.opt_state, carry.step
     batch = ctx.tf(_gather(spec, ctx, order, start, size))
     key = None if ctx.cfg_key is None else jax.random.fold_in(ctx.cfg_key, stp)
-    obj, loss, g, new_state, m = _mean_grad(spec, params, carry.model_state, batch, tc, micro,
-                                            key)
+    if carry.ahead is not None:  # lookahead: the gradient was computed with the loss
+        (obj, g), loss, m = _with_penalty(spec, params, tc, carry.ahead), carry.ahead.loss, \
+            carry.ahead.metrics
+        new_state = None
+    else:
+        obj, loss, g, new_state, m = _mean_grad(spec, params, carry.model_state, batch, tc,
+                                                micro, key)
     gn = _global_norm(g)
     updates, new_opt = ctx.opt.update(g, opt_state, params)
     if ctx.wd_mask is not None:
@@ -447,11 +497,14 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     opt_state = _tree_where(ok, new_opt, opt_state)
     reason = jnp.where(carry.active & ~finite, DIVERGED, carry.reason)
     model_state = _tree_where(ok, new_state, carry.model_state) if spec.form.state else None
+    ahead = None
+    if carry.ahead is not None:  # the loss and gradient at the parameters kept
+        ahead = _tree_where(ok, _ahead(spec, new_params, batch, tc), carry.ahead)
     w = ok.astype(carry.sum_loss.dtype)
     sum_metrics = {k: v + ok.astype(v.dtype) * m[k] for k, v in carry.sum_metrics.items()}
     return StepCarry(params, opt_state, stp + ok.astype(jnp.int32), carry.active & finite,
                      reason, carry.sum_loss + w * loss, carry.sum_grad_norm + w * gn,
-                     model_state, sum_metrics), loss
+                     model_state, sum_metrics, ahead), loss
 
 
 def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
@@ -492,7 +545,7 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     mdt = metric_dtype(st.params)
     carry = EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
                                  jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
-                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}),
+                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead),
                        st.epochs_run)
     e0 = block * K
     if K == 1:
@@ -525,7 +578,11 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
     batch_gn = jnp.where(any_step, c.sum_grad_norm / steps_done, jnp.nan)
     batch_m = {k: jnp.where(any_step, v / steps_done.astype(v.dtype), jnp.nan)
                for k, v in c.sum_metrics.items()}
-    if spec.metrics != "batch":
+    if c.ahead is not None:  # lookahead: computed by the block's last step (or init)
+        obj, g = _with_penalty(spec, c.params, ctx.tc, c.ahead)
+        loss, full_m = c.ahead.loss, c.ahead.metrics
+        gn = _global_norm(g) if spec.full_grad else batch_gn
+    elif spec.metrics != "batch":
         tr = ctx.tf(_train_view(ctx.data, ctx.tidx))
         if spec.full_grad:
             (obj, (loss, _, full_m)), g = jax.value_and_grad(
@@ -609,7 +666,7 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
         epochs_run=carry.epochs_run, init_loss=ref, best_metric=best_metric,
         best_epoch=best_epoch, bad_epochs=bad, best_params=best_params,
         evals_run=st.evals_run + st.active.astype(jnp.int32),
-        model_state=c.model_state, best_model_state=best_mstate,
+        model_state=c.model_state, best_model_state=best_mstate, ahead=c.ahead,
     ), row
 
 
