@@ -24,7 +24,10 @@ makes XLA:CPU dispatch that body's kernels to its thread pool, at every iteratio
 
 Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
 over the training data per configuration (plus a backward pass with ``grad_tol`` or
-``metrics="full_grad"``), the stop checks on scalars, and one history row written.
+``metrics="full_grad"``), the stop checks on scalars, and one history row written. Full-
+batch GD (:func:`lookahead`) has no extra pass: each step computes the loss and gradient
+at the parameters it produces, which are the evaluation's numbers and the next step's
+gradient.
 """
 
 from __future__ import annotations
