@@ -56,8 +56,24 @@ class LossForm(NamedTuple):
                     or self.metrics)
 
 
+_DECLARED: dict[Any, dict[str, bool]] = {}  # (loss, name) -> declared (a sweep asks per config)
+
+
 def declared(loss: Callable[..., Any], name: str = "loss") -> dict[str, bool]:
     """The optional keyword parameters ``loss`` declares (by name)."""
+    try:
+        hit = _DECLARED.get((loss, name))
+    except TypeError:  # an unhashable callable: inspect it every time
+        return _declared(loss, name)
+    if hit is None:
+        hit = _declared(loss, name)
+        if len(_DECLARED) >= _FORMS_MAX:
+            _DECLARED.clear()
+        _DECLARED[(loss, name)] = hit
+    return dict(hit)
+
+
+def _declared(loss: Callable[..., Any], name: str) -> dict[str, bool]:
     try:
         sig = inspect.signature(loss)
     except (TypeError, ValueError):  # a builtin or C callable: the plain form

@@ -262,7 +262,10 @@ def param_leaves(params) -> list[tuple[str, jax.Array]]:
 
 
 def _take(data, idx):
-    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+    # the indices are in range by construction (a permutation, a fold's indices): no
+    # out-of-range fill (jnp.take's default masks every gathered element; "clip" only
+    # clamps the indices)
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), data)
 
 
 class StepCarry(NamedTuple):
