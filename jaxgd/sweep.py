@@ -1132,6 +1132,13 @@ def _restore(run: SearchRun) -> dict[str, Any] | None:
         if gi not in treedefs:
             treedefs[gi] = _state_treedef(run, gi)
         m = run.members[(gi, r)]
+        saved = sum(1 for k in arrays if k.startswith(f"{gi}/{r}/s"))
+        if saved != treedefs[gi].num_leaves:
+            raise ValueError(
+                f"the search state saved in {run.store.path} holds {saved} arrays per "
+                f"member where this version of jaxgd's program state has "
+                f"{treedefs[gi].num_leaves} (saved by another version): remove "
+                f"{run.store.path / 'chunks' / 'search.npz'} to restart the search")
         m.state = jax.tree.unflatten(treedefs[gi], [arrays[f"{gi}/{r}/s{i}"] for i in
                                                     range(treedefs[gi].num_leaves)])
         pre = f"{gi}/{r}/h/"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -397,3 +398,28 @@ def test_interrupted_search_resumes_at_its_last_boundary(kind, tmp_path, monkeyp
         assert res.lineage.equals(ref.lineage)
     assert jaxgd.load(tmp_path / "run").table["stop_reason"].tolist() == list(
         ref.table["stop_reason"])
+
+
+def test_a_search_state_of_another_layout_is_refused_by_name(tmp_path, monkeypatch):
+    """A saved search whose program state has another number of arrays per member (as
+    one written by another version of jaxgd would) is refused with the file to remove,
+    not unpacked into the wrong fields."""
+    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2]}, epochs=4, batch_size=16,
+              search=search.Halving(eta=2, min_epochs=1))
+    real_check = sweep_mod._checkpoint
+
+    def dying(run, where):
+        real_check(run, where)
+        raise _Interrupt
+
+    monkeypatch.setattr(sweep_mod, "_checkpoint", dying)
+    with pytest.raises(_Interrupt):
+        jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
+    monkeypatch.setattr(sweep_mod, "_checkpoint", real_check)
+    real_treedef = sweep_mod._state_treedef
+    monkeypatch.setattr(sweep_mod, "_state_treedef", lambda run, gi: jax.tree.structure(
+        (jax.tree.unflatten(real_treedef(run, gi), [0] * real_treedef(run, gi).num_leaves),
+         0)))
+    with pytest.raises(ValueError, match=r"saved by another version.*search\.npz"):
+        jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
