@@ -15,8 +15,8 @@ from pathlib import Path
 # ~60 MB after both tiers; delete it at any time) for this session, the slow tier after
 # the fast one, and their subprocesses (the README's commands, the processes of a
 # distributed test): the slow tier's commands compile many programs the fast tier's
-# experiments compiled. Measured on the 2-core VM: the slow tier 16 min without it,
-# 9.5 min after the fast tier with it (the fast tier itself unchanged, ~9 min). No size
+# experiments compiled. Measured on the 2-core VM: the slow tier 16.3 min without it,
+# 9.4 and 12.9 min after the fast tier with it (the fast tier itself unchanged). No size
 # limit: JAX's limit scans the whole directory at every write. A cache the user set up
 # is used as it is.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
