@@ -56,21 +56,32 @@ class LossForm(NamedTuple):
                     or self.metrics)
 
 
+_CACHE_MAX = 256  # entries of each memo below (emptied when full)
 _DECLARED: dict[Any, dict[str, bool]] = {}  # (loss, name) -> declared (a sweep asks per config)
+# forms already checked: (loss, name, abstract signature of the arguments) -> LossForm.
+# Tracing the loss costs ~2 ms, a noticeable share of a short ``fit`` call; a loss and
+# argument shapes seen before give the same form (as jax.jit's own cache assumes).
+_FORMS: dict[Any, LossForm] = {}
+
+
+def _memo(cache: dict[Any, Any], key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in ``cache`` under ``key``; an unhashable key (an unhashable
+    loss or static leaf) computes every time, and an error is never kept."""
+    try:
+        hit = cache.get(key)
+    except TypeError:
+        return compute()
+    if hit is None:
+        hit = compute()
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = hit
+    return hit
 
 
 def declared(loss: Callable[..., Any], name: str = "loss") -> dict[str, bool]:
     """The optional keyword parameters ``loss`` declares (by name)."""
-    try:
-        hit = _DECLARED.get((loss, name))
-    except TypeError:  # an unhashable callable: inspect it every time
-        return _declared(loss, name)
-    if hit is None:
-        hit = _declared(loss, name)
-        if len(_DECLARED) >= _FORMS_MAX:
-            _DECLARED.clear()
-        _DECLARED[(loss, name)] = hit
-    return dict(hit)
+    return dict(_memo(_DECLARED, (loss, name), lambda: _declared(loss, name)))
 
 
 def _declared(loss: Callable[..., Any], name: str) -> dict[str, bool]:
@@ -130,13 +141,6 @@ def _describe(tree) -> list[tuple[str, Any, Any]]:
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-# forms already checked: (loss, name, abstract signature of the arguments) -> LossForm.
-# Tracing the loss costs ~2 ms, a noticeable share of a short ``fit`` call; a loss and
-# argument shapes seen before give the same form (as jax.jit's own cache assumes).
-_FORMS: dict[Any, LossForm] = {}
-_FORMS_MAX = 256
-
-
 def _signature(tree) -> tuple[Any, ...]:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((type(x).__name__, np.shape(x), str(getattr(x, "dtype", "")),
@@ -148,20 +152,9 @@ def check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str
     """Detect and check the form of ``loss`` by tracing it abstractly (training and
     evaluation calls); refuse what does not fit, naming the argument and the form.
     A form found before for the same loss and argument shapes is reused."""
-    try:
-        key = (loss, name, _signature(params), _signature(batch), _signature(state),
-               tuple(sorted((k, np.shape(v)) for k, v in hparams.items())))
-        hash(key)
-    except TypeError:  # an unhashable loss or static leaf: check every time
-        key = None
-    if key is not None and key in _FORMS:
-        return _FORMS[key]
-    form = _check_form(loss, params, batch, state, hparams, name)
-    if key is not None:
-        if len(_FORMS) >= _FORMS_MAX:
-            _FORMS.clear()
-        _FORMS[key] = form
-    return form
+    key = (loss, name, _signature(params), _signature(batch), _signature(state),
+           tuple(sorted((k, np.shape(v)) for k, v in hparams.items())))
+    return _memo(_FORMS, key, lambda: _check_form(loss, params, batch, state, hparams, name))
 
 
 def _check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str

@@ -27,9 +27,10 @@ import jax  # noqa: E402  (after the cache settings: jax reads them on import)
 
 # and in case a plugin imported jax before this file
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-for _name in ("jax_persistent_cache_min_compile_time_secs",):
-    if _name.upper() in os.environ:
-        jax.config.update(_name, type(getattr(jax.config, _name))(os.environ[_name.upper()]))
+if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
