@@ -1123,6 +1123,7 @@ def problem_d(bn: Bench, data):
     # peers: one run per batch-size group, extrapolated to its lrs; summed
     tot: dict[str, list[float]] = {}
     meas: dict[str, str] = {}
+    peer_comp: list[float] = []  # the compile of a hand-written jitted optax loop, per group
     for b in s.d_batches:
         fl = linear_flops(n, s.d, b, s.epochs, lrs)
         start = len(bn.rows)
@@ -1130,6 +1131,8 @@ def problem_d(bn: Bench, data):
                        s.epochs, fl, s.other_peers, sub=s.d_sub)
         for r in bn.rows[start:]:
             meas.setdefault(r["implementation"], []).append(r["measured"])
+            if r["implementation"] == "JAX+optax per config":
+                peer_comp.append(r["compile_s"])
         del bn.rows[start:]
         for name, t in out.items():
             tot.setdefault(name, []).append(t)
@@ -1147,7 +1150,10 @@ def problem_d(bn: Bench, data):
     bn.target("D time / sum of groups alone", run / sum(alone), "<=", 1.2,
               f"{run:.3f} s vs {sum(alone):.3f} s")
     bn.target("D: worst compile per group (s)", max(comps), "<=", 1.0,
-              ", ".join(f"{c:.2f}" for c in comps))
+              ", ".join(f"{c:.2f}" for c in comps)
+              + ("; a jitted optax loop of one configuration, same group (no metrics, no "
+                 "stop checks): " + ", ".join(f"{c:.2f}" for c in peer_comp)
+                 if peer_comp else ""))
 
 
 def problem_e(bn: Bench):

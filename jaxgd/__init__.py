@@ -15,6 +15,7 @@ from .data import batch_plan as batch_plan
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value
+from .prepare import init_key as init_key
 from .prepare import loss_key as loss_key
 from .results import FitResult as FitResult
 from .results import SweepResult as SweepResult
@@ -34,6 +35,7 @@ __all__ = [
     "data",
     "datasets",
     "fit",
+    "init_key",
     "load",
     "loss_key",
     "lossform",

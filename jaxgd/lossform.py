@@ -35,6 +35,7 @@ import numpy as np
 __all__ = ["KEY_TAG", "LossForm", "check_form", "config_key", "key_hparams", "partition"]
 
 KEY_TAG = 0x4C055  # fold_in(run key, KEY_TAG) starts a configuration's loss keys
+INIT_FOLD = 0x5EED  # fold_in(run key, INIT_FOLD) is sweep(init=...)'s key (jaxgd.init_key)
 OPTIONAL = ("key", "train", "state", "hparams")
 RESERVED = ("epoch", "loss", "grad_norm", "lr", "objective", "step_loss", "state")
 
@@ -220,7 +221,7 @@ def _check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: st
         raise ValueError(f"hparams key {unread[0]!r} is not a hyper-parameter of the "
                          f"optimizer, schedule or stop conditions, and {name} does not read "
                          f"it from its hparams argument")
-    form = _returned(base, out, state, name)
+    form = _returned(base, out, state, name, batch)
     if base.key or base.train or base.state:
         try:  # the evaluation call: key=None, train=False
             out_eval = jax.eval_shape(run(False), params, batch, state, hp)
@@ -228,7 +229,7 @@ def _check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: st
             raise TypeError(
                 f"{name} failed in an evaluation call (key=None, train=False, used for the "
                 f"full-data and validation loss): {type(e).__name__}: {e}") from e
-        if _returned(base, out_eval, state, name) != form:
+        if _returned(base, out_eval, state, name, batch) != form:
             raise TypeError(f"{name} returns a different form in evaluation calls "
                             "(key=None, train=False) than in training steps")
     return form
@@ -239,7 +240,7 @@ def _form_text(f: LossForm) -> str:
     return "loss(params, batch" + "".join(f", {k}=..." for k in kws) + ")"
 
 
-def _returned(base: LossForm, out, state, name: str) -> LossForm:
+def _returned(base: LossForm, out, state, name: str, batch: Any = None) -> LossForm:
     """The form with what ``out`` (an abstract return value) holds, checked."""
     metrics: Any = None
     if base.state:
@@ -267,7 +268,10 @@ def _returned(base: LossForm, out, state, name: str) -> LossForm:
                 metrics = None  # another aux: ignored, as always
     if not hasattr(value, "shape") or value.shape != ():
         shape = getattr(value, "shape", type(value).__name__)
-        raise TypeError(f"{name} must return a scalar (or (scalar, aux)), got shape {shape}")
+        rows = {np.shape(a)[0] for a in jax.tree.leaves(batch) if np.ndim(a)}
+        on = f" on a batch of {rows.pop()} samples" if len(rows) == 1 else ""
+        raise TypeError(f"{name} must return a scalar (or (scalar, aux)): reduce over the "
+                        f"batch (e.g. jnp.mean); called{on} it returned shape {shape}")
     if not jnp.issubdtype(value.dtype, jnp.floating):
         raise TypeError(f"{name} must return a floating-point scalar, got dtype {value.dtype}")
     names: tuple[str, ...] = ()

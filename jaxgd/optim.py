@@ -258,9 +258,11 @@ def split_hparams(
         if k in STOP_DEFAULTS:  # a user's value; the defaults lie outside these ranges
             stops.check_stop_param(f"hparams[{k!r}]", k, v)
     if spec.factory is not None and "learning_rate" not in numeric:
+        given = sorted(k for k in hparams if k not in STOP_DEFAULTS)  # not stops' defaults
         raise ValueError(
-            f"hparams must give 'learning_rate' for optimizer {spec.name!r}, "
-            f"got keys {sorted(hparams)}"
+            f"hparams must give 'learning_rate' for optimizer {spec.name!r} (e.g. "
+            f"hparams={{'learning_rate': 0.01}}), got "
+            + (f"keys {given}" if given else "none")
         )
     for k, default in SCHEDULES[schedule].items():
         if k not in numeric:

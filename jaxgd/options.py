@@ -171,7 +171,9 @@ _TRAIN: tuple[Option, ...] = (
            "numbers, traced in the program (new values never recompile): the factory's "
            "keywords (``learning_rate``, ``b1``, ``momentum``, ...), the schedule's "
            "parameters, ``l1``/``l2`` penalties (``l1*sum|w| + l2/2*sum w^2`` over non-bias "
-           "leaves), ``clip_value``/``clip_norm`` and decoupled ``weight_decay``.",
+           "leaves), ``clip_value``/``clip_norm`` and decoupled ``weight_decay``. In a "
+           "sweep, the values every configuration starts from: an axis (``grid``, "
+           "``random``, ``configs``) of the same name replaces its value.",
            file=True, check=_mapping_or_none, what="a table of numbers", fingerprint="own"),
     Option("batch_size", None, "int | None",
            "``None`` (or ``\"full\"``: full batch), 1 (SGD) or B (mini-batch).",
@@ -190,8 +192,8 @@ _TRAIN: tuple[Option, ...] = (
     Option("drop_last", False, "bool", "drop the last, smaller batch of each epoch.",
            file=True, check=check_bool, what="true or false", fingerprint="own"),
     Option("key", None, "int | jax.random.key | None",
-           "int seed or ``jax.random.key``: the data order of every epoch (and, with "
-           "``init``, the initial parameters).", scope=FIT),
+           "int seed or ``jax.random.key``: the data order of every epoch and the "
+           "loss's keys (``jaxgd.loss_key``).", scope=FIT),
     Option("seed", 0, "int",
            "the base training seed (a ``seed`` axis overrides it); seed s reproduces "
            "``fit(..., key=s)``.", scope=SWEEP, file=True, check=_seed,
@@ -266,7 +268,8 @@ _TRAIN: tuple[Option, ...] = (
            check=_callable_or_none("a function params -> bool pytree")),
     Option("init", None, "Callable | None",
            "``init(key) -> params`` draws each seed's initial parameters (``params`` may "
-           "then be ``None``).", scope=SWEEP,
+           "then be ``None``) from ``jaxgd.init_key(seed)`` (``fold_in(key(seed), "
+           "0x5EED)``).", scope=SWEEP,
            check=_callable_or_none("a function key -> params")),
     Option("chunk_size", None, "int | None",
            "most configurations per program call (default: as many as ``memory_budget`` "

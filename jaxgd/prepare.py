@@ -50,6 +50,21 @@ def loss_key(run_key: Any, hparams: Mapping[str, Any], step: Any,
     return k if micro is None else jax.random.fold_in(k, micro)
 
 
+def init_key(run_key: Any) -> jax.Array:
+    """The key ``sweep(..., init=init)`` gives ``init`` for a configuration's seed:
+    ``fold_in(key(seed), 0x5EED)``, a stream of its own (the seed's key itself drives the
+    data order and the loss keys). ``init(jaxgd.init_key(seed))`` reproduces a
+    configuration's initial parameters, e.g. to rerun it with ``fit``.
+
+    Example:
+      >>> k = init_key(3)
+      >>> bool((jax.random.key_data(k) == jax.random.key_data(
+      ...     jax.random.fold_in(jax.random.key(3), 0x5EED))).all())
+      True
+    """
+    return jax.random.fold_in(as_key(run_key), lossform.INIT_FOLD)
+
+
 MAX_SEED = 2**64 - 1
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
 

@@ -43,6 +43,7 @@ import optax
 
 from . import lossform, optim, stops
 from .data import BatchPlan, feistel_permute, feistel_round_keys
+from .losses import abs_l1
 
 # stop reasons, as integers inside the program
 RUNNING = stops.RUNNING
@@ -150,7 +151,7 @@ def _penalty(spec: ProgramSpec, params, tc):
               if m]
     total = 0.0
     if "l1" in tc:
-        total = total + tc["l1"] * sum(jnp.sum(jnp.abs(p)) for p in leaves)
+        total = total + tc["l1"] * sum(jnp.sum(abs_l1(p)) for p in leaves)
     if "l2" in tc:
         total = total + tc["l2"] * 0.5 * sum(jnp.sum(p * p) for p in leaves)
     return total
@@ -411,7 +412,7 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
                state0=None) -> State:
     """The state before the first epoch (one configuration)."""
     if spec.init_fn is not None:
-        params0 = spec.init_fn(jax.random.fold_in(key, 0x5EED))
+        params0 = spec.init_fn(jax.random.fold_in(key, lossform.INIT_FOLD))  # init_key(seed)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     dt = metric_dtype(params0)
     tr = _train_view(data, tidx)

@@ -37,6 +37,9 @@ class FitResult:
       steps_run: parameter updates applied.
       best_epoch: epoch (0-based) of the best monitored loss, -1 if none.
       init_loss: the loss of the initial parameters on the training data.
+      final_loss: the last evaluation's training loss (``history["loss"][-1]``). With
+        ``restore_best=True`` the returned ``params`` are those of ``best_epoch``, not of
+        the last evaluation: their recorded loss is ``best_epoch_loss``.
       state: the final model state, for a loss that carries one (``state=``), else None
         (with ``restore_best``, the state of the best epoch).
     """
@@ -82,6 +85,16 @@ class FitResult:
     def final_loss(self) -> float:
         loss = self.history.get("loss")
         return float(loss[-1]) if loss is not None and len(loss) else float("nan")
+
+    @property
+    def best_epoch_loss(self) -> float:
+        """The training loss recorded at ``best_epoch`` (NaN if none): with
+        ``restore_best=True``, the loss of the returned ``params``."""
+        loss, epochs = self.history.get("loss"), self.history.get("epoch")
+        if loss is None or epochs is None or self.best_epoch < 0:
+            return float("nan")
+        hit = np.nonzero(np.asarray(epochs) == self.best_epoch)[0]
+        return float(loss[hit[0]]) if len(hit) else float("nan")
 
     def plot(self, ax=None, key: str = "loss", label: str | None = None):
         """Plot ``history[key]`` against epoch (log scale when positive); returns the axes."""
@@ -164,9 +177,11 @@ class SweepResult:
       table: ``pandas.DataFrame``, one row per configuration: every swept value, then
         ``init_loss``, ``final_loss`` (last recorded training loss), ``best_loss`` (lowest
         recorded training loss), ``best_epoch`` (epoch of the best *monitored* loss,
-        validation if present: the parameters ``restore_best`` returns), ``epochs_run``,
+        validation if present: the parameters ``restore_best`` returns),
+        ``best_epoch_loss`` (the training loss recorded at ``best_epoch``: with
+        ``restore_best=True``, the loss of the returned parameters), ``epochs_run``,
         ``steps_run``, ``stop_reason``, ``diverged`` and, with validation or folds,
-        ``final_val_loss`` and ``best_val_loss``.
+        ``final_val_loss``, ``best_val_loss`` and ``best_epoch_val_loss``.
       history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
         ``history["epoch"]`` gives each row's epoch. The program runs in blocks of
         evaluations and stops when every configuration of a chunk has stopped, so a
@@ -276,12 +291,16 @@ class SweepResult:
         # the program's own best: of the monitored loss (validation if any), the epoch whose
         # parameters restore_best returns; equal to fit's best_epoch
         table["best_epoch"] = scal["best_epoch"].astype(np.int64)
+        # the losses of the parameters restore_best returns
+        table["best_epoch_loss"] = _at_best_epoch(loss, hist["epoch"], scal["best_epoch"])
         if "val_loss" in hist:
             vl = hist["val_loss"]
             table["final_val_loss"] = _last_finite(vl, n_rows)
             with np.errstate(all="ignore"):
                 fv = np.where(np.isfinite(vl), vl, np.inf)
                 table["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
+            table["best_epoch_val_loss"] = _at_best_epoch(vl, hist["epoch"],
+                                                          scal["best_epoch"])
         _metric_columns(table, hist, n_rows, scal["best_epoch"])
         table["epochs_run"] = scal["epochs_run"].astype(np.int64)
         table["steps_run"] = scal["steps_run"].astype(np.int64)
@@ -490,14 +509,18 @@ def _metric_columns(table, hist, n_rows, best_epoch) -> None:
         for name in (m, f"val_{m}"):
             if name not in hist:
                 continue
-            h = hist[name]
-            table[f"final_{name}"] = _last_finite(h, n_rows)
-            at = np.full(len(table), np.nan)
-            for i, e in enumerate(best_epoch):
-                hit = np.nonzero(epochs[i] == e)[0] if e >= 0 else []
-                if len(hit):
-                    at[i] = h[i, hit[0]]
-            table[f"best_epoch_{name}"] = at
+            table[f"final_{name}"] = _last_finite(hist[name], n_rows)
+            table[f"best_epoch_{name}"] = _at_best_epoch(hist[name], epochs, best_epoch)
+
+
+def _at_best_epoch(h: np.ndarray, epochs: np.ndarray, best_epoch) -> np.ndarray:
+    """Per configuration, the value of history ``h`` at its ``best_epoch`` (NaN for -1)."""
+    at = np.full(len(best_epoch), np.nan)
+    for i, e in enumerate(best_epoch):
+        hit = np.nonzero(epochs[i] == e)[0] if e >= 0 else []
+        if len(hit):
+            at[i] = h[i, hit[0]]
+    return at
 
 
 def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:

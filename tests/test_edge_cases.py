@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -79,6 +80,28 @@ def test_restore_best_after_divergence_returns_the_best_parameters():
     best = jaxgd.fit(loss, {"w": jnp.array(1.0)}, (X, Y), hparams={"learning_rate": 0.3},
                      epochs=r.best_epoch + 1, shuffle=False)
     np.testing.assert_allclose(np.asarray(r.params["w"]), np.asarray(best.params["w"]))
+
+
+def test_restore_best_reports_the_loss_of_the_returned_parameters():
+    """With restore_best the params are the best epoch's: best_epoch_loss (fit) and the
+    table's best_epoch_loss / best_epoch_val_loss are their losses, computed here directly;
+    final_loss stays the last evaluation's."""
+    kw = dict(hparams={"learning_rate": 0.2}, epochs=30, val_data=(X + 0.3, Y), patience=50,
+              restore_best=True, shuffle=False)
+    r = jaxgd.fit(loss, {"w": jnp.array(1.0)}, (X, Y), **kw)
+    assert 0 <= r.best_epoch < r.epochs_run - 1  # the returned params are not the last
+    direct = float(loss(r.params, (X, Y)))
+    assert r.best_epoch_loss == pytest.approx(direct, rel=1e-6)
+    assert r.final_loss == r.history["loss"][-1] != pytest.approx(direct, rel=1e-3)
+    sw = jaxgd.sweep(loss, {"w": jnp.array(1.0)}, (X, Y), grid={"learning_rate": [0.2, 0.05]},
+                     **{k: v for k, v in kw.items() if k != "hparams"})
+    for i in range(2):
+        p = jax.tree.map(lambda a, i=i: a[i], sw.params)
+        row = sw.table.iloc[i]
+        assert row["best_epoch_loss"] == pytest.approx(float(loss(p, (X, Y))), rel=1e-6)
+        assert row["best_epoch_val_loss"] == pytest.approx(
+            float(loss(p, (X + 0.3, Y))), rel=1e-6)
+    assert sw.table["best_epoch_loss"].iloc[0] == pytest.approx(r.best_epoch_loss, rel=1e-6)
 
 
 def test_accumulate_with_drop_last_names_the_product():

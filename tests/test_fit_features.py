@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import jaxgd
+from jaxgd import losses
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -246,6 +247,37 @@ def test_penalties_and_weight_decay_match_numpy(x64, report, name):
     pen = hp["l1"] * np.sum(np.abs(w)) + 0.5 * hp["l2"] * np.sum(w * w)
     assert res.history["loss"][-1] == pytest.approx(data_loss, rel=1e-12)
     assert res.history["objective"][-1] == pytest.approx(data_loss + pen, rel=1e-12)
+
+
+def test_l1_subgradient_is_zero_at_zero(x64):
+    """Weights at exactly 0 (the built-in linear models start there) with no data gradient
+    stay at 0 under L1, as with NumPy's sign: JAX's derivative of abs at 0 is 1, which
+    would push them to -lr*l1 and back at every other step. The same for the public
+    ``losses.l1`` / ``elastic_net`` used inside a user's loss."""
+    x, y = regression(n=10)
+    x[:, 1] = 0.0  # no data gradient for w[1]
+    lr, l1, epochs = 0.5, 0.1, 4
+    w0 = np.zeros(3)
+    res = jaxgd.fit(mse, params_of(w0, 0.0), (x, y), batch_size=None, epochs=epochs,
+                    shuffle=False, hparams={"learning_rate": lr, "l1": l1},
+                    record_params=True)
+
+    def own(p, batch):  # the penalty written by the user with the public helpers
+        return mse(p, batch) + l1 * losses.l1(p) + 0.0 * losses.elastic_net(p, 1.0, 0.0)
+
+    res_own = jaxgd.fit(own, params_of(w0, 0.0), (x, y), batch_size=None, epochs=epochs,
+                        shuffle=False, hparams={"learning_rate": lr}, record_params=True)
+    w, b, ws = w0.copy(), 0.0, []
+    for _ in range(epochs):
+        _, gw, gb = np_loss_grad(w, b, x, y)
+        w, b = w - lr * (gw + l1 * np.sign(w)), b - lr * gb
+        ws.append(w.copy())
+    for r in (res, res_own):
+        np.testing.assert_array_equal(r.param_history()["w"][:, 1], 0.0)
+        np.testing.assert_allclose(r.param_history()["w"], np.array(ws), rtol=0, atol=1e-12)
+        assert abs(float(r.params["b"]) - b) < 1e-12
+    g = jax.grad(lambda w: losses.l1({"w": w}) + losses.elastic_net({"w": w}, 1.0, 0.0))
+    np.testing.assert_array_equal(g(jnp.array([0.0, 2.0, -3.0])), [0.0, 2.0, -2.0])
 
 
 # ----------------------------------------------------------------------------- dtypes, aux

@@ -624,6 +624,9 @@ def test_init_returning_an_equinox_module_equals_hand_loop():
         # the documented draw: init(fold_in(key(seed), 0x5EED)); the module's dropout p
         # and activation held as they are
         m0 = eqx_init(jax.random.fold_in(jax.random.key(seed), 0x5EED))
+        np.testing.assert_array_equal(  # the public name of that key
+            jax.random.key_data(jaxgd.init_key(seed)),
+            jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 0x5EED)))
         p0, static = eqx.partition(m0, eqx.is_inexact_array)
         ref_p, ref_l = hand_loop(
             lambda p, b, key, static=static: eqx_loss(eqx.combine(p, static), b, key=key),
