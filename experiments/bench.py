@@ -1430,8 +1430,8 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[s
             "files": [str(f) for f in files]}
 
 
-def main(argv=None) -> dict[str, Any] | None:
-    p = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+def main(argv=None, prog: str | None = None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").strip().splitlines()[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--quick", action="store_true", help="reduced peers and scaling (< 2 min)")
     p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")

@@ -620,9 +620,9 @@ def write_outputs(out: Path, res: dict[str, Any]) -> list[Path]:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
     """Run the GPU benchmark; returns the exit code (0 ok, 1 a row failed, 2 bad usage)."""
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_gpu",
+    p = argparse.ArgumentParser(prog=prog or "python -m experiments.bench_gpu",
                                 description=(__doc__ or "").strip().splitlines()[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     size = p.add_mutually_exclusive_group()

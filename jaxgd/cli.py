@@ -20,6 +20,8 @@ JAX is imported lazily: with ``--coordinator`` the command calls
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -251,6 +253,10 @@ def _init_distributed(args) -> bool:
     if host.strip("[]") in ("127.0.0.1", "localhost", "::1"):
         kw["coordinator_bind_address"] = args.coordinator  # listen on loopback only
     jax.distributed.initialize(**kw)
+    # the runtime catches SIGTERM for its preemption notices and carries on; a user's
+    # `kill` or a scheduler's SIGTERM must end the process (its files are atomic, its
+    # lock dies with it), also while it waits in a collective
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return True
 
 
@@ -324,8 +330,9 @@ def _cmd_show(args) -> int:
 def _cmd_experiment(name: str, rest: list[str]) -> int:
     import importlib
 
+    shown = name
     if name == "bench" and "--gpu" in rest:  # the accelerator benchmark (bench_gpu.py)
-        name, rest = "bench_gpu", [a for a in rest if a != "--gpu"]
+        name, rest, shown = "bench_gpu", [a for a in rest if a != "--gpu"], "bench --gpu"
 
     try:
         mod = importlib.import_module(f"experiments.{name}")
@@ -346,7 +353,7 @@ def _cmd_experiment(name: str, rest: list[str]) -> int:
         takes_prog = "prog" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         takes_prog = False
-    rc = fn(rest, prog=f"{PROG} {name}") if takes_prog else fn(rest)
+    rc = fn(rest, prog=f"{PROG} {shown}") if takes_prog else fn(rest)
     return rc if isinstance(rc, int) else 0
 
 
@@ -385,7 +392,7 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"--sort {sort!r} is not a column{hint}; columns: {valid}")
         sort = sort or metric
-        cols = ["config", *axes]
+        cols = ["config", *[c for a in axes for c in (a, f"final_{a}") if c in t]]
         cols += [c for c in ("final_loss", "best_loss", "final_val_loss", "best_val_loss",
                              "epochs_run", "stop_reason") if c in t and c not in cols]
         if sort not in cols:
@@ -409,7 +416,10 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
             return "\n".join(lines)
     try:
         b = sw.best()
-        desc = ", ".join(f"{a}={b.row[a]}" for a in axes if a in b.row)
+        # PBT: a member's value at the start, then the one it ended with
+        desc = ", ".join(f"{a}={b.row[a]}" + (f" (at the end {b.row[f'final_{a}']:.6g})"
+                                               if f"final_{a}" in b.row else "")
+                         for a in axes if a in b.row)
         lines.append(f"best: config {int(b.row['config'])} ({desc}): {metric} = "
                      f"{float(b.row[metric]):.6g}")
     except (ValueError, KeyError):
@@ -417,5 +427,18 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     return "\n".join(lines)
 
 
+def console_main() -> int:
+    """The ``jaxgd`` console script: :func:`main`, and after an interruption (exit status
+    130) the process ends at once, as the message says, without tearing down the JAX
+    runtime while its threads may still be running a program (which can crash the
+    interpreter's shutdown). Finished files are complete: every write is atomic."""
+    rc = main()
+    if rc == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return rc
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

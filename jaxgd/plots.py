@@ -362,9 +362,15 @@ def _config_label(sw, i: int) -> str:
     return ", ".join(parts) or f"config {i}"
 
 
+def _pbt(sw) -> bool:
+    """PBT changes the members' hyper-parameters as they train: a final loss is not the
+    result of the starting value in the table's axis column (see the lineage figure)."""
+    return getattr(sw, "lineage", None) is not None
+
+
 def _final_vs_lr(sw, show: bool):
     t = sw.table
-    if LR not in t or "final_loss" not in t:
+    if LR not in t or "final_loss" not in t or _pbt(sw):
         return None
     lr = _num(t[LR])
     if len(np.unique(lr[np.isfinite(lr)])) < 2:
@@ -439,7 +445,7 @@ def _final_vs_lr(sw, show: bool):
 
 def _heatmap(sw, show: bool):
     t = sw.table
-    if LR not in t or BS not in t or "final_loss" not in t:
+    if LR not in t or BS not in t or "final_loss" not in t or _pbt(sw):
         return None
     import matplotlib as mpl
 

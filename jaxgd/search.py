@@ -107,6 +107,10 @@ class PBT(NamedTuple):
         ``grid``/``random`` but ``seed``, ``fold`` and shape axes).
       metric, mode: as :class:`Halving`.
       seed: the exploit/explore choices.
+
+    The sweep's ``lineage`` holds every member's values over time; in its ``table`` an
+    explored axis column holds each member's value at the start and ``final_<axis>`` the
+    one it ended with.
     """
 
     interval: int

@@ -311,12 +311,13 @@ def sweep(
     if search is not None:  # only then: folders of sweeps without one keep their key
         settings["search"] = search
     fingerprint = None
-    if out is not None:
+    if out is not None or jax.process_count() > 1:
         fingerprint = _fingerprint(cfgs, all_idx, base, dict(hparams or {}), epochs, shuffle,
                                    drop_last, folds, fold_seed, settings,
                                    (data, params if groups[0].prepared.combined is None
                                     else groups[0].prepared.params, val_data, state),
                                    [_program_digest(g.prepared) for g in groups])
+    _agree_fingerprint(fingerprint)
     store = RunStore.open(out, fingerprint) if out is not None else None
     try:
         lineage = None
@@ -332,6 +333,7 @@ def sweep(
             import pandas as pd
 
             res.lineage = pd.DataFrame(lineage)
+            _pbt_final_columns(res)
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [_as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
@@ -834,6 +836,23 @@ def _agree_progress(progress: bool) -> bool:
 
     asked = multihost_utils.process_allgather(np.int32(progress))
     return bool(np.any(np.asarray(asked)))
+
+
+def _agree_fingerprint(fingerprint: str | None) -> None:
+    """With several processes, refuse (on every process) a run whose processes were given
+    different sweeps: they would compile different programs and wait for each other's
+    collectives for ever."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    words = np.frombuffer(bytes.fromhex(fingerprint), np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(words)).reshape(-1, words.size)
+    if not (every == words).all():
+        got = ", ".join(f"process {i}: {r.tobytes().hex()}" for i, r in enumerate(every))
+        raise ValueError(f"the {len(every)} processes of this run were given different "
+                         f"sweeps (fingerprints {got}): every process must run the same "
+                         "sweep (the same config file, data and arguments)")
 
 
 def _agree_cached(cached):
@@ -1357,6 +1376,21 @@ def _run_pbt(run: SearchRun, p: search_mod.PBT, cfgs, priors, metric: str,
         start = end
         _checkpoint(run, {"interval": i, "lineage": lineage, "rng": rng.bit_generator.state})
     return lineage
+
+
+def _pbt_final_columns(res) -> None:
+    """PBT: after each explored axis column (a member's value at the start), the value
+    the member ended with, ``final_<axis>``, from the lineage (its last exploit, else its
+    start)."""
+    lin = res.lineage
+    names = [c for c in lin.columns if c not in ("config", "epoch", "parent")]
+    last = lin.sort_values("epoch", kind="stable").groupby("config").tail(1).set_index(
+        "config")
+    t = res.table
+    for k in names:
+        if k in t.columns:
+            t.insert(t.columns.get_loc(k) + 1, f"final_{k}",
+                     last.loc[t["config"].to_numpy(), k].to_numpy(float))
 
 
 def _explored(p: search_mod.PBT, g: Group, cfgs) -> list[str]:

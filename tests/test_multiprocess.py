@@ -30,9 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_pair(command, tmp_path, tag: str) -> list[str]:
+def run_pair(command, tmp_path, tag: str, expect=(0, 0)) -> list[str]:
     """Run ``command(i)`` for processes 0 and 1 at once, bounded by TIMEOUT and killed by
-    handle; asserts both exit 0 and returns their logs."""
+    handle; asserts their exit statuses are ``expect`` and returns their logs."""
     procs, logs = [], []
     try:
         for i in range(2):
@@ -49,7 +49,7 @@ def run_pair(command, tmp_path, tag: str) -> list[str]:
         for log in logs:
             log.close()
     texts = [(tmp_path / f"{tag}{i}.log").read_text() for i in range(2)]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(t[-3000:] for t in texts)
+    assert [p.returncode for p in procs] == list(expect), "\n".join(t[-3000:] for t in texts)
     return texts
 
 
@@ -132,6 +132,26 @@ def test_cli_two_processes_equal_one(tmp_path):
     ticks = progress_ticks(logs[0])
     assert ticks == expected_ticks(b, "batch_size", 3)
     assert (1, 4) in [t[0] for t in ticks]
+
+
+@pytest.mark.slow
+def test_processes_given_different_sweeps_are_refused(tmp_path):
+    """Process 1 started with another config than process 0: both stop with one clear
+    error (exit 2) instead of compiling different programs and waiting for each other's
+    collectives for ever."""
+    cfgs = []
+    for i, lrs in enumerate(("[0.01, 0.1, 1.0]", "[0.01, 0.1]")):
+        cfgs.append(tmp_path / f"c{i}.toml")
+        cfgs[-1].write_text(CLI_CONFIG.replace("[0.01, 0.1, 1.0]", lrs))
+    port = free_port()
+    logs = run_pair(lambda i: [
+        sys.executable, "-m", "jaxgd.cli", "sweep", str(cfgs[i]), "--out",
+        str(tmp_path / "multi"), "--no-plots", "--coordinator", f"127.0.0.1:{port}",
+        "--num-processes", "2", "--process-id", str(i), "--init-timeout", "60"],
+        tmp_path, "diff", expect=(2, 2))
+    for log in logs:
+        assert "the 2 processes of this run were given different sweeps" in log, log[-2000:]
+    assert not (tmp_path / "multi" / "table.csv").exists()
 
 
 @pytest.mark.slow

@@ -142,6 +142,37 @@ def test_kills_at_random_points_never_leave_half_written_results(tmp_path):
 # ----------------------------------------------------------------------------- fast: in-process
 
 
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line_exits_130_and_resumes(tmp_path):
+    """SIGINT to ``jaxgd sweep`` (its console entry point) after its first chunk: the
+    message, exit status 130 (not a crash while the runtime shuts down), the finished
+    chunks kept; the same command again completes with the table of a run never
+    interrupted."""
+    def cmd(out):
+        return [sys.executable, "-m", "jaxgd.cli", "sweep", "--out", str(out), "--chunk-size",
+                "8", "--quiet", "--no-plots"]
+
+    for attempt in range(3):  # the crash it guards against came at shutdown, not always
+        out = tmp_path / f"run{attempt}"
+        p = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+        try:
+            wait_for(lambda out=out: chunk_files(out), p, what="the first chunk")
+            time.sleep(0.2 * attempt)
+            p.send_signal(signal.SIGINT)
+            text, _ = p.communicate(timeout=TIMEOUT)
+        finally:
+            kill(p)
+        assert p.returncode == 130, (p.returncode, text[-2000:])
+        assert f"interrupted; finished chunks are kept in {out}" in text
+    again = subprocess.run(cmd(out), capture_output=True, text=True, timeout=TIMEOUT)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    whole = subprocess.run(cmd(tmp_path / "whole"), capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert_same_table(jaxgd.load(out).table, jaxgd.load(tmp_path / "whole").table)
+
+
 @pytest.fixture(scope="module")
 def reference():
     return W.run_sweep(chunk_size=3, batch_sizes=(5,))

@@ -8,6 +8,7 @@ validation loss; PBT's copies and hyper-parameter changes from the recorded line
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -187,6 +188,11 @@ def test_pbt_matches_a_numpy_replay_of_its_lineage():
         lr[row.config] = new
     for i in range(4):
         np.testing.assert_allclose(res.params_of(i)["w"], w[i], rtol=2e-5)
+    # the table: each member's starting value, then the one it ended with (the replay's)
+    np.testing.assert_array_equal(res.table["learning_rate"], lrs)
+    np.testing.assert_allclose(res.table["final_learning_rate"], [lr[i] for i in range(4)],
+                               rtol=1e-7)
+    assert list(res.table.columns[1:3]) == ["learning_rate", "final_learning_rate"]
 
 
 def test_pbt_is_deterministic_and_saved(tmp_path):
@@ -198,6 +204,13 @@ def test_pbt_is_deterministic_and_saved(tmp_path):
     np.testing.assert_array_equal(a.params["w"], b.params["w"])
     loaded = jaxgd.load(tmp_path / "run")
     np.testing.assert_allclose(loaded.lineage.to_numpy(float), a.lineage.to_numpy(float))
+    np.testing.assert_allclose(loaded.table["final_learning_rate"],
+                               a.table["final_learning_rate"])
+    # no loss-vs-learning-rate figure: a member's loss is not its starting rate's
+    from jaxgd.plots import plot_sweep
+
+    figs = [Path(f).stem for f in plot_sweep(a, tmp_path / "figs")]
+    assert "pbt_lineage" in figs and "final_loss_vs_lr" not in figs
     (tmp_path / "run" / "lineage.csv").write_text("config,epoch\n0,0\n")
     with pytest.raises(ValueError, match="lineage.csv does not match"):
         jaxgd.load(tmp_path / "run")
