@@ -666,7 +666,9 @@ def _config_key_of(cfg: Config, message: str) -> str | None:
     """The dotted key of the file that sets the value a sweep error message names."""
     import re
 
-    m = re.search(r"hparams\['(\w+)'\]", message) or re.search(
+    search = re.match(r"search (\w+)=", message)
+    m = search or re.search(r"hparams\['(\w+)'\]", message) or re.search(
+        r"hparams key '(\w+)'", message) or re.search(
         r"(?:^|: )(\w+)=", message) or re.search(r"axis '(\w+)'", message)
     if m is None or cfg.file in ("<default>", "<string>"):
         return None
@@ -675,8 +677,11 @@ def _config_key_of(cfg: Config, message: str) -> str | None:
         lines = key_lines(Path(cfg.file).read_text(encoding="utf-8"))
     except OSError:
         return None
-    for key in (f"sweep.{name}", f"sweep.random.{name}", f"train.hparams.{name}",
-                f"train.{name}", f"data.{name}"):
+    keys = (f"sweep.{name}", f"sweep.random.{name}", f"train.hparams.{name}",
+            f"train.{name}", f"data.{name}")
+    if search:  # a value of [search], or its table when the value is a default
+        keys = (f"search.{name}", "search.method", "search")
+    for key in keys:
         if key in lines:  # the key itself, not its table
             return key
     return None

@@ -153,6 +153,12 @@ def from_dict(d: Mapping[str, Any], where: str = "search") -> Search:
             d[k] = tuple(d[k])
     if method == "hyperband":
         d.setdefault("brackets", 0)
+    needed = [k for k in cls._fields if k not in cls._field_defaults and k not in d]
+    if needed:
+        raise ValueError(f"{where}: method={method!r} needs {needed[0]} = ... (e.g. "
+                         f"{needed[0]} = 4: epochs between exploit/explore steps)"
+                         if needed[0] == "interval" else
+                         f"{where}: method={method!r} needs {needed[0]} = ...")
     try:
         return cls(**d)
     except TypeError as e:

@@ -251,6 +251,25 @@ min_epochs = 1
     f.write_text(text.replace("eta = 3", "rungs = 3"))
     with pytest.raises(ConfigError, match="unknown key 'rungs'"):
         load_config(f)
+    # refused when the sweep starts (what it records, the population): still at the line
+    f.write_text(text.replace("val_fraction = 0.25\n", "").replace(
+        "eta = 3", 'eta = 3\nmetric = "val_loss"'))
+    with pytest.raises(ConfigError, match=r"s.toml:16: search metric='val_loss' is not "
+                                          "recorded"):
+        load_config(f).run()
+    pbt = text.split("[search]")[0].replace("[0.003, 0.01, 0.03, 0.1, 0.3, 0.6]", "[0.01, 0.1]")
+    f.write_text(pbt + '[search]\nmethod = "pbt"\ninterval = 3\nquantile = 0.25\n')
+    with pytest.raises(ConfigError, match=r"s.toml:17: search quantile=0.25 of a population "
+                                          "of 2 replaces no member"):
+        load_config(f).run()
+    f.write_text(pbt + '[search]\nmethod = "pbt"\n')
+    with pytest.raises(ConfigError, match=r"s.toml:\d+: \[search\]: method='pbt' needs "
+                                          "interval = "):
+        load_config(f)
+    f.write_text(pbt.replace('[train]', '[train]\noptimizer = ["sgd", "adam"]').replace(
+        "[sweep]", "[sweep]\nb1 = [0.8, 0.9]"))
+    with pytest.raises(ConfigError, match=r"s.toml:14: configuration 0 .*hparams key 'b1'"):
+        load_config(f).run()
 
 
 @pytest.mark.parametrize("kw, match", [
