@@ -155,6 +155,43 @@ def test_processes_given_different_sweeps_are_refused(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_ends_the_processes_of_a_run(tmp_path):
+    """``kill`` (SIGTERM) mid-run ends both processes (JAX's runtime catches SIGTERM for
+    its preemption notices and would run on)."""
+    import signal
+    import time
+
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(CLI_CONFIG.replace("epochs = 3", "epochs = 20000").replace(
+        'batch_size = [32, "full"]', "batch_size = 1"))
+    port = free_port()
+    out = tmp_path / "long"
+    procs = [subprocess.Popen([
+        sys.executable, "-m", "jaxgd.cli", "sweep", str(cfg), "--out", str(out),
+        "--no-plots", "--quiet", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+        "--process-id", str(i), "--init-timeout", "60"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        t0 = time.monotonic()
+        while not (out / ".lock").exists():  # process 0 opened the run folder: running
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() - t0 < TIMEOUT
+            time.sleep(0.1)
+        time.sleep(3)
+        assert all(p.poll() is None for p in procs)  # still running
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert codes == [-signal.SIGTERM, -signal.SIGTERM]
+    assert not (out / "table.csv").exists()  # no result of an unfinished run
+
+
+@pytest.mark.slow
 def test_pbt_on_two_processes_equals_one(tmp_path):
     """PBT over 2 processes x 2 devices: every process takes the same exploit/explore
     decisions from the gathered history; lineage, table and parameters equal one
