@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _RUN["interrupt_handled"] = True
         out = _RUN["out"]
         print(f"{PROG}: interrupted" + (f"; finished chunks are kept in {out} - run the same "
                                         "command again to resume" if out else ""),
@@ -427,12 +428,28 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     return "\n".join(lines)
 
 
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: raise KeyboardInterrupt; and since Python drops an exception raised while a
+    garbage-collection callback (JAX has one) runs, signal again every 0.5 s until
+    :func:`main` has handled it."""
+    import threading
+
+    if not _RUN.get("interrupt_handled"):
+        t = threading.Timer(0.5, lambda: None if _RUN.get("interrupt_handled")
+                            else os.kill(os.getpid(), signal.SIGINT))
+        t.daemon = True
+        t.start()
+    raise KeyboardInterrupt
+
+
 def console_main() -> int:
     """The ``jaxgd`` console script: :func:`main`, and after an interruption (exit status
     130) the process ends at once, as the message says, without tearing down the JAX
     runtime while its threads may still be running a program (which can crash the
     interpreter's shutdown). Finished files are complete: every write is atomic."""
+    signal.signal(signal.SIGINT, _on_sigint)
     rc = main()
+    _RUN["interrupt_handled"] = True
     if rc == 130:
         sys.stdout.flush()
         sys.stderr.flush()
