@@ -35,7 +35,7 @@ import numpy as np
 __all__ = ["KEY_TAG", "LossForm", "check_form", "config_key", "key_hparams", "partition"]
 
 KEY_TAG = 0x4C055  # fold_in(run key, KEY_TAG) starts a configuration's loss keys
-INIT_FOLD = 0x5EED  # fold_in(run key, INIT_FOLD) is sweep(init=...)'s key (jaxgd.init_key)
+INIT_FOLD = 0x5EED  # fold_in(run key, INIT_FOLD) is sweep(init=...)'s key
 OPTIONAL = ("key", "train", "state", "hparams")
 RESERVED = ("epoch", "loss", "grad_norm", "lr", "objective", "step_loss", "state")
 
@@ -317,6 +317,12 @@ def key_bits(hparams: Mapping[str, Any]) -> np.ndarray:
     value, in sorted-name order."""
     vals = [np.float32(float(hparams[k])) for k in sorted(hparams)]
     return np.asarray(vals, np.float32).view(np.uint32)
+
+
+def init_key(key: jax.Array) -> jax.Array:
+    """The key ``sweep(..., init=...)`` draws a seed's initial parameters from
+    (``jaxgd.init_key`` for an int seed)."""
+    return jax.random.fold_in(key, INIT_FOLD)
 
 
 def config_key(run_key: jax.Array, hparams: Mapping[str, Any] | jax.Array) -> jax.Array:

@@ -171,7 +171,8 @@ _TRAIN: tuple[Option, ...] = (
            "numbers, traced in the program (new values never recompile): the factory's "
            "keywords (``learning_rate``, ``b1``, ``momentum``, ...), the schedule's "
            "parameters, ``l1``/``l2`` penalties (``l1*sum|w| + l2/2*sum w^2`` over non-bias "
-           "leaves; the subgradient of ``|w|`` at 0 is 0), ``clip_value``/``clip_norm`` and decoupled ``weight_decay``. In a "
+           "leaves; the subgradient of ``|w|`` at 0 is 0), ``clip_value``/``clip_norm`` "
+           "and decoupled ``weight_decay``. In a "
            "sweep, the values every configuration starts from: an axis (``grid``, "
            "``random``, ``configs``) of the same name replaces its value.",
            file=True, check=_mapping_or_none, what="a table of numbers", fingerprint="own"),

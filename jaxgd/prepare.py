@@ -62,7 +62,7 @@ def init_key(run_key: Any) -> jax.Array:
       ...     jax.random.fold_in(jax.random.key(3), 0x5EED))).all())
       True
     """
-    return jax.random.fold_in(as_key(run_key), lossform.INIT_FOLD)
+    return lossform.init_key(as_key(run_key))
 
 
 MAX_SEED = 2**64 - 1

@@ -412,7 +412,7 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
                state0=None) -> State:
     """The state before the first epoch (one configuration)."""
     if spec.init_fn is not None:
-        params0 = spec.init_fn(jax.random.fold_in(key, lossform.INIT_FOLD))  # init_key(seed)
+        params0 = spec.init_fn(lossform.init_key(key))
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     dt = metric_dtype(params0)
     tr = _train_view(data, tidx)
