@@ -175,24 +175,41 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
     return jnp.mean((pred == labels).astype(jnp.float32))
 
 
-def _last_name(path: tuple[Any, ...]) -> str | None:
-    """The last dict key (or attribute name) along a pytree key path."""
-    for entry in reversed(path):
+BIAS_NAMES = ("b", "bias")
+VARIABLE_NAMES = ("value", "raw_value")  # flax.nnx Variables: ['bias'].value
+
+
+def _path_names(path) -> list[str]:
+    """The dict keys and attribute names on a key path (sequence indices left out)."""
+    names = []
+    for entry in path:
         if isinstance(entry, jax.tree_util.DictKey):
-            return str(entry.key)
-        if isinstance(entry, jax.tree_util.GetAttrKey):
-            return entry.name
-    return None
+            names.append(str(entry.key))
+        elif isinstance(entry, jax.tree_util.GetAttrKey):
+            names.append(entry.name)
+    return names
+
+
+def is_bias(path) -> bool:
+    """Whether the leaf at ``path`` is a bias: its last dict key or attribute name,
+    ignoring a trailing ``value``/``raw_value`` (flax.nnx), is ``b`` or ``bias``
+    (flax.linen ``['bias']``, flax.nnx ``['bias'].value``, equinox ``.bias``, haiku ``['b']``)."""
+    names = _path_names(path)
+    while len(names) > 1 and names[-1] in VARIABLE_NAMES:
+        names.pop()
+    return bool(names) and names[-1] in BIAS_NAMES
 
 
 def default_penalty_mask(params: Any) -> Any:
     """Which leaves a penalty applies to: every leaf except biases.
 
-    A leaf is a bias when the last dict key (or attribute name) on its path is ``"b"``
-    or ``"bias"``; it gets ``False``, every other leaf ``True``.
+    A leaf is a bias when the last dict key (or attribute name) on its path, ignoring a
+    trailing ``value``/``raw_value`` (flax.nnx's ``['bias'].value``), is ``"b"`` or
+    ``"bias"``; it gets ``False``, every other leaf ``True``. This is the mask the
+    compiled program uses when no ``penalty_mask`` is given.
 
     Args:
-      params: a parameter pytree.
+      params: a parameter pytree (dicts, flax linen / nnx state, equinox modules, ...).
 
     Returns:
       A pytree of Python bools with the structure of ``params``.
@@ -201,9 +218,7 @@ def default_penalty_mask(params: Any) -> Any:
       >>> default_penalty_mask({"w": jnp.ones(2), "b": jnp.zeros(())})
       {'b': False, 'w': True}
     """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: _last_name(path) not in ("b", "bias"), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, _: not is_bias(path), params)
 
 
 def _masked_sum(params: Any, mask: Any, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:

@@ -43,7 +43,7 @@ import optax
 
 from . import lossform, optim, stops
 from .data import BatchPlan, feistel_permute, feistel_round_keys
-from .losses import abs_l1
+from .losses import abs_l1, default_penalty_mask
 
 # stop reasons, as integers inside the program
 RUNNING = stops.RUNNING
@@ -146,7 +146,7 @@ def _tree_where(c, a, b):
 def _penalty(spec: ProgramSpec, params, tc):
     if "l1" not in tc and "l2" not in tc:
         return None
-    mask = spec.penalty_mask(params) if spec.penalty_mask is not None else _default_mask(params)
+    mask = spec.penalty_mask(params) if spec.penalty_mask is not None else default_penalty_mask(params)
     leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
               if m]
     total = 0.0
@@ -155,27 +155,6 @@ def _penalty(spec: ProgramSpec, params, tc):
     if "l2" in tc:
         total = total + tc["l2"] * 0.5 * sum(jnp.sum(p * p) for p in leaves)
     return total
-
-
-BIAS_NAMES = ("b", "bias")
-VARIABLE_NAMES = ("value", "raw_value")  # flax.nnx Variables: ['bias'].value
-
-
-def _default_mask(params):
-    """Penalise every leaf except biases: leaves whose last path name, ignoring a
-    trailing ``value``/``raw_value`` (flax.nnx), is ``b`` or ``bias`` (flax.linen
-    ``['bias']``, flax.nnx ``['bias'].value``, equinox ``.bias``, haiku ``['b']``)."""
-
-    def name_of(entry):
-        return getattr(entry, "key", getattr(entry, "name", None))
-
-    def keep(path, _):
-        names = [name_of(e) for e in path]
-        while len(names) > 1 and names[-1] in VARIABLE_NAMES:
-            names.pop()
-        return not names or names[-1] not in BIAS_NAMES
-
-    return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def metric_dtype(params):
@@ -643,7 +622,7 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
     K, _ = evals_of(spec)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
-    wd_mask = (spec.penalty_mask or _default_mask)(st.params) if own_wd else None
+    wd_mask = (spec.penalty_mask or default_penalty_mask)(st.params) if own_wd else None
     cfg_key = lossform.config_key(key, tc[KEY_BITS]) if spec.form.key else None
     ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
                        _standardizer(spec, _train_view(data, tidx)), cfg_key)

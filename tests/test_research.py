@@ -405,20 +405,28 @@ def test_plain_loss_compiles_to_the_same_program():
 
 
 def test_default_mask_recognises_biases_of_every_library():
+    """The public mask is the one the program applies: nnx's trailing ``.value`` is
+    skipped, so ``losses.l2`` without a mask leaves an nnx bias out, as ``fit`` does."""
     from flax import nnx
 
-    from jaxgd.program import _default_mask
+    from jaxgd.losses import default_penalty_mask, l2
 
     lin = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     _, nnx_state = nnx.split(lin)
-    mask = _default_mask(nnx_state)
+    mask = default_penalty_mask(nnx_state)
     assert mask["bias"].value is False and mask["kernel"].value is True
+    kernel = np.asarray(nnx_state["kernel"].value)
+    np.testing.assert_allclose(float(l2(nnx_state)), 0.5 * np.sum(kernel ** 2),
+                               rtol=1e-6)
     eq = eqx.nn.Linear(3, 2, key=jax.random.key(0))
-    m = _default_mask(eq)
+    m = default_penalty_mask(eq)
     assert m.bias is False and m.weight is True
-    assert _default_mask({"b": 1.0, "w": 2.0}) == {"b": False, "w": True}  # haiku
-    assert _default_mask({"Dense_0": {"bias": 1.0, "kernel": 2.0}})["Dense_0"] == {
+    assert default_penalty_mask({"b": 1.0, "w": 2.0}) == {"b": False, "w": True}  # haiku
+    assert default_penalty_mask({"linear": {"b": 1.0, "w": 2.0}})["linear"] == {
+        "b": False, "w": True}  # haiku, nested
+    assert default_penalty_mask({"Dense_0": {"bias": 1.0, "kernel": 2.0}})["Dense_0"] == {
         "bias": False, "kernel": True}  # linen
+    assert jaxgd.program.default_penalty_mask is default_penalty_mask  # one function
 
 
 def test_nnx_state_fit_with_l2_equals_hand_loop():
