@@ -146,7 +146,7 @@ def _tree_where(c, a, b):
 def _penalty(spec: ProgramSpec, params, tc):
     if "l1" not in tc and "l2" not in tc:
         return None
-    mask = spec.penalty_mask(params) if spec.penalty_mask is not None else default_penalty_mask(params)
+    mask = (spec.penalty_mask or default_penalty_mask)(params)
     leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
               if m]
     total = 0.0
