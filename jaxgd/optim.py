@@ -129,6 +129,9 @@ def schedule_value(kind: str, step: Any, lr: Any, p: Mapping[str, Any] | None = 
     with ``decay_steps`` D is ``optax.warmup_cosine_decay_schedule(init_value, lr, W,
     W + D, end_value, exponent)``, which is also ``"warmup_cosine"`` with ``decay_steps``
     W + D. ``warmup_steps`` = 0 is no warm-up; ``init_value`` needs ``warmup_steps``.
+    optax's one-cycle and SGDR schedules are not built in (their boundaries are Python
+    ``int`` of float64 products, or lists of dictionaries): give one as
+    ``hparams["learning_rate"]`` (its numbers are then fixed, not sweep axes).
 
     Raises:
         ValueError: an unknown ``kind`` or parameter name, or a missing required one.

@@ -566,3 +566,18 @@ def test_nanodo_port_through_the_builtin_schedule_equals_the_optax_factory():
     cos = lr_fit(optax.adamw, {**hp, "decay_steps": ND - NW}, schedule="cosine",
                  batch_size=4, accumulate=2)
     np.testing.assert_allclose(cos.params["w"], res.params["w"], rtol=1e-6, atol=1e-7)
+
+
+def test_toml_takes_the_extended_schedules():
+    from jaxgd.config import ConfigError, read_config
+
+    text = ("[train]\nschedule = 'warmup_cosine'\nhparams = { init_value = 1e-4, "
+            "warmup_steps = 10, decay_steps = 100, end_value = 1e-5 }\n"
+            "[sweep]\nlearning_rate = [0.1]\nexponent = [1.0, 2.0]\n")
+    read_config("sweep.toml", text=text)
+    with pytest.raises(ConfigError, match="schedule 'warmup_cosine' needs warmup_steps"):
+        read_config("sweep.toml", text=text.replace("warmup_steps = 10, ", ""))
+    read_config("sweep.toml", text="[train]\nschedule = 'polynomial'\nhparams = { "
+                "transition_steps = 50, power = 2.0, end_value = 1e-3 }\n"
+                "[sweep]\nlearning_rate = [0.1]\ninit_value = [0.0, 0.01]\n"
+                "warmup_steps = [5]\n")
