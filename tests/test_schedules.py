@@ -432,7 +432,11 @@ SWEPT = {
 }
 
 
-@pytest.mark.parametrize("kind", list(SWEPT))
+FAST_KINDS = ("cosine", "warmup_cosine")  # the others in the slow tier (~10 s each)
+
+
+@pytest.mark.parametrize("kind", [k if k in FAST_KINDS else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in SWEPT])
 def test_extended_schedule_sweep_equals_fits_and_optax(kind):
     """A sweep over the schedule's parameters records optax's rates, trains as the
     hand-written optax loop, equals separate fits, and new values compile nothing."""
