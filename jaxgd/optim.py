@@ -658,8 +658,9 @@ def recorded_lr(spec: OptimizerSpec, schedule: str, tc: Mapping[str, jax.Array],
     is known to be the step size: for jaxgd's built-in optimizers and optax's own
     (:func:`rate_is_step_size`) the rate jaxgd gives them (its schedule, or a schedule
     callable); for any other factory or a ready transformation the rate of an
-    ``optax.inject_hyperparams`` state in ``opt_state`` (the rate of the last update it
-    made); else NaN."""
+    ``optax.inject_hyperparams`` state in ``opt_state`` (the rate it gave its inner
+    optimizer at its last update: the step size when that is one of optax's, as in
+    ``optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)``); else NaN."""
     if spec.ready is None and rate_is_step_size(spec.factory):
         return passed_lr(spec, schedule, tc, step)
     lr = injected_lr(opt_state)
