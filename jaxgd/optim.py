@@ -5,9 +5,11 @@ Every numeric hyper-parameter of a run lives in one flat dictionary (``hparams``
 "l2": 1e-3, "clip_norm": 1.0}``. Each name belongs to exactly one component:
 
 * the optax factory (any keyword its signature takes, e.g. ``b1``, ``momentum``, ``eps``);
-* the learning-rate schedule (``decay_rate``, ``transition_steps``, ``staircase``, ...);
+* the learning-rate schedule (``decay_rate``, ``transition_steps``, ``staircase``,
+  ``end_value``, ..., and the warm-up's ``warmup_steps`` and ``init_value``);
 * penalties (``l1``, ``l2``), clipping (``clip_value``, ``clip_norm``), decoupled
-  ``weight_decay`` when the optimizer has none of its own;
+  ``weight_decay`` when the optimizer has none of its own (scaled by the rate jaxgd gives
+  the factory, :func:`passed_lr`);
 * stop conditions (``grad_tol``, ``loss_target``, ``patience``, ``min_delta``,
   ``diverge_factor``: the parameters declared in :mod:`jaxgd.stops`).
 
@@ -57,9 +59,18 @@ SCHEDULES: dict[str, dict[str, float | None]] = {
                     "transition_begin": 0.0},
     "step": {"step_size": None, "gamma": 0.1},
     "inverse_time": {"decay_rate": None, "decay_steps": 1.0, "staircase": 0.0},
-    "cosine": {"decay_steps": None, "alpha": 0.0},
+    "cosine": {"decay_steps": None, "alpha": 0.0, "exponent": 1.0, "end_value": 0.0},
+    "warmup_cosine": {"warmup_steps": None, "decay_steps": None, "end_value": 0.0,
+                      "exponent": 1.0},
+    "polynomial": {"transition_steps": None, "power": None, "end_value": 0.0,
+                   "transition_begin": 0.0},
+    "linear": {"transition_steps": None, "end_value": 0.0, "transition_begin": 0.0},
 }
+# parameters a schedule uses only when given (absent = optax's ``None``: no bound)
+OPTIONAL_PARAMS: dict[str, tuple[str, ...]] = {"exponential": ("end_value",)}
 WARMUP_KEY = "warmup_steps"
+WARMUP_INIT_KEY = "init_value"  # the warm-up's start value (optax's init_value)
+WARMUP_KEYS = (WARMUP_KEY, WARMUP_INIT_KEY)
 
 PENALTY_KEYS = ("l1", "l2")
 CLIP_KEYS = ("clip_value", "clip_norm")
@@ -68,65 +79,163 @@ STOP_DEFAULTS = stops.STOP_DEFAULTS
 INT_KEYS = stops.INT_KEYS
 
 
-def schedule_value(kind: str, step: jax.Array, lr: jax.Array, p: Mapping[str, jax.Array]):
+def schedule_keys(kind: str) -> frozenset[str]:
+    """Every ``hparams`` name schedule ``kind`` reads (its own, optional and warm-up)."""
+    return (frozenset(SCHEDULES[kind]) | frozenset(OPTIONAL_PARAMS.get(kind, ()))
+            | frozenset(WARMUP_KEYS))
+
+
+def schedule_value(kind: str, step: Any, lr: Any, p: Mapping[str, Any] | None = None):
     r"""Learning rate at update ``step`` (0 for the first update) of schedule ``kind``.
 
-    Each kind is the optax schedule named below, written with ``jnp`` so that every
-    parameter may be a traced array (optax's builders check their arguments in Python):
+    ``step``, ``lr`` (:math:`\eta`, the rate after any warm-up) and the parameters ``p``
+    may be Python numbers, NumPy or JAX arrays, or traced arrays: every parameter may be
+    a sweep axis (optax's builders check theirs in Python, so they cannot be traced).
+    Parameters left out of ``p`` take their defaults (:data:`SCHEDULES`). Each kind is
+    the optax schedule named below, with optax's arithmetic:
 
     * constant: :math:`\eta` (``optax.constant_schedule(lr)``)
     * exponential: :math:`\eta\,r^{(t-t_0)/T}` for :math:`t > t_0`, else :math:`\eta`;
       the exponent floored when ``staircase``; ``decay_rate`` = 0 means no decay, as in
-      optax (``optax.exponential_decay(lr, transition_steps, decay_rate,
-      transition_begin, staircase)``; 0.1, 0.96, 1000, staircase gives 0.1 at step 999 and
-      0.096 at step 1000)
+      optax; ``end_value`` (only when given) bounds it below when :math:`r < 1`, above
+      otherwise (``optax.exponential_decay(lr, transition_steps, decay_rate,
+      transition_begin, staircase, end_value)``; 0.1, 0.96, 1000, staircase gives 0.1 at
+      step 999 and 0.096 at step 1000)
     * step: :math:`\eta\,\gamma^{\lfloor t/s\rfloor}` (``optax.piecewise_constant_schedule``
       with a factor ``gamma`` at every multiple of ``step_size``)
     * inverse_time: :math:`\eta / (1 + r\,t/T)`, :math:`t/T` floored when ``staircase``
       (TensorFlow's ``inverse_time_decay``; optax has none)
-    * cosine: :math:`\eta\,((1-\alpha)\,\tfrac12(1+\cos(\pi\min(t,T)/T)) + \alpha)`
-      (``optax.cosine_decay_schedule(lr, decay_steps, alpha)``)
+    * cosine: :math:`\eta\,((1-\alpha)\,c^k + \alpha)` with
+      :math:`c = \tfrac12(1+\cos(\pi\min(t,D)/D))`, ``decay_steps`` D, ``exponent`` k
+      (``optax.cosine_decay_schedule(lr, decay_steps, alpha, exponent)``); ``end_value``
+      E > 0 instead of ``alpha`` sets :math:`\alpha = E/\eta` (give one of them)
+    * warmup_cosine: ``optax.warmup_cosine_decay_schedule(init_value, lr, warmup_steps,
+      decay_steps, end_value, exponent)``: ``decay_steps`` counts the warm-up (it must
+      exceed ``warmup_steps``); the cosine (with :math:`\alpha = E/\eta`) runs over the
+      ``decay_steps - warmup_steps`` updates after it
+    * polynomial: :math:`(\eta - E)\,(1 - \min(\max(t - t_0, 0), T)/T)^p + E`
+      (``optax.polynomial_schedule(lr, end_value, power, transition_steps,
+      transition_begin)``)
+    * linear: polynomial with ``power`` 1 (``optax.linear_schedule(lr, end_value,
+      transition_steps, transition_begin)``)
 
     With ``warmup_steps`` = W > 0 the rate is optax's warm-up joined to the schedule,
-    ``optax.join_schedules([optax.linear_schedule(0, lr, W), schedule], [W])``: it rises
-    linearly from 0 at update 0 (a step of size 0) through :math:`\eta\,t/W`, and from
-    update W on it is the schedule at :math:`t - W` (the decay starts after the warm-up).
-    So ``"constant"`` with W is ``optax.warmup_constant_schedule(0, lr, W)``,
-    ``"exponential"`` is ``optax.warmup_exponential_decay_schedule(0, lr, W, ...)``, and
-    ``"cosine"`` with ``decay_steps`` D is ``optax.warmup_cosine_decay_schedule(0, lr, W,
-    W + D, alpha * lr)`` (optax counts the warm-up inside its ``decay_steps``).
-    ``warmup_steps`` = 0 is no warm-up.
+    ``optax.join_schedules([optax.linear_schedule(init_value, lr, W), schedule], [W])``:
+    it rises linearly from ``init_value`` (default 0: a step of size 0) at update 0
+    through :math:`I + (\eta - I)\,t/W`, and from update W on it is the schedule at
+    :math:`t - W` (the decay starts after the warm-up). So ``"constant"`` with W is
+    ``optax.warmup_constant_schedule(init_value, lr, W)``, ``"exponential"`` is
+    ``optax.warmup_exponential_decay_schedule(init_value, lr, W, ...)``, and ``"cosine"``
+    with ``decay_steps`` D is ``optax.warmup_cosine_decay_schedule(init_value, lr, W,
+    W + D, end_value, exponent)``, which is also ``"warmup_cosine"`` with ``decay_steps``
+    W + D. ``warmup_steps`` = 0 is no warm-up; ``init_value`` needs ``warmup_steps``.
+    optax's one-cycle and SGDR schedules are not built in (their boundaries are Python
+    ``int`` of float64 products, or lists of dictionaries): give one as
+    ``hparams["learning_rate"]`` (its numbers are then fixed, not sweep axes).
+
+    Raises:
+        ValueError: an unknown ``kind`` or parameter name, or a missing required one.
     """
-    step = jnp.asarray(step, dtype=lr.dtype)
+    kind = check_schedule(kind)
+    lr = _as_float(lr)
+    p = _schedule_params(kind, p, lr.dtype)
+    step = jnp.asarray(step).astype(lr.dtype)
     if WARMUP_KEY in p:
         w = p[WARMUP_KEY]
-        # optax.linear_schedule(0, lr, w) at step, written as optax computes it
-        ramp = (0.0 - lr) * (1.0 - jnp.clip(step, 0.0, w) / jnp.where(w > 0, w, 1.0)) + lr
-        decayed = _decay(kind, jnp.maximum(step - w, 0.0), lr, p)
+        init = p.get(WARMUP_INIT_KEY, 0.0)
+        # optax.linear_schedule(init, lr, w) at step, written as optax computes it
+        ramp = (init - lr) * (1.0 - jnp.clip(step, 0.0, w) / jnp.where(w > 0, w, 1.0)) + lr
+        decayed = _DECAYS[kind](jnp.maximum(step - w, 0.0), lr, p)
         return jnp.where(step < w, ramp, decayed)
-    return _decay(kind, step, lr, p)
+    return _DECAYS[kind](step, lr, p)
 
 
-def _decay(kind: str, step: jax.Array, lr: jax.Array, p: Mapping[str, jax.Array]):
-    if kind == "constant":
-        return lr * jnp.ones_like(step)
-    if kind == "exponential":
-        begin, rate = p["transition_begin"], p["decay_rate"]
-        e = (step - begin) / p["transition_steps"]
-        e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
-        # optax: the initial value up to transition_begin; decay_rate 0 = no decay
-        return jnp.where((step - begin <= 0) | (rate == 0), lr, lr * rate ** e)
-    if kind == "step":
-        return lr * p["gamma"] ** jnp.floor(step / p["step_size"])
-    if kind == "inverse_time":
-        e = step / p["decay_steps"]
-        e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
-        return lr / (1.0 + p["decay_rate"] * e)
-    if kind == "cosine":
-        count = jnp.minimum(step, p["decay_steps"])  # as optax computes it
-        cos = 0.5 * (1.0 + jnp.cos(jnp.pi * count / p["decay_steps"]))
-        return lr * ((1.0 - p["alpha"]) * cos + p["alpha"])
-    raise ValueError(f"unknown schedule {kind!r}")  # validated earlier
+def _as_float(x: Any) -> jax.Array:
+    """``x`` as a JAX array of a floating dtype (the default float for integers)."""
+    a = jnp.asarray(x)
+    return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.result_type(float))
+
+
+def _schedule_params(kind: str, p: Mapping[str, Any] | None, dtype) -> dict[str, jax.Array]:
+    """Schedule ``kind``'s parameters: defaults filled in, names checked, as ``dtype``."""
+    p = {} if p is None else dict(p)
+    unknown = sorted(set(p) - schedule_keys(kind))
+    if unknown:
+        raise ValueError(f"schedule {kind!r} has no parameter {unknown[0]!r}; "
+                         f"its parameters: {sorted(schedule_keys(kind))}")
+    if WARMUP_INIT_KEY in p and WARMUP_KEY not in p:
+        raise ValueError(f"{WARMUP_INIT_KEY!r} is the warm-up's start value: it needs "
+                         f"{WARMUP_KEY!r} (the schedule itself starts at learning_rate)")
+    for k, default in SCHEDULES[kind].items():
+        if k not in p:
+            if default is None:
+                raise ValueError(f"schedule {kind!r} needs parameter {k!r}")
+            p[k] = default
+    return {k: jnp.asarray(v).astype(dtype) for k, v in p.items()}
+
+
+def _pow(x: jax.Array, k: jax.Array) -> jax.Array:
+    """``x ** k``, exactly ``x`` for k = 1 (as optax's Python-number exponent 1)."""
+    return jnp.where(k == 1.0, x, x ** k)
+
+
+def _constant(t, lr, p):
+    return lr * jnp.ones_like(t)
+
+
+def _exponential(t, lr, p):
+    begin, rate = p["transition_begin"], p["decay_rate"]
+    e = (t - begin) / p["transition_steps"]
+    e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
+    # optax: the initial value up to transition_begin
+    v = jnp.where(t - begin <= 0, lr, lr * rate ** e)
+    if "end_value" in p:  # optax: a bound below for a decay, above for a growth
+        v = jnp.where(rate < 1.0, jnp.maximum(v, p["end_value"]),
+                      jnp.minimum(v, p["end_value"]))
+    return jnp.where(rate == 0, lr, v)  # optax: decay_rate 0 = no decay
+
+
+def _step(t, lr, p):
+    return lr * p["gamma"] ** jnp.floor(t / p["step_size"])
+
+
+def _inverse_time(t, lr, p):
+    e = t / p["decay_steps"]
+    e = jnp.where(p["staircase"] > 0.5, jnp.floor(e), e)
+    return lr / (1.0 + p["decay_rate"] * e)
+
+
+def _cosine_alpha(lr, end, alpha):
+    """optax's ``alpha = end_value / peak_value`` (0 for a peak of 0), else ``alpha``."""
+    safe = jnp.where(lr == 0, 1.0, lr)
+    return jnp.where(end != 0, jnp.where(lr == 0, 0.0, end / safe), alpha)
+
+
+def _cosine_over(t, lr, d, alpha, exponent):
+    count = jnp.minimum(t, d)  # as optax computes it
+    cos = _pow(0.5 * (1.0 + jnp.cos(jnp.pi * count / d)), exponent)
+    return lr * ((1.0 - alpha) * cos + alpha)
+
+
+def _cosine(t, lr, p):
+    alpha = _cosine_alpha(lr, p["end_value"], p["alpha"])
+    return _cosine_over(t, lr, p["decay_steps"], alpha, p["exponent"])
+
+
+def _warmup_cosine(t, lr, p):
+    alpha = _cosine_alpha(lr, p["end_value"], 0.0)
+    return _cosine_over(t, lr, p["decay_steps"] - p[WARMUP_KEY], alpha, p["exponent"])
+
+
+def _polynomial(t, lr, p):
+    n, end = p["transition_steps"], p["end_value"]
+    frac = 1.0 - jnp.clip(t - p["transition_begin"], 0.0, n) / n
+    return (lr - end) * _pow(frac, p.get("power", 1.0)) + end
+
+
+_DECAYS = {"constant": _constant, "exponential": _exponential, "step": _step,
+           "inverse_time": _inverse_time, "cosine": _cosine, "warmup_cosine": _warmup_cosine,
+           "polynomial": _polynomial, "linear": _polynomial}
 
 
 class OptimizerSpec(NamedTuple):
@@ -197,7 +306,7 @@ def known_names(spec: OptimizerSpec, schedule: str) -> set[str]:
         # a ready transformation owns its learning rate: no schedule or decoupled decay
         return names
     names |= set(spec.numeric_names) | {"learning_rate"}
-    names |= set(SCHEDULES[schedule]) | {WARMUP_KEY} | {"weight_decay"}
+    names |= schedule_keys(schedule) | {"weight_decay"}
     return names
 
 
@@ -251,7 +360,7 @@ def split_hparams(
                 f"hparams key {k!r} is not a hyper-parameter of {where} or schedule "
                 f"{schedule!r}{hint}; known: {sorted(known)}"
             )
-        if isinstance(v, bool) and k in spec.numeric_names and k not in SCHEDULES[schedule]:
+        if isinstance(v, bool) and k in spec.numeric_names and k not in schedule_keys(schedule):
             static[k] = v
             continue
         numeric[k] = _check_number(k, v)
@@ -272,6 +381,7 @@ def split_hparams(
     for k, default in STOP_DEFAULTS.items():
         numeric.setdefault(k, default)
     _check_ranges(numeric)
+    _check_schedule_values(schedule, numeric)
     return numeric, static
 
 
@@ -314,6 +424,31 @@ def _check_ranges(numeric: Mapping[str, Any]) -> None:
             raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be finite")
 
 
+def _check_schedule_values(schedule: str, numeric: Mapping[str, Any]) -> None:
+    """The schedule's own value checks (those of optax's builders, and the pairs)."""
+    import numpy as np
+
+    def val(k):
+        return float(np.asarray(numeric[k]))
+
+    for k in ("init_value", "end_value", "exponent", "power", "transition_begin"):
+        if (k in numeric and k in schedule_keys(schedule)
+                and not (np.isfinite(val(k)) and val(k) >= 0)):
+            raise ValueError(f"hparams[{k!r}]={numeric[k]!r} must be finite and >= 0")
+    if WARMUP_INIT_KEY in numeric and WARMUP_KEY not in numeric:
+        raise ValueError(f"hparams[{WARMUP_INIT_KEY!r}] is the warm-up's start value: it "
+                         f"needs hparams[{WARMUP_KEY!r}] (without a warm-up the schedule "
+                         "starts at learning_rate)")
+    if schedule == "cosine" and val("alpha") != 0 and val("end_value") != 0:
+        raise ValueError(f"schedule 'cosine' got alpha={numeric['alpha']!r} and end_value="
+                         f"{numeric['end_value']!r}: give one of them (end_value E sets "
+                         "alpha = E / learning_rate, as optax.warmup_cosine_decay_schedule)")
+    if schedule == "warmup_cosine" and not val("decay_steps") > val(WARMUP_KEY):
+        raise ValueError(f"schedule 'warmup_cosine' needs decay_steps > warmup_steps (optax "
+                         "counts the warm-up inside decay_steps), got decay_steps="
+                         f"{numeric['decay_steps']!r}, warmup_steps={numeric[WARMUP_KEY]!r}")
+
+
 def build_optimizer(
     spec: OptimizerSpec, schedule: str, tc: Mapping[str, jax.Array], static: Mapping[str, Any]
 ) -> optax.GradientTransformation:
@@ -321,16 +456,15 @@ def build_optimizer(
     if spec.ready is not None:
         opt = spec.ready
     else:
-        sched_keys = set(SCHEDULES[schedule]) | {WARMUP_KEY}
         lr0 = tc["learning_rate"]
         if schedule == "constant" and WARMUP_KEY not in tc:
             lr = lr0
         else:
-            sp = {k: tc[k] for k in sched_keys if k in tc}
+            sp = {k: tc[k] for k in schedule_keys(schedule) if k in tc}
             lr = lambda count: schedule_value(schedule, count, lr0, sp)  # noqa: E731
         kwargs = {k: tc[k] for k in spec.numeric_names if k in tc and k != "learning_rate"}
         kwargs.update(static)
-        opt = spec.factory(learning_rate=lr, **kwargs)
+        opt = _call_factory(spec, lr, kwargs)
     parts = []
     if "clip_value" in tc:
         parts.append(optax.clip(tc["clip_value"]))
@@ -339,12 +473,27 @@ def build_optimizer(
     return optax.chain(*parts, opt) if parts else opt
 
 
+def _call_factory(spec: OptimizerSpec, lr: Any, kwargs: Mapping[str, Any]):
+    """``spec.factory(learning_rate=lr, **kwargs)``, whose arguments are traced: a factory
+    that needs Python numbers gets a clear TypeError."""
+    try:
+        return spec.factory(learning_rate=lr, **kwargs)
+    except jax.errors.ConcretizationTypeError as e:
+        raise TypeError(
+            f"optimizer {spec.name!r} uses its hyper-parameters in Python control flow, but "
+            "jaxgd passes them as traced arrays (so that new values never recompile); e.g. "
+            "optax.warmup_cosine_decay_schedule(init, peak, ...) tests peak == 0 in Python. "
+            "Use jaxgd's schedule='warmup_cosine' (init_value, warmup_steps, decay_steps, "
+            "end_value, exponent in hparams) with an optax optimizer, or give the finished "
+            "schedule as hparams['learning_rate'] = optax.warmup_cosine_decay_schedule(...)"
+        ) from e
+
+
 def current_lr(schedule: str, tc: Mapping[str, jax.Array], step: jax.Array) -> jax.Array:
     """The learning rate the schedule gives at update ``step`` (NaN without one)."""
     if "learning_rate" not in tc:
         return jnp.asarray(jnp.nan)
-    sched_keys = set(SCHEDULES[schedule]) | {WARMUP_KEY}
-    sp = {k: tc[k] for k in sched_keys if k in tc}
+    sp = {k: tc[k] for k in schedule_keys(schedule) if k in tc}
     return schedule_value(schedule, step, tc["learning_rate"], sp)
 
 
@@ -399,7 +548,8 @@ def adapt_optimizer(spec: OptimizerSpec, schedule: str, hparams: Mapping[str, An
     * ``hparams["learning_rate"]`` may be any schedule callable ``step -> rate`` (an
       optax schedule, e.g. ``optax.warmup_cosine_decay_schedule(...)``): it is passed
       to the factory as is (its own numbers stay Python numbers, so they cannot be sweep
-      axes) and ``history["lr"]`` records its value;
+      axes) and ``history["lr"]`` records its value when the factory is one of optax's
+      own optimizers (:func:`recorded_lr`);
     * a factory keyword that is also one of jaxgd's own names (a penalty, clipping, stop
       or warm-up parameter, or a parameter of the chosen schedule) is refused: the value
       could not go to both.
@@ -423,11 +573,10 @@ def adapt_optimizer(spec: OptimizerSpec, schedule: str, hparams: Mapping[str, An
     alias = "learning_rate"
     if names and "learning_rate" not in names:
         alias = next((a for a in RATE_ALIASES if a in names), "learning_rate")
-    own = (set(PENALTY_KEYS) | set(CLIP_KEYS) | set(STOP_DEFAULTS) | {WARMUP_KEY}
-           | set(SCHEDULES[schedule]))
+    own = set(PENALTY_KEYS) | set(CLIP_KEYS) | set(STOP_DEFAULTS) | schedule_keys(schedule)
     clash = sorted((set(names) - {alias}) & own)
     if clash:
-        whose = (f"of schedule {schedule!r}" if clash[0] in SCHEDULES[schedule]
+        whose = (f"of schedule {schedule!r}" if clash[0] in schedule_keys(schedule)
                  else "a penalty, clipping, stop or warm-up parameter")
         raise ValueError(
             f"optimizer {spec.name!r} has a keyword {clash[0]!r} that is also jaxgd's own "
@@ -448,34 +597,71 @@ def schedule_fn(spec: OptimizerSpec) -> Callable[[Any], Any] | None:
 
 
 def injected_lr(opt_state: Any) -> Any:
-    """The learning rate held by an ``optax.inject_hyperparams`` state inside
-    ``opt_state`` (searched through chains), or None when there is none."""
+    """The learning rate held by the ``optax.inject_hyperparams`` states inside
+    ``opt_state`` (searched through chains and other tuple states; the outermost one of
+    each branch), NaN when several hold different rates, or None when there is none."""
     found = []
 
     def visit(s):
-        if found:
-            return
         hp = getattr(s, "hyperparams", None)
         if isinstance(hp, Mapping) and "learning_rate" in hp:
-            found.append(hp["learning_rate"])
+            found.append(jnp.asarray(hp["learning_rate"]))
             return
         if isinstance(s, tuple):
             for x in s:
                 visit(x)
 
     visit(opt_state)
-    return found[0] if found else None
+    if not found:
+        return None
+    first = found[0]
+    same = jnp.all(jnp.asarray([jnp.all(f == first) for f in found]))
+    return jnp.where(same, first, jnp.nan)
+
+
+# optax optimizers whose ``learning_rate`` is not the step size: rprop's is the initial
+# per-coordinate step, lbfgs's scales the step its line search finds
+NOT_STEP_SIZE = frozenset({"rprop", "lbfgs"})
+
+
+def rate_is_step_size(factory: Callable[..., Any] | None) -> bool:
+    """Whether ``factory(learning_rate=lr)`` steps with ``lr`` itself: one of optax's own
+    optimizers (``optax.sgd``, ``optax.adamw``, ...; the functions of ``optax._src.alias``
+    and partials of them such as ``optax.nadam``), which jaxgd's built-in names are.
+    Any other factory may build its own schedule from ``lr``, so jaxgd cannot know."""
+    f = factory.factory if isinstance(factory, _AdaptedFactory) else factory
+    while isinstance(f, functools.partial):
+        if f.args:
+            return False
+        f = f.func
+    from optax._src import alias
+
+    name = getattr(f, "__name__", None)
+    return (isinstance(name, str) and name not in NOT_STEP_SIZE
+            and getattr(alias, name, None) is f)
+
+
+def passed_lr(spec: OptimizerSpec, schedule: str, tc: Mapping[str, jax.Array],
+              step: jax.Array) -> jax.Array:
+    """The learning rate jaxgd gives the factory for update ``step``: a schedule
+    callable's value or jaxgd's own schedule (NaN for a ready transformation). It scales
+    the decoupled ``weight_decay``."""
+    fn = schedule_fn(spec)
+    if fn is not None:
+        return jnp.asarray(fn(step), tc["learning_rate"].dtype)
+    return current_lr(schedule, tc, step)
 
 
 def recorded_lr(spec: OptimizerSpec, schedule: str, tc: Mapping[str, jax.Array],
                 step: jax.Array, opt_state: Any = None) -> jax.Array:
-    """The learning rate of update ``step`` as ``history["lr"]`` records it: a schedule
-    callable's value, a ready transformation's ``inject_hyperparams`` rate (NaN when it
-    has none), or jaxgd's own schedule."""
-    fn = schedule_fn(spec)
-    if fn is not None:
-        return jnp.asarray(fn(step), tc["learning_rate"].dtype)
-    if spec.ready is not None:
-        lr = injected_lr(opt_state)
-        return jnp.asarray(jnp.nan) if lr is None else jnp.asarray(lr)
-    return current_lr(schedule, tc, step)
+    """The learning rate of update ``step`` as ``history["lr"]`` records it, only where it
+    is known to be the step size: for jaxgd's built-in optimizers and optax's own
+    (:func:`rate_is_step_size`) the rate jaxgd gives them (its schedule, or a schedule
+    callable); for any other factory or a ready transformation the rate of an
+    ``optax.inject_hyperparams`` state in ``opt_state`` (the rate it gave its inner
+    optimizer at its last update: the step size when that is one of optax's, as in
+    ``optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)``); else NaN."""
+    if spec.ready is None and rate_is_step_size(spec.factory):
+        return passed_lr(spec, schedule, tc, step)
+    lr = injected_lr(opt_state)
+    return jnp.asarray(jnp.nan) if lr is None else jnp.asarray(lr)

@@ -201,8 +201,12 @@ _TRAIN: tuple[Option, ...] = (
            what="an integer in 0..2**64 - 1", fingerprint="own", axis=5),
     Option("schedule", "constant", "str",
            "learning-rate schedule: ``\"constant\"``, ``\"exponential\"``, ``\"step\"``, "
-           "``\"inverse_time\"``, ``\"cosine\"`` (parameters in ``hparams``; "
-           "``warmup_steps`` W puts optax's linear warm-up from 0 before any of them, which "
+           "``\"inverse_time\"``, ``\"cosine\"``, ``\"warmup_cosine\"``, "
+           "``\"polynomial\"``, ``\"linear\"``, each its optax builder with "
+           "``learning_rate`` as the initial or peak value (parameters in ``hparams``, "
+           "every one traced: ``decay_rate``, ``transition_steps``, ``decay_steps``, "
+           "``alpha``, ``exponent``, ``power``, ``end_value``, ...; ``warmup_steps`` W puts "
+           "optax's linear warm-up from ``init_value`` (default 0) before any of them, which "
            "then starts at update W: see :func:`jaxgd.schedule_value`).",
            file=True, check=_schedule, what="a schedule name", fingerprint="own", axis=3),
     Option("accumulate", 1, "int",

@@ -471,7 +471,7 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     gn = _global_norm(g)
     updates, new_opt = ctx.opt.update(g, opt_state, params)
     if ctx.wd_mask is not None:
-        lr_t = optim.recorded_lr(spec.opt, spec.schedule, tc, stp)
+        lr_t = optim.passed_lr(spec.opt, spec.schedule, tc, stp)
         updates = jax.tree.map(
             lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, ctx.wd_mask)
     new_params = optax.apply_updates(params, updates)

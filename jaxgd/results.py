@@ -27,7 +27,9 @@ class FitResult:
         ``eval_every`` epochs; ``epoch`` holds each row's 0-based epoch): ``loss`` (training
         loss at the evaluation), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``
         (full data with ``grad_tol`` or ``metrics="full_grad"``, else the mean of the
-        epoch's batch gradient norms), ``lr`` (learning rate of the epoch's last update),
+        epoch's batch gradient norms), ``lr`` (learning rate of the epoch's last update;
+        NaN where jaxgd cannot know it, e.g. a user's factory that builds its own
+        schedule: see :func:`jaxgd.optim.recorded_lr`),
         and ``val_loss``,
         ``objective`` (loss + penalty), ``step_loss`` [epoch, step] when present.
       stop_reason: one of :data:`jaxgd.STOP_REASONS` after "running" (declared in
