@@ -12,7 +12,8 @@ grouped under the sweep:
   configuration (tag ``mlflow.parentRunId``); hyper-parameters as MLflow params, the stop
   reason as a tag. ``DIR`` is a folder (MLflow's file store, which MLflow 3 keeps in
   maintenance mode: jaxgd allows it for its own writes; read it with
-  ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri DIR``) or a tracking URI
+  ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri DIR``; the writer sets that
+  variable in its process while it is open and puts it back after) or a tracking URI
   (``sqlite:///runs.db``, ``http://host:5000``).
 - ``wandb``: offline runs in ``DIR/wandb/`` (one group, the sweep's name; project
   ``jaxgd``), hyper-parameters as the run config, summaries in the run summary;
