@@ -11,10 +11,12 @@ from . import losses as losses
 from . import lossform as lossform
 from . import models as models
 from . import search as search
+from . import trackers as trackers
 from .data import batch_plan as batch_plan
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value
+from .orbax_io import from_orbax as from_orbax
 from .prepare import init_key as init_key
 from .prepare import loss_key as loss_key
 from .results import FitResult as FitResult
@@ -35,6 +37,7 @@ __all__ = [
     "data",
     "datasets",
     "fit",
+    "from_orbax",
     "init_key",
     "load",
     "loss_key",
@@ -45,4 +48,5 @@ __all__ = [
     "models",
     "schedule_value",
     "search",
+    "trackers",
 ]

@@ -4,6 +4,7 @@
                 [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxgd plot DIR
     jaxgd show DIR [--sort COL] [--top N]
+    jaxgd export DIR --to {orbax,tensorboard,mlflow,wandb} DEST [--row N] [--name NAME]
     jaxgd demo [--out DIR] [--quick]
     jaxgd bench [--quick] ...
     jaxgd bench --gpu [--out DIR] ...     (the accelerator benchmark: experiments/bench_gpu.py)
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--top", type=_nonneg_int, default=20, metavar="N",
                     help="rows to print (default 20; 0 = all)")
 
+    _export_parser(sub)
     for name, what in (("demo", "the gradient-descent demo experiments"),
                        ("bench", "the benchmarks")):
         d = sub.add_parser(name, help=f"run {what} (experiments.{name})", add_help=False,
@@ -104,6 +106,27 @@ def _parser() -> argparse.ArgumentParser:
                                        "--quick.")
         d.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of experiments.{name}")
     return p
+
+
+def _export_parser(sub) -> None:
+    ex = sub.add_parser(
+        "export", help="write a saved run to orbax or an experiment tracker",
+        description="Write a saved run folder elsewhere: one configuration's parameters "
+                    "(and model state) as an orbax checkpoint, or every configuration as "
+                    "a run of TensorBoard (event files), MLflow (a local store or a "
+                    "tracking URI) or W&B (offline runs).")
+    ex.add_argument("dir", help="run folder")
+    ex.add_argument("--to", nargs=2, required=True, metavar=("KIND", "DEST"),
+                    help="orbax, tensorboard, mlflow or wandb, and where to write")
+    ex.add_argument("--row", type=_nonneg_int, metavar="N",
+                    help="orbax: the table row position (0-based; the config column of "
+                         "'jaxgd show' for a whole sweep); default: the best configuration")
+    ex.add_argument("--no-state", action="store_true",
+                    help="orbax: the parameters only, without the model state")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="orbax: replace a non-empty DEST")
+    ex.add_argument("--name", help="trackers: the sweep's name (MLflow experiment, W&B "
+                                   "group); default: the run folder's name")
 
 
 def _positive_int(s: str) -> int:
@@ -143,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_plot(args)
         if args.command == "show":
             return _cmd_show(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_experiment(args.command, args.args)
     except ImportError as e:  # a missing (optional) dependency: name it and how to install
         msg = missing_dependency(e)
@@ -186,8 +211,10 @@ _RUN: dict[str, str | None] = {"out": None}
 
 
 # import name -> what to pip install; the test extra's packages
-_PACKAGES = {"sklearn": "scikit-learn", "torch": "torch==2.13.0", "yaml": "pyyaml"}
+_PACKAGES = {"sklearn": "scikit-learn", "torch": "torch==2.13.0", "yaml": "pyyaml",
+             "orbax": "orbax-checkpoint", "mlflow": "mlflow-skinny"}
 _TEST_EXTRA = ("torch", "scipy", "pytest", "hypothesis")
+_TRACK_EXTRA = ("tensorboardX", "mlflow", "wandb")
 
 
 def missing_dependency(e: ImportError) -> str | None:
@@ -210,7 +237,8 @@ def missing_dependency(e: ImportError) -> str | None:
     if top in ("jaxgd", "experiments", "tests"):
         return None
     pkg = _PACKAGES.get(top, top)
-    extra = ' (or the test extra: pip install -e ".[test]")' if top in _TEST_EXTRA else ""
+    extra = (' (or the test extra: pip install -e ".[test]")' if top in _TEST_EXTRA else
+             ' (or the track extra: pip install -e ".[track]")' if top in _TRACK_EXTRA else "")
     return f"the Python package {top!r} is not installed; install it with: pip install {pkg}{extra}"
 
 
@@ -325,6 +353,36 @@ def _cmd_show(args) -> int:
     sw = load(args.dir)
     print(summary(sw, sort=args.sort, top=args.top, descending=args.desc,
                   title=f"{args.dir}: {len(sw)} configurations"))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .results import load
+    from .trackers import KINDS, export
+
+    kind, dest = args.to
+    if kind not in ("orbax", *KINDS):
+        raise UserError(f"--to {kind!r} must be one of orbax, {', '.join(KINDS)}")
+    orbax_only = [f for f, v in (("--row", args.row is not None), ("--no-state", args.no_state),
+                                 ("--overwrite", args.overwrite)) if v]
+    if kind != "orbax" and orbax_only:
+        raise UserError(f"{orbax_only[0]} applies to --to orbax only")
+    if kind == "orbax" and args.name is not None:
+        raise UserError("--name applies to the trackers only")
+    if kind == "orbax":
+        from .orbax_io import require
+
+        require("orbax.checkpoint", "an orbax checkpoint")  # before loading the run
+        sw = load(args.dir)
+        row = sw.best().index if args.row is None else args.row
+        if row >= len(sw):
+            raise UserError(f"--row {row} is not a row position in 0..{len(sw) - 1}")
+        path = sw.export_orbax(dest, row=row, state=not args.no_state,
+                               overwrite=args.overwrite)
+        print(f"{args.dir}: row {row} (config {int(sw.table['config'].iloc[row])}) -> {path}")
+        return 0
+    names = export(args.dir, kind, dest, name=args.name)
+    print(f"{args.dir}: {len(names)} run(s) -> {kind} {dest}")
     return 0
 
 

@@ -83,6 +83,23 @@ class FitResult:
         treedef = jax.tree.structure(self.params)
         return jax.tree.unflatten(treedef, [self.history[n] for n in names])
 
+    def export_orbax(self, path, state: bool | str = True, overwrite: bool = False):
+        """Write ``params`` (and ``state``) as an orbax checkpoint directory that
+        ``orbax.checkpoint.StandardCheckpointer().restore(path, template)`` reads in any
+        process, without jaxgd (layout: :mod:`jaxgd.orbax_io`).
+
+        Args:
+          path: a new or empty folder (``overwrite=True`` replaces a non-empty one).
+          state: include the model state, if any, as ``{"params": ..., "state": ...}``
+            (a string names the state's key, e.g. ``"batch_stats"``); False: the
+            parameters' tree alone.
+          overwrite: replace an existing non-empty folder.
+
+        Returns:
+          the absolute path written (a ``pathlib.Path``).
+        """
+        return _export_orbax(path, self.params, self.state, state, overwrite)
+
     @property
     def final_loss(self) -> float:
         loss = self.history.get("loss")
@@ -482,11 +499,48 @@ class SweepResult:
             return
         save_result(self, path, _store)
 
+    def export_orbax(self, path, row: int | None = None, state: bool | str = True,
+                     overwrite: bool = False):
+        """Write one configuration's parameters (and model state) as an orbax checkpoint
+        directory that ``orbax.checkpoint.StandardCheckpointer().restore(path, template)``
+        reads in any process, without jaxgd (layout: :mod:`jaxgd.orbax_io`).
+
+        Args:
+          path: a new or empty folder (``overwrite=True`` replaces a non-empty one).
+          row: the table row position (0-based, as :meth:`params_of`); None: the best
+            configuration (:meth:`best` with its defaults).
+          state: include the model state, if any, as ``{"params": ..., "state": ...}``
+            (a string names the state's key, e.g. ``"batch_stats"``); False: the
+            parameters' tree alone.
+          overwrite: replace an existing non-empty folder.
+
+        Returns:
+          the absolute path written (a ``pathlib.Path``).
+        """
+        i = self.best().index if row is None else row
+        params = self.params_of(i)
+        st = None if self.state is None else jax.tree.map(lambda a: a[i], self.state)
+        return _export_orbax(path, params, st, state, overwrite)
+
     def plot(self, out=None, show: bool = False) -> list[str]:
         """Draw every figure that fits this sweep; write PNGs to ``out``. Returns paths."""
         from . import plots
 
         return plots.plot_sweep(self, out, show=show)
+
+
+def _export_orbax(path, params, state_tree, state, overwrite):
+    """``export_orbax`` of a result: ``state`` True/False or the state's key."""
+    from .orbax_io import export_orbax
+
+    if not isinstance(state, bool | str):
+        raise TypeError(f"state={state!r} must be True, False or the state's key (str)")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite={overwrite!r} must be True or False")
+    keep = state is not False and state_tree is not None
+    return export_orbax(path, params, state_tree if keep else None,
+                        state_key=state if isinstance(state, str) else "state",
+                        overwrite=overwrite)
 
 
 def _index(tree, i: int):
