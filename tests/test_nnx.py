@@ -214,3 +214,28 @@ def test_rng_stream_in_the_state_is_refused_by_name():
 
     with pytest.raises(TypeError, match=r"state\['dropout'\]\['rngs'\]\['key'\].* PRNG key"):
         jaxgd.fit(loss, params, DATA, state=rest, hparams={"learning_rate": 0.1}, epochs=1)
+
+
+def test_only_trees_holding_objects_are_copied_for_the_loss():
+    """Plain pytrees reach the loss as they are (nothing added to a plain loss's trace);
+    nnx States reach it in new containers holding the same arrays."""
+    from jaxgd import lossform
+
+    seen = []
+
+    def loss(params, batch, *, state):
+        seen.append((params, state))
+        return jnp.sum(jax.tree.leaves(params)[0]) * 0.0, state
+
+    batch = (np.ones((2, 3), np.float32),)
+    plain_p, plain_s = {"w": jnp.ones(3)}, {"n": jnp.zeros(())}
+    form = lossform.check_form(loss, plain_p, batch, plain_s, {})
+    lossform.call(form, loss, plain_p, batch, state=plain_s)
+    assert seen[-1][0] is plain_p and seen[-1][1] is plain_s
+    form = lossform.check_form(loss, PARAMS0, batch, STATS0, {})
+    lossform.call(form, loss, PARAMS0, batch, state=STATS0)
+    got_p, got_s = seen[-1]
+    assert got_p is not PARAMS0 and got_s is not STATS0
+    assert got_s["batch_norm1"]["mean"] is not STATS0["batch_norm1"]["mean"]  # new Variable
+    assert all(a is b for a, b in zip(jax.tree.leaves(got_s), jax.tree.leaves(STATS0),
+                                      strict=True))
