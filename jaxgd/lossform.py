@@ -1,7 +1,9 @@
 """The forms a loss may take, and the per-step PRNG keys of a stochastic loss.
 
-A loss is always called ``loss(params, batch, ...)``. It may declare any of these
-keyword parameters, detected once by *name* from its signature:
+A loss is always called ``loss(params, batch, ...)``: its first two positional parameters
+are the parameters and the batch, whatever their names (``loss(state, batch)`` for the
+``state`` of ``nnx.split`` included). After them it may declare any of these keyword
+parameters, detected once by *name* from its signature:
 
 * ``key``: a PRNG key, different at every training step (see :func:`jaxgd.loss_key`); ``None``
   in evaluation passes (full-data loss, validation loss, the initial loss), which must
@@ -20,6 +22,12 @@ keyword parameters, detected once by *name* from its signature:
 
 Without ``state``, a loss returns a scalar or ``(scalar, metrics)``; metrics is a dict
 of scalars recorded per evaluation (any other aux is ignored, as before).
+
+Parameters and state that hold objects (pytree nodes other than dicts, lists, tuples and
+``None``: flax nnx ``Variable``s, equinox Modules) reach the loss as fresh containers made
+in the trace that calls it (the same arrays): ``nnx.merge`` then builds a model whose
+``BatchStat``s the loss may update, although jaxgd carries the state across trace levels
+(a jitted loop, the gradient's trace). Plain pytrees are passed as they are.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ class LossForm(NamedTuple):
     takes_hparams: bool = False  # declares an hparams parameter
     has_aux: bool = False  # returns (loss, aux) (no state)
     metrics: tuple[str, ...] = ()  # sorted metric names
+    objects: bool = False  # params or state hold objects: the loss gets fresh containers
 
     @property
     def plain(self) -> bool:
@@ -91,10 +100,10 @@ def _declared(loss: Callable[..., Any], name: str) -> dict[str, bool]:
     except (TypeError, ValueError):  # a builtin or C callable: the plain form
         return {k: False for k in OPTIONAL}
     params = list(sig.parameters.values())
-    out = {k: k in sig.parameters for k in OPTIONAL}
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                  and p.name not in OPTIONAL]
-    required = [p for p in positional[2:] if p.default is p.empty]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    later = {p.name: p for p in params if p not in positional[:2]}  # after params, batch
+    out = {k: k in later for k in OPTIONAL}
+    required = [p for p in positional[2:] if p.default is p.empty and p.name not in OPTIONAL]
     required += [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty
                  and p.name not in OPTIONAL]
     if required:
@@ -103,15 +112,39 @@ def _declared(loss: Callable[..., Any], name: str) -> dict[str, bool]:
             "the form is loss(params, batch) with optional keyword parameters "
             f"{', '.join(OPTIONAL)} (by these names)")
     for k in OPTIONAL:
-        if k in sig.parameters and sig.parameters[k].kind == inspect.Parameter.POSITIONAL_ONLY:
+        if k in later and later[k].kind == inspect.Parameter.POSITIONAL_ONLY:
             raise TypeError(f"{name}'s parameter {k!r} is positional-only; jaxgd passes it "
                             f"by name ({k}=...)")
     return out
 
 
+_CONTAINERS = (dict, list, tuple, type(None))
+
+
+def holds_objects(tree: Any) -> bool:
+    """Whether ``tree`` has a pytree node other than a dict, list, tuple or ``None`` (a
+    flax nnx ``State`` of ``Variable``s, an equinox Module, a NamedTuple)."""
+    def walk(td) -> bool:
+        data = td.node_data()
+        return data is not None and (data[0] not in _CONTAINERS
+                                     or any(walk(c) for c in td.children()))
+    return walk(jax.tree.structure(tree))
+
+
+def fresh(tree: Any) -> Any:
+    """``tree`` with new containers made in the current trace, holding the same leaves.
+    A flax nnx ``Variable`` records the trace it was made in and refuses updates from any
+    other (``TraceContextError``); jaxgd's carries (a jitted loop's state, the model state
+    passed through ``jax.value_and_grad`` undifferentiated) are made in outer traces."""
+    return jax.tree.map(lambda x: x, tree)
+
+
 def call(form: LossForm, loss, params, batch, *, state=None, key=None, train=True,
          hparams=None):
-    """Call ``loss`` in its form: (loss value, new state or None, metrics dict)."""
+    """Call ``loss`` in its form: (loss value, new state or None, metrics dict). Params
+    and state that hold objects are handed over in fresh containers (:func:`fresh`)."""
+    if form.objects:
+        params, state = fresh(params), fresh(state)
     kw: dict[str, Any] = {}
     if form.key:
         kw["key"] = key
@@ -172,7 +205,8 @@ def _check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: st
     if hparams and not d["hparams"]:
         raise AssertionError("loss hyper-parameters without an hparams parameter")
     base = LossForm(key=d["key"], train=d["train"], state=d["state"], hparams=hp_names,
-                    takes_hparams=d["hparams"])
+                    takes_hparams=d["hparams"],
+                    objects=holds_objects(params) or holds_objects(state))
     key = jax.random.key(0)
     hp = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
     read: set[str] = set()

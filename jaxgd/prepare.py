@@ -162,6 +162,12 @@ def check_state(state: Any, params: Any, name: str = "state") -> Any:
             out.append(jnp.asarray(leaf))
         except Exception as e:  # noqa: BLE001
             raise TypeError(f"{name}{where} is not an array: {leaf!r}") from e
+        if jnp.issubdtype(out[-1].dtype, jax.dtypes.prng_key):
+            raise TypeError(
+                f"{name}{where} is a PRNG key array ({out[-1].dtype}), e.g. an nnx.Rngs "
+                "stream split into the state: the state holds no keys; declare "
+                "loss(..., key, train) and draw from the step's key instead, e.g. "
+                "model(x, nnx.Rngs(dropout=key) if train else None)")
     return jax.tree.unflatten(treedef, out)
 
 

@@ -58,7 +58,8 @@ def fit(
       loss: pure ``loss(params, batch) -> scalar`` (or ``(scalar, metrics)``, metrics a
         dict of scalars recorded per evaluation); ``batch`` has the structure of ``data``
         with a leading batch axis. It should be a mean over the batch so that the last,
-        smaller batch is weighted like PyTorch's. It may declare keyword parameters
+        smaller batch is weighted like PyTorch's. After its first two parameters (params
+        and batch, whatever their names) it may declare keyword parameters
         ``key`` (a PRNG key per step, :func:`jaxgd.loss_key`; None in evaluation passes),
         ``train``, ``state`` (with ``state=``) and ``hparams``: see
         :mod:`jaxgd.lossform`.

@@ -110,19 +110,21 @@ def run_python_blocks(path: Path, work: Path) -> list[tuple[int, str, str | None
 
 
 def matches(value: str, stated: str) -> bool:
-    """A stated tuple like ``('grad_tol', 658, 1429.848...)`` against the repr of a tuple
-    (``...`` = more digits follow; numpy scalars' reprs unwrapped)."""
+    """A stated tuple like ``('grad_tol', 658, 1429.848...)`` or ``(0.92..., (64,))``
+    against the repr of a tuple (``...`` = more digits follow; numpy scalars' reprs
+    unwrapped; tuples nest)."""
     value = re.sub(r"np\.\w+\(([^()]*)\)", r"\1", value)
-    got, want = ast.literal_eval(value), stated.strip("()").split(", ")
-    if len(got) != len(want):
-        return False
-    for g, w in zip(got, want, strict=True):
-        if w.endswith("..."):
-            if not repr(g).startswith(w[:-3]):
-                return False
-        elif g != ast.literal_eval(w):
-            return False
-    return True
+    want = ast.literal_eval(re.sub(r"(-?\d[\d.]*?)\.\.\.", r"'\1...'", stated))
+    return _matches(ast.literal_eval(value), want)
+
+
+def _matches(got, want) -> bool:
+    if isinstance(want, str) and want.endswith("..."):
+        return repr(got).startswith(want[:-3])
+    if isinstance(want, tuple):
+        return (isinstance(got, tuple) and len(got) == len(want)
+                and all(_matches(g, w) for g, w in zip(got, want, strict=True)))
+    return got == want
 
 
 def run_bash(code: str, work: Path, hide: str = "") -> subprocess.CompletedProcess:
