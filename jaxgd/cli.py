@@ -1,6 +1,6 @@
 """The ``jaxgd`` command: run sweeps from TOML configs, redraw figures, print tables.
 
-    jaxgd sweep [CONFIG.toml] [--out DIR] [--chunk-size N] [--quiet]
+    jaxgd sweep [CONFIG.toml] [--set KEY=VALUE ...] [--out DIR] [--chunk-size N] [--quiet]
                 [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxgd plot DIR
     jaxgd show DIR [--sort COL] [--top N]
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                     "resumes: finished chunks are kept.")
     s.add_argument("config", nargs="?", help="TOML config (default: the built-in "
                    "learning rate x batch size x seed sweep on the diabetes data)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a key of the config (repeatable), VALUE a TOML value: "
+                        "--set train.epochs=20 --set 'sweep.learning_rate=[1e-3, 1e-2]'")
     s.add_argument("--out", help="output folder (default: runs/<config stem>)")
     s.add_argument("--chunk-size", type=_positive_int, metavar="N",
                    help="most configurations per compiled call")
@@ -293,7 +296,7 @@ def _cmd_sweep(args) -> int:
     from .config import read_config
 
     # validate the file first (no JAX operation), then start the runtime, then build
-    cfg = read_config(args.config) if args.config else read_config()
+    cfg = read_config(args.config, overrides=args.set)
     multi = _init_distributed(args)
     import jax
 
@@ -318,6 +321,7 @@ def _cmd_sweep(args) -> int:
     sw = exp.run(out=str(out), progress=not args.quiet, **kw)
     elapsed = time.perf_counter() - t0
     if lead:
+        _record_config(cfg, out, args)
         figs = [] if args.no_plots else sw.plot(out)
         print(summary(sw, top=args.top, title=f"{len(sw)} configurations in {elapsed:.1f} s"))
         print(f"results: {out}/table.csv" + (f"; figures: {', '.join(Path(f).name for f in figs)}"
@@ -325,6 +329,19 @@ def _cmd_sweep(args) -> int:
     if multi:
         jax.distributed.shutdown()
     return 0
+
+
+def _record_config(cfg, out: Path, args) -> None:
+    """``out/config.toml``: the configuration that ran, overrides set (functions by name:
+    a run folder holds no code)."""
+    from .config import to_toml
+    from .store import atomic_write_bytes
+
+    cmd = " ".join([f"{PROG} sweep", *([args.config] if args.config else []),
+                    *(f"--set {o}" for o in args.set)])
+    head = (f"The configuration of this run: {cmd}\n"
+            "Functions appear by name; running it again imports them (jaxgd sweep only).")
+    atomic_write_bytes(out / "config.toml", to_toml(cfg, head).encode("utf-8"))
 
 
 def _count_configs(exp) -> int:

@@ -23,8 +23,16 @@ A configuration has four tables (every key is documented with examples in
     method = "halving"            # "halving", "hyperband" or "pbt"
     eta = 3
 
+``[data]``, ``[model]`` and a ``[loss]`` table may instead name a Python function
+(``callable = "package.module:function"`` or ``"./file.py:function"``, its keyword
+arguments in ``kwargs``; see :mod:`jaxgd.callables`). :func:`read_config` only checks
+the name; :func:`build` imports the module (running its code) and calls the function.
+Overrides (``read_config(..., overrides=["train.epochs=20"])``, the command line's
+``--set``) set any key before validation; an error about a key they set names them.
+
 Reading is two steps so that a command line can check a file before starting JAX:
-:func:`read_config` parses and validates (no JAX operation), :func:`build` loads the
+:func:`read_config` parses and validates (no JAX operation, no import of named code),
+:func:`build` loads the
 data, builds the model and returns an :class:`Experiment` whose :meth:`Experiment.run`
 calls :func:`jaxgd.sweep`. Every problem raises :class:`ConfigError` whose one-line
 message names the file, the line and the dotted key.
@@ -40,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from . import options
+from . import callables, options
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -49,7 +57,9 @@ __all__ = [
     "Experiment",
     "build",
     "load_config",
+    "parse_override",
     "read_config",
+    "to_toml",
 ]
 
 DEFAULT_CONFIG = """\
@@ -75,13 +85,15 @@ seed = [0, 1, 2]
 """
 
 DATA_KEYS = ("dataset", "standardize", "standardize_target", "val_fraction", "split_seed",
-             "task")
+             "task", "callable", "kwargs")
+# the keys that name a function, and its keyword arguments ([data], [model], [loss])
+CODE_KEYS = ("callable", "kwargs")
 # [train]: the options a file may hold (jaxgd.options), the hyper-parameters and the
 # seed of the initial parameters
 TRAIN_KEYS = (*(o.name for o in options.file_options()), "init_seed")
 # [model]: the name, the loss, and the arguments of the registered models (models.REGISTRY)
-SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "train": TRAIN_KEYS, "sweep": (),
-            "search": ()}
+SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "loss": CODE_KEYS,
+            "train": TRAIN_KEYS, "sweep": (), "search": ()}
 # [train] entries that become sweep axes when given a list
 TRAIN_AXES = options.file_axes()
 TASKS = ("regression", "binary", "multiclass")
@@ -98,16 +110,21 @@ def _model_registry():
 class ConfigError(ValueError):
     """A bad configuration file: ``str(e)`` is ``FILE:LINE: message`` on one line.
 
+    When an override set the key, ``str(e)`` is ``--set KEY=VALUE: message``.
+
     Attributes:
       file: the file name as given (``"<default>"`` for the built-in default).
       key: the dotted key the problem is about (``"train.epochs"``), or None.
       line: its 1-based line in the file, or None when it cannot be found.
       reason: the message without the location.
+      override: the ``KEY=VALUE`` override that set the key, or None.
     """
 
-    def __init__(self, file: str, key: str | None, line: int | None, reason: str):
+    def __init__(self, file: str, key: str | None, line: int | None, reason: str,
+                 override: str | None = None):
         self.file, self.key, self.line, self.reason = file, key, line, reason
-        where = f"{file}:{line}" if line else str(file)
+        self.override = override
+        where = f"--set {override}" if override else f"{file}:{line}" if line else str(file)
         super().__init__(f"{where}: {reason}".replace("\n", " "))
 
 
@@ -159,6 +176,10 @@ class Config:
     random: dict[str, Any] | None
     base_dir: Path = field(default_factory=Path.cwd)
     search: Any = None  # a jaxgd.search.Halving / PBT from [search], or None
+    loss: dict[str, Any] = field(default_factory=dict)  # [loss]: a named loss function
+    text: str = ""  # the TOML text read
+    overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> "KEY=VALUE"
+    raw: dict[str, Any] = field(default_factory=dict)  # the tables as read, overrides set
 
     @property
     def stem(self) -> str:
@@ -166,9 +187,10 @@ class Config:
 
 
 class _Ctx:
-    def __init__(self, file: str, text: str):
+    def __init__(self, file: str, text: str, overrides: dict[str, str] | None = None):
         self.file = file
         self.lines = key_lines(text)
+        self.overrides = dict(overrides or {})
 
     def line(self, key: str) -> int | None:
         k = key
@@ -178,8 +200,24 @@ class _Ctx:
             k = k.rsplit(".", 1)[0] if "." in k else ""
         return None
 
+    def override(self, key: str) -> str | None:
+        """The override that set ``key`` or a table above it; else, for a key (or table)
+        that the file does not hold, the first override that set a key inside it."""
+        k, in_file = key, False
+        while k:
+            if k in self.overrides:
+                return self.overrides[k]
+            in_file = in_file or k in self.lines
+            if not in_file:
+                inside = [v for o, v in self.overrides.items() if o.startswith(k + ".")]
+                if inside:
+                    return inside[0]
+            k = k.rsplit(".", 1)[0] if "." in k else ""
+        return None
+
     def err(self, key: str, reason: str) -> ConfigError:
-        return ConfigError(self.file, key, self.line(key), reason)
+        over = self.override(key)
+        return ConfigError(self.file, key, None if over else self.line(key), reason, over)
 
     def unknown(self, table: str, key: str, valid) -> ConfigError:
         close = difflib.get_close_matches(key, list(valid), n=1)
@@ -187,15 +225,22 @@ class _Ctx:
         return self.err(f"{table}.{key}", f"[{table}] key {key!r} is unknown{hint}")
 
 
-def read_config(path: str | Path | None = None, text: str | None = None) -> Config:
-    """Parse and validate a TOML configuration (no JAX operation, no data loaded).
+def read_config(path: str | Path | None = None, text: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Parse and validate a TOML configuration (no JAX operation, no data loaded, no
+    module imported: a key naming a function is only checked for its spelling).
 
     Args:
       path: the file; ``None`` with ``text=None`` reads the built-in default.
       text: TOML text to parse instead of reading ``path`` (``path`` then only names it).
+      overrides: ``"KEY=VALUE"`` strings (``"train.epochs=20"``,
+        ``"sweep.learning_rate=[1e-3, 1e-2]"``), each setting a dotted key before
+        validation; VALUE is a TOML value, or a plain string when it does not parse as
+        one (``optimizer=adam``).
 
     Raises:
-      ConfigError: ``FILE:LINE: reason`` naming the dotted key.
+      ConfigError: ``FILE:LINE: reason`` naming the dotted key; ``--set KEY=VALUE:
+        reason`` when an override set it.
     """
     if sys_version_lacks_tomllib():  # pragma: no cover - python 3.10
         import tomli as tomllib  # type: ignore[import-not-found]
@@ -228,9 +273,11 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg).strip()
         raise ConfigError(file, None, int(m.group(1)) if m else None,
                           f"TOML syntax error: {reason}") from None
+    ctx.overrides = _apply_overrides(file, raw, overrides)
+    raw_copy = _copy_tables(raw)
     for table, value in raw.items():
         if table not in SECTIONS:
-            raise ConfigError(file, table, ctx.line(table), _unknown_table_msg(table))
+            raise ctx.err(table, _unknown_table_msg(table))
         if not isinstance(value, dict):
             raise ctx.err(table, f"{table!r} must be a table: write [{table}] on its own line")
     for table, keys in SECTIONS.items():
@@ -240,7 +287,8 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
             if k not in keys:
                 raise ctx.unknown(table, k, keys)
     data = _read_data(ctx, dict(raw.get("data", {})), base)
-    model = _read_model(ctx, dict(raw.get("model", {})))
+    model = _read_model(ctx, dict(raw.get("model", {})), base)
+    loss = _read_loss(ctx, dict(raw.get("loss", {})), model, base)
     train = _read_train(ctx, dict(raw.get("train", {})))
     sweep_grid, random = _read_sweep(ctx, dict(raw.get("sweep", {})), train, model)
     # list-valued [train] entries become axes (before the [sweep] axes: outermost)
@@ -257,10 +305,83 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> Conf
     if "folds" in train and "val_fraction" in data:
         raise ctx.err("data.val_fraction",
                       "[data] val_fraction and [train] folds exclude each other: choose one")
-    _check_names(ctx, grid, random, train, model_shape_axes(model))
-    _check_required(ctx, grid, random, train)
+    if not names_code(model, loss):  # else checked by build, with the named functions
+        _check_names(ctx, grid, random, train, model_shape_axes(model))
+    _check_required(ctx, grid, random, train, names_code(model, loss))
     search = _read_search(ctx, raw.get("search"), train)
-    return Config(file, data, model, train, grid, random, base, search)
+    return Config(file, data, model, train, grid, random, base, search, loss, text,
+                  ctx.overrides, raw_copy)
+
+
+def names_code(model: dict[str, Any], loss: dict[str, Any]) -> bool:
+    """Whether [model] or [loss] names a function (the names it may take are its own)."""
+    return "callable" in model or "callable" in loss
+
+
+def _copy_tables(raw: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy(raw)
+
+
+_OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
+
+
+def parse_override(text: Any) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> (dotted key, value): VALUE parsed as a TOML value, or kept as a
+    plain string when it is not one (``optimizer=adam``, ``callable=./m.py:make``).
+
+    Raises:
+      ValueError: the reason (no ``=``, a bad key, an unclosed list or string).
+    """
+    import tomllib
+
+    if not isinstance(text, str) or "=" not in text:
+        raise ValueError("write KEY=VALUE with a dotted key, e.g. --set train.epochs=20")
+    key, _, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not _OVERRIDE_KEY.fullmatch(key):
+        raise ValueError(f"{key!r} is not a dotted key (e.g. train.epochs, model.kwargs.width)")
+    if not value:
+        raise ValueError("no value after '='")
+    if "\n" in value or "\r" in value:
+        raise ValueError("the value must be on one line")
+    try:
+        doc = tomllib.loads(f"v = {value}")
+    except tomllib.TOMLDecodeError as e:
+        if value[0] in "[{\"'":  # meant as a list, table or string: not one
+            reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e)).strip()
+            raise ValueError(f"{value} is not a TOML value: {reason}") from None
+        return key, value
+    if set(doc) != {"v"}:  # pragma: no cover - one line holds one key
+        raise ValueError(f"{value} is not one TOML value")
+    return key, doc["v"]
+
+
+def _apply_overrides(file: str, raw: dict[str, Any], overrides) -> dict[str, str]:
+    """Set each override's key in ``raw`` (in order; a later one wins); dotted key ->
+    the override's text."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    done: dict[str, str] = {}
+    for text in overrides or ():
+        shown = " ".join(str(text).split())
+        try:
+            key, value = parse_override(text)
+        except ValueError as e:
+            raise ConfigError(file, None, None, str(e), shown) from None
+        parts = key.split(".")
+        table = raw
+        for i, part in enumerate(parts[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                where = ".".join(parts[:i + 1])
+                raise ConfigError(file, key, None, f"{where} is a value, not a table: "
+                                  f"{key} cannot be set", shown)
+        table[parts[-1]] = value
+        done = {k: v for k, v in done.items() if not k.startswith(key + ".")}
+        done[key] = shown
+    return done
 
 
 def _read_search(ctx: _Ctx, s: dict[str, Any] | None, train: dict[str, Any]):
@@ -320,13 +441,36 @@ def _choice(ctx: _Ctx, key: str, v: Any, valid) -> None:
         raise ctx.err(key, f"{key} = {_show(v)} is invalid{hint}; valid values: {list(valid)}")
 
 
+def _read_code(ctx: _Ctx, table: str, d: dict[str, Any], base: Path) -> None:
+    """Check ``callable`` (its spelling; a named file must exist; nothing is imported) and
+    ``kwargs`` (a table) of [data], [model] or [loss]."""
+    key = f"{table}.callable"
+    if "kwargs" in d and "callable" not in d:
+        raise ctx.err(f"{table}.kwargs", f"{table}.kwargs are the keyword arguments of "
+                      f"{key}: name the function too ({key} = \"package.module:function\")")
+    if "callable" not in d:
+        return
+    try:
+        callables.parse(d["callable"], base)
+    except ValueError as e:
+        raise ctx.err(key, f"{key} = {_show(d['callable'])} {e}") from None
+    d.setdefault("kwargs", {})
+    if not isinstance(d["kwargs"], dict):
+        raise ctx.err(f"{table}.kwargs", f"{table}.kwargs = {_show(d['kwargs'])} must be a "
+                      f"table: [{table}.kwargs] or kwargs = {{ name = value }}")
+
+
 def _read_data(ctx: _Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
     from .datasets import LOADERS
 
-    ds = d.setdefault("dataset", "diabetes")
-    if not isinstance(ds, str):
+    _read_code(ctx, "data", d, base)
+    if "callable" in d and "dataset" in d:
+        raise ctx.err("data.dataset", "data.dataset and data.callable exclude each other: "
+                      "keep one")
+    ds = d.setdefault("dataset", "diabetes") if "callable" not in d else None
+    if ds is not None and not isinstance(ds, str):
         raise ctx.err("data.dataset", f"data.dataset = {_show(ds)} must be a string")
-    if ds not in LOADERS:
+    if ds is not None and ds not in LOADERS:
         if not ds.lower().endswith((".npz", ".csv")):
             close = difflib.get_close_matches(ds, list(LOADERS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -351,17 +495,29 @@ def _read_data(ctx: _Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
           "use an integer >= 0", d["split_seed"])
     if "task" in d:
         _choice(ctx, "data.task", d["task"], TASKS)
-        if "path" not in d:
-            raise ctx.err("data.task", "data.task only applies to .npz/.csv files; built-in "
-                          f"dataset {ds!r} has its own task")
+        if "path" not in d and "callable" not in d:
+            raise ctx.err("data.task", "data.task only applies to .npz/.csv files and "
+                          f"data.callable; built-in dataset {ds!r} has its own task")
     return d
 
 
-def _read_model(ctx: _Ctx, m: dict[str, Any]) -> dict[str, Any]:
-    """Check [model] against the model registry: the name, then its own arguments."""
+def _read_model(ctx: _Ctx, m: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """Check [model] against the model registry: the name, then its own arguments; or a
+    named function (``callable``, ``kwargs``) and an optional built-in ``loss``."""
     from .losses import LOSSES
 
     registry = _model_registry()
+    if "callable" in m or "kwargs" in m:
+        if "name" in m and "callable" in m:
+            raise ctx.err("model.name", "model.name and model.callable exclude each other: "
+                          "keep one")
+        _read_code(ctx, "model", m, base or Path.cwd())
+        for k in m:
+            if k not in ("callable", "kwargs", "loss"):
+                raise ctx.unknown("model", k, ["callable", "kwargs", "loss"])
+        if "loss" in m:
+            _choice(ctx, "model.loss", m["loss"], sorted(LOSSES))
+        return m
     m.setdefault("name", "linear")
     _choice(ctx, "model.name", m["name"], sorted(registry))
     if "loss" in m:
@@ -378,6 +534,18 @@ def _read_model(ctx: _Ctx, m: dict[str, Any]) -> dict[str, Any]:
                           f"{m['name']!r} (only to {', '.join(takers)})")
         _need(ctx, f"model.{k}", args[k].ok(v), f"use {args[k].what}", v)
     return m
+
+
+def _read_loss(ctx: _Ctx, d: dict[str, Any], model: dict[str, Any],
+               base: Path) -> dict[str, Any]:
+    """Check [loss]: a named loss function (``callable``) and its ``kwargs``."""
+    if not d:
+        return d
+    _read_code(ctx, "loss", d, base)
+    if "loss" in model:
+        raise ctx.err("loss.callable", "model.loss and loss.callable exclude each other: "
+                      "keep one")
+    return d
 
 
 def _read_train(ctx: _Ctx, t: dict[str, Any]) -> dict[str, Any]:
@@ -466,7 +634,10 @@ def _normalize_axis_value(name: str, v: Any) -> Any:
 
 def model_shape_axes(model: dict[str, Any]) -> tuple[str, ...]:
     """The [model] arguments a [sweep] axis may vary: those the registry marks as changing
-    only parameter shapes (``ModelArg.shape``, e.g. ``hidden`` of ``mlp``)."""
+    only parameter shapes (``ModelArg.shape``, e.g. ``hidden`` of ``mlp``); none known
+    before :func:`build` for a named model function (its ``init``'s own)."""
+    if "callable" in model:
+        return ()
     return tuple(k for k, a in _model_registry()[model["name"]].args.items() if a.shape)
 
 
@@ -510,8 +681,11 @@ def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any],
             for x in vals:
                 _need(ctx, key, (_is_int(x) and x > 0) or x == "full",
                       'use positive integers or "full" (full batch)', x)
+        # a named model's init may take lists (layer widths) on a shape axis of any name
+        shape = (k,) if "callable" in (model or {}) and any(
+            isinstance(x, list) for x in vals) else ()
         try:
-            expand_configs(grid={k: [_normalize_axis_value(k, x) for x in vals]})
+            expand_configs(grid={k: [_normalize_axis_value(k, x) for x in vals]}, shape=shape)
         except (ValueError, TypeError) as e:
             raise ctx.err(key, f"{key}: {e}") from None
         grid[k] = vals
@@ -571,7 +745,8 @@ def _check_names(ctx: _Ctx, grid, random, train, shape_names=()) -> None:
     axes_ok = known | set(STRUCTURAL_AXES) | set(STREAM_AXES)
     for k in grid:
         if k not in axes_ok | set(shape_names):
-            table = "sweep" if f"sweep.{k}" in ctx.lines else "train.hparams"
+            table = "sweep" if f"sweep.{k}" in {**ctx.lines, **ctx.overrides} \
+                else "train.hparams"
             raise ctx.unknown(table, k, sorted(axes_ok | set(shape_names)))
     for k in random or {}:
         if k not in ("n", "random_seed") and k not in axes_ok:
@@ -590,9 +765,10 @@ def _axis_values(name: str, grid, random, default: Any) -> list[Any]:
     return [default]
 
 
-def _check_required(ctx: _Ctx, grid, random, train) -> None:
+def _check_required(ctx: _Ctx, grid, random, train, loss_names=False) -> None:
     """A learning rate, the schedules' required parameters, and [train] hparams that every
-    optimizer of the sweep takes: checked before JAX starts."""
+    optimizer of the sweep takes: checked before JAX starts (with ``loss_names``, a named
+    loss may take hparams of its own: the sweep checks them)."""
     from .optim import SCHEDULES, factory_params, known_names, resolve_optimizer
 
     given = set(train.get("hparams", {})) | set(grid) | set(random or {})
@@ -619,7 +795,7 @@ def _check_required(ctx: _Ctx, grid, random, train) -> None:
                 continue
             known = known_names(spec, s)
             for k in train.get("hparams", {}):
-                if k not in known and k not in every:
+                if k not in known and k not in every and not loss_names:
                     raise ctx.err(f"train.hparams.{k}",
                                   f"train.hparams.{k} is not a hyper-parameter of optimizer "
                                   f"{o!r} with schedule {s!r}; every optimizer of the sweep "
@@ -655,28 +831,28 @@ class Experiment:
         except (ValueError, TypeError) as e:
             if isinstance(e, ConfigError):
                 raise
-            where = _config_key_of(self.config, str(e))
+            msg, where = str(e), _config_key_of(self.config, str(e))
+            if where is None and (where := _code_key_of(self.config, msg)):
+                table = getattr(self.config, where.split(".")[0])
+                msg = f"{where} = {_show(table['callable'])}: {msg}"
             if where is None:
                 raise
-            raise ConfigError(self.config.file, where, _line(self.config, where),
-                              str(e)) from e
+            raise _cfg_err(self.config, where, msg) from e
 
 
 def _config_key_of(cfg: Config, message: str) -> str | None:
-    """The dotted key of the file that sets the value a sweep error message names."""
+    """The dotted key of the file (or override) that sets the value a sweep error message
+    names."""
     import re
 
     search = re.match(r"search (\w+)=", message)
     m = search or re.search(r"hparams\['(\w+)'\]", message) or re.search(
         r"hparams key '(\w+)'", message) or re.search(
         r"(?:^|: )(\w+)=", message) or re.search(r"axis '(\w+)'", message)
-    if m is None or cfg.file in ("<default>", "<string>"):
+    if m is None:
         return None
     name = m.group(1)
-    try:
-        lines = key_lines(Path(cfg.file).read_text(encoding="utf-8"))
-    except OSError:
-        return None
+    lines = set(_ctx_of(cfg).lines) | set(cfg.overrides)
     keys = (f"sweep.{name}", f"sweep.random.{name}", f"train.hparams.{name}",
             f"train.{name}", f"data.{name}")
     if search:  # a value of [search], or its table when the value is a default
@@ -687,55 +863,140 @@ def _config_key_of(cfg: Config, message: str) -> str | None:
     return None
 
 
-def _load_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, str | None, str]:
-    """(x, y, task or None, name)."""
+def _code_key_of(cfg: Config, message: str) -> str | None:
+    """``loss.callable`` (or ``model.callable``, whose ``apply`` the loss calls) for an
+    error of the sweep's checks about the loss, when the file names that function."""
+    if not re.search(r"(?:^|: )loss\b", message):
+        return None
+    return next((f"{t}.callable" for t in ("loss", "model")
+                 if "callable" in getattr(cfg, t)), None)
+
+
+def _ctx_of(cfg: Config) -> _Ctx:
+    """Where the keys of ``cfg`` are: the lines of its file (none for the built-in default
+    or text without a file) and its overrides."""
+    text = ""
+    if cfg.file not in ("<default>", "<string>"):
+        try:
+            text = Path(cfg.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            pass
+    return _Ctx(cfg.file, text, cfg.overrides)
+
+
+def _cfg_err(cfg: Config, key: str, reason: str) -> ConfigError:
+    return _ctx_of(cfg).err(key, reason)
+
+
+def _load_code(cfg: Config) -> dict[str, Any]:
+    """Import the functions that [data], [model] and [loss] name: table -> function.
+
+    The only place a configuration imports code (each module runs as any import does)."""
+    out = {}
+    for table, d in (("data", cfg.data), ("model", cfg.model), ("loss", cfg.loss)):
+        if "callable" not in d:
+            continue
+        key = f"{table}.callable"
+        try:
+            out[table] = callables.load(callables.parse(d["callable"], cfg.base_dir))
+        except ValueError as e:
+            raise _cfg_err(cfg, key, f"{key} = {_show(d['callable'])}: {e}") from None
+    return out
+
+
+def _called(cfg: Config, table: str, fn) -> Any:
+    """``fn(**[table].kwargs)``: kwargs the function does not take are reported there."""
+    d = getattr(cfg, table)
+    try:
+        return callables.call(fn, d["kwargs"])
+    except ValueError as e:
+        raise _cfg_err(cfg, _kwarg_key(table, d["kwargs"], str(e)), f"{table}.kwargs of "
+                       f"{table}.callable = {_show(d['callable'])}: {e}") from None
+
+
+def _kwarg_key(table: str, kwargs: dict[str, Any], message: str) -> str:
+    """``table.kwargs.NAME`` for the keyword argument a TypeError's message names (its
+    line, or the override that set it), else ``table.kwargs``."""
+    m = re.search(r"argument '(\w+)'", message)
+    return f"{table}.kwargs.{m.group(1)}" if m and m.group(1) in kwargs else f"{table}.kwargs"
+
+
+def _load_arrays(cfg: Config, data_fn=None):
+    """(x, y, task or None, name, training rows or None: the rows after them are the
+    validation part a data function returned)."""
     d = cfg.data
-    ctx_key = "data.dataset"
+    if data_fn is not None:
+        out = _called(cfg, "data", data_fn)
+        try:
+            x, y, val, task = callables.data_arrays(out)
+        except ValueError as e:
+            raise _cfg_err(cfg, "data.callable", f"data.callable = {_show(d['callable'])} "
+                           f"{e}") from None
+        n_train = None
+        if val is not None:
+            for k in ("val_fraction", "folds"):
+                if k in d or cfg.train.get(k):
+                    key = f"data.{k}" if k in d else f"train.{k}"
+                    raise _cfg_err(cfg, key, f"{key} does not apply: data.callable = "
+                                   f"{_show(d['callable'])} returned a validation part")
+            if val[1].shape[1:] != y.shape[1:]:
+                raise _cfg_err(cfg, "data.callable", f"data.callable = {_show(d['callable'])}"
+                               f" returned y_val of shape {val[1].shape} for y of shape "
+                               f"{y.shape}")
+            n_train = len(x)
+            x, y = np.concatenate([x, val[0]]), np.concatenate([y, val[1]])
+        x, y = _typed(cfg, x, y, "data.callable", d["callable"])
+        return x, y, task, d["callable"], n_train
     if "path" not in d:
         from .datasets import load
 
         ds = load(d["dataset"])
-        return ds.x, ds.y, ds.task, ds.name
+        return ds.x, ds.y, ds.task, ds.name, None
     p = Path(d["path"])
+    x, y = _read_file(cfg, p)
+    x, y = _typed(cfg, x, y, "data.dataset", str(p))
+    return x, y, None, p.stem, None
+
+
+def _read_file(cfg: Config, p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a .npz or .csv file."""
+    err = lambda msg: _cfg_err(cfg, "data.dataset", msg)  # noqa: E731
     try:
         if p.suffix.lower() == ".npz":
             with np.load(p) as z:
                 if "x" not in z.files or "y" not in z.files:
-                    raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
-                                      f"{p.name} must hold arrays 'x' and 'y', has {z.files}")
-                x, y = np.asarray(z["x"]), np.asarray(z["y"])
-        else:
-            import pandas as pd
+                    raise err(f"{p.name} must hold arrays 'x' and 'y', has {z.files}")
+                return np.asarray(z["x"]), np.asarray(z["y"])
+        import pandas as pd
 
-            df = pd.read_csv(p, header=None)
-            if len(df) and pd.to_numeric(df.iloc[0], errors="coerce").isna().any():
-                df = df.iloc[1:].reset_index(drop=True)  # row 0 holds column names
-            if df.shape[1] < 2:
-                raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
-                                  f"{p.name} needs at least 2 columns (features..., y)")
-            arr = df.to_numpy()
-            try:
-                x = arr[:, :-1].astype(np.float32)
-            except ValueError as e:
-                raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
-                                  f"{p.name}: every column but the last must be numeric "
-                                  f"({e})") from None
-            y = arr[:, -1]
-            try:
-                y = y.astype(np.float64)
-            except ValueError:
-                bad = next((v for v in y if pd.isna(pd.to_numeric(v, errors="coerce"))), None)
-                raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
-                                  f"the last column of {p.name} (y) must be numeric, found "
-                                  f"{bad!r}; encode class labels as 0, 1, ..., C-1") from None
+        df = pd.read_csv(p, header=None)
+        if len(df) and pd.to_numeric(df.iloc[0], errors="coerce").isna().any():
+            df = df.iloc[1:].reset_index(drop=True)  # row 0 holds column names
+        if df.shape[1] < 2:
+            raise err(f"{p.name} needs at least 2 columns (features..., y)")
+        arr = df.to_numpy()
+        try:
+            x = arr[:, :-1].astype(np.float32)
+        except ValueError as e:
+            raise err(f"{p.name}: every column but the last must be numeric ({e})") from None
+        y = arr[:, -1]
+        try:
+            y = y.astype(np.float64)
+        except ValueError:
+            bad = next((v for v in y if pd.isna(pd.to_numeric(v, errors="coerce"))), None)
+            raise err(f"the last column of {p.name} (y) must be numeric, found {bad!r}; "
+                      "encode class labels as 0, 1, ..., C-1") from None
+        return x, y
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
-                          f"cannot read {p.name}: {type(e).__name__}: {e}") from None
+        raise err(f"cannot read {p.name}: {type(e).__name__}: {e}") from None
+
+
+def _typed(cfg: Config, x, y, key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """x as float32 (a 1-d x as one column), y as int32 labels or float32 targets."""
     if len(x) == 0:
-        raise ConfigError(cfg.file, ctx_key, _line(cfg, ctx_key),
-                          f"{p} has no data rows (only a header, or empty)")
+        raise _cfg_err(cfg, key, f"{what} has no data rows (only a header, or empty)")
     x = np.asarray(x, np.float32).reshape(len(x), -1) if x.ndim == 1 else x.astype(np.float32)
     y = np.asarray(y)
     if y.dtype.kind in "iub":
@@ -744,27 +1005,17 @@ def _load_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, str | None, str]:
         y_int = y.astype(np.int64)
     else:
         y_int = None
-    task = d.get("task")
+    task = cfg.data.get("task")
     if task in ("binary", "multiclass"):
         if y_int is None:
-            raise ConfigError(cfg.file, "data.task", _line(cfg, "data.task"),
-                              f"data.task = \"{task}\" needs integer labels in y")
+            raise _cfg_err(cfg, "data.task", f"data.task = \"{task}\" needs integer labels "
+                           "in y")
         y = y_int.astype(np.int32)
     elif y.dtype.kind in "iub":
         y = y.astype(np.int32)
     else:
         y = y.astype(np.float32)
-    return x, y, None, p.stem
-
-
-def _line(cfg: Config, key: str) -> int | None:
-    if cfg.file in ("<default>", "<string>"):
-        return None
-    try:
-        text = Path(cfg.file).read_text(encoding="utf-8")
-    except OSError:
-        return None
-    return _Ctx(cfg.file, text).line(key)
+    return x, y
 
 
 def build(cfg: Config) -> Experiment:
@@ -773,31 +1024,50 @@ def build(cfg: Config) -> Experiment:
     Features are standardised with statistics of the training part (all data when there
     is no hold-out: with ``folds``, the scaling sees every fold); ``val_fraction`` holds
     out a validation part passed as ``val_data``. The model comes from
-    :data:`jaxgd.models.REGISTRY`: its task, arguments and input shape.
+    :data:`jaxgd.models.REGISTRY` (its task, arguments and input shape) or from the
+    function ``model.callable`` names; the loss from ``model.loss`` (or the task's
+    default) or ``loss.callable``. Functions that the file names are imported here.
     """
     import jax
 
     from . import losses
 
-    x, y, task, name = _load_arrays(cfg)
-    entry = _model_registry()[cfg.model["name"]]
-    err = lambda key, msg: ConfigError(cfg.file, key, _line(cfg, key), msg)  # noqa: E731
-    task = task or cfg.data.get("task") or entry.task
-    y, outputs = _check_labels(y, task, name, err)
-    x, y, tr, va, in_program = _split_and_scale(cfg, x, y, task, err)
-    model, x = _make_model(cfg, entry, x, task, outputs, err)
-    out_dim = int(np.prod(jax.eval_shape(
-        model.apply, jax.eval_shape(model.init, jax.random.key(0)), x[:1]).shape[1:]))
-    loss_name, y = _check_loss(cfg, task, out_dim, y, err)
-    loss = losses.make_loss(model.apply, loss_name)
+    fns = _load_code(cfg)
+    err = lambda key, msg: _cfg_err(cfg, key, msg)  # noqa: E731
+    x, y, task, name, n_train = _load_arrays(cfg, fns.get("data"))
+    entry = None if "model" in fns else _model_registry()[cfg.model["name"]]
+    task = cfg.data.get("task") or task or (entry.task if entry else _task_of(y))
+    outputs = None
+    if entry is not None or "loss" not in fns:  # a named loss on a named model: its labels
+        y, outputs = _check_labels(y, task, name, err)
+    x_shape = x.shape
+    x, y, tr, va, in_program = _split_and_scale(cfg, x, y, task, err, n_train)
+    if entry is None:
+        model, shape_all = _user_model(cfg, fns["model"])
+        x = x.reshape(x_shape)
+        init0 = _probe_init(cfg, model.init, shape_all)
+    else:
+        model, x = _make_model(cfg, entry, x, task, outputs, err)
+        shape_all, init0 = model_shape_axes(cfg.model), model.init
+    if "loss" in fns:
+        loss, loss_name = _user_loss(cfg, fns["loss"], model.apply), cfg.loss["callable"]
+    else:
+        out_dim = int(np.prod(jax.eval_shape(
+            model.apply, jax.eval_shape(init0, jax.random.key(0)), x[:1]).shape[1:]))
+        loss_name, y = _check_loss(cfg, task, out_dim, y, err)
+        loss = losses.make_loss(model.apply, loss_name)
+    _check_named_code(cfg, shape_all, loss)
     train_data = (x[tr], y[tr]) if va is not None else (x, y)
     val_data = (x[va], y[va]) if va is not None else None
     kw, init_seed = _sweep_kwargs(cfg, in_program, val_data)
-    shape_names = [k for k in model_shape_axes(cfg.model) if k in cfg.grid]
-    if shape_names:  # a [sweep] axis over a model argument: one init per shape
+    shape_names = [k for k in shape_all if k in cfg.grid]
+    if shape_names and entry is not None:  # a [sweep] axis over a model argument
         params = None
         kw["init"] = _shape_init(cfg, entry, int(np.prod(x.shape[1:])), outputs, shape_names,
                                  init_seed)
+    elif shape_names or init_seed == "seed" and entry is None:
+        params = None
+        kw["init"] = _seeded_init(model.init, shape_names, init_seed)
     elif init_seed == "seed":
         params = None
         kw["init"] = model.init
@@ -806,9 +1076,103 @@ def build(cfg: Config) -> Experiment:
 
         params = model.init(seed_key(init_seed, "init_seed"))
     info = {"dataset": name, "task": task, "n": len(train_data[0]),
-            "features": int(np.prod(x.shape[1:])), "model": cfg.model["name"],
+            "features": int(np.prod(x.shape[1:])),
+            "model": cfg.model.get("callable") or cfg.model["name"],
             "loss": loss_name, "val": 0 if va is None else len(va)}
     return Experiment(cfg, loss, params, train_data, kw, model, info)
+
+
+def _task_of(y: np.ndarray) -> str:
+    """The task of data for a named model function: class labels when y holds integers
+    (the loss's default then follows the model's outputs), else regression."""
+    return "multiclass" if y.dtype.kind in "iu" else "regression"
+
+
+def _user_model(cfg: Config, fn) -> tuple[Any, tuple[str, ...]]:
+    """(the Model that ``model.callable`` returns, its init's shape axes)."""
+    from .models import Model
+    from .sweep import shape_axes
+
+    out = _called(cfg, "model", fn)
+    try:
+        init, apply = callables.model_pair(out)
+    except ValueError as e:
+        raise _cfg_err(cfg, "model.callable", f"model.callable = "
+                       f"{_show(cfg.model['callable'])} {e}") from None
+    return Model(init, apply), shape_axes(init)
+
+
+def _probe_init(cfg: Config, init, shape_all):
+    """``init(key)`` with each shape axis at its first [sweep] value (or its default)."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(init).parameters if shape_all else {}
+    shape = {}
+    for k in shape_all:
+        if k in cfg.grid:
+            shape[k] = cfg.grid[k][0]
+        elif sig[k].default is inspect.Parameter.empty:
+            raise _cfg_err(cfg, "model.callable", f"the init of model.callable = "
+                           f"{_show(cfg.model['callable'])} needs {k!r}: sweep it in "
+                           f"[sweep] ({k} = [...]) or give it a default")
+    return functools.partial(init, **shape)
+
+
+def _seeded_init(init, names, init_seed):
+    """``init(key, *, name, ...)`` for ``jaxgd.sweep``: a named model's init with the
+    swept shape axes ``names`` (its other parameters keep their defaults), drawn from
+    each seed's key (``init_seed = "seed"``) or from the fixed ``init_seed``."""
+    import inspect
+
+    from .prepare import seed_key
+
+    def seeded(key, **shape):
+        return init(key if init_seed == "seed" else seed_key(init_seed, "init_seed"), **shape)
+
+    kind = inspect.Parameter
+    seeded.__signature__ = inspect.Signature(
+        [kind("key", kind.POSITIONAL_OR_KEYWORD), *(kind(n, kind.KEYWORD_ONLY) for n in names)])
+    return seeded
+
+
+def _user_loss(cfg: Config, fn, apply):
+    """The loss ``loss.callable`` names, with ``loss.kwargs`` (and the model's ``apply``
+    when it has a parameter of that name) bound as keyword arguments."""
+    import functools
+    import inspect
+
+    from .lossform import declared
+
+    kwargs = dict(cfg.loss["kwargs"])
+    try:
+        names = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        names = {}
+    if "apply" in names and "apply" not in kwargs:
+        kwargs["apply"] = apply
+    key = "loss.kwargs" if cfg.loss["kwargs"] else "loss.callable"
+    try:
+        if names:
+            inspect.signature(fn).bind_partial(None, None, **kwargs)
+        loss = functools.partial(fn, **kwargs) if kwargs else fn
+        declared(loss, "the loss")
+    except TypeError as e:
+        raise _cfg_err(cfg, _kwarg_key("loss", cfg.loss["kwargs"], str(e)) if key ==
+                       "loss.kwargs" else key, f"{key} of loss.callable = "
+                       f"{_show(cfg.loss['callable'])}: {e}") from None
+    return loss
+
+
+def _check_named_code(cfg: Config, shape_all, loss) -> None:
+    """With a named model or loss function, the checks of axis and hparams names that
+    :func:`read_config` leaves: hyper-parameters of the optimizers, the model's shape axes,
+    or any name when the loss takes ``hparams`` (its own hyper-parameters)."""
+    from .lossform import declared
+
+    if not names_code(cfg.model, cfg.loss) or declared(loss, "the loss")["hparams"]:
+        return
+    _check_names(_ctx_of(cfg), cfg.grid, cfg.random, cfg.train, shape_all)
 
 
 def _shape_init(cfg: Config, entry, features: int, outputs: int, names, init_seed):
@@ -849,14 +1213,17 @@ def _check_labels(y, task, name, err):
     return y, (1 if task == "binary" else int(y.max()) + 1)
 
 
-def _split_and_scale(cfg: Config, x, y, task, err):
-    """(x, y, training rows, validation rows or None, leaves standardised in the program)."""
+def _split_and_scale(cfg: Config, x, y, task, err, n_train=None):
+    """(x, y, training rows, validation rows or None, leaves standardised in the program);
+    ``n_train``: the rows after the first ``n_train`` are the validation part."""
     from . import data as D
 
     n = len(x)
     tr = np.arange(n)
     va = None
-    if "val_fraction" in cfg.data:
+    if n_train is not None:
+        tr, va = np.arange(n_train), np.arange(n_train, n)
+    elif "val_fraction" in cfg.data:
         tr, va = D.train_val_split(n, cfg.data["val_fraction"], cfg.data["split_seed"])
     x = x.reshape(n, -1)
     if cfg.data["standardize_target"] and task != "regression":
@@ -933,6 +1300,63 @@ def _sweep_kwargs(cfg: Config, in_program, val_data) -> tuple[dict[str, Any], An
     if cfg.search is not None:
         kw["search"] = cfg.search
     return kw, init_seed
+
+
+def to_toml(cfg: Config, header: str = "") -> str:
+    """The configuration as TOML text: its tables as read with the overrides set, file
+    paths made absolute. A named function appears by its name, never its code, and
+    :func:`read_config` of the text imports nothing.
+
+    Args:
+      cfg: a configuration from :func:`read_config`.
+      header: comment lines put first (each prefixed with ``# ``).
+    """
+    import copy
+
+    raw = copy.deepcopy(cfg.raw)
+    if "path" in cfg.data:
+        raw["data"]["dataset"] = cfg.data["path"]
+    for table in ("data", "model", "loss"):
+        t = raw.get(table, {})
+        if "callable" in t:
+            spec = callables.parse(t["callable"], cfg.base_dir)
+            if spec.path is not None:
+                t["callable"] = f"{spec.path}:{spec.attr}"
+    lines = [f"# {h}" for h in header.splitlines()]
+    for table, values in raw.items():
+        lines += ["", f"[{table}]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_key(k: str) -> str:
+    import json
+
+    return k if re.fullmatch(r"[A-Za-z0-9_\-]+", k) else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    import datetime
+    import json
+    import math
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) \
+            if not math.isfinite(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(v, datetime.date | datetime.time):
+        return v.isoformat()
+    raise TypeError(f"{v!r} is not a TOML value")  # pragma: no cover - tomllib's types only
 
 
 def load_config(path: str | Path | None = None) -> Experiment:

@@ -427,3 +427,167 @@ def test_cv_figure_marks_capped_and_diverged_folds(cv_run):
     assert "> 10x initial loss (clipped)" in labels
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert bands and all(p.vertices[:, 1].min() > 0 for c in bands for p in c.get_paths())
+
+
+# ----------------------------------------------------------------------------- named code
+
+NAMED_SETS = ["--set", "train.epochs=3", "--set", "sweep.learning_rate=[0.05, 0.2]"]
+
+
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory):
+    """``jaxgd sweep cfg.toml --set ...`` of a config whose data, model and loss are the
+    functions of usercode.py (test_config.USER_CODE) beside it."""
+    from test_config import NAMED, USER_CODE
+
+    d = tmp_path_factory.mktemp("named")
+    (d / "usercode.py").write_text(USER_CODE)
+    (d / "cfg.toml").write_text(NAMED)
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        assert main(["sweep", "cfg.toml", "--quiet", "--no-plots", "--out", "run",
+                     *NAMED_SETS]) == 0
+    finally:
+        os.chdir(cwd)
+    return d
+
+
+def _import_file(path, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_named_code_sweep_equals_python(named_run):
+    """The CLI's run of named data/model/loss functions (with --set) equals jaxgd.sweep
+    called from Python with the same functions, and a hand-written gradient-descent loop."""
+    import functools
+
+    m = _import_file(named_run / "usercode.py", "usercode_reference")
+    x, y = m.data(n=40)
+    init, apply = m.model(scale=0.5)
+    loss = functools.partial(m.loss, apply=apply, power=1.5)
+
+    def init_fixed(key, *, width):  # init_seed = 0: every configuration from key(0)
+        return init(jax.random.key(0), width=width)
+
+    grid = {"learning_rate": [0.05, 0.2], "width": [2, 4]}
+    sw = jaxgd.sweep(loss, None, (x, y), init=init_fixed, optimizer="sgd", epochs=3,
+                     batch_size=None, grid=grid)
+    got = jaxgd.load(named_run / "run")
+    assert list(got.table.columns) == list(sw.table.columns)
+    for c in sw.table.columns:
+        if sw.table[c].dtype.kind in "fi":
+            np.testing.assert_allclose(got.table[c].to_numpy(float),  # (as CSV text)
+                                       sw.table[c].to_numpy(float), rtol=1e-6, err_msg=c)
+        else:
+            assert got.table[c].astype(str).tolist() == sw.table[c].astype(str).tolist(), c
+    np.testing.assert_array_equal(got.history["loss"], sw.history["loss"])
+    # an independent reference: plain full-batch gradient descent, 3 steps
+    for _, row in got.table.iterrows():
+        p = init(jax.random.key(0), width=int(row["width"]))
+        for _ in range(3):
+            g = jax.grad(loss)(p, (x, y))
+            p = jax.tree.map(lambda a, b: a - row["learning_rate"] * b, p, g)
+        np.testing.assert_allclose(row["final_loss"], float(loss(p, (x, y))), rtol=2e-5)
+    # the run folder names the functions and holds no code
+    rec = (named_run / "run" / "config.toml").read_text()
+    assert f'callable = "{named_run / "usercode.py"}:loss"' in rec and "def " not in rec
+    assert "--set train.epochs=3 --set sweep.learning_rate=[0.05, 0.2]" in rec
+
+
+def test_show_plot_load_of_named_code_import_nothing(named_run, capsys, tmp_path):
+    """Only `jaxgd sweep` imports the code a config names: show, plot, load and
+    read_config of the run folder (and of the config) never do."""
+    from test_config import imports_of
+
+    from jaxgd.config import read_config
+
+    assert "jaxgd_config_usercode" in " ".join(imports_of(named_run))  # the sweep did
+    (named_run / "imported.txt").unlink()
+    for name in [n for n in sys.modules if n.startswith("jaxgd_config_usercode")]:
+        del sys.modules[name]
+    run = named_run / "run"
+    assert main(["show", str(run)]) == 0
+    assert main(["plot", str(run), "--out", str(tmp_path)]) == 0
+    jaxgd.load(run)
+    read_config(run / "config.toml")
+    read_config(named_run / "cfg.toml", overrides=["model.kwargs.scale=2"])
+    assert imports_of(named_run) == []
+    assert not any(n.startswith("jaxgd_config_usercode") for n in sys.modules)
+
+
+def test_named_code_resumes_and_fingerprint_covers_it(named_run, monkeypatch, capsys):
+    """The same command resumes (so does the run folder's config.toml); after an edit of
+    the named loss or model code, the run folder is refused as another sweep's (the
+    fingerprint covers the functions)."""
+    d = named_run
+    monkeypatch.chdir(d)
+    table = (d / "run" / "table.csv").read_bytes()
+    args = ["sweep", "cfg.toml", "--quiet", "--no-plots", "--out", "run", *NAMED_SETS]
+    assert main(args) == 0 and (d / "run" / "table.csv").read_bytes() == table
+    assert main(["sweep", "run/config.toml", "--quiet", "--no-plots", "--out", "run"]) == 0
+    code = (d / "usercode.py").read_text()
+    try:
+        for old, new in [("** power)", "** power * 1.0)"), ("jnp.tanh(", "jnp.sin(")]:
+            (d / "usercode.py").write_text(code.replace(old, new))
+            capsys.readouterr()
+            assert main(args) == 2
+            assert "holds the results of a different sweep" in _one_error_line(capsys)
+    finally:
+        (d / "usercode.py").write_text(code)
+    assert main(args) == 0 and (d / "run" / "table.csv").read_bytes() == table
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["train.epochs=abc"], '--set train.epochs=abc: train.epochs = "abc" is invalid'),
+    (["train.epoch=3"], "--set train.epoch=3: [train] key 'epoch' is unknown (did you mean "
+                        "'epochs'?)"),
+    (["sweep.widht=[2]"], "--set sweep.widht=[2]: [sweep] key 'widht' is unknown (did you "
+                          "mean 'width'?)"),
+    (["model.callable=no_such_module_xyz.sub:make"], "--set model.callable=no_such_module_"
+     "xyz.sub:make: model.callable = \"no_such_module_xyz.sub:make\": no module named "
+     "'no_such_module_xyz'"),
+    (["model.callable=./usercode.py:modle"], "--set model.callable=./usercode.py:modle: "
+     "model.callable = \"./usercode.py:modle\": usercode.py has no attribute 'modle' (did "
+     "you mean 'model'?)"),
+    (["loss.callable=./usercode.py:WIDTH"], "--set loss.callable=./usercode.py:WIDTH: "
+     "loss.callable = \"./usercode.py:WIDTH\": usercode.py:WIDTH is a int, not a function"),
+    (["data.callable=./usercode.py:bad_data", "data.kwargs={}"], "--set data.callable=./"
+     "usercode.py:bad_data: data.callable = \"./usercode.py:bad_data\" must return (x, y) "
+     "arrays, a ((x, y), (x_val, y_val)) pair or a jaxgd.datasets.Dataset; it returned a "
+     "tuple of 3"),
+    (["model.callable=./usercode.py:bad_model", "model.kwargs={}"], "--set model.callable=./"
+     "usercode.py:bad_model: model.callable = \"./usercode.py:bad_model\" must return (init, "
+     "apply)"),
+    (["model.kwargs.widht=3"], "--set model.kwargs.widht=3: model.kwargs of model.callable = "
+     "\"./usercode.py:model\": the function does not take these kwargs"),
+    (["loss.callable=./usercode.py:vector_loss", "loss.kwargs={}"], "--set loss.callable=./"
+     "usercode.py:vector_loss: loss.callable = \"./usercode.py:vector_loss\": configuration 0"),
+])
+def test_named_code_errors_exit_2_one_line(tmp_path, monkeypatch, capsys, sets, needle):
+    from test_config import NAMED, USER_CODE
+
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    (tmp_path / "cfg.toml").write_text(NAMED)
+    monkeypatch.chdir(tmp_path)
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(["sweep", "cfg.toml", "--quiet", "--out", "o", *args]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("jaxgd: error: ") and needle in line, line
+    assert not (tmp_path / "o").exists()
+    # the same mistake written in the file is reported at its line
+    if sets[0].startswith(("model.callable", "loss.callable", "data.callable")):
+        key, _, value = sets[0].partition("=")
+        table, name = key.split(".")
+        text = NAMED.replace(f'[{table}]\n{name} = "./usercode.py:{table}"',
+                             f'[{table}]\n{name} = "{value}"')
+        (tmp_path / "cfg.toml").write_text(text)
+        assert main(["sweep", "cfg.toml", "--quiet", "--out", "o", *args[2:]]) == 2
+        line = _one_error_line(capsys)
+        no = text.splitlines().index(f'{name} = "{value}"') + 1
+        assert line.startswith(f"jaxgd: error: cfg.toml:{no}: {key} = "), line

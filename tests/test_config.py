@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jaxgd.config import DEFAULT_CONFIG, ConfigError, build, key_lines, read_config
+from jaxgd.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    build,
+    key_lines,
+    read_config,
+    to_toml,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -323,3 +332,319 @@ def test_regression_loss_with_classes():
     with pytest.raises(ConfigError, match=r'sweep.toml: model.loss = "mse" is for regression'):
         build(rc('[data]\ndataset = "breast_cancer"\n[model]\nname = "logistic"\n'
                  'loss = "mse"\n' + LR))
+
+
+# ----------------------------------------------------------------------------- named code
+
+# A module a configuration names: it appends a line to imported.txt beside itself each
+# time its code runs (an import), so a test sees whether anything imported it.
+USER_CODE = '''\
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+with open(pathlib.Path(__file__).with_name("imported.txt"), "a") as f:
+    f.write(__name__ + "\\n")
+
+WIDTH = 3
+
+
+def data(n=40, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x, (x @ np.arange(1.0, d + 1) + 0.5).astype(np.float32)
+
+
+def model(d=3, scale=0.5):
+    def init(key, *, width=4):
+        k1, k2 = jax.random.split(key)
+        return {"w1": scale * jax.random.normal(k1, (d, width)),
+                "w2": scale * jax.random.normal(k2, (width,))}
+
+    def apply(params, x):
+        return jnp.tanh(x @ params["w1"]) @ params["w2"]
+
+    return init, apply
+
+
+def loss(params, batch, apply, power=2.0):
+    x, y = batch
+    return jnp.mean(jnp.abs(apply(params, x) - y) ** power)
+
+
+def bad_data():
+    return np.zeros((4, 2)), np.zeros(4), np.zeros(4)
+
+
+def bad_model():
+    return 3
+
+
+def vector_loss(params, batch, apply):
+    x, y = batch
+    return (apply(params, x) - y) ** 2
+'''
+
+NAMED = """\
+[data]
+callable = "./usercode.py:data"
+[data.kwargs]
+n = 40
+[model]
+callable = "./usercode.py:model"
+kwargs = { scale = 0.5 }
+[loss]
+callable = "./usercode.py:loss"
+kwargs = { power = 1.5 }
+[train]
+epochs = 2
+batch_size = "full"
+[sweep]
+learning_rate = [0.1, 0.3]
+width = [2, 4]
+"""
+
+
+def imports_of(folder: Path) -> list[str]:
+    """The module names under which usercode.py in ``folder`` was imported (its marker)."""
+    f = folder / "imported.txt"
+    return f.read_text().split() if f.exists() else []
+
+
+def test_named_code_is_only_spelled_by_read_config(tmp_path, monkeypatch):
+    """read_config checks the names (and that a named file exists) but imports nothing:
+    neither the file form nor the module form, whatever the key."""
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable as "usercode" too
+    (tmp_path / "cfg.toml").write_text(NAMED)
+    c = read_config(tmp_path / "cfg.toml")
+    assert c.data == {"callable": "./usercode.py:data", "kwargs": {"n": 40}, "standardize":
+                      False, "standardize_target": False, "split_seed": 0}
+    assert c.model == {"callable": "./usercode.py:model", "kwargs": {"scale": 0.5}}
+    assert c.loss == {"callable": "./usercode.py:loss", "kwargs": {"power": 1.5}}
+    assert c.grid == {"learning_rate": [0.1, 0.3], "width": [2, 4]}
+    module_form = NAMED.replace("./usercode.py", "usercode")
+    read_config(tmp_path / "cfg.toml", text=module_form)
+    assert imports_of(tmp_path) == [] and "usercode" not in sys.modules
+    # every other key that takes a string refuses a module's name, and imports nothing
+    for table, key in [("data", "dataset"), ("model", "name"), ("model", "loss"),
+                       ("train", "optimizer"), ("train", "schedule"), ("train", "shuffle"),
+                       ("train", "metrics"), ("train", "init_seed"), ("search", "method")]:
+        text = (f'[{table}]\n{key} = "usercode:model"\n' + (
+            "" if table == "train" else "[train]\n") + "hparams = { learning_rate = 0.1 }\n")
+        with pytest.raises(ConfigError):
+            build(read_config(tmp_path / "x.toml", text=text))
+    assert imports_of(tmp_path) == [] and "usercode" not in sys.modules
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[model]\ncallable = "usercode"\n', 'model.callable = "usercode" is not a function'),
+    ('[model]\ncallable = "./nofile.py:make"\n', "file './nofile.py' not found"),
+    ('[model]\ncallable = "a b:make"\n', "'a b' is not a module name"),
+    ('[model]\ncallable = 3\n', "model.callable = 3 must be a string"),
+    ('[model]\nname = "mlp"\ncallable = "m:f"\n', "model.name and model.callable exclude"),
+    ('[model]\ncallable = "m:f"\nhidden = 3\n', "[model] key 'hidden' is unknown"),
+    ('[model]\nkwargs = { a = 1 }\n', "model.kwargs are the keyword arguments of"),
+    ('[loss]\ncallable = "m:f"\nkwargs = 3\n', "loss.kwargs = 3 must be a table"),
+    ('[loss]\ncalable = "m:f"\n', "(did you mean 'callable'?)"),
+    ('[model]\nloss = "mse"\n[loss]\ncallable = "m:f"\n', "model.loss and loss.callable"),
+    ('[data]\ndataset = "iris"\ncallable = "m:f"\n', "data.dataset and data.callable"),
+])
+def test_named_code_spelling_errors(text, needle):
+    e = err(text + "[sweep]\nlearning_rate = [0.1]\n")
+    assert needle in str(e) and str(e).startswith("sweep.toml:"), str(e)
+
+
+def test_overrides_equal_editing_the_file(tmp_path):
+    """``overrides`` set keys as if the file held them: the validated configuration is
+    the edited file's, and the last override of a key wins."""
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    (tmp_path / "cfg.toml").write_text(NAMED)
+    sets = ["train.epochs=abc", "train.epochs=20", "sweep.learning_rate=[1e-3, 1e-2]",
+            "train.optimizer=adam", "model.kwargs.scale=0.25", "data.val_fraction=0.25",
+            "loss.kwargs.power=3", "sweep.random.n=4", "sweep.random.l2=['uniform', 0, 1]",
+            'train.hparams={ b1 = 0.9 }', "train.hparams.b1=0.5"]
+    a = read_config(tmp_path / "cfg.toml", overrides=sets)
+    edited = """\
+[data]
+callable = "./usercode.py:data"
+val_fraction = 0.25
+[data.kwargs]
+n = 40
+[model]
+callable = "./usercode.py:model"
+kwargs = { scale = 0.25 }
+[loss]
+callable = "./usercode.py:loss"
+kwargs = { power = 3 }
+[train]
+epochs = 20
+batch_size = "full"
+optimizer = "adam"
+hparams = { b1 = 0.5 }
+[sweep]
+learning_rate = [1e-3, 1e-2]
+width = [2, 4]
+[sweep.random]
+n = 4
+l2 = ["uniform", 0, 1]
+"""
+    (tmp_path / "edited.toml").write_text(edited)
+    b = read_config(tmp_path / "edited.toml")
+    for f in ("data", "model", "loss", "train", "grid", "random", "search"):
+        assert getattr(a, f) == getattr(b, f), f
+    assert a.raw == tomllib.loads(edited)
+    assert a.overrides["train.epochs"] == "train.epochs=20"
+    # an override that the file's checks refuse is named as the override
+    with pytest.raises(ConfigError) as e:
+        read_config(tmp_path / "cfg.toml", overrides=["train.epochs=abc"])
+    assert str(e.value) == ('--set train.epochs=abc: train.epochs = "abc" is invalid: use a '
+                            "positive integer")
+    with pytest.raises(ConfigError, match=r"^--set sweep\.random\.l2=\[1\]: sweep\.random\.l2 "
+                                          r"= \[1\] is invalid"):
+        read_config(tmp_path / "cfg.toml", overrides=["sweep.random.n=2", "sweep.random.l2=[1]"])
+    with pytest.raises(ConfigError, match=r"^--set sweep\.random\.l2=\[1\]: sweep\.random\.n "):
+        read_config(tmp_path / "cfg.toml", overrides=["sweep.random.l2=[1]"])  # no n
+    with pytest.raises(ConfigError, match=r"^--set train\.epoch=3: \[train\] key 'epoch' is "
+                                          r"unknown \(did you mean 'epochs'\?\)$"):
+        read_config(tmp_path / "cfg.toml", overrides=["train.epoch=3"])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.epochs", "write KEY=VALUE"),
+    ("train epochs=3", "'train epochs' is not a dotted key"),
+    ("train.epochs=", "no value after '='"),
+    ("sweep.learning_rate=[0.1", "[0.1 is not a TOML value: Unclosed array"),
+    ("train.epochs.x=1", "train.epochs is a value, not a table"),
+    ("trian.epochs=1", "table [trian] is unknown (did you mean [train]?)"),
+    ("train=1", "'train' must be a table"),
+])
+def test_override_errors_name_the_override(override, needle):
+    with pytest.raises(ConfigError) as e:
+        read_config(None, overrides=[override])
+    assert str(e.value).startswith(f"--set {override}: ") and needle in str(e.value), e.value
+
+
+def test_to_toml_reads_back(tmp_path):
+    """The run folder's record of a configuration: its tables with the overrides set,
+    paths absolute, a named function by its name; read back, the same configuration."""
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    (tmp_path / "cfg.toml").write_text(NAMED)
+    a = read_config(tmp_path / "cfg.toml", overrides=["train.epochs=5", "sweep.seed=[0, 1]"])
+    text = to_toml(a, "a header\nof two lines")
+    assert text.startswith("# a header\n# of two lines\n") and "def " not in text
+    assert f'callable = "{tmp_path / "usercode.py"}:model"' in text
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "copy.toml").write_text(text)
+    b = read_config(tmp_path / "sub" / "copy.toml")
+    for f in ("train", "grid", "random"):
+        assert getattr(a, f) == getattr(b, f), f
+    assert b.train["epochs"] == 5 and b.grid["seed"] == [0, 1]
+    assert imports_of(tmp_path) == []
+
+
+FORMS = '''\
+import jax.numpy as jnp
+import numpy as np
+
+import jaxgd
+
+
+def as_dataset():
+    return jaxgd.datasets.load("iris")
+
+
+def classes(n=30):
+    return np.arange(2 * n, dtype=np.float32).reshape(n, 2), np.arange(n) % 3
+
+
+def logits3():
+    return (lambda key: {"w": jnp.zeros((2, 3))}), (lambda p, x: x @ p["w"])
+
+
+def with_apply(params, batch, apply):
+    x, y = batch
+    return jnp.mean((apply(params, x) - y) ** 2)
+
+
+def with_hparams(params, batch, apply, hparams):
+    return with_apply(params, batch, apply) + hparams["extra"]
+'''
+
+
+def test_named_code_forms_build(tmp_path):
+    """A Dataset (its task), integer labels for a named model (class labels, the loss by
+    the model's outputs), a named loss given the built-in model's apply, and a loss's own
+    hparams: as the contract in experiments/configs/README.md says."""
+    (tmp_path / "forms.py").write_text(FORMS)
+    lr = "[sweep]\nlearning_rate = [0.1]\n"
+
+    def b(text):
+        return build(read_config(tmp_path / "c.toml", text=text + lr))
+
+    e = b('[data]\ncallable = "./forms.py:as_dataset"\n[model]\nname = "softmax"\n')
+    iris = __import__("jaxgd").datasets.load("iris")
+    assert (e.info["task"], e.info["loss"], e.info["dataset"]) == (
+        "multiclass", "softmax_ce", "./forms.py:as_dataset")
+    np.testing.assert_array_equal(e.data[0], iris.x)
+    assert e.params["w"].shape == (4, 3)
+    e = b('[data]\ncallable = "./forms.py:classes"\nkwargs = { n = 12 }\n'
+          '[model]\ncallable = "./forms.py:logits3"\n')
+    assert (e.info["task"], e.info["loss"], e.info["n"]) == ("multiclass", "softmax_ce", 12)
+    assert e.data[1].dtype == np.int32 and e.data[1].tolist() == [0, 1, 2] * 4
+    e = b('[loss]\ncallable = "./forms.py:with_apply"\n')  # diabetes, linear model
+    x, y = e.data
+    w = np.asarray(e.params["w"], np.float64)
+    bias = np.asarray(e.params["b"], np.float64)
+    want = np.mean(((x @ w + bias).reshape(-1) - y) ** 2)
+    assert e.info["loss"] == "./forms.py:with_apply"
+    np.testing.assert_allclose(float(e.loss(e.params, (x, y))), want, rtol=1e-5)
+    e = b('[loss]\ncallable = "./forms.py:with_hparams"\n[train]\nhparams = { extra = 1.0 }\n')
+    assert e.sweep_kwargs["hparams"] == {"extra": 1.0}
+    with pytest.raises(ConfigError, match=r"\[train\.hparams\] key 'extra' is unknown"):
+        b('[loss]\ncallable = "./forms.py:with_apply"\n[train]\nhparams = { extra = 1.0 }\n')
+
+
+def test_example_my_code_builds(tmp_path):
+    """experiments/configs/my_code.toml: a (train, val) pair from its data function,
+    standardised with the training part's statistics, images kept [n, 8, 8] for the
+    model, and the model's width a shape axis of the sweep."""
+    import importlib.util
+
+    exp = build(read_config(CONFIGS / "my_code.toml"))
+    spec = importlib.util.spec_from_file_location("my_code_ref", CONFIGS / "my_code.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    (x, y), (xv, yv) = m.digits(val_fraction=0.2)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    mu, sd = flat.mean(0), flat.std(0)
+    sd[sd == 0] = 1
+
+    def scaled(a):
+        return ((a.reshape(len(a), -1) - mu) / sd).reshape(a.shape)
+
+    np.testing.assert_allclose(exp.data[0], scaled(x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(exp.sweep_kwargs["val_data"][0], scaled(xv), rtol=1e-4,
+                               atol=1e-4)
+    assert exp.data[0].shape[1:] == (8, 8)
+    np.testing.assert_array_equal(exp.sweep_kwargs["val_data"][1], yv)
+    assert exp.params is None and exp.sweep_kwargs["grid"]["width"] == [16, 64]
+    p = exp.sweep_kwargs["init"](None, width=16)
+    assert p["w1"].shape == (64, 16) and p["w2"].shape == (16, 10)
+
+
+def test_named_file_importing_its_neighbour(tmp_path):
+    """A named file that imports a module beside it (not on the path) is reported at
+    the key with what to do, not as a package to pip install."""
+    (tmp_path / "neighbour_mod.py").write_text("X = 1\n")
+    (tmp_path / "main_mod.py").write_text("import neighbour_mod\n\ndef f():\n    pass\n")
+    text = '[model]\ncallable = "./main_mod.py:f"\n[sweep]\nlearning_rate = [0.1]\n'
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        build(read_config(tmp_path / "c.toml"))
+    assert str(e.value).startswith(f"{tmp_path / 'c.toml'}:2: model.callable = "
+                                   '"./main_mod.py:f": main_mod.py imports \'neighbour_mod\', '
+                                   "which is beside it but not importable")
+    assert "jaxgd_config_main_mod" not in sys.modules
