@@ -676,7 +676,8 @@ def test_another_order_is_another_sweep(tmp_path):
 
 
 def test_accumulate_equals_optax_multisteps():
-    """float32: optax.MultiSteps keeps its gradient sum in float32 whatever the params."""
+    """float32: optax.MultiSteps keeps its gradient sum in float32 (its default
+    ``accumulator_dtype``) whatever the params."""
     x, y = (a.astype(np.float32) for a in regression(n=24))  # k x B = 2 x 3 divides 24
     p0 = (np.array([0.2, 0.1, -0.3], np.float32), np.float32(0.0))
     sched = optax.exponential_decay(0.05, transition_steps=3, decay_rate=0.5)
