@@ -24,6 +24,7 @@ __all__ = [
     "BatchPlan",
     "Standardizer",
     "batch_plan",
+    "check_orders",
     "epoch_permutation",
     "feistel_permute",
     "feistel_round_keys",
@@ -302,6 +303,47 @@ def batch_plan(n: int, batch_size: int | None, drop_last: bool = False) -> Batch
 
 
 # ----------------------------------------------------------------------------- permutations
+
+
+def check_orders(orders: Any, n: int, name: str = "shuffle") -> np.ndarray:
+    """Explicit per-epoch visiting orders, checked: int32 ``[E, n]``.
+
+    Args:
+      orders: an integer array ``[E, n]`` (epoch ``e`` visits row ``e mod E``) or ``[n]``
+        (the same order every epoch); each row a permutation of ``range(n)``.
+      n: the number of training samples.
+      name: the argument's name in error messages.
+
+    Returns:
+      The orders as a host ``int32`` array ``[E, n]``.
+
+    Raises:
+      TypeError: not an integer array. ValueError: another shape, or a row that is not a
+        permutation of ``range(n)`` (the message names the row and a missing sample).
+
+    Example:
+      >>> check_orders(np.array([2, 0, 1]), 3).tolist()
+      [[2, 0, 1]]
+    """
+    a = np.asarray(orders)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: an order array must hold integers (sample indices), got "
+                        f"dtype {a.dtype}")
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] != n or a.shape[0] == 0:
+        raise ValueError(f"{name}: an order array must have shape [E, {n}] or [{n}] (one "
+                         f"permutation of the {n} training samples per epoch), got shape "
+                         f"{np.shape(orders)}")
+    ok = (a >= 0) & (a < n)
+    for e in range(a.shape[0]):
+        seen = np.zeros(n, bool)
+        seen[a[e][ok[e]]] = True
+        if not (ok[e].all() and seen.all()):
+            bad = (f"value {a[e][~ok[e]][0]} is outside 0..{n - 1}" if not ok[e].all()
+                   else f"sample {int(np.argmin(seen))} is missing")
+            raise ValueError(f"{name}: row {e} is not a permutation of range({n}) ({bad})")
+    return a.astype(np.int32)
 
 _M1 = np.uint32(0x7FEB352D)
 _M2 = np.uint32(0x846CA68B)

@@ -30,6 +30,7 @@ from ._checks import check_bool, check_positive_int
 __all__ = ["OPTIONS", "Option", "collect", "document", "file_options", "options_for"]
 
 SHUFFLES = ("none", "feistel", "uniform")
+GIVEN = "given"  # shuffle= an array of sample orders (checked against the data in prepare)
 METRICS = ("full", "batch", "full_grad")
 FIT, SWEEP, BOTH = "fit", "sweep", "both"
 
@@ -99,7 +100,11 @@ def _folds(name: str, v: Any) -> int | None:
 
 
 def normalize_shuffle(name: str, shuffle: Any) -> str:
-    """``True`` -> ``"feistel"``, ``False``/``None`` -> ``"none"``, or a name of SHUFFLES."""
+    """``True`` -> ``"feistel"``, ``False``/``None`` -> ``"none"``, a name of SHUFFLES, or
+    :data:`GIVEN` for an array of orders (a NumPy or JAX array; its shape and values are
+    checked against the data by :func:`jaxgd.data.check_orders`)."""
+    if hasattr(shuffle, "shape") and hasattr(shuffle, "dtype"):
+        return GIVEN
     if shuffle is True:
         return "feistel"
     if shuffle is False or shuffle is None:
@@ -108,7 +113,7 @@ def normalize_shuffle(name: str, shuffle: Any) -> str:
         return shuffle
     raise ValueError(
         f"{name}={shuffle!r} must be True (fast pseudo-random permutation), False (in order), "
-        f"or one of {SHUFFLES}"
+        f"one of {SHUFFLES}, or an integer array of sample orders ([E, N] or [N])"
     )
 
 
@@ -182,12 +187,17 @@ _TRAIN: tuple[Option, ...] = (
            fingerprint="own", axis=1),
     Option("epochs", 100, "int", "maximum number of passes over the data.",
            file=True, check=_positive, what="a positive integer", fingerprint="own"),
-    Option("shuffle", True, "bool | str",
+    Option("shuffle", True, "bool | str | array",
            "``True`` visits samples in a fresh pseudo-random order every epoch (a keyed "
            "Feistel bijection, cheap and shared by every configuration of a seed; not "
            "uniform over all N! orders; also ``\"feistel\"``), ``\"uniform\"`` uses "
            "``jax.random.permutation``, ``False`` (or ``\"none\"``) visits samples in order "
-           "(the textbook SGD loop).",
+           "(the textbook SGD loop). Or your own orders: an integer array ``[E, N]`` (epoch "
+           "e visits row ``e mod E``) or ``[N]`` (every epoch), each row a permutation of "
+           "the N training samples (e.g. a PyTorch ``DataLoader``'s); a program input, so "
+           "new orders of the same shape never recompile. Every configuration then shares "
+           "it (``seed``/``key`` still draw the loss's keys and ``init``'s parameters); "
+           "not with ``folds``; not in a TOML file.",
            file=True, check=normalize_shuffle,
            what='true, false, "feistel", "uniform" or "none"', fingerprint="own"),
     Option("drop_last", False, "bool", "drop the last, smaller batch of each epoch.",
@@ -243,7 +253,9 @@ _TRAIN: tuple[Option, ...] = (
            "backward pass, the cost of a full-batch step), else the mean of the epoch's "
            "batch gradient norms (free: the steps compute them). ``\"full_grad\"``: always "
            "the full-data loss and gradient norm. ``\"batch\"``: the means of the epoch's "
-           "batch losses and gradient norms, no pass over the data (cheapest).",
+           "batch losses and gradient norms, no pass over the data (cheapest); the initial "
+           "loss (``init_loss``, the reference of ``diverge_factor``) is then the first "
+           "update's batch loss.",
            file=True, check=_metrics, what='"full", "batch" or "full_grad"'),
     Option("record_steps", False, "bool",
            "also record every step's batch loss in ``history[\"step_loss\"]``.",

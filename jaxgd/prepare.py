@@ -223,6 +223,7 @@ class Prepared(NamedTuple):
     numeric: dict[str, Any]  # traced hyper-parameters (defaults filled in)
     state: Any = None  # the model's initial non-trainable state
     combined: Any = None  # lossform.Combined: rebuilds a model object from trained leaves
+    orders: Any = None  # shuffle= explicit orders: int32 [E, n_train] (else None)
 
 
 def prepare(
@@ -238,7 +239,7 @@ def prepare(
     ``data_checked`` skips a second validation of ``data``, ``n_train`` is a fold's
     training size and ``val_from_index`` marks a fold's held-out part as validation.
     """
-    from .data import validate_data
+    from .data import check_orders, validate_data
 
     o = {name: options.check(name, opts[name]) for name in _PROGRAM_OPTIONS}
     if o["epochs"] > MAX_COUNT:
@@ -279,6 +280,8 @@ def prepare(
     params = check_params(params)
     check_no_state_in_params(params)
     plan = _plan(n if n_train is None else n_train, o)
+    orders = (check_orders(opts["shuffle"], plan.n) if o["shuffle"] == options.GIVEN
+              else None)
     if o["epochs"] * plan.steps_per_epoch > MAX_COUNT:
         raise ValueError(
             f"epochs={o['epochs']} x {plan.steps_per_epoch} steps per epoch = "
@@ -315,7 +318,15 @@ def prepare(
         standardize=check_standardize(o["standardize"], data),
         form=form,
     )
-    return Prepared(spec, params, data, val_data, numeric, state, combined)
+    return Prepared(spec, params, data, val_data, numeric, state, combined, orders)
+
+
+def program_data(p: Prepared, data: Any = None) -> Any:
+    """The program's ``data`` argument: ``data`` (default ``p.data``), paired with the
+    explicit orders of ``shuffle=`` when there are some (``(data, orders)``: a program
+    input like the data, so new orders of the same shape never recompile)."""
+    data = p.data if data is None else data
+    return data if p.orders is None else (data, p.orders)
 
 
 # the options that shape the program (fit's and sweep's common ones)

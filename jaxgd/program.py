@@ -73,7 +73,7 @@ class ProgramSpec(NamedTuple):
     penalty_mask: Callable[[Any], Any] | None
     init_fn: Callable[[jax.Array], Any] | None
     has_val: bool
-    track_init: bool  # evaluate the initial loss (full metrics, or a divergence factor)
+    track_init: bool  # evaluate the initial loss on the data (else: the first step's batch)
     full_grad: bool  # evaluations compute the full-data gradient (grad_tol, "full_grad")
     eval_every: int  # epochs between evaluations (history rows, stop checks)
     progress: bool  # report each evaluation to the host (progress bar)
@@ -261,6 +261,9 @@ class StepCarry(NamedTuple):
     model_state: Any = None
     sum_metrics: Any = None  # dict: the metrics of the accepted steps, summed
     ahead: Any = None  # Ahead at ``params`` (lookahead), else None
+    # the initial loss; without ``track_init``, NaN until the first update's step sets
+    # it to that step's batch loss (the loss of the initial parameters on that batch)
+    init_loss: Any = None
 
 
 class EpochCarry(NamedTuple):
@@ -281,6 +284,7 @@ class EpochContext(NamedTuple):
     wd_mask: Any  # leaves under decoupled weight decay, or None (the optimizer's own)
     tf: Callable[[Any], Any]  # the standardisation of a batch
     cfg_key: jax.Array | None = None  # the configuration's loss key (lossform.config_key)
+    orders: jax.Array | None = None  # shuffle= explicit orders [E, n] (spec.shuffle "given")
 
 
 class Metrics(NamedTuple):
@@ -387,9 +391,16 @@ def metric_history_names(spec: ProgramSpec) -> list[str]:
     return out
 
 
+def _split_orders(spec: ProgramSpec, data) -> tuple[Any, jax.Array | None]:
+    """(data, explicit orders): with ``shuffle=`` orders the program's data argument is
+    the pair (:func:`jaxgd.prepare.program_data`)."""
+    return data if spec.shuffle == "given" else (data, None)
+
+
 def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
                state0=None) -> State:
     """The state before the first epoch (one configuration)."""
+    data, _ = _split_orders(spec, data)
     if spec.init_fn is not None:
         params0 = spec.init_fn(lossform.init_key(key))
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
@@ -400,7 +411,7 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
     if spec.track_init:
         init_loss = (ahead.loss if ahead is not None
                      else _data_loss(spec, params0, tr, state0, tc)).astype(dt)
-    else:  # not needed: skip a pass over the data for every configuration
+    else:  # no pass over the data: the first update's batch loss (set by that step)
         init_loss = jnp.asarray(jnp.nan, dt)
     bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
     return State(
@@ -422,8 +433,10 @@ def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
     )
 
 
-def _epoch_order(spec: ProgramSpec, key, epoch) -> Callable[[jax.Array], jax.Array] | None:
-    """Position -> sample index of this epoch's visiting order (None: in order)."""
+def _epoch_order(spec: ProgramSpec, key, epoch,
+                 orders=None) -> Callable[[jax.Array], jax.Array] | None:
+    """Position -> sample index of this epoch's visiting order (None: in order); explicit
+    ``orders`` [E, n]: row ``epoch mod E``."""
     plan = spec.plan
     bsz = plan.batch_size * spec.accumulate
     full_batch = plan.full_steps == 1 and bsz == plan.n and plan.last_batch_size == 0
@@ -435,6 +448,9 @@ def _epoch_order(spec: ProgramSpec, key, epoch) -> Callable[[jax.Array], jax.Arr
     if spec.shuffle == "uniform":
         perm = jax.random.permutation(jax.random.fold_in(key, epoch), plan.n)
         return lambda pos: perm[pos]
+    if spec.shuffle == "given":
+        row = jax.lax.dynamic_index_in_dim(orders, epoch % orders.shape[0], keepdims=False)
+        return lambda pos: row[pos]
     return None
 
 
@@ -488,9 +504,13 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
         ahead = _tree_where(ok, _ahead(spec, new_params, batch, tc), carry.ahead)
     w = ok.astype(carry.sum_loss.dtype)
     sum_metrics = {k: v + ok.astype(v.dtype) * m[k] for k, v in carry.sum_metrics.items()}
+    init_loss = carry.init_loss
+    if not spec.track_init:  # the first update's batch loss (finite or not)
+        init_loss = jnp.where(carry.active & (stp == 0), loss.astype(init_loss.dtype),
+                              init_loss)
     return StepCarry(params, opt_state, stp + ok.astype(jnp.int32), carry.active & finite,
                      reason, carry.sum_loss + w * loss, carry.sum_grad_norm + w * gn,
-                     model_state, sum_metrics, ahead), loss
+                     model_state, sum_metrics, ahead, init_loss), loss
 
 
 def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
@@ -499,7 +519,7 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     (with ``record_steps``)."""
     plan = spec.plan
     bsz = plan.batch_size * spec.accumulate  # samples per update
-    order = _epoch_order(spec, ctx.key, epoch)
+    order = _epoch_order(spec, ctx.key, epoch, ctx.orders)
     in_range = epoch < spec.epochs
     active0 = carry.steps.active
     inner = carry.steps._replace(active=active0 & in_range)
@@ -531,7 +551,8 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     mdt = metric_dtype(st.params)
     carry = EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
                                  jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
-                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead),
+                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead,
+                                 st.init_loss),
                        st.epochs_run)
     e0 = block * K
     if K == 1:
@@ -588,18 +609,14 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
     return Metrics(obj, loss, gn, batch_loss, val_loss, full_m, batch_m, val_m)
 
 
-def _diverged(spec: ProgramSpec, st: State, m: Metrics, tc, block):
-    """(grew: the loss grew beyond diverge_factor or is non-finite, the reference loss)."""
+def _diverged(m: Metrics, tc, ref):
+    """Whether the loss grew beyond ``diverge_factor`` times the initial loss ``ref`` (with
+    ``metrics="batch"`` the first update's batch loss) or is non-finite."""
     factor = tc["diverge_factor"]
-    if spec.track_init:
-        ref = st.init_loss
-    else:  # no pass over the data at the start: the first block's batch loss is the scale
-        ref = jnp.where(block == 0, m.batch_loss, st.init_loss)
     # the reference is floored at 1: a run that starts at (or near) a zero loss is not
     # "diverged" when its loss merely becomes positive
     grew = jnp.isfinite(factor) & (m.loss > factor * jnp.maximum(jnp.abs(ref), 1.0))
-    grew |= ~jnp.isfinite(m.objective)
-    return grew, ref
+    return grew | ~jnp.isfinite(m.objective)
 
 
 def check_stops(spec: ProgramSpec, ev: stops.Evaluation, tc, active, reason, epoch):
@@ -620,18 +637,19 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
     """``eval_every`` epochs of training, then the evaluation and stop checks: the new
     state and the evaluation's history row."""
     K, _ = evals_of(spec)
+    data, orders = _split_orders(spec, data)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
     wd_mask = (spec.penalty_mask or default_penalty_mask)(st.params) if own_wd else None
     cfg_key = lossform.config_key(key, tc[KEY_BITS]) if spec.form.key else None
     ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
-                       _standardizer(spec, _train_view(data, tidx)), cfg_key)
+                       _standardizer(spec, _train_view(data, tidx)), cfg_key, orders)
     carry, rows = _train_block(spec, ctx, st, block)
     c = carry.steps
     epoch = jnp.minimum(block * K + K, spec.epochs) - 1  # the last epoch of this block
     m = evaluate(spec, ctx, st, c, val, vidx)
     # divergence by growth of the loss, or a non-finite loss at the evaluation
-    grew, ref = _diverged(spec, st, m, tc, block)
+    grew = _diverged(m, tc, c.init_loss)
     reason = jnp.where(c.active & grew, DIVERGED, c.reason)
     active = c.active & ~grew
 
@@ -649,7 +667,7 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
     row = history_row(spec, st, m, tc, c, epoch, rows)
     return State(
         params=c.params, opt_state=c.opt_state, step=c.step, active=active, reason=reason,
-        epochs_run=carry.epochs_run, init_loss=ref, best_metric=best_metric,
+        epochs_run=carry.epochs_run, init_loss=c.init_loss, best_metric=best_metric,
         best_epoch=best_epoch, bad_epochs=bad, best_params=best_params,
         evals_run=st.evals_run + st.active.astype(jnp.int32),
         model_state=c.model_state, best_model_state=best_mstate, ahead=c.ahead,
@@ -713,7 +731,7 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
         epochs_run=st.epochs_run,
         evals_run=st.evals_run,
         history={},
-        init_loss=st.init_loss if spec.track_init else jnp.full_like(st.init_loss, jnp.nan),
+        init_loss=st.init_loss,
         params=params,
         reason=st.reason,
         state=mstate,

@@ -38,7 +38,10 @@ class FitResult:
       epochs_run: epochs that ran (including the one where the run stopped).
       steps_run: parameter updates applied.
       best_epoch: epoch (0-based) of the best monitored loss, -1 if none.
-      init_loss: the loss of the initial parameters on the training data.
+      init_loss: the loss of the initial parameters on the training data; with
+        ``metrics="batch"`` (no pass over the data) on the first update's batch, as that
+        step computes it (its ``key``, ``train=True``; the mean over the ``accumulate``
+        batches of the update). ``diverge_factor`` measures from it.
       final_loss: the last evaluation's training loss (``history["loss"][-1]``). With
         ``restore_best=True`` the returned ``params`` are those of ``best_epoch``, not of
         the last evaluation: their recorded loss is ``best_epoch_loss``.
@@ -194,7 +197,9 @@ class SweepResult:
     Attributes:
       configs: the configurations (dicts), in table order.
       table: ``pandas.DataFrame``, one row per configuration: every swept value, then
-        ``init_loss``, ``final_loss`` (last recorded training loss), ``best_loss`` (lowest
+        ``init_loss`` (as :attr:`FitResult.init_loss`: with ``metrics="batch"`` the
+        first update's batch loss), ``final_loss`` (last recorded training loss),
+        ``best_loss`` (lowest
         recorded training loss), ``best_epoch`` (epoch of the best *monitored* loss,
         validation if present: the parameters ``restore_best`` returns),
         ``best_epoch_loss`` (the training loss recorded at ``best_epoch``: with
@@ -349,7 +354,9 @@ class SweepResult:
         if len(set(table["config"])) != len(table):
             raise ValueError("the parts overlap: a configuration appears twice")
         configs = [c for p in parts for c in p.configs]
-        hist = {k: np.concatenate([p.history[k] for p in parts])[order] for k in parts[0].history}
+        keys = list(dict.fromkeys(k for p in parts for k in p.history))
+        hist = {k: _concat_padded([p.history.get(k) for p in parts],
+                                  [len(p.table) for p in parts])[order] for k in keys}
         new_pos = np.empty(len(order), np.int64)
         new_pos[order] = np.arange(len(order))
         pieces, offset = [], 0
@@ -360,9 +367,15 @@ class SweepResult:
         if parts[0].state is not None:
             state = jax.tree.map(lambda *xs: np.concatenate(xs)[order],
                                  *[p.state for p in parts])
-        return cls([configs[i] for i in order], table.iloc[order].reset_index(drop=True),
-                   hist, None, parts[0].folds, param_groups=merge_param_groups(pieces),
-                   state=state)
+        configs = [configs[i] for i in order]
+        table = table.iloc[order].reset_index(drop=True)
+        # the swept columns as the whole sweep has them: first-seen order over the joined
+        # configurations, values and dtypes from them (a part may lack an axis)
+        axes = pd.DataFrame(_axis_columns(configs))
+        rest = [c for c in table.columns if c not in axes and c != "config"]
+        table = pd.concat([table[["config"]], axes, table[rest]], axis=1)
+        return cls(configs, table, hist, None, parts[0].folds,
+                   param_groups=merge_param_groups(pieces), state=state)
 
     # -- queries
     def axes(self) -> list[str]:
@@ -557,6 +570,23 @@ def _axis_columns(configs) -> dict[str, list[Any]]:
     return {a: [_display(c[a]) if a in c else np.nan for c in configs] for a in axes}
 
 
+def _concat_padded(arrays: list[np.ndarray | None], rows: list[int]) -> np.ndarray:
+    """The histories of parts joined along the configuration axis, NaN-padded to the
+    largest trailing shape (parts may run different numbers of evaluations, and a part
+    may lack a column, e.g. ``objective`` without a penalty)."""
+    have = [a for a in arrays if a is not None]
+    shape = tuple(max(a.shape[i] for a in have) for i in range(1, have[0].ndim))
+    dtype = np.result_type(*have, np.float16) if any(
+        a is None or a.shape[1:] != shape for a in arrays) else np.result_type(*have)
+    out = np.full((sum(rows),) + shape, np.nan, dtype)
+    at = 0
+    for a, n in zip(arrays, rows, strict=True):
+        if a is not None:
+            out[(slice(at, at + n),) + tuple(slice(0, m) for m in a.shape[1:])] = a
+        at += n
+    return out
+
+
 def _metric_columns(table, hist, n_rows, best_epoch) -> None:
     """``final_<m>``, ``final_val_<m>`` and their values at the best epoch
     (``best_epoch_<m>``, ``best_epoch_val_<m>``) for every metric the loss returns."""
@@ -615,11 +645,14 @@ def load(path, like=None, state_like=None):
         raise TypeError("path=None: give the run folder to load (str or pathlib.Path)")
     r = load_result(path, like=like, state_like=state_like)
     table, configs = r["table"], r["configs"]
-    # CSV loses the types of mixed columns (batch_size 5 / "full"): take them from configs
+    # CSV loses the types of mixed columns (batch_size 5 / "full"): take the values from
+    # configs, with the column's stored dtype (a folder written before dtypes were
+    # stored: object for a column holding strings)
     for a, col in _axis_columns(configs).items():
         if a in table:
-            table[a] = pd.Series(col, index=table.index, dtype=object if any(
-                isinstance(v, str) for v in col) else None)
+            dtype = (table[a].dtype if r["typed"]
+                     else object if any(isinstance(v, str) for v in col) else None)
+            table[a] = pd.Series(col, index=table.index, dtype=dtype)
     res = SweepResult(configs, table, r["history"], None, r["folds"],
                       fingerprint=r["fingerprint"],
                       param_groups=[ParamGroup(rows, params)

@@ -111,9 +111,9 @@ STOPS: tuple[StopCondition, ...] = (
         (StopParam("diverge_factor", 1e6, lambda v: v > 1, "a number > 1",
                    "stop as \"diverged\" when the training loss exceeds this times "
                    "max(|initial loss|, 1) (default 1e6; ``float(\"inf\")`` turns the check "
-                   "off; with ``metrics=\"batch\"`` the first epoch's mean batch loss is the "
-                   "reference). A non-finite loss or gradient always stops as \"diverged\", "
-                   "keeping the last finite parameters."),),
+                   "off; with ``metrics=\"batch\"`` the initial loss is the first update's "
+                   "batch loss, ``init_loss``). A non-finite loss or gradient always stops "
+                   "as \"diverged\", keeping the last finite parameters."),),
         None,
         "a non-finite loss or gradient, or growth beyond diverge_factor",
     ),

@@ -8,7 +8,8 @@ Layout of a run folder::
     .lock             locked with flock(2) by the process writing the folder (holds its
                       pid for messages only); the OS drops the lock when that process ends
     chunks/TAG.npz    one file per finished chunk, kept so that a re-run loads it
-    table.csv         the results table                          } final files, written
+    table.csv         the results table (its column dtypes in    } final files, written
+                      result.json)                               }
     history.npz       [config, evaluation] arrays                } at the end, each
     params.npz        stacked parameters (the params format)     } atomically;
                       with several parameter shapes (shape axes), one stacked tree
@@ -718,10 +719,46 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path / "lineage.csv")
         meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "folds": res.folds,
-                "configs": res.configs, "n": len(res.table), "files": files}
+                "configs": res.configs, "n": len(res.table), "files": files,
+                "dtypes": {"table.csv": frame_dtypes(res.table)}}
+        if lineage is not None:
+            meta["dtypes"]["lineage.csv"] = frame_dtypes(lineage)
         atomic_write_bytes(path / "result.json", _sealed_json(meta, default=json_default))
     finally:
         store.close()
+
+
+# the dtypes a stored table column may have (anything else: the folder is damaged)
+_COLUMN_DTYPES = frozenset({"bool", "object", "str", "float16", "float32", "float64",
+                            *(f"{k}int{b}" for k in ("", "u") for b in (8, 16, 32, 64))})
+
+
+def frame_dtypes(frame: Any) -> list[list[str]]:
+    """``[[column, dtype], ...]`` of a DataFrame in column order (CSV keeps neither the
+    float width nor the string type: ``result.json`` keeps them for the loader)."""
+    return [[str(c), str(t)] for c, t in frame.dtypes.items()]
+
+
+def read_frame(raw: bytes, dtypes: Any, where: Path) -> Any:
+    """The DataFrame of CSV bytes, each column cast to its stored dtype (``dtypes`` from
+    :func:`frame_dtypes`; ``None`` for a folder written before dtypes were stored: as
+    pandas reads them)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(io.BytesIO(raw))
+    except Exception as e:  # noqa: BLE001
+        raise IntegrityError(f"{where} is damaged ({e})") from None
+    if dtypes is None:
+        return frame
+    if (not isinstance(dtypes, list) or not all(
+            isinstance(d, list) and len(d) == 2 and d[1] in _COLUMN_DTYPES for d in dtypes)
+            or [d[0] for d in dtypes] != [str(c) for c in frame.columns]):
+        raise IntegrityError(f"{where} does not match its column types in result.json")
+    try:
+        return frame.astype({c: t for c, (_, t) in zip(frame.columns, dtypes, strict=True)})
+    except (TypeError, ValueError) as e:
+        raise IntegrityError(f"{where} is damaged ({e})") from None
 
 
 def json_default(v: Any) -> Any:
@@ -740,8 +777,6 @@ def json_default(v: Any) -> Any:
 
 def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str, Any]:
     """The verified contents of a finished run folder (see :func:`jaxgd.load`)."""
-    import pandas as pd
-
     if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
         raise TypeError(f"path={path!r} must be a folder path (str or pathlib.Path)")
     p = Path(path)
@@ -773,17 +808,17 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
         for name, m in (("history.npz", hmeta), ("params.npz", pmeta)):
             if m["checksum"] != files.get(name):
                 raise IntegrityError(f"{p / name} does not match result.json (checksum)")
-        try:
-            table = pd.read_csv(io.BytesIO(raw))
-        except Exception as e:  # noqa: BLE001
-            raise IntegrityError(f"{p / 'table.csv'} is damaged ({e})") from None
+        dtypes = meta.get("dtypes", {})
+        if not isinstance(dtypes, dict):
+            raise IntegrityError(f"{p / 'result.json'} is damaged (dtypes)")
+        table = read_frame(raw, dtypes.get("table.csv"), p / "table.csv")
         lineage = None
         if "lineage.csv" in files:
             raw = read_bytes(p / "lineage.csv")
             if hashlib.sha256(raw).hexdigest() != files["lineage.csv"]:
                 raise IntegrityError(f"{p / 'lineage.csv'} does not match result.json "
                                      "(checksum)")
-            lineage = pd.read_csv(io.BytesIO(raw))
+            lineage = read_frame(raw, dtypes.get("lineage.csv"), p / "lineage.csv")
     except IntegrityError as e:
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     need = ("config", "init_loss", "final_loss", "best_loss", "best_epoch", "epochs_run",
@@ -809,4 +844,4 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     return {"configs": configs, "table": table, "history": history, "param_groups": groups,
             "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint,
-            "lineage": lineage}
+            "lineage": lineage, "typed": "table.csv" in dtypes}

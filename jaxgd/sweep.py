@@ -295,11 +295,17 @@ def sweep(
                              "named 'config'")
 
     from .data import kfold_indices, validate_data
+    from .options import GIVEN, normalize_shuffle
+    from .prepare import program_data
 
     data, n = validate_data(data, "data")
     if folds is not None and folds > n:
         raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
+    if folds is not None and normalize_shuffle("shuffle", shuffle) == GIVEN:
+        raise ValueError(f"shuffle= an order array cannot be combined with folds={folds!r} "
+                         "(each fold trains on its own part of the data): use shuffle=True "
+                         "or False")
     if search is not None:
         search = _checked_search(search, cfgs, epochs, eval_every)
     groups = _make_groups(loss, params, data, cfgs, all_idx, opts, fold_split)
@@ -321,6 +327,7 @@ def sweep(
     store = RunStore.open(out, fingerprint) if out is not None else None
     try:
         lineage = None
+        data = program_data(groups[0].prepared, data)  # with shuffle= orders: (data, orders)
         if search is None:
             results = _run_groups(groups, data, val_data, fold_split, chunk_size,
                                   memory_budget, epochs, mesh, store, progress)

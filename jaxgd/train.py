@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from . import lossform
 from .options import collect, document
-from .prepare import as_key, prepare, tc_array
+from .prepare import as_key, prepare, program_data, tc_array
 from .program import KEY_BITS, epoch_progress, float_dtype, program_for, run_program
 
 __all__ = ["fit"]
@@ -95,7 +95,8 @@ def fit(
     prog, columns = program_for(spec, p.params, p.numeric, 1)
     with epoch_progress(spec):
         out = run_program(prog, spec, columns,
-                          (p.params, p.data, p.val_data, tc, key[None], None, None, p.state))
+                          (p.params, program_data(p), p.val_data, tc, key[None], None, None,
+                           p.state))
     out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
     out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
                        state=jax.tree.map(jnp.asarray, out.state))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxgd
@@ -483,3 +484,210 @@ def test_record_params_equals_numpy_trajectory(x64):
                       epochs=2)
     with pytest.raises(ValueError, match="record_params"):
         plain.param_history()
+
+
+# ----------------------------------------------------------------------------- init_loss
+# with metrics="batch" no pass over the data is made: the initial loss is the loss of the
+# initial parameters on the first update's batch (computed by that step)
+
+
+def np_mse(w, b, x, y):
+    return float(np.mean((x @ w + b - y) ** 2))
+
+
+def test_batch_metrics_init_loss_is_the_first_batch_loss(x64):
+    x, y = regression(n=10)
+    w0, b0 = np.array([0.5, -1.0, 2.0]), 0.25
+    rng = np.random.default_rng(1)
+    orders = np.stack([rng.permutation(10) for _ in range(2)])
+    common = dict(hparams={"learning_rate": 0.05}, epochs=3, metrics="batch")
+    cases = [  # (fit keywords, the samples of the first update)
+        (dict(batch_size=4, shuffle=False), np.arange(4)),
+        (dict(batch_size=3, accumulate=2, shuffle=False), np.arange(6)),
+        (dict(batch_size=4, shuffle=orders), orders[0, :4]),
+        (dict(batch_size=None, shuffle=False), np.arange(10)),
+    ]
+    for kw, first in cases:
+        res = jaxgd.fit(mse, params_of(w0, b0), (x, y), **common, **kw)
+        np.testing.assert_allclose(res.init_loss, np_mse(w0, b0, x[first], y[first]),
+                                   rtol=1e-12, err_msg=str(kw))
+    # a penalty is not part of it (as with metrics="full": the data loss)
+    pen = jaxgd.fit(mse, params_of(w0, b0), (x, y), batch_size=4, shuffle=False,
+                    metrics="batch", epochs=1, hparams={"learning_rate": 0.05, "l2": 1.0})
+    np.testing.assert_allclose(pen.init_loss, np_mse(w0, b0, x[:4], y[:4]), rtol=1e-12)
+    sw = jaxgd.sweep(mse, params_of(w0, b0), (x, y), grid={"batch_size": [2, 5, None]},
+                     shuffle=False, **common)
+    np.testing.assert_allclose(
+        sw.table["init_loss"], [np_mse(w0, b0, x[:m], y[:m]) for m in (2, 5, 10)],
+        rtol=1e-12)
+
+
+def test_batch_metrics_divergence_is_measured_from_the_first_batch_loss(x64):
+    """diverge_factor compares each evaluation's batch-mean loss with the initial loss
+    (here the first batch's): the run stops at the first epoch where a NumPy replay of
+    the trajectory exceeds factor x max(|init|, 1): here the first epoch (its batch mean
+    is 5.5x the first batch's loss), which a reference taken from that epoch's own mean
+    would never flag."""
+    x, y = regression(n=12)
+    lr, factor, B = 0.6, 5.0, 3
+    res = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), hparams={"learning_rate": lr},
+                    batch_size=B, shuffle=False, epochs=20, metrics="batch",
+                    diverge_factor=factor)
+    w, b = np.zeros(3), 0.0
+    init = np_mse(w, b, x[:B], y[:B])
+    for epoch in range(20):  # noqa: B007 (the epoch it stops at is used below)
+        losses = []
+        for idx in np_batches(12, B):
+            loss, gw, gb = np_loss_grad(w, b, x[idx], y[idx])
+            losses.append(loss)
+            w, b = w - lr * gw, b - lr * gb
+        if np.mean(losses) > factor * max(abs(init), 1.0):
+            break
+    else:
+        raise AssertionError("the replay never crosses the threshold")
+    assert res.stop_reason == "diverged"
+    assert res.epochs_run == epoch + 1
+    np.testing.assert_allclose(res.history["loss"][-1], np.mean(losses), rtol=1e-12)
+    np.testing.assert_allclose(res.init_loss, init, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- given orders
+# shuffle= an explicit order per epoch (e.g. a PyTorch DataLoader's) replays that loader's
+# batches exactly
+
+
+def torch_orders(n, epochs, seed=0):
+    torch = pytest.importorskip("torch")
+    sampler = torch.utils.data.RandomSampler(range(n), generator=torch.Generator().manual_seed(
+        seed))
+    return np.stack([np.asarray(list(sampler)) for _ in range(epochs)])
+
+
+def optax_loop(opt, p0, x, y, orders, epochs, batch_size, drop_last=False):
+    """A hand-written loop over the batches of each epoch's order (``e mod E``)."""
+    p, s = params_of(*p0), None
+    s = opt.init(p)
+    grad = jax.jit(jax.grad(mse))
+    for e in range(epochs):
+        order = orders[e % len(orders)]
+        for idx in np_batches(len(order), batch_size, drop_last):
+            g = grad(p, (x[order[idx]], y[order[idx]]))
+            u, s = opt.update(g, s, p)
+            p = optax.apply_updates(p, u)
+    return p
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_given_orders_replay_a_torch_sampler_batch_for_batch(x64, drop_last):
+    x, y = regression(n=13)  # B = 4: 3 full batches and one of 1 sample (or dropped)
+    orders = torch_orders(13, 3)  # 5 epochs: rows 0, 1, 2, 0, 1
+    p0 = (np.array([0.1, -0.2, 0.3]), 0.05)
+    res = jaxgd.fit(mse, params_of(*p0), (x, y), optimizer="adam",
+                    hparams={"learning_rate": 0.05}, batch_size=4, epochs=5, shuffle=orders,
+                    drop_last=drop_last, key=7)
+    ref = optax_loop(optax.adam(0.05), p0, x, y, orders, 5, 4, drop_last)
+    assert res.steps_run == 5 * (3 if drop_last else 4)
+    for k in ("w", "b"):
+        np.testing.assert_allclose(np.asarray(res.params[k]), np.asarray(ref[k]), rtol=1e-10,
+                                   atol=1e-12)
+    # a single order [N] is every epoch's
+    one = jaxgd.fit(mse, params_of(*p0), (x, y), optimizer="adam",
+                    hparams={"learning_rate": 0.05}, batch_size=4, epochs=2,
+                    shuffle=orders[1], drop_last=drop_last)
+    ref = optax_loop(optax.adam(0.05), p0, x, y, orders[1:2], 2, 4, drop_last)
+    np.testing.assert_allclose(np.asarray(one.params["w"]), np.asarray(ref["w"]), rtol=1e-10)
+
+
+def test_given_orders_sweep_rows_equal_their_fits(x64):
+    x, y = regression(n=13)
+    orders = np.stack([np.random.default_rng(s).permutation(13) for s in range(2)])
+    p0 = params_of(np.zeros(3), 0.0)
+    kw = dict(batch_size=4, epochs=3, shuffle=orders, optimizer="momentum")
+    sw = jaxgd.sweep(mse, p0, (x, y), grid={"learning_rate": [0.01, 0.05], "seed": [0, 1]},
+                     hparams={"momentum": 0.9}, **kw)
+    for i, c in enumerate(sw.configs):
+        one = jaxgd.fit(mse, p0, (x, y), key=c["seed"],
+                        hparams={"learning_rate": c["learning_rate"], "momentum": 0.9}, **kw)
+        np.testing.assert_allclose(np.asarray(sw.params_of(i)["w"]),
+                                   np.asarray(one.params["w"]), rtol=1e-10)
+    # the seeds share the order: equal rows for equal learning rates
+    assert [c["seed"] for c in sw.configs[:2]] == [0, 1]
+    np.testing.assert_array_equal(sw.params_of(0)["w"], sw.params_of(1)["w"])
+
+
+def test_new_orders_of_the_same_shape_do_not_recompile(x64):
+    from test_recompile import count_compiles
+
+    x, y = regression(n=13)
+    rng = np.random.default_rng(0)
+    run = lambda o: jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y),  # noqa: E731
+                              hparams={"learning_rate": 0.05}, batch_size=4, epochs=2,
+                              shuffle=o)
+    a = run(np.stack([rng.permutation(13) for _ in range(2)]))
+    with count_compiles() as events:
+        b = run(np.stack([rng.permutation(13) for _ in range(2)]))
+    assert events == []
+    assert not np.array_equal(np.asarray(a.params["w"]), np.asarray(b.params["w"]))
+    with count_compiles() as events:  # the control: another number of orders compiles
+        run(np.stack([rng.permutation(13) for _ in range(3)]))
+    assert events
+
+
+def test_bad_orders_are_refused_before_compiling(monkeypatch):
+    def no_program(*_a, **_k):
+        raise AssertionError("a program was built")
+
+    monkeypatch.setattr(jaxgd.train, "program_for", no_program)
+    x, y = regression(n=6)
+    fit = lambda o, **kw: jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y),  # noqa: E731
+                                    hparams={"learning_rate": 0.1}, batch_size=2, epochs=1,
+                                    shuffle=o, **kw)
+    good = np.arange(6)
+    with pytest.raises(ValueError, match=r"shuffle: row 1 is not a permutation of range\(6\) "
+                                         r"\(sample 5 is missing\)"):
+        fit(np.stack([good, [0, 1, 2, 3, 4, 4]]))
+    with pytest.raises(ValueError, match=r"shuffle: row 0 .*value 6 is outside 0\.\.5"):
+        fit(np.array([1, 2, 3, 4, 5, 6]))
+    with pytest.raises(ValueError, match=r"shuffle: .*shape \[E, 6\] or \[6\].*got shape \(5,\)"):
+        fit(np.arange(5))
+    with pytest.raises(TypeError, match=r"shuffle: .*integers.*float64"):
+        fit(good.astype(float))
+    with pytest.raises(ValueError, match=r"shuffle=\[0, 1\] must be .*integer array"):
+        fit([0, 1])  # a list (as a TOML file would give) is not an order array
+    with pytest.raises(ValueError, match=r"shuffle= an order array cannot be combined with "
+                                         r"folds=2"):
+        jaxgd.sweep(mse, params_of(np.zeros(3), 0.0), (x, y), shuffle=good, folds=2,
+                    grid={"learning_rate": [0.1]})
+
+
+def test_another_order_is_another_sweep(tmp_path):
+    x, y = regression(n=6)
+    run = lambda o: jaxgd.sweep(mse, params_of(np.zeros(3), 0.0), (x, y),  # noqa: E731
+                                grid={"learning_rate": [0.1]}, batch_size=2, epochs=1,
+                                shuffle=o, out=tmp_path / "r")
+    run(np.arange(6))
+    run(np.arange(6))  # the same order: the same sweep (loaded from its folder)
+    with pytest.raises(ValueError, match="holds the results of a different sweep"):
+        run(np.arange(6)[::-1].copy())
+
+
+# ----------------------------------------------------------------------------- accumulation
+# accumulate=k is optax.MultiSteps(opt, k) over the same mini-batches when k x B divides N
+
+
+def test_accumulate_equals_optax_multisteps():
+    """float32: optax.MultiSteps keeps its gradient sum in float32 (its default
+    ``accumulator_dtype``) whatever the params."""
+    x, y = (a.astype(np.float32) for a in regression(n=24))  # k x B = 2 x 3 divides 24
+    p0 = (np.array([0.2, 0.1, -0.3], np.float32), np.float32(0.0))
+    sched = optax.exponential_decay(0.05, transition_steps=3, decay_rate=0.5)
+    res = jaxgd.fit(mse, params_of(*p0), (x, y), optimizer="adam", schedule="exponential",
+                    hparams={"learning_rate": 0.05, "transition_steps": 3, "decay_rate": 0.5},
+                    batch_size=3, accumulate=2, epochs=3, shuffle=False)
+    ref = optax_loop(optax.MultiSteps(optax.adam(sched), 2), p0, x, y,
+                     np.arange(24)[None], 3, 3)
+    assert res.steps_run == 3 * 4  # updates, not mini-batches
+    np.testing.assert_allclose(res.history["lr"][-1], float(sched(11)), rtol=1e-6)
+    for k in ("w", "b"):
+        np.testing.assert_allclose(np.asarray(res.params[k]), np.asarray(ref[k]), rtol=1e-5,
+                                   atol=1e-6)

@@ -375,7 +375,7 @@ def test_save_then_load_round_trip_outside_a_sweep(saved, tmp_path):
     sub.save(tmp_path / "s")
     got = jaxgd.load(tmp_path / "s")
     assert got.fingerprint.startswith("content-")
-    pd.testing.assert_frame_equal(got.table, sw.table, check_dtype=False)
+    pd.testing.assert_frame_equal(got.table, sw.table, check_dtype=True)
     sub.save(tmp_path / "s")  # a folder jaxgd wrote: overwritten
     with pytest.raises(ValueError, match="run folder of another sweep"):
         sub.save(saved[1])  # a sweep's folder holds another fingerprint
@@ -686,6 +686,92 @@ def test_a_forged_but_consistent_folder_is_still_checked(saved, tmp_path):
     doc["files"]["table.csv"] = hashlib.sha256(raw).hexdigest()
     doc["folds"] = "os.system"
     doc.pop("checksum")
+    types = doc["dtypes"]["table.csv"]
+    doc["dtypes"]["table.csv"] = [t for t in types if t[0] != "stop_reason"]
     (run_dir / "result.json").write_bytes(store_mod._sealed_json(doc))
     with pytest.raises(ValueError, match=r"damaged: .*table\.csv lacks \['stop_reason'\]"):
         jaxgd.load(run_dir)
+    # column types that do not fit the columns, or are not a table's, are refused
+    for bad in (types, [[c, "datetime64[ns]" if c == "final_loss" else t] for c, t in types]):
+        doc["dtypes"]["table.csv"] = bad
+        (run_dir / "result.json").write_bytes(store_mod._sealed_json(doc))
+        with pytest.raises(ValueError, match=r"table\.csv does not match its column types"):
+            jaxgd.load(run_dir)
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+def _same_frame(got, want):
+    assert got.equals(want)
+    pd.testing.assert_frame_equal(got, want, check_dtype=True, check_exact=True)
+    assert list(got.dtypes.astype(str)) == list(want.dtypes.astype(str))
+
+
+def _line_init(key, hidden):
+    return jaxgd.models.mlp(2, (hidden,)).init(key)
+
+
+_MLP_APPLY = jaxgd.models.mlp(2, (1,)).apply
+
+
+def _mlp_loss(p, b):
+    return jnp.mean((_MLP_APPLY(p, b[0])[:, 0] - b[1]) ** 2)
+
+
+def _research_loss(p, b, *, key, state, train):
+    keep = jax.random.bernoulli(key, 0.9, b[0].shape) if train else 1.0
+    err = (b[0] * keep) @ p["w"] + p["b"] - b[1]
+    return jnp.mean(err ** 2), state + 1.0, {"mae": jnp.mean(jnp.abs(err))}
+
+
+ROUND_TRIPS = {
+    "sweep": lambda: run(grid={"learning_rate": [0.05, 0.1], "batch_size": [4, None],
+                               "optimizer": ["sgd", "adam"]}, chunk_size=None),
+    "folds": lambda: run(grid={"learning_rate": [0.05, 0.1]}, folds=3),
+    "halving": lambda: run(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2]}, epochs=4,
+                           search=jaxgd.search.Halving(eta=2)),
+    "hyperband": lambda: run(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2]}, epochs=9,
+                             search=jaxgd.search.hyperband(eta=3)),
+    "pbt": lambda: run(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2]}, epochs=6,
+                       search=jaxgd.search.PBT(interval=2, quantile=0.25)),
+    "shape axes": lambda: run(loss=_mlp_loss, params=None, init=_line_init,
+                              grid={"hidden": [2, 4], "learning_rate": [0.05, 0.1]}),
+    "keys and state": lambda: run(loss=_research_loss, state=jnp.zeros(()), val_data=(X, Y)),
+}
+
+
+@pytest.mark.parametrize("kind", list(ROUND_TRIPS))
+def test_a_loaded_table_equals_the_saved_one(kind, tmp_path):
+    """Every column, its dtype (float32 losses stay float32, string columns stay str),
+    the column order and the index come back from table.csv as the sweep gave them."""
+    sw = ROUND_TRIPS[kind]()
+    sw.save(tmp_path / "r")
+    got = jaxgd.load(tmp_path / "r")
+    _same_frame(got.table, sw.table)
+    assert got.table.equals(sw.table)
+    if kind == "folds":
+        _same_frame(got.cv_table(), sw.cv_table())
+    if kind == "pbt":
+        assert any(c.startswith("final_") and c[6:] in sw.axes() for c in sw.table)
+        _same_frame(got.lineage, sw.lineage)
+    if kind == "keys and state":
+        assert "final_val_mae" in sw.table
+
+
+def test_a_sweeps_own_folder_and_concatenated_parts_round_trip(tmp_path):
+    """The folder ``sweep(out=)`` writes, and ``SweepResult.concat`` of ``only=`` parts
+    whose histories differ (a penalty only in one part: ``objective``), saved and loaded."""
+    cfgs = [{"learning_rate": 0.1}, {"learning_rate": 0.2, "batch_size": 4},
+            {"learning_rate": 0.1, "l2": 0.1}]
+    full = run(tmp_path / "full", configs=cfgs, grid=None)
+    _same_frame(jaxgd.load(tmp_path / "full").table, full.table)
+    parts = [run(configs=cfgs, grid=None, only=o) for o in ([0, 1], [2])]
+    joined = jaxgd.SweepResult.concat(parts)
+    assert "objective" not in parts[0].history
+    np.testing.assert_array_equal(joined.history["objective"][:2], np.nan)
+    np.testing.assert_allclose(joined.history["objective"][2], full.history["objective"][2],
+                               rtol=1e-6)
+    joined.save(tmp_path / "joined")
+    _same_frame(jaxgd.load(tmp_path / "joined").table, joined.table)
+    _same_frame(joined.table, full.table)
