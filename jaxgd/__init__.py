@@ -16,6 +16,7 @@ from .data import batch_plan as batch_plan
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value
+from .optuna_search import optuna_search as optuna_search
 from .orbax_io import from_orbax as from_orbax
 from .prepare import init_key as init_key
 from .prepare import loss_key as loss_key
@@ -46,6 +47,7 @@ __all__ = [
     "SweepResult",
     "losses",
     "models",
+    "optuna_search",
     "schedule_value",
     "search",
     "trackers",
