@@ -54,7 +54,8 @@ KINDS = ("uniform", "loguniform", "randint", "choice")
 REDUCE = ("last", "best")
 # keywords of jaxgd.sweep that optuna_search sets itself (or cannot honour per round)
 NOT_PASSED = ("grid", "random", "configs", "search", "only", "out", "progress")
-STANDARD = ("loss", "batch_loss", "grad_norm", "lr")
+# history columns of every sweep (``objective``, the loss + penalty, of one with a penalty)
+STANDARD = ("loss", "batch_loss", "grad_norm", "lr", "objective")
 
 
 class OptunaResult(NamedTuple):

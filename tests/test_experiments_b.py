@@ -76,3 +76,12 @@ def test_e15_research_code(tmp_path):
     assert res["test_accuracy_max_diff"] == 0.0
     assert res["test_accuracy"] > 0.7
     assert (tmp_path / "e15_research_code" / "sweep.csv").exists()
+
+
+@pytest.mark.slow
+def test_e18_optuna(tmp_path):
+    _, res = run_quick("e18_optuna", tmp_path)
+    assert len(res["problems"]) == 2
+    assert all(0 < r < 10 for r in res["batched best / sequential best"])
+    table = (tmp_path / "e18_optuna" / "optuna_sequential_vs_batched.csv").read_text()
+    assert table.count("jaxgd.optuna_search") == 2 and table.count("median pruner") == 2
