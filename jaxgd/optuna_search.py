@@ -174,7 +174,7 @@ def _metric_names(loss: Callable, params: Any, data: Any, kw: Mapping[str, Any]
                   ) -> set[str] | None:
     """The names of the loss's metrics, by tracing it once on two samples (no compile);
     None when they cannot be found this way (``params=None`` with ``init=``)."""
-    if params is None:
+    if params is None or not callable(loss):
         return None
     d = declared(loss)
 
@@ -191,13 +191,13 @@ def _metric_names(loss: Callable, params: Any, data: Any, kw: Mapping[str, Any]
         kwargs["state"] = kw.get("state")
     if d["hparams"]:
         kwargs["hparams"] = AnyHparams()
-    probe = jax.tree.map(lambda a: np.asarray(a)[:2], data)
     try:
+        probe = jax.tree.map(lambda a: np.asarray(a)[:2], data)
         out = jax.eval_shape(lambda p, b: loss(p, b, **kwargs), params, probe)
     except Exception:  # noqa: BLE001 - the sweep reports a bad loss itself
         return None
-    aux = out[2] if d["state"] and len(out) == 3 else \
-        out[1] if not d["state"] and isinstance(out, tuple) and len(out) == 2 else None
+    n = len(out) if isinstance(out, tuple) else 0
+    aux = out[2] if d["state"] and n == 3 else out[1] if not d["state"] and n == 2 else None
     return set(aux) if isinstance(aux, Mapping) else set()
 
 

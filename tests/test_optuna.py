@@ -219,6 +219,27 @@ def test_bad_input_before_anything_compiles(kwargs, error, match, compiles):
     assert study.trials == []  # nothing asked
 
 
+def noisy_loss(p, batch, *, key, hparams):
+    """Dropout-style noise on the residual (off in evaluations), a metric."""
+    x, y = batch
+    r = x @ p["w"] + p["b"] - y
+    if key is not None:
+        r = r * (1 + hparams["noise"] * jax.random.normal(key, r.shape))
+    return jnp.mean(r ** 2), {"mae": jnp.mean(jnp.abs(r))}
+
+
+def test_unknown_metric_of_a_keyed_loss_before_anything_compiles(compiles):
+    """The metric names of a loss with a key and its own hyper-parameters are found by
+    tracing it (no compile)."""
+    space = {"learning_rate": ("loguniform", 1e-3, 0.3), "noise": ("uniform", 0.0, 0.5)}
+    before = len(compiles.messages)
+    with pytest.raises(ValueError, match=r"objective='val_accuracy' is not a history column "
+                       r"of this sweep: use one of \['loss', 'val_loss', 'mae', 'val_mae'\]"):
+        jaxgd.optuna_search(noisy_loss, P0, TRAIN, space, n_trials=2,
+                            objective="val_accuracy", **KW)
+    assert len(compiles.messages) == before
+
+
 def test_missing_optuna_one_line(tmp_path):
     code = ("import jax.numpy as jnp, jaxgd\n"
             "jaxgd.optuna_search(lambda p, b: jnp.mean(p * b), jnp.zeros(()), jnp.ones(4), "
