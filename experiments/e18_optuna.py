@@ -11,9 +11,9 @@ for the same number of trials and epochs, both in this one process:
 
 A trial's value is its lowest validation loss over the epochs. Optuna's sequential loop
 (``study.optimize``) trains each trial with a jitted optax step whose hyper-parameters
-are traced (``optax.inject_hyperparams``: compiled once for all trials), once without a
-pruner (the same epochs as the batched search) and once with Optuna's median pruner
-(stops poor trials early). The batched search asks rounds of ``ROUND`` trials, so TPE
+are traced (``optax.inject_hyperparams``: compiled once per batch shape for all trials),
+once without a pruner (the same epochs as the batched search) and once with Optuna's
+median pruner (stops poor trials early). The batched search asks rounds of ``ROUND`` trials, so TPE
 sees the results of earlier rounds only. Reported: the best value found and the wall time
 (compiles included) of each, and their ratios to the sequential loop without a pruner;
 for the batched search also the time of the same search run again in the process
