@@ -1481,7 +1481,8 @@ def main(argv=None, prog: str | None = None) -> dict[str, Any] | None:
     p.add_argument("--quick", action="store_true", help="reduced peers and scaling (< 2 min)")
     p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")
     p.add_argument("--reps", type=int, default=None,
-                   help="timed repetitions (median; default 3, 2 with --quick or --tiny)")
+                   help="timed repetitions (median; default 3, 2 with --quick or --tiny; "
+                   "F: interleaved rounds, min, default up to 5, 3 with --quick)")
     p.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS),
                    help="subset, e.g. A,B,C (default A-E,M; F: peer-0 problem set)")
     p.add_argument("--no-scaling", action="store_true", help="skip the subprocess figures")
