@@ -15,7 +15,8 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
   ("peer 0": a jitted optax step in a Python loop, and a hand-written ``jit(lax.scan)``):
   a flax CNN with BatchNorm + dropout and an MLP on digits, a character transformer on
   standard-library source, A, B and C; ``fit`` and a sweep of N learning rates against N
-  peer runs, with a parity check of the final parameters (``experiments/bench_f.py``);
+  peer runs, with a parity check of the final parameters, timed as the minimum of
+  interleaved rounds (``experiments/bench_f.py``, which says what each side computes);
 
 The headline jaxgd row of every problem ("jaxgd (defaults)") calls ``fit``/``sweep`` as a
 user writes it, with no tuning keywords (``metrics="full"``, ``eval_every=1``); tuned
