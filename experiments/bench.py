@@ -11,6 +11,12 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
 - D. as B with batch sizes {1, 16, 64, 256, N} x 32 learning rates;
 - E. digits: softmax regression and a 1-hidden-layer MLP, 64 learning rates each;
 - M. memory: ``fit(epochs=10**6 and 10**9, loss_target=...)`` stopping early;
+- F. (only when asked: ``--problems F``) real networks against the loop a user would write
+  ("peer 0": a jitted optax step in a Python loop, and a hand-written ``jit(lax.scan)``):
+  a flax CNN with BatchNorm + dropout and an MLP on digits, a character transformer on
+  standard-library source, A, B and C; ``fit`` and a sweep of N learning rates against N
+  peer runs, with a parity check of the final parameters, timed as the minimum of
+  interleaved rounds (``experiments/bench_f.py``, which says what each side computes);
 
 The headline jaxgd row of every problem ("jaxgd (defaults)") calls ``fit``/``sweep`` as a
 user writes it, with no tuning keywords (``metrics="full"``, ``eval_every=1``); tuned
@@ -39,7 +45,7 @@ figures run every point in a fresh subprocess and report ``ru_maxrss`` above the
 data-loaded baseline (compile included) and the peak above the RSS after the first call.
 
 Usage: ``python -m experiments.bench [--quick | --tiny] [--out DIR] [--reps N]
-[--problems A,B,C,D,E]``.
+[--problems A,B,C,D,E,M,F]`` (the default runs A-E and M; F adds ``f.csv``/``f.md``).
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_OUT = Path("demo_out") / "bench"
-PROBLEMS = ("A", "B", "C", "D", "E", "M")  # M: the memory rows
+PROBLEMS = ("A", "B", "C", "D", "E", "M", "F")  # M: the memory rows; F: bench_f.py
+DEFAULT_PROBLEMS = ("A", "B", "C", "D", "E", "M")  # F runs when asked (minutes of compiles)
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -108,6 +115,7 @@ class Sizes:
     devices: tuple = (1, 2, 4, 8)
     peak_reps: int = 10
     child_timeout: int = 600
+    f_sizes: str = "full"  # problem set F: bench_f.F_SIZES key
 
 
 FULL = Sizes()
@@ -117,7 +125,7 @@ QUICK = dataclasses.replace(
     sub_numpy=1, peer_step_cap=300,
     scale_n=16_384, scale_k=(1, 256, 4096), scale_ns=(4096, 16_384, 65_536), peak_reps=5,
     child_timeout=120,
-    b_variants=B_VARIANTS_QUICK,
+    b_variants=B_VARIANTS_QUICK, f_sizes="quick",
 )
 TINY = dataclasses.replace(
     FULL, a_iters=2000, a_text_iters=2000, d_n=1024, d_sub=1, n=1024, d=8, batch=64, epochs=2,
@@ -126,7 +134,7 @@ TINY = dataclasses.replace(
     e_models=("softmax",), other_peers=("torch", "numpy"),
     sub_torch=1, sub_numpy=1, peer_step_cap=500, scale_n=1024, scale_k=(1, 8),
     scale_ns=(1024,), scale_k_base=8, devices=(1, 2), peak_reps=3, child_timeout=60,
-    b_variants=B_VARIANTS_QUICK,
+    b_variants=B_VARIANTS_QUICK, f_sizes="tiny",
 )
 
 
@@ -516,6 +524,8 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.targets: list[dict[str, Any]] = []
         self.recompiles = 0
+        self.f_rows: list[dict[str, Any]] = []  # problem set F, one row per fit / sweep
+        self.f_reps: int | None = None  # F's interleaved rounds (None: its sizes' own)
 
     def add(self, problem, impl, k, measured, compile_s, run_s, flops, mem_mb, note=""):
         gf = flops / run_s / 1e9 if run_s > 0 else float("nan")
@@ -1175,6 +1185,29 @@ def problem_e(bn: Bench):
                  flops, s.other_peers)
 
 
+def problem_f(bn: Bench) -> None:
+    """Problem set F (``bench_f.py``): rows, targets and ``bn.f_rows``."""
+    from . import bench_f
+
+    nan = float("nan")
+    rows = bench_f.run_f(bench_f.F_SIZES[bn.s.f_sizes], bn.f_reps)
+    bn.f_rows += rows
+    for r in rows:
+        prob, k = f"F {r['problem']} {r['mode']}", r["configs"]
+        for key, impl, note in (
+                ("jaxgd", f"jaxgd {r['mode']} (defaults)", f"{r['note']}; parity with both "
+                 f"peers: {r['parity']:.1e} (relative max difference of final params)"),
+                ("loop", "peer 0a: jitted step + Python loop", "runs one after another"),
+                ("scan", "peer 0b: hand jit(lax.scan)", "runs one after another")):
+            bn.add(prob, impl, k, f"{k}/{k}", r[f"{key}_compile_s"], r[f"{key}_run_s"], nan,
+                   nan, note)
+        what = "fit" if r["mode"] == "fit" else f"sweep of {k} / {k} peer runs"
+        bn.target(f"F {r['problem']}: {what}, jaxgd / faster peer, run", r["ratio_run"], "<=",
+                  bench_f.TARGET, "min of interleaved rounds, compile excluded")
+        bn.target(f"F {r['problem']}: {what}, jaxgd / faster peer, first call",
+                  r["ratio_first_call"], "<=", bench_f.TARGET, "compile included")
+
+
 # ----------------------------------------------------------------------------- scaling
 
 
@@ -1370,7 +1403,8 @@ def plot_speedups(df, bn: Bench, out: Path):
 # ----------------------------------------------------------------------------- main
 
 
-def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[str, Any]:
+def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True,
+        f_reps: int | None = None) -> dict[str, Any]:
     import pandas as pd
 
     from ._common import save_table
@@ -1381,6 +1415,7 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[s
         peak = matmul_peak(sizes.peak_reps)
         print(f"fp32 matmul peak (2048^2, jit): {peak:.1f} GFLOP/s", flush=True)
         bn = Bench(sizes, reps, peak, log)
+        bn.f_reps = f_reps
         data = regression_data(sizes.n, sizes.d) if set(problems) & {"B", "C", "D"} else None
         b_run = None
         for prob in problems:
@@ -1398,6 +1433,8 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[s
                 problem_e(bn)
             elif prob == "M":
                 problem_memory(bn)
+            elif prob == "F":
+                problem_f(bn)
             print(f"problem {prob}: {time.perf_counter() - t:.1f} s", flush=True)
         if any(p in problems for p in "BCDE"):
             bn.target("recompiles when only values change", bn.recompiles, "<=", 0,
@@ -1413,6 +1450,12 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[s
     files = save_table(df, out, "bench") + save_table(tg, out, "targets")
     if scale_df is not None:
         files += save_table(scale_df, out, "scaling")
+    f_df = None
+    if bn.f_rows:
+        from .bench_f import f_table
+
+        f_df = f_table(bn.f_rows)
+        files += save_table(f_df, out, "f")
     plot_speedups(df, bn, out)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                f"{platform.python_implementation()} {platform.python_version()}")
@@ -1425,8 +1468,11 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True) -> dict[s
     if scale_df is not None:
         print()
         print(scale_df.to_markdown(index=False, floatfmt=".3g"))
+    if f_df is not None:
+        print()
+        print(f_df.to_markdown(index=False, floatfmt=".3g"))
     print(f"\nbench done in {time.perf_counter() - t0:.1f} s -> {out}")
-    return {"table": df, "targets": tg, "scaling": scale_df, "peak_gflops": peak,
+    return {"table": df, "targets": tg, "scaling": scale_df, "f": f_df, "peak_gflops": peak,
             "files": [str(f) for f in files]}
 
 
@@ -1436,8 +1482,10 @@ def main(argv=None, prog: str | None = None) -> dict[str, Any] | None:
     p.add_argument("--quick", action="store_true", help="reduced peers and scaling (< 2 min)")
     p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")
     p.add_argument("--reps", type=int, default=None,
-                   help="timed repetitions (median; default 3, 2 with --quick or --tiny)")
-    p.add_argument("--problems", default=",".join(PROBLEMS), help="subset, e.g. A,B,C")
+                   help="timed repetitions (median; default 3, 2 with --quick or --tiny; "
+                   "F: interleaved rounds, min, default up to 5, 3 with --quick)")
+    p.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS),
+                   help="subset, e.g. A,B,C (default A-E,M; F: peer-0 problem set)")
     p.add_argument("--no-scaling", action="store_true", help="skip the subprocess figures")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -1448,12 +1496,13 @@ def main(argv=None, prog: str | None = None) -> dict[str, Any] | None:
     bad = [q for q in probs if q not in PROBLEMS]
     if bad:
         p.error(f"unknown problem(s) {bad}; choose from {','.join(PROBLEMS)}")
+    f_reps = a.reps  # F: interleaved rounds (its sizes' own unless given)
     if a.reps is None:
         a.reps = 2 if a.quick or a.tiny else 3
     if a.reps < 1:
         p.error("--reps must be >= 1")
     sizes = TINY if a.tiny else QUICK if a.quick else FULL
-    return run(a.out, sizes, a.reps, probs, do_scaling=not a.no_scaling)
+    return run(a.out, sizes, a.reps, probs, do_scaling=not a.no_scaling, f_reps=f_reps)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-r"""GPU benchmark: problems B and C at 256 and 4096 configurations, d = 64 and 1024.
+r"""GPU benchmark: problems B and C at 256 and 4096 configurations, d = 64 and 1024, and F.
 
 One short command for a lent accelerator (also runs on CPU, with smaller sizes):
 
@@ -20,6 +20,16 @@ One short command for a lent accelerator (also runs on CPU, with smaller sizes):
   in fp32 at the default precision (what jaxgd's programs run
   at: on NVIDIA GPUs from Ampere on, XLA may use TF32 tensor cores for it), fp32 at
   ``precision="highest"`` (true fp32) and bf16.
+
+- **problem set F** (``experiments/bench_f.py``, after B and C, within ``--f-budget``
+  seconds, default 240): a flax CNN with BatchNorm + dropout and an MLP on digits, a
+  character transformer, A, B and C, each as ``fit`` and as a sweep of N learning rates
+  against the loop a user would write (a jitted optax step in a Python loop, and a
+  hand-written ``jit(lax.scan)``), N peer runs one after another; ratios jaxgd / faster
+  peer (target <= 1), run and first call (compile included) apart; the final parameters
+  must agree (else the section reports the parity error and the exit code is 1). Sizes:
+  F's ``quick`` sizes (``tiny`` with ``--tiny``): its Python loops are dispatch-bound, so
+  the full sizes would spend most of a lent device's time in the peers.
 
 FLOPs count the matrix products exactly as ``experiments/bench.py`` does: 4*b*d per
 configuration per step (forward 2bd, gradient 2bd), every real batch (short last batches
@@ -47,8 +57,9 @@ The JSON (strict: NaN written as null) and the markdown are rewritten after ever
 so a run cut short still leaves its rows. Exit code 0, or 1 if a row failed (its error
 and traceback are in its row and on stderr; the other rows still run).
 
-Run on a lent CUDA device (one H200: expected about 2 minutes, not yet run on a GPU;
-the device tool sends the checkout, nothing needs installing), ``timeout_s`` about 300::
+Run on a lent CUDA device (one H200: expected about 2 minutes for B and C, and F within
+its 4-minute budget; not yet run on a GPU; the device tool sends the checkout, nothing
+needs installing), ``timeout_s`` about 540 (``--problems B,C``: about 300)::
 
     mkdir -p $OUT/gpu && set -o pipefail && PYTHONUNBUFFERED=1 PYTHONPATH=. \
       python3 -m experiments.bench_gpu --out $OUT/gpu 2>&1 | tee $OUT/gpu/log.txt
@@ -57,7 +68,8 @@ the device tool sends the checkout, nothing needs installing), ``timeout_s`` abo
 lent ..." under "## Performance" with a sub-section "### GPU (<device kind>)" holding the
 device line, the matmul-peak table, the rows table and the targets table (the notes stay
 in the file). ``$OUT/gpu/gpu_bench.json`` holds the raw numbers (every repetition's time,
-FLOPs, peaks, stop reasons). To rerun a part: ``--ds 1024 --ks 4096`` (and ``--budget``).
+FLOPs, peaks, stop reasons, F's rows under ``"f"``). To rerun a part: ``--ds 1024 --ks 4096``
+(and ``--budget``), ``--problems F`` (F alone) or ``--problems B,C``.
 
 On CPU: ``--tiny`` (~30 s, the CI smoke test) or ``--medium`` (N = 16 384, d in {64, 256},
 K in {256, 1024}; ~3 minutes) to check scaling; the full sizes on a 2-core CPU take many
@@ -113,6 +125,8 @@ class GpuSizes:
     peak_n_cpu: int = 2048
     peak_reps: int = 5
     reps: int = 3
+    f_sizes: str = "quick"  # problem set F (bench_f.F_SIZES): a Python loop of the full A
+    # (16 x 100 000 dispatches per sweep call) would take most of a lent device's time
 
 
 FULL = GpuSizes()
@@ -121,7 +135,7 @@ MEDIUM = dataclasses.replace(FULL, name="medium", n=16_384, ds=(64, 256), ks=(25
 # tiny: one d (each shape costs three compilations, seconds each on a loaded CPU)
 TINY = dataclasses.replace(FULL, name="tiny", n=2048, batch=64, epochs=2, ds=(8,),
                            ks=(8, 16), c_seeds=2, peer_sub=2, peak_n_accel=1024,
-                           peak_n_cpu=256, peak_reps=3, reps=2)
+                           peak_n_cpu=256, peak_reps=3, reps=2, f_sizes="tiny")
 SIZES = {"full": FULL, "medium": MEDIUM, "tiny": TINY}
 
 PEAK_KINDS = (  # key, label, dtype name, precision
@@ -430,7 +444,28 @@ class GpuBench:
 # ----------------------------------------------------------------------------- plan
 
 
-def run(out: Path, sizes: GpuSizes, reps: int, budget_s: float) -> dict[str, Any]:
+def run_f_rows(sizes: GpuSizes, budget_s: float, enabled: bool) -> dict[str, Any]:
+    """Problem set F (``bench_f.py``) within its own budget; a failure (a parity error
+    included) is recorded with its traceback, never hidden."""
+    from . import bench_f
+
+    budget, skipped = Budget(budget_s), []
+    res: dict[str, Any] = {"sizes": sizes.f_sizes, "budget_s": budget_s, "rows": [],
+                           "skipped": skipped, "error": None}
+    if not enabled:
+        return res
+    try:
+        res["rows"] = bench_f.run_f(bench_f.F_SIZES[sizes.f_sizes], budget_left=budget.left,
+                                    skipped=skipped, echo=lambda m: print(m, flush=True))
+    except Exception as e:  # noqa: BLE001 - recorded in the output, exit code 1
+        res["error"] = f"error: {type(e).__name__}: {e}"
+        res["traceback"] = traceback.format_exc()
+    res["elapsed_s"] = budget.elapsed()
+    return res
+
+
+def run(out: Path, sizes: GpuSizes, reps: int, budget_s: float, f_budget_s: float = 240.0,
+        problems=("B", "C", "F")) -> dict[str, Any]:
     import jax
 
     out.mkdir(parents=True, exist_ok=True)
@@ -449,22 +484,26 @@ def run(out: Path, sizes: GpuSizes, reps: int, budget_s: float) -> dict[str, Any
     with bn.log.watch():
         # most important first (the budget skips from the end); sizes grow within a block
         shapes = [(d, k) for d in sizes.ds for k in sizes.ks]
-        for d in sizes.ds:
-            for k in sizes.ks:
-                bn.sweep_row("B", d, k)
-            bn.peer_rows(d)
-        for d, k in shapes:
-            bn.sweep_row("C", d, k)
-        for d, k in shapes:
-            bn.sweep_row("B", d, k, metrics="batch")
-        for d in sizes.ds:
-            bn.check_row(d)
+        if "B" in problems:
+            for d in sizes.ds:
+                for k in sizes.ks:
+                    bn.sweep_row("B", d, k)
+                bn.peer_rows(d)
+        if "C" in problems:
+            for d, k in shapes:
+                bn.sweep_row("C", d, k)
+        if "B" in problems:
+            for d, k in shapes:
+                bn.sweep_row("B", d, k, metrics="batch")
+            for d in sizes.ds:
+                bn.check_row(d)
     bn.data.clear()
     bn.set_peaks(measure_peaks(pn, sizes.peak_reps))
     for v in bn.peaks.values():
         print(f"  matmul peak {v['label']}: {v['before_GFLOP_s']:.1f} before the rows, "
               f"{v['after_GFLOP_s']:.1f} after; the higher is used", flush=True)
     res = bn.result()
+    res["f"] = run_f_rows(sizes, f_budget_s, "F" in problems)
     res["wall_s"] = time.perf_counter() - t0
     files = write_outputs(out, res)
     print()
@@ -581,7 +620,32 @@ def render_markdown(res: dict[str, Any]) -> str:
              for r in res["rows"] if r["note"] and r["status"] == "ok"]
     if notes:
         parts += ["", "## Notes", "", *dict.fromkeys(notes)]
+    if res.get("f") is not None:
+        parts += ["", *render_f(res["f"])]
     return "\n".join(parts) + "\n"
+
+
+def render_f(f: dict[str, Any]) -> list[str]:
+    """The problem-set-F section: one row per (problem, fit / sweep), ratios jaxgd / peer."""
+    from .bench_f import COLUMNS, TARGET
+
+    head = [lab for _, lab in COLUMNS]
+    body = [[{True: "met", False: "unmet"}.get(r[k], r[k]) if k.startswith("met")
+             else r[k] for k, _ in COLUMNS] for r in f["rows"]]
+    parts = ["## Problem set F: jaxgd against the user's loop (peer 0)", "",
+             f"Sizes `{f['sizes']}` (experiments/bench_f.py); target jaxgd / faster peer "
+             f"<= {TARGET:g}; rows took {f.get('elapsed_s', 0.0):.0f} s of a "
+             f"{f['budget_s']:g} s budget.", ""]
+    if body:
+        parts.append(md_table(head, body))
+    if f["skipped"]:
+        parts += ["", "Skipped (budget): " + ", ".join(f["skipped"]) + "."]
+    if f["error"]:
+        parts += ["", f"F stopped: {f['error']}"]
+    notes = dict.fromkeys(f"- {r['problem']}: {r['note']}" for r in f["rows"])
+    if notes:
+        parts += ["", *notes]
+    return parts
 
 
 def _no_nan(o):
@@ -635,6 +699,10 @@ def main(argv=None, prog: str | None = None) -> int:
     p.add_argument("--ks", default=None, help="configuration counts K, e.g. 256,4096")
     p.add_argument("--peer-sub", type=int, default=None,
                    help="configurations the per-config JAX peer runs (extrapolated to K)")
+    p.add_argument("--problems", default="B,C,F",
+                   help="subset of B,C,F (F: the peer-0 problem set of bench_f.py)")
+    p.add_argument("--f-budget", type=float, default=240.0,
+                   help="seconds for problem set F; later rows are skipped (default 240)")
     try:
         a = p.parse_args(argv)
         if a.reps is not None and a.reps < 1:
@@ -643,6 +711,11 @@ def main(argv=None, prog: str | None = None) -> int:
             p.error(f"--budget must be a positive number of seconds, got {a.budget}")
         if a.peer_sub is not None and a.peer_sub < 1:
             p.error(f"--peer-sub must be >= 1, got {a.peer_sub}")
+        probs = tuple(q.strip().upper() for q in a.problems.split(",") if q.strip())
+        if not probs or any(q not in ("B", "C", "F") for q in probs):
+            p.error(f"--problems must be a subset of B,C,F, got {a.problems!r}")
+        if not a.f_budget > 0 or not math.isfinite(a.f_budget):
+            p.error(f"--f-budget must be a positive number of seconds, got {a.f_budget}")
         if a.out.exists() and not a.out.is_dir():
             p.error(f"--out {a.out} exists and is not a folder")
         sizes = TINY if a.tiny else MEDIUM if a.medium else FULL
@@ -666,12 +739,15 @@ def main(argv=None, prog: str | None = None) -> int:
             p.error(f"--ks {bad_k} must be multiples of the {sizes.c_seeds} seeds of C")
     except SystemExit as e:
         return int(e.code or 0)
-    res = run(a.out, sizes, a.reps or sizes.reps, a.budget)
+    res = run(a.out, sizes, a.reps or sizes.reps, a.budget, a.f_budget, probs)
     bad = [r for r in res["rows"] if r["status"].startswith("error")]
     for r in bad:
         print(f"row failed: {r['problem']} {r['implementation']} d={r['d']} "
               f"K={r['configs']}:\n{r.get('traceback', r['status'])}", file=sys.stderr)
-    return 1 if bad else 0
+    f = res.get("f") or {}
+    if f.get("error"):
+        print(f"problem set F failed:\n{f['traceback']}", file=sys.stderr)
+    return 1 if bad or f.get("error") else 0
 
 
 if __name__ == "__main__":

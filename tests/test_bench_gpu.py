@@ -32,7 +32,8 @@ IMPLS = {
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
     p = subprocess.run([sys.executable, "-m", "experiments.bench_gpu", "--tiny", "--out",
-                        str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        str(out), "--f-budget", "60"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=420)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return out, json.loads((out / "gpu_bench.json").read_text()), p.stdout
 
@@ -59,6 +60,18 @@ def test_every_row_in_the_table(tiny_run):
     # the targets table: four targets per B shape, the ratios finite
     assert len(res["targets"]) == 4 * len(DS) * len(KS)
     assert all(math.isfinite(t["measured"]) for t in res["targets"])
+    # problem set F: every row measured or said skipped (a 60 s budget), none failed
+    f = res["f"]
+    assert f["error"] is None and f["sizes"] == "tiny"
+    done = [f"{r['problem']} {r['mode']}" for r in f["rows"]]
+    assert done and done + f["skipped"] == [
+        f"{p} {m}" for p in ("cnn", "mlp", "transformer", "A", "B", "C")
+        for m in ("fit", "sweep") if not (p == "C" and m == "fit")]
+    assert "## Problem set F" in md
+    for r in f["rows"]:
+        assert f"| {r['problem']} | {r['mode']} | {r['configs']} |" in md
+        assert r["ratio_run"] == pytest.approx(
+            r["jaxgd_run_s"] / min(r["loop_run_s"], r["scan_run_s"]))
     # each seed of C ran its own configurations: K rows returned
     for r in rows:
         if r["implementation"].startswith("jaxgd"):
@@ -109,13 +122,16 @@ def test_flops_follow_from_the_timings(tiny_run):
 def test_budget_skips_rows_and_bad_arguments(tmp_path, capsys):
     from experiments import bench_gpu
 
-    assert bench_gpu.main(["--tiny", "--out", str(tmp_path), "--budget", "1e-9"]) == 0
+    assert bench_gpu.main(["--tiny", "--out", str(tmp_path), "--budget", "1e-9",
+                           "--f-budget", "1e-9"]) == 0
     res = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert res["rows"] and all(r["status"] == "skipped (budget)" for r in res["rows"])
     assert "skipped (budget)" in (tmp_path / "gpu_bench.md").read_text()
+    assert res["f"]["rows"] == [] and len(res["f"]["skipped"]) == 11
+    assert "Skipped (budget): cnn fit, cnn sweep" in (tmp_path / "gpu_bench.md").read_text()
     capsys.readouterr()
     for bad in (["--reps", "0"], ["--budget", "-1"], ["--ks", "8,x"], ["--ks", "7"],
-                ["--tiny", "--medium"]):
+                ["--tiny", "--medium"], ["--problems", "B,X"], ["--f-budget", "0"]):
         assert bench_gpu.main(["--out", str(tmp_path), *bad]) == 2, bad
         assert "error:" in capsys.readouterr().err
 
@@ -146,7 +162,22 @@ def test_jaxgd_bench_gpu_runs_this_module(tmp_path, capsys):
     """``jaxgd bench --gpu`` is this benchmark (the flag is dropped, the rest passed on)."""
     from jaxgd.cli import main
 
-    assert main(["bench", "--gpu", "--tiny", "--out", str(tmp_path), "--budget", "1e-9"]) == 0
+    assert main(["bench", "--gpu", "--tiny", "--out", str(tmp_path), "--budget", "1e-9",
+                 "--problems", "B,C"]) == 0
     assert (tmp_path / "gpu_bench.md").read_text().startswith("# jaxgd GPU benchmark")
     assert main(["bench", "--gpu", "--reps", "0", "--out", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_parity_failure_in_f_is_reported_and_the_exit_code_is_1(tmp_path, monkeypatch,
+                                                                  capsys):
+    from experiments import bench_f, bench_gpu
+
+    def unequal(*a, **k):
+        raise bench_f.ParityError("F B fit vs peer 0a (loop): differ by 0.5")
+
+    monkeypatch.setattr(bench_f, "run_f", unequal)
+    assert bench_gpu.main(["--tiny", "--out", str(tmp_path), "--problems", "F"]) == 1
+    md = (tmp_path / "gpu_bench.md").read_text()
+    assert "F stopped: error: ParityError: F B fit vs peer 0a (loop): differ by 0.5" in md
+    assert "ParityError" in capsys.readouterr().err
