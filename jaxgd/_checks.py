@@ -6,6 +6,7 @@ range) whose message names the argument and its value, before anything is compil
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -32,3 +33,11 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}={value!r} must be True or False")
     return value
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)

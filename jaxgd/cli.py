@@ -300,7 +300,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _count_configs(exp) -> int:
-    from .sweep import expand_configs
+    from .axes import expand_configs
 
     kw = exp.sweep_kwargs
     n = len(expand_configs(kw.get("grid"), kw.get("random")))

@@ -486,7 +486,7 @@ def _read_shape_axis(ctx: _Ctx, key: str, k: str, v: Any, model: dict[str, Any])
 
 def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any],
                 model: dict[str, Any] | None = None):
-    from .sweep import expand_configs
+    from .axes import expand_configs
 
     grid: dict[str, list[Any]] = {}
     random = s.pop("random", None)
@@ -552,7 +552,7 @@ def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any],
 def _check_names(ctx: _Ctx, grid, random, train, shape_names=()) -> None:
     """Axis and hparams names must be hyper-parameters of one of the sweep's optimizers
     (or, for [sweep] axes, the model's shape arguments)."""
-    from .sweep import STREAM_AXES, STRUCTURAL_AXES
+    from .axes import STREAM_AXES, STRUCTURAL_AXES
 
     try:
         from .optim import factory_params, known_names, resolve_optimizer

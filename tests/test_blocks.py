@@ -45,7 +45,7 @@ def small_blocks(monkeypatch):
     program.compiled_program.cache_clear()
     monkeypatch.setattr(program, "HISTORY_BLOCK_BYTES", 1)
     monkeypatch.setattr(program, "HISTORY_MIN_ROWS", 7)
-    for mod in (jaxgd.train, __import__("jaxgd.sweep", fromlist=["x"])):
+    for mod in (jaxgd.train, jaxgd.engine):
         monkeypatch.setattr(mod, "run_program", counting)
     yield calls
     program.compiled_program.cache_clear()

@@ -497,7 +497,6 @@ print(type(best.params).__name__, float(best.params.mlp.layers[0].weight.sum()),
 
 def test_load_equinox_params_in_a_fresh_process(tmp_path):
     import subprocess
-    import sys
 
     sw = jaxgd.sweep(eqx_loss, EQX_M0, (X, Y), grid={"learning_rate": [0.01, 0.03]},
                      batch_size=6, epochs=2, out=tmp_path / "run")
@@ -582,8 +581,6 @@ def test_readme_research_example_runs_verbatim():
 
 
 def test_state_resumed_from_chunks(tmp_path, monkeypatch):
-    sweep_mod = sys.modules["jaxgd.sweep"]  # (jaxgd.sweep is the function)
-
     kw = dict(state=BN_VARS["batch_stats"], optimizer=optax.adam,
               grid={"learning_rate": [0.003, 0.01]}, batch_size=8, epochs=2, shuffle=False,
               out=tmp_path / "run", chunk_size=1)
@@ -592,7 +589,7 @@ def test_state_resumed_from_chunks(tmp_path, monkeypatch):
     def recompute(*args, **kwargs):
         raise AssertionError("a finished chunk was recomputed")
 
-    monkeypatch.setattr(sweep_mod, "_run_chunk", recompute)
+    monkeypatch.setattr(jaxgd.engine, "run_chunk", recompute)
     b = jaxgd.sweep(bn_loss, BN_VARS["params"], (X, Y), **kw)
     close_trees(b.state, a.state, rtol=0, atol=0)
     close_trees(b.params, a.params, rtol=0, atol=0)

@@ -308,17 +308,18 @@ def test_pbt_needs_one_group():
 def test_auto_compacts_only_when_the_saving_beats_a_compile(monkeypatch):
     """compact="auto": with a compile measured as very costly the survivors stay in the
     first width; with compiles free they move to narrower programs."""
-    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    pop_mod = __import__("jaxgd.population", fromlist=["x"])
     kw = dict(optimizer="adam", grid={"learning_rate": [0.001, 0.01, 0.03, 0.1]},
               epochs=8, batch_size=16, val_data=(XV, YV), seed=4,
               search=search.Halving(eta=2, min_epochs=2))
     shapes = _widths(monkeypatch)
-    monkeypatch.setattr(sweep_mod, "_SPEC_COMPILE", _Always(1e9))
+    monkeypatch.setattr(pop_mod, "SPEC_COMPILE", _Always(1e9))
     jaxgd.sweep(mse, P0, (X, Y), **kw)
     assert shapes == [(1, 4)] * 3
     shapes.clear()
-    monkeypatch.setattr(sweep_mod, "_SPEC_COMPILE", _Always(0.0))
-    monkeypatch.setattr(sweep_mod, "_COMPILE_SECONDS", _Frozen())
+    monkeypatch.setattr(pop_mod, "SPEC_COMPILE", _Always(0.0))
+    monkeypatch.setattr(pop_mod, "COMPILE_SECONDS", _Frozen())
+    monkeypatch.setattr(jaxgd.engine, "COMPILE_SECONDS", _Frozen())
     jaxgd.sweep(mse, P0, (X, Y), **kw)
     assert shapes == [(1, 4), (1, 2), (1, 1)]
 
@@ -392,7 +393,8 @@ def test_interrupted_search_resumes_at_its_last_boundary(kind, tmp_path, monkeyp
     """Killed after its second boundary, the same call with the same out= continues from
     the saved boundary (no evaluation before it runs again) and ends with the result of
     an uninterrupted search."""
-    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    mod = __import__("jaxgd.search_halving" if kind == "halving" else "jaxgd.search_pbt",
+                     fromlist=["x"])
     s = (search.Halving(eta=2, min_epochs=1, compact=True) if kind == "halving"
          else search.PBT(interval=1, quantile=0.25, seed=2))
     kw = dict(optimizer="momentum", hparams={"momentum": 0.5},
@@ -400,7 +402,7 @@ def test_interrupted_search_resumes_at_its_last_boundary(kind, tmp_path, monkeyp
               epochs=4 if kind == "pbt" else 8, batch_size=16, val_data=(XV, YV),
               search=s)
     ref = jaxgd.sweep(mse, P0, (X, Y), **kw)
-    real_members, real_check = sweep_mod._run_members, sweep_mod._checkpoint
+    real_members, real_check = mod.run_members, mod.checkpoint
     saved, starts = [], []
 
     def counting(run, keys, start, end, desc):
@@ -413,13 +415,13 @@ def test_interrupted_search_resumes_at_its_last_boundary(kind, tmp_path, monkeyp
         if len(saved) == 2:
             raise _Interrupt
 
-    monkeypatch.setattr(sweep_mod, "_run_members", counting)
-    monkeypatch.setattr(sweep_mod, "_checkpoint", dying)
+    monkeypatch.setattr(mod, "run_members", counting)
+    monkeypatch.setattr(mod, "checkpoint", dying)
     with pytest.raises(_Interrupt):
         jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
     assert (tmp_path / "run" / "chunks" / "search.npz").exists()
     starts.clear()
-    monkeypatch.setattr(sweep_mod, "_checkpoint", real_check)
+    monkeypatch.setattr(mod, "checkpoint", real_check)
     res = jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
     assert starts and min(starts) > 0  # nothing before the saved boundary ran again
     assert list(res.table["stop_reason"]) == list(ref.table["stop_reason"])
@@ -436,21 +438,22 @@ def test_a_search_state_of_another_layout_is_refused_by_name(tmp_path, monkeypat
     """A saved search whose program state has another number of arrays per member (as
     one written by another version of jaxgd would) is refused with the file to remove,
     not unpacked into the wrong fields."""
-    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    mod = __import__("jaxgd.search_halving", fromlist=["x"])
+    pop_mod = __import__("jaxgd.population", fromlist=["x"])
     kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2]}, epochs=4, batch_size=16,
               search=search.Halving(eta=2, min_epochs=1))
-    real_check = sweep_mod._checkpoint
+    real_check = mod.checkpoint
 
     def dying(run, where):
         real_check(run, where)
         raise _Interrupt
 
-    monkeypatch.setattr(sweep_mod, "_checkpoint", dying)
+    monkeypatch.setattr(mod, "checkpoint", dying)
     with pytest.raises(_Interrupt):
         jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
-    monkeypatch.setattr(sweep_mod, "_checkpoint", real_check)
-    real_treedef = sweep_mod._state_treedef
-    monkeypatch.setattr(sweep_mod, "_state_treedef", lambda run, gi: jax.tree.structure(
+    monkeypatch.setattr(mod, "checkpoint", real_check)
+    real_treedef = pop_mod.state_treedef
+    monkeypatch.setattr(pop_mod, "state_treedef", lambda run, gi: jax.tree.structure(
         (jax.tree.unflatten(real_treedef(run, gi), [0] * real_treedef(run, gi).num_leaves),
          0)))
     with pytest.raises(ValueError, match=r"saved by another version.*search\.npz"):

@@ -1,0 +1,349 @@
+"""The engine: the host-side runtime between the front doors and the compiled program.
+
+It owns chunk planning and the memory estimate, the device mesh and the sharding of the
+program's inputs, the agreement of the processes of a multi-process run, compile timing
+and the program calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .groups import Group
+from .prepare import Prepared, as_key, tc_array
+from .program import (
+    KEY_BITS,
+    PROGRESS_VALID,
+    epoch_progress,
+    float_dtype,
+    program_for,
+    run_program,
+)
+
+
+def default_mesh() -> jax.sharding.Mesh | None:
+    """All devices of all processes on one ``"config"`` axis, or None for one device."""
+    devs = jax.devices()
+    if len(devs) == 1:
+        return None
+    return jax.sharding.Mesh(np.asarray(devs), ("config",))
+
+
+def bytes_per_config(prep: Prepared, epochs: int) -> int:
+    """Device memory one configuration of a chunk needs (a rough upper bound).
+
+    Parameters and their copies (gradient, update, optimizer state, best parameters), a
+    step's activations, the history rows a program call keeps on the device (history
+    blocks hold at most :data:`jaxgd.program.HISTORY_BLOCK_BYTES` for the whole call, or
+    ``HISTORY_MIN_ROWS`` rows per configuration; the host keeps the evaluations run) and
+    the intermediates of the loss over the whole training set: the full-data metrics pass
+    (``metrics="full"``) and the initial loss evaluate every configuration on all N
+    samples at once (e.g. 4*N bytes of predictions per configuration for a linear model,
+    more for wide outputs or hidden layers).
+    """
+    from . import program
+
+    spec = prep.spec
+    pbytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(prep.params))
+    _, n_evals = program.evals_of(spec)
+    row = program.history_row_bytes(spec, prep.params, prep.numeric)
+    hist = row * min(n_evals, program.HISTORY_MIN_ROWS)
+    # params, gradient, new params, optimizer state (<= 3 copies), best params
+    act = 4 * spec.plan.batch_size * spec.accumulate * 64  # activations of a step, rough
+    full = full_pass_bytes(prep) if spec.metrics != "batch" or spec.track_init else 0
+    return pbytes * 8 + hist + act + full
+
+
+def full_pass_bytes(prep: Prepared) -> int:
+    """Bytes of the intermediates of ``loss(params, data)`` on all N samples (their sum:
+    a bound on what the forward pass, and the gradient's residuals, hold at once)."""
+    spec, params, data = prep.spec, prep.params, prep.data
+    n_train = spec.plan.n
+    shapes = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((n_train,) + a.shape[1:], a.dtype), data)
+    try:
+        jaxpr = jax.make_jaxpr(spec.loss)(params, shapes).jaxpr
+    except Exception:  # noqa: BLE001 - checked by prepare already; fall back to the data
+        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(shapes))
+    total = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if aval is not None and hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+    return total
+
+
+Stream = tuple[int, int]  # (seed, fold or -1): owns a data order
+
+
+class ChunkPlan(NamedTuple):
+    """A block of a group's streams, cut into ``n_chunks`` program calls of equal width."""
+
+    group_index: int
+    tag: str  # the chunk files' prefix in a run folder
+    group: Group
+    streams: list[Stream]
+    per_stream: list[list[int]]  # per stream: its rows (indices into group.rows)
+    width: int  # configurations per stream and call
+    n_chunks: int
+
+
+def plan_chunks(groups: list[Group], chunk_size, memory_budget, epochs, ndev):
+    """Every group's streams split into blocks, each block into chunks of one width."""
+    budget = memory_budget or (2 << 30)
+    plans = []
+    for gi, g in enumerate(groups):
+        streams = sorted({(r.seed, r.fold if r.fold is not None else -1) for r in g.rows})
+        sidx = {st: k for k, st in enumerate(streams)}
+        per_stream: list[list[int]] = [[] for _ in streams]
+        for i, r in enumerate(g.rows):
+            per_stream[sidx[(r.seed, r.fold if r.fold is not None else -1)]].append(i)
+        cap = chunk_size or max(1, min(4096, budget // max(1, bytes_per_config(g.prepared,
+                                                                                epochs))))
+        # more streams (seeds x folds) than a call may hold: split the streams too
+        sb = min(len(streams), cap)
+        for bi, b0 in enumerate(range(0, len(streams), sb)):
+            blk_streams, blk_rows = streams[b0:b0 + sb], per_stream[b0:b0 + sb]
+            S = len(blk_streams)
+            C = max(len(v) for v in blk_rows)
+            width = max(1, min(C, cap // S))
+            width = -(-width // ndev) * ndev
+            tag = f"g{gi:03d}" if len(streams) <= sb else f"g{gi:03d}_s{bi:04d}"
+            plans.append(ChunkPlan(gi, tag, g, blk_streams, blk_rows, width, -(-C // width)))
+    return plans
+
+
+def run_groups(groups: list[Group], data, val_data, fold_split, chunk_size, memory_budget,
+                epochs, mesh, store, progress) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    if mesh is None:
+        mesh = default_mesh()
+    ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+    plans = plan_chunks(groups, chunk_size, memory_budget, epochs, ndev)
+    total = sum(p.n_chunks for p in plans)
+    bar = tqdm(total=total, desc="sweep", unit="chunk", leave=False,
+               disable=not progress or jax.process_index() != 0)  # process 0 draws
+    results = []
+    try:
+        for p in plans:
+            for ci in range(p.n_chunks):
+                bar.set_postfix(group=f"{p.group_index + 1}/{len(groups)}",
+                                width=p.width * len(p.streams))
+                tag = f"{p.tag}_c{ci:05d}"
+                st0 = p.group.prepared.state
+                cached = (store.load_chunk(tag, jax.tree.structure(p.group.prepared.params),
+                                           None if st0 is None else jax.tree.structure(st0))
+                          if store is not None else None)
+                if cached is not None and not np.array_equal(
+                        np.sort(np.asarray(cached.get("config", []))), chunk_configs(p, ci)):
+                    cached = None  # written with another chunk width: recompute
+                cached = agree_cached(cached)
+                if cached is None:
+                    with epoch_progress(p.group.prepared.spec,
+                                        desc=f"group {p.group_index + 1} chunk {ci + 1}"):
+                        cached = run_chunk(p, ci, data, val_data, fold_split, mesh)
+                    if store is not None:
+                        store.save_chunk(tag, cached)
+                results.append(cached)
+                bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+def chunk_configs(p: ChunkPlan, ci: int) -> np.ndarray:
+    """The sorted configuration indices that chunk ``ci`` of a plan holds."""
+    idx = [p.group.rows[r].config for rows in p.per_stream
+           for r in rows[ci * p.width:(ci + 1) * p.width]]
+    return np.sort(np.asarray(idx, np.int64))
+
+
+def chunk_valid(per_stream, ci, width) -> np.ndarray:
+    """[streams, width]: True for the real configurations of chunk ``ci`` (False: padding)."""
+    valid = np.zeros((len(per_stream), width), bool)
+    for s, rows in enumerate(per_stream):
+        valid[s, :len(rows[ci * width:(ci + 1) * width])] = True
+    return valid
+
+
+def agree_progress(progress: bool) -> bool:
+    """With several processes, progress is on when any process asks for it: the progress
+    callback is part of the compiled program, and every process must run the same program
+    (else their collectives mismatch). Only process 0 draws the bars."""
+    if jax.process_count() == 1:
+        return progress
+    from jax.experimental import multihost_utils
+
+    asked = multihost_utils.process_allgather(np.int32(progress))
+    return bool(np.any(np.asarray(asked)))
+
+
+def agree_fingerprint(fingerprint: str | None) -> None:
+    """With several processes, refuse (on every process) a run whose processes were given
+    different sweeps: they would compile different programs and wait for each other's
+    collectives for ever."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    words = np.frombuffer(bytes.fromhex(fingerprint), np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(words)).reshape(-1, words.size)
+    if not (every == words).all():
+        got = ", ".join(f"process {i}: {r.tobytes().hex()}" for i, r in enumerate(every))
+        raise ValueError(f"the {len(every)} processes of this run were given different "
+                         f"sweeps (fingerprints {got}): every process must run the same "
+                         "sweep (the same config file, data and arguments)")
+
+
+def agree_cached(cached):
+    """With several processes, use a stored chunk only if every process has it (else all
+    recompute it: a process that skipped the program would leave the others waiting)."""
+    if jax.process_count() == 1:
+        return cached
+    from jax.experimental import multihost_utils
+
+    have = multihost_utils.process_allgather(np.int32(cached is not None))
+    return cached if bool(np.all(np.asarray(have))) else None
+
+
+class ChunkInputs(NamedTuple):
+    """One program call's configurations and inputs."""
+
+    grid_rows: np.ndarray  # [S, width] row numbers into group.rows (padding repeats one)
+    valid: np.ndarray  # [S, width] False for padding
+    tc: dict[str, Any]  # traced hyper-parameters [S, width] (host arrays)
+    keys: Any  # [S] PRNG keys (the streams' data orders)
+    tidx: Any  # [S, n_train] training indices of a fold, or None
+    vidx: Any
+
+
+def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], ci: int,
+                 width: int, fold_split) -> ChunkInputs:
+    """The inputs of chunk ``ci`` (``width`` configurations per stream) of ``g``'s rows
+    ``per_stream``."""
+    spec, dt = g.prepared.spec, float_dtype(g.prepared.params)
+    S = len(streams)
+    grid_rows = np.zeros((S, width), np.int64)
+    valid = chunk_valid(per_stream, ci, width)
+    for s, rows in enumerate(per_stream):
+        part = rows[ci * width:(ci + 1) * width]
+        grid_rows[s, :] = rows[0]
+        grid_rows[s, :len(part)] = part
+    tc_np = {k: np.asarray([[g.numeric[r][k] for r in row] for row in grid_rows])
+             for k in spec.numeric_names}
+    tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
+    if spec.progress:  # the progress bar counts the active configurations, not padding
+        tc[PROGRESS_VALID] = valid
+    if spec.form.key:
+        tc[KEY_BITS] = np.stack([np.stack([g.key_bits[r] for r in row]) for row in grid_rows])
+    keys = jnp.stack([as_key(s) for s, _ in streams])
+    if fold_split is not None and streams[0][1] >= 0:
+        tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
+        vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))
+    else:
+        tidx = vidx = None
+    return ChunkInputs(grid_rows, valid, tc, keys, tidx, vidx)
+
+
+COMPILE_SECONDS = [0.0]  # JAX's compile time in this process so far (the listener adds)
+
+
+SPEC_COMPILE: dict[Any, float] = {}  # per program spec: the longest compile seen (seconds)
+
+
+def _count_compiles(event: str, secs: float, **_: Any) -> None:
+    if event.startswith("/jax/core/compile/"):
+        COMPILE_SECONDS[0] += secs
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+def note_compile(spec, c0: float) -> float:
+    """The compile seconds since ``c0``, remembered for ``spec`` (an adaptive search
+    weighs a new width's compile against the compute it saves)."""
+    secs = COMPILE_SECONDS[0] - c0
+    SPEC_COMPILE[spec] = max(secs, SPEC_COMPILE.get(spec, 0.0))
+    return secs
+
+
+def run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[str, Any]:
+    """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
+    configuration, with their indices under ``"config"``."""
+    g, S, width = p.group, len(p.streams), p.width
+    spec, params = g.prepared.spec, g.prepared.params
+    ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, fold_split)
+    prog, columns = program_for(spec, params, ch.tc, S * width)
+    args, put_scalar = program_args(g, ch, data, mesh)
+    c0 = COMPILE_SECONDS[0]
+    out = run_program(prog, spec, columns, args, to_host=to_host, put_scalar=put_scalar)
+    note_compile(spec, c0)
+    idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
+           if ch.valid[s, c]]
+    sel = np.nonzero(ch.valid.reshape(-1))[0]
+    flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
+    # a chunk as the run folder stores it: the program's outputs by name, and the
+    # configurations they belong to
+    return {**flat._asdict(), "config": np.asarray(idx, np.int64)}
+
+
+def program_args(g: Group, ch: ChunkInputs, data, mesh):
+    """(the program's ``(params0, data, val, tc, keys, tidx, vidx, state0)``, on the mesh
+    when there is one; the function that makes a host scalar a program input)."""
+    spec = g.prepared.spec
+    args = (None if spec.init_fn is not None else g.prepared.params, data,
+            g.prepared.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx, g.prepared.state)
+    if mesh is None:
+        return args, lambda v: v
+    return shard_args(mesh, args), functools.partial(replicated, mesh)
+
+
+def shard_args(mesh, args):
+    """Global arrays: configurations split over the mesh, everything else replicated."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    params, data, val, tc, keys, tidx, vidx, state = args
+    rep = NamedSharding(mesh, P())
+    cfg = NamedSharding(mesh, P(None, "config"))
+
+    def put(x, sharding):
+        if x is None:
+            return None
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            kd = np.asarray(jax.random.key_data(x))
+            arr = jax.make_array_from_callback(kd.shape, sharding, lambda i: kd[i])
+            return jax.random.wrap_key_data(arr)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+    tree_put = lambda t, s: jax.tree.map(lambda x: put(x, s), t)  # noqa: E731
+    return (tree_put(params, rep), tree_put(data, rep), tree_put(val, rep),
+            tree_put(tc, cfg), put(keys, rep), put(tidx, rep), put(vidx, rep),
+            tree_put(state, rep))
+
+
+def replicated(mesh, value):
+    """A host value as a global array every device holds whole (the same on every
+    process)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, NamedSharding(mesh, P()),
+                                        lambda i: host[i])
+
+
+def to_host(x):
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
