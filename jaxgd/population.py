@@ -31,18 +31,16 @@ from .engine import (
     to_host,
 )
 from .groups import Group
+from .loop import layout, state_axes, state_layout
 from .program import (
     DIVERGED,
     epoch_progress,
     evals_of,
     finalize,
     history_columns,
-    layout,
     metric_history_names,
     program_for,
     run_blocks,
-    state_axes,
-    state_layout,
     unpack_history,
 )
 from .stops import code as stop_code

@@ -119,7 +119,7 @@ def test_sub_blocks_equal_one_evaluation_at_a_time(monkeypatch, stop, min_rows):
     monkeypatch.setattr(program, "HISTORY_MIN_ROWS", min_rows)
     runs = []
     for sub in (1, 4):
-        monkeypatch.setattr(program, "sub_rows", lambda hist, rows, sub=sub: min(rows, sub))
+        monkeypatch.setattr(jaxgd.loop, "sub_rows", lambda hist, rows, sub=sub: min(rows, sub))
         program.compiled_program.cache_clear()
         runs.append(_fit(**stop))
     program.compiled_program.cache_clear()
@@ -143,7 +143,7 @@ def test_block_stops_at_end_inside_a_sub_block():
         jaxgd.fit(mse, P0, (X, Y), optimizer="sgd", hparams={"learning_rate": 0.1},
                   epochs=40)
     prog, (p0, data, val, tc, keys, tidx, vidx, *s0) = cap["prog"], cap["args"]
-    assert program.sub_rows({"scalars": jnp.zeros((prog.rows, 5))}, prog.rows) > 4
+    assert jaxgd.loop.sub_rows({"scalars": jnp.zeros((prog.rows, 5))}, prog.rows) > 4
     st0 = prog.init(p0, data, val, tc, keys, tidx, vidx, *s0)
 
     def call(st, start, end):
