@@ -1,7 +1,7 @@
 """Validation of ``fit``/``sweep`` arguments, before anything is compiled.
 
 :func:`prepare` checks every argument and builds the hashable
-:class:`~jaxgd.program.ProgramSpec` that keys the compiled program.
+:class:`~jaxgd.spec.ProgramSpec` that keys the compiled program.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from . import lossform, optim, options, stops
 from .data import BatchPlan, batch_plan
-from .program import ProgramSpec
+from .spec import ProgramSpec
 
 
 def as_key(key: Any, name: str = "key") -> jax.Array:
