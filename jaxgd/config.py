@@ -20,7 +20,7 @@ A configuration has four tables (every key is documented with examples in
     n = 32
     l2 = ["loguniform", 1e-5, 1e-1]
     [search]                      # optional: adaptive search (jaxgd.search)
-    method = "halving"            # "halving", "hyperband" or "pbt"
+    method = "halving"            # "halving", "hyperband", "pbt" or "median"
     eta = 3
 
 Reading is two steps so that a command line can check a file before starting JAX:

@@ -7,23 +7,23 @@ and the program calls.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import lossform
 from .groups import Group
+from .loop import state_axes
+from .observers import Call, Observer
 from .prepare import Prepared, as_key, tc_array
-from .program import (
-    KEY_BITS,
-    PROGRESS_VALID,
-    epoch_progress,
-    float_dtype,
-    program_for,
-    run_program,
-)
+from .program import Program, program_for, unpack_history
+from .spec import KEY_BITS, PROGRESS_VALID, ProgramSpec, evals_of, float_dtype
 
 
 def default_mesh() -> jax.sharding.Mesh | None:
@@ -117,45 +117,6 @@ def plan_chunks(groups: list[Group], chunk_size, memory_budget, epochs, ndev):
             tag = f"g{gi:03d}" if len(streams) <= sb else f"g{gi:03d}_s{bi:04d}"
             plans.append(ChunkPlan(gi, tag, g, blk_streams, blk_rows, width, -(-C // width)))
     return plans
-
-
-def run_groups(groups: list[Group], data, val_data, fold_split, chunk_size, memory_budget,
-                epochs, mesh, store, progress) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    if mesh is None:
-        mesh = default_mesh()
-    ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
-    plans = plan_chunks(groups, chunk_size, memory_budget, epochs, ndev)
-    total = sum(p.n_chunks for p in plans)
-    bar = tqdm(total=total, desc="sweep", unit="chunk", leave=False,
-               disable=not progress or jax.process_index() != 0)  # process 0 draws
-    results = []
-    try:
-        for p in plans:
-            for ci in range(p.n_chunks):
-                bar.set_postfix(group=f"{p.group_index + 1}/{len(groups)}",
-                                width=p.width * len(p.streams))
-                tag = f"{p.tag}_c{ci:05d}"
-                st0 = p.group.prepared.state
-                cached = (store.load_chunk(tag, jax.tree.structure(p.group.prepared.params),
-                                           None if st0 is None else jax.tree.structure(st0))
-                          if store is not None else None)
-                if cached is not None and not np.array_equal(
-                        np.sort(np.asarray(cached.get("config", []))), chunk_configs(p, ci)):
-                    cached = None  # written with another chunk width: recompute
-                cached = agree_cached(cached)
-                if cached is None:
-                    with epoch_progress(p.group.prepared.spec,
-                                        desc=f"group {p.group_index + 1} chunk {ci + 1}"):
-                        cached = run_chunk(p, ci, data, val_data, fold_split, mesh)
-                    if store is not None:
-                        store.save_chunk(tag, cached)
-                results.append(cached)
-                bar.update(1)
-    finally:
-        bar.close()
-    return results
 
 
 def chunk_configs(p: ChunkPlan, ci: int) -> np.ndarray:
@@ -252,54 +213,12 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
     return ChunkInputs(grid_rows, valid, tc, keys, tidx, vidx)
 
 
-COMPILE_SECONDS = [0.0]  # JAX's compile time in this process so far (the listener adds)
-
-
-SPEC_COMPILE: dict[Any, float] = {}  # per program spec: the longest compile seen (seconds)
-
-
-def _count_compiles(event: str, secs: float, **_: Any) -> None:
-    if event.startswith("/jax/core/compile/"):
-        COMPILE_SECONDS[0] += secs
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compiles)
-
-
-def note_compile(spec, c0: float) -> float:
-    """The compile seconds since ``c0``, remembered for ``spec`` (an adaptive search
-    weighs a new width's compile against the compute it saves)."""
-    secs = COMPILE_SECONDS[0] - c0
-    SPEC_COMPILE[spec] = max(secs, SPEC_COMPILE.get(spec, 0.0))
-    return secs
-
-
-def run_chunk(p: ChunkPlan, ci: int, data, val_data, fold_split, mesh) -> dict[str, Any]:
-    """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
-    configuration, with their indices under ``"config"``."""
-    g, S, width = p.group, len(p.streams), p.width
-    spec, params = g.prepared.spec, g.prepared.params
-    ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, fold_split)
-    prog, columns = program_for(spec, params, ch.tc, S * width)
-    args, put_scalar = program_args(g, ch, data, mesh)
-    c0 = COMPILE_SECONDS[0]
-    out = run_program(prog, spec, columns, args, to_host=to_host, put_scalar=put_scalar)
-    note_compile(spec, c0)
-    idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
-           if ch.valid[s, c]]
-    sel = np.nonzero(ch.valid.reshape(-1))[0]
-    flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
-    # a chunk as the run folder stores it: the program's outputs by name, and the
-    # configurations they belong to
-    return {**flat._asdict(), "config": np.asarray(idx, np.int64)}
-
-
-def program_args(g: Group, ch: ChunkInputs, data, mesh):
+def program_args(prep: Prepared, ch: ChunkInputs, data, mesh):
     """(the program's ``(params0, data, val, tc, keys, tidx, vidx, state0)``, on the mesh
     when there is one; the function that makes a host scalar a program input)."""
-    spec = g.prepared.spec
-    args = (None if spec.init_fn is not None else g.prepared.params, data,
-            g.prepared.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx, g.prepared.state)
+    spec = prep.spec
+    args = (None if spec.init_fn is not None else prep.params, data,
+            prep.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx, prep.state)
     if mesh is None:
         return args, lambda v: v
     return shard_args(mesh, args), functools.partial(replicated, mesh)
@@ -347,3 +266,242 @@ def to_host(x):
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def agree_floats(values: list[float]) -> list[float]:
+    """With several processes, process 0's values on every process (decisions taken from
+    timings must be the same everywhere)."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    return [float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values))]
+
+
+def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
+    """The inputs of one configuration (``fit``): a block of 1 stream x 1 configuration,
+    its traced values on the device."""
+    spec, dt = prep.spec, float_dtype(prep.params)
+    tc = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
+    if spec.form.key:  # the configuration's words of its loss keys (jaxgd.loss_key)
+        tc[KEY_BITS] = lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
+    one = np.zeros((1, 1), np.int64)
+    return ChunkInputs(one, one == 0, jax.device_put(tc), key[None], None, None)
+
+
+# ------------------------------------------------------------------ compile timing
+
+class CompileClock:
+    """JAX's compile seconds while a run is going (a ``jax.monitoring`` listener that is
+    registered when the run starts and removed when it ends).
+
+    The longest compile seen per program spec is kept for the process (as the compiled
+    programs are): an adaptive search weighs a new width's compile against the compute
+    it saves, and a program compiled by an earlier run compiles for free in this one.
+    """
+
+    longest: dict[Any, float] = {}  # per program spec: the longest compile seen (seconds)
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def _listen(self, event: str, secs: float, **_: Any) -> None:
+        if event.startswith("/jax/core/compile/"):
+            self.seconds += secs
+
+    def __enter__(self) -> CompileClock:
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+    def note(self, spec, c0: float) -> float:
+        """The compile seconds since ``c0``, remembered for ``spec``."""
+        secs = self.seconds - c0
+        self.longest[spec] = max(secs, self.longest.get(spec, 0.0))
+        return secs
+
+
+# ------------------------------------------------------------------ the engine
+
+class Advanced(NamedTuple):
+    """What a program call returned (leading axes [streams, width])."""
+
+    state: Any  # the program state after the call, in the program's layout, on the device
+    out: Any  # jaxgd.spec.ProgramOutput of host arrays (history: see ``hist``)
+    hist: dict[str, np.ndarray]  # the packed history rows of the evaluations run
+    columns: tuple[str, ...]  # the names of the packed scalar history columns
+    keys: Any  # the call's stream keys and traced values (they fix the state's layout)
+    tc: Any
+    compile_s: float  # JAX compile seconds during the call
+    seconds: float  # wall seconds of the call
+
+    def host_state(self) -> Any:
+        """The state with its leading [stream, config] axes, as host arrays."""
+        return jax.tree.map(to_host, state_axes(self.state, self.keys, self.tc))
+
+    def output(self, spec) -> Any:
+        """The program's outputs with the history unpacked by name."""
+        hist = dict(self.hist)
+        return self.out._replace(history=unpack_history(spec, self.columns, hist,
+                                                        self.out.init_loss.dtype))
+
+
+class Engine:
+    """Advances training states between evaluations: ``fit`` (one configuration), a sweep
+    (groups cut into chunks) and an adaptive search (a population advanced rung by rung)
+    all run their programs through :meth:`advance`.
+
+    Args:
+      data, val_data: the training and validation data (validated).
+      fold_split: the k-fold index split, or None.
+      mesh: the device mesh the configurations are split over (None: one device).
+      observers: :class:`jaxgd.observers.Observer` objects told of every boundary.
+
+    Use as ``with engine.running(n_calls):`` around the calls: the compile clock runs and
+    the observers see the run start and end.
+    """
+
+    def __init__(self, data, val_data=None, fold_split=None, mesh=None,
+                 observers: Sequence[Observer] = ()):
+        self.data, self.val_data, self.fold_split = data, val_data, fold_split
+        self.mesh = mesh
+        self.ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+        self.observers = list(observers)
+        self.clock = CompileClock()
+
+    def notify(self, event: str, *args) -> None:
+        for o in self.observers:
+            getattr(o, event)(*args)
+
+    @contextlib.contextmanager
+    def running(self, n_calls: int | None = None):
+        with self.clock:
+            self.notify("run_start", n_calls)
+            try:
+                yield self
+            finally:
+                self.notify("run_end")
+
+    def advance(self, prep: Prepared, ch: ChunkInputs, start: int, end: int, call: Call, *,
+                state: Callable[[Any, Any], Any] | None = None, pad: bool = False
+                ) -> Advanced:
+        """Evaluations ``start`` up to ``end`` of the configurations of ``ch``, from their
+        initial state (``state`` None) or from ``state(keys, tc)`` (a state in the
+        program's layout for the call's sharded keys and traced values)."""
+        spec = prep.spec
+        S, width = ch.grid_rows.shape
+        prog, columns = program_for(spec, prep.params, ch.tc, S * width)
+        args, put_scalar = program_args(prep, ch, self.data, self.mesh)
+        params0, data, val, tc, keys, tidx, vidx, state0 = args
+        self.notify("call_start", call)
+        try:
+            t0, c0 = time.perf_counter(), self.clock.seconds
+            st = (prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
+                  if state is None else state(keys, tc))
+            st, out, hist = run_blocks(
+                prog, spec, st, start, end, (data, val, tc, keys, tidx, vidx),
+                to_host=to_host, put_scalar=put_scalar, pad=pad,
+                on_block=lambda at: self.notify("block_end", call, at))
+        finally:
+            self.notify("call_end", call)
+        comp = self.clock.note(spec, c0)
+        return Advanced(st, out, hist, columns, keys, tc, comp, time.perf_counter() - t0)
+
+    def run_chunk(self, p: ChunkPlan, ci: int, call: Call) -> dict[str, Any]:
+        """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
+        configuration, with their indices under ``"config"``."""
+        g, S, width = p.group, len(p.streams), p.width
+        spec = g.prepared.spec
+        ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, self.fold_split)
+        out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call).output(spec)
+        idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
+               if ch.valid[s, c]]
+        sel = np.nonzero(ch.valid.reshape(-1))[0]
+        flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
+        # a chunk as the run folder stores it: the program's outputs by name, and the
+        # configurations they belong to
+        return {**flat._asdict(), "config": np.asarray(idx, np.int64)}
+
+    def run_plans(self, plans: list[ChunkPlan], n_groups: int, store=None
+                  ) -> list[dict[str, Any]]:
+        """Every chunk of ``plans`` (a plain sweep), each read back from the run folder
+        ``store`` when it holds it, else run (and saved there)."""
+        results = []
+        with self.running(sum(p.n_chunks for p in plans)):
+            for p in plans:
+                spec = p.group.prepared.spec
+                for ci in range(p.n_chunks):
+                    call = Call(spec, p.group_index, n_groups, p.width * len(p.streams), 0,
+                                evals_of(spec)[1], f"group {p.group_index + 1} chunk {ci + 1}")
+                    tag = f"{p.tag}_c{ci:05d}"
+                    cached = self.load_chunk(store, p, ci, tag)
+                    if cached is None:
+                        cached = self.run_chunk(p, ci, call)
+                        if store is not None:
+                            store.save_chunk(tag, cached)
+                    else:
+                        self.notify("call_start", call._replace(cached=True))
+                        self.notify("call_end", call._replace(cached=True))
+                    results.append(cached)
+        return results
+
+    @staticmethod
+    def load_chunk(store, p: ChunkPlan, ci: int, tag: str) -> dict[str, Any] | None:
+        """Chunk ``ci`` as the run folder holds it, if every process has it and it holds
+        the configurations this plan puts in it; else None."""
+        st0 = p.group.prepared.state
+        cached = (store.load_chunk(tag, jax.tree.structure(p.group.prepared.params),
+                                   None if st0 is None else jax.tree.structure(st0))
+                  if store is not None else None)
+        if cached is not None and not np.array_equal(
+                np.sort(np.asarray(cached.get("config", []))), chunk_configs(p, ci)):
+            cached = None  # written with another chunk width: recompute
+        return agree_cached(cached)
+
+
+def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
+               to_host: Callable[[Any], Any] = np.asarray,
+               put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False,
+               on_block: Callable[[int], None] = lambda at: None):
+    """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
+    layout), stopping early when no configuration is active; ``args = (data, val, tc,
+    keys, tidx, vidx)``; ``on_block(at)`` is called on the host after each block (``at``:
+    the evaluation the next block would start from). Returns (state, host outputs, packed
+    host history of the evaluations run: ``end - start`` rows with ``pad``, NaN for those
+    not run).
+
+    The decision to run another block comes from a value every device (and process)
+    holds whole, so every process runs the same number of blocks. ``to_host`` brings an
+    output array home; ``put_scalar`` makes a block's start index a program input."""
+    K, _ = evals_of(spec)
+    parts = []
+    at = start
+    while at < end:
+        st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
+                                         put_scalar(np.int32(end)), *args)
+        parts.append(jax.tree.map(to_host, hist))
+        at += prog.rows
+        on_block(min(at, end))
+        if not replicated_bool(more):
+            break
+    out = jax.tree.map(to_host, out)
+    n = end - start
+    hist = {}
+    for k in parts[0]:
+        h = np.concatenate([p[k] for p in parts], axis=2)
+        want = min(n * K, spec.epochs - start * K) if k == "step_loss" else n
+        h = h[:, :, :want]
+        if pad and h.shape[2] < want:
+            fill = np.full(h.shape[:2] + (want - h.shape[2],) + h.shape[3:], np.nan, h.dtype)
+            h = np.concatenate([h, fill], axis=2)
+        hist[k] = h
+    return st, out, hist
+
+
+def replicated_bool(x) -> bool:
+    """A scalar every device holds whole (the program's reduction over configurations)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return bool(np.asarray(x.addressable_data(0)))
+    return bool(np.asarray(x))

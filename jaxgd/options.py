@@ -288,11 +288,13 @@ _TRAIN: tuple[Option, ...] = (
     Option("only", None, "Iterable[int] | None",
            "indices of the configurations to run (to spread a sweep over launchers; combine "
            "the parts with :meth:`SweepResult.concat`).", scope=SWEEP, fingerprint="own"),
-    Option("search", None, "jaxgd.search.Halving | jaxgd.search.PBT | dict | None",
+    Option("search", None,
+           "jaxgd.search.Halving | jaxgd.search.PBT | jaxgd.search.Median | dict | None",
            "an adaptive search instead of training every configuration for ``epochs``: "
            "successive halving / Hyperband (``jaxgd.search.Halving``, "
-           "``jaxgd.search.hyperband``) or population-based training "
-           "(``jaxgd.search.PBT``); see :mod:`jaxgd.search`. Pruned configurations have "
+           "``jaxgd.search.hyperband``), population-based training "
+           "(``jaxgd.search.PBT``) or the median stopping rule (``jaxgd.search.Median``); "
+           "see :mod:`jaxgd.search`. Pruned configurations have "
            "``stop_reason == \"pruned\"``; PBT's hyper-parameters over time are in "
            "``SweepResult.lineage``.", scope=SWEEP, fingerprint="own"),
     Option("out", None, "str | PathLike | None",

@@ -716,63 +716,6 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
     return init, block
 
 
-def run_program(prog: Program, spec: ProgramSpec, columns: tuple[str, ...], args, *,
-                to_host: Callable[[Any], Any] = np.asarray,
-                put_scalar: Callable[[Any], Any] = lambda v: v) -> ProgramOutput:
-    """Run ``prog`` on ``args = (params0, data, val, tc, keys, tidx, vidx[, state0])``
-    block by block until no configuration is active or every evaluation has run; returns
-    host (numpy) outputs with the history blocks concatenated (leading axes [S, C]).
-
-    The decision to run another block comes from a value every device (and process)
-    holds whole, so every process runs the same number of blocks. ``to_host`` brings an
-    output array home; ``put_scalar`` makes the block's start index a program input.
-    """
-    _, n_evals = evals_of(spec)
-    params0, data, val, tc, keys, tidx, vidx, *state0 = args
-    st = prog.init(params0, data, val, tc, keys, tidx, vidx, *state0)
-    _, out, hist = run_blocks(prog, spec, st, 0, n_evals, (data, val, tc, keys, tidx, vidx),
-                              to_host=to_host, put_scalar=put_scalar)
-    return out._replace(history=unpack_history(spec, columns, hist, out.init_loss.dtype))
-
-
-def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
-               to_host: Callable[[Any], Any] = np.asarray,
-               put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False):
-    """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
-    layout), stopping early when no configuration is active; ``args = (data, val, tc,
-    keys, tidx, vidx)``. Returns (state, host outputs, packed host history of the
-    evaluations run: ``end - start`` rows with ``pad``, NaN for those not run)."""
-    K, _ = evals_of(spec)
-    parts = []
-    at = start
-    while at < end:
-        st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
-                                         put_scalar(np.int32(end)), *args)
-        parts.append(jax.tree.map(to_host, hist))
-        at += prog.rows
-        if not _replicated_bool(more):
-            break
-    out = jax.tree.map(to_host, out)
-    n = end - start
-    hist = {}
-    for k in parts[0]:
-        h = np.concatenate([p[k] for p in parts], axis=2)
-        want = min(n * K, spec.epochs - start * K) if k == "step_loss" else n
-        h = h[:, :, :want]
-        if pad and h.shape[2] < want:
-            fill = np.full(h.shape[:2] + (want - h.shape[2],) + h.shape[3:], np.nan, h.dtype)
-            h = np.concatenate([h, fill], axis=2)
-        hist[k] = h
-    return st, out, hist
-
-
-def _replicated_bool(x) -> bool:
-    """A scalar every device holds whole (the program's reduction over configurations)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return bool(np.asarray(x.addressable_data(0)))
-    return bool(np.asarray(x))
-
-
 def unpack_history(spec: ProgramSpec, columns: tuple[str, ...], hist: dict[str, np.ndarray],
                    dt) -> dict[str, np.ndarray]:
     """History arrays by name ([S, C, rows, ...]) from the packed blocks."""
@@ -785,40 +728,22 @@ def unpack_history(spec: ProgramSpec, columns: tuple[str, ...], hist: dict[str, 
     return out
 
 
-_EPOCH_BAR: list[Any] = [None]
+# where the program's progress callback reports (done evaluations, active
+# configurations): a function the host sets while a call runs (jaxgd.observers)
+_PROGRESS_SINK: list[Callable[[int, int], None] | None] = [None]
+
+
+def set_progress_sink(sink: Callable[[int, int], None] | None) -> None:
+    """Send the running program's progress reports to ``sink(done, active)`` (None: drop
+    them). The callback compiled into the program is :func:`_progress_tick`, which stays
+    the same function, so setting a sink never re-traces."""
+    _PROGRESS_SINK[0] = sink
+
+
 def _progress_tick(done, active) -> None:
-    bar = _EPOCH_BAR[0]
-    if bar is not None:
-        bar.n = max(bar.n, int(done) * bar.epochs_per_tick)
-        bar.set_postfix(active=int(active), refresh=False)
-        bar.refresh()
-
-
-class epoch_progress:
-    """Context manager: a tqdm bar over the epochs of the programs run inside it.
-
-    The bar is drawn by process 0 only; other processes run the same program (whose
-    progress callback executes on device 0) and draw nothing.
-    """
-
-    def __init__(self, spec: ProgramSpec, desc: str = "epochs", enabled: bool = True):
-        self.spec, self.desc = spec, desc
-        self.enabled = enabled and spec.progress and jax.process_index() == 0
-
-    def __enter__(self):
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.spec.epochs, desc=self.desc, unit="epoch", leave=False)
-            bar.epochs_per_tick = min(self.spec.eval_every, self.spec.epochs)
-            _EPOCH_BAR[0] = bar
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled and _EPOCH_BAR[0] is not None:
-            jax.effects_barrier()
-            _EPOCH_BAR[0].close()
-            _EPOCH_BAR[0] = None
+    sink = _PROGRESS_SINK[0]
+    if sink is not None:
+        sink(int(done), int(active))
 
 
 @functools.lru_cache(maxsize=256)

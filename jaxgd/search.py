@@ -39,47 +39,47 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._checks import is_int
-from .search_base import default_metric, ranked
-from .search_halving import (
-    Bracket,
-    Halving,
-    brackets,
-    check_halving,
-    hyperband,
-    max_bracket,
-    rung_ends,
-)
-from .search_pbt import PBT, Exploit, check_pbt, draw, exploit, explore
+from .search_base import Method, default_metric, ranked
+from .search_halving import Bracket, Halving, brackets, hyperband, max_bracket, rung_ends
+from .search_median import Median, check_points, median_stops
+from .search_pbt import PBT, Exploit, draw, exploit, explore
 
-__all__ = ["PBT", "Halving", "hyperband", "from_dict"]
+__all__ = ["PBT", "Halving", "Median", "hyperband", "from_dict", "METHODS"]
 # (the methods' helpers, re-exported: the decisions tests replay)
 _REEXPORTED = (Bracket, brackets, max_bracket, rung_ends, ranked, default_metric, Exploit,
-               draw, exploit, explore)
+               draw, exploit, explore, check_points, median_stops, Method)
 
+Search = Halving | PBT | Median
 
-Search = Halving | PBT
-METHODS = ("halving", "hyperband", "pbt")
+# The registry: each TOML ``method`` name -> (its class, the defaults that name implies).
+# A new method is one file (its class: see jaxgd.search_base.Method) and one line here.
+METHODS: dict[str, tuple[type, dict[str, Any]]] = {
+    "halving": (Halving, {}),
+    "hyperband": (Halving, {"brackets": 0}),
+    "pbt": (PBT, {}),
+    "median": (Median, {}),
+}
+# the keys a TOML table gives as lists where the class takes tuples
+_TUPLES = ("average", "perturb", "explore")
 
 
 def from_dict(d: Mapping[str, Any], where: str = "search") -> Search:
-    """A search from a TOML ``[search]`` table: ``method = "halving" | "hyperband" |
-    "pbt"`` and the keyword arguments of :class:`Halving` / :class:`PBT`."""
+    """A search from a TOML ``[search]`` table: ``method`` (a name of :data:`METHODS`:
+    ``"halving"``, ``"hyperband"``, ``"pbt"``, ``"median"``) and the keyword arguments of
+    its class."""
     d = dict(d)
     method = d.pop("method", None)
     if method not in METHODS:
-        raise ValueError(f"{where}: method={method!r} must be one of {METHODS}")
-    cls = PBT if method == "pbt" else Halving
-    unknown = sorted(set(d) - set(cls._fields) - ({"brackets"} if method == "hyperband"
-                                                    else set()))
+        raise ValueError(f"{where}: method={method!r} must be one of {tuple(METHODS)}")
+    cls, implied = METHODS[method]
+    unknown = sorted(set(d) - set(cls._fields) - set(implied))
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r} for method={method!r}; "
                          f"keys: {list(cls._fields)}")
-    for k in ("average", "perturb", "explore"):
+    for k in _TUPLES:
         if isinstance(d.get(k), list):
             d[k] = tuple(d[k])
-    if method == "hyperband":
-        d.setdefault("brackets", 0)
+    d = {**implied, **d}
     needed = [k for k in cls._fields if k not in cls._field_defaults and k not in d]
     if needed:
         raise ValueError(f"{where}: method={method!r} needs {needed[0]} = ... (e.g. "
@@ -96,24 +96,11 @@ def check(search: Any, epochs: int, eval_every: int) -> Search:
     """``search`` validated (one-line ValueError/TypeError naming the value)."""
     if isinstance(search, Mapping):
         search = from_dict(search)
-    if not isinstance(search, Halving | PBT):
+    classes = tuple(dict.fromkeys(cls for cls, _ in METHODS.values()))
+    if not isinstance(search, classes):
         raise TypeError(f"search={search!r} must be jaxgd.search.Halving(...), "
-                        "jaxgd.search.hyperband(...), jaxgd.search.PBT(...) or a dict with "
-                        f"method in {METHODS}")
-    if search.mode not in ("min", "max"):
-        raise ValueError(f"search mode={search.mode!r} must be 'min' or 'max'")
-    if search.metric is not None and not isinstance(search.metric, str):
-        raise TypeError(f"search metric={search.metric!r} must be a history column name")
-    if not is_int(search.seed) or search.seed < 0:
-        raise ValueError(f"search seed={search.seed!r} must be an integer >= 0")
-    if isinstance(search, Halving):
-        check_halving(search, epochs, eval_every)
-    else:
-        check_pbt(search, epochs, eval_every)
+                        "jaxgd.search.hyperband(...), jaxgd.search.PBT(...), "
+                        "jaxgd.search.Median(...) or a dict with method in "
+                        f"{tuple(METHODS)}")
+    search.validate(epochs, eval_every)
     return search
-
-
-# --------------------------------------------------------------------- halving brackets
-
-# ------------------------------------------------------------------------------ PBT
-

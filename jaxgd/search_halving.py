@@ -11,9 +11,7 @@ import numpy as np
 
 from ._checks import is_int
 from .fingerprint import stable_repr
-from .population import SearchRun, checkpoint, member_value, run_members
-from .program import evals_of
-from .search_base import ranked
+from .search_base import check_common, ranked
 
 
 class Halving(NamedTuple):
@@ -53,6 +51,22 @@ class Halving(NamedTuple):
     brackets: int = 1
     seed: int = 0
     compact: bool | str = "auto"
+
+    def validate(self, epochs: int, eval_every: int) -> None:
+        check_common(self)
+        check_halving(self, epochs, eval_every)
+
+    def validate_axes(self, axes: set[str]) -> None:
+        missing = [a for a in self.average if a not in axes]
+        if missing:
+            raise ValueError(f"search average={list(self.average)!r}: {missing[0]!r} is "
+                             f"not a swept axis (axes: {sorted(axes)})")
+
+    def run(self, pop, metric: str, resume: dict[str, Any] | None) -> None:
+        run_halving(pop, self, metric, resume)
+
+    def finish(self, result, outcome) -> None:
+        pass
 
 
 def hyperband(eta: int = 3, min_epochs: int = 1, metric: str | None = None, mode: str = "min",
@@ -153,23 +167,20 @@ def brackets(h: Halving, units: list[Any], epochs: int, eval_every: int) -> list
     return out
 
 
-def run_halving(run: SearchRun, h: Halving, cfgs, metric: str,
-                 resume: dict[str, Any] | None = None) -> None:
-    """Successive halving / Hyperband over the members (see :mod:`jaxgd.search`),
+def run_halving(pop, h: Halving, metric: str, resume: dict[str, Any] | None = None) -> None:
+    """Successive halving / Hyperband over the population (see :mod:`jaxgd.search`),
     continuing after the boundary ``resume`` (a saved one) if given."""
-    K, _ = evals_of(run.groups[0].prepared.spec)
+    K, _ = pop.evals()
     units: dict[Any, list[tuple[int, int]]] = {}
-    for (gi, r) in run.members:
-        c = cfgs[run.groups[gi].rows[r].config]
-        key = (tuple(sorted((k, stable_repr(v)) for k, v in c.items()
-                            if k not in h.average)) if h.average
-               else run.groups[gi].rows[r].config)
-        units.setdefault(key, []).append((gi, r))
-    order = sorted(units, key=lambda u: min(run.groups[gi].rows[r].config
-                                            for gi, r in units[u]))
+    for key in pop.members:
+        c = pop.cfgs[pop.config(key)]
+        unit = (tuple(sorted((k, stable_repr(v)) for k, v in c.items()
+                             if k not in h.average)) if h.average else pop.config(key))
+        units.setdefault(unit, []).append(key)
+    order = sorted(units, key=lambda u: min(pop.config(k) for k in units[u]))
     index = {u: j for j, u in enumerate(order)}
     at = resume or {"bracket": -1, "rung": -1, "live": []}
-    brs = brackets(h, order, run.epochs, K)
+    brs = brackets(h, order, pop.epochs, K)
     for b, br in enumerate(brs):
         if b < at["bracket"]:
             continue
@@ -181,28 +192,22 @@ def run_halving(run: SearchRun, h: Halving, cfgs, metric: str,
             if i < first:
                 continue
             desc = f"bracket {b + 1}/{len(brs)} rung {i + 1}/{len(br.rungs)}"
-            run_members(run, [k for u in live for k in units[u]], start, end, desc)
+            pop.advance([k for u in live for k in units[u]], start, end, desc)
             if i < len(br.rungs) - 1:
-                live = prune(run, live, units, keep, metric, h.mode)
+                live = prune(pop, live, units, keep, metric, h.mode)
                 start = end
             else:
                 live = []
-            checkpoint(run, {"bracket": b, "rung": i, "live": [index[u] for u in live]})
+            pop.checkpoint({"bracket": b, "rung": i, "live": [index[u] for u in live]})
 
 
-def prune(run: SearchRun, live: list[Any], units, keep: int, metric: str, mode: str):
+def prune(pop, live: list[Any], units, keep: int, metric: str, mode: str):
     """The ``keep`` best units of ``live`` (by their members' mean ``metric``); the other
-    units' active members are pruned."""
-    values = {}
-    for u in live:
-        vals = [member_value(run, gi, run.members[(gi, r)], metric, mode)
-                for gi, r in units[u]]
-        values[u] = float(np.mean(vals))
+    units' active members are stopped."""
+    values = {u: float(np.mean([pop.value(k, metric, mode) for k in units[u]]))
+              for u in live}
     kept = set(ranked(values, mode)[:keep])
     for u in live:
         for k in units[u] if u not in kept else ():
-            m = run.members[k]
-            if m.active:
-                m.pruned = True
-                m.state = m.state._replace(active=np.zeros_like(m.state.active))
+            pop.stop(k)
     return [u for u in live if u in kept]

@@ -6,15 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
 from ._checks import is_int, is_real
 from .axes import STREAM_AXES, check_axis_value
 from .groups import Group
-from .population import SearchRun, checkpoint, member_value, run_members
-from .program import evals_of
-from .search_base import ranked
+from .search_base import check_common, ranked
 
 
 class PBT(NamedTuple):
@@ -45,6 +42,22 @@ class PBT(NamedTuple):
     metric: str | None = None
     mode: str = "min"
     seed: int = 0
+
+    def validate(self, epochs: int, eval_every: int) -> None:
+        check_common(self)
+        check_pbt(self, epochs, eval_every)
+
+    def validate_axes(self, axes: set[str]) -> None:
+        pass
+
+    def run(self, pop, metric: str, resume: dict[str, Any] | None) -> list[dict[str, Any]]:
+        return run_pbt(pop, self, metric, resume)
+
+    def finish(self, result, lineage: list[dict[str, Any]]) -> None:
+        import pandas as pd
+
+        result.lineage = pd.DataFrame(lineage)
+        pbt_final_columns(result)
 
 
 def check_pbt(p: PBT, epochs: int, eval_every: int) -> None:
@@ -109,17 +122,17 @@ def draw(prior: Any, rng: np.random.Generator) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def run_pbt(run: SearchRun, p: PBT, cfgs, priors, metric: str,
-             resume: dict[str, Any] | None = None):
-    """Population-based training over the members, continuing after the boundary
+def run_pbt(pop, p: PBT, metric: str, resume: dict[str, Any] | None = None):
+    """Population-based training over the population, continuing after the boundary
     ``resume`` (a saved one) if given; returns the lineage rows."""
-    if len(run.groups) != 1:
+    if len(pop.groups) != 1:
         raise ValueError("search=PBT(...) needs every configuration in one compiled group "
                          "(the same optimizer, batch size, accumulate, schedule and shapes): "
-                         f"this sweep has {len(run.groups)} groups")
-    g = run.groups[0]
-    names = explored(p, g, cfgs)
-    K, n_evals = evals_of(g.prepared.spec)
+                         f"this sweep has {len(pop.groups)} groups")
+    g = pop.groups[0]
+    names = explored(p, g, pop.cfgs)
+    prior = priors(pop.grid, pop.random)
+    K, n_evals = pop.evals()
     if int(len(g.rows) * p.quantile) < 1:
         raise ValueError(f"search quantile={p.quantile} of a population of {len(g.rows)} "
                          "replaces no member: need population * quantile >= 1")
@@ -135,27 +148,25 @@ def run_pbt(run: SearchRun, p: PBT, cfgs, priors, metric: str,
     for i, end in enumerate(ends):
         if i < first:
             continue
-        run_members(run, run.members, start, end, f"interval {i + 1}/{len(ends)}")
+        pop.advance(pop.members, start, end, f"interval {i + 1}/{len(ends)}")
         if end == n_evals:
             break
-        values = {r: member_value(run, 0, run.members[(0, r)], metric, p.mode)
-                  for r in range(len(g.rows))}
+        values = {r: pop.value((0, r), metric, p.mode) for r in range(len(g.rows))}
         for ex in exploit(values, p, rng):
-            child, parent = run.members[(0, ex.member)], run.members[(0, ex.parent)]
-            child.state = jax.tree.map(np.copy, parent.state)
-            new = explore({k: parent.numeric[k] for k in names}, names, priors, p,
-                                     rng)
+            parent = pop.members[(0, ex.parent)]
+            pop.copy_state((0, ex.member), (0, ex.parent))
+            new = explore({k: parent.numeric[k] for k in names}, names, prior, p, rng)
             for k, v in new.items():
                 try:
                     check_axis_value(k, v)
                 except (ValueError, TypeError):
                     new[k] = parent.numeric[k]  # outside the hyper-parameter's range
-            child.numeric = {**child.numeric, **new}
+            pop.set_hparams((0, ex.member), new)
             lineage.append({"config": g.rows[ex.member].config, "epoch": end * K,
                             "parent": g.rows[ex.parent].config,
                             **{k: float(v) for k, v in new.items()}})
         start = end
-        checkpoint(run, {"interval": i, "lineage": lineage, "rng": rng.bit_generator.state})
+        pop.checkpoint({"interval": i, "lineage": lineage, "rng": rng.bit_generator.state})
     return lineage
 
 

@@ -19,17 +19,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from . import search as search_mod
 from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_folds
-from .engine import agree_fingerprint, agree_progress, default_mesh, run_groups
+from .engine import Engine, agree_fingerprint, agree_progress, default_mesh, plan_chunks
 from .fingerprint import program_digest, run_fingerprint
 from .groups import as_model, make_groups
+from .observers import ProgressBar
 from .options import collect, document, fingerprint_settings
-from .population import Member, SearchRun, check_search_metric, restore, search_results
-from .search_halving import run_halving
-from .search_pbt import pbt_final_columns, priors, run_pbt
+from .population import Population
+from .search_base import default_metric
 
 __all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]
 
@@ -163,20 +162,23 @@ def sweep(
     agree_fingerprint(fingerprint)
     store = RunStore.open(out, fingerprint) if out is not None else None
     try:
-        lineage = None
+        engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
+                        observers=[ProgressBar(calls=search is None and progress)])
         if search is None:
-            results = run_groups(groups, data, val_data, fold_split, chunk_size,
-                                  memory_budget, epochs, mesh, store, progress)
+            plans = plan_chunks(groups, chunk_size, memory_budget, epochs, engine.ndev)
+            res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
+                                                                        store),
+                                        epochs, folds=folds)
         else:
-            results, lineage = _run_search(search, groups, cfgs, grid, random, data, val_data,
-                                           fold_split, chunk_size, memory_budget, epochs,
-                                           mesh, store)
-        res = SweepResult.from_runs(cfgs, all_idx, results, epochs, folds=folds)
-        if lineage is not None:
-            import pandas as pd
-
-            res.lineage = pd.DataFrame(lineage)
-            pbt_final_columns(res)
+            pop = Population(engine, groups, cfgs, epochs, chunk_size, memory_budget,
+                             getattr(search, "compact", True), store, grid, random)
+            metric = search.metric or default_metric(groups[0].prepared.spec.has_val)
+            pop.check_metric(metric)
+            resume = pop.restore()
+            with engine.running():
+                outcome = search.run(pop, metric, resume)
+            res = SweepResult.from_runs(cfgs, all_idx, pop.results(), epochs, folds=folds)
+            search.finish(res, outcome)
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
@@ -191,40 +193,9 @@ def sweep(
 def _checked_search(search, cfgs, epochs: int, eval_every: int):
     """``search`` validated against the sweep's epochs and axes (before anything runs)."""
     search = search_mod.check(search, epochs, eval_every)
-    if isinstance(search, search_mod.Halving) and search.average:
-        axes = set(k for c in cfgs for k in c)
-        missing = [a for a in search.average if a not in axes]
-        if missing:
-            raise ValueError(f"search average={list(search.average)!r}: {missing[0]!r} is "
-                             f"not a swept axis (axes: {sorted(axes)})")
+    search.validate_axes(set(k for c in cfgs for k in c))
     return search
 
 
 # the options' entries of the docstring come from the table in jaxgd.options
 sweep.__doc__ = sweep.__doc__.replace("      {options}\n", document("sweep") + "\n")
-
-
-# ------------------------------------------------------------------- adaptive search
-
-
-def _run_search(search, groups, cfgs, grid, random, data, val_data, fold_split, chunk_size,
-                memory_budget, epochs, mesh, store=None):
-    """Run an adaptive search; returns (chunk-like results, PBT lineage or None)."""
-    if mesh is None:
-        mesh = default_mesh()
-    ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
-    spec0 = groups[0].prepared.spec
-    metric = search.metric or search_mod.default_metric(spec0.has_val)
-    check_search_metric(groups, metric)
-    members = {(gi, r): Member(dict(g.numeric[r]))
-               for gi, g in enumerate(groups) for r in range(len(g.rows))}
-    run = SearchRun(groups, data, val_data, fold_split, chunk_size, memory_budget, epochs,
-                    mesh, ndev, members, getattr(search, "compact", True), {}, {}, set(),
-                    store)
-    resume = restore(run)
-    lineage = None
-    if isinstance(search, search_mod.PBT):
-        lineage = run_pbt(run, search, cfgs, priors(grid, random), metric, resume)
-    else:
-        run_halving(run, search, cfgs, metric, resume)
-    return search_results(run), lineage

@@ -589,7 +589,7 @@ def test_state_resumed_from_chunks(tmp_path, monkeypatch):
     def recompute(*args, **kwargs):
         raise AssertionError("a finished chunk was recomputed")
 
-    monkeypatch.setattr(jaxgd.engine, "run_chunk", recompute)
+    monkeypatch.setattr(jaxgd.engine.Engine, "run_chunk", recompute)
     b = jaxgd.sweep(bn_loss, BN_VARS["params"], (X, Y), **kw)
     close_trees(b.state, a.state, rtol=0, atol=0)
     close_trees(b.params, a.params, rtol=0, atol=0)

@@ -626,8 +626,8 @@ def test_os_errors_simulated(saved, tmp_path, monkeypatch, capsys):
     moved = copy(out, tmp_path / "moved")
     engine = sys.modules["jaxgd.engine"]
     computed = []
-    real_chunk = engine.run_chunk
-    monkeypatch.setattr(engine, "run_chunk", lambda *a: computed.append(1) or
+    real_chunk = engine.Engine.run_chunk
+    monkeypatch.setattr(engine.Engine, "run_chunk", lambda *a: computed.append(1) or
                         real_chunk(*a))
     got = run(moved)
     assert len(computed) == 2
