@@ -1,8 +1,16 @@
 """The engine: the host-side runtime between the front doors and the compiled program.
 
-It owns chunk planning and the memory estimate, the device mesh and the sharding of the
-program's inputs, the agreement of the processes of a multi-process run, compile timing
-and the program calls.
+Front doors (``fit``, ``sweep``) -> axes -> groups -> **engine** -> program -> results.
+:class:`Engine` advances training states from one evaluation to another through the
+compiled program (:meth:`Engine.advance`, the one driver): ``fit`` is one call of one
+configuration, a plain sweep runs its groups in chunks (:meth:`Engine.run_plans`,
+resumable from the run folder), and an adaptive search advances a
+:class:`jaxgd.population.Population` between its decisions. Observers
+(:mod:`jaxgd.observers`) are told of every boundary. This module holds, in order: the
+mesh, the memory estimate and the chunk plan, the agreement of the processes of a
+multi-process run, the inputs of a call and their sharding, compile timing
+(:class:`CompileClock`), the :class:`Engine`, and the host loop over a call's blocks
+(:func:`run_blocks`).
 """
 
 from __future__ import annotations

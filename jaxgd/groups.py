@@ -16,6 +16,7 @@ import numpy as np
 
 from . import lossform
 from .axes import STREAM_AXES, STRUCTURAL_AXES, shape_axes, shape_of, shaped_init
+from .options import Options
 from .prepare import Prepared, prepare, split_hparams, stop_hparams
 
 
@@ -37,11 +38,11 @@ class Group:
     key_bits: list[Any] = field(default_factory=list)  # per row: words of its loss key
 
 
-def make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Group]:
+def make_groups(loss, params, data, cfgs, all_idx, opts: Options, fold_split) -> list[Group]:
     """Validate every configuration and group them (nothing is compiled yet)."""
-    base_hp = dict(opts["hparams"] or {})
-    base = {k: opts[k] for k in STRUCTURAL_AXES + ("seed",)}
-    shape_names = shape_axes(opts["init"])
+    base_hp = dict(opts.hparams or {})
+    base = opts.pick(STRUCTURAL_AXES + ("seed",))
+    shape_names = shape_axes(opts.init)
     known_struct = set(STRUCTURAL_AXES) | set(STREAM_AXES) | set(shape_names)
     groups: dict[Any, Group] = {}
     for i in all_idx:
@@ -49,7 +50,7 @@ def make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gro
         full = {**base, **{k: v for k, v in c.items() if k in known_struct}}
         if full["batch_size"] == "full":
             full["batch_size"] = None
-        shape = shape_of(opts["init"], shape_names, {**base_hp, **c}, i, c)
+        shape = shape_of(opts.init, shape_names, {**base_hp, **c}, i, c)
         hp = {k: v for k, v in {**base_hp, **c}.items() if k not in known_struct}
         fold = c.get("fold")
         n_train = None if fold is None else len(fold_split[fold][0])
@@ -62,8 +63,8 @@ def make_groups(loss, params, data, cfgs, all_idx, opts, fold_split) -> list[Gro
         )
         g = groups.get(key_struct)
         if g is None:
-            program_opts = {**opts, **{k: full[k] for k in STRUCTURAL_AXES}, "hparams": hp}
-            init_fn = shaped_init(opts["init"], shape, i, c) if shape else opts["init"]
+            program_opts = opts.replace(**{k: full[k] for k in STRUCTURAL_AXES}, hparams=hp)
+            init_fn = shaped_init(opts.init, shape, i, c) if shape else opts.init
             try:
                 prep = prepare(loss, params, data, program_opts, init_fn=init_fn,
                                data_checked=True, n_train=n_train,

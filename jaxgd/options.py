@@ -6,7 +6,8 @@ fingerprint). Derived from it:
 
 * the keyword parameters of :func:`jaxgd.fit` and :func:`jaxgd.sweep` (written out in
   their signatures for readers and tools; a test checks them against this table) and
-  the options they forward (:func:`collect`);
+  the options they forward (:func:`collect`), as an :class:`Options` object whose
+  fields are the table's (a test checks them too), so an option can be followed by name;
 * the ``Args`` documentation of both (:func:`document`);
 * the keys a TOML ``[train]`` table accepts (:func:`file_options`), checked by the same
   functions as the keywords;
@@ -20,14 +21,16 @@ structure, the loss) is checked by :func:`jaxgd.prepare.prepare`.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import stops
 from ._checks import check_bool, check_positive_int
 
-__all__ = ["OPTIONS", "Option", "collect", "document", "file_options", "options_for"]
+__all__ = ["OPTIONS", "Option", "Options", "collect", "document", "file_options",
+           "options_for"]
 
 SHUFFLES = ("none", "feistel", "uniform")
 METRICS = ("full", "batch", "full_grad")
@@ -342,10 +345,68 @@ def check(name: str, value: Any) -> Any:
     return value if o.check is None else o.check(name, value)
 
 
-def collect(scope: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The keyword options of one ``fit`` or ``sweep`` call, by name (built by
+    :func:`collect`; the fields and defaults are the table's: a test checks them). An
+    option of the other front door keeps its default (``key`` in a sweep, ``grid`` in a
+    fit)."""
+
+    optimizer: Any = "sgd"
+    hparams: Mapping[str, Any] | None = None
+    batch_size: int | str | None = None
+    epochs: int = 100
+    shuffle: bool | str = True
+    drop_last: bool = False
+    key: Any = None
+    schedule: str = "constant"
+    accumulate: int = 1
+    val_data: Any = None
+    state: Any = None
+    grad_tol: float | None = None
+    loss_target: float | None = None
+    patience: int | None = None
+    min_delta: float | None = 0.0
+    diverge_factor: float | None = None
+    restore_best: bool = False
+    metrics: str = "full"
+    record_steps: bool = False
+    record_params: bool = False
+    eval_every: int = 1
+    standardize: bool | int | tuple[int, ...] | None = None
+    penalty_mask: Callable[[Any], Any] | None = None
+    progress: bool = False
+    grid: Mapping[str, Any] | None = None
+    random: Mapping[str, Any] | None = None
+    configs: Sequence[Mapping[str, Any]] | None = None
+    seed: int = 0
+    folds: int | None = None
+    fold_seed: int = 0
+    init: Callable[..., Any] | None = None
+    chunk_size: int | None = None
+    memory_budget: int | None = None
+    only: Iterable[int] | None = None
+    search: Any = None
+    out: Any = None
+    mesh: Any = None
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` (option name -> value)."""
+        return dataclasses.replace(self, **changes)
+
+    def checked(self, names: Iterable[str]) -> Options:
+        """A copy with the options ``names`` checked and normalised (:func:`check`)."""
+        return self.replace(**{n: check(n, getattr(self, n)) for n in names})
+
+    def pick(self, names: Iterable[str]) -> dict[str, Any]:
+        """The values of the options ``names`` by name."""
+        return {n: getattr(self, n) for n in names}
+
+
+def collect(scope: str, namespace: Mapping[str, Any]) -> Options:
     """The options of ``scope`` picked from ``namespace`` (a call's ``locals()``), checked.
 
-    Values are returned as given (the checks only raise); :func:`check` normalises.
+    Values are kept as given (the checks only raise); :func:`check` normalises.
     """
     out = {}
     for o in options_for(scope):
@@ -353,7 +414,7 @@ def collect(scope: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
         if o.check is not None:
             o.check(o.name, value)
         out[o.name] = value
-    return out
+    return Options(**out)
 
 
 def document(scope: str, skip: Iterable[str] = ()) -> str:

@@ -14,13 +14,14 @@ loop ends when every configuration has stopped or the epoch budget is spent.
 
 The program is two jitted functions: ``init`` (the state before the first epoch) and
 ``block`` (up to ``rows`` evaluations from a state, returning the state, the outputs and
-a block of history rows). :func:`run_program` calls ``block`` from the host until no
-configuration is active, carrying the state on the device and concatenating the history
-blocks on the host, so history memory follows the evaluations actually run (at most one
-block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``. One block length per spec
-and chunk width: one compile. Inside a block, evaluations run in sub-blocks whose rows
-collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large buffer in a loop body
-makes XLA:CPU dispatch that body's kernels to its thread pool, at every iteration).
+a block of history rows). The engine (:func:`jaxgd.engine.run_blocks`) calls ``block``
+from the host until no configuration is active, carrying the state on the device and
+concatenating the history blocks on the host, so history memory follows the evaluations
+actually run (at most one block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``.
+One block length per spec and chunk width: one compile. Inside a block, evaluations run
+in sub-blocks whose rows collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large
+buffer in a loop body makes XLA:CPU dispatch that body's kernels to its thread pool, at
+every iteration).
 
 Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
 over the training data per configuration (plus a backward pass with ``grad_tol`` or
@@ -562,7 +563,7 @@ def write_row(spec: ProgramSpec, hist: dict[str, jax.Array], row: dict[str, jax.
 
 def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
     """The outputs of one configuration (its best parameters with ``restore_best``); the
-    history is assembled on the host from the blocks (see :func:`run_program`)."""
+    history is assembled on the host from the blocks (see :func:`jaxgd.engine.run_blocks`)."""
     params, mstate = st.params, st.model_state
     if spec.restore_best:
         use_best = st.best_epoch >= 0

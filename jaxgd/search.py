@@ -1,5 +1,5 @@
-"""Adaptive search inside the compiled sweep: successive halving, Hyperband and
-population-based training (PBT).
+"""Adaptive search inside the compiled sweep: successive halving, Hyperband,
+population-based training (PBT) and the median stopping rule.
 
 A sweep's hyper-parameters are traced values of one compiled program, so a search runs
 its whole population as that one vectorised program and decides between program calls,
@@ -19,6 +19,9 @@ on the host, at *rung* (halving) or *interval* (PBT) boundaries:
   with probability ``resample`` draw afresh from the sweep's prior: the ``random``
   distribution or the ``grid`` values). Each member's hyper-parameters over time are in
   ``SweepResult.lineage`` (and ``jaxgd.plots.plot_lineage``).
+* :class:`Median`: the median stopping rule: at epoch ``warmup`` and every ``interval``
+  epochs after, a configuration still training stops when its best metric so far is
+  worse than the median of the other configurations' running averages.
 
 With ``out=`` the sweep saves every boundary (members' states, histories and
 hyper-parameters, PBT's lineage and random state) and the same call after an
@@ -30,8 +33,11 @@ random choices come from ``seed`` (NumPy), so a search is deterministic for its 
 on any number of devices or processes (every process takes the same decisions from the
 same gathered history).
 
-This module holds the search's definitions and host-side decisions; the sweep runs the
-programs (:func:`jaxgd.sweep`, ``search=``). It imports no JAX.
+Each method is one module holding its options, checks, decisions and calls on the
+population (:mod:`jaxgd.search_halving`, :mod:`jaxgd.search_pbt`,
+:mod:`jaxgd.search_median`; the interface is :class:`jaxgd.search_base.Method`); this
+module is the registry (:data:`METHODS`, the TOML names) and the public names. The sweep
+(:func:`jaxgd.sweep`, ``search=``) builds the population and calls the method.
 """
 
 from __future__ import annotations

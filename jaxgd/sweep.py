@@ -10,6 +10,14 @@ configuration and the shared batch turns the configurations' forward passes into
 matrix product. Large groups are cut into chunks of equal width (one compile), the
 configuration axis is sharded over a device mesh, and with ``out=`` every finished chunk
 is written atomically so a killed sweep resumes where it stopped.
+
+This module is the front door; the path of a call reads straight down: the options
+(:mod:`jaxgd.options`) -> the axes (:mod:`jaxgd.axes`: grid, random draws, folds, shape
+axes) -> the groups (:mod:`jaxgd.groups`) and the run folder's fingerprint
+(:mod:`jaxgd.fingerprint`) -> the engine (:mod:`jaxgd.engine`: chunks, mesh, program
+calls; with ``search=``, a :class:`jaxgd.population.Population` the search method of
+:mod:`jaxgd.search` acts on) -> the program (:mod:`jaxgd.program`) -> the results
+(:mod:`jaxgd.results`, :mod:`jaxgd.store`).
 """
 
 from __future__ import annotations
@@ -125,7 +133,7 @@ def sweep(
     from .store import RunStore
 
     opts = collect("sweep", locals())
-    opts["progress"] = agree_progress(bool(opts["progress"]))
+    opts = opts.replace(progress=agree_progress(bool(opts.progress)))
     cfgs = expand_configs(grid, random, configs, shape=shape_axes(init))
     cfgs = with_folds(cfgs, folds, val_data)
     all_idx = selected(cfgs, only)
@@ -146,9 +154,9 @@ def sweep(
         search = _checked_search(search, cfgs, epochs, eval_every)
     groups = make_groups(loss, params, data, cfgs, all_idx, opts, fold_split)
 
-    base = {k: opts[k] for k in STRUCTURAL_AXES + ("seed",)}
+    base = opts.pick(STRUCTURAL_AXES + ("seed",))
     # what determines the results (see jaxgd.options: each option's fingerprint entry)
-    settings = {k: opts[k] for k in fingerprint_settings()}
+    settings = opts.pick(fingerprint_settings())
     settings["loss"] = loss
     if search is not None:  # only then: folders of sweeps without one keep their key
         settings["search"] = search

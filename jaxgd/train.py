@@ -1,4 +1,9 @@
-"""``fit``: one training configuration as one compiled program."""
+"""``fit``: one training configuration as one compiled program.
+
+The front door of a single run: the options are checked (:mod:`jaxgd.options`,
+:mod:`jaxgd.prepare`), and the engine (:mod:`jaxgd.engine`) runs a population of one
+through the program (:mod:`jaxgd.program`); the result is a :class:`jaxgd.FitResult`.
+"""
 
 from __future__ import annotations
 
