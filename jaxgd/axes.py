@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .prepare import MAX_SEED
+from ._checks import seed_problem
 from .stops import STOP_DEFAULTS
 
 STRUCTURAL_AXES = ("batch_size", "optimizer", "accumulate", "schedule")
@@ -54,11 +54,14 @@ def check_axis_value(name: str, v: Any) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"grid axis 'batch_size' has value {v!r}: use positive ints or None")
         return
-    if name in ("seed", "fold", "accumulate"):
+    if name == "seed":
+        why = seed_problem(v)
+        if why is not None:
+            raise ValueError(f"axis 'seed' has value {v!r}: {why}")
+        return
+    if name in ("fold", "accumulate"):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise ValueError(f"axis {name!r} has value {v!r}: must be a non-negative integer")
-        if name == "seed" and v > MAX_SEED:
-            raise ValueError(f"axis 'seed' has value {v!r}: a seed must be < 2**64")
         return
     if name in ("optimizer", "schedule"):
         return
@@ -94,6 +97,21 @@ def sample(name: str, dist: Any, n: int, rng: np.random.Generator) -> list[Any]:
     if lo <= 0:
         raise ValueError(f"random[{name!r}]={dist!r}: loguniform needs low > 0")
     return np.exp(rng.uniform(np.log(lo), np.log(hi), n)).tolist()
+
+
+def draw(prior: Any, rng: np.random.Generator) -> float:
+    """One value from a prior: a ``random`` distribution tuple or a list of grid values
+    (PBT's resampling; :func:`sample` draws a sweep's ``n`` configurations)."""
+    if isinstance(prior, list):
+        return prior[rng.integers(0, len(prior))]
+    if prior[0] == "choice":
+        return draw(list(prior[1]), rng)
+    kind, lo, hi = prior[0], float(prior[1]), float(prior[2])
+    if kind == "loguniform":
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    if kind == "randint":
+        return int(rng.integers(int(lo), int(hi)))
+    return float(rng.uniform(lo, hi))
 
 
 def expand_configs(

@@ -64,7 +64,6 @@ TASKS = ("regression", "binary", "multiclass")
 SPACES = ("logspace", "linspace", "geomspace", "range")
 
 
-RANDOM_KINDS = ("uniform", "loguniform", "randint", "choice")
 
 
 def model_registry():
@@ -458,7 +457,7 @@ def _read_shape_axis(ctx: Ctx, key: str, k: str, v: Any, model: dict[str, Any]) 
 
 def _read_sweep(ctx: Ctx, s: dict[str, Any], train: dict[str, Any],
                 model: dict[str, Any] | None = None):
-    from .axes import expand_configs
+    from .axes import DISTRIBUTIONS, expand_configs
 
     grid: dict[str, list[Any]] = {}
     random = s.pop("random", None)
@@ -506,7 +505,7 @@ def _read_sweep(ctx: Ctx, s: dict[str, Any], train: dict[str, Any],
             key = f"sweep.random.{k}"
             if k in grid or k in train and k != "hparams" or k in train.get("hparams", {}):
                 raise ctx.err(key, f"{k!r} is given twice (random and grid/[train]): keep one")
-            if not (isinstance(dist, list) and dist and dist[0] in RANDOM_KINDS):
+            if not (isinstance(dist, list) and dist and dist[0] in DISTRIBUTIONS):
                 raise ctx.err(key, f"{key} = {_show(dist)} is invalid: use "
                               '["loguniform", low, high], ["uniform", low, high], '
                               '["randint", low, high] or ["choice", [v1, v2, ...]]')

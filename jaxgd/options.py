@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import stops
-from ._checks import check_bool, check_positive_int
+from ._checks import check_bool, check_positive_int, check_seed
 
 __all__ = ["OPTIONS", "Option", "Options", "collect", "document", "file_options",
            "options_for"]
@@ -78,13 +78,6 @@ def _nonneg(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
         raise ValueError(f"{name}={v!r} must be a non-negative integer")
     return int(v)
-
-
-def _seed(name: str, v: Any) -> int:
-    v = _nonneg(name, v)
-    if v > 2**64 - 1:
-        raise ValueError(f"{name}={v!r}: a seed must be < 2**64 (a key holds 64 bits)")
-    return v
 
 
 def _out(name: str, v: Any) -> Any:
@@ -200,7 +193,7 @@ _TRAIN: tuple[Option, ...] = (
            "loss's keys (``jaxgd.loss_key``).", scope=FIT),
     Option("seed", 0, "int",
            "the base training seed (a ``seed`` axis overrides it); seed s reproduces "
-           "``fit(..., key=s)``.", scope=SWEEP, file=True, check=_seed,
+           "``fit(..., key=s)``.", scope=SWEEP, file=True, check=check_seed,
            what="an integer in 0..2**64 - 1", fingerprint="own", axis=5),
     Option("schedule", "constant", "str",
            "learning-rate schedule: ``\"constant\"``, ``\"exponential\"``, ``\"step\"``, "

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import lossform, optim, options, stops
+from ._checks import check_seed
 from .data import BatchPlan, batch_plan
 from .spec import ProgramSpec
 
@@ -65,7 +66,6 @@ def init_key(run_key: Any) -> jax.Array:
     return lossform.init_key(as_key(run_key))
 
 
-MAX_SEED = 2**64 - 1
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
 
 
@@ -77,10 +77,7 @@ def seed_key(seed: int, name: str = "seed") -> jax.Array:
     (what ``jax.random.key`` gives them with 64-bit integers enabled), whose high word is
     never 0, so they never repeat a smaller seed. Larger seeds are refused.
     """
-    if seed < 0:
-        raise ValueError(f"{name}={seed!r}: a seed must be >= 0")
-    if seed > MAX_SEED:
-        raise ValueError(f"{name}={seed!r}: a seed must be < 2**64 (a key holds 64 bits)")
+    seed = check_seed(name, seed)
     if seed < 2**32:
         return jax.random.key(seed)
     impl_shape = jax.random.key_data(jax.random.key(0)).shape

@@ -45,10 +45,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .axes import draw
 from .search_base import Method, default_metric, ranked
 from .search_halving import Bracket, Halving, brackets, hyperband, max_bracket, rung_ends
 from .search_median import Median, check_points, median_stops
-from .search_pbt import PBT, Exploit, draw, exploit, explore
+from .search_pbt import PBT, Exploit, exploit, explore
 
 __all__ = ["PBT", "Halving", "Median", "hyperband", "from_dict", "METHODS"]
 # (the methods' helpers, re-exported: the decisions tests replay)

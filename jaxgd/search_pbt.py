@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._checks import is_int, is_real
-from .axes import STREAM_AXES, check_axis_value
+from .axes import STREAM_AXES, check_axis_value, draw
 from .groups import Group
 from .search_base import check_common, ranked
 
@@ -106,20 +106,6 @@ def explore(hp: Mapping[str, float], names: Sequence[str], priors: Mapping[str, 
         else:
             out[k] = float(hp[k]) * float(p.perturb[rng.integers(0, len(p.perturb))])
     return out
-
-
-def draw(prior: Any, rng: np.random.Generator) -> float:
-    """A value from a prior: a ``random`` distribution tuple or a list of grid values."""
-    if isinstance(prior, list):
-        return prior[rng.integers(0, len(prior))]
-    if prior[0] == "choice":
-        return draw(list(prior[1]), rng)
-    kind, lo, hi = prior[0], float(prior[1]), float(prior[2])
-    if kind == "loguniform":
-        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    if kind == "randint":
-        return int(rng.integers(int(lo), int(hi)))
-    return float(rng.uniform(lo, hi))
 
 
 def run_pbt(pop, p: PBT, metric: str, resume: dict[str, Any] | None = None):
