@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._checks import seed_problem
+from ._checks import is_int, seed_problem
 from .stops import STOP_DEFAULTS
 
 STRUCTURAL_AXES = ("batch_size", "optimizer", "accumulate", "schedule")
@@ -51,7 +51,7 @@ def check_axis_value(name: str, v: Any) -> None:
     if name == "batch_size":
         if v is None or v == "full":
             return
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        if not is_int(v) or v <= 0:
             raise ValueError(f"grid axis 'batch_size' has value {v!r}: use positive ints or None")
         return
     if name == "seed":
@@ -60,7 +60,7 @@ def check_axis_value(name: str, v: Any) -> None:
             raise ValueError(f"axis 'seed' has value {v!r}: {why}")
         return
     if name in ("fold", "accumulate"):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        if not is_int(v) or v < 0:
             raise ValueError(f"axis {name!r} has value {v!r}: must be a non-negative integer")
         return
     if name in ("optimizer", "schedule"):
@@ -160,10 +160,10 @@ def expand_configs(
             raise TypeError("random must be a dict: {'n': 32, axis: (kind, ...), ...}")
         spec = dict(random)
         n = spec.pop("n", None)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        if not is_int(n) or n <= 0:
             raise ValueError(f"random['n']={n!r} must be a positive integer")
         rseed = spec.pop("random_seed", 0)
-        if isinstance(rseed, bool) or not isinstance(rseed, (int, np.integer)) or rseed < 0:
+        if not is_int(rseed) or rseed < 0:
             raise ValueError(f"random['random_seed']={rseed!r} must be a non-negative integer")
         rng = np.random.default_rng(rseed)
         draws = {k: sample(k, d, int(n), rng) for k, d in spec.items()}
@@ -198,7 +198,7 @@ def selected(cfgs: list[dict[str, Any]], only: Iterable[int] | None) -> list[int
         raise TypeError(f"only={only!r} must be a list of configuration indices")
     only = list(only)
     for i in only:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        if not is_int(i):
             raise TypeError(f"only={only!r} must hold integer configuration indices, "
                             f"got {i!r}")
     sel = sorted(set(int(i) for i in only))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import options
+from ._checks import is_int
 
 DEFAULT_CONFIG = """\
 # The built-in default of `jaxgd sweep`: learning rate x batch size x seed, plain SGD
@@ -263,10 +264,6 @@ def _unknown_table_msg(table: str) -> str:
     return f"table [{table}] is unknown{hint}; valid tables: {list(SECTIONS)}"
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -318,7 +315,7 @@ def _read_data(ctx: Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
         v = d["val_fraction"]
         _need(ctx, "data.val_fraction", _is_num(v) and 0 < v < 1, "use a number in (0, 1)", v)
     d.setdefault("split_seed", 0)
-    _need(ctx, "data.split_seed", _is_int(d["split_seed"]) and d["split_seed"] >= 0,
+    _need(ctx, "data.split_seed", is_int(d["split_seed"]) and d["split_seed"] >= 0,
           "use an integer >= 0", d["split_seed"])
     if "task" in d:
         _choice(ctx, "data.task", d["task"], TASKS)
@@ -372,7 +369,7 @@ def _read_train(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
                 raise ctx.err(f"train.{k}", f"train.{k} = {_show(x)} is invalid: use "
                               f"{options.OPTIONS[k].what}") from None
     init_seed = t.get("init_seed", 0)
-    if not ((_is_int(init_seed) and init_seed >= 0) or init_seed == "seed"):
+    if not ((is_int(init_seed) and init_seed >= 0) or init_seed == "seed"):
         raise ctx.err("train.init_seed", f"train.init_seed = {_show(init_seed)} is invalid: "
                       "use an integer >= 0, or \"seed\" to draw each seed's own initial "
                       "parameters")
@@ -403,7 +400,7 @@ def _expand_space(ctx: Ctx, key: str, v: dict[str, Any]) -> list[Any]:
     kind = kinds[0]
     ends = v[kind]
     if kind == "range":
-        ok = isinstance(ends, list) and 1 <= len(ends) <= 3 and all(_is_int(e) for e in ends)
+        ok = isinstance(ends, list) and 1 <= len(ends) <= 3 and all(is_int(e) for e in ends)
         _need(ctx, f"{key}.range", ok, "use [stop], [start, stop] or [start, stop, step] "
               "(integers)", ends)
         vals = list(range(*ends))
@@ -415,7 +412,7 @@ def _expand_space(ctx: Ctx, key: str, v: dict[str, Any]) -> list[Any]:
     num = v.get("num")
     if num is None:
         raise ctx.err(key, f"{key} = {{ {kind} = [...] }} needs num = N (how many values)")
-    _need(ctx, f"{key}.num", _is_int(num) and num > 0, "use a positive integer", num)
+    _need(ctx, f"{key}.num", is_int(num) and num > 0, "use a positive integer", num)
     if kind == "logspace":
         base = v.get("base", 10.0)
         _need(ctx, f"{key}.base", _is_num(base) and base > 0, "use a number > 0", base)
@@ -479,7 +476,7 @@ def _read_sweep(ctx: Ctx, s: dict[str, Any], train: dict[str, Any],
             raise ctx.err(key, f"{key} = [] is empty")
         if k == "batch_size":
             for x in vals:
-                _need(ctx, key, (_is_int(x) and x > 0) or x == "full",
+                _need(ctx, key, (is_int(x) and x > 0) or x == "full",
                       'use positive integers or "full" (full batch)', x)
         try:
             expand_configs(grid={k: [normalize_axis_value(k, x) for x in vals]})
@@ -492,11 +489,11 @@ def _read_sweep(ctx: Ctx, s: dict[str, Any], train: dict[str, Any],
             raise ctx.err("sweep.random", "sweep.random must be a table: [sweep.random]")
         rnd = {}
         n = random.get("n")
-        _need(ctx, "sweep.random.n", _is_int(n) and n > 0, "use a positive integer", n)
+        _need(ctx, "sweep.random.n", is_int(n) and n > 0, "use a positive integer", n)
         rnd["n"] = n
         if "random_seed" in random:
             rs = random["random_seed"]
-            _need(ctx, "sweep.random.random_seed", _is_int(rs) and rs >= 0,
+            _need(ctx, "sweep.random.random_seed", is_int(rs) and rs >= 0,
                   "use an integer >= 0", rs)
             rnd["random_seed"] = rs
         for k, dist in random.items():

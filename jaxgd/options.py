@@ -22,12 +22,11 @@ structure, the loss) is checked by :func:`jaxgd.prepare.prepare`.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import stops
-from ._checks import check_bool, check_positive_int, check_seed
+from ._checks import check_bool, check_positive_int, check_seed, is_int
 
 __all__ = ["OPTIONS", "Option", "Options", "collect", "document", "file_options",
            "options_for"]
@@ -62,8 +61,7 @@ def _positive(name: str, v: Any) -> int:
 
 
 def _positive_or_none(name: str, v: Any) -> int | None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                          or v <= 0):
+    if v is not None and (not is_int(v) or v <= 0):
         raise ValueError(f"{name}={v!r} must be a positive integer or None")
     return v
 
@@ -75,7 +73,7 @@ def _batch_size(name: str, v: Any) -> int | None:
 
 
 def _nonneg(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+    if not is_int(v) or v < 0:
         raise ValueError(f"{name}={v!r} must be a non-negative integer")
     return int(v)
 
@@ -89,7 +87,7 @@ def _out(name: str, v: Any) -> Any:
 
 
 def _folds(name: str, v: Any) -> int | None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 2):
+    if v is not None and (not is_int(v) or v < 2):
         raise ValueError(f"{name}={v!r} must be an integer >= 2")
     return v
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import lossform, optim, options, stops
-from ._checks import check_seed
+from ._checks import check_seed, is_int
 from .data import BatchPlan, batch_plan
 from .spec import ProgramSpec
 
@@ -177,8 +177,7 @@ def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
         raise TypeError(f"standardize={standardize!r} must be True, a leaf index or a tuple "
                         "of leaf indices")
     for i in idx:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not (
-                0 <= i < len(leaves)):
+        if not is_int(i) or not 0 <= i < len(leaves):
             raise ValueError(f"standardize={standardize!r}: {i!r} is not a leaf index of data "
                              f"(it has {len(leaves)} leaves)")
         if not jnp.issubdtype(leaves[i].dtype, jnp.floating):

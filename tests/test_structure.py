@@ -139,3 +139,11 @@ def test_sweep_module_holds_the_front_door_only():
             if isinstance(n, ast.FunctionDef | ast.ClassDef)]
     assert defs[0] == "sweep" and len(defs) <= 3 and not any(
         isinstance(n, ast.ClassDef) for n in MODULES["sweep"].body)
+
+
+def test_integer_checks_live_in_checks():
+    """What counts as an integer (``numbers.Integral``, not a bool) is decided in
+    ``_checks.py`` (``is_int``, ``check_positive_int``, ``check_seed``, ...) only."""
+    uses = [mod for mod, tree in MODULES.items() if mod != "_checks" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr == "Integral"]
+    assert uses == []
