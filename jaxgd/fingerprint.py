@@ -19,7 +19,7 @@ from . import lossform
 
 
 def run_fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds, fold_seed,
-                 settings, data, programs=()) -> str:
+                    settings, data, programs=()) -> str:
     """A digest of what determines the results (to refuse resuming a different sweep).
 
     Covered: every configuration and option (functions by name, code digest, defaults

@@ -162,11 +162,12 @@ def sweep(
         settings["search"] = search
     fingerprint = None
     if out is not None or jax.process_count() > 1:
-        fingerprint = run_fingerprint(cfgs, all_idx, base, dict(hparams or {}), epochs, shuffle,
-                                   drop_last, folds, fold_seed, settings,
-                                   (data, params if groups[0].prepared.combined is None
-                                    else groups[0].prepared.params, val_data, state),
-                                   [program_digest(g.prepared) for g in groups])
+        fingerprint = run_fingerprint(
+            cfgs, all_idx, base, dict(hparams or {}), epochs, shuffle, drop_last, folds,
+            fold_seed, settings,
+            (data, params if groups[0].prepared.combined is None
+             else groups[0].prepared.params, val_data, state),
+            [program_digest(g.prepared) for g in groups])
     agree_fingerprint(fingerprint)
     store = RunStore.open(out, fingerprint) if out is not None else None
     try:
