@@ -276,6 +276,14 @@ def to_host(x):
     return np.asarray(x)
 
 
+def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
+    """A chunk's result as the run folder stores it and :meth:`jaxgd.SweepResult.from_runs`
+    reads it: the program's outputs by name (host arrays, leading axis = configuration;
+    ``history`` a dict of arrays) and, under ``"config"``, the sweep indices of the
+    configurations they belong to."""
+    return {**outputs, "config": np.asarray(configs, np.int64)}
+
+
 def agree_floats(values: list[float]) -> list[float]:
     """With several processes, process 0's values on every process (decisions taken from
     timings must be the same everywhere)."""
@@ -428,9 +436,7 @@ class Engine:
                if ch.valid[s, c]]
         sel = np.nonzero(ch.valid.reshape(-1))[0]
         flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
-        # a chunk as the run folder stores it: the program's outputs by name, and the
-        # configurations they belong to
-        return {**flat._asdict(), "config": np.asarray(idx, np.int64)}
+        return chunk_record(flat._asdict(), idx)
 
     def run_plans(self, plans: list[ChunkPlan], n_groups: int, store=None
                   ) -> list[dict[str, Any]]:

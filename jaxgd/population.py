@@ -37,6 +37,7 @@ from .engine import (
     agree_cached,
     agree_floats,
     chunk_inputs,
+    chunk_record,
     plan_chunks,
 )
 from .groups import Group
@@ -346,6 +347,5 @@ class Population:
             out["reason"] = np.where([m.pruned for m in ms], PRUNED, out["reason"])
             dt = out["init_loss"].dtype
             out["history"] = unpack_history(spec, self.columns(gi), hist, dt)
-            out["config"] = np.asarray([g.rows[r].config for r in rows], np.int64)
-            results.append(out)
+            results.append(chunk_record(out, [g.rows[r].config for r in rows]))
         return results
