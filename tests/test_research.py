@@ -382,15 +382,14 @@ def test_metrics_plotted_and_saved(tmp_path):
 def test_plain_loss_compiles_to_the_same_program():
     """A loss using none of the new features: the jaxpr of the program is unchanged by
     a loss that only adds an ignored (non-dict) aux."""
-    from jaxgd.options import OPTIONS
+    from jaxgd.options import Options
     from jaxgd.prepare import prepare
     from jaxgd.program import build_program
 
     def plain(p, b):
         return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
 
-    opts = {name: o.default for name, o in OPTIONS.items()}
-    opts.update(hparams={"learning_rate": 0.1}, epochs=2)
+    opts = Options(hparams={"learning_rate": 0.1}, epochs=2)
     a = prepare(plain, {"w": jnp.zeros(3)}, (X, Y), opts)
     assert a.spec.form.plain and a.state is None
     tc = {k: np.asarray([[v]], np.float32) for k, v in a.numeric.items()}
