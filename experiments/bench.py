@@ -1006,8 +1006,8 @@ def problem_b_store(bn: Bench, data, b_run: float) -> None:
                 spent[0] += time.perf_counter() - t
         return wrapper
 
-    real = (store.checksum, sweep_mod._fingerprint, sweep_mod._program_digest)
-    store.checksum, sweep_mod._fingerprint, sweep_mod._program_digest = map(clocked, real)
+    real = (store.checksum, sweep_mod.run_fingerprint, sweep_mod.program_digest)
+    store.checksum, sweep_mod.run_fingerprint, sweep_mod.program_digest = map(clocked, real)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             def call(r):
@@ -1020,7 +1020,7 @@ def problem_b_store(bn: Bench, data, b_run: float) -> None:
             call(bn.reps + 1)
             share = spent[0]
     finally:
-        store.checksum, sweep_mod._fingerprint, sweep_mod._program_digest = real
+        store.checksum, sweep_mod.run_fingerprint, sweep_mod.program_digest = real
     run = _median(ts)
     bn.recompiles += rec
     flops = linear_flops(s.n, s.d, s.batch, s.epochs, k)

@@ -6,6 +6,7 @@ range) whose message names the argument and its value, before anything is compil
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -28,7 +29,37 @@ def check_nonneg_int(name: str, value: Any) -> int:
     return int(value)
 
 
+MAX_SEED = 2**64 - 1  # a PRNG key holds 64 bits
+
+
+def seed_problem(value: Any) -> str | None:
+    """Why ``value`` is not a seed (an integer in ``0 .. 2**64 - 1``), or None: the one
+    rule for every seed (``key=``, ``seed=``, the ``seed`` axis, a file's seeds)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        return "must be a non-negative integer"
+    if value > MAX_SEED:
+        return "a seed must be < 2**64 (a key holds 64 bits)"
+    return None
+
+
+def check_seed(name: str, value: Any) -> int:
+    """``value`` as an int if it is a seed (:func:`seed_problem`), else a ValueError."""
+    why = seed_problem(value)
+    if why is not None:
+        raise ValueError(f"{name}={value!r} {why}" if why.startswith("must") else
+                         f"{name}={value!r}: {why}")
+    return int(value)
+
+
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}={value!r} must be True or False")
     return value
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)

@@ -345,7 +345,7 @@ def _record_config(cfg, out: Path, args) -> None:
 
 
 def _count_configs(exp) -> int:
-    from .sweep import expand_configs
+    from .axes import expand_configs
 
     kw = exp.sweep_kwargs
     n = len(expand_configs(kw.get("grid"), kw.get("random")))

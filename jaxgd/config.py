@@ -20,7 +20,7 @@ A configuration has four tables (every key is documented with examples in
     n = 32
     l2 = ["loguniform", 1e-5, 1e-1]
     [search]                      # optional: adaptive search (jaxgd.search)
-    method = "halving"            # "halving", "hyperband" or "pbt"
+    method = "halving"            # "halving", "hyperband", "pbt" or "median"
     eta = 3
 
 ``[data]``, ``[model]`` and a ``[loss]`` table may instead name a Python function
@@ -31,27 +31,44 @@ Overrides (``read_config(..., overrides=["train.epochs=20"])``, the command line
 ``--set``) set any key before validation; an error about a key they set names them.
 
 Reading is two steps so that a command line can check a file before starting JAX:
-:func:`read_config` parses and validates (no JAX operation, no import of named code),
-:func:`build` loads the
-data, builds the model and returns an :class:`Experiment` whose :meth:`Experiment.run`
-calls :func:`jaxgd.sweep`. Every problem raises :class:`ConfigError` whose one-line
-message names the file, the line and the dotted key.
+:func:`read_config` (:mod:`jaxgd.config_read`) parses and validates (no JAX operation, no
+import of named code), :func:`build` loads the data, builds the model and returns an
+:class:`Experiment` whose :meth:`Experiment.run` calls :func:`jaxgd.sweep`. Every problem
+raises :class:`ConfigError` whose one-line message names the file, the line and the dotted
+key.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import callables, options
+from . import callables
+from .config_read import (
+    DEFAULT_CONFIG,
+    TRAIN_KEYS,
+    Config,
+    ConfigError,
+    Ctx,
+    check_names,
+    key_lines,
+    model_registry,
+    model_shape_axes,
+    names_code,
+    normalize_axis_value,
+    parse_override,
+    read_config,
+    show_value,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "TRAIN_KEYS",
+    "key_lines",
     "Config",
     "ConfigError",
     "Experiment",
@@ -61,748 +78,6 @@ __all__ = [
     "read_config",
     "to_toml",
 ]
-
-DEFAULT_CONFIG = """\
-# The built-in default of `jaxgd sweep`: learning rate x batch size x seed, plain SGD
-# on scikit-learn's diabetes data (442 x 10), standardised, linear model, MSE.
-[data]
-dataset = "diabetes"
-standardize = true
-standardize_target = true
-
-[model]
-name = "linear"
-loss = "mse"
-
-[train]
-optimizer = "sgd"
-epochs = 10
-batch_size = [8, 32, "full"]
-
-[sweep]
-learning_rate = { logspace = [-3, 0.5], num = 15 }
-seed = [0, 1, 2]
-"""
-
-DATA_KEYS = ("dataset", "standardize", "standardize_target", "val_fraction", "split_seed",
-             "task", "callable", "kwargs")
-# the keys that name a function, and its keyword arguments ([data], [model], [loss])
-CODE_KEYS = ("callable", "kwargs")
-# [train]: the options a file may hold (jaxgd.options), the hyper-parameters and the
-# seed of the initial parameters
-TRAIN_KEYS = (*(o.name for o in options.file_options()), "init_seed")
-# [model]: the name, the loss, and the arguments of the registered models (models.REGISTRY)
-SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "loss": CODE_KEYS,
-            "train": TRAIN_KEYS, "sweep": (), "search": ()}
-# [train] entries that become sweep axes when given a list
-TRAIN_AXES = options.file_axes()
-TASKS = ("regression", "binary", "multiclass")
-SPACES = ("logspace", "linspace", "geomspace", "range")
-RANDOM_KINDS = ("uniform", "loguniform", "randint", "choice")
-
-
-def _model_registry():
-    from .models import REGISTRY
-
-    return REGISTRY
-
-
-class ConfigError(ValueError):
-    """A bad configuration file: ``str(e)`` is ``FILE:LINE: message`` on one line.
-
-    When an override set the key, ``str(e)`` is ``--set KEY=VALUE: message``.
-
-    Attributes:
-      file: the file name as given (``"<default>"`` for the built-in default).
-      key: the dotted key the problem is about (``"train.epochs"``), or None.
-      line: its 1-based line in the file, or None when it cannot be found.
-      reason: the message without the location.
-      override: the ``KEY=VALUE`` override that set the key, or None.
-    """
-
-    def __init__(self, file: str, key: str | None, line: int | None, reason: str,
-                 override: str | None = None):
-        self.file, self.key, self.line, self.reason = file, key, line, reason
-        self.override = override
-        where = f"--set {override}" if override else f"{file}:{line}" if line else str(file)
-        super().__init__(f"{where}: {reason}".replace("\n", " "))
-
-
-# ----------------------------------------------------------------------------- lines
-
-
-def _norm_key(k: str) -> str:
-    return ".".join(p.strip().strip("\"'") for p in k.split("."))
-
-
-def key_lines(text: str) -> dict[str, int]:
-    """Map dotted key -> the first line (1-based) that defines it, found in the text.
-
-    Table headers (``[sweep.random]``), ``key = value`` lines and keys of inline tables
-    (``lr = { logspace = [...] }``) are recognised; good enough to point at a line.
-    """
-    out: dict[str, int] = {}
-    table = ""
-    for no, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
-        if m:
-            table = _norm_key(m.group(1))
-            out.setdefault(table, no)
-            continue
-        m = re.match(r"^([A-Za-z0-9_\-.\"' ]+?)\s*=", line)
-        if m:
-            full = f"{table}.{_norm_key(m.group(1))}" if table else _norm_key(m.group(1))
-            out.setdefault(full, no)
-            for mm in re.finditer(r"[{,]\s*([A-Za-z0-9_\-]+)\s*=", line[m.end():]):
-                out.setdefault(f"{full}.{mm.group(1)}", no)
-    return out
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-@dataclass
-class Config:
-    """A validated configuration (plain Python values; nothing loaded yet)."""
-
-    file: str
-    data: dict[str, Any]
-    model: dict[str, Any]
-    train: dict[str, Any]
-    grid: dict[str, list[Any]]
-    random: dict[str, Any] | None
-    base_dir: Path = field(default_factory=Path.cwd)
-    search: Any = None  # a jaxgd.search.Halving / PBT from [search], or None
-    loss: dict[str, Any] = field(default_factory=dict)  # [loss]: a named loss function
-    text: str = ""  # the TOML text read
-    overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> "KEY=VALUE"
-    raw: dict[str, Any] = field(default_factory=dict)  # the tables as read, overrides set
-
-    @property
-    def stem(self) -> str:
-        return "default" if self.file == "<default>" else Path(self.file).stem
-
-
-class _Ctx:
-    def __init__(self, file: str, text: str, overrides: dict[str, str] | None = None):
-        self.file = file
-        self.lines = key_lines(text)
-        self.overrides = dict(overrides or {})
-
-    def line(self, key: str) -> int | None:
-        k = key
-        while k:
-            if k in self.lines:
-                return self.lines[k]
-            k = k.rsplit(".", 1)[0] if "." in k else ""
-        return None
-
-    def override(self, key: str) -> str | None:
-        """The override that set ``key`` or a table above it; else, for a key (or table)
-        that the file does not hold, the first override that set a key inside it."""
-        k, in_file = key, False
-        while k:
-            if k in self.overrides:
-                return self.overrides[k]
-            in_file = in_file or k in self.lines
-            if not in_file:
-                inside = [v for o, v in self.overrides.items() if o.startswith(k + ".")]
-                if inside:
-                    return inside[0]
-            k = k.rsplit(".", 1)[0] if "." in k else ""
-        return None
-
-    def err(self, key: str, reason: str) -> ConfigError:
-        over = self.override(key)
-        return ConfigError(self.file, key, None if over else self.line(key), reason, over)
-
-    def unknown(self, table: str, key: str, valid) -> ConfigError:
-        close = difflib.get_close_matches(key, list(valid), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {sorted(valid)}"
-        return self.err(f"{table}.{key}", f"[{table}] key {key!r} is unknown{hint}")
-
-
-def read_config(path: str | Path | None = None, text: str | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Parse and validate a TOML configuration (no JAX operation, no data loaded, no
-    module imported: a key naming a function is only checked for its spelling).
-
-    Args:
-      path: the file; ``None`` with ``text=None`` reads the built-in default.
-      text: TOML text to parse instead of reading ``path`` (``path`` then only names it).
-      overrides: ``"KEY=VALUE"`` strings (``"train.epochs=20"``,
-        ``"sweep.learning_rate=[1e-3, 1e-2]"``), each setting a dotted key before
-        validation; VALUE is a TOML value, or a plain string when it does not parse as
-        one (``optimizer=adam``).
-
-    Raises:
-      ConfigError: ``FILE:LINE: reason`` naming the dotted key; ``--set KEY=VALUE:
-        reason`` when an override set it.
-    """
-    if sys_version_lacks_tomllib():  # pragma: no cover - python 3.10
-        import tomli as tomllib  # type: ignore[import-not-found]
-    else:
-        import tomllib
-
-    if text is None and path is None:
-        file, text, base = "<default>", DEFAULT_CONFIG, Path.cwd()
-    elif text is None:
-        file = str(path)
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(file, None, None, "config file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(file, None, None, f"cannot read the config: {e}") from None
-        base = p.resolve().parent
-    else:
-        file = str(path) if path is not None else "<string>"
-        base = Path(path).resolve().parent if path is not None else Path.cwd()
-    ctx = _Ctx(file, text)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        m = re.search(r"line (\d+)", msg)
-        if m is None and "end of document" in msg:
-            m = re.match(r"(\d+)", str(len(text.rstrip().splitlines()) or 1))
-        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg).strip()
-        raise ConfigError(file, None, int(m.group(1)) if m else None,
-                          f"TOML syntax error: {reason}") from None
-    ctx.overrides = _apply_overrides(file, raw, overrides)
-    raw_copy = _copy_tables(raw)
-    for table, value in raw.items():
-        if table not in SECTIONS:
-            raise ctx.err(table, _unknown_table_msg(table))
-        if not isinstance(value, dict):
-            raise ctx.err(table, f"{table!r} must be a table: write [{table}] on its own line")
-    for table, keys in SECTIONS.items():
-        if not keys or table == "model":  # [model] keys depend on the model: _read_model
-            continue
-        for k in raw.get(table, {}):
-            if k not in keys:
-                raise ctx.unknown(table, k, keys)
-    data = _read_data(ctx, dict(raw.get("data", {})), base)
-    model = _read_model(ctx, dict(raw.get("model", {})), base)
-    loss = _read_loss(ctx, dict(raw.get("loss", {})), model, base)
-    train = _read_train(ctx, dict(raw.get("train", {})))
-    sweep_grid, random = _read_sweep(ctx, dict(raw.get("sweep", {})), train, model)
-    # list-valued [train] entries become axes (before the [sweep] axes: outermost)
-    grid: dict[str, list[Any]] = {}
-    for k in TRAIN_AXES:
-        if isinstance(train.get(k), list):
-            grid[k] = train.pop(k)
-    for k, v in list(train.get("hparams", {}).items()):
-        if isinstance(v, list):
-            grid[k] = train["hparams"].pop(k)
-    grid.update(sweep_grid)
-    if "fold" in grid and "folds" not in train:
-        raise ctx.err("sweep.fold", "[sweep] axis 'fold' needs [train] folds = k")
-    if "folds" in train and "val_fraction" in data:
-        raise ctx.err("data.val_fraction",
-                      "[data] val_fraction and [train] folds exclude each other: choose one")
-    if not names_code(model, loss):  # else checked by build, with the named functions
-        _check_names(ctx, grid, random, train, model_shape_axes(model))
-    _check_required(ctx, grid, random, train, names_code(model, loss))
-    search = _read_search(ctx, raw.get("search"), train)
-    return Config(file, data, model, train, grid, random, base, search, loss, text,
-                  ctx.overrides, raw_copy)
-
-
-def names_code(model: dict[str, Any], loss: dict[str, Any]) -> bool:
-    """Whether [model] or [loss] names a function (the names it may take are its own)."""
-    return "callable" in model or "callable" in loss
-
-
-def _copy_tables(raw: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
-    return copy.deepcopy(raw)
-
-
-_OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
-
-
-def parse_override(text: Any) -> tuple[str, Any]:
-    """``"KEY=VALUE"`` -> (dotted key, value): VALUE parsed as a TOML value, or kept as a
-    plain string when it is not one (``optimizer=adam``, ``callable=./m.py:make``).
-
-    Raises:
-      ValueError: the reason (no ``=``, a bad key, an unclosed list or string).
-    """
-    import tomllib
-
-    if not isinstance(text, str) or "=" not in text:
-        raise ValueError("write KEY=VALUE with a dotted key, e.g. --set train.epochs=20")
-    key, _, value = text.partition("=")
-    key, value = key.strip(), value.strip()
-    if not _OVERRIDE_KEY.fullmatch(key):
-        raise ValueError(f"{key!r} is not a dotted key (e.g. train.epochs, model.kwargs.width)")
-    if not value:
-        raise ValueError("no value after '='")
-    if "\n" in value or "\r" in value:
-        raise ValueError("the value must be on one line")
-    try:
-        doc = tomllib.loads(f"v = {value}")
-    except tomllib.TOMLDecodeError as e:
-        if value[0] in "[{\"'":  # meant as a list, table or string: not one
-            reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e)).strip()
-            raise ValueError(f"{value} is not a TOML value: {reason}") from None
-        return key, value
-    if set(doc) != {"v"}:  # pragma: no cover - one line holds one key
-        raise ValueError(f"{value} is not one TOML value")
-    return key, doc["v"]
-
-
-def _apply_overrides(file: str, raw: dict[str, Any], overrides) -> dict[str, str]:
-    """Set each override's key in ``raw`` (in order; a later one wins); dotted key ->
-    the override's text."""
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    done: dict[str, str] = {}
-    for text in overrides or ():
-        shown = " ".join(str(text).split())
-        try:
-            key, value = parse_override(text)
-        except ValueError as e:
-            raise ConfigError(file, None, None, str(e), shown) from None
-        parts = key.split(".")
-        table = raw
-        for i, part in enumerate(parts[:-1]):
-            table = table.setdefault(part, {})
-            if not isinstance(table, dict):
-                where = ".".join(parts[:i + 1])
-                raise ConfigError(file, key, None, f"{where} is a value, not a table: "
-                                  f"{key} cannot be set", shown)
-        table[parts[-1]] = value
-        done = {k: v for k, v in done.items() if not k.startswith(key + ".")}
-        done[key] = shown
-    return done
-
-
-def _read_search(ctx: _Ctx, s: dict[str, Any] | None, train: dict[str, Any]):
-    """The [search] table as a checked :mod:`jaxgd.search` object (or None)."""
-    if s is None:
-        return None
-    from . import search as search_mod
-
-    epochs = train.get("epochs", options.OPTIONS["epochs"].default)
-    every = train.get("eval_every", options.OPTIONS["eval_every"].default)
-    try:
-        return search_mod.check(search_mod.from_dict(s, "[search]"), epochs, every)
-    except (ValueError, TypeError) as e:
-        m = re.search(r"search (\w+)=", str(e)) or re.search(r"key '(\w+)'", str(e)) or \
-            re.search(r"\[search\]: (\w+)=", str(e))
-        key = f"search.{m.group(1)}" if m and m.group(1) in s else "search"
-        raise ctx.err(key, str(e)) from None
-
-
-def sys_version_lacks_tomllib() -> bool:
-    import sys
-
-    return sys.version_info < (3, 11)
-
-
-def _unknown_table_msg(table: str) -> str:
-    close = difflib.get_close_matches(table, list(SECTIONS), n=1)
-    hint = f" (did you mean [{close[0]}]?)" if close else ""
-    return f"table [{table}] is unknown{hint}; valid tables: {list(SECTIONS)}"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _need(ctx: _Ctx, key: str, ok: bool, what: str, v: Any) -> None:
-    if not ok:
-        raise ctx.err(key, f"{key} = {_show(v)} is invalid: {what}")
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, bool):
-        return str(v).lower()
-    return repr(v)
-
-
-def _choice(ctx: _Ctx, key: str, v: Any, valid) -> None:
-    if not isinstance(v, str) or v not in valid:
-        close = difflib.get_close_matches(str(v), list(valid), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ctx.err(key, f"{key} = {_show(v)} is invalid{hint}; valid values: {list(valid)}")
-
-
-def _read_code(ctx: _Ctx, table: str, d: dict[str, Any], base: Path) -> None:
-    """Check ``callable`` (its spelling; a named file must exist; nothing is imported) and
-    ``kwargs`` (a table) of [data], [model] or [loss]."""
-    key = f"{table}.callable"
-    if "kwargs" in d and "callable" not in d:
-        raise ctx.err(f"{table}.kwargs", f"{table}.kwargs are the keyword arguments of "
-                      f"{key}: name the function too ({key} = \"package.module:function\")")
-    if "callable" not in d:
-        return
-    try:
-        callables.parse(d["callable"], base)
-    except ValueError as e:
-        raise ctx.err(key, f"{key} = {_show(d['callable'])} {e}") from None
-    d.setdefault("kwargs", {})
-    if not isinstance(d["kwargs"], dict):
-        raise ctx.err(f"{table}.kwargs", f"{table}.kwargs = {_show(d['kwargs'])} must be a "
-                      f"table: [{table}.kwargs] or kwargs = {{ name = value }}")
-
-
-def _read_data(ctx: _Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
-    from .datasets import LOADERS
-
-    _read_code(ctx, "data", d, base)
-    if "callable" in d and "dataset" in d:
-        raise ctx.err("data.dataset", "data.dataset and data.callable exclude each other: "
-                      "keep one")
-    ds = d.setdefault("dataset", "diabetes") if "callable" not in d else None
-    if ds is not None and not isinstance(ds, str):
-        raise ctx.err("data.dataset", f"data.dataset = {_show(ds)} must be a string")
-    if ds is not None and ds not in LOADERS:
-        if not ds.lower().endswith((".npz", ".csv")):
-            close = difflib.get_close_matches(ds, list(LOADERS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ctx.err("data.dataset",
-                          f"data.dataset = {_show(ds)} is not a built-in dataset{hint} nor a "
-                          f".npz/.csv file; valid names: {sorted(LOADERS)}")
-        p = Path(ds).expanduser()
-        cands = [p] if p.is_absolute() else [base / p, Path.cwd() / p]
-        found = next((c for c in cands if c.is_file()), None)
-        if found is None:
-            raise ctx.err("data.dataset", f"data.dataset file {ds!r} not found (looked in "
-                          f"{', '.join(str(c.parent) for c in cands)})")
-        d["path"] = str(found)
-    for k in ("standardize", "standardize_target"):
-        d.setdefault(k, False)
-        _need(ctx, f"data.{k}", isinstance(d[k], bool), "use true or false", d[k])
-    if "val_fraction" in d:
-        v = d["val_fraction"]
-        _need(ctx, "data.val_fraction", _is_num(v) and 0 < v < 1, "use a number in (0, 1)", v)
-    d.setdefault("split_seed", 0)
-    _need(ctx, "data.split_seed", _is_int(d["split_seed"]) and d["split_seed"] >= 0,
-          "use an integer >= 0", d["split_seed"])
-    if "task" in d:
-        _choice(ctx, "data.task", d["task"], TASKS)
-        if "path" not in d and "callable" not in d:
-            raise ctx.err("data.task", "data.task only applies to .npz/.csv files and "
-                          f"data.callable; built-in dataset {ds!r} has its own task")
-    return d
-
-
-def _read_model(ctx: _Ctx, m: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
-    """Check [model] against the model registry: the name, then its own arguments; or a
-    named function (``callable``, ``kwargs``) and an optional built-in ``loss``."""
-    from .losses import LOSSES
-
-    registry = _model_registry()
-    if "callable" in m or "kwargs" in m:
-        if "name" in m and "callable" in m:
-            raise ctx.err("model.name", "model.name and model.callable exclude each other: "
-                          "keep one")
-        _read_code(ctx, "model", m, base or Path.cwd())
-        for k in m:
-            if k not in ("callable", "kwargs", "loss"):
-                raise ctx.unknown("model", k, ["callable", "kwargs", "loss"])
-        if "loss" in m:
-            _choice(ctx, "model.loss", m["loss"], sorted(LOSSES))
-        return m
-    m.setdefault("name", "linear")
-    _choice(ctx, "model.name", m["name"], sorted(registry))
-    if "loss" in m:
-        _choice(ctx, "model.loss", m["loss"], sorted(LOSSES))
-    args = registry[m["name"]].args
-    for k, v in m.items():
-        if k in ("name", "loss"):
-            continue
-        if k not in args:
-            takers = [n for n, e in registry.items() if k in e.args]
-            if not takers:
-                raise ctx.unknown("model", k, ["name", "loss", *args])
-            raise ctx.err(f"model.{k}", f"[model] key {k!r} does not apply to model "
-                          f"{m['name']!r} (only to {', '.join(takers)})")
-        _need(ctx, f"model.{k}", args[k].ok(v), f"use {args[k].what}", v)
-    return m
-
-
-def _read_loss(ctx: _Ctx, d: dict[str, Any], model: dict[str, Any],
-               base: Path) -> dict[str, Any]:
-    """Check [loss]: a named loss function (``callable``) and its ``kwargs``."""
-    if not d:
-        return d
-    _read_code(ctx, "loss", d, base)
-    if "loss" in model:
-        raise ctx.err("loss.callable", "model.loss and loss.callable exclude each other: "
-                      "keep one")
-    return d
-
-
-def _read_train(ctx: _Ctx, t: dict[str, Any]) -> dict[str, Any]:
-    """Check [train] with the options' own checks (jaxgd.options), each list-valued axis
-    value by value."""
-    from .optim import OPTIMIZERS, SCHEDULES
-
-    choices = {"optimizer": sorted(OPTIMIZERS), "schedule": sorted(SCHEDULES)}
-    for k, v in t.items():
-        if k in ("hparams", "init_seed"):
-            continue
-        if isinstance(v, list) and not v:
-            raise ctx.err(f"train.{k}", f"train.{k} = [] is empty")
-        for x in (v if isinstance(v, list) and k in TRAIN_AXES else [v]):
-            if k in choices:  # names, with a "did you mean"
-                _choice(ctx, f"train.{k}", x, choices[k])
-                continue
-            try:
-                options.check(k, x)
-            except (TypeError, ValueError):
-                raise ctx.err(f"train.{k}", f"train.{k} = {_show(x)} is invalid: use "
-                              f"{options.OPTIONS[k].what}") from None
-    init_seed = t.get("init_seed", 0)
-    if not ((_is_int(init_seed) and init_seed >= 0) or init_seed == "seed"):
-        raise ctx.err("train.init_seed", f"train.init_seed = {_show(init_seed)} is invalid: "
-                      "use an integer >= 0, or \"seed\" to draw each seed's own initial "
-                      "parameters")
-    if "hparams" in t:
-        hp = t["hparams"]
-        if not isinstance(hp, dict):
-            raise ctx.err("train.hparams", "train.hparams must be a table, e.g. "
-                          "hparams = { learning_rate = 0.01, momentum = 0.9 }")
-        for k, v in hp.items():
-            vals = v if isinstance(v, list) else [v]
-            if not vals or not all(_is_num(x) or isinstance(x, bool) for x in vals):
-                raise ctx.err(f"train.hparams.{k}",
-                              f"train.hparams.{k} = {_show(v)} is invalid: use a number "
-                              "(or a list of numbers to sweep it)")
-    t["hparams"] = dict(t.get("hparams", {}))
-    return t
-
-
-def _expand_space(ctx: _Ctx, key: str, v: dict[str, Any]) -> list[Any]:
-    kinds = [k for k in v if k in SPACES]
-    extra = [k for k in v if k not in (*SPACES, "num", "base")]
-    if len(kinds) != 1 or extra:
-        bad = extra[0] if extra else None
-        if bad:
-            raise ctx.unknown(key, bad, (*SPACES, "num", "base"))
-        raise ctx.err(key, f"{key} = {{...}} needs exactly one of {list(SPACES)}, e.g. "
-                      "{ logspace = [-4, -1], num = 16 }")
-    kind = kinds[0]
-    ends = v[kind]
-    if kind == "range":
-        ok = isinstance(ends, list) and 1 <= len(ends) <= 3 and all(_is_int(e) for e in ends)
-        _need(ctx, f"{key}.range", ok, "use [stop], [start, stop] or [start, stop, step] "
-              "(integers)", ends)
-        vals = list(range(*ends))
-        if not vals:
-            raise ctx.err(f"{key}.range", f"{key}.range = {ends} is empty")
-        return vals
-    ok = isinstance(ends, list) and len(ends) == 2 and all(_is_num(e) for e in ends)
-    _need(ctx, f"{key}.{kind}", ok, "use [start, stop]", ends)
-    num = v.get("num")
-    if num is None:
-        raise ctx.err(key, f"{key} = {{ {kind} = [...] }} needs num = N (how many values)")
-    _need(ctx, f"{key}.num", _is_int(num) and num > 0, "use a positive integer", num)
-    if kind == "logspace":
-        base = v.get("base", 10.0)
-        _need(ctx, f"{key}.base", _is_num(base) and base > 0, "use a number > 0", base)
-        return np.logspace(ends[0], ends[1], num, base=base).tolist()
-    if "base" in v:
-        raise ctx.err(f"{key}.base", f"{key}.base only applies to logspace")
-    if kind == "geomspace":
-        _need(ctx, f"{key}.geomspace", ends[0] * ends[1] > 0,
-              "use two numbers of the same sign, not 0", ends)
-        return np.geomspace(ends[0], ends[1], num).tolist()
-    return np.linspace(ends[0], ends[1], num).tolist()
-
-
-def _normalize_axis_value(name: str, v: Any) -> Any:
-    if name == "batch_size" and v == "full":
-        return None
-    return v
-
-
-def model_shape_axes(model: dict[str, Any]) -> tuple[str, ...]:
-    """The [model] arguments a [sweep] axis may vary: those the registry marks as changing
-    only parameter shapes (``ModelArg.shape``, e.g. ``hidden`` of ``mlp``); none known
-    before :func:`build` for a named model function (its ``init``'s own)."""
-    if "callable" in model:
-        return ()
-    return tuple(k for k, a in _model_registry()[model["name"]].args.items() if a.shape)
-
-
-def _read_shape_axis(ctx: _Ctx, key: str, k: str, v: Any, model: dict[str, Any]) -> list[Any]:
-    """A [sweep] axis over a model argument: a list of values, each checked like [model]'s
-    (for mlp's ``hidden``, each value is a width or a list of widths)."""
-    if k in model:
-        raise ctx.err(key, f"{k!r} is given both in [model] and in [sweep]: keep one")
-    if not isinstance(v, list) or not v:
-        raise ctx.err(key, f"{key} = {_show(v)} is invalid: a model argument swept in "
-                      f"[sweep] is a non-empty list of values, e.g. {k} = [16, 32]")
-    arg = _model_registry()[model["name"]].args[k]
-    for x in v:
-        _need(ctx, key, arg.ok(x), f"use a list whose values are each {arg.what}", x)
-    return v
-
-
-def _read_sweep(ctx: _Ctx, s: dict[str, Any], train: dict[str, Any],
-                model: dict[str, Any] | None = None):
-    from .sweep import expand_configs
-
-    grid: dict[str, list[Any]] = {}
-    random = s.pop("random", None)
-    shape_names = model_shape_axes(model) if model else ()
-    for k, v in s.items():
-        key = f"sweep.{k}"
-        if k in train and k != "hparams" or k in train.get("hparams", {}):
-            raise ctx.err(key, f"{k!r} is given both in [train] and in [sweep]: keep one")
-        if k in shape_names:
-            grid[k] = _read_shape_axis(ctx, key, k, v, model)
-            continue
-        if isinstance(v, dict):
-            vals = _expand_space(ctx, key, v)
-        elif isinstance(v, list):
-            vals = v
-        else:
-            vals = [v]
-        if not vals:
-            raise ctx.err(key, f"{key} = [] is empty")
-        if k == "batch_size":
-            for x in vals:
-                _need(ctx, key, (_is_int(x) and x > 0) or x == "full",
-                      'use positive integers or "full" (full batch)', x)
-        # a named model's init may take lists (layer widths) on a shape axis of any name
-        shape = (k,) if "callable" in (model or {}) and any(
-            isinstance(x, list) for x in vals) else ()
-        try:
-            expand_configs(grid={k: [_normalize_axis_value(k, x) for x in vals]}, shape=shape)
-        except (ValueError, TypeError) as e:
-            raise ctx.err(key, f"{key}: {e}") from None
-        grid[k] = vals
-    rnd = None
-    if random is not None:
-        if not isinstance(random, dict):
-            raise ctx.err("sweep.random", "sweep.random must be a table: [sweep.random]")
-        rnd = {}
-        n = random.get("n")
-        _need(ctx, "sweep.random.n", _is_int(n) and n > 0, "use a positive integer", n)
-        rnd["n"] = n
-        if "random_seed" in random:
-            rs = random["random_seed"]
-            _need(ctx, "sweep.random.random_seed", _is_int(rs) and rs >= 0,
-                  "use an integer >= 0", rs)
-            rnd["random_seed"] = rs
-        for k, dist in random.items():
-            if k in ("n", "random_seed"):
-                continue
-            key = f"sweep.random.{k}"
-            if k in grid or k in train and k != "hparams" or k in train.get("hparams", {}):
-                raise ctx.err(key, f"{k!r} is given twice (random and grid/[train]): keep one")
-            if not (isinstance(dist, list) and dist and dist[0] in RANDOM_KINDS):
-                raise ctx.err(key, f"{key} = {_show(dist)} is invalid: use "
-                              '["loguniform", low, high], ["uniform", low, high], '
-                              '["randint", low, high] or ["choice", [v1, v2, ...]]')
-            d = tuple(dist)
-            if k == "batch_size" and d[0] == "choice" and isinstance(d[1], list):
-                d = ("choice", [_normalize_axis_value(k, x) for x in d[1]])
-            try:
-                expand_configs(random={"n": 2, k: d})
-            except (ValueError, TypeError) as e:
-                raise ctx.err(key, f"{key}: {e}") from None
-            rnd[k] = d
-    return grid, rnd
-
-
-def _check_names(ctx: _Ctx, grid, random, train, shape_names=()) -> None:
-    """Axis and hparams names must be hyper-parameters of one of the sweep's optimizers
-    (or, for [sweep] axes, the model's shape arguments)."""
-    from .sweep import STREAM_AXES, STRUCTURAL_AXES
-
-    try:
-        from .optim import factory_params, known_names, resolve_optimizer
-
-        opts = grid.get("optimizer", [train.get("optimizer", "sgd")])
-        scheds = grid.get("schedule", [train.get("schedule", "constant")])
-        known: set[str] = set()
-        for o in opts:
-            spec = resolve_optimizer(o)
-            _, every = factory_params(spec.factory)
-            known |= every
-            for s in scheds:
-                known |= known_names(spec, s)
-    except Exception:  # noqa: BLE001 - the library checks again when the sweep runs
-        return
-    axes_ok = known | set(STRUCTURAL_AXES) | set(STREAM_AXES)
-    for k in grid:
-        if k not in axes_ok | set(shape_names):
-            table = "sweep" if f"sweep.{k}" in {**ctx.lines, **ctx.overrides} \
-                else "train.hparams"
-            raise ctx.unknown(table, k, sorted(axes_ok | set(shape_names)))
-    for k in random or {}:
-        if k not in ("n", "random_seed") and k not in axes_ok:
-            raise ctx.unknown("sweep.random", k, sorted(axes_ok | {"n", "random_seed"}))
-    for k in train.get("hparams", {}):
-        if k not in known:
-            raise ctx.unknown("train.hparams", k, sorted(known))
-
-
-def _axis_values(name: str, grid, random, default: Any) -> list[Any]:
-    if name in grid:
-        return list(grid[name])
-    d = (random or {}).get(name)
-    if d is not None and d[0] == "choice" and isinstance(d[1], list):
-        return list(d[1])
-    return [default]
-
-
-def _check_required(ctx: _Ctx, grid, random, train, loss_names=False) -> None:
-    """A learning rate, the schedules' required parameters, and [train] hparams that every
-    optimizer of the sweep takes: checked before JAX starts (with ``loss_names``, a named
-    loss may take hparams of its own: the sweep checks them)."""
-    from .optim import SCHEDULES, factory_params, known_names, resolve_optimizer
-
-    given = set(train.get("hparams", {})) | set(grid) | set(random or {})
-    if "learning_rate" not in given:
-        key = "sweep" if "sweep" in ctx.lines else "train.hparams"
-        raise ctx.err(key, "learning_rate is not given: add it to [sweep] (e.g. "
-                      "learning_rate = { logspace = [-3, 0], num = 8 }), [sweep.random] or "
-                      "[train] hparams = { learning_rate = 0.01 }")
-    opts = _axis_values("optimizer", grid, random, train.get("optimizer", "sgd"))
-    scheds = _axis_values("schedule", grid, random, train.get("schedule", "constant"))
-    for s in scheds:
-        for k, default in SCHEDULES.get(s, {}).items():
-            if default is None and k not in given:
-                raise ctx.err("train.schedule", f"schedule {s!r} needs {k}: add it to "
-                              f"[train] hparams = {{ {k} = ... }} or to [sweep]")
-    for o in opts:
-        try:
-            spec = resolve_optimizer(o)
-        except (ValueError, TypeError):
-            continue  # reported by the [train] checks
-        every = factory_params(spec.factory)[1] if spec.factory is not None else set()
-        for s in scheds:
-            if s not in SCHEDULES:
-                continue
-            known = known_names(spec, s)
-            for k in train.get("hparams", {}):
-                if k not in known and k not in every and not loss_names:
-                    raise ctx.err(f"train.hparams.{k}",
-                                  f"train.hparams.{k} is not a hyper-parameter of optimizer "
-                                  f"{o!r} with schedule {s!r}; every optimizer of the sweep "
-                                  f"gets [train] hparams (known: {sorted(known)})")
-
-
-# ----------------------------------------------------------------------------- building
 
 
 @dataclass
@@ -834,7 +109,7 @@ class Experiment:
             msg, where = str(e), _config_key_of(self.config, str(e))
             if where is None and (where := _code_key_of(self.config, msg)):
                 table = getattr(self.config, where.split(".")[0])
-                msg = f"{where} = {_show(table['callable'])}: {msg}"
+                msg = f"{where} = {show_value(table['callable'])}: {msg}"
             if where is None:
                 raise
             raise _cfg_err(self.config, where, msg) from e
@@ -872,7 +147,7 @@ def _code_key_of(cfg: Config, message: str) -> str | None:
                  if "callable" in getattr(cfg, t)), None)
 
 
-def _ctx_of(cfg: Config) -> _Ctx:
+def _ctx_of(cfg: Config) -> Ctx:
     """Where the keys of ``cfg`` are: the lines of its file (none for the built-in default
     or text without a file) and its overrides."""
     text = ""
@@ -881,7 +156,7 @@ def _ctx_of(cfg: Config) -> _Ctx:
             text = Path(cfg.file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             pass
-    return _Ctx(cfg.file, text, cfg.overrides)
+    return Ctx(cfg.file, text, cfg.overrides)
 
 
 def _cfg_err(cfg: Config, key: str, reason: str) -> ConfigError:
@@ -900,7 +175,7 @@ def _load_code(cfg: Config) -> dict[str, Any]:
         try:
             out[table] = callables.load(callables.parse(d["callable"], cfg.base_dir))
         except ValueError as e:
-            raise _cfg_err(cfg, key, f"{key} = {_show(d['callable'])}: {e}") from None
+            raise _cfg_err(cfg, key, f"{key} = {show_value(d['callable'])}: {e}") from None
     return out
 
 
@@ -911,7 +186,7 @@ def _called(cfg: Config, table: str, fn) -> Any:
         return callables.call(fn, d["kwargs"])
     except ValueError as e:
         raise _cfg_err(cfg, _kwarg_key(table, d["kwargs"], str(e)), f"{table}.kwargs of "
-                       f"{table}.callable = {_show(d['callable'])}: {e}") from None
+                       f"{table}.callable = {show_value(d['callable'])}: {e}") from None
 
 
 def _kwarg_key(table: str, kwargs: dict[str, Any], message: str) -> str:
@@ -930,7 +205,7 @@ def _load_arrays(cfg: Config, data_fn=None):
         try:
             x, y, val, task = callables.data_arrays(out)
         except ValueError as e:
-            raise _cfg_err(cfg, "data.callable", f"data.callable = {_show(d['callable'])} "
+            raise _cfg_err(cfg, "data.callable", f"data.callable = {show_value(d['callable'])} "
                            f"{e}") from None
         n_train = None
         if val is not None:
@@ -938,9 +213,9 @@ def _load_arrays(cfg: Config, data_fn=None):
                 if k in d or cfg.train.get(k):
                     key = f"data.{k}" if k in d else f"train.{k}"
                     raise _cfg_err(cfg, key, f"{key} does not apply: data.callable = "
-                                   f"{_show(d['callable'])} returned a validation part")
+                                   f"{show_value(d['callable'])} returned a validation part")
             if val[1].shape[1:] != y.shape[1:]:
-                raise _cfg_err(cfg, "data.callable", f"data.callable = {_show(d['callable'])}"
+                raise _cfg_err(cfg, "data.callable", f"data.callable = {show_value(d['callable'])}"
                                f" returned y_val of shape {val[1].shape} for y of shape "
                                f"{y.shape}")
             n_train = len(x)
@@ -1035,7 +310,7 @@ def build(cfg: Config) -> Experiment:
     fns = _load_code(cfg)
     err = lambda key, msg: _cfg_err(cfg, key, msg)  # noqa: E731
     x, y, task, name, n_train = _load_arrays(cfg, fns.get("data"))
-    entry = None if "model" in fns else _model_registry()[cfg.model["name"]]
+    entry = None if "model" in fns else model_registry()[cfg.model["name"]]
     task = cfg.data.get("task") or task or (entry.task if entry else _task_of(y))
     outputs = None
     if entry is not None or "loss" not in fns:  # a named loss on a named model: its labels
@@ -1098,7 +373,7 @@ def _user_model(cfg: Config, fn) -> tuple[Any, tuple[str, ...]]:
         init, apply = callables.model_pair(out)
     except ValueError as e:
         raise _cfg_err(cfg, "model.callable", f"model.callable = "
-                       f"{_show(cfg.model['callable'])} {e}") from None
+                       f"{show_value(cfg.model['callable'])} {e}") from None
     return Model(init, apply), shape_axes(init)
 
 
@@ -1114,7 +389,7 @@ def _probe_init(cfg: Config, init, shape_all):
             shape[k] = cfg.grid[k][0]
         elif sig[k].default is inspect.Parameter.empty:
             raise _cfg_err(cfg, "model.callable", f"the init of model.callable = "
-                           f"{_show(cfg.model['callable'])} needs {k!r}: sweep it in "
+                           f"{show_value(cfg.model['callable'])} needs {k!r}: sweep it in "
                            f"[sweep] ({k} = [...]) or give it a default")
     return functools.partial(init, **shape)
 
@@ -1160,7 +435,7 @@ def _user_loss(cfg: Config, fn, apply):
     except TypeError as e:
         raise _cfg_err(cfg, _kwarg_key("loss", cfg.loss["kwargs"], str(e)) if key ==
                        "loss.kwargs" else key, f"{key} of loss.callable = "
-                       f"{_show(cfg.loss['callable'])}: {e}") from None
+                       f"{show_value(cfg.loss['callable'])}: {e}") from None
     return loss
 
 
@@ -1172,7 +447,7 @@ def _check_named_code(cfg: Config, shape_all, loss) -> None:
 
     if not names_code(cfg.model, cfg.loss) or declared(loss, "the loss")["hparams"]:
         return
-    _check_names(_ctx_of(cfg), cfg.grid, cfg.random, cfg.train, shape_all)
+    check_names(_ctx_of(cfg), cfg.grid, cfg.random, cfg.train, shape_all)
 
 
 def _shape_init(cfg: Config, entry, features: int, outputs: int, names, init_seed):
@@ -1292,7 +567,7 @@ def _sweep_kwargs(cfg: Config, in_program, val_data) -> tuple[dict[str, Any], An
     if in_program:
         kw["standardize"] = tuple(in_program)
     if cfg.grid:
-        kw["grid"] = {k: [_normalize_axis_value(k, x) for x in v] for k, v in cfg.grid.items()}
+        kw["grid"] = {k: [normalize_axis_value(k, x) for x in v] for k, v in cfg.grid.items()}
     if cfg.random:
         kw["random"] = dict(cfg.random)
     if val_data is not None:

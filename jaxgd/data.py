@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._checks import check_positive_int
+from ._checks import check_positive_int, is_int
 
 __all__ = [
     "BatchPlan",
@@ -181,7 +181,7 @@ def train_val_split(
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction=!r}")
     n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
-    if isinstance(key_or_seed, numbers.Integral) and not isinstance(key_or_seed, bool):
+    if is_int(key_or_seed):
         perm = np.random.default_rng(int(key_or_seed)).permutation(n)
     else:
         perm = np.asarray(jax.random.permutation(key_or_seed, n))

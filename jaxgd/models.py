@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ._checks import check_positive_int
+from ._checks import check_positive_int, is_int
 
 Params = dict[str, Any]
 
@@ -361,10 +361,6 @@ class RegisteredModel(NamedTuple):
     doc: str
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _flat(features: int, **_: Any) -> tuple[int, ...]:
     return (features,)
 
@@ -400,25 +396,25 @@ REGISTRY: dict[str, RegisteredModel] = {
         ("binary", "multiclass"), {"init_scale": _SCALE}, _flat, "softmax regression"),
     "mlp": RegisteredModel(
         mlp, lambda d, k, hidden=(32,), activation="relu": mlp(
-            d, (hidden,) if _is_int(hidden) else tuple(hidden), k, activation),
+            d, (hidden,) if is_int(hidden) else tuple(hidden), k, activation),
         "regression", TASKS,
-        {"hidden": ModelArg((32,), lambda v: (_is_int(v) and v > 0) or (
-            isinstance(v, list) and all(_is_int(x) and x > 0 for x in v)),
+        {"hidden": ModelArg((32,), lambda v: (is_int(v) and v > 0) or (
+            isinstance(v, list) and all(is_int(x) and x > 0 for x in v)),
             "a list of positive integers, e.g. [32, 32]", shape=True),
          "activation": _ACT("relu")}, _flat, "multi-layer perceptron"),
     "cnn": RegisteredModel(
         cnn, lambda d, k, channels=8: cnn(max(k, 2), channels), "multiclass",
         ("binary", "multiclass"),
-        {"channels": ModelArg(8, lambda v: _is_int(v) and v > 0, "a positive integer",
+        {"channels": ModelArg(8, lambda v: is_int(v) and v > 0, "a positive integer",
                               shape=True)},
         _image8x8, "small CNN for 8x8 images"),
     "rnn": RegisteredModel(
         rnn, lambda d, k, steps=None, hidden=32, activation="tanh": rnn(
             d // (steps or d), hidden, k, activation), "regression", TASKS,
-        {"steps": ModelArg(None, lambda v: _is_int(v) and v > 0,
+        {"steps": ModelArg(None, lambda v: is_int(v) and v > 0,
                            "a positive integer (time steps a row is cut into; default: "
                            "one feature per step)"),
-         "hidden": ModelArg(32, lambda v: _is_int(v) and v > 0, "a positive integer",
+         "hidden": ModelArg(32, lambda v: is_int(v) and v > 0, "a positive integer",
                             shape=True),
          "activation": _ACT("tanh")}, _sequence, "Elman RNN over the row's time steps"),
 }

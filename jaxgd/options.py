@@ -6,7 +6,8 @@ fingerprint). Derived from it:
 
 * the keyword parameters of :func:`jaxgd.fit` and :func:`jaxgd.sweep` (written out in
   their signatures for readers and tools; a test checks them against this table) and
-  the options they forward (:func:`collect`);
+  the options they forward (:func:`collect`), as an :class:`Options` object whose
+  fields are the table's (a test checks them too), so an option can be followed by name;
 * the ``Args`` documentation of both (:func:`document`);
 * the keys a TOML ``[train]`` table accepts (:func:`file_options`), checked by the same
   functions as the keywords;
@@ -20,14 +21,15 @@ structure, the loss) is checked by :func:`jaxgd.prepare.prepare`.
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import stops
-from ._checks import check_bool, check_positive_int
+from ._checks import check_bool, check_positive_int, check_seed, is_int
 
-__all__ = ["OPTIONS", "Option", "collect", "document", "file_options", "options_for"]
+__all__ = ["OPTIONS", "Option", "Options", "collect", "document", "file_options",
+           "options_for"]
 
 SHUFFLES = ("none", "feistel", "uniform")
 GIVEN = "given"  # shuffle= an array of sample orders (checked against the data in prepare)
@@ -60,8 +62,7 @@ def _positive(name: str, v: Any) -> int:
 
 
 def _positive_or_none(name: str, v: Any) -> int | None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                          or v <= 0):
+    if v is not None and (not is_int(v) or v <= 0):
         raise ValueError(f"{name}={v!r} must be a positive integer or None")
     return v
 
@@ -73,16 +74,9 @@ def _batch_size(name: str, v: Any) -> int | None:
 
 
 def _nonneg(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+    if not is_int(v) or v < 0:
         raise ValueError(f"{name}={v!r} must be a non-negative integer")
     return int(v)
-
-
-def _seed(name: str, v: Any) -> int:
-    v = _nonneg(name, v)
-    if v > 2**64 - 1:
-        raise ValueError(f"{name}={v!r}: a seed must be < 2**64 (a key holds 64 bits)")
-    return v
 
 
 def _out(name: str, v: Any) -> Any:
@@ -94,7 +88,7 @@ def _out(name: str, v: Any) -> Any:
 
 
 def _folds(name: str, v: Any) -> int | None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 2):
+    if v is not None and (not is_int(v) or v < 2):
         raise ValueError(f"{name}={v!r} must be an integer >= 2")
     return v
 
@@ -207,7 +201,7 @@ _TRAIN: tuple[Option, ...] = (
            "loss's keys (``jaxgd.loss_key``).", scope=FIT),
     Option("seed", 0, "int",
            "the base training seed (a ``seed`` axis overrides it); seed s reproduces "
-           "``fit(..., key=s)``.", scope=SWEEP, file=True, check=_seed,
+           "``fit(..., key=s)``.", scope=SWEEP, file=True, check=check_seed,
            what="an integer in 0..2**64 - 1", fingerprint="own", axis=5),
     Option("schedule", "constant", "str",
            "learning-rate schedule: ``\"constant\"``, ``\"exponential\"``, ``\"step\"``, "
@@ -304,11 +298,13 @@ _TRAIN: tuple[Option, ...] = (
     Option("only", None, "Iterable[int] | None",
            "indices of the configurations to run (to spread a sweep over launchers; combine "
            "the parts with :meth:`SweepResult.concat`).", scope=SWEEP, fingerprint="own"),
-    Option("search", None, "jaxgd.search.Halving | jaxgd.search.PBT | dict | None",
+    Option("search", None,
+           "jaxgd.search.Halving | jaxgd.search.PBT | jaxgd.search.Median | dict | None",
            "an adaptive search instead of training every configuration for ``epochs``: "
            "successive halving / Hyperband (``jaxgd.search.Halving``, "
-           "``jaxgd.search.hyperband``) or population-based training "
-           "(``jaxgd.search.PBT``); see :mod:`jaxgd.search`. Pruned configurations have "
+           "``jaxgd.search.hyperband``), population-based training "
+           "(``jaxgd.search.PBT``) or the median stopping rule (``jaxgd.search.Median``); "
+           "see :mod:`jaxgd.search`. Pruned configurations have "
            "``stop_reason == \"pruned\"``; PBT's hyper-parameters over time are in "
            "``SweepResult.lineage``.", scope=SWEEP, fingerprint="own"),
     Option("out", None, "str | PathLike | None",
@@ -356,10 +352,68 @@ def check(name: str, value: Any) -> Any:
     return value if o.check is None else o.check(name, value)
 
 
-def collect(scope: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The keyword options of one ``fit`` or ``sweep`` call, by name (built by
+    :func:`collect`; the fields and defaults are the table's: a test checks them). An
+    option of the other front door keeps its default (``key`` in a sweep, ``grid`` in a
+    fit)."""
+
+    optimizer: Any = "sgd"
+    hparams: Mapping[str, Any] | None = None
+    batch_size: int | str | None = None
+    epochs: int = 100
+    shuffle: bool | str = True
+    drop_last: bool = False
+    key: Any = None
+    schedule: str = "constant"
+    accumulate: int = 1
+    val_data: Any = None
+    state: Any = None
+    grad_tol: float | None = None
+    loss_target: float | None = None
+    patience: int | None = None
+    min_delta: float | None = 0.0
+    diverge_factor: float | None = None
+    restore_best: bool = False
+    metrics: str = "full"
+    record_steps: bool = False
+    record_params: bool = False
+    eval_every: int = 1
+    standardize: bool | int | tuple[int, ...] | None = None
+    penalty_mask: Callable[[Any], Any] | None = None
+    progress: bool = False
+    grid: Mapping[str, Any] | None = None
+    random: Mapping[str, Any] | None = None
+    configs: Sequence[Mapping[str, Any]] | None = None
+    seed: int = 0
+    folds: int | None = None
+    fold_seed: int = 0
+    init: Callable[..., Any] | None = None
+    chunk_size: int | None = None
+    memory_budget: int | None = None
+    only: Iterable[int] | None = None
+    search: Any = None
+    out: Any = None
+    mesh: Any = None
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` (option name -> value)."""
+        return dataclasses.replace(self, **changes)
+
+    def checked(self, names: Iterable[str]) -> Options:
+        """A copy with the options ``names`` checked and normalised (:func:`check`)."""
+        return self.replace(**{n: check(n, getattr(self, n)) for n in names})
+
+    def pick(self, names: Iterable[str]) -> dict[str, Any]:
+        """The values of the options ``names`` by name."""
+        return {n: getattr(self, n) for n in names}
+
+
+def collect(scope: str, namespace: Mapping[str, Any]) -> Options:
     """The options of ``scope`` picked from ``namespace`` (a call's ``locals()``), checked.
 
-    Values are returned as given (the checks only raise); :func:`check` normalises.
+    Values are kept as given (the checks only raise); :func:`check` normalises.
     """
     out = {}
     for o in options_for(scope):
@@ -367,7 +421,7 @@ def collect(scope: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
         if o.check is not None:
             o.check(o.name, value)
         out[o.name] = value
-    return out
+    return Options(**out)
 
 
 def document(scope: str, skip: Iterable[str] = ()) -> str:

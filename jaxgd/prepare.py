@@ -1,7 +1,7 @@
 """Validation of ``fit``/``sweep`` arguments, before anything is compiled.
 
 :func:`prepare` checks every argument and builds the hashable
-:class:`~jaxgd.program.ProgramSpec` that keys the compiled program.
+:class:`~jaxgd.spec.ProgramSpec` that keys the compiled program.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import lossform, optim, options, stops
+from ._checks import check_seed, is_int
 from .data import BatchPlan, batch_plan
-from .program import ProgramSpec
+from .spec import ProgramSpec
 
 
 def as_key(key: Any, name: str = "key") -> jax.Array:
@@ -65,7 +66,6 @@ def init_key(run_key: Any) -> jax.Array:
     return lossform.init_key(as_key(run_key))
 
 
-MAX_SEED = 2**64 - 1
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
 
 
@@ -77,10 +77,7 @@ def seed_key(seed: int, name: str = "seed") -> jax.Array:
     (what ``jax.random.key`` gives them with 64-bit integers enabled), whose high word is
     never 0, so they never repeat a smaller seed. Larger seeds are refused.
     """
-    if seed < 0:
-        raise ValueError(f"{name}={seed!r}: a seed must be >= 0")
-    if seed > MAX_SEED:
-        raise ValueError(f"{name}={seed!r}: a seed must be < 2**64 (a key holds 64 bits)")
+    seed = check_seed(name, seed)
     if seed < 2**32:
         return jax.random.key(seed)
     impl_shape = jax.random.key_data(jax.random.key(0)).shape
@@ -186,8 +183,7 @@ def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
         raise TypeError(f"standardize={standardize!r} must be True, a leaf index or a tuple "
                         "of leaf indices")
     for i in idx:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not (
-                0 <= i < len(leaves)):
+        if not is_int(i) or not 0 <= i < len(leaves):
             raise ValueError(f"standardize={standardize!r}: {i!r} is not a leaf index of data "
                              f"(it has {len(leaves)} leaves)")
         if not jnp.issubdtype(leaves[i].dtype, jnp.floating):
@@ -196,9 +192,9 @@ def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
     return tuple(sorted({int(i) for i in idx}))
 
 
-def stop_hparams(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The stop parameters among ``values`` (keyword -> value; ``None``: not given)."""
-    return {name: values[name] for name in stops.STOP_PARAMS if values.get(name) is not None}
+def stop_hparams(opts: options.Options) -> dict[str, Any]:
+    """The stop parameters among the options (``None``: not given)."""
+    return {name: v for name, v in opts.pick(stops.STOP_PARAMS).items() if v is not None}
 
 
 def tc_array(name: str, value: Any, dtype) -> np.ndarray:
@@ -227,29 +223,29 @@ class Prepared(NamedTuple):
 
 
 def prepare(
-    loss: Callable[..., Any], params: Any, data: Any, opts: Mapping[str, Any], *,
+    loss: Callable[..., Any], params: Any, data: Any, opts: options.Options, *,
     init_fn: Callable[[jax.Array], Any] | None = None, data_checked: bool = False,
     n_train: int | None = None, val_from_index: bool = False,
 ) -> Prepared:
     """Validate every argument (before anything is compiled) and build the ProgramSpec.
 
-    ``opts`` maps the training options of :data:`jaxgd.options.OPTIONS` that ``fit`` and
-    ``sweep`` share to their values (as the caller's keywords give them). The other
+    ``opts``: the call's :class:`jaxgd.options.Options` (as the caller's keywords give
+    them; the options ``fit`` and ``sweep`` share are checked and normalised here). The other
     keywords are a sweep's: ``init_fn`` draws the parameters from each key,
     ``data_checked`` skips a second validation of ``data``, ``n_train`` is a fold's
     training size and ``val_from_index`` marks a fold's held-out part as validation.
     """
     from .data import check_orders, validate_data
 
-    o = {name: options.check(name, opts[name]) for name in _PROGRAM_OPTIONS}
-    if o["epochs"] > MAX_COUNT:
-        raise ValueError(f"epochs={o['epochs']} is more than the {MAX_COUNT} (2**31 - 1) "
+    o = opts.checked(_PROGRAM_OPTIONS)
+    if o.epochs > MAX_COUNT:
+        raise ValueError(f"epochs={o.epochs} is more than the {MAX_COUNT} (2**31 - 1) "
                          "epochs a program counts (its epoch and step counters are int32)")
     if data_checked:  # validated by the caller (sweep): skip a second pass over the data
         n = jax.tree.leaves(data)[0].shape[0]
     else:
         data, n = validate_data(data, "data")
-    val_data = o["val_data"]
+    val_data = o.val_data
     if val_data is not None:
         val_data, _ = validate_data(val_data, "val_data")
         if jax.tree.structure(val_data) != jax.tree.structure(data):
@@ -280,20 +276,20 @@ def prepare(
     params = check_params(params)
     check_no_state_in_params(params)
     plan = _plan(n if n_train is None else n_train, o)
-    orders = (check_orders(opts["shuffle"], plan.n) if o["shuffle"] == options.GIVEN
+    orders = (check_orders(opts.shuffle, plan.n) if o.shuffle == options.GIVEN
               else None)
-    if o["epochs"] * plan.steps_per_epoch > MAX_COUNT:
+    if o.epochs * plan.steps_per_epoch > MAX_COUNT:
         raise ValueError(
-            f"epochs={o['epochs']} x {plan.steps_per_epoch} steps per epoch = "
-            f"{o['epochs'] * plan.steps_per_epoch} steps is more than the {MAX_COUNT} "
+            f"epochs={o.epochs} x {plan.steps_per_epoch} steps per epoch = "
+            f"{o.epochs * plan.steps_per_epoch} steps is more than the {MAX_COUNT} "
             "(2**31 - 1) a program counts (its step counter is int32)")
-    spec_opt = optim.resolve_optimizer(o["optimizer"])
-    spec_opt, _ = optim.adapt_optimizer(spec_opt, o["schedule"], o["hparams"] or {})
-    hp = dict(o["hparams"] or {})
+    spec_opt = optim.resolve_optimizer(o.optimizer)
+    spec_opt, _ = optim.adapt_optimizer(spec_opt, o.schedule, o.hparams or {})
+    hp = dict(o.hparams or {})
     for name, value in stop_hparams(o).items():
         hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins
-    state = check_state(o["state"], params)
-    numeric, static, loss_hp = split_hparams(loss, spec_opt, o["schedule"], hp)
+    state = check_state(o.state, params)
+    numeric, static, loss_hp = split_hparams(loss, spec_opt, o.schedule, hp)
     probe = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
     if not callable(loss):
@@ -306,16 +302,16 @@ def prepare(
     except TypeError as e:
         raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
     spec = ProgramSpec(
-        loss=loss, has_aux=has_aux, opt=spec_opt, schedule=o["schedule"],
+        loss=loss, has_aux=has_aux, opt=spec_opt, schedule=o.schedule,
         static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
-        accumulate=o["accumulate"], shuffle=o["shuffle"], epochs=o["epochs"],
-        metrics=o["metrics"], record_steps=o["record_steps"],
-        record_params=o["record_params"], restore_best=o["restore_best"],
-        penalty_mask=o["penalty_mask"], init_fn=init_fn,
-        has_val=val_data is not None or val_from_index, track_init=o["metrics"] != "batch",
-        full_grad=o["metrics"] == "full_grad" or (o["metrics"] == "full" and "grad_tol" in hp),
-        eval_every=o["eval_every"], progress=o["progress"],
-        standardize=check_standardize(o["standardize"], data),
+        accumulate=o.accumulate, shuffle=o.shuffle, epochs=o.epochs,
+        metrics=o.metrics, record_steps=o.record_steps,
+        record_params=o.record_params, restore_best=o.restore_best,
+        penalty_mask=o.penalty_mask, init_fn=init_fn,
+        has_val=val_data is not None or val_from_index, track_init=o.metrics != "batch",
+        full_grad=o.metrics == "full_grad" or (o.metrics == "full" and "grad_tol" in hp),
+        eval_every=o.eval_every, progress=o.progress,
+        standardize=check_standardize(o.standardize, data),
         form=form,
     )
     return Prepared(spec, params, data, val_data, numeric, state, combined, orders)
@@ -334,10 +330,10 @@ _PROGRAM_OPTIONS = tuple(o.name for o in options.options_for(options.BOTH)
                          if o.scope == options.BOTH)
 
 
-def _plan(n_eff: int, o: Mapping[str, Any]) -> BatchPlan:
+def _plan(n_eff: int, o: options.Options) -> BatchPlan:
     """The batch plan of an epoch of ``n_eff`` samples; with ``accumulate`` > 1 an update
     holds ``accumulate`` batches."""
-    accumulate, batch_size, drop_last = o["accumulate"], o["batch_size"], o["drop_last"]
+    accumulate, batch_size, drop_last = o.accumulate, o.batch_size, o.drop_last
     plan = batch_plan(n_eff, batch_size, drop_last)
     if accumulate > 1 and plan.full_steps == 0:
         raise ValueError(

@@ -14,13 +14,14 @@ loop ends when every configuration has stopped or the epoch budget is spent.
 
 The program is two jitted functions: ``init`` (the state before the first epoch) and
 ``block`` (up to ``rows`` evaluations from a state, returning the state, the outputs and
-a block of history rows). :func:`run_program` calls ``block`` from the host until no
-configuration is active, carrying the state on the device and concatenating the history
-blocks on the host, so history memory follows the evaluations actually run (at most one
-block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``. One block length per spec
-and chunk width: one compile. Inside a block, evaluations run in sub-blocks whose rows
-collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large buffer in a loop body
-makes XLA:CPU dispatch that body's kernels to its thread pool, at every iteration).
+a block of history rows). The engine (:func:`jaxgd.engine.run_blocks`) calls ``block``
+from the host until no configuration is active, carrying the state on the device and
+concatenating the history blocks on the host, so history memory follows the evaluations
+actually run (at most one block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``.
+One block length per spec and chunk width: one compile. Inside a block, evaluations run
+in sub-blocks whose rows collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large
+buffer in a loop body makes XLA:CPU dispatch that body's kernels to its thread pool, at
+every iteration).
 
 Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
 over the training data per configuration (plus a backward pass with ``grad_tol`` or
@@ -41,71 +42,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import lossform, optim, stops
-from .data import BatchPlan, feistel_permute, feistel_round_keys
+from . import loop, lossform, optim, stops
+from .data import feistel_permute, feistel_round_keys
 from .losses import abs_l1, default_penalty_mask
-
-# stop reasons, as integers inside the program
-RUNNING = stops.RUNNING
-MAX_EPOCHS = stops.code("max_epochs")
-DIVERGED = stops.code("diverged")
-KEY_BITS = "_key_bits"  # the traced configuration's words of its loss key (lossform)
-
-
-
-class ProgramSpec(NamedTuple):
-    """Everything that fixes the structure of the compiled program (hashable)."""
-
-    loss: Callable[..., Any]
-    has_aux: bool
-    opt: optim.OptimizerSpec
-    schedule: str
-    static_hparams: tuple[tuple[str, Any], ...]
-    numeric_names: tuple[str, ...]
-    plan: BatchPlan
-    accumulate: int
-    shuffle: str
-    epochs: int
-    metrics: str
-    record_steps: bool
-    record_params: bool
-    restore_best: bool
-    penalty_mask: Callable[[Any], Any] | None
-    init_fn: Callable[[jax.Array], Any] | None
-    has_val: bool
-    track_init: bool  # evaluate the initial loss on the data (else: the first step's batch)
-    full_grad: bool  # evaluations compute the full-data gradient (grad_tol, "full_grad")
-    eval_every: int  # epochs between evaluations (history rows, stop checks)
-    progress: bool  # report each evaluation to the host (progress bar)
-    standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
-    form: lossform.LossForm = lossform.LossForm()  # key, train, state, hparams, metrics
-
-
-class State(NamedTuple):
-    params: Any
-    opt_state: Any
-    step: jax.Array
-    active: jax.Array
-    reason: jax.Array
-    epochs_run: jax.Array
-    init_loss: jax.Array
-    best_metric: jax.Array
-    best_epoch: jax.Array
-    bad_epochs: jax.Array
-    best_params: Any
-    evals_run: jax.Array
-    model_state: Any = None  # non-trainable model state (None: the loss has none)
-    best_model_state: Any = None
-    ahead: Any = None  # Ahead at ``params`` when :func:`lookahead` (else None)
-
-
-class Ahead(NamedTuple):
-    """The data loss, its gradient and the loss's metrics over the whole training set
-    at the current parameters (an evaluation call: ``key=None``, ``train=False``)."""
-
-    loss: jax.Array
-    grad: Any
-    metrics: Any
+from .spec import (
+    DIVERGED,
+    KEY_BITS,
+    MAX_EPOCHS,
+    PROGRESS_VALID,
+    RUNNING,
+    Ahead,
+    EpochCarry,
+    EpochContext,
+    Metrics,
+    ProgramOutput,
+    ProgramSpec,
+    State,
+    StepCarry,
+    evals_of,
+    float_dtype,
+    metric_dtype,
+    param_leaves,
+)
 
 
 def lookahead(spec: ProgramSpec) -> bool:
@@ -155,12 +113,6 @@ def _penalty(spec: ProgramSpec, params, tc):
     if "l2" in tc:
         total = total + tc["l2"] * 0.5 * sum(jnp.sum(p * p) for p in leaves)
     return total
-
-
-def metric_dtype(params):
-    """Losses, metrics and stop checks are computed in at least float32 (bfloat16 and
-    float16 params included)."""
-    return jnp.promote_types(float_dtype(params), jnp.float32)
 
 
 def call_loss(spec: ProgramSpec, params, state, batch, key, train: bool, tc):
@@ -216,13 +168,6 @@ def _mean_grad(spec, params, state, batch, tc, micro: int, key=None):
             {k: v / micro for k, v in m.items()})
 
 
-def float_dtype(params):
-    for leaf in jax.tree.leaves(params):
-        if jnp.issubdtype(leaf.dtype, jnp.floating):
-            return leaf.dtype
-    return jnp.float32
-
-
 def _global_norm(tree) -> jax.Array:
     """Euclidean norm of all leaves together (in at least float32)."""
     def sq(x):
@@ -232,97 +177,11 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(sq(x) for x in jax.tree.leaves(tree)))
 
 
-PARAMS_PREFIX = "params"
-
-
-def param_leaves(params) -> list[tuple[str, jax.Array]]:
-    """History names of the parameter leaves: ``params['w']``, ``params['layers'][0]...``."""
-    return [(PARAMS_PREFIX + jax.tree_util.keystr(path), leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
 def _take(data, idx):
     # the indices are in range by construction (a permutation, a fold's indices): no
     # out-of-range fill (jnp.take's default masks every gathered element; "clip" only
     # clamps the indices)
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), data)
-
-
-class StepCarry(NamedTuple):
-    """The carry of the steps of an epoch (one configuration)."""
-
-    params: Any
-    opt_state: Any
-    step: jax.Array  # updates applied
-    active: jax.Array
-    reason: jax.Array
-    sum_loss: jax.Array  # batch losses of the accepted steps of this block, summed
-    sum_grad_norm: jax.Array
-    model_state: Any = None
-    sum_metrics: Any = None  # dict: the metrics of the accepted steps, summed
-    ahead: Any = None  # Ahead at ``params`` (lookahead), else None
-    # the initial loss; without ``track_init``, NaN until the first update's step sets
-    # it to that step's batch loss (the loss of the initial parameters on that batch)
-    init_loss: Any = None
-
-
-class EpochCarry(NamedTuple):
-    """The carry of the epochs of an evaluation block."""
-
-    steps: StepCarry
-    epochs_run: jax.Array
-
-
-class EpochContext(NamedTuple):
-    """What the steps of a block read and never change (one configuration)."""
-
-    opt: optax.GradientTransformation
-    tc: Any  # traced hyper-parameters
-    key: jax.Array  # the stream's key (its data order)
-    data: Any
-    tidx: Any  # the stream's training indices into data, or None (all of it)
-    wd_mask: Any  # leaves under decoupled weight decay, or None (the optimizer's own)
-    tf: Callable[[Any], Any]  # the standardisation of a batch
-    cfg_key: jax.Array | None = None  # the configuration's loss key (lossform.config_key)
-    orders: jax.Array | None = None  # shuffle= explicit orders [E, n] (spec.shuffle "given")
-
-
-class Metrics(NamedTuple):
-    """The numbers of one evaluation."""
-
-    objective: jax.Array  # loss + penalty
-    loss: jax.Array
-    grad_norm: jax.Array
-    batch_loss: jax.Array  # mean of the block's batch losses
-    val_loss: jax.Array | None
-    metrics: Any = None  # dict: the loss's metrics (full data, or the batch means)
-    batch_metrics: Any = None  # dict: means over the block's accepted steps
-    val_metrics: Any = None  # dict: on the validation data
-
-
-class ProgramOutput(NamedTuple):
-    """The program's result for each configuration (leading axes [stream, config]).
-
-    Fields in alphabetical order: the flattened outputs keep the order they had as
-    a dictionary, so the compiled program is unchanged.
-    """
-
-    best_epoch: jax.Array
-    best_metric: jax.Array
-    epochs_run: jax.Array
-    evals_run: jax.Array
-    history: dict[str, jax.Array]
-    init_loss: jax.Array
-    params: Any
-    reason: jax.Array
-    state: Any  # the model state (None: the loss has none)
-    steps_run: jax.Array
-
-
-def evals_of(spec: ProgramSpec) -> tuple[int, int]:
-    """(epochs per evaluation, number of evaluations)."""
-    K = min(spec.eval_every, spec.epochs)
-    return K, -(-spec.epochs // K)
 
 
 def _train_view(data, tidx):
@@ -562,15 +421,15 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
         # the epoch counter in the carry (an array of K epoch numbers as the scan's input
         # would be a buffer of 4K bytes: see SEQUENTIAL_BYTES) and the carry packed (a few
         # buffers updated per epoch instead of one per scalar)
-        packed, layout = pack((jnp.zeros((), jnp.int32), carry))
+        packed, layout = loop.pack((jnp.zeros((), jnp.int32), carry))
 
         def body(packed, _):
-            k, c = unpack(packed, layout)
+            k, c = loop.unpack(packed, layout)
             c, row = train_epoch(spec, ctx, c, e0 + k)
-            return pack((k + 1, c))[0], row
+            return loop.pack((k + 1, c))[0], row
 
         packed, rows = jax.lax.scan(body, packed, None, length=K)
-        carry = unpack(packed, layout)[1]
+        carry = loop.unpack(packed, layout)[1]
     return carry, rows
 
 
@@ -718,7 +577,7 @@ def write_row(spec: ProgramSpec, hist: dict[str, jax.Array], row: dict[str, jax.
 
 def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
     """The outputs of one configuration (its best parameters with ``restore_best``); the
-    history is assembled on the host from the blocks (see :func:`run_program`)."""
+    history is assembled on the host from the blocks (see :func:`jaxgd.engine.run_blocks`)."""
     params, mstate = st.params, st.model_state
     if spec.restore_best:
         use_best = st.best_epoch >= 0
@@ -787,129 +646,6 @@ def program_for(spec: ProgramSpec, params0, tc, n_configs: int
     return compiled_program(spec, rows), columns
 
 
-def _single(keys, tc) -> tuple[bool, bool]:
-    """(one stream, one configuration): axes of size 1 are not vmapped (XLA would copy and
-    transpose the parameters at every step for them)."""
-    one_stream = keys.shape[0] == 1
-    leaves = jax.tree.leaves(tc)
-    one_config = one_stream and bool(leaves) and all(a.shape[1] == 1 for a in leaves)
-    return one_stream, one_config
-
-
-def _vmapped(fn, in_axes_c, in_axes_s, one_stream, one_config):
-    """``fn`` vmapped over configurations and streams (axes of size 1 dropped)."""
-    if one_config:
-        return fn
-    fn = jax.vmap(fn, in_axes=in_axes_c)
-    return fn if one_stream else jax.vmap(fn, in_axes=in_axes_s)
-
-
-def _squeeze(one_stream, one_config, tc, keys, tidx, vidx):
-    sq = lambda t: None if t is None else jax.tree.map(lambda a: a[0], t)  # noqa: E731
-    if one_config:
-        tc = jax.tree.map(lambda a: a[0, 0], tc)
-    elif one_stream:
-        tc = sq(tc)
-    if one_stream:
-        keys, tidx, vidx = keys[0], sq(tidx), sq(vidx)
-    return tc, keys, tidx, vidx
-
-
-def _unsqueeze(one_stream, one_config, tree):
-    """Outputs with their leading [stream, config] axes back."""
-    if one_config:
-        return jax.tree.map(lambda a: a[None, None], tree)
-    if one_stream:
-        return jax.tree.map(lambda a: a[None], tree)
-    return tree
-
-
-def layout(keys, tc) -> tuple[bool, bool]:
-    """(one stream, one configuration): the axes of size 1 the program's state drops."""
-    return _single(keys, tc)
-
-
-def state_axes(state, keys, tc):
-    """A program state with its leading [stream, config] axes (whatever its layout)."""
-    return _unsqueeze(*_single(keys, tc), state)
-
-
-def state_layout(state, keys, tc):
-    """A state with leading [stream, config] axes in the program's layout for
-    ``keys``/``tc`` (the inverse of :func:`state_axes`)."""
-    one_s, one_c = _single(keys, tc)
-    if one_c:
-        return jax.tree.map(lambda a: a[0, 0], state)
-    return jax.tree.map(lambda a: a[0], state) if one_s else state
-
-
-class Packed(NamedTuple):
-    """A pytree's leaves stacked by (shape, dtype; booleans with int32): one array per
-    group."""
-
-    groups: tuple[jax.Array, ...]
-
-
-def _stored(dt):
-    """The dtype a leaf is stacked as: booleans as int32 (they join the int32 leaves of
-    their shape: one buffer less to update), anything else as itself."""
-    return jnp.dtype(jnp.int32) if jnp.dtype(dt) == jnp.bool_ else jnp.dtype(dt)
-
-
-def _pack_layout(tree):
-    """(treedef, per leaf: (group, index in group, dtype), group keys) of ``tree``'s
-    leaves."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys: list[tuple[Any, ...]] = []
-    where = []
-    for leaf in leaves:
-        k = (tuple(leaf.shape), _stored(leaf.dtype))
-        if k not in keys:
-            keys.append(k)
-        g = keys.index(k)
-        where.append((g, sum(1 for w in where if w[0] == g), jnp.dtype(leaf.dtype)))
-    return treedef, where, keys
-
-
-def pack(tree) -> tuple[Packed, Any]:
-    """The leaves of ``tree`` stacked by (shape, dtype; booleans as int32, see
-    :func:`_stored`), and what :func:`unpack` needs (it gives each leaf back exactly).
-
-    A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
-    kernel of its own at every iteration; stacked, an iteration updates one buffer per
-    group (a few kernels instead of a dozen per evaluation).
-    """
-    treedef, where, keys = _pack_layout(tree)
-    leaves = [x if _stored(x.dtype) == x.dtype else x.astype(_stored(x.dtype))
-              for x in jax.tree.leaves(tree)]
-    groups = tuple(jnp.stack([leaves[i] for i, w in enumerate(where) if w[0] == g])
-                   for g in range(len(keys)))
-    return Packed(groups), (treedef, tuple(where))
-
-
-def unpack(packed: Packed, layout) -> Any:
-    treedef, where = layout
-    leaves = [packed.groups[g][i] for g, i, _ in where]
-    return jax.tree.unflatten(treedef, [x if x.dtype == dt else x.astype(dt)
-                                        for x, (_, _, dt) in zip(leaves, where, strict=True)])
-
-
-# XLA:CPU runs the kernels of a loop body one after another (no thread-pool dispatch)
-# only when every buffer the body touches is at most this many bytes (or the body has at
-# most 8 kernels): its ThunkExecutor's ``execute_sequential_buffer_threshold``. A history
-# block of thousands of rows in the loop carry made every evaluation of a small problem
-# pay the concurrent executor's scheduling (~1-2 us); rows are therefore collected in a
-# local buffer of at most this size and copied into the block once per sub-block.
-SEQUENTIAL_BYTES = 512
-
-
-def sub_rows(hist: dict[str, jax.Array], rows: int) -> int:
-    """Evaluations per sub-block: as many rows (of every configuration) as fit in
-    :data:`SEQUENTIAL_BYTES`, at least 1 and at most ``rows``."""
-    row_bytes = sum(h.size * h.dtype.itemsize for h in hist.values()) // rows
-    return max(1, min(rows, SEQUENTIAL_BYTES // max(1, row_bytes)))
-
-
 def read_rows(spec: ProgramSpec, n: int, hist: dict[str, jax.Array], at
               ) -> dict[str, jax.Array]:
     """Rows ``at .. at + n`` of a history block (one configuration)."""
@@ -928,47 +664,6 @@ def write_rows(spec: ProgramSpec, hist: dict[str, jax.Array], part: dict[str, ja
         for name, h in hist.items()}
 
 
-def _run_rows(st: State, hist, rows: int, sub: int, limit, evaluation, take, put_row,
-              put_rows):
-    """Block-local evaluations ``0, 1, ...`` while ``e < rows``, ``e < limit`` and a
-    configuration is active: (state, history block).
-
-    The evaluations run in sub-blocks of ``sub``: an inner loop writes their rows into a
-    ``sub``-row buffer read from the block at ``at`` (rows not yet written are NaN, so
-    reading keeps what is there) and the outer loop writes it back. The last sub-block
-    of a block starts at ``rows - sub`` so that it stays inside the block. The same
-    evaluations run, with the same conditions, as in one loop over evaluations.
-    """
-    # the evaluation counter is packed with the state (one buffer less per iteration)
-    _, layout = pack((jnp.zeros((), jnp.int32), st))
-
-    def going(p, stop):
-        e, s = unpack(p, layout)
-        return (e < stop) & jnp.any(s.active)
-
-    def inner(c):
-        p, loc, at = c
-        e, s = unpack(p, layout)
-        s, row = evaluation(s, e)
-        return pack((e + 1, s))[0], put_row(loc, row, e - at), at
-
-    def outer(c):
-        p, h = c
-        at = jnp.minimum(unpack(p, layout)[0], rows - sub)
-        c = (p, take(h, at), at)
-        if sub == 1:
-            c = inner(c)
-        else:
-            stop = jnp.minimum(at + sub, limit)
-            c = jax.lax.while_loop(lambda c: going(c[0], stop), inner, c)
-        p, loc, _ = c
-        return p, put_rows(h, loc, at)
-
-    p, hist = jax.lax.while_loop(lambda c: going(c[0], jnp.minimum(rows, limit)), outer,
-                                 (pack((jnp.zeros((), jnp.int32), st))[0], hist))
-    return unpack(p, layout)[1], hist
-
-
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The un-jitted programs ``init(params0, data, val, tc, keys, tidx, vidx) -> state``
     and ``block(state, start, end, data, val, tc, keys, tidx, vidx) -> (state, outputs,
@@ -985,31 +680,31 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
     _, n_evals = evals_of(spec)
 
     def init(params0, data, val, tc, keys, tidx, vidx, state0=None):
-        one_s, one_c = _single(keys, tc)
+        one_s, one_c = loop.single(keys, tc)
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
-        tc, keys, tidx, vidx = _squeeze(one_s, one_c, tc, keys, tidx, vidx)
-        fn = _vmapped(functools.partial(init_state, spec),
+        tc, keys, tidx, vidx = loop.squeeze(one_s, one_c, tc, keys, tidx, vidx)
+        fn = loop.vmapped(functools.partial(init_state, spec),
                       (None, 0, None, None, None, None, None, None),
                       (None, 0, 0, None, None, t_ax, v_ax, None), one_s, one_c)
         return fn(params0, tc, keys, data, val, tidx, vidx, state0)
 
     def block(st, start, end, data, val, tc, keys, tidx, vidx):
-        one_s, one_c = _single(keys, tc)
+        one_s, one_c = loop.single(keys, tc)
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
-        tc, keys, tidx, vidx = _squeeze(one_s, one_c, tc, keys, tidx, vidx)
-        ep = _vmapped(functools.partial(epoch_block, spec),
+        tc, keys, tidx, vidx = loop.squeeze(one_s, one_c, tc, keys, tidx, vidx)
+        ep = loop.vmapped(functools.partial(epoch_block, spec),
                       (0, 0, None, None, None, None, None, None),
                       (0, 0, 0, None, None, None, t_ax, v_ax), one_s, one_c)
         def empty(p, t):
             return empty_history_block(spec, p, t, st.init_loss.dtype, rows)
 
-        hist = _vmapped(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tc)
-        sub = sub_rows(hist, rows)
-        puts = tuple(_vmapped(functools.partial(fn, spec), (0, 0, None), (0, 0, None),
+        hist = loop.vmapped(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tc)
+        sub = loop.sub_rows(hist, rows)
+        puts = tuple(loop.vmapped(functools.partial(fn, spec), (0, 0, None), (0, 0, None),
                               one_s, one_c) for fn in (write_row, write_rows))
-        take = _vmapped(functools.partial(read_rows, spec, sub), (0, None), (0, None),
+        take = loop.vmapped(functools.partial(read_rows, spec, sub), (0, None), (0, None),
                         one_s, one_c)
 
         def evaluation(s, e):
@@ -1028,69 +723,12 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
                              lambda: None)
             return s, row
 
-        st, hist = _run_rows(st, hist, rows, sub, end - start, evaluation, take, *puts)
-        out = _vmapped(functools.partial(finalize, spec), 0, 0, one_s, one_c)(st)
-        out, hist = _unsqueeze(one_s, one_c, (out, hist))
+        st, hist = loop.run_rows(st, hist, rows, sub, end - start, evaluation, take, *puts)
+        out = loop.vmapped(functools.partial(finalize, spec), 0, 0, one_s, one_c)(st)
+        out, hist = loop.unsqueeze(one_s, one_c, (out, hist))
         return st, out, hist, jnp.any(st.active)
 
     return init, block
-
-
-def run_program(prog: Program, spec: ProgramSpec, columns: tuple[str, ...], args, *,
-                to_host: Callable[[Any], Any] = np.asarray,
-                put_scalar: Callable[[Any], Any] = lambda v: v) -> ProgramOutput:
-    """Run ``prog`` on ``args = (params0, data, val, tc, keys, tidx, vidx[, state0])``
-    block by block until no configuration is active or every evaluation has run; returns
-    host (numpy) outputs with the history blocks concatenated (leading axes [S, C]).
-
-    The decision to run another block comes from a value every device (and process)
-    holds whole, so every process runs the same number of blocks. ``to_host`` brings an
-    output array home; ``put_scalar`` makes the block's start index a program input.
-    """
-    _, n_evals = evals_of(spec)
-    params0, data, val, tc, keys, tidx, vidx, *state0 = args
-    st = prog.init(params0, data, val, tc, keys, tidx, vidx, *state0)
-    _, out, hist = run_blocks(prog, spec, st, 0, n_evals, (data, val, tc, keys, tidx, vidx),
-                              to_host=to_host, put_scalar=put_scalar)
-    return out._replace(history=unpack_history(spec, columns, hist, out.init_loss.dtype))
-
-
-def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
-               to_host: Callable[[Any], Any] = np.asarray,
-               put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False):
-    """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
-    layout), stopping early when no configuration is active; ``args = (data, val, tc,
-    keys, tidx, vidx)``. Returns (state, host outputs, packed host history of the
-    evaluations run: ``end - start`` rows with ``pad``, NaN for those not run)."""
-    K, _ = evals_of(spec)
-    parts = []
-    at = start
-    while at < end:
-        st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
-                                         put_scalar(np.int32(end)), *args)
-        parts.append(jax.tree.map(to_host, hist))
-        at += prog.rows
-        if not _replicated_bool(more):
-            break
-    out = jax.tree.map(to_host, out)
-    n = end - start
-    hist = {}
-    for k in parts[0]:
-        h = np.concatenate([p[k] for p in parts], axis=2)
-        want = min(n * K, spec.epochs - start * K) if k == "step_loss" else n
-        h = h[:, :, :want]
-        if pad and h.shape[2] < want:
-            fill = np.full(h.shape[:2] + (want - h.shape[2],) + h.shape[3:], np.nan, h.dtype)
-            h = np.concatenate([h, fill], axis=2)
-        hist[k] = h
-    return st, out, hist
-
-
-def _replicated_bool(x) -> bool:
-    """A scalar every device holds whole (the program's reduction over configurations)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return bool(np.asarray(x.addressable_data(0)))
-    return bool(np.asarray(x))
 
 
 def unpack_history(spec: ProgramSpec, columns: tuple[str, ...], hist: dict[str, np.ndarray],
@@ -1105,44 +743,22 @@ def unpack_history(spec: ProgramSpec, columns: tuple[str, ...], hist: dict[str, 
     return out
 
 
-_EPOCH_BAR: list[Any] = [None]
-# optional key of the traced config: bool, False for a sharded block's padding
-PROGRESS_VALID = "_progress_valid"
+# where the program's progress callback reports (done evaluations, active
+# configurations): a function the host sets while a call runs (jaxgd.observers)
+_PROGRESS_SINK: list[Callable[[int, int], None] | None] = [None]
+
+
+def set_progress_sink(sink: Callable[[int, int], None] | None) -> None:
+    """Send the running program's progress reports to ``sink(done, active)`` (None: drop
+    them). The callback compiled into the program is :func:`_progress_tick`, which stays
+    the same function, so setting a sink never re-traces."""
+    _PROGRESS_SINK[0] = sink
 
 
 def _progress_tick(done, active) -> None:
-    bar = _EPOCH_BAR[0]
-    if bar is not None:
-        bar.n = max(bar.n, int(done) * bar.epochs_per_tick)
-        bar.set_postfix(active=int(active), refresh=False)
-        bar.refresh()
-
-
-class epoch_progress:
-    """Context manager: a tqdm bar over the epochs of the programs run inside it.
-
-    The bar is drawn by process 0 only; other processes run the same program (whose
-    progress callback executes on device 0) and draw nothing.
-    """
-
-    def __init__(self, spec: ProgramSpec, desc: str = "epochs", enabled: bool = True):
-        self.spec, self.desc = spec, desc
-        self.enabled = enabled and spec.progress and jax.process_index() == 0
-
-    def __enter__(self):
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.spec.epochs, desc=self.desc, unit="epoch", leave=False)
-            bar.epochs_per_tick = min(self.spec.eval_every, self.spec.epochs)
-            _EPOCH_BAR[0] = bar
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled and _EPOCH_BAR[0] is not None:
-            jax.effects_barrier()
-            _EPOCH_BAR[0].close()
-            _EPOCH_BAR[0] = None
+    sink = _PROGRESS_SINK[0]
+    if sink is not None:
+        sink(int(done), int(active))
 
 
 @functools.lru_cache(maxsize=256)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .lossform import metric_names
-from .program import ProgramOutput, param_leaves
+from .spec import ProgramOutput, param_leaves
 from .stops import STOP_REASONS
 
 __all__ = ["Best", "FitResult", "ParamGroup", "SweepResult", "load"]

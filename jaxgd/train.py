@@ -1,4 +1,9 @@
-"""``fit``: one training configuration as one compiled program."""
+"""``fit``: one training configuration as one compiled program.
+
+The front door of a single run: the options are checked (:mod:`jaxgd.options`,
+:mod:`jaxgd.prepare`), and the engine (:mod:`jaxgd.engine`) runs a population of one
+through the program (:mod:`jaxgd.program`); the result is a :class:`jaxgd.FitResult`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import lossform
+from .engine import Engine, single_inputs
+from .observers import Call, ProgressBar
 from .options import collect, document
-from .prepare import as_key, prepare, program_data, tc_array
-from .program import KEY_BITS, epoch_progress, float_dtype, program_for, run_program
+from .prepare import as_key, prepare, program_data
+from .spec import evals_of
 
 __all__ = ["fit"]
 
@@ -85,18 +91,13 @@ def fit(
     from .results import FitResult
 
     p = prepare(loss, params, data, collect("fit", locals()))
-    key = as_key(key)
     spec = p.spec
-    dt = float_dtype(p.params)
-    tc = {k: tc_array(k, v, dt)[None, None] for k, v in p.numeric.items()}
-    if spec.form.key:  # the configuration's words of its loss keys (jaxgd.loss_key)
-        tc[KEY_BITS] = lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
-    tc = jax.device_put(tc)
-    prog, columns = program_for(spec, p.params, p.numeric, 1)
-    with epoch_progress(spec):
-        out = run_program(prog, spec, columns,
-                          (p.params, program_data(p), p.val_data, tc, key[None], None, None,
-                           p.state))
+    ch = single_inputs(p, as_key(key), hparams)
+    engine = Engine(program_data(p), observers=[ProgressBar()])
+    with engine.running(1):
+        out = engine.advance(p, ch, 0, evals_of(spec)[1], Call(spec, 0, 1, 1, 0,
+                                                              evals_of(spec)[1]))
+    out = out.output(spec)
     out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
     out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
                        state=jax.tree.map(jnp.asarray, out.state))

@@ -30,25 +30,26 @@ def mse(p, batch):
 def small_blocks(monkeypatch):
     """History blocks of 7 evaluations (so a run of 30 evaluations is 5 program calls)."""
     calls = []
-    real = program.run_program
+    real = program.compiled_program
 
-    def counting(prog, *a, **kw):
-        calls.append(prog.rows)
+    def counting(spec, rows):  # one call per program run (fit, chunk)
+        calls.append(rows)
+        prog = real(spec, rows)
         real_block = prog.block
 
         def block(*b):
             calls.append("block")
             return real_block(*b)
 
-        return real(prog._replace(block=block), *a, **kw)
+        return prog._replace(block=block)
 
-    program.compiled_program.cache_clear()
+    counting.cache_clear = real.cache_clear
+    real.cache_clear()
     monkeypatch.setattr(program, "HISTORY_BLOCK_BYTES", 1)
     monkeypatch.setattr(program, "HISTORY_MIN_ROWS", 7)
-    for mod in (jaxgd.train, __import__("jaxgd.sweep", fromlist=["x"])):
-        monkeypatch.setattr(mod, "run_program", counting)
+    monkeypatch.setattr(program, "compiled_program", counting)
     yield calls
-    program.compiled_program.cache_clear()
+    real.cache_clear()
 
 
 def _fit(**kw):
@@ -119,7 +120,7 @@ def test_sub_blocks_equal_one_evaluation_at_a_time(monkeypatch, stop, min_rows):
     monkeypatch.setattr(program, "HISTORY_MIN_ROWS", min_rows)
     runs = []
     for sub in (1, 4):
-        monkeypatch.setattr(program, "sub_rows", lambda hist, rows, sub=sub: min(rows, sub))
+        monkeypatch.setattr(jaxgd.loop, "sub_rows", lambda hist, rows, sub=sub: min(rows, sub))
         program.compiled_program.cache_clear()
         runs.append(_fit(**stop))
     program.compiled_program.cache_clear()
@@ -132,19 +133,18 @@ def test_block_stops_at_end_inside_a_sub_block():
     falls inside a sub-block: the state after two calls (0..4, 4..11) equals one call
     (0..11), and the rows past ``end`` stay NaN."""
     cap = {}
-    real = program.run_program
+    real = jaxgd.engine.run_blocks
 
-    def spy(prog, spec, columns, args, **kw):
-        cap.update(prog=prog, args=args)
-        return real(prog, spec, columns, args, **kw)
+    def spy(prog, spec, st, start, end, args, **kw):
+        cap.update(prog=prog, st=st, args=args)
+        return real(prog, spec, st, start, end, args, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(jaxgd.train, "run_program", spy)
+        mp.setattr(jaxgd.engine, "run_blocks", spy)
         jaxgd.fit(mse, P0, (X, Y), optimizer="sgd", hparams={"learning_rate": 0.1},
                   epochs=40)
-    prog, (p0, data, val, tc, keys, tidx, vidx, *s0) = cap["prog"], cap["args"]
-    assert program.sub_rows({"scalars": jnp.zeros((prog.rows, 5))}, prog.rows) > 4
-    st0 = prog.init(p0, data, val, tc, keys, tidx, vidx, *s0)
+    prog, st0, (data, val, tc, keys, tidx, vidx) = cap["prog"], cap["st"], cap["args"]
+    assert jaxgd.loop.sub_rows({"scalars": jnp.zeros((prog.rows, 5))}, prog.rows) > 4
 
     def call(st, start, end):
         return prog.block(st, np.int32(start), np.int32(end), data, val, tc, keys, tidx, vidx)
@@ -173,7 +173,7 @@ def test_huge_epoch_budget_stopping_early_uses_memory_of_the_run(monkeypatch):
         rows.append((prog.rows, program.history_row_bytes(a[0], a[1], a[2])))
         return prog, cols
 
-    monkeypatch.setattr(jaxgd.train, "program_for", spy)
+    monkeypatch.setattr(jaxgd.engine, "program_for", spy)
     kw = dict(optimizer="sgd", hparams={"learning_rate": 0.3}, loss_target=0.01)
     jaxgd.fit(mse, P0, (X, Y), epochs=10**9, **kw)  # compile (and warm) first
     from experiments.bench import peak_rss

@@ -26,6 +26,20 @@ def test_signature_is_the_table(fn, scope):
     assert keyword_defaults(fn) == table
 
 
+def test_the_options_object_is_the_table():
+    """fit and sweep pass their options on as one frozen object whose fields (names and
+    defaults) are the table's, so an option is followed by name (``opts.batch_size``)."""
+    import dataclasses
+
+    fields = {f.name: f.default for f in dataclasses.fields(options.Options)}
+    assert fields == {o.name: o.default for o in options.OPTIONS.values()}
+    got = options.collect("fit", {**keyword_defaults(jaxgd.fit), "batch_size": 8})
+    assert isinstance(got, options.Options) and got.batch_size == 8 and got.grid is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.epochs = 3
+    assert got.replace(epochs=3).epochs == 3 and got.epochs == 100
+
+
 @pytest.mark.parametrize("fn, scope", [(jaxgd.fit, "fit"), (jaxgd.sweep, "sweep")])
 def test_docstring_documents_every_option(fn, scope):
     doc = fn.__doc__

@@ -382,15 +382,14 @@ def test_metrics_plotted_and_saved(tmp_path):
 def test_plain_loss_compiles_to_the_same_program():
     """A loss using none of the new features: the jaxpr of the program is unchanged by
     a loss that only adds an ignored (non-dict) aux."""
-    from jaxgd.options import OPTIONS
+    from jaxgd.options import Options
     from jaxgd.prepare import prepare
     from jaxgd.program import build_program
 
     def plain(p, b):
         return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
 
-    opts = {name: o.default for name, o in OPTIONS.items()}
-    opts.update(hparams={"learning_rate": 0.1}, epochs=2)
+    opts = Options(hparams={"learning_rate": 0.1}, epochs=2)
     a = prepare(plain, {"w": jnp.zeros(3)}, (X, Y), opts)
     assert a.spec.form.plain and a.state is None
     tc = {k: np.asarray([[v]], np.float32) for k, v in a.numeric.items()}
@@ -497,7 +496,6 @@ print(type(best.params).__name__, float(best.params.mlp.layers[0].weight.sum()),
 
 def test_load_equinox_params_in_a_fresh_process(tmp_path):
     import subprocess
-    import sys
 
     sw = jaxgd.sweep(eqx_loss, EQX_M0, (X, Y), grid={"learning_rate": [0.01, 0.03]},
                      batch_size=6, epochs=2, out=tmp_path / "run")
@@ -582,8 +580,6 @@ def test_readme_research_example_runs_verbatim():
 
 
 def test_state_resumed_from_chunks(tmp_path, monkeypatch):
-    sweep_mod = sys.modules["jaxgd.sweep"]  # (jaxgd.sweep is the function)
-
     kw = dict(state=BN_VARS["batch_stats"], optimizer=optax.adam,
               grid={"learning_rate": [0.003, 0.01]}, batch_size=8, epochs=2, shuffle=False,
               out=tmp_path / "run", chunk_size=1)
@@ -592,7 +588,7 @@ def test_state_resumed_from_chunks(tmp_path, monkeypatch):
     def recompute(*args, **kwargs):
         raise AssertionError("a finished chunk was recomputed")
 
-    monkeypatch.setattr(sweep_mod, "_run_chunk", recompute)
+    monkeypatch.setattr(jaxgd.engine.Engine, "run_chunk", recompute)
     b = jaxgd.sweep(bn_loss, BN_VARS["params"], (X, Y), **kw)
     close_trees(b.state, a.state, rtol=0, atol=0)
     close_trees(b.params, a.params, rtol=0, atol=0)

@@ -216,6 +216,78 @@ def test_pbt_is_deterministic_and_saved(tmp_path):
         jaxgd.load(tmp_path / "run")
 
 
+def np_median_rule(vals, epochs, warmup, interval):
+    """The median stopping rule replayed on full runs' validation losses ``vals[i][t]``
+    (epoch t + 1): at each check epoch, a configuration still training stops when its best
+    loss so far exceeds the median of the others' mean losses so far (the others: those
+    still training there). Returns {configuration: epoch it stopped at}."""
+    live, stopped = set(range(len(vals))), {}
+    for t in range(warmup, epochs, interval):
+        means = {j: np.mean(vals[j][:t]) for j in live}
+        out = [k for k in sorted(live)
+               if len(live) > 1 and min(vals[k][:t]) > np.median(
+                   [means[j] for j in live if j != k])]
+        for k in out:
+            stopped[k] = t
+        live -= set(out)
+    return stopped
+
+
+# the slow ones stop at the first check, an oscillating fast one at the second (the
+# smallest gap between a best loss and its median is 4%: float32 decides as float64 does)
+LRS_M = LRS + [0.4, 0.5, 0.55]
+
+
+def test_median_rule_matches_a_numpy_replay():
+    res = jaxgd.sweep(mse, P0, (X, Y), optimizer="momentum", hparams={"momentum": 0.5},
+                      grid={"learning_rate": LRS_M}, epochs=6, val_data=(XV, YV),
+                      search=search.Median(warmup=1, interval=1, compact=False))
+    runs = {i: np_gd(np.zeros(3), np.zeros(3), lr, 0.5, 6) for i, lr in enumerate(LRS_M)}
+    vals = [runs[i][2] for i in range(len(LRS_M))]
+    stopped = np_median_rule(vals, 6, 1, 1)
+    assert 0 < len(stopped) < len(LRS_M) - 1  # the rule acted, and not on everyone
+    assert len(set(stopped.values())) > 1  # at more than one check
+    t = res.table
+    assert list(t["stop_reason"]) == ["pruned" if i in stopped else "max_epochs"
+                                      for i in range(len(LRS_M))]
+    assert [int(e) for e in t["epochs_run"]] == [stopped.get(i, 6) for i in range(len(LRS_M))]
+    for i, lr in enumerate(LRS_M):  # each row is its own run up to where it stopped
+        e = stopped.get(i, 6)
+        np.testing.assert_allclose(res.history["val_loss"][i, :e], vals[i][:e], rtol=1e-4)
+        assert np.isnan(res.history["val_loss"][i, e:]).all()
+        np.testing.assert_allclose(res.params_of(i)["w"],
+                                   np_gd(np.zeros(3), np.zeros(3), lr, 0.5, e)[0],
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_median_rule_with_max_mode_and_a_toml_table(tmp_path):
+    """mode="max" on a metric of the loss (the accuracy-like negative loss) stops the same
+    configurations as mode="min" on the loss; the TOML spelling builds the same method."""
+    from jaxgd.config import read_config
+
+    def scored(p, b):
+        v = mse(p, b)
+        return v, {"score": -v}
+
+    kw = dict(optimizer="momentum", hparams={"momentum": 0.5},
+              grid={"learning_rate": LRS_M}, epochs=6, val_data=(XV, YV))
+    a = jaxgd.sweep(scored, P0, (X, Y), search=search.Median(metric="val_score", mode="max"),
+                    **kw)
+    vals = [np_gd(np.zeros(3), np.zeros(3), lr, 0.5, 6)[2] for lr in LRS_M]
+    stopped = np_median_rule(vals, 6, 1, 1)
+    assert [int(e) for e in a.table["epochs_run"]] == [stopped.get(i, 6)
+                                                       for i in range(len(LRS_M))]
+    f = tmp_path / "m.toml"
+    f.write_text('[data]\ndataset = "diabetes"\n[model]\nname = "linear"\n[train]\n'
+                 'epochs = 10\n[sweep]\nlearning_rate = [0.01, 0.1]\n[search]\n'
+                 'method = "median"\nwarmup = 2\ninterval = 3\n')
+    assert read_config(f).search == search.Median(warmup=2, interval=3)
+    f.write_text(f.read_text().replace("warmup = 2", "warmup = 10"))
+    with pytest.raises(jaxgd.config.ConfigError, match=r"m.toml:\d+: search warmup=10 must "
+                                                       "be less than epochs=10"):
+        read_config(f)
+
+
 def test_search_from_a_toml_file(tmp_path):
     from jaxgd.config import ConfigError, load_config
 
@@ -284,6 +356,8 @@ min_epochs = 1
     (dict(search=search.PBT(interval=9)), "interval=9 must be less than epochs=9"),
     (dict(search=search.PBT(interval=2), eval_every=3), "multiple of eval_every=3"),
     (dict(search={"method": "asha"}), "method='asha' must be one of"),
+    (dict(search=search.Median(warmup=9)), "warmup=9 must be less than epochs=9"),
+    (dict(search=search.Median(interval=2), eval_every=3), "multiple of eval_every=3"),
     (dict(search="halving"), "must be jaxgd.search.Halving"),
 ])
 def test_bad_searches_are_refused_before_compiling(kw, match, monkeypatch):
@@ -308,17 +382,17 @@ def test_pbt_needs_one_group():
 def test_auto_compacts_only_when_the_saving_beats_a_compile(monkeypatch):
     """compact="auto": with a compile measured as very costly the survivors stay in the
     first width; with compiles free they move to narrower programs."""
-    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    clock = jaxgd.engine.CompileClock
     kw = dict(optimizer="adam", grid={"learning_rate": [0.001, 0.01, 0.03, 0.1]},
               epochs=8, batch_size=16, val_data=(XV, YV), seed=4,
               search=search.Halving(eta=2, min_epochs=2))
     shapes = _widths(monkeypatch)
-    monkeypatch.setattr(sweep_mod, "_SPEC_COMPILE", _Always(1e9))
+    monkeypatch.setattr(clock, "longest", _Always(1e9))
     jaxgd.sweep(mse, P0, (X, Y), **kw)
     assert shapes == [(1, 4)] * 3
     shapes.clear()
-    monkeypatch.setattr(sweep_mod, "_SPEC_COMPILE", _Always(0.0))
-    monkeypatch.setattr(sweep_mod, "_COMPILE_SECONDS", _Frozen())
+    monkeypatch.setattr(clock, "longest", _Always(0.0))
+    monkeypatch.setattr(clock, "note", lambda self, spec, c0: 0.0)  # compiles look free
     jaxgd.sweep(mse, P0, (X, Y), **kw)
     assert shapes == [(1, 4), (1, 2), (1, 1)]
 
@@ -334,16 +408,6 @@ class _Always(dict):
         return self.value
 
     def __setitem__(self, key, v):
-        pass
-
-
-class _Frozen(list):
-    """A compile-seconds counter that never advances (every compile looks free)."""
-
-    def __init__(self):
-        super().__init__([0.0])
-
-    def __setitem__(self, i, v):
         pass
 
 
@@ -387,20 +451,21 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("kind", ["halving", "pbt"])
+@pytest.mark.parametrize("kind", ["halving", "pbt", "median"])
 def test_interrupted_search_resumes_at_its_last_boundary(kind, tmp_path, monkeypatch):
     """Killed after its second boundary, the same call with the same out= continues from
     the saved boundary (no evaluation before it runs again) and ends with the result of
     an uninterrupted search."""
-    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
-    s = (search.Halving(eta=2, min_epochs=1, compact=True) if kind == "halving"
-         else search.PBT(interval=1, quantile=0.25, seed=2))
+    mod = jaxgd.population.Population  # the calls a search method makes
+    s = {"halving": search.Halving(eta=2, min_epochs=1, compact=True),
+         "pbt": search.PBT(interval=1, quantile=0.25, seed=2),
+         "median": search.Median(warmup=1, interval=2, compact=True)}[kind]
     kw = dict(optimizer="momentum", hparams={"momentum": 0.5},
               grid={"learning_rate": [0.002, 0.01, 0.03, 0.05, 0.08, 0.1, 0.12, 0.15]},
               epochs=4 if kind == "pbt" else 8, batch_size=16, val_data=(XV, YV),
               search=s)
     ref = jaxgd.sweep(mse, P0, (X, Y), **kw)
-    real_members, real_check = sweep_mod._run_members, sweep_mod._checkpoint
+    real_members, real_check = mod.advance, mod.checkpoint
     saved, starts = [], []
 
     def counting(run, keys, start, end, desc):
@@ -413,13 +478,13 @@ def test_interrupted_search_resumes_at_its_last_boundary(kind, tmp_path, monkeyp
         if len(saved) == 2:
             raise _Interrupt
 
-    monkeypatch.setattr(sweep_mod, "_run_members", counting)
-    monkeypatch.setattr(sweep_mod, "_checkpoint", dying)
+    monkeypatch.setattr(mod, "advance", counting)
+    monkeypatch.setattr(mod, "checkpoint", dying)
     with pytest.raises(_Interrupt):
         jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
     assert (tmp_path / "run" / "chunks" / "search.npz").exists()
     starts.clear()
-    monkeypatch.setattr(sweep_mod, "_checkpoint", real_check)
+    monkeypatch.setattr(mod, "checkpoint", real_check)
     res = jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
     assert starts and min(starts) > 0  # nothing before the saved boundary ran again
     assert list(res.table["stop_reason"]) == list(ref.table["stop_reason"])
@@ -436,21 +501,21 @@ def test_a_search_state_of_another_layout_is_refused_by_name(tmp_path, monkeypat
     """A saved search whose program state has another number of arrays per member (as
     one written by another version of jaxgd would) is refused with the file to remove,
     not unpacked into the wrong fields."""
-    sweep_mod = __import__("jaxgd.sweep", fromlist=["x"])
+    mod = pop_mod = jaxgd.population.Population
     kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2]}, epochs=4, batch_size=16,
               search=search.Halving(eta=2, min_epochs=1))
-    real_check = sweep_mod._checkpoint
+    real_check = mod.checkpoint
 
     def dying(run, where):
         real_check(run, where)
         raise _Interrupt
 
-    monkeypatch.setattr(sweep_mod, "_checkpoint", dying)
+    monkeypatch.setattr(mod, "checkpoint", dying)
     with pytest.raises(_Interrupt):
         jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
-    monkeypatch.setattr(sweep_mod, "_checkpoint", real_check)
-    real_treedef = sweep_mod._state_treedef
-    monkeypatch.setattr(sweep_mod, "_state_treedef", lambda run, gi: jax.tree.structure(
+    monkeypatch.setattr(mod, "checkpoint", real_check)
+    real_treedef = pop_mod.state_treedef
+    monkeypatch.setattr(pop_mod, "state_treedef", lambda run, gi: jax.tree.structure(
         (jax.tree.unflatten(real_treedef(run, gi), [0] * real_treedef(run, gi).num_leaves),
          0)))
     with pytest.raises(ValueError, match=r"saved by another version.*search\.npz"):

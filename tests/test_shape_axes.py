@@ -183,7 +183,7 @@ def _no_compile(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("compiled")
 
-    monkeypatch.setattr(sys.modules["jaxgd.sweep"], "program_for", boom)
+    monkeypatch.setattr(sys.modules["jaxgd.program"], "compiled_program", boom)
 
 
 def test_rejected_shape_value_refused_before_compiling(monkeypatch):

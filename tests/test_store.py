@@ -417,8 +417,8 @@ def test_an_edited_helper_is_a_different_sweep(tmp_path):
 def test_fingerprint_is_computed_once_per_group(tmp_path, monkeypatch):
     sweep_mod = sys.modules["jaxgd.sweep"]
     calls = []
-    real = sweep_mod._program_digest
-    monkeypatch.setattr(sweep_mod, "_program_digest", lambda prep: calls.append(1) or
+    real = sweep_mod.program_digest
+    monkeypatch.setattr(sweep_mod, "program_digest", lambda prep: calls.append(1) or
                         real(prep))
     # 2 groups (batch sizes) of 6 configurations in chunks of 2: 6 chunks
     run(tmp_path / "run", grid={**GRID, "batch_size": [4, 6]})
@@ -624,10 +624,10 @@ def test_os_errors_simulated(saved, tmp_path, monkeypatch, capsys):
     assert not list(out.rglob("*.tmp"))
     # the run resumes elsewhere (a copy of the folder on another disk): 2 chunks computed
     moved = copy(out, tmp_path / "moved")
-    sweep_mod = sys.modules["jaxgd.sweep"]
+    engine = sys.modules["jaxgd.engine"]
     computed = []
-    real_chunk = sweep_mod._run_chunk
-    monkeypatch.setattr(sweep_mod, "_run_chunk", lambda *a: computed.append(1) or
+    real_chunk = engine.Engine.run_chunk
+    monkeypatch.setattr(engine.Engine, "run_chunk", lambda *a: computed.append(1) or
                         real_chunk(*a))
     got = run(moved)
     assert len(computed) == 2

@@ -120,3 +120,30 @@ def test_the_private_check_finds_one():
     tree = ast.parse("from .optim import _factory_params\nfrom . import train\n"
                      "def f():\n    return train._take\n")
     assert private_uses(tree, "sweep") == ["optim._factory_params", "train._take"]
+
+
+MAX_MODULE_LINES = 850
+ONE_JOB = {"store"}  # the run folder's files, checksums and lock: one job, kept whole
+
+
+def test_no_module_over_850_lines():
+    long = [f"{p.stem}: {n} lines" for p in sorted(PKG.glob("*.py"))
+            if p.stem not in ONE_JOB and (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert long == []
+
+
+def test_sweep_module_holds_the_front_door_only():
+    """``jaxgd/sweep.py`` is the public ``sweep`` and its argument checks; the runtime is
+    in the engine, groups, axes, population and search modules."""
+    defs = [n.name for n in MODULES["sweep"].body
+            if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    assert defs[0] == "sweep" and len(defs) <= 3 and not any(
+        isinstance(n, ast.ClassDef) for n in MODULES["sweep"].body)
+
+
+def test_integer_checks_live_in_checks():
+    """What counts as an integer (``numbers.Integral``, not a bool) is decided in
+    ``_checks.py`` (``is_int``, ``check_positive_int``, ``check_seed``, ...) only."""
+    uses = [mod for mod, tree in MODULES.items() if mod != "_checks" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr == "Integral"]
+    assert uses == []

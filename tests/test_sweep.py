@@ -442,7 +442,7 @@ def test_folds_standardise_with_each_folds_training_statistics():
 def test_chunk_size_below_the_number_of_seeds_is_honoured(monkeypatch):
     import importlib
 
-    sweep_mod = importlib.import_module("jaxgd.sweep")  # the module, not the function
+    engine = importlib.import_module("jaxgd.engine")
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(12, 2)).astype(np.float32)
@@ -453,15 +453,15 @@ def test_chunk_size_below_the_number_of_seeds_is_honoured(monkeypatch):
 
     p0 = {"w": jnp.zeros(2)}
     widths = []
-    real = sweep_mod._run_chunk
+    real = engine.Engine.run_chunk
 
-    def spy(plan, ci, *a):
+    def spy(self, plan, ci, *a):
         widths.append(len(plan.streams) * plan.width)
-        return real(plan, ci, *a)
+        return real(self, plan, ci, *a)
 
     grid = {"seed": [0, 1, 2, 3, 4], "learning_rate": [0.01, 0.1]}
     ref = jaxgd.sweep(loss, p0, (x, y), grid=grid, batch_size=5, epochs=3)
-    monkeypatch.setattr(sweep_mod, "_run_chunk", spy)
+    monkeypatch.setattr(engine.Engine, "run_chunk", spy)
     small = jaxgd.sweep(loss, p0, (x, y), grid=grid, batch_size=5, epochs=3, chunk_size=2)
     assert max(widths) <= 2 and sum(widths) >= 10
     np.testing.assert_allclose(small.params["w"], ref.params["w"], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,521 @@
+"""The engine: the host-side runtime between the front doors and the compiled program.
+
+Front doors (``fit``, ``sweep``) -> axes -> groups -> **engine** -> program -> results.
+:class:`Engine` advances training states from one evaluation to another through the
+compiled program (:meth:`Engine.advance`, the one driver): ``fit`` is one call of one
+configuration, a plain sweep runs its groups in chunks (:meth:`Engine.run_plans`,
+resumable from the run folder), and an adaptive search advances a
+:class:`jaxgd.population.Population` between its decisions. Observers
+(:mod:`jaxgd.observers`) are told of every boundary. This module holds, in order: the
+mesh, the memory estimate and the chunk plan, the agreement of the processes of a
+multi-process run, the inputs of a call and their sharding, compile timing
+(:class:`CompileClock`), the :class:`Engine`, and the host loop over a call's blocks
+(:func:`run_blocks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import lossform
+from .groups import Group
+from .loop import state_axes
+from .observers import Call, Observer
+from .prepare import Prepared, as_key, tc_array
+from .program import Program, program_for, unpack_history
+from .spec import KEY_BITS, PROGRESS_VALID, ProgramSpec, evals_of, float_dtype
+
+
+def default_mesh() -> jax.sharding.Mesh | None:
+    """All devices of all processes on one ``"config"`` axis, or None for one device."""
+    devs = jax.devices()
+    if len(devs) == 1:
+        return None
+    return jax.sharding.Mesh(np.asarray(devs), ("config",))
+
+
+def bytes_per_config(prep: Prepared, epochs: int) -> int:
+    """Device memory one configuration of a chunk needs (a rough upper bound).
+
+    Parameters and their copies (gradient, update, optimizer state, best parameters), a
+    step's activations, the history rows a program call keeps on the device (history
+    blocks hold at most :data:`jaxgd.program.HISTORY_BLOCK_BYTES` for the whole call, or
+    ``HISTORY_MIN_ROWS`` rows per configuration; the host keeps the evaluations run) and
+    the intermediates of the loss over the whole training set: the full-data metrics pass
+    (``metrics="full"``) and the initial loss evaluate every configuration on all N
+    samples at once (e.g. 4*N bytes of predictions per configuration for a linear model,
+    more for wide outputs or hidden layers).
+    """
+    from . import program
+
+    spec = prep.spec
+    pbytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(prep.params))
+    _, n_evals = program.evals_of(spec)
+    row = program.history_row_bytes(spec, prep.params, prep.numeric)
+    hist = row * min(n_evals, program.HISTORY_MIN_ROWS)
+    # params, gradient, new params, optimizer state (<= 3 copies), best params
+    act = 4 * spec.plan.batch_size * spec.accumulate * 64  # activations of a step, rough
+    full = full_pass_bytes(prep) if spec.metrics != "batch" or spec.track_init else 0
+    return pbytes * 8 + hist + act + full
+
+
+def full_pass_bytes(prep: Prepared) -> int:
+    """Bytes of the intermediates of ``loss(params, data)`` on all N samples (their sum:
+    a bound on what the forward pass, and the gradient's residuals, hold at once)."""
+    spec, params, data = prep.spec, prep.params, prep.data
+    n_train = spec.plan.n
+    shapes = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((n_train,) + a.shape[1:], a.dtype), data)
+    try:
+        jaxpr = jax.make_jaxpr(spec.loss)(params, shapes).jaxpr
+    except Exception:  # noqa: BLE001 - checked by prepare already; fall back to the data
+        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(shapes))
+    total = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if aval is not None and hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+    return total
+
+
+Stream = tuple[int, int]  # (seed, fold or -1): owns a data order
+
+
+class ChunkPlan(NamedTuple):
+    """A block of a group's streams, cut into ``n_chunks`` program calls of equal width."""
+
+    group_index: int
+    tag: str  # the chunk files' prefix in a run folder
+    group: Group
+    streams: list[Stream]
+    per_stream: list[list[int]]  # per stream: its rows (indices into group.rows)
+    width: int  # configurations per stream and call
+    n_chunks: int
+
+
+def plan_chunks(groups: list[Group], chunk_size, memory_budget, epochs, ndev):
+    """Every group's streams split into blocks, each block into chunks of one width."""
+    budget = memory_budget or (2 << 30)
+    plans = []
+    for gi, g in enumerate(groups):
+        streams = sorted({(r.seed, r.fold if r.fold is not None else -1) for r in g.rows})
+        sidx = {st: k for k, st in enumerate(streams)}
+        per_stream: list[list[int]] = [[] for _ in streams]
+        for i, r in enumerate(g.rows):
+            per_stream[sidx[(r.seed, r.fold if r.fold is not None else -1)]].append(i)
+        cap = chunk_size or max(1, min(4096, budget // max(1, bytes_per_config(g.prepared,
+                                                                                epochs))))
+        # more streams (seeds x folds) than a call may hold: split the streams too
+        sb = min(len(streams), cap)
+        for bi, b0 in enumerate(range(0, len(streams), sb)):
+            blk_streams, blk_rows = streams[b0:b0 + sb], per_stream[b0:b0 + sb]
+            S = len(blk_streams)
+            C = max(len(v) for v in blk_rows)
+            width = max(1, min(C, cap // S))
+            width = -(-width // ndev) * ndev
+            tag = f"g{gi:03d}" if len(streams) <= sb else f"g{gi:03d}_s{bi:04d}"
+            plans.append(ChunkPlan(gi, tag, g, blk_streams, blk_rows, width, -(-C // width)))
+    return plans
+
+
+def chunk_configs(p: ChunkPlan, ci: int) -> np.ndarray:
+    """The sorted configuration indices that chunk ``ci`` of a plan holds."""
+    idx = [p.group.rows[r].config for rows in p.per_stream
+           for r in rows[ci * p.width:(ci + 1) * p.width]]
+    return np.sort(np.asarray(idx, np.int64))
+
+
+def chunk_valid(per_stream, ci, width) -> np.ndarray:
+    """[streams, width]: True for the real configurations of chunk ``ci`` (False: padding)."""
+    valid = np.zeros((len(per_stream), width), bool)
+    for s, rows in enumerate(per_stream):
+        valid[s, :len(rows[ci * width:(ci + 1) * width])] = True
+    return valid
+
+
+def agree_progress(progress: bool) -> bool:
+    """With several processes, progress is on when any process asks for it: the progress
+    callback is part of the compiled program, and every process must run the same program
+    (else their collectives mismatch). Only process 0 draws the bars."""
+    if jax.process_count() == 1:
+        return progress
+    from jax.experimental import multihost_utils
+
+    asked = multihost_utils.process_allgather(np.int32(progress))
+    return bool(np.any(np.asarray(asked)))
+
+
+def agree_fingerprint(fingerprint: str | None) -> None:
+    """With several processes, refuse (on every process) a run whose processes were given
+    different sweeps: they would compile different programs and wait for each other's
+    collectives for ever."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    words = np.frombuffer(bytes.fromhex(fingerprint), np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(words)).reshape(-1, words.size)
+    if not (every == words).all():
+        got = ", ".join(f"process {i}: {r.tobytes().hex()}" for i, r in enumerate(every))
+        raise ValueError(f"the {len(every)} processes of this run were given different "
+                         f"sweeps (fingerprints {got}): every process must run the same "
+                         "sweep (the same config file, data and arguments)")
+
+
+def agree_cached(cached):
+    """With several processes, use a stored chunk only if every process has it (else all
+    recompute it: a process that skipped the program would leave the others waiting)."""
+    if jax.process_count() == 1:
+        return cached
+    from jax.experimental import multihost_utils
+
+    have = multihost_utils.process_allgather(np.int32(cached is not None))
+    return cached if bool(np.all(np.asarray(have))) else None
+
+
+class ChunkInputs(NamedTuple):
+    """One program call's configurations and inputs."""
+
+    grid_rows: np.ndarray  # [S, width] row numbers into group.rows (padding repeats one)
+    valid: np.ndarray  # [S, width] False for padding
+    tc: dict[str, Any]  # traced hyper-parameters [S, width] (host arrays)
+    keys: Any  # [S] PRNG keys (the streams' data orders)
+    tidx: Any  # [S, n_train] training indices of a fold, or None
+    vidx: Any
+
+
+def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], ci: int,
+                 width: int, fold_split) -> ChunkInputs:
+    """The inputs of chunk ``ci`` (``width`` configurations per stream) of ``g``'s rows
+    ``per_stream``."""
+    spec, dt = g.prepared.spec, float_dtype(g.prepared.params)
+    S = len(streams)
+    grid_rows = np.zeros((S, width), np.int64)
+    valid = chunk_valid(per_stream, ci, width)
+    for s, rows in enumerate(per_stream):
+        part = rows[ci * width:(ci + 1) * width]
+        grid_rows[s, :] = rows[0]
+        grid_rows[s, :len(part)] = part
+    tc_np = {k: np.asarray([[g.numeric[r][k] for r in row] for row in grid_rows])
+             for k in spec.numeric_names}
+    tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
+    if spec.progress:  # the progress bar counts the active configurations, not padding
+        tc[PROGRESS_VALID] = valid
+    if spec.form.key:
+        tc[KEY_BITS] = np.stack([np.stack([g.key_bits[r] for r in row]) for row in grid_rows])
+    keys = jnp.stack([as_key(s) for s, _ in streams])
+    if fold_split is not None and streams[0][1] >= 0:
+        tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
+        vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))
+    else:
+        tidx = vidx = None
+    return ChunkInputs(grid_rows, valid, tc, keys, tidx, vidx)
+
+
+def program_args(prep: Prepared, ch: ChunkInputs, data, mesh):
+    """(the program's ``(params0, data, val, tc, keys, tidx, vidx, state0)``, on the mesh
+    when there is one; the function that makes a host scalar a program input)."""
+    spec = prep.spec
+    args = (None if spec.init_fn is not None else prep.params, data,
+            prep.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx, prep.state)
+    if mesh is None:
+        return args, lambda v: v
+    return shard_args(mesh, args), functools.partial(replicated, mesh)
+
+
+def shard_args(mesh, args):
+    """Global arrays: configurations split over the mesh, everything else replicated."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    params, data, val, tc, keys, tidx, vidx, state = args
+    rep = NamedSharding(mesh, P())
+    cfg = NamedSharding(mesh, P(None, "config"))
+
+    def put(x, sharding):
+        if x is None:
+            return None
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            kd = np.asarray(jax.random.key_data(x))
+            arr = jax.make_array_from_callback(kd.shape, sharding, lambda i: kd[i])
+            return jax.random.wrap_key_data(arr)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+    tree_put = lambda t, s: jax.tree.map(lambda x: put(x, s), t)  # noqa: E731
+    return (tree_put(params, rep), tree_put(data, rep), tree_put(val, rep),
+            tree_put(tc, cfg), put(keys, rep), put(tidx, rep), put(vidx, rep),
+            tree_put(state, rep))
+
+
+def replicated(mesh, value):
+    """A host value as a global array every device holds whole (the same on every
+    process)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, NamedSharding(mesh, P()),
+                                        lambda i: host[i])
+
+
+def to_host(x):
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
+    """A chunk's result as the run folder stores it and :meth:`jaxgd.SweepResult.from_runs`
+    reads it: the program's outputs by name (host arrays, leading axis = configuration;
+    ``history`` a dict of arrays) and, under ``"config"``, the sweep indices of the
+    configurations they belong to."""
+    return {**outputs, "config": np.asarray(configs, np.int64)}
+
+
+def agree_floats(values: list[float]) -> list[float]:
+    """With several processes, process 0's values on every process (decisions taken from
+    timings must be the same everywhere)."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    return [float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values))]
+
+
+def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
+    """The inputs of one configuration (``fit``): a block of 1 stream x 1 configuration,
+    its traced values on the device."""
+    spec, dt = prep.spec, float_dtype(prep.params)
+    tc = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
+    if spec.form.key:  # the configuration's words of its loss keys (jaxgd.loss_key)
+        tc[KEY_BITS] = lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
+    one = np.zeros((1, 1), np.int64)
+    return ChunkInputs(one, one == 0, jax.device_put(tc), key[None], None, None)
+
+
+# ------------------------------------------------------------------ compile timing
+
+class CompileClock:
+    """JAX's compile seconds while a run is going (a ``jax.monitoring`` listener that is
+    registered when the run starts and removed when it ends).
+
+    The longest compile seen per program spec is kept for the process (as the compiled
+    programs are): an adaptive search weighs a new width's compile against the compute
+    it saves, and a program compiled by an earlier run compiles for free in this one.
+    """
+
+    longest: dict[Any, float] = {}  # per program spec: the longest compile seen (seconds)
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def _listen(self, event: str, secs: float, **_: Any) -> None:
+        if event.startswith("/jax/core/compile/"):
+            self.seconds += secs
+
+    def __enter__(self) -> CompileClock:
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+    def note(self, spec, c0: float) -> float:
+        """The compile seconds since ``c0``, remembered for ``spec``."""
+        secs = self.seconds - c0
+        self.longest[spec] = max(secs, self.longest.get(spec, 0.0))
+        return secs
+
+
+# ------------------------------------------------------------------ the engine
+
+class Advanced(NamedTuple):
+    """What a program call returned (leading axes [streams, width])."""
+
+    state: Any  # the program state after the call, in the program's layout, on the device
+    out: Any  # jaxgd.spec.ProgramOutput of host arrays (history: see ``hist``)
+    hist: dict[str, np.ndarray]  # the packed history rows of the evaluations run
+    columns: tuple[str, ...]  # the names of the packed scalar history columns
+    keys: Any  # the call's stream keys and traced values (they fix the state's layout)
+    tc: Any
+    compile_s: float  # JAX compile seconds during the call
+    seconds: float  # wall seconds of the call
+
+    def host_state(self) -> Any:
+        """The state with its leading [stream, config] axes, as host arrays."""
+        return jax.tree.map(to_host, state_axes(self.state, self.keys, self.tc))
+
+    def output(self, spec) -> Any:
+        """The program's outputs with the history unpacked by name."""
+        hist = dict(self.hist)
+        return self.out._replace(history=unpack_history(spec, self.columns, hist,
+                                                        self.out.init_loss.dtype))
+
+
+class Engine:
+    """Advances training states between evaluations: ``fit`` (one configuration), a sweep
+    (groups cut into chunks) and an adaptive search (a population advanced rung by rung)
+    all run their programs through :meth:`advance`.
+
+    Args:
+      data, val_data: the training and validation data (validated).
+      fold_split: the k-fold index split, or None.
+      mesh: the device mesh the configurations are split over (None: one device).
+      observers: :class:`jaxgd.observers.Observer` objects told of every boundary.
+
+    Use as ``with engine.running(n_calls):`` around the calls: the compile clock runs and
+    the observers see the run start and end.
+    """
+
+    def __init__(self, data, val_data=None, fold_split=None, mesh=None,
+                 observers: Sequence[Observer] = ()):
+        self.data, self.val_data, self.fold_split = data, val_data, fold_split
+        self.mesh = mesh
+        self.ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+        self.observers = list(observers)
+        self.clock = CompileClock()
+
+    def notify(self, event: str, *args) -> None:
+        for o in self.observers:
+            getattr(o, event)(*args)
+
+    @contextlib.contextmanager
+    def running(self, n_calls: int | None = None):
+        with self.clock:
+            self.notify("run_start", n_calls)
+            try:
+                yield self
+            finally:
+                self.notify("run_end")
+
+    def advance(self, prep: Prepared, ch: ChunkInputs, start: int, end: int, call: Call, *,
+                state: Callable[[Any, Any], Any] | None = None, pad: bool = False
+                ) -> Advanced:
+        """Evaluations ``start`` up to ``end`` of the configurations of ``ch``, from their
+        initial state (``state`` None) or from ``state(keys, tc)`` (a state in the
+        program's layout for the call's sharded keys and traced values)."""
+        spec = prep.spec
+        S, width = ch.grid_rows.shape
+        prog, columns = program_for(spec, prep.params, ch.tc, S * width)
+        args, put_scalar = program_args(prep, ch, self.data, self.mesh)
+        params0, data, val, tc, keys, tidx, vidx, state0 = args
+        self.notify("call_start", call)
+        try:
+            t0, c0 = time.perf_counter(), self.clock.seconds
+            st = (prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
+                  if state is None else state(keys, tc))
+            st, out, hist = run_blocks(
+                prog, spec, st, start, end, (data, val, tc, keys, tidx, vidx),
+                to_host=to_host, put_scalar=put_scalar, pad=pad,
+                on_block=lambda at: self.notify("block_end", call, at))
+        finally:
+            self.notify("call_end", call)
+        comp = self.clock.note(spec, c0)
+        return Advanced(st, out, hist, columns, keys, tc, comp, time.perf_counter() - t0)
+
+    def run_chunk(self, p: ChunkPlan, ci: int, call: Call) -> dict[str, Any]:
+        """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
+        configuration, with their indices under ``"config"``."""
+        g, S, width = p.group, len(p.streams), p.width
+        spec = g.prepared.spec
+        ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, self.fold_split)
+        out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call).output(spec)
+        idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
+               if ch.valid[s, c]]
+        sel = np.nonzero(ch.valid.reshape(-1))[0]
+        flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
+        return chunk_record(flat._asdict(), idx)
+
+    def run_plans(self, plans: list[ChunkPlan], n_groups: int, store=None
+                  ) -> list[dict[str, Any]]:
+        """Every chunk of ``plans`` (a plain sweep), each read back from the run folder
+        ``store`` when it holds it, else run (and saved there)."""
+        results = []
+        with self.running(sum(p.n_chunks for p in plans)):
+            for p in plans:
+                spec = p.group.prepared.spec
+                for ci in range(p.n_chunks):
+                    call = Call(spec, p.group_index, n_groups, p.width * len(p.streams), 0,
+                                evals_of(spec)[1], f"group {p.group_index + 1} chunk {ci + 1}")
+                    tag = f"{p.tag}_c{ci:05d}"
+                    cached = self.load_chunk(store, p, ci, tag)
+                    if cached is None:
+                        cached = self.run_chunk(p, ci, call)
+                        if store is not None:
+                            store.save_chunk(tag, cached)
+                    else:
+                        self.notify("call_start", call._replace(cached=True))
+                        self.notify("call_end", call._replace(cached=True))
+                    results.append(cached)
+        return results
+
+    @staticmethod
+    def load_chunk(store, p: ChunkPlan, ci: int, tag: str) -> dict[str, Any] | None:
+        """Chunk ``ci`` as the run folder holds it, if every process has it and it holds
+        the configurations this plan puts in it; else None."""
+        st0 = p.group.prepared.state
+        cached = (store.load_chunk(tag, jax.tree.structure(p.group.prepared.params),
+                                   None if st0 is None else jax.tree.structure(st0))
+                  if store is not None else None)
+        if cached is not None and not np.array_equal(
+                np.sort(np.asarray(cached.get("config", []))), chunk_configs(p, ci)):
+            cached = None  # written with another chunk width: recompute
+        return agree_cached(cached)
+
+
+def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
+               to_host: Callable[[Any], Any] = np.asarray,
+               put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False,
+               on_block: Callable[[int], None] = lambda at: None):
+    """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
+    layout), stopping early when no configuration is active; ``args = (data, val, tc,
+    keys, tidx, vidx)``; ``on_block(at)`` is called on the host after each block (``at``:
+    the evaluation the next block would start from). Returns (state, host outputs, packed
+    host history of the evaluations run: ``end - start`` rows with ``pad``, NaN for those
+    not run).
+
+    The decision to run another block comes from a value every device (and process)
+    holds whole, so every process runs the same number of blocks. ``to_host`` brings an
+    output array home; ``put_scalar`` makes a block's start index a program input."""
+    K, _ = evals_of(spec)
+    parts = []
+    at = start
+    while at < end:
+        st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
+                                         put_scalar(np.int32(end)), *args)
+        parts.append(jax.tree.map(to_host, hist))
+        at += prog.rows
+        on_block(min(at, end))
+        if not replicated_bool(more):
+            break
+    out = jax.tree.map(to_host, out)
+    n = end - start
+    hist = {}
+    for k in parts[0]:
+        h = np.concatenate([p[k] for p in parts], axis=2)
+        want = min(n * K, spec.epochs - start * K) if k == "step_loss" else n
+        h = h[:, :, :want]
+        if pad and h.shape[2] < want:
+            fill = np.full(h.shape[:2] + (want - h.shape[2],) + h.shape[3:], np.nan, h.dtype)
+            h = np.concatenate([h, fill], axis=2)
+        hist[k] = h
+    return st, out, hist
+
+
+def replicated_bool(x) -> bool:
+    """A scalar every device holds whole (the program's reduction over configurations)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return bool(np.asarray(x.addressable_data(0)))
+    return bool(np.asarray(x))

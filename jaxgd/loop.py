@@ -1,0 +1,177 @@
+"""The XLA:CPU loop machinery of the compiled program: the [stream, config] vmaps, the
+packed while-loop carry, and the loop over evaluations in sub-blocks.
+
+Used by :mod:`jaxgd.program` (which holds what one configuration does); nothing here
+knows about training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def single(keys, tc) -> tuple[bool, bool]:
+    """(one stream, one configuration): axes of size 1 are not vmapped (XLA would copy and
+    transpose the parameters at every step for them)."""
+    one_stream = keys.shape[0] == 1
+    leaves = jax.tree.leaves(tc)
+    one_config = one_stream and bool(leaves) and all(a.shape[1] == 1 for a in leaves)
+    return one_stream, one_config
+
+
+def vmapped(fn, in_axes_c, in_axes_s, one_stream, one_config):
+    """``fn`` vmapped over configurations and streams (axes of size 1 dropped)."""
+    if one_config:
+        return fn
+    fn = jax.vmap(fn, in_axes=in_axes_c)
+    return fn if one_stream else jax.vmap(fn, in_axes=in_axes_s)
+
+
+def squeeze(one_stream, one_config, tc, keys, tidx, vidx):
+    sq = lambda t: None if t is None else jax.tree.map(lambda a: a[0], t)  # noqa: E731
+    if one_config:
+        tc = jax.tree.map(lambda a: a[0, 0], tc)
+    elif one_stream:
+        tc = sq(tc)
+    if one_stream:
+        keys, tidx, vidx = keys[0], sq(tidx), sq(vidx)
+    return tc, keys, tidx, vidx
+
+
+def unsqueeze(one_stream, one_config, tree):
+    """Outputs with their leading [stream, config] axes back."""
+    if one_config:
+        return jax.tree.map(lambda a: a[None, None], tree)
+    if one_stream:
+        return jax.tree.map(lambda a: a[None], tree)
+    return tree
+
+
+def layout(keys, tc) -> tuple[bool, bool]:
+    """(one stream, one configuration): the axes of size 1 the program's state drops."""
+    return single(keys, tc)
+
+
+def state_axes(state, keys, tc):
+    """A program state with its leading [stream, config] axes (whatever its layout)."""
+    return unsqueeze(*single(keys, tc), state)
+
+
+def state_layout(state, keys, tc):
+    """A state with leading [stream, config] axes in the program's layout for
+    ``keys``/``tc`` (the inverse of :func:`state_axes`)."""
+    one_s, one_c = single(keys, tc)
+    if one_c:
+        return jax.tree.map(lambda a: a[0, 0], state)
+    return jax.tree.map(lambda a: a[0], state) if one_s else state
+
+
+class Packed(NamedTuple):
+    """A pytree's leaves stacked by (shape, dtype; booleans with int32): one array per
+    group."""
+
+    groups: tuple[jax.Array, ...]
+
+
+def stored(dt):
+    """The dtype a leaf is stacked as: booleans as int32 (they join the int32 leaves of
+    their shape: one buffer less to update), anything else as itself."""
+    return jnp.dtype(jnp.int32) if jnp.dtype(dt) == jnp.bool_ else jnp.dtype(dt)
+
+
+def pack_layout(tree):
+    """(treedef, per leaf: (group, index in group, dtype), group keys) of ``tree``'s
+    leaves."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys: list[tuple[Any, ...]] = []
+    where = []
+    for leaf in leaves:
+        k = (tuple(leaf.shape), stored(leaf.dtype))
+        if k not in keys:
+            keys.append(k)
+        g = keys.index(k)
+        where.append((g, sum(1 for w in where if w[0] == g), jnp.dtype(leaf.dtype)))
+    return treedef, where, keys
+
+
+def pack(tree) -> tuple[Packed, Any]:
+    """The leaves of ``tree`` stacked by (shape, dtype; booleans as int32, see
+    :func:`stored`), and what :func:`unpack` needs (it gives each leaf back exactly).
+
+    A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
+    kernel of its own at every iteration; stacked, an iteration updates one buffer per
+    group (a few kernels instead of a dozen per evaluation).
+    """
+    treedef, where, keys = pack_layout(tree)
+    leaves = [x if stored(x.dtype) == x.dtype else x.astype(stored(x.dtype))
+              for x in jax.tree.leaves(tree)]
+    groups = tuple(jnp.stack([leaves[i] for i, w in enumerate(where) if w[0] == g])
+                   for g in range(len(keys)))
+    return Packed(groups), (treedef, tuple(where))
+
+
+def unpack(packed: Packed, layout) -> Any:
+    treedef, where = layout
+    leaves = [packed.groups[g][i] for g, i, _ in where]
+    return jax.tree.unflatten(treedef, [x if x.dtype == dt else x.astype(dt)
+                                        for x, (_, _, dt) in zip(leaves, where, strict=True)])
+
+
+# XLA:CPU runs the kernels of a loop body one after another (no thread-pool dispatch)
+# only when every buffer the body touches is at most this many bytes (or the body has at
+# most 8 kernels): its ThunkExecutor's ``execute_sequential_buffer_threshold``. A history
+# block of thousands of rows in the loop carry made every evaluation of a small problem
+# pay the concurrent executor's scheduling (~1-2 us); rows are therefore collected in a
+# local buffer of at most this size and copied into the block once per sub-block.
+SEQUENTIAL_BYTES = 512
+
+
+def sub_rows(hist: dict[str, jax.Array], rows: int) -> int:
+    """Evaluations per sub-block: as many rows (of every configuration) as fit in
+    :data:`SEQUENTIAL_BYTES`, at least 1 and at most ``rows``."""
+    row_bytes = sum(h.size * h.dtype.itemsize for h in hist.values()) // rows
+    return max(1, min(rows, SEQUENTIAL_BYTES // max(1, row_bytes)))
+
+
+def run_rows(st: Any, hist, rows: int, sub: int, limit, evaluation, take, put_row,
+              put_rows):
+    """Block-local evaluations ``0, 1, ...`` while ``e < rows``, ``e < limit`` and a
+    configuration is active: (state, history block).
+
+    The evaluations run in sub-blocks of ``sub``: an inner loop writes their rows into a
+    ``sub``-row buffer read from the block at ``at`` (rows not yet written are NaN, so
+    reading keeps what is there) and the outer loop writes it back. The last sub-block
+    of a block starts at ``rows - sub`` so that it stays inside the block. The same
+    evaluations run, with the same conditions, as in one loop over evaluations.
+    """
+    # the evaluation counter is packed with the state (one buffer less per iteration)
+    _, layout = pack((jnp.zeros((), jnp.int32), st))
+
+    def going(p, stop):
+        e, s = unpack(p, layout)
+        return (e < stop) & jnp.any(s.active)
+
+    def inner(c):
+        p, loc, at = c
+        e, s = unpack(p, layout)
+        s, row = evaluation(s, e)
+        return pack((e + 1, s))[0], put_row(loc, row, e - at), at
+
+    def outer(c):
+        p, h = c
+        at = jnp.minimum(unpack(p, layout)[0], rows - sub)
+        c = (p, take(h, at), at)
+        if sub == 1:
+            c = inner(c)
+        else:
+            stop = jnp.minimum(at + sub, limit)
+            c = jax.lax.while_loop(lambda c: going(c[0], stop), inner, c)
+        p, loc, _ = c
+        return p, put_rows(h, loc, at)
+
+    p, hist = jax.lax.while_loop(lambda c: going(c[0], jnp.minimum(rows, limit)), outer,
+                                 (pack((jnp.zeros((), jnp.int32), st))[0], hist))
+    return unpack(p, layout)[1], hist
