@@ -366,7 +366,7 @@ def _task_of(y: np.ndarray) -> str:
 def _user_model(cfg: Config, fn) -> tuple[Any, tuple[str, ...]]:
     """(the Model that ``model.callable`` returns, its init's shape axes)."""
     from .models import Model
-    from .sweep import shape_axes
+    from .axes import shape_axes
 
     out = _called(cfg, "model", fn)
     try:

@@ -677,7 +677,7 @@ def _read_sweep(ctx: Ctx, s: dict[str, Any], train: dict[str, Any],
 def check_names(ctx: Ctx, grid, random, train, shape_names=()) -> None:
     """Axis and hparams names must be hyper-parameters of one of the sweep's optimizers
     (or, for [sweep] axes, the model's shape arguments)."""
-    from .sweep import STREAM_AXES, STRUCTURAL_AXES
+    from .axes import STREAM_AXES, STRUCTURAL_AXES
 
     try:
         from .optim import factory_params, known_names, resolve_optimizer
