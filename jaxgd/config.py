@@ -365,8 +365,8 @@ def _task_of(y: np.ndarray) -> str:
 
 def _user_model(cfg: Config, fn) -> tuple[Any, tuple[str, ...]]:
     """(the Model that ``model.callable`` returns, its init's shape axes)."""
-    from .models import Model
     from .axes import shape_axes
+    from .models import Model
 
     out = _called(cfg, "model", fn)
     try:

@@ -637,7 +637,7 @@ def test_bad_orders_are_refused_before_compiling(monkeypatch):
     def no_program(*_a, **_k):
         raise AssertionError("a program was built")
 
-    monkeypatch.setattr(jaxgd.train, "program_for", no_program)
+    monkeypatch.setattr(jaxgd.engine, "program_for", no_program)
     x, y = regression(n=6)
     fit = lambda o, **kw: jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y),  # noqa: E731
                                     hparams={"learning_rate": 0.1}, batch_size=2, epochs=1,
