@@ -63,3 +63,24 @@ def is_int(v: Any) -> bool:
 
 def is_real(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# pip names of optional packages whose import name differs
+PIP = {"orbax": "orbax-checkpoint"}
+
+
+def require(module: str, what: str, pip: str | None = None):
+    """Import ``module``; if it is missing, a ModuleNotFoundError naming it, ``what``
+    needs it for, and its ``pip install`` command (one line for the CLI)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        top = module.split(".")[0]
+        if e.name is None or e.name.split(".")[0] != top:
+            raise
+        pkg = pip or PIP.get(top, top)
+        raise ModuleNotFoundError(
+            f"{what} needs the Python package {top!r}, which is not installed; install it "
+            f"with: pip install {pkg}", name=top) from None

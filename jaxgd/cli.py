@@ -387,7 +387,7 @@ def _cmd_export(args) -> int:
     if kind == "orbax" and args.name is not None:
         raise UserError("--name applies to the trackers only")
     if kind == "orbax":
-        from .orbax_io import require
+        from ._checks import require
 
         require("orbax.checkpoint", "an orbax checkpoint")  # before loading the run
         sw = load(args.dir)

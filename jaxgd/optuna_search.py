@@ -43,8 +43,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ._checks import require
 from .lossform import declared
-from .orbax_io import require
 from .results import ParamGroup, SweepResult
 from .sweep import sweep
 

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .orbax_io import require
+from ._checks import require
 
 __all__ = ["KINDS", "Run", "Writer", "export", "run_name", "runs_of", "writer"]
 
