@@ -42,6 +42,55 @@ def default_mesh() -> jax.sharding.Mesh | None:
     return jax.sharding.Mesh(np.asarray(devs), ("config",))
 
 
+def config_devices(mesh) -> int:
+    """How many ways the configurations are split: the size of the mesh's ``"config"``
+    axis (1 without a mesh)."""
+    return 1 if mesh is None else int(mesh.shape["config"])
+
+
+def data_sharding(mesh):
+    """The sharding that splits a batch's samples over the mesh's ``"data"`` axis, or None
+    (no such axis, or one of size 1)."""
+    if mesh is None or mesh.shape.get("data", 1) == 1:
+        return None
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    return NamedSharding(mesh, P("data"))
+
+
+def check_mesh(mesh) -> None:
+    """A mesh given to ``sweep``: axes named ``"config"`` and optionally ``"data"``."""
+    names = getattr(mesh, "axis_names", None)
+    if (not isinstance(mesh, jax.sharding.Mesh) or "config" not in names
+            or not set(names) <= {"config", "data"}):
+        raise ValueError(
+            f"mesh={mesh!r} must be a jax.sharding.Mesh with an axis named 'config' and "
+            "optionally one named 'data' (e.g. Mesh(np.array(jax.devices()).reshape(2, 4), "
+            "('config', 'data')); all-data: reshape(1, n))")
+
+
+def check_data_axis(mesh, groups) -> None:
+    """Every batch a step computes (``batch_size`` samples, the last batch of an epoch, a
+    micro-batch of ``accumulate``) splits evenly over the mesh's ``"data"`` axis."""
+    n = 1 if mesh is None else int(mesh.shape.get("data", 1))
+    if n == 1:
+        return
+    for g in groups:
+        spec = g.prepared.spec
+        plan = spec.plan
+        sizes = {"batch_size": plan.batch_size // spec.accumulate}
+        if plan.last_batch_size:
+            sizes["the last batch of an epoch"] = plan.last_batch_size
+        for what, b in sizes.items():
+            if b % n:
+                raise ValueError(
+                    f"{what} = {b} does not split over the mesh's 'data' axis of {n} "
+                    f"devices (batch_size={plan.batch_size // spec.accumulate}, "
+                    f"n={plan.n}, drop_last={plan.drop_last}): choose sizes divisible by "
+                    f"{n}, or drop_last=True")
+
+
 def bytes_per_config(prep: Prepared, epochs: int) -> int:
     """Device memory one configuration of a chunk needs (a rough upper bound).
 
@@ -383,7 +432,7 @@ class Engine:
                  observers: Sequence[Observer] = ()):
         self.data, self.val_data, self.fold_split = data, val_data, fold_split
         self.mesh = mesh
-        self.ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+        self.ndev = config_devices(mesh)  # configurations are padded to a multiple
         self.observers = list(observers)
         self.clock = CompileClock()
 
@@ -406,6 +455,9 @@ class Engine:
         """Evaluations ``start`` up to ``end`` of the configurations of ``ch``, from their
         initial state (``state`` None) or from ``state(keys, tc)`` (a state in the
         program's layout for the call's sharded keys and traced values)."""
+        sharding = data_sharding(self.mesh)
+        if sharding is not None:  # each batch split over the mesh's "data" axis
+            prep = prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
         spec = prep.spec
         S, width = ch.grid_rows.shape
         prog, columns = program_for(spec, prep.params, ch.tc, S * width)

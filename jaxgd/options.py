@@ -314,8 +314,10 @@ _TRAIN: tuple[Option, ...] = (
            "checksums (see :mod:`jaxgd.store`); the folder is locked while in use.",
            scope=SWEEP, check=_out, fingerprint=""),
     Option("mesh", None, "jax.sharding.Mesh | None",
-           "a ``jax.sharding.Mesh`` with an axis named ``\"config\"``; by default all "
-           "devices of all processes when there are several.", scope=SWEEP, fingerprint=""),
+           "a ``jax.sharding.Mesh`` with an axis named ``\"config\"`` (configurations "
+           "split over it) and optionally one named ``\"data\"`` (each batch's samples "
+           "split over it); by default all devices of all processes on ``\"config\"`` "
+           "when there are several.", scope=SWEEP, fingerprint=""),
     Option("progress", False, "bool",
            "show a progress bar over epochs (a host callback per evaluation; a sweep also "
            "shows one over chunks, with the number of configurations still active). With "

@@ -121,6 +121,8 @@ def call_loss(spec: ProgramSpec, params, state, batch, key, train: bool, tc):
     evaluation passes ``key=None`` and ``train=False``."""
     f = spec.form
     hp = {k: tc[k] for k in f.hparams} if f.takes_hparams else None
+    if spec.batch_sharding is not None:
+        batch = shard_batch(spec.batch_sharding, batch)
     value, new_state, metrics = lossform.call(f, spec.loss, params, batch, state=state,
                                               key=key, train=train, hparams=hp)
     mdt = metric_dtype(params)
@@ -128,6 +130,22 @@ def call_loss(spec: ProgramSpec, params, state, batch, key, train: bool, tc):
     # widen the carries
     return (value.astype(mdt), new_state,
             {k: v.astype(mdt) for k, v in metrics.items()})
+
+
+def shard_batch(sharding, batch):
+    """The batch with its samples split over the mesh's ``"data"`` axis (a layout hint:
+    XLA computes each device's part and sums the batch mean and the gradient across the
+    axis, so the numbers are the single-device ones up to the order of the sums). Leaves
+    whose first axis the data axis does not divide (the full-data evaluation of N samples)
+    stay as they are, computed whole on each device."""
+    n = sharding.mesh.shape["data"]
+
+    def put(a):
+        if jnp.ndim(a) >= 1 and a.shape[0] % n == 0:
+            return jax.lax.with_sharding_constraint(a, sharding)
+        return a
+
+    return jax.tree.map(put, batch)
 
 
 def _data_loss(spec: ProgramSpec, params, batch, state=None, tc=None):

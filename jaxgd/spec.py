@@ -53,6 +53,9 @@ class ProgramSpec(NamedTuple):
     progress: bool  # report each evaluation to the host (progress bar)
     standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
     form: lossform.LossForm = lossform.LossForm()  # key, train, state, hparams, metrics
+    # a mesh's ``"data"`` axis: each batch's samples are split over it (a NamedSharding of
+    # P("data")), or None; set by the engine for the call (jaxgd.engine.data_sharding)
+    batch_sharding: Any = None
 
 
 class State(NamedTuple):

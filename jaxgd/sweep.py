@@ -30,7 +30,15 @@ import jax
 
 from . import search as search_mod
 from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_folds
-from .engine import Engine, agree_fingerprint, agree_progress, default_mesh, plan_chunks
+from .engine import (
+    Engine,
+    agree_fingerprint,
+    agree_progress,
+    check_data_axis,
+    check_mesh,
+    default_mesh,
+    plan_chunks,
+)
 from .fingerprint import program_digest, run_fingerprint
 from .groups import as_model, make_groups
 from .observers import ProgressBar
@@ -140,9 +148,7 @@ def sweep(
     if params is None and init is None:
         raise ValueError("params is None: give initial parameters or init=function(key)")
     if mesh is not None:
-        if not isinstance(mesh, jax.sharding.Mesh) or "config" not in mesh.axis_names:
-            raise ValueError(f"mesh={mesh!r} must be a jax.sharding.Mesh with an axis "
-                             "named 'config'")
+        check_mesh(mesh)
 
     from .data import kfold_indices, validate_data
     from .options import GIVEN, normalize_shuffle
@@ -159,6 +165,7 @@ def sweep(
     if search is not None:
         search = _checked_search(search, cfgs, epochs, eval_every)
     groups = make_groups(loss, params, data, cfgs, all_idx, opts, fold_split)
+    check_data_axis(mesh, groups)
 
     base = opts.pick(STRUCTURAL_AXES + ("seed",))
     # what determines the results (see jaxgd.options: each option's fingerprint entry)

@@ -2,7 +2,7 @@
 
     python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
         --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
-        [--progress all|lead] [--model-state]
+        [--progress all|lead] [--model-state] [--mesh C,D] [--n N]
 
 JAX options that must come before any JAX operation (forced host devices, the
 distributed runtime) are set here, first thing. With ``--report`` a JSON summary
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 N, D = 23, 3
@@ -52,13 +53,13 @@ def state0():
     return {"mean": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.float32)}
 
 
-def problem():
+def problem(n=N):
     import jax.numpy as jnp
     import numpy as np
 
     r = np.random.default_rng(0)
-    x = r.normal(size=(N, D))
-    y = x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * r.normal(size=N)
+    x = r.normal(size=(n, D))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * r.normal(size=n)
 
     p0 = {"w": jnp.asarray([0.1, 0.0, -0.1], jnp.float32), "b": jnp.zeros((), jnp.float32)}
     return mse, p0, (x.astype(np.float32), y.astype(np.float32))
@@ -71,11 +72,12 @@ def grid(batch_sizes=(None, 5), lrs=LRS, seeds=SEEDS):
 
 
 def run_sweep(out=None, epochs=4, chunk_size=None, batch_sizes=(None, 5), lrs=LRS,
-              seeds=SEEDS, model_state=False, **kw):
-    """The sweep; ``model_state``: the BatchNorm-like loss ``bn_mse`` with its state."""
+              seeds=SEEDS, model_state=False, n=N, **kw):
+    """The sweep; ``model_state``: the BatchNorm-like loss ``bn_mse`` with its state;
+    ``n`` samples."""
     import jaxgd
 
-    mse, p0, data = problem()
+    mse, p0, data = problem(n)
     if model_state:
         mse, kw = bn_mse, {**kw, "state": state0()}
     return jaxgd.sweep(mse, p0, data, grid=grid(batch_sizes, lrs, seeds), epochs=epochs,
@@ -112,6 +114,11 @@ def main(argv=None):
                     help="history blocks of this many evaluations (several program calls)")
     ap.add_argument("--search", choices=("halving", "pbt"), default=None,
                     help="an adaptive search (search_of)")
+    ap.add_argument("--mesh", default=None,
+                    help="C,D: a ('config', 'data') mesh of all devices in that shape")
+    ap.add_argument("--data-across", action="store_true",
+                    help="with --mesh: lay the data axis across the processes")
+    ap.add_argument("--n", type=int, default=N, help="samples of the problem")
     a = ap.parse_args(argv)
 
     import jax
@@ -151,6 +158,9 @@ def main(argv=None):
                 st = res[1].state["mean"]
                 record["state_spec"] = str(getattr(st.sharding, "spec", None))
                 record["state_shape"] = list(st.shape)
+            if a.mesh:  # the per-device shapes of the compiled program's arrays
+                text = prog.block.lower(*args).compile().as_text()
+                record["hlo_shapes"] = sorted(set(re.findall(r"f32\[[\d,]*\]", text)))
             shardings.append(record)
             return res
 
@@ -161,8 +171,13 @@ def main(argv=None):
     lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
     progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)
     extra = {"search": search_of(a.search)} if a.search else {}
+    if a.mesh:
+        shape = tuple(int(v) for v in a.mesh.split(","))
+        devs = np.asarray(jax.devices())  # process 0's devices first
+        devs = devs.reshape(shape[::-1]).T if a.data_across else devs.reshape(shape)
+        extra["mesh"] = jax.sharding.Mesh(devs, ("config", "data"))
     sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
-                   lrs=lrs, progress=progress, model_state=a.model_state, **extra)
+                   lrs=lrs, progress=progress, model_state=a.model_state, n=a.n, **extra)
     mesh = sweep_mod.default_mesh()
     if a.report and jax.process_index() == 0:
         info = {
@@ -171,6 +186,9 @@ def main(argv=None):
             "process_count": jax.process_count(),
             "default_mesh_devices": None if mesh is None else int(mesh.devices.size),
             "shardings": shardings,
+            "mesh_processes": (None if "mesh" not in extra else
+                               [[d.process_index for d in row]
+                                for row in extra["mesh"].devices.tolist()]),
             "table": json.loads(sw.table.to_json(orient="records")),
             "loss": sw.history["loss"].tolist(),
             "params_w": sw.params["w"].tolist(),

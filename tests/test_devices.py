@@ -194,3 +194,69 @@ def test_model_state_sweep_on_eight_devices_equals_one_and_hand_loop(tmp_path):
         np.testing.assert_allclose(info["state"]["mean"][i], s["mean"], rtol=1e-5,
                                    atol=1e-6)
         np.testing.assert_allclose(np.asarray(info["loss"])[i], losses, rtol=1e-5)
+
+
+def test_config_data_meshes_equal_one_device(tmp_path):
+    """8 forced devices as ("config", "data") meshes of every shape: each batch's samples
+    split over the data axis (the compiled program works on B/d samples per device), the
+    same table, histories, parameters and stop reasons as one device, progress bars on."""
+    w = load_worker()
+    ref = w.run_sweep(batch_sizes=(None, 8), n=24)
+    for shape in [(8, 1), (4, 2), (2, 4), (1, 8)]:
+        report = tmp_path / f"report_{shape[0]}x{shape[1]}.json"
+        log = run_worker(["--report", str(report), "--mesh", f"{shape[0]},{shape[1]}",
+                          "--n", "24", "--batch-size", "full,8", "--progress", "all"],
+                         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+        info = json.loads(report.read_text())
+        d = shape[1]
+        assert info["device_count"] == 8
+        # configurations split over the config axis only (3 padded to a multiple of it)
+        assert [s["shape"] for s in info["shardings"]] == [[3, -(-3 // shape[0]) * shape[0]]] * 2
+        # the batch of 8 samples (3 streams) is computed as 8/d samples per device, the
+        # full batch of 24 as 24/d
+        hlo = [set(s["hlo_shapes"]) for s in info["shardings"]]
+        assert any(f"f32[3,{8 // d},3]" in h for h in hlo), (shape, hlo)
+        if d > 1:
+            assert any(f"f32[{24 // d},3]" in h for h in hlo), (shape, hlo)
+        got = pd.DataFrame(info["table"])
+        compare_tables(got, ref.table, rtol=1e-5)
+        assert list(got["stop_reason"]) == list(ref.table["stop_reason"])
+        np.testing.assert_allclose(np.asarray(info["loss"]), ref.history["loss"], rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-5,
+                                   atol=1e-6)
+        assert progress_ticks(log) == expected_ticks(ref.table, "batch_size", 4)
+
+
+BAD_MESH = """
+import jax, numpy as np, jaxgd
+jax.config.update("jax_num_cpu_devices", 4)
+import sys
+sys.path.insert(0, {tests!r})
+import sweep_worker as w
+devs = np.asarray(jax.devices())
+calls = jaxgd.program.compiled_program.cache_info().misses
+for mesh, bs in [(jax.sharding.Mesh(devs.reshape(2, 2), ("config", "data")), 5),
+                 (jax.sharding.Mesh(devs.reshape(1, 4), ("config", "data")), 8),
+                 (jax.sharding.Mesh(devs.reshape(2, 2), ("a", "b")), 8),
+                 (jax.sharding.Mesh(devs, ("data",)), 8)]:
+    try:
+        w.run_sweep(batch_sizes=(bs,), n=23, mesh=mesh)
+    except ValueError as e:
+        print("ValueError:", e)
+print("compiled", jaxgd.program.compiled_program.cache_info().misses - calls)
+"""
+
+
+def test_data_axis_bad_input_is_refused_before_compiling():
+    out = subprocess.run([sys.executable, "-c", BAD_MESH.format(tests=str(HERE))],
+                         capture_output=True, text=True, timeout=TIMEOUT,
+                         cwd=HERE.parent).stdout
+    lines = [ln for ln in out.splitlines() if ln.startswith("ValueError")]
+    assert len(lines) == 4, out
+    assert "batch_size = 5 does not split over the mesh's 'data' axis of 2" in lines[0]
+    # 23 samples in batches of 8: the last batch of 7 does not split over 4
+    assert "the last batch of an epoch = 7" in lines[1] and "drop_last=True" in lines[1]
+    assert "mesh=" in lines[2] and "'config'" in lines[2]
+    assert "mesh=" in lines[3]
+    assert out.strip().endswith("compiled 0")

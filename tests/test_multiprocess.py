@@ -212,3 +212,26 @@ def test_pbt_on_two_processes_equals_one(tmp_path):
     compare_tables(pd.DataFrame(info["table"]), ref.table)
     np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-4,
                                atol=1e-6)
+
+
+@pytest.mark.slow
+def test_data_axis_across_two_processes_equals_one(tmp_path):
+    """2 processes x 2 devices as a (2, 2) ("config", "data") mesh whose data axis spans
+    the processes: each batch is split between them; the table of one device."""
+    port = free_port()
+    report = tmp_path / "report.json"
+    run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
+                        "--num-processes", "2", "--port", str(port), "--devices", "2",
+                        "--report", str(report), "--mesh", "2,2", "--data-across",
+                        "--n", "24", "--batch-size", "full,8"], tmp_path, "d")
+    info = json.loads(report.read_text())
+    assert info["process_count"] == 2 and info["device_count"] == 4
+    assert info["mesh_processes"] == [[0, 1], [0, 1]]  # a data row holds both processes
+    hlo = [set(s["hlo_shapes"]) for s in info["shardings"]]
+    assert any("f32[3,4,3]" in h for h in hlo) and any("f32[12,3]" in h for h in hlo)
+    ref = load_worker().run_sweep(batch_sizes=(None, 8), n=24)
+    got = pd.DataFrame(info["table"])
+    compare_tables(got, ref.table, rtol=1e-5)
+    assert list(got["stop_reason"]) == list(ref.table["stop_reason"])
+    np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-5,
+                               atol=1e-6)
