@@ -13,6 +13,8 @@ One short command for a lent accelerator (also runs on CPU, with smaller sizes):
   d; shuffle orders precomputed), configurations run one after another. It runs a
   subset of ``--peer-sub`` configurations and is extrapolated linearly to K (the
   "measured" column says so);
+- **data-axis rows** (with several devices): B at the first (d, K) on a ``("config",
+  "data")`` mesh of all devices as all-config ``(n, 1)`` and all-data ``(1, n)``;
 - **a data-check row** (diagnostic): ``jaxgd.data.validate_data`` on the same data, the
   host-side check and transfer that every ``sweep`` call pays before its program runs;
 - **the measured matmul peak**: a jitted ``x @ y`` of two n x n matrices (n = 8192 on an
@@ -341,11 +343,13 @@ class GpuBench:
                 "peaks": self.peaks, "rows": self.rows, "targets": targets(self.rows)}
 
     # -- the rows
-    def sweep_row(self, problem, d, k, metrics=None):
+    def sweep_row(self, problem, d, k, metrics=None, mesh_shape=None):
         import jaxgd
 
         s = self.s
         impl = "jaxgd sweep (defaults)" if metrics is None else f"jaxgd sweep, metrics={metrics!r}"
+        if mesh_shape is not None:
+            impl = f"jaxgd sweep, mesh (config, data) = {mesh_shape}"
         if self.budget.left() <= 0:  # before making the data
             return self.row(problem, impl, d, k)
         x, y = self.xy(d)
@@ -361,6 +365,11 @@ class GpuBench:
             kw = {}
             what = f"{s.c_seeds} seeds x K/{s.c_seeds} lrs, each seed its own shuffle"
         extra = {} if metrics is None else {"metrics": metrics}
+        if mesh_shape is not None:
+            import jax
+
+            extra["mesh"] = jax.sharding.Mesh(
+                np.asarray(jax.devices()).reshape(mesh_shape), ("config", "data"))
         box = {}
 
         def call(r):
@@ -497,6 +506,10 @@ def run(out: Path, sizes: GpuSizes, reps: int, budget_s: float, f_budget_s: floa
                 bn.sweep_row("B", d, k, metrics="batch")
             for d in sizes.ds:
                 bn.check_row(d)
+            if info["device_count"] > 1:  # the data axis: all-config vs all-data
+                nd = info["device_count"]
+                for shape in [(nd, 1), (1, nd)]:
+                    bn.sweep_row("B", sizes.ds[0], sizes.ks[0], mesh_shape=shape)
     bn.data.clear()
     bn.set_peaks(measure_peaks(pn, sizes.peak_reps))
     for v in bn.peaks.values():
