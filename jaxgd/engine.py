@@ -352,7 +352,7 @@ class Advanced(NamedTuple):
     hist: dict[str, np.ndarray]  # the packed history rows of the evaluations run
     layout: HistoryLayout  # the history's columns (``hist`` holds the packed scalars)
     keys: Any  # the call's stream keys and traced values (they fix the state's layout)
-    traced: Any
+    traced: Traced
     compile_s: float  # JAX compile seconds during the call
     seconds: float  # wall seconds of the call
 
