@@ -27,11 +27,12 @@ import numpy as np
 
 from . import lossform
 from .groups import Group
+from .history import HistoryLayout, per_step
 from .loop import state_axes
 from .observers import Call, Observer
 from .prepare import Prepared, as_key, tc_array
-from .program import Program, program_for, unpack_history
-from .spec import KEY_BITS, PROGRESS_VALID, ProgramSpec, evals_of, float_dtype
+from .program import Program, program_for
+from .spec import ProgramSpec, Traced, evals_of, float_dtype
 
 
 def default_mesh() -> jax.sharding.Mesh | None:
@@ -236,7 +237,7 @@ class ChunkInputs(NamedTuple):
 
     grid_rows: np.ndarray  # [S, width] row numbers into group.rows (padding repeats one)
     valid: np.ndarray  # [S, width] False for padding
-    tc: dict[str, Any]  # traced hyper-parameters [S, width] (host arrays)
+    traced: Traced  # traced values [S, width] (host arrays; hyper-parameters by name)
     keys: Any  # [S] PRNG keys (the streams' data orders)
     tidx: Any  # [S, n_train] training indices of a fold, or None
     vidx: Any
@@ -256,26 +257,26 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
         grid_rows[s, :len(part)] = part
     tc_np = {k: np.asarray([[g.numeric[r][k] for r in row] for row in grid_rows])
              for k in spec.numeric_names}
-    tc = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
-    if spec.progress:  # the progress bar counts the active configurations, not padding
-        tc[PROGRESS_VALID] = valid
-    if spec.form.key:
-        tc[KEY_BITS] = np.stack([np.stack([g.key_bits[r] for r in row]) for row in grid_rows])
+    values = {k: tc_array(k, v, dt) for k, v in tc_np.items()}  # host arrays, sharded below
+    bits = (np.stack([np.stack([g.key_bits[r] for r in row]) for row in grid_rows])
+            if spec.form.key else None)
+    # the progress bar counts the active configurations, not padding
+    traced = Traced(bits, valid if spec.progress else None, values)
     keys = jnp.stack([as_key(s) for s, _ in streams])
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
         vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))
     else:
         tidx = vidx = None
-    return ChunkInputs(grid_rows, valid, tc, keys, tidx, vidx)
+    return ChunkInputs(grid_rows, valid, traced, keys, tidx, vidx)
 
 
 def program_args(prep: Prepared, ch: ChunkInputs, data, mesh):
-    """(the program's ``(params0, data, val, tc, keys, tidx, vidx, state0)``, on the mesh
+    """(the program's ``(params0, data, val, traced, keys, tidx, vidx, state0)``, on the mesh
     when there is one; the function that makes a host scalar a program input)."""
     spec = prep.spec
     args = (None if spec.init_fn is not None else prep.params, data,
-            prep.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx, prep.state)
+            prep.val_data, ch.traced, ch.keys, ch.tidx, ch.vidx, prep.state)
     if mesh is None:
         return args, lambda v: v
     return shard_args(mesh, args), functools.partial(replicated, mesh)
@@ -286,7 +287,7 @@ def shard_args(mesh, args):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    params, data, val, tc, keys, tidx, vidx, state = args
+    params, data, val, traced, keys, tidx, vidx, state = args
     rep = NamedSharding(mesh, P())
     cfg = NamedSharding(mesh, P(None, "config"))
 
@@ -302,7 +303,7 @@ def shard_args(mesh, args):
 
     tree_put = lambda t, s: jax.tree.map(lambda x: put(x, s), t)  # noqa: E731
     return (tree_put(params, rep), tree_put(data, rep), tree_put(val, rep),
-            tree_put(tc, cfg), put(keys, rep), put(tidx, rep), put(vidx, rep),
+            tree_put(traced, cfg), put(keys, rep), put(tidx, rep), put(vidx, rep),
             tree_put(state, rep))
 
 
@@ -347,11 +348,13 @@ def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
     """The inputs of one configuration (``fit``): a block of 1 stream x 1 configuration,
     its traced values on the device."""
     spec, dt = prep.spec, float_dtype(prep.params)
-    tc = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
-    if spec.form.key:  # the configuration's words of its loss keys (jaxgd.loss_key)
-        tc[KEY_BITS] = lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
+    values = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
+    # the configuration's words of its loss keys (jaxgd.loss_key)
+    bits = (lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
+            if spec.form.key else None)
     one = np.zeros((1, 1), np.int64)
-    return ChunkInputs(one, one == 0, jax.device_put(tc), key[None], None, None)
+    return ChunkInputs(one, one == 0, jax.device_put(Traced(bits, None, values)), key[None],
+                       None, None)
 
 
 # ------------------------------------------------------------------ compile timing
@@ -396,21 +399,20 @@ class Advanced(NamedTuple):
     state: Any  # the program state after the call, in the program's layout, on the device
     out: Any  # jaxgd.spec.ProgramOutput of host arrays (history: see ``hist``)
     hist: dict[str, np.ndarray]  # the packed history rows of the evaluations run
-    columns: tuple[str, ...]  # the names of the packed scalar history columns
+    layout: HistoryLayout  # the history's columns (``hist`` holds the packed scalars)
     keys: Any  # the call's stream keys and traced values (they fix the state's layout)
-    tc: Any
+    traced: Traced
     compile_s: float  # JAX compile seconds during the call
     seconds: float  # wall seconds of the call
 
     def host_state(self) -> Any:
         """The state with its leading [stream, config] axes, as host arrays."""
-        return jax.tree.map(to_host, state_axes(self.state, self.keys, self.tc))
+        return jax.tree.map(to_host, state_axes(self.state, self.keys, self.traced))
 
-    def output(self, spec) -> Any:
+    def output(self) -> Any:
         """The program's outputs with the history unpacked by name."""
-        hist = dict(self.hist)
-        return self.out._replace(history=unpack_history(spec, self.columns, hist,
-                                                        self.out.init_loss.dtype))
+        return self.out._replace(history=self.layout.unpack(dict(self.hist),
+                                                            self.out.init_loss.dtype))
 
 
 class Engine:
@@ -453,29 +455,29 @@ class Engine:
                 state: Callable[[Any, Any], Any] | None = None, pad: bool = False
                 ) -> Advanced:
         """Evaluations ``start`` up to ``end`` of the configurations of ``ch``, from their
-        initial state (``state`` None) or from ``state(keys, tc)`` (a state in the
+        initial state (``state`` None) or from ``state(keys, traced)`` (a state in the
         program's layout for the call's sharded keys and traced values)."""
         sharding = data_sharding(self.mesh)
         if sharding is not None:  # each batch split over the mesh's "data" axis
             prep = prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
         spec = prep.spec
         S, width = ch.grid_rows.shape
-        prog, columns = program_for(spec, prep.params, ch.tc, S * width)
+        prog, layout = program_for(spec, prep.params, ch.traced.values, S * width)
         args, put_scalar = program_args(prep, ch, self.data, self.mesh)
-        params0, data, val, tc, keys, tidx, vidx, state0 = args
+        params0, data, val, traced, keys, tidx, vidx, state0 = args
         self.notify("call_start", call)
         try:
             t0, c0 = time.perf_counter(), self.clock.seconds
-            st = (prog.init(params0, data, val, tc, keys, tidx, vidx, state0)
-                  if state is None else state(keys, tc))
+            st = (prog.init(params0, data, val, traced, keys, tidx, vidx, state0)
+                  if state is None else state(keys, traced))
             st, out, hist = run_blocks(
-                prog, spec, st, start, end, (data, val, tc, keys, tidx, vidx),
+                prog, spec, st, start, end, (data, val, traced, keys, tidx, vidx),
                 to_host=to_host, put_scalar=put_scalar, pad=pad,
                 on_block=lambda at: self.notify("block_end", call, at))
         finally:
             self.notify("call_end", call)
         comp = self.clock.note(spec, c0)
-        return Advanced(st, out, hist, columns, keys, tc, comp, time.perf_counter() - t0)
+        return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
 
     def run_chunk(self, p: ChunkPlan, ci: int, call: Call) -> dict[str, Any]:
         """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
@@ -483,7 +485,7 @@ class Engine:
         g, S, width = p.group, len(p.streams), p.width
         spec = g.prepared.spec
         ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, self.fold_split)
-        out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call).output(spec)
+        out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call).output()
         idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
                if ch.valid[s, c]]
         sel = np.nonzero(ch.valid.reshape(-1))[0]
@@ -532,7 +534,7 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
                put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False,
                on_block: Callable[[int], None] = lambda at: None):
     """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
-    layout), stopping early when no configuration is active; ``args = (data, val, tc,
+    layout), stopping early when no configuration is active; ``args = (data, val, traced,
     keys, tidx, vidx)``; ``on_block(at)`` is called on the host after each block (``at``:
     the evaluation the next block would start from). Returns (state, host outputs, packed
     host history of the evaluations run: ``end - start`` rows with ``pad``, NaN for those
@@ -557,7 +559,7 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
     hist = {}
     for k in parts[0]:
         h = np.concatenate([p[k] for p in parts], axis=2)
-        want = min(n * K, spec.epochs - start * K) if k == "step_loss" else n
+        want = min(n * K, spec.epochs - start * K) if per_step(k) else n
         h = h[:, :, :want]
         if pad and h.shape[2] < want:
             fill = np.full(h.shape[:2] + (want - h.shape[2],) + h.shape[3:], np.nan, h.dtype)

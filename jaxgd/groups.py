@@ -3,7 +3,8 @@
 Axes that change array shapes or program structure (``batch_size``, ``optimizer``,
 ``accumulate``, ``schedule``, shape axes, non-numeric values) split a sweep's
 configurations (:mod:`jaxgd.axes`) into groups; inside a group every numeric value is a
-traced array of one program. Next on the path: :mod:`jaxgd.engine` runs the groups.
+traced array of one program (:func:`jaxgd.prepare.split_hparams` splits each
+configuration's hyper-parameters). Next on the path: :mod:`jaxgd.engine` runs the groups.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from . import lossform
 from .axes import STREAM_AXES, STRUCTURAL_AXES, shape_axes, shape_of, shaped_init
 from .options import Options
-from .prepare import Prepared, prepare, split_hparams, stop_hparams
+from .prepare import Prepared, prepare, split_hparams
 
 
 class Row(NamedTuple):
@@ -74,9 +75,8 @@ def make_groups(loss, params, data, cfgs, all_idx, opts: Options, fold_split) ->
             g = groups[key_struct] = Group(prep)
         spec = g.prepared.spec
         try:
-            # base stop keywords first: a value on a sweep axis overrides them
-            numeric, static, _ = split_hparams(loss, spec.opt, spec.schedule,
-                                               {**stop_hparams(opts), **hp})
+            # the base stop keywords fill in: a value on a sweep axis overrides them
+            numeric, static, _, _ = split_hparams(loss, spec.opt, spec.schedule, hp, opts)
         except (ValueError, TypeError) as e:
             raise type(e)(f"configuration {i} {c}: {e}") from e
         if tuple(sorted(static.items())) != spec.static_hparams:

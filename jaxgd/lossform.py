@@ -40,12 +40,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import history
+
 __all__ = ["KEY_TAG", "LossForm", "check_form", "config_key", "key_hparams", "partition"]
 
 KEY_TAG = 0x4C055  # fold_in(run key, KEY_TAG) starts a configuration's loss keys
 INIT_FOLD = 0x5EED  # fold_in(run key, INIT_FOLD) is sweep(init=...)'s key
 OPTIONAL = ("key", "train", "state", "hparams")
-RESERVED = ("epoch", "loss", "grad_norm", "lr", "objective", "step_loss", "state")
+# names a metric of the loss may not take (besides names starting with batch_, val_, params)
+RESERVED = tuple(c for c in history.STANDARD if not c.startswith(("batch_", "val_"))) + (
+    "state",)
 
 
 class LossForm(NamedTuple):
@@ -323,24 +327,12 @@ def _returned(base: LossForm, out, state, name: str, batch: Any = None) -> LossF
                         "declare loss(params, batch, *, state) and pass fit(..., state=...)")
                 raise TypeError(f"{name}'s metrics[{k!r}] has shape {shape}; metrics must "
                                 f"be scalars{hint}")
-            if k in RESERVED or k.startswith(("batch_", "val_", "params")):
+            if k in RESERVED or k.startswith(("batch_", "val_", history.PARAMS_PREFIX)):
                 raise ValueError(f"{name}'s metrics key {k!r} clashes with a history name "
                                  f"(reserved: {', '.join(RESERVED)} and names starting with "
                                  "batch_, val_ or params): rename it")
         names = tuple(sorted(metrics))
     return base._replace(has_aux=has_aux, metrics=names)
-
-
-# ----------------------------------------------------------------------------- history
-
-STANDARD_HISTORY = ("epoch", "loss", "batch_loss", "grad_norm", "lr", "objective",
-                    "val_loss", "step_loss")
-
-
-def metric_names(hist) -> list[str]:
-    """The loss's metrics among history keys (``m``; ``batch_m`` and ``val_m`` besides)."""
-    return sorted(k for k in hist if k not in STANDARD_HISTORY and not k.startswith(
-        ("params", "batch_", "val_")))
 
 
 # ----------------------------------------------------------------------------- keys

@@ -37,7 +37,7 @@ __all__ = [
     "schedule_value",
     "resolve_optimizer",
     "OptimizerSpec",
-    "split_hparams",
+    "optimizer_hparams",
 ]
 
 # name -> (factory, fixed static keyword arguments, default numeric hparams)
@@ -320,10 +320,12 @@ def check_schedule(schedule: Any) -> str:
     return schedule
 
 
-def split_hparams(
+def optimizer_hparams(
     spec: OptimizerSpec, schedule: str, hparams: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate ``hparams`` and split them into (numeric, static) dictionaries.
+    """Validate ``hparams`` and split them into (numeric, static) dictionaries: the part
+    of :func:`jaxgd.prepare.split_hparams` (the one splitter) that the optimizer, the
+    schedule, the penalties, clipping and the stop conditions own.
 
     Numeric values (Python or numpy numbers, 0-d arrays) become traced arrays in the
     program; booleans given to factory keywords that are not numeric (``nesterov``) and

@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from ._checks import require
+from .history import EPOCH, SCALARS, VAL_LOSS
 from .lossform import declared
 from .results import ParamGroup, SweepResult
 from .sweep import sweep
@@ -55,7 +56,7 @@ REDUCE = ("last", "best")
 # keywords of jaxgd.sweep that optuna_search sets itself (or cannot honour per round)
 NOT_PASSED = ("grid", "random", "configs", "search", "only", "out", "progress")
 # history columns of every sweep (``objective``, the loss + penalty, of one with a penalty)
-STANDARD = ("loss", "batch_loss", "grad_norm", "lr", "objective")
+STANDARD = tuple(c for c in SCALARS if c not in (EPOCH, VAL_LOSS))
 
 
 class OptunaResult(NamedTuple):
@@ -209,7 +210,7 @@ def check_objective(objective: Any, loss, params, data, kw: Mapping[str, Any]) -
     if objective.startswith("val_") and not has_val:
         raise ValueError(f"objective={objective!r} needs validation data: pass val_data= "
                          "(or folds=), or use objective='loss'")
-    if objective in (*STANDARD, "val_loss"):
+    if objective in (*STANDARD, VAL_LOSS):
         return
     base = objective.split("_", 1)[1] if objective.startswith(("val_", "batch_")) \
         else objective

@@ -51,7 +51,7 @@ def plot_sweep(sw: Any, out: str | Path | None = None, show: bool = False) -> li
         fig = fn(sw, show)
         if fig is not None:
             figs.append((name, fig))
-    from .lossform import metric_names
+    from .history import metric_names
 
     for m in metric_names(sw.history):  # the loss's own metrics (e.g. accuracy)
         fig = _metric_curves(sw, show, m)

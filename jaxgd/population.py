@@ -41,15 +41,10 @@ from .engine import (
     plan_chunks,
 )
 from .groups import Group
+from .history import PACKED, UNRANKED, HistoryLayout, evaluation_rows
 from .loop import layout, state_layout
 from .observers import Call
-from .program import (
-    finalize,
-    history_columns,
-    metric_history_names,
-    program_for,
-    unpack_history,
-)
+from .program import finalize, history_layout, program_for
 from .spec import DIVERGED, evals_of
 from .stops import code as stop_code
 
@@ -113,15 +108,16 @@ class Population:
         """(epochs per evaluation, evaluations of the run)."""
         return evals_of(self.groups[0].prepared.spec)
 
-    def columns(self, gi: int) -> tuple[str, ...]:
+    def layout_of(self, gi: int) -> HistoryLayout:
+        """The columns of group ``gi``'s history."""
         g = self.groups[gi]
-        return history_columns(g.prepared.spec, g.prepared.params, g.numeric[0])
+        return history_layout(g.prepared.spec, g.numeric[0])
 
     def series(self, key: Key, name: str) -> np.ndarray:
         """A member's recorded values of ``name`` so far (one per evaluation run)."""
-        m, cols = self.members[key], self.columns(key[0])
-        if name in cols:
-            return np.concatenate([h["scalars"][:, cols.index(name)] for h in m.hist])
+        m, cols = self.members[key], self.layout_of(key[0])
+        if name in cols.scalars:
+            return np.concatenate([h[PACKED][:, cols.index(name)] for h in m.hist])
         return np.concatenate([h[name] for h in m.hist])
 
     def value(self, key: Key, metric: str, mode: str) -> float:
@@ -140,9 +136,8 @@ class Population:
 
     def check_metric(self, metric: str) -> None:
         """Refuse a metric that this sweep does not record."""
-        for gi, g in enumerate(self.groups):
-            names = set(self.columns(gi)) | set(metric_history_names(g.prepared.spec))
-            names -= {"epoch", "lr"}
+        for gi in range(len(self.groups)):
+            names = set(self.layout_of(gi).recorded()) - set(UNRANKED)
             if metric not in names:
                 raise ValueError(f"search metric={metric!r} is not recorded by this sweep; "
                                  f"recorded: {sorted(names)}")
@@ -203,8 +198,8 @@ class Population:
         call = Call(g.prepared.spec, gi, len(self.groups), S * width, start, end, desc)
         a = self.engine.advance(
             g.prepared, ch, start, end, call, pad=True,
-            state=None if start == 0 else lambda keys, tc: self._states(gi, rows, ch, keys,
-                                                                          tc))
+            state=None if start == 0 else lambda keys, traced: self._states(gi, rows, ch, keys,
+                                                                          traced))
         st = a.host_state()
         ran = max(1, int(np.max(a.out.evals_run)) - start)
         self.costs[gi] = (max(a.compile_s, self.costs.get(gi, (0.0, 0.0))[0]),
@@ -239,7 +234,7 @@ class Population:
 
         return narrow if cost(narrow) < cost(top) else top
 
-    def _states(self, gi: int, rows: list[int], ch: ChunkInputs, keys, tc):
+    def _states(self, gi: int, rows: list[int], ch: ChunkInputs, keys, traced):
         """The members' states stacked [S, width] (padding: a stopped copy), in the
         program's layout, on the mesh."""
         from jax.sharding import NamedSharding
@@ -249,11 +244,11 @@ class Population:
         slots = [self.members[(gi, rows[r])].state for r in ch.grid_rows.reshape(-1)]
         st = jax.tree.map(lambda *xs: np.stack(xs).reshape((S, W) + np.shape(xs[0])), *slots)
         st = st._replace(active=st.active & ch.valid)
-        st = state_layout(st, keys, tc)
+        st = state_layout(st, keys, traced)
         mesh = self.engine.mesh
         if mesh is None:
             return jax.tree.map(jnp.asarray, st)
-        one_s, one_c = layout(keys, tc)
+        one_s, one_c = layout(keys, traced)
         sh = NamedSharding(mesh, P() if one_c else P("config") if one_s else P(None, "config"))
         return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sh,
                                                                    lambda i: a[i]), st)
@@ -312,10 +307,10 @@ class Population:
         ch = chunk_inputs(g, [(row.seed, row.fold if row.fold is not None else -1)], [[0]],
                           0, 1, self.engine.fold_split)
         spec = g.prepared.spec
-        prog, _ = program_for(spec, g.prepared.params, ch.tc, 1)
+        prog, _ = program_for(spec, g.prepared.params, ch.traced.values, 1)
         shapes = jax.eval_shape(
             prog.init, None if spec.init_fn is not None else g.prepared.params,
-            self.engine.data, g.prepared.val_data, ch.tc, ch.keys, ch.tidx, ch.vidx,
+            self.engine.data, g.prepared.val_data, ch.traced, ch.keys, ch.tidx, ch.vidx,
             g.prepared.state)
         return jax.tree.structure(shapes)
 
@@ -334,7 +329,7 @@ class Population:
             ms = [self.members[(gi, r)] for r in rows]
             hist = {}
             for k in ms[0].hist[0]:
-                n = spec.epochs if k == "step_loss" else n_evals
+                n = evaluation_rows(k, n_evals, spec.epochs)
                 parts = [np.concatenate([h[k] for h in m.hist]) for m in ms]
                 full = np.full((len(ms), n) + parts[0].shape[1:], np.nan, parts[0].dtype)
                 for i, part in enumerate(parts):
@@ -346,6 +341,6 @@ class Population:
                    if outs[0][k] is not None else None for k in outs[0] if k != "history"}
             out["reason"] = np.where([m.pruned for m in ms], PRUNED, out["reason"])
             dt = out["init_loss"].dtype
-            out["history"] = unpack_history(spec, self.columns(gi), hist, dt)
+            out["history"] = self.layout_of(gi).unpack(hist, dt)
             results.append(chunk_record(out, [g.rows[r].config for r in rows]))
         return results

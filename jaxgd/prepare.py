@@ -1,7 +1,9 @@
 """Validation of ``fit``/``sweep`` arguments, before anything is compiled.
 
 :func:`prepare` checks every argument and builds the hashable
-:class:`~jaxgd.spec.ProgramSpec` that keys the compiled program.
+:class:`~jaxgd.spec.ProgramSpec` that keys the compiled program; :func:`split_hparams`
+is the one splitter of a configuration's hyper-parameters into traced values and
+structure (``fit``, ``prepare`` and the groups of a sweep call it).
 """
 
 from __future__ import annotations
@@ -111,10 +113,40 @@ def check_params(params: Any, name: str = "params") -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
-def split_hparams(loss, spec_opt, schedule: str, hp: Mapping[str, Any]):
-    """(numeric, static, the loss's own hyper-parameters): names that no optimizer,
-    schedule, penalty, clipping or stop condition knows go to a loss that declares an
-    ``hparams`` parameter (they are traced, like the others)."""
+class Split(NamedTuple):
+    """A configuration's hyper-parameters split for the program (:func:`split_hparams`)."""
+
+    numeric: dict[str, Any]  # traced values (defaults of schedule and stops filled in)
+    static: dict[str, Any]  # values the program is compiled for (e.g. ``nesterov=True``)
+    loss_hp: dict[str, Any]  # the loss's own hyper-parameters (also in ``numeric``)
+    given: frozenset[str]  # the names given (hparams and stop keywords), defaults aside
+
+
+def split_hparams(loss, spec_opt, schedule: str, hparams: Mapping[str, Any] | None,
+                  opts: options.Options | None = None) -> Split:
+    """The one splitter of a configuration's hyper-parameters into traced values and
+    structure (``fit``, every configuration of a sweep, and the groups' check that a
+    group's rows share their structure all call it).
+
+    Args:
+      loss: the loss; names that no optimizer, schedule, penalty, clipping or stop
+        condition knows go to a loss that declares an ``hparams`` parameter (traced, like
+        the others).
+      spec_opt: the resolved optimizer (:func:`jaxgd.optim.resolve_optimizer`).
+      schedule: the learning-rate schedule's name.
+      hparams: the configuration's hyper-parameters (a sweep axis's value included).
+      opts: the run's options: their stop keywords that are given fill in names
+        ``hparams`` lacks (a value in ``hparams``, e.g. a sweep axis, wins).
+
+    Returns:
+      :class:`Split`; a ValueError or TypeError naming a bad key or value.
+    """
+    hp = dict(hparams or {})
+    stop_given = {} if opts is None else opts.pick(stops.STOP_PARAMS)
+    for name, value in stop_given.items():
+        if value is not None:
+            hp.setdefault(name, value)
+    given = frozenset(hp)
     loss_hp: dict[str, Any] = {}
     if optim.schedule_fn(spec_opt) is not None and callable(hp.get("learning_rate")):
         hp = {**hp, "learning_rate": 1.0}  # the factory gets the function itself
@@ -126,8 +158,8 @@ def split_hparams(loss, spec_opt, schedule: str, hp: Mapping[str, Any]):
             if isinstance(k, str) and k not in known and k not in factory:
                 loss_hp[k] = optim.check_number(k, hp[k])
         hp = {k: v for k, v in hp.items() if k not in loss_hp}
-    numeric, static = optim.split_hparams(spec_opt, schedule, hp)
-    return {**numeric, **loss_hp}, static, loss_hp
+    numeric, static = optim.optimizer_hparams(spec_opt, schedule, hp)
+    return Split({**numeric, **loss_hp}, static, loss_hp, given)
 
 
 STATE_COLLECTIONS = ("batch_stats", "cache", "intermediates")
@@ -190,11 +222,6 @@ def check_standardize(standardize: Any, data: Any) -> tuple[int, ...]:
             raise TypeError(f"standardize={standardize!r}: data leaf {i} has dtype "
                             f"{leaves[i].dtype}; only floating features can be standardised")
     return tuple(sorted({int(i) for i in idx}))
-
-
-def stop_hparams(opts: options.Options) -> dict[str, Any]:
-    """The stop parameters among the options (``None``: not given)."""
-    return {name: v for name, v in opts.pick(stops.STOP_PARAMS).items() if v is not None}
 
 
 def tc_array(name: str, value: Any, dtype) -> np.ndarray:
@@ -285,11 +312,8 @@ def prepare(
             "(2**31 - 1) a program counts (its step counter is int32)")
     spec_opt = optim.resolve_optimizer(o.optimizer)
     spec_opt, _ = optim.adapt_optimizer(spec_opt, o.schedule, o.hparams or {})
-    hp = dict(o.hparams or {})
-    for name, value in stop_hparams(o).items():
-        hp.setdefault(name, value)  # a value in hparams (a sweep axis) wins
     state = check_state(o.state, params)
-    numeric, static, loss_hp = split_hparams(loss, spec_opt, o.schedule, hp)
+    numeric, static, loss_hp, given = split_hparams(loss, spec_opt, o.schedule, o.hparams, o)
     probe = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
     if not callable(loss):
@@ -309,7 +333,7 @@ def prepare(
         record_params=o.record_params, restore_best=o.restore_best,
         penalty_mask=o.penalty_mask, init_fn=init_fn,
         has_val=val_data is not None or val_from_index, track_init=o.metrics != "batch",
-        full_grad=o.metrics == "full_grad" or (o.metrics == "full" and "grad_tol" in hp),
+        full_grad=o.metrics == "full_grad" or (o.metrics == "full" and "grad_tol" in given),
         eval_every=o.eval_every, progress=o.progress,
         standardize=check_standardize(o.standardize, data),
         form=form,

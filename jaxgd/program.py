@@ -39,17 +39,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from . import loop, lossform, optim, stops
 from .data import feistel_permute, feistel_round_keys
+from .history import EXACT, PACKED, STEP_LOSS, HistoryLayout, per_step
 from .losses import abs_l1, default_penalty_mask
 from .spec import (
     DIVERGED,
-    KEY_BITS,
     MAX_EPOCHS,
-    PROGRESS_VALID,
     RUNNING,
     Ahead,
     EpochCarry,
@@ -59,6 +57,7 @@ from .spec import (
     ProgramSpec,
     State,
     StepCarry,
+    Traced,
     evals_of,
     float_dtype,
     metric_dtype,
@@ -225,14 +224,11 @@ def _standardizer(spec: ProgramSpec, train) -> Callable[[Any], Any]:
     return tf
 
 
-def history_columns(spec: ProgramSpec, params0, tc) -> tuple[str, ...]:
-    """The scalar columns of a history row, in the order of the packed row."""
-    cols = ["epoch", "loss", "batch_loss", "grad_norm", "lr"]
-    if "l1" in tc or "l2" in tc:  # as _penalty decides
-        cols.append("objective")
-    if spec.has_val:
-        cols.append("val_loss")
-    return tuple(cols)
+def history_layout(spec: ProgramSpec, tc) -> HistoryLayout:
+    """The columns of the history this spec's program writes; ``tc``: the traced
+    hyper-parameters by name (only the names are used)."""
+    return HistoryLayout.of("l1" in tc or "l2" in tc,  # as _penalty decides
+                            spec.has_val, spec.form.metrics, spec.record_steps)
 
 
 def _packed_dtype(dt):
@@ -243,29 +239,21 @@ def _packed_dtype(dt):
 def empty_history_block(spec: ProgramSpec, params0, tc, dt, rows: int) -> dict[str, jax.Array]:
     """``rows`` history rows, NaN until written (one per evaluation).
 
-    The scalar columns are packed into one ``[rows, columns]`` array (``"scalars"``), so
-    an evaluation writes its row with one update; the host unpacks them by name.
+    The scalar columns are packed into one ``[rows, columns]`` array
+    (:data:`jaxgd.history.PACKED`), so an evaluation writes its row with one update; the
+    host unpacks them by name (:meth:`jaxgd.history.HistoryLayout.unpack`).
     """
     K, _ = evals_of(spec)
-    ncol = len(history_columns(spec, params0, tc))
-    hist = {"scalars": jnp.full((rows, ncol), jnp.nan, _packed_dtype(dt))}
+    layout = history_layout(spec, tc)
+    hist = {PACKED: jnp.full((rows, len(layout.scalars)), jnp.nan, _packed_dtype(dt))}
     if spec.record_steps:
-        hist["step_loss"] = jnp.full((rows * K, spec.plan.steps_per_epoch), jnp.nan, dt)
+        hist[STEP_LOSS] = jnp.full((rows * K, spec.plan.steps_per_epoch), jnp.nan, dt)
     if spec.record_params:
         for name, leaf in param_leaves(params0):
             hist[name] = jnp.full((rows,) + leaf.shape, jnp.nan, leaf.dtype)
-    for name in metric_history_names(spec):
+    for name in layout.metrics:
         hist[name] = jnp.full((rows,), jnp.nan, metric_dtype(params0))
     return hist
-
-
-def metric_history_names(spec: ProgramSpec) -> list[str]:
-    """History rows of the loss's metrics: ``<m>`` (full data, or the batch mean with
-    ``metrics="batch"``), ``batch_<m>`` and, with validation, ``val_<m>``."""
-    out = []
-    for m in spec.form.metrics:
-        out += [m, f"batch_{m}"] + ([f"val_{m}"] if spec.has_val else [])
-    return out
 
 
 def _split_orders(spec: ProgramSpec, data) -> tuple[Any, jax.Array | None]:
@@ -274,9 +262,10 @@ def _split_orders(spec: ProgramSpec, data) -> tuple[Any, jax.Array | None]:
     return data if spec.shuffle == "given" else (data, None)
 
 
-def init_state(spec: ProgramSpec, params0, tc, key, data, val, tidx, vidx,
+def init_state(spec: ProgramSpec, params0, traced: Traced, key, data, val, tidx, vidx,
                state0=None) -> State:
     """The state before the first epoch (one configuration)."""
+    tc = traced.values
     data, _ = _split_orders(spec, data)
     if spec.init_fn is not None:
         params0 = spec.init_fn(lossform.init_key(key))
@@ -509,16 +498,17 @@ def check_stops(spec: ProgramSpec, ev: stops.Evaluation, tc, active, reason, epo
     return active & ~last_epoch, reason
 
 
-def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
+def epoch_block(spec: ProgramSpec, st: State, traced: Traced, key, block, data, val, tidx,
                 vidx) -> tuple[State, dict[str, jax.Array]]:
     """``eval_every`` epochs of training, then the evaluation and stop checks: the new
     state and the evaluation's history row."""
     K, _ = evals_of(spec)
+    tc = traced.values
     data, orders = _split_orders(spec, data)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
     wd_mask = (spec.penalty_mask or default_penalty_mask)(st.params) if own_wd else None
-    cfg_key = lossform.config_key(key, tc[KEY_BITS]) if spec.form.key else None
+    cfg_key = lossform.config_key(key, traced.key_bits) if spec.form.key else None
     ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
                        _standardizer(spec, _train_view(data, tidx)), cfg_key, orders)
     carry, rows = _train_block(spec, ctx, st, block)
@@ -554,7 +544,7 @@ def epoch_block(spec: ProgramSpec, st: State, tc, key, block, data, val, tidx,
 def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoch,
                 rows) -> dict[str, jax.Array]:
     """The history row of this evaluation (NaN for a configuration already stopped): the
-    scalar columns packed in :func:`history_columns` order, and the optional arrays."""
+    scalar columns packed in :func:`history_layout` order, and the optional arrays."""
     was_active = st.active
     dt = st.init_loss.dtype
     pdt = _packed_dtype(dt)
@@ -565,9 +555,9 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
               "objective": m.objective, "val_loss": m.val_loss}
     # each value rounded to the run's dtype first (as a column of its own would be)
     packed = jnp.stack([
-        jnp.asarray(values[k]).astype(pdt if k == "epoch" else dt).astype(pdt)
-        for k in history_columns(spec, st.params, tc)])
-    row = {"scalars": jnp.where(was_active, packed, jnp.nan)}
+        jnp.asarray(values[k]).astype(pdt if k in EXACT else dt).astype(pdt)
+        for k in history_layout(spec, tc).scalars])
+    row = {PACKED: jnp.where(was_active, packed, jnp.nan)}
     for name in spec.form.metrics:
         row[name] = jnp.where(was_active, m.metrics[name], jnp.nan)
         row[f"batch_{name}"] = jnp.where(was_active, m.batch_metrics[name], jnp.nan)
@@ -577,7 +567,7 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
         for name, leaf in param_leaves(c.params):
             row[name] = jnp.where(was_active, leaf, jnp.nan).astype(leaf.dtype)
     if spec.record_steps:
-        row["step_loss"] = rows.astype(dt)
+        row[STEP_LOSS] = rows.astype(dt)
     return row
 
 
@@ -587,8 +577,8 @@ def write_row(spec: ProgramSpec, hist: dict[str, jax.Array], row: dict[str, jax.
     K, _ = evals_of(spec)
     out = {}
     for name, h in hist.items():
-        at = i * K if name == "step_loss" else i
-        r = row[name] if name == "step_loss" else row[name][None]
+        at = i * K if per_step(name) else i
+        r = row[name] if per_step(name) else row[name][None]
         out[name] = jax.lax.dynamic_update_slice_in_dim(h, r.astype(h.dtype), at, axis=0)
     return out
 
@@ -629,12 +619,13 @@ def history_row_bytes(spec: ProgramSpec, params0, tc) -> int:
     """Bytes of one configuration's history row (one evaluation)."""
     K, _ = evals_of(spec)
     dt = jnp.dtype(float_dtype(params0))
-    n = len(history_columns(spec, params0, tc)) * jnp.dtype(_packed_dtype(dt)).itemsize
+    layout = history_layout(spec, tc)
+    n = len(layout.scalars) * jnp.dtype(_packed_dtype(dt)).itemsize
     if spec.record_steps:
         n += K * spec.plan.steps_per_epoch * dt.itemsize
     if spec.record_params:
         n += sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params0))
-    n += len(metric_history_names(spec)) * 8  # the loss's metrics (at least float32)
+    n += len(layout.metrics) * 8  # the loss's metrics (at least float32)
     return int(n)
 
 
@@ -655,13 +646,12 @@ class Program(NamedTuple):
 
 
 def program_for(spec: ProgramSpec, params0, tc, n_configs: int
-                ) -> tuple[Program, tuple[str, ...]]:
+                ) -> tuple[Program, HistoryLayout]:
     """The compiled programs for ``n_configs`` configurations per call (history blocks
-    sized by :data:`HISTORY_BLOCK_BYTES`) and the history's scalar columns. ``tc``: the
+    sized by :data:`HISTORY_BLOCK_BYTES`) and the layout of their history. ``tc``: the
     traced hyper-parameters by name (only the names are used)."""
-    columns = history_columns(spec, params0, tc)
     rows = block_rows(spec, history_row_bytes(spec, params0, tc), n_configs)
-    return compiled_program(spec, rows), columns
+    return compiled_program(spec, rows), history_layout(spec, tc)
 
 
 def read_rows(spec: ProgramSpec, n: int, hist: dict[str, jax.Array], at
@@ -669,7 +659,7 @@ def read_rows(spec: ProgramSpec, n: int, hist: dict[str, jax.Array], at
     """Rows ``at .. at + n`` of a history block (one configuration)."""
     K, _ = evals_of(spec)
     return {name: jax.lax.dynamic_slice_in_dim(h, at * K, n * K, axis=0)
-            if name == "step_loss" else jax.lax.dynamic_slice_in_dim(h, at, n, axis=0)
+            if per_step(name) else jax.lax.dynamic_slice_in_dim(h, at, n, axis=0)
             for name, h in hist.items()}
 
 
@@ -678,47 +668,47 @@ def write_rows(spec: ProgramSpec, hist: dict[str, jax.Array], part: dict[str, ja
     """The history block with the rows of ``part`` written from row ``at`` on."""
     K, _ = evals_of(spec)
     return {name: jax.lax.dynamic_update_slice_in_dim(
-        h, part[name], at * K if name == "step_loss" else at, axis=0)
+        h, part[name], at * K if per_step(name) else at, axis=0)
         for name, h in hist.items()}
 
 
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The un-jitted programs ``init(params0, data, val, tc, keys, tidx, vidx) -> state``
-    and ``block(state, start, end, data, val, tc, keys, tidx, vidx) -> (state, outputs,
+    """The un-jitted programs ``init(params0, data, val, traced, keys, tidx, vidx) -> state``
+    and ``block(state, start, end, data, val, traced, keys, tidx, vidx) -> (state, outputs,
     history block, any active)``.
 
-    Shapes: ``tc`` leaves are [S, C]; ``keys`` is [S] PRNG keys; ``tidx`` [S, n_train]
-    and ``vidx`` [S, n_val] index arrays (or None); ``params0`` is a pytree shared by
-    every configuration (or None when ``spec.init_fn`` draws it from each key). The
-    state keeps the program's own layout between calls; outputs and history blocks have
-    leading axes [S, C]. ``start`` is the index of the block's first evaluation and
-    ``end`` the evaluation it stops before (at most ``n_evals``; an adaptive search stops
-    at its rung boundaries).
+    Shapes: ``traced`` (:class:`jaxgd.spec.Traced`) leaves are [S, C, ...]; ``keys`` is
+    [S] PRNG keys; ``tidx`` [S, n_train] and ``vidx`` [S, n_val] index arrays (or None);
+    ``params0`` is a pytree shared by every configuration (or None when ``spec.init_fn``
+    draws it from each key). The state keeps the program's own layout between calls;
+    outputs and history blocks have leading axes [S, C]. ``start`` is the index of the
+    block's first evaluation and ``end`` the evaluation it stops before (at most
+    ``n_evals``; an adaptive search stops at its rung boundaries).
     """
     _, n_evals = evals_of(spec)
 
-    def init(params0, data, val, tc, keys, tidx, vidx, state0=None):
-        one_s, one_c = loop.single(keys, tc)
+    def init(params0, data, val, traced, keys, tidx, vidx, state0=None):
+        one_s, one_c = loop.single(keys, traced)
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
-        tc, keys, tidx, vidx = loop.squeeze(one_s, one_c, tc, keys, tidx, vidx)
+        traced, keys, tidx, vidx = loop.squeeze(one_s, one_c, traced, keys, tidx, vidx)
         fn = loop.vmapped(functools.partial(init_state, spec),
                       (None, 0, None, None, None, None, None, None),
                       (None, 0, 0, None, None, t_ax, v_ax, None), one_s, one_c)
-        return fn(params0, tc, keys, data, val, tidx, vidx, state0)
+        return fn(params0, traced, keys, data, val, tidx, vidx, state0)
 
-    def block(st, start, end, data, val, tc, keys, tidx, vidx):
-        one_s, one_c = loop.single(keys, tc)
+    def block(st, start, end, data, val, traced, keys, tidx, vidx):
+        one_s, one_c = loop.single(keys, traced)
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
-        tc, keys, tidx, vidx = loop.squeeze(one_s, one_c, tc, keys, tidx, vidx)
+        traced, keys, tidx, vidx = loop.squeeze(one_s, one_c, traced, keys, tidx, vidx)
         ep = loop.vmapped(functools.partial(epoch_block, spec),
                       (0, 0, None, None, None, None, None, None),
                       (0, 0, 0, None, None, None, t_ax, v_ax), one_s, one_c)
         def empty(p, t):
-            return empty_history_block(spec, p, t, st.init_loss.dtype, rows)
+            return empty_history_block(spec, p, t.values, st.init_loss.dtype, rows)
 
-        hist = loop.vmapped(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tc)
+        hist = loop.vmapped(empty, (0, 0), (0, 0), one_s, one_c)(st.params, traced)
         sub = loop.sub_rows(hist, rows)
         puts = tuple(loop.vmapped(functools.partial(fn, spec), (0, 0, None), (0, 0, None),
                               one_s, one_c) for fn in (write_row, write_rows))
@@ -727,13 +717,13 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
 
         def evaluation(s, e):
             """Block-local evaluation ``e`` from the state ``s``: (state, history row)."""
-            s, row = ep(s, tc, keys, start + e, data, val, tidx, vidx)
+            s, row = ep(s, traced, keys, start + e, data, val, tidx, vidx)
             if spec.progress:  # at most ~100 host callbacks per run: they cost ~1 ms each
                 # The count is reduced in the program (padding of a sharded block left out
-                # with sweep's PROGRESS_VALID mask), so the callback gets a replicated
+                # with the chunk's ``Traced.valid`` mask), so the callback gets a replicated
                 # scalar; under a sharding it runs once, on device 0 (process 0). Every
                 # process compiles this same program: sweep agrees on `progress`.
-                act = s.active & tc[PROGRESS_VALID] if PROGRESS_VALID in tc else s.active
+                act = s.active if traced.valid is None else s.active & traced.valid
                 every = max(1, n_evals // 100)
                 g = start + e + 1
                 jax.lax.cond((g % every == 0) | (g == n_evals),
@@ -747,18 +737,6 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
         return st, out, hist, jnp.any(st.active)
 
     return init, block
-
-
-def unpack_history(spec: ProgramSpec, columns: tuple[str, ...], hist: dict[str, np.ndarray],
-                   dt) -> dict[str, np.ndarray]:
-    """History arrays by name ([S, C, rows, ...]) from the packed blocks."""
-    scal = hist.pop("scalars")
-    out = {}
-    for i, name in enumerate(columns):
-        col = scal[..., i]
-        out[name] = col if name == "epoch" else col.astype(dt)
-    out.update(hist)
-    return out
 
 
 # where the program's progress callback reports (done evaluations, active

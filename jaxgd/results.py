@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .lossform import metric_names
+from .history import evaluation_rows, metric_names
 from .spec import ProgramOutput, param_leaves
 from .stops import STOP_REASONS
 
@@ -63,7 +63,7 @@ class FitResult:
     def from_program(cls, out: ProgramOutput, spec: Any = None) -> FitResult:
         e = int(out.epochs_run)
         rows = int(out.evals_run)
-        hist = {k: np.asarray(v)[: e if k == "step_loss" else rows]
+        hist = {k: np.asarray(v)[: evaluation_rows(k, rows, e)]
                 for k, v in out.history.items()}
         return cls(
             params=out.params,

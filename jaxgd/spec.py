@@ -1,7 +1,9 @@
-"""The program's typed core: its spec, its state, its carries and its outputs.
+"""The program's typed core: its spec, its inputs, its state, its carries and its outputs.
 
 :class:`ProgramSpec` fixes the structure of a compiled program (everything that is not a
-traced value); :class:`State` is what the program carries from one evaluation to the next
+traced value); :class:`Traced` holds the traced inputs that differ per configuration (the
+hyper-parameters, the loss key's words, the padding mask); :class:`State` is what the
+program carries from one evaluation to the next
 (and what the engine holds on the host between calls); :class:`ProgramOutput` is what it
 returns for each configuration. :mod:`jaxgd.program` computes with them.
 """
@@ -17,14 +19,12 @@ import optax
 
 from . import lossform, optim, stops
 from .data import BatchPlan
+from .history import PARAMS_PREFIX
 
 # stop reasons, as integers inside the program
 RUNNING = stops.RUNNING
 MAX_EPOCHS = stops.code("max_epochs")
 DIVERGED = stops.code("diverged")
-KEY_BITS = "_key_bits"  # the traced configuration's words of its loss key (lossform)
-# optional key of the traced config: bool, False for a sharded block's padding
-PROGRESS_VALID = "_progress_valid"
 
 
 class ProgramSpec(NamedTuple):
@@ -56,6 +56,20 @@ class ProgramSpec(NamedTuple):
     # a mesh's ``"data"`` axis: each batch's samples are split over it (a NamedSharding of
     # P("data")), or None; set by the engine for the call (jaxgd.engine.data_sharding)
     batch_sharding: Any = None
+
+
+class Traced(NamedTuple):
+    """The traced inputs of a program call that vary per configuration (leaves with
+    leading axes [stream, config] outside the program; one configuration's inside).
+
+    The program's parameters take these fields in order: ``key_bits``, ``valid``, then
+    the hyper-parameters by name (a NamedTuple flattens in field order, a dict by sorted
+    keys).
+    """
+
+    key_bits: Any  # the words of the configuration's loss key (lossform.key_bits), or None
+    valid: Any  # bool, False for a sharded block's padding (progress counts), or None
+    values: dict[str, Any]  # the traced hyper-parameters by name (user values only)
 
 
 class State(NamedTuple):
@@ -114,7 +128,7 @@ class EpochContext(NamedTuple):
     """What the steps of a block read and never change (one configuration)."""
 
     opt: optax.GradientTransformation
-    tc: Any  # traced hyper-parameters
+    tc: Any  # traced hyper-parameters by name (Traced.values)
     key: jax.Array  # the stream's key (its data order)
     data: Any
     tidx: Any  # the stream's training indices into data, or None (all of it)
@@ -173,9 +187,6 @@ def metric_dtype(params):
     """Losses, metrics and stop checks are computed in at least float32 (bfloat16 and
     float16 params included)."""
     return jnp.promote_types(float_dtype(params), jnp.float32)
-
-
-PARAMS_PREFIX = "params"
 
 
 def param_leaves(params) -> list[tuple[str, jax.Array]]:

@@ -56,6 +56,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._checks import require
+from .history import EPOCH, STEP_LOSS, per_step
 
 __all__ = ["KINDS", "Run", "Writer", "export", "run_name", "runs_of", "writer"]
 
@@ -301,7 +302,8 @@ def _summary_of(table, i: int, skip: set[str]) -> dict[str, Any]:
 
 def _series(hist: dict[str, np.ndarray]) -> list[str]:
     """The history columns logged per evaluation: scalars per row, but ``epoch``."""
-    return [k for k, v in hist.items() if k not in ("epoch", "step_loss") and v.ndim == 1]
+    return [k for k, v in hist.items()
+            if k != EPOCH and not per_step(k) and v.ndim == 1]
 
 
 def _eval_rows(hist: dict[str, np.ndarray]):
@@ -358,9 +360,9 @@ def write_run(w: Writer, run: dict[str, Any]) -> None:
     for epoch, vals in _eval_rows(hist):
         if vals:
             r.log_scalars(vals, epoch)
-    if "step_loss" in hist and np.ndim(hist["step_loss"]) == 2:
-        for step, v in _step_rows(hist["step_loss"]):
-            r.log_scalars({"step_loss": v}, step, axis="step")
+    if STEP_LOSS in hist and np.ndim(hist[STEP_LOSS]) == 2:
+        for step, v in _step_rows(hist[STEP_LOSS]):
+            r.log_scalars({STEP_LOSS: v}, step, axis="step")
     r.close(summary)
 
 

@@ -97,7 +97,7 @@ def fit(
     with engine.running(1):
         out = engine.advance(p, ch, 0, evals_of(spec)[1], Call(spec, 0, 1, 1, 0,
                                                               evals_of(spec)[1]))
-    out = out.output(spec)
+    out = out.output()
     out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
     out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
                        state=jax.tree.map(jnp.asarray, out.state))

@@ -87,7 +87,7 @@ def _widths(monkeypatch):
         prog = real(spec, rows)
 
         def block(st, start, end, data, val, tc, *rest):
-            shapes.append(tuple(np.shape(tc["learning_rate"])))
+            shapes.append(tuple(np.shape(tc.values["learning_rate"])))
             return prog.block(st, start, end, data, val, tc, *rest)
 
         return prog._replace(block=block)

@@ -147,3 +147,51 @@ def test_integer_checks_live_in_checks():
     uses = [mod for mod, tree in MODULES.items() if mod != "_checks" for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and node.attr == "Integral"]
     assert uses == []
+
+
+def constants(tree: ast.Module) -> list[str]:
+    """The string constants of a module that are not docstrings."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_no_reserved_key_travels_with_the_hyper_parameters():
+    """The loss key's words and the padding mask are fields of ``spec.Traced``, not keys
+    of the traced hyper-parameters' dict."""
+    found = [f"{mod}: {c!r}" for mod, tree in MODULES.items() for c in constants(tree)
+             if c in ("_key_bits", "_progress_valid")]
+    assert found == []
+
+
+def test_one_hyper_parameter_splitter():
+    """``prepare.split_hparams`` is the one function that splits a configuration's
+    hyper-parameters into traced values and structure."""
+    defs = [f"{mod}.{n.name}" for mod, tree in MODULES.items() for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef)
+            and n.name in ("split_hparams", "stop_hparams")]
+    assert defs == ["prepare.split_hparams"]
+
+
+HISTORY_NAMES = {"epoch", "loss", "batch_loss", "grad_norm", "lr", "objective", "val_loss",
+                 "step_loss"}
+
+
+def test_history_columns_are_listed_in_history_only():
+    """The history's column names, their order and which are per step are described once
+    (``jaxgd/history.py``): no other module lists two of them together or names the
+    packed or per-step columns."""
+    found = []
+    for mod, tree in MODULES.items():
+        if mod == "history":
+            continue
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Tuple | ast.List | ast.Set):
+                names = {e.value for e in n.elts if isinstance(e, ast.Constant)} & HISTORY_NAMES
+                if len(names) > 1:
+                    found.append(f"{mod}:{n.lineno} {sorted(names)}")
+        found += [f"{mod}: {c!r}" for c in constants(tree) if c in ("step_loss", "scalars")]
+    assert found == []

@@ -1,0 +1,98 @@
+"""The layout of a run's history: one typed description of its columns.
+
+The program writes the history, the engine and the population gather it from the program
+calls, the results read it and the loss's checks keep the names of its metrics clear of
+it: all of them take the names, the order, the dtypes and the per-step columns from here.
+
+A history holds, per configuration:
+
+- the scalar columns (:data:`SCALARS`, one value per evaluation): in the program they are
+  packed into one ``[rows, columns]`` array (:data:`PACKED`) in the order of
+  :attr:`HistoryLayout.scalars`, so an evaluation writes its row with one update;
+  ``objective`` is recorded with an ``l1``/``l2`` penalty, ``val_loss`` with validation
+  data (or folds); ``epoch`` keeps the packed dtype (at least float32: epoch numbers stay
+  exact), the others the run's dtype;
+- the loss's metrics: ``<m>`` (full data, or the batch mean), ``batch_<m>`` and, with
+  validation, ``val_<m>`` (at least float32);
+- ``step_loss`` (``record_steps=True``): the per-step losses, ``eval_every`` rows of
+  ``steps_per_epoch`` per evaluation (one row per epoch, not per evaluation);
+- ``params[...]`` (``record_params=True``): the parameter leaves after each evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+EPOCH = "epoch"
+OBJECTIVE = "objective"
+VAL_LOSS = "val_loss"
+STEP_LOSS = "step_loss"
+PACKED = "scalars"  # the key of the packed scalar columns inside the program
+PARAMS_PREFIX = "params"  # the recorded parameter leaves: params['w'], params['layers'][0]...
+# the scalar columns, in the order of the packed row (optional ones where they are recorded)
+SCALARS = (EPOCH, "loss", "batch_loss", "grad_norm", "lr", OBJECTIVE, VAL_LOSS)
+EXACT = (EPOCH,)  # kept in the packed dtype (at least float32), not the run's dtype
+PER_STEP = (STEP_LOSS,)  # one row per epoch (steps_per_epoch values), not per evaluation
+STANDARD = SCALARS + PER_STEP  # every column that is not a metric of the loss or a parameter
+UNRANKED = (EPOCH, "lr")  # recorded columns that are no measure of a configuration
+
+
+class HistoryLayout(NamedTuple):
+    """The columns of one program's history.
+
+    Build it with :meth:`of`; the program (:func:`jaxgd.program.history_layout`) derives
+    it from its spec.
+    """
+
+    scalars: tuple[str, ...]  # the packed scalar columns, in their order
+    metrics: tuple[str, ...] = ()  # the rows of the loss's metrics
+    per_step: tuple[str, ...] = ()  # recorded per-step columns (``step_loss``)
+
+    @classmethod
+    def of(cls, penalty: bool, has_val: bool, metrics: tuple[str, ...] = (),
+           record_steps: bool = False) -> HistoryLayout:
+        """The layout of a run: ``penalty`` (an ``l1``/``l2`` value is traced),
+        ``has_val`` (validation data or folds), the loss's ``metrics`` by name and
+        ``record_steps``."""
+        scalars = tuple(c for c in SCALARS if (c != OBJECTIVE or penalty)
+                        and (c != VAL_LOSS or has_val))
+        rows: list[str] = []
+        for m in metrics:
+            rows += [m, f"batch_{m}"] + ([f"val_{m}"] if has_val else [])
+        return cls(scalars, tuple(rows), PER_STEP if record_steps else ())
+
+    def index(self, name: str) -> int:
+        """The position of scalar column ``name`` in the packed row."""
+        return self.scalars.index(name)
+
+    def recorded(self) -> tuple[str, ...]:
+        """The names of the scalar columns and metric rows (parameters aside)."""
+        return self.scalars + self.metrics
+
+    def unpack(self, hist: dict[str, Any], dt) -> dict[str, Any]:
+        """History arrays by name from a history with the packed scalars (host arrays,
+        the evaluations on the axis before the last of :data:`PACKED`); ``dt``: the run's
+        dtype. ``hist`` loses its packed entry."""
+        scal = hist.pop(PACKED)
+        out = {}
+        for i, name in enumerate(self.scalars):
+            col = scal[..., i]
+            out[name] = col if name in EXACT else col.astype(dt)
+        out.update(hist)
+        return out
+
+
+def per_step(name: str) -> bool:
+    """Whether history column ``name`` has a row per epoch (not per evaluation)."""
+    return name in PER_STEP
+
+
+def evaluation_rows(name: str, evals: int, epochs: int) -> int:
+    """The rows column ``name`` holds for ``evals`` evaluations of ``epochs`` epochs."""
+    return epochs if per_step(name) else evals
+
+
+def metric_names(hist) -> list[str]:
+    """The loss's metrics among history keys (``m``; ``batch_m`` and ``val_m`` besides)."""
+    return sorted(k for k in hist if k not in STANDARD and not k.startswith(
+        (PARAMS_PREFIX, "batch_", "val_")))
