@@ -107,8 +107,12 @@ def fit(
         out, fit_fingerprint(opts, loss, params, p), what="run")
     try:
         rec = run_fit(engine, p, ch, store)
-        if store is not None:
-            store.close()
+        if store is not None:  # the final files, as a sweep of this one configuration
+            from .results import SweepResult
+
+            one = SweepResult.from_runs([dict(hparams or {})], [0], [rec], epochs)
+            one.fingerprint = store.fingerprint
+            one.save(store.path, _store=store)  # releases the lock
     finally:
         if store is not None:
             store.release_lock_on_error()

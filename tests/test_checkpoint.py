@@ -1,0 +1,387 @@
+"""Checkpoints inside a run: ``fit(..., out=DIR)`` and ``checkpoint_every``.
+
+The reference of every comparison is the same call run without ``out=`` (or a worker run
+never interrupted): a resumed run must give the same bits (history, parameters, model
+state, stop reasons). The fast tests interrupt a run in this process (a KeyboardInterrupt
+raised as a checkpoint is saved, or a real SIGINT); the slow ones kill a real worker
+process (tests/sweep_worker.py) with SIGKILL at random points, and once with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from test_devices import WORKER, finish, load_worker
+
+import jaxgd
+from jaxgd import engine as engine_mod
+from jaxgd import store as store_mod
+
+W = load_worker()
+TIMEOUT = 300
+
+
+def fit_kw(**kw):
+    return dict(epochs=120, batch_size=5, lr=0.05, **kw)
+
+
+def same_fit(a, b):
+    """Bit for bit: stop reason, counters, every history column, parameters and state."""
+    assert (a.stop_reason, a.epochs_run, a.steps_run, a.best_epoch) == (
+        b.stop_reason, b.epochs_run, b.steps_run, b.best_epoch)
+    assert sorted(a.history) == sorted(b.history)
+    for k in a.history:
+        np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+    for x, y in zip(jax.tree.leaves((a.params, a.state)), jax.tree.leaves((b.params, b.state)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def same_sweep(a, b):
+    pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
+    assert sorted(a.history) == sorted(b.history)
+    for k in a.history:
+        np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+    for x, y in zip(jax.tree.leaves(a.param_groups), jax.tree.leaves(b.param_groups),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+class Calls:
+    """Spy on the engine's block loop: the evaluation each program call starts from."""
+
+    def __init__(self, monkeypatch):
+        self.starts: list[int] = []
+        real = engine_mod.run_blocks
+
+        def spy(prog, spec, st, start, end, *a, **kw):
+            self.starts.append(start)
+            return real(prog, spec, st, start, end, *a, **kw)
+
+        monkeypatch.setattr(engine_mod, "run_blocks", spy)
+
+
+def interrupt_after(monkeypatch, n: int, how: str = "raise"):
+    """Interrupt the run as its ``n``-th checkpoint is saved: a KeyboardInterrupt raised
+    there, or (``how="signal"``) a real SIGINT to this process just after the save, which
+    the run notes and acts on at its next block boundary."""
+    from jaxgd.checkpoint import Checkpointer
+
+    real, real_saved = store_mod.RunStore.save_checkpoint, Checkpointer.saved
+    count = [0]
+
+    def save(self, tag, arrays, at):
+        real(self, tag, arrays, at)
+        count[0] += 1
+        if count[0] == n and how == "raise":
+            raise KeyboardInterrupt
+
+    def saved(self):
+        real_saved(self)
+        if count[0] == n and how == "signal":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(store_mod.RunStore, "save_checkpoint", save)
+    monkeypatch.setattr(Checkpointer, "saved", saved)
+    return count
+
+
+def checkpoints(out: Path, tag: str) -> dict[str, int]:
+    """The ``at`` of each valid checkpoint file of ``tag``."""
+    got = {}
+    for p in sorted((out / "chunks").glob(f"{tag}.ckpt-*.npz")):
+        try:
+            got[p.name] = store_mod.read_npz(p)[1]["at"]
+        except store_mod.IntegrityError:
+            pass
+    return got
+
+
+@pytest.fixture(scope="module")
+def fit_ref():
+    return W.run_fit(**fit_kw())
+
+
+@pytest.fixture(scope="module")
+def sweep_ref():
+    return W.run_sweep(epochs=40, chunk_size=3, batch_sizes=(5, None), record_steps=True,
+                       patience=3, model_state=True)
+
+
+def run_sweep(out, **kw):
+    return W.run_sweep(out=out, epochs=40, chunk_size=3, batch_sizes=(5, None),
+                       record_steps=True, patience=3, model_state=True, **kw)
+
+
+# ----------------------------------------------------------------------------- fit(out=)
+
+def test_fit_out_equals_fit_and_a_second_call_loads_it(tmp_path, monkeypatch, fit_ref):
+    out = tmp_path / "run"
+    got = W.run_fit(out=out, **fit_kw())
+    same_fit(got, fit_ref)
+    assert fit_ref.stop_reason == "patience"  # an early stop: the NaN tail is compared too
+    assert not (out / ".lock").exists()
+    assert sorted(p.name for p in (out / "chunks").iterdir()) == ["fit.npz"]
+    calls = Calls(monkeypatch)
+    again = W.run_fit(out=out, **fit_kw())
+    assert calls.starts == []  # loaded, not run
+    same_fit(again, fit_ref)
+    with pytest.raises(ValueError, match=r"out='.*run' holds the results of a different run"):
+        W.run_fit(out=out, **fit_kw(key=2))
+    with pytest.raises(ValueError, match="different run"):
+        W.run_fit(out=out, **{**fit_kw(), "epochs": 121})
+
+
+def test_fit_out_refuses_a_sweeps_folder_and_bad_values(tmp_path):
+    W.run_sweep(out=tmp_path / "sw", epochs=2, batch_sizes=(5,))
+    with pytest.raises(ValueError, match="different run"):
+        W.run_fit(out=tmp_path / "sw", epochs=2)
+    with pytest.raises(TypeError, match=r"out=3 must be a folder path"):
+        W.run_fit(out=3)
+
+
+# ----------------------------------------------------------------------------- checkpoint_every
+
+@pytest.mark.parametrize("every", [7, 1e-4])  # evaluations; seconds (a save per block)
+def test_fit_interrupted_at_a_checkpoint_resumes_bit_for_bit(tmp_path, monkeypatch, fit_ref,
+                                                              every):
+    out = tmp_path / "run"
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        W.run_fit(out=out, checkpoint_every=every, **fit_kw())
+    assert not (out / ".lock").exists()
+    saved = checkpoints(out, "fit")
+    assert len(saved) == 2 and 0 < max(saved.values()) < 120
+    if every == 7:
+        assert sorted(saved.values()) == [7, 14]
+    monkeypatch.undo()
+    calls = Calls(monkeypatch)
+    got = W.run_fit(out=out, checkpoint_every=every, **fit_kw())
+    assert calls.starts == [max(saved.values())]  # went on from the newest checkpoint
+    same_fit(got, fit_ref)
+    assert sorted(p.name for p in (out / "chunks").iterdir()) == ["fit.npz"]  # dropped
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, monkeypatch,
+                                                                     fit_ref):
+    out = tmp_path / "run"
+    interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        W.run_fit(out=out, checkpoint_every=5, **fit_kw())
+    monkeypatch.undo()
+    saved = checkpoints(out, "fit")
+    assert sorted(saved.values()) == [10, 15]
+    newest = out / "chunks" / max(saved, key=saved.get)
+    newest.write_bytes(newest.read_bytes()[:200])  # as if cut off (a disk fault)
+    calls = Calls(monkeypatch)
+    same_fit(W.run_fit(out=out, checkpoint_every=5, **fit_kw()), fit_ref)
+    assert calls.starts == [10]
+    # both damaged (one not even a jaxgd file): the run starts again
+    monkeypatch.undo()
+    out2 = tmp_path / "run2"
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        W.run_fit(out=out2, checkpoint_every=5, **fit_kw())
+    monkeypatch.undo()
+    a, b = sorted((out2 / "chunks").glob("fit.ckpt-*.npz"))
+    a.write_bytes(a.read_bytes()[:-10])
+    b.write_bytes(b"not a checkpoint")
+    calls = Calls(monkeypatch)
+    same_fit(W.run_fit(out=out2, checkpoint_every=5, **fit_kw()), fit_ref)
+    assert calls.starts == [0]
+
+
+def test_sigint_saves_at_the_next_block_then_raises(tmp_path, monkeypatch, fit_ref):
+    """A real SIGINT: noted by the run's handler, a checkpoint saved at the next block
+    boundary, then Python's own handler (restored) raises KeyboardInterrupt."""
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)
+    count = interrupt_after(monkeypatch, 1, how="signal")
+    with pytest.raises(KeyboardInterrupt):
+        W.run_fit(out=out, checkpoint_every=10, **fit_kw())
+    assert count[0] == 2  # the periodic one, then the one the signal asked for
+    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    saved = checkpoints(out, "fit")
+    assert saved and 10 < max(saved.values()) <= 20
+    monkeypatch.undo()
+    calls = Calls(monkeypatch)
+    same_fit(W.run_fit(out=out, checkpoint_every=10, **fit_kw()), fit_ref)
+    assert calls.starts == [max(saved.values())]
+
+
+def test_sweep_interrupted_twice_resumes_bit_for_bit(tmp_path, monkeypatch, sweep_ref):
+    out = tmp_path / "run"
+    count = interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(out, checkpoint_every=4)
+    assert checkpoints(out, "g000_c00000")
+    count[0] = -5  # the next run is interrupted at its 8th checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(out, checkpoint_every=4)
+    monkeypatch.undo()
+    calls = Calls(monkeypatch)
+    got = run_sweep(out, checkpoint_every=4)
+    assert calls.starts[0] > 0  # the interrupted chunk went on from its checkpoint
+    same_sweep(got, sweep_ref)
+    same_sweep(jaxgd.load(out), sweep_ref)
+    assert not list((out / "chunks").glob("*.ckpt-*"))
+    assert set(sweep_ref.table.stop_reason) == {"max_epochs", "patience"}
+
+
+def test_checkpoint_every_is_checked_before_anything_runs(tmp_path, monkeypatch):
+    calls = Calls(monkeypatch)
+    with pytest.raises(ValueError, match=r"checkpoint_every=5 needs out="):
+        W.run_fit(checkpoint_every=5)
+    with pytest.raises(ValueError, match=r"checkpoint_every='3 weeks' is not a duration"):
+        W.run_sweep(out=tmp_path / "a", checkpoint_every="3 weeks")
+    for bad in (0, -2.0, float("nan")):
+        with pytest.raises(ValueError, match=rf"checkpoint_every={bad!r} must be a positive"):
+            W.run_fit(out=tmp_path / "b", checkpoint_every=bad)
+    with pytest.raises(TypeError, match=r"checkpoint_every=True must be a number"):
+        W.run_fit(out=tmp_path / "b", checkpoint_every=True)
+    with pytest.raises(ValueError, match=r"checkpoint_every=4 cannot be combined with search="):
+        W.run_sweep(out=tmp_path / "c", checkpoint_every=4, search=W.search_of("halving"))
+    assert calls.starts == []
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    from jaxgd.checkpoint import parse_every
+
+    assert [parse_every("e", v) for v in ("30s", "10min", "1.5h", 2.5, 3)] == [
+        ("seconds", 30.0), ("seconds", 600.0), ("seconds", 5400.0), ("seconds", 2.5),
+        ("evals", 3.0)]
+
+
+def test_a_toml_train_key_reaches_the_sweep(tmp_path, monkeypatch):
+    from jaxgd.config import build, read_config
+
+    text = ('[data]\ndataset = "line"\n[train]\nepochs = 6\ncheckpoint_every = 2\n'
+            "[sweep]\nlearning_rate = [0.01]\n")
+    cfg = read_config("sweep.toml", text=text)
+    assert cfg.train["checkpoint_every"] == 2
+    count = interrupt_after(monkeypatch, 10**6)
+    build(cfg).run(out=str(tmp_path / "run"))
+    assert count[0] == 2  # at evaluations 2 and 4 (not at the end: the chunk is saved)
+
+
+# ----------------------------------------------------------------------------- slow: real kills
+
+LONG = ["--batch-size", "1", "--lrs", "0.002"]
+
+
+def start(out: Path, args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill(p: subprocess.Popen, sig=signal.SIGKILL) -> str:
+    if p.poll() is None:
+        p.send_signal(sig)
+    text, _ = p.communicate(timeout=60)
+    return text
+
+
+def wait_for(cond, p, what, timeout=TIMEOUT):
+    t0 = time.monotonic()
+    while not cond():
+        if p.poll() is not None:
+            raise AssertionError(f"the worker ended before {what}: {p.stdout.read()[-3000:]}")
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def any_checkpoint(out: Path, tag: str):
+    return lambda: bool(checkpoints(out, tag))
+
+
+def kill_at_random_points(out: Path, args, tag: str, kills: int, seed: int) -> list[int]:
+    """Start the worker ``kills`` times, each killed with SIGKILL at a random moment after
+    a checkpoint exists; returns the newest checkpoint's ``at`` after each kill."""
+    rng = random.Random(seed)
+    ats = []
+    for _ in range(kills):
+        p = start(out, args)
+        try:
+            wait_for(any_checkpoint(out, tag), p, "a checkpoint")
+            time.sleep(rng.uniform(0.0, 2.0))
+        finally:
+            kill(p)
+        assert p.returncode == -signal.SIGKILL, "the worker ended before the kill"
+        ats.append(max(checkpoints(out, tag).values()))
+    return ats
+
+
+def resumed_from(text: str) -> list[int]:
+    return [int(line.split()[2]) for line in text.splitlines() if line.startswith("call from")]
+
+
+@pytest.mark.slow
+def test_fit_killed_at_random_points_resumes_bit_for_bit(tmp_path):
+    args = ["--fit", "--epochs", "12000", "--checkpoint-every", "150", *LONG]
+    whole = tmp_path / "whole"
+    finish(start(whole, args), TIMEOUT)  # the same worker, never interrupted
+    out = tmp_path / "run"
+    ats = kill_at_random_points(out, args, "fit", kills=3, seed=0)
+    assert ats == sorted(ats) and ats[-1] < 12000
+    text = finish(start(out, args), TIMEOUT)
+    assert resumed_from(text) == [ats[-1]]
+    kw = dict(epochs=12000, batch_size=1, lr=0.002, checkpoint_every=150)
+    got, ref = W.run_fit(out=out, **kw), W.run_fit(out=whole, **kw)  # both loaded, not run
+    same_fit(got, ref)
+    assert ref.epochs_run > 150
+
+
+@pytest.mark.slow
+def test_fit_sigterm_saves_then_ends_the_process(tmp_path):
+    """SIGTERM with no periodic checkpoint due ("1h"): the run saves at its next block
+    boundary and then ends as the default action does (status -SIGTERM)."""
+    args = ["--fit", "--epochs", "12000", "--checkpoint-every", "1h", *LONG]
+    out = tmp_path / "run"
+    p = start(out, args)
+    try:
+        wait_for(lambda: (out / "chunks").is_dir(), p, "the run folder")
+        time.sleep(4.0)
+        assert p.poll() is None
+        assert not checkpoints(out, "fit")  # nothing periodic before the signal
+        text = kill(p, signal.SIGTERM)
+    finally:
+        kill(p)
+    assert p.returncode == -signal.SIGTERM, text[-2000:]
+    at = max(checkpoints(out, "fit").values())
+    text = finish(start(out, args), TIMEOUT)
+    assert resumed_from(text) == [at]
+    kw = dict(epochs=12000, batch_size=1, lr=0.002)
+    same_fit(W.run_fit(out=out, checkpoint_every="1h", **kw), W.run_fit(**kw))
+
+
+@pytest.mark.slow
+def test_sweep_killed_at_random_points_resumes_bit_for_bit(tmp_path):
+    args = ["--epochs", "3000", "--chunk-size", "3", "--checkpoint-every", "40",
+            "--batch-size", "1", "--lrs", "0.001,0.002,0.003"]
+    whole = tmp_path / "whole"
+    finish(start(whole, args), TIMEOUT)
+    out = tmp_path / "run"
+    rng = random.Random(1)
+    for _ in range(4):
+        p = start(out, args)
+        try:
+            wait_for(lambda: bool(list((out / "chunks").glob("*.ckpt-*.npz"))), p,
+                     "a checkpoint")
+            time.sleep(rng.uniform(0.0, 3.0))
+        finally:
+            kill(p)
+        for f in (out / "chunks").glob("*.npz"):  # every file present is whole
+            with np.load(f) as z:
+                assert "config" in z.files
+    text = finish(start(out, args), TIMEOUT)
+    assert any(s > 0 for s in resumed_from(text)), text[-2000:]
+    same_sweep(jaxgd.load(out), jaxgd.load(whole))
