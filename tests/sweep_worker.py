@@ -82,15 +82,20 @@ def run_sweep(out=None, epochs=4, chunk_size=None, batch_sizes=(None, 5), lrs=LR
                        chunk_size=chunk_size, out=out, **kw)
 
 
-def run_fit(out=None, epochs=4, batch_size=1, lr=LRS[0], checkpoint_every=None, key=1):
+LONG_FIT = {"patience": None, "record_steps": False}  # the worker's fit: a long run
+
+
+def run_fit(out=None, epochs=4, batch_size=1, lr=LRS[0], checkpoint_every=None, key=1,
+            patience=50, record_steps=True, eval_every=1):
     """``fit`` of one configuration of the sweep's problem (the BatchNorm-like loss, so
     the model state is checkpointed too; patience stops it early for some settings)."""
     import jaxgd
 
     _, p0, data = problem()
     return jaxgd.fit(bn_mse, p0, data, state=state0(), hparams={"learning_rate": lr},
-                     batch_size=batch_size, epochs=epochs, key=key, record_steps=True,
-                     patience=50, out=out, checkpoint_every=checkpoint_every)
+                     batch_size=batch_size, epochs=epochs, key=key, record_steps=record_steps,
+                     patience=patience, eval_every=eval_every, out=out,
+                     checkpoint_every=checkpoint_every)
 
 
 def search_of(name):
@@ -127,6 +132,7 @@ def main(argv=None):
                     help="checkpoint_every (an int: evaluations; else a duration)")
     ap.add_argument("--fit", action="store_true",
                     help="fit(...) of the first configuration (run_fit) instead of a sweep")
+    ap.add_argument("--eval-every", type=int, default=1)
     a = ap.parse_args(argv)
 
     import jax
@@ -186,7 +192,7 @@ def main(argv=None):
     bs = [None if b == "full" else int(b) for b in a.batch_size.split(",")]
     lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
     if a.fit:
-        run_fit(a.out, a.epochs, bs[0], lrs[0], every)
+        run_fit(a.out, a.epochs, bs[0], lrs[0], every, **LONG_FIT, eval_every=a.eval_every)
         print("worker done", flush=True)
         return 0
     progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)

@@ -275,12 +275,22 @@ def test_a_toml_train_key_reaches_the_sweep(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- slow: real kills
 
-LONG = ["--batch-size", "1", "--lrs", "0.002"]
+# the worker's fit: 1.5M epochs of batch size 1 (23 steps each) in 3000 evaluations
+# (about 10 s on one core), no early stop
+LONG_EPOCHS = 1_500_000
+LONG = ["--fit", "--epochs", str(LONG_EPOCHS), "--eval-every", "500", "--batch-size", "1",
+        "--lrs", "0.002"]
+LONG_KW = dict(epochs=LONG_EPOCHS, eval_every=500, batch_size=1, lr=0.002, **W.LONG_FIT)
 
 
 def start(out: Path, args) -> subprocess.Popen:
+    """The worker on this checkout's jaxgd."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
 
 
 def kill(p: subprocess.Popen, sig=signal.SIGKILL) -> str:
@@ -299,73 +309,72 @@ def wait_for(cond, p, what, timeout=TIMEOUT):
         time.sleep(0.05)
 
 
-def any_checkpoint(out: Path, tag: str):
-    return lambda: bool(checkpoints(out, tag))
-
-
-def kill_at_random_points(out: Path, args, tag: str, kills: int, seed: int) -> list[int]:
-    """Start the worker ``kills`` times, each killed with SIGKILL at a random moment after
-    a checkpoint exists; returns the newest checkpoint's ``at`` after each kill."""
-    rng = random.Random(seed)
-    ats = []
-    for _ in range(kills):
-        p = start(out, args)
-        try:
-            wait_for(any_checkpoint(out, tag), p, "a checkpoint")
-            time.sleep(rng.uniform(0.0, 2.0))
-        finally:
-            kill(p)
-        assert p.returncode == -signal.SIGKILL, "the worker ended before the kill"
-        ats.append(max(checkpoints(out, tag).values()))
-    return ats
-
-
 def resumed_from(text: str) -> list[int]:
+    """The evaluations the worker's program calls started from (its "call from" lines)."""
     return [int(line.split()[2]) for line in text.splitlines() if line.startswith("call from")]
 
 
 @pytest.mark.slow
 def test_fit_killed_at_random_points_resumes_bit_for_bit(tmp_path):
-    args = ["--fit", "--epochs", "12000", "--checkpoint-every", "150", *LONG]
+    args = [*LONG, "--checkpoint-every", "100"]
     whole = tmp_path / "whole"
     finish(start(whole, args), TIMEOUT)  # the same worker, never interrupted
     out = tmp_path / "run"
-    ats = kill_at_random_points(out, args, "fit", kills=3, seed=0)
-    assert ats == sorted(ats) and ats[-1] < 12000
+    rng = random.Random(0)
+    ats = []
+    for _ in range(3):
+        p = start(out, args)
+        try:
+            wait_for(lambda: bool(checkpoints(out, "fit")), p, "a checkpoint")
+            time.sleep(rng.uniform(0.0, 2.0))
+        finally:
+            kill(p)
+        assert p.returncode == -signal.SIGKILL, "the worker ended before the kill"
+        ats.append(max(checkpoints(out, "fit").values()))
+    assert ats == sorted(ats) and 0 < ats[-1] < 3000
     text = finish(start(out, args), TIMEOUT)
-    assert resumed_from(text) == [ats[-1]]
-    kw = dict(epochs=12000, batch_size=1, lr=0.002, checkpoint_every=150)
-    got, ref = W.run_fit(out=out, **kw), W.run_fit(out=whole, **kw)  # both loaded, not run
-    same_fit(got, ref)
-    assert ref.epochs_run > 150
+    assert resumed_from(text) == [ats[-1]]  # went on from the newest checkpoint
+    got, ref = jaxgd.load(out), jaxgd.load(whole)  # fit's folder: a one-row run folder
+    same_sweep(got, ref)
+    assert ref.table.stop_reason.tolist() == ["max_epochs"]
+    assert ref.history["loss"].shape == (1, 3000)
 
 
 @pytest.mark.slow
 def test_fit_sigterm_saves_then_ends_the_process(tmp_path):
     """SIGTERM with no periodic checkpoint due ("1h"): the run saves at its next block
     boundary and then ends as the default action does (status -SIGTERM)."""
-    args = ["--fit", "--epochs", "12000", "--checkpoint-every", "1h", *LONG]
+    args = [*LONG, "--checkpoint-every", "1h"]
     out = tmp_path / "run"
     p = start(out, args)
     try:
-        wait_for(lambda: (out / "chunks").is_dir(), p, "the run folder")
-        time.sleep(4.0)
-        assert p.poll() is None
-        assert not checkpoints(out, "fit")  # nothing periodic before the signal
+        assert p.stdout.readline().startswith("call from 0")  # the handlers are in place
+        time.sleep(2.0)
+        assert p.poll() is None and not checkpoints(out, "fit")  # nothing periodic yet
+        t0 = time.monotonic()
         text = kill(p, signal.SIGTERM)
+        waited = time.monotonic() - t0
     finally:
         kill(p)
     assert p.returncode == -signal.SIGTERM, text[-2000:]
+    assert waited < 10
     at = max(checkpoints(out, "fit").values())
+    assert 0 < at < 3000
     text = finish(start(out, args), TIMEOUT)
     assert resumed_from(text) == [at]
-    kw = dict(epochs=12000, batch_size=1, lr=0.002)
-    same_fit(W.run_fit(out=out, checkpoint_every="1h", **kw), W.run_fit(**kw))
+    got, ref = jaxgd.load(out), W.run_fit(**LONG_KW)  # this process, never interrupted
+    assert got.table.stop_reason.tolist() == [ref.stop_reason]
+    assert sorted(got.history) == sorted(ref.history)
+    for k in ref.history:
+        np.testing.assert_array_equal(got.history[k][0], ref.history[k], err_msg=k)
+    for x, y in zip(jax.tree.leaves((got.params, got.state)),
+                    jax.tree.leaves((ref.params, ref.state)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x)[0], np.asarray(y))
 
 
 @pytest.mark.slow
 def test_sweep_killed_at_random_points_resumes_bit_for_bit(tmp_path):
-    args = ["--epochs", "3000", "--chunk-size", "3", "--checkpoint-every", "40",
+    args = ["--epochs", "60000", "--chunk-size", "3", "--checkpoint-every", "5000",
             "--batch-size", "1", "--lrs", "0.001,0.002,0.003"]
     whole = tmp_path / "whole"
     finish(start(whole, args), TIMEOUT)
