@@ -10,7 +10,9 @@ resumable from the run folder), and an adaptive search advances a
 mesh, the memory estimate and the chunk plan, the agreement of the processes of a
 multi-process run, the inputs of a call and their sharding, compile timing
 (:class:`CompileClock`), the :class:`Engine`, and the host loop over a call's blocks
-(:func:`run_blocks`).
+(:func:`run_blocks`), which with ``checkpoint_every`` (:mod:`jaxgd.checkpoint`) ends
+blocks at checkpoint boundaries and saves the call's state there (:class:`Resume` goes
+on from it).
 """
 
 from __future__ import annotations
@@ -283,6 +285,16 @@ def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
     ``history`` a dict of arrays) and, under ``"config"``, the sweep indices of the
     configurations they belong to."""
     return {**outputs, "config": np.asarray(configs, np.int64)}
+
+
+def agree_any(flag: bool) -> bool:
+    """With several processes, True on every process when it is True on any (a
+    checkpoint one process asks for, e.g. after a signal, is saved by all)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(np.asarray(multihost_utils.process_allgather(np.int32(flag)))))
 
 
 def agree_floats(values: list[float]) -> list[float]:
@@ -621,7 +633,7 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
     while at < end and more:
         stop = end if checkpoint is None else checkpoint.next_end(at, end, prog.rows)
         if checkpoint is not None and jax.process_count() > 1:
-            stop = int(agree_floats([stop])[0])
+            stop = int(agree_floats([stop])[0])  # process 0's timing decides
         st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
                                          put_scalar(np.int32(stop)), *args)
         ran = min(at + prog.rows, stop) - at
@@ -630,10 +642,7 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
         on_block(at)
         more = replicated_bool(more)
         if checkpoint is not None and more and at < end:
-            due = checkpoint.due(at, ran)
-            if jax.process_count() > 1:
-                due = bool(agree_floats([float(due)])[0])
-            if due:
+            if agree_any(checkpoint.due(at, ran)):
                 save(at, st, joined_history(spec, parts, origin, at, at, prog.rows, False))
                 checkpoint.saved()
     out = jax.tree.map(to_host, out)

@@ -3,11 +3,12 @@ writes them (``sweep(out=...)``, :meth:`SweepResult.save`, :func:`jaxgd.load`).
 
 Layout of a run folder::
 
-    sweep.json        {"format", "fingerprint", "checksum"}: which sweep the folder holds,
-                      written first by sweep(out=...)
+    sweep.json        {"format", "fingerprint", "checksum"}: which sweep (or fit) the
+                      folder holds, written first by sweep(out=...) / fit(out=...)
     .lock             locked with flock(2) by the process writing the folder (holds its
                       pid for messages only); the OS drops the lock when that process ends
     chunks/TAG.npz    one file per finished chunk, kept so that a re-run loads it
+                      (a fit's: chunks/fit.npz; its final files are a one-row sweep's)
     chunks/TAG.ckpt-a.npz, TAG.ckpt-b.npz
                       with checkpoint_every: the running chunk's program state and history
                       so far, the newer replacing the older (removed when the chunk ends)

@@ -110,7 +110,9 @@ def fit(
         if store is not None:  # the final files, as a sweep of this one configuration
             from .results import SweepResult
 
-            one = SweepResult.from_runs([dict(hparams or {})], [0], [rec], epochs)
+            row = {k: np.asarray(v).item() if np.size(v) == 1 else v
+                   for k, v in (hparams or {}).items()}
+            one = SweepResult.from_runs([row], [0], [rec], epochs)
             one.fingerprint = store.fingerprint
             one.save(store.path, _store=store)  # releases the lock
     finally:

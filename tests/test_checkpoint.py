@@ -150,6 +150,42 @@ def test_fit_out_refuses_a_sweeps_folder_and_bad_values(tmp_path):
         W.run_fit(out=3)
 
 
+def block_calls(monkeypatch) -> list[tuple[int, int, bool]]:
+    """Spy on the compiled block program: (start, stop, SIGTERM handled by jaxgd) per
+    call."""
+    from jaxgd import program
+
+    calls = []
+    real = program.compiled_program
+
+    def spy(spec, rows):
+        prog = real(spec, rows)
+
+        def block(st, start, end, *a):
+            ours = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+            calls.append((int(start), int(end), ours))
+            return prog.block(st, start, end, *a)
+
+        return prog._replace(block=block)
+
+    monkeypatch.setattr(program, "compiled_program", spy)
+    return calls
+
+
+def test_without_checkpoint_every_out_runs_the_same_blocks(tmp_path, monkeypatch, fit_ref):
+    calls = block_calls(monkeypatch)
+    W.run_fit(**fit_kw())
+    plain = list(calls)
+    calls.clear()
+    same_fit(W.run_fit(out=tmp_path / "run", **fit_kw()), fit_ref)
+    assert calls == plain and not any(ours for *_, ours in calls)
+    calls.clear()
+    same_fit(W.run_fit(out=tmp_path / "cut", checkpoint_every=10, **fit_kw()), fit_ref)
+    assert calls[0][:2] == (0, 1) and all(ours for *_, ours in calls)  # cut, handled
+    assert {e for _, e, _ in calls} >= {10, 20, 30} and len(calls) > len(plain)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
 # ----------------------------------------------------------------------------- checkpoint_every
 
 @pytest.mark.parametrize("every", [7, 1e-4])  # evaluations; seconds (a save per block)
