@@ -186,6 +186,18 @@ def main(argv=None):
         return real_blocks(prog, spec, st, start, end, *args, **kw)
 
     engine_mod.run_blocks = spy_blocks
+    stop_at = os.environ.get("JAXGD_TEST_STOP_AT_CHECKPOINT")
+    if stop_at:  # end every process just after its n-th checkpoint (as if killed there)
+        ckpt_mod = sys.modules["jaxgd.checkpoint"]
+        real_saved, seen = ckpt_mod.Checkpointer.saved, [0]
+
+        def saved(self):
+            real_saved(self)
+            seen[0] += 1
+            if seen[0] == int(stop_at):
+                os._exit(3)
+
+        ckpt_mod.Checkpointer.saved = saved
     every = a.checkpoint_every
     if every is not None:
         every = int(every) if every.isdigit() else every

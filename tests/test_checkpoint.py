@@ -430,3 +430,51 @@ def test_sweep_killed_at_random_points_resumes_bit_for_bit(tmp_path):
     text = finish(start(out, args), TIMEOUT)
     assert any(s > 0 for s in resumed_from(text)), text[-2000:]
     same_sweep(jaxgd.load(out), jaxgd.load(whole))
+
+
+def run_two(out: Path, tmp_path: Path, tag: str, stop_at: str) -> list[subprocess.Popen]:
+    """The sweep worker as two processes of one run (2 forced devices each), bounded by
+    TIMEOUT; ``stop_at``: the checkpoint after which both end (exit status 3)."""
+    from test_multiprocess import free_port
+
+    port = free_port()
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "JAXGD_TEST_STOP_AT_CHECKPOINT": stop_at, "PYTHONPATH": os.pathsep
+           .join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    procs = []
+    try:
+        for i in range(2):
+            with open(tmp_path / f"{tag}{i}.log", "w") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(WORKER), "--process-id", str(i), "--num-processes",
+                     "2", "--port", str(port), "--devices", "2", "--out", str(out),
+                     "--epochs", "9", "--checkpoint-every", "2", "--batch-size", "5"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env))
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return procs
+
+
+@pytest.mark.slow
+def test_two_processes_checkpoint_alike(tmp_path):
+    """Two processes: blocks cut and checkpoints saved on both alike (their collectives
+    would otherwise wait for ever); the same command again goes on from the checkpoint
+    process 0 wrote, and gives the table of a run never interrupted."""
+    out = tmp_path / "run"
+    procs = run_two(out, tmp_path, "a", "3")  # both end as the third checkpoint is saved
+    logs = [(tmp_path / f"a{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [3, 3], logs[0][-2000:] + logs[1][-2000:]
+    assert max(checkpoints(out, "g000_c00000").values()) == 6
+    procs = run_two(out, tmp_path, "b", "")
+    logs = [(tmp_path / f"b{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert [resumed_from(t) for t in logs] == [[6], [6]]
+    ref = W.run_sweep(epochs=9, batch_sizes=(5,))  # one process, one device
+    pd.testing.assert_frame_equal(jaxgd.load(out).table, ref.table, check_dtype=False,
+                                  rtol=1e-4)
+    assert not list((out / "chunks").glob("*.ckpt-*"))
