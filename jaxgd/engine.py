@@ -10,7 +10,9 @@ resumable from the run folder), and an adaptive search advances a
 mesh, the memory estimate and the chunk plan, the agreement of the processes of a
 multi-process run, the inputs of a call and their sharding, compile timing
 (:class:`CompileClock`), the :class:`Engine`, and the host loop over a call's blocks
-(:func:`run_blocks`).
+(:func:`run_blocks`), which with ``checkpoint_every`` (:mod:`jaxgd.checkpoint`) ends
+blocks at checkpoint boundaries and saves the call's state there (:class:`Resume` goes
+on from it).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import lossform
+from .checkpoint import Checkpointer
 from .groups import Group
-from .history import HistoryLayout, per_step
-from .loop import state_axes
+from .history import PACKED, HistoryLayout, per_step
+from .loop import layout, state_axes, state_layout
 from .observers import Call, Observer
 from .prepare import Prepared, as_key, tc_array
 from .program import Program, program_for
@@ -334,6 +337,16 @@ def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
     return {**outputs, "config": np.asarray(configs, np.int64)}
 
 
+def agree_any(flag: bool) -> bool:
+    """With several processes, True on every process when it is True on any (a
+    checkpoint one process asks for, e.g. after a signal, is saved by all)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(np.asarray(multihost_utils.process_allgather(np.int32(flag)))))
+
+
 def agree_floats(values: list[float]) -> list[float]:
     """With several processes, process 0's values on every process (decisions taken from
     timings must be the same everywhere)."""
@@ -393,6 +406,64 @@ class CompileClock:
 
 # ------------------------------------------------------------------ the engine
 
+class Resume(NamedTuple):
+    """A program call's checkpoint: where it was and what it held there."""
+
+    at: int  # the evaluation the call goes on from
+    state: Any  # the program state, host arrays with leading [stream, config] axes
+    hist: dict[str, np.ndarray]  # the packed history rows from the call's start to ``at``
+
+
+def device_state(state, keys, traced, mesh):
+    """A host state with leading [stream, config] axes in the program's layout for
+    ``keys``/``traced``, on the device (split over ``mesh``'s configurations)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    st = state_layout(state, keys, traced)
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, st)
+    one_s, one_c = layout(keys, traced)
+    sh = NamedSharding(mesh, P() if one_c else P("config") if one_s else P(None, "config"))
+    return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sh,
+                                                               lambda i: a[i]), st)
+
+
+def checkpoint_state(arrays: dict[str, np.ndarray], at: int, shapes, ch: ChunkInputs,
+                     configs) -> Resume | None:
+    """A saved checkpoint (:meth:`Engine.saver`'s arrays) as a :class:`Resume` of the
+    call with inputs ``ch`` whose state has the ``shapes`` of :func:`state_shapes`; None
+    when it belongs to other configurations or is shaped otherwise."""
+    leaves, treedef = jax.tree.flatten(shapes)
+    n = len(leaves)
+    if (f"s{n}" in arrays or any(f"s{i}" not in arrays for i in range(n))
+            or not np.array_equal(arrays.get("config"), np.asarray(configs, np.int64))):
+        return None
+    S, W = ch.grid_rows.shape
+    one_s, one_c = layout(ch.keys, ch.traced)
+    kept = 0 if one_c else 1 if one_s else 2  # leading axes the program's layout keeps
+    for i, sh in enumerate(leaves):
+        a = arrays[f"s{i}"]
+        if a.shape != (S, W) + tuple(sh.shape[kept:]) or a.dtype != np.dtype(sh.dtype):
+            return None
+    hist = {k[2:]: v for k, v in arrays.items() if k.startswith("h/")}
+    if PACKED not in hist or any(v.shape[:2] != (S, W) for v in hist.values()) \
+            or hist[PACKED].shape[2] != at or at <= 0:
+        return None
+    return Resume(at, jax.tree.unflatten(treedef, [arrays[f"s{i}"] for i in range(n)]), hist)
+
+
+def state_shapes(prep: Prepared, ch: ChunkInputs, data):
+    """The program state of a call with the inputs ``ch`` (shapes in the program's
+    layout; traced, not compiled)."""
+    spec = prep.spec
+    prog, _ = program_for(spec, prep.params, ch.traced.values,
+                          int(np.prod(ch.grid_rows.shape)))
+    return jax.eval_shape(
+        prog.init, None if spec.init_fn is not None else prep.params, data, prep.val_data,
+        ch.traced, ch.keys, ch.tidx, ch.vidx, prep.state)
+
+
 class Advanced(NamedTuple):
     """What a program call returned (leading axes [streams, width])."""
 
@@ -425,14 +496,17 @@ class Engine:
       fold_split: the k-fold index split, or None.
       mesh: the device mesh the configurations are split over (None: one device).
       observers: :class:`jaxgd.observers.Observer` objects told of every boundary.
+      checkpoint: a :class:`jaxgd.checkpoint.Checkpointer` (``checkpoint_every``): calls
+        given a ``save`` function return to the host and save at its boundaries.
 
     Use as ``with engine.running(n_calls):`` around the calls: the compile clock runs and
     the observers see the run start and end.
     """
 
     def __init__(self, data, val_data=None, fold_split=None, mesh=None,
-                 observers: Sequence[Observer] = ()):
+                 observers: Sequence[Observer] = (), checkpoint: Checkpointer | None = None):
         self.data, self.val_data, self.fold_split = data, val_data, fold_split
+        self.checkpoint = checkpoint
         self.mesh = mesh
         self.ndev = config_devices(mesh)  # configurations are padded to a multiple
         self.observers = list(observers)
@@ -452,11 +526,18 @@ class Engine:
                 self.notify("run_end")
 
     def advance(self, prep: Prepared, ch: ChunkInputs, start: int, end: int, call: Call, *,
-                state: Callable[[Any, Any], Any] | None = None, pad: bool = False
+                state: Callable[[Any, Any], Any] | None = None, pad: bool = False,
+                resume: Resume | None = None, save: Callable[..., None] | None = None
                 ) -> Advanced:
         """Evaluations ``start`` up to ``end`` of the configurations of ``ch``, from their
         initial state (``state`` None) or from ``state(keys, traced)`` (a state in the
-        program's layout for the call's sharded keys and traced values)."""
+        program's layout for the call's sharded keys and traced values).
+
+        With the engine's ``checkpoint``, ``save(at, host_state, history)`` is called at
+        its boundaries (``host_state`` with leading [stream, config] axes, ``history``
+        the packed rows since ``start``); ``resume`` (a checkpoint of this call) starts
+        from its state and evaluation instead, the history returned still from
+        ``start``."""
         sharding = data_sharding(self.mesh)
         if sharding is not None:  # each batch split over the mesh's "data" axis
             prep = prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
@@ -465,39 +546,79 @@ class Engine:
         prog, layout = program_for(spec, prep.params, ch.traced.values, S * width)
         args, put_scalar = program_args(prep, ch, self.data, self.mesh)
         params0, data, val, traced, keys, tidx, vidx, state0 = args
+        if resume is not None:
+            state = lambda k, t: device_state(resume.state, k, t, self.mesh)  # noqa: E731
+        at = start if resume is None else resume.at
+        keep = None if save is None else (
+            lambda a, st, h: save(a, jax.tree.map(to_host, state_axes(st, keys, traced)), h))
         self.notify("call_start", call)
         try:
             t0, c0 = time.perf_counter(), self.clock.seconds
             st = (prog.init(params0, data, val, traced, keys, tidx, vidx, state0)
                   if state is None else state(keys, traced))
             st, out, hist = run_blocks(
-                prog, spec, st, start, end, (data, val, traced, keys, tidx, vidx),
+                prog, spec, st, at, end, (data, val, traced, keys, tidx, vidx),
                 to_host=to_host, put_scalar=put_scalar, pad=pad,
-                on_block=lambda at: self.notify("block_end", call, at))
+                on_block=lambda a: self.notify("block_end", call, a),
+                checkpoint=self.checkpoint if keep is not None else None, save=keep,
+                origin=start, prefix=None if resume is None else resume.hist)
         finally:
             self.notify("call_end", call)
         comp = self.clock.note(spec, c0)
         return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
 
-    def run_chunk(self, p: ChunkPlan, ci: int, call: Call) -> dict[str, Any]:
+    def run_chunk(self, p: ChunkPlan, ci: int, call: Call, store=None) -> dict[str, Any]:
         """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
-        configuration, with their indices under ``"config"``."""
+        configuration, with their indices under ``"config"``. With a run folder ``store``
+        and the engine's ``checkpoint``, the chunk goes on from its last checkpoint there
+        and saves new ones."""
         g, S, width = p.group, len(p.streams), p.width
         spec = g.prepared.spec
         ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, self.fold_split)
-        out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call).output()
+        tag, configs = f"{p.tag}_c{ci:05d}", chunk_configs(p, ci)
+        out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call,
+                           resume=self.resume_of(store, tag, g.prepared, ch, configs),
+                           save=self.saver(store, tag, configs)).output()
         idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
                if ch.valid[s, c]]
         sel = np.nonzero(ch.valid.reshape(-1))[0]
         flat = jax.tree.map(lambda a: a.reshape((S * width,) + a.shape[2:])[sel], out)
         return chunk_record(flat._asdict(), idx)
 
+    def saver(self, store, tag: str, configs) -> Callable[..., None] | None:
+        """The ``save`` function of :meth:`advance` for a call of ``configs`` (sorted
+        sweep indices) saving checkpoints as ``tag`` in ``store`` (None: no checkpoints)."""
+        if store is None or self.checkpoint is None:
+            return None
+
+        def save(at: int, state, hist: dict[str, np.ndarray]) -> None:
+            arrays = {f"s{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
+            arrays.update({f"h/{k}": v for k, v in hist.items()})
+            arrays["config"] = np.asarray(configs, np.int64)
+            store.save_checkpoint(tag, arrays, at)
+
+        return save
+
+    def resume_of(self, store, tag: str, prep: Prepared, ch: ChunkInputs, configs
+                  ) -> Resume | None:
+        """The newest valid checkpoint of the call ``tag`` in ``store`` (the same
+        configurations, the state shaped as this call's), or None."""
+        if store is None or self.checkpoint is None:
+            return None
+        shapes = state_shapes(prep, ch, self.data)
+        got = None
+        for arrays, meta in store.load_checkpoints(tag):
+            got = checkpoint_state(arrays, meta["at"], shapes, ch, configs)
+            if got is not None:
+                break
+        return agree_cached(got)
+
     def run_plans(self, plans: list[ChunkPlan], n_groups: int, store=None
                   ) -> list[dict[str, Any]]:
         """Every chunk of ``plans`` (a plain sweep), each read back from the run folder
         ``store`` when it holds it, else run (and saved there)."""
         results = []
-        with self.running(sum(p.n_chunks for p in plans)):
+        with self.running(sum(p.n_chunks for p in plans)), self.catching(store):
             for p in plans:
                 spec = p.group.prepared.spec
                 for ci in range(p.n_chunks):
@@ -506,14 +627,22 @@ class Engine:
                     tag = f"{p.tag}_c{ci:05d}"
                     cached = self.load_chunk(store, p, ci, tag)
                     if cached is None:
-                        cached = self.run_chunk(p, ci, call)
+                        cached = self.run_chunk(p, ci, call, store)
                         if store is not None:
                             store.save_chunk(tag, cached)
+                            store.drop_checkpoints(tag)
                     else:
                         self.notify("call_start", call._replace(cached=True))
                         self.notify("call_end", call._replace(cached=True))
                     results.append(cached)
         return results
+
+    def catching(self, store):
+        """The checkpoint's signal handlers while a run saving to ``store`` goes on (see
+        :mod:`jaxgd.checkpoint`); nothing without checkpoints."""
+        if store is None or self.checkpoint is None:
+            return contextlib.nullcontext()
+        return self.checkpoint.catching()
 
     @staticmethod
     def load_chunk(store, p: ChunkPlan, ci: int, tag: str) -> dict[str, Any] | None:
@@ -532,7 +661,10 @@ class Engine:
 def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
                to_host: Callable[[Any], Any] = np.asarray,
                put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False,
-               on_block: Callable[[int], None] = lambda at: None):
+               on_block: Callable[[int], None] = lambda at: None,
+               checkpoint: Checkpointer | None = None,
+               save: Callable[[int, Any, dict[str, np.ndarray]], None] | None = None,
+               origin: int | None = None, prefix: dict[str, np.ndarray] | None = None):
     """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
     layout), stopping early when no configuration is active; ``args = (data, val, traced,
     keys, tidx, vidx)``; ``on_block(at)`` is called on the host after each block (``at``:
@@ -540,32 +672,66 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
     host history of the evaluations run: ``end - start`` rows with ``pad``, NaN for those
     not run).
 
+    With a ``checkpoint`` (:class:`jaxgd.checkpoint.Checkpointer`), blocks end where it
+    says and ``save(at, state, history since origin)`` is called where it is due. A call
+    resumed from a checkpoint at ``start`` passes the call's first evaluation as
+    ``origin`` and the history rows ``origin .. start`` as ``prefix``: the history
+    returned then starts at ``origin``, as long as a call never cut would give it.
+
     The decision to run another block comes from a value every device (and process)
     holds whole, so every process runs the same number of blocks. ``to_host`` brings an
     output array home; ``put_scalar`` makes a block's start index a program input."""
     K, _ = evals_of(spec)
-    parts = []
-    at = start
-    while at < end:
+    origin = start if origin is None else origin
+    parts = [] if prefix is None else [prefix]
+    at, more = start, True
+    while at < end and more:
+        stop = end if checkpoint is None else checkpoint.next_end(at, end, prog.rows)
+        if checkpoint is not None and jax.process_count() > 1:
+            stop = int(agree_floats([stop])[0])  # process 0's timing decides
         st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
-                                         put_scalar(np.int32(end)), *args)
-        parts.append(jax.tree.map(to_host, hist))
-        at += prog.rows
-        on_block(min(at, end))
-        if not replicated_bool(more):
-            break
+                                         put_scalar(np.int32(stop)), *args)
+        ran = min(at + prog.rows, stop) - at
+        parts.append(cut_rows(jax.tree.map(to_host, hist), ran, K))
+        at += ran
+        on_block(at)
+        more = replicated_bool(more)
+        if checkpoint is not None and more and at < end:
+            if agree_any(checkpoint.due(at, ran)):
+                save(at, st, joined_history(spec, parts, origin, at, at, prog.rows, False))
+                checkpoint.saved()
     out = jax.tree.map(to_host, out)
-    n = end - start
+    reach = end if more else int(np.max(out.evals_run))
+    return st, out, joined_history(spec, parts, origin, end, reach, prog.rows, pad)
+
+
+def cut_rows(hist: dict[str, Any], n: int, K: int) -> dict[str, Any]:
+    """The first ``n`` evaluations' rows of a history block (``K`` step rows each for
+    ``step_loss``)."""
+    return {k: h[:, :, :n * K] if per_step(k) else h[:, :, :n] for k, h in hist.items()}
+
+
+def joined_history(spec: ProgramSpec, parts: list[dict[str, np.ndarray]], origin: int,
+                   end: int, reach: int, rows: int, pad: bool) -> dict[str, np.ndarray]:
+    """The history rows of ``parts`` (consecutive, from evaluation ``origin``) as a call
+    from ``origin`` to ``end`` in blocks of ``rows`` returns them: up to the end of the
+    block holding evaluation ``reach - 1`` (NaN past what was run), at most to ``end``
+    (with ``pad``: exactly to ``end``)."""
+    K, _ = evals_of(spec)
+    n = end - origin
+    blocks = -(-(reach - origin) // rows) * rows
     hist = {}
     for k in parts[0]:
         h = np.concatenate([p[k] for p in parts], axis=2)
-        want = min(n * K, spec.epochs - start * K) if per_step(k) else n
-        h = h[:, :, :want]
-        if pad and h.shape[2] < want:
-            fill = np.full(h.shape[:2] + (want - h.shape[2],) + h.shape[3:], np.nan, h.dtype)
+        step = per_step(k)
+        want = min(n * K, spec.epochs - origin * K) if step else n
+        have = want if pad else min(want, blocks * K if step else blocks)
+        h = h[:, :, :have]
+        if h.shape[2] < have:
+            fill = np.full(h.shape[:2] + (have - h.shape[2],) + h.shape[3:], np.nan, h.dtype)
             h = np.concatenate([h, fill], axis=2)
         hist[k] = h
-    return st, out, hist
+    return hist
 
 
 def replicated_bool(x) -> bool:

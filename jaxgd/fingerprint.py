@@ -155,3 +155,21 @@ def stable_repr(v: Any, depth: int = 0) -> str:
                 name += f" closure={cells}"
         return name
     return re.sub(r" at 0x[0-9a-f]+", "", repr(v))
+
+
+def fit_fingerprint(opts, loss, params, prep) -> str:
+    """The fingerprint of a ``fit(..., out=)`` call (:func:`run_fingerprint` of a run of
+    one configuration): its options, key, loss, data, initial parameters and program."""
+    from .axes import STRUCTURAL_AXES
+    from .options import options_for
+    from .prepare import as_key
+
+    settings = {o.name: getattr(opts, o.name) for o in options_for("fit")
+                if o.fingerprint == "settings"}
+    settings["key"] = np.asarray(jax.random.key_data(as_key(opts.key))).tolist()
+    settings["loss"], settings["run"] = loss, "fit"
+    start = params if prep.combined is None else prep.params
+    return run_fingerprint(
+        [{}], [0], opts.pick(STRUCTURAL_AXES), dict(opts.hparams or {}), opts.epochs,
+        opts.shuffle, opts.drop_last, None, 0, settings,
+        (prep.data, start, opts.val_data, opts.state), [program_digest(prep)])

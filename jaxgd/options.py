@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from . import stops
 from ._checks import check_bool, check_positive_int, check_seed, is_int
+from .checkpoint import check_every
 
 __all__ = ["OPTIONS", "Option", "Options", "collect", "document", "file_options",
            "options_for"]
@@ -308,11 +309,26 @@ _TRAIN: tuple[Option, ...] = (
            "``stop_reason == \"pruned\"``; PBT's hyper-parameters over time are in "
            "``SweepResult.lineage``.", scope=SWEEP, fingerprint="own"),
     Option("out", None, "str | PathLike | None",
-           "folder to save the result in (new, empty, or written by this sweep); finished "
-           "chunks are kept there, so the same call after an interruption resumes instead "
-           "of recomputing. Files are checked against the sweep's fingerprint and their "
-           "checksums (see :mod:`jaxgd.store`); the folder is locked while in use.",
-           scope=SWEEP, check=_out, fingerprint=""),
+           "folder to save the result in (new, empty, or written by this same call); "
+           "finished chunks (a ``fit``: its result) are kept there, so the same call after "
+           "an interruption resumes instead of recomputing, and once finished loads the "
+           "result without running; another call's folder is refused. Files are checked "
+           "against the run's fingerprint and their checksums (see :mod:`jaxgd.store`); the "
+           "folder is locked while in use.", check=_out, fingerprint=""),
+    Option("checkpoint_every", None, "int | float | str | None",
+           "with ``out``, also save the running chunk's whole program state (parameters, "
+           "optimizer and model state, stop counters, history so far; the data order and "
+           "loss keys follow from the seed and the step) every this many evaluations (an "
+           "int), or every this many seconds (a float, or a string such as ``\"30s\"``, "
+           "``\"10min\"``, ``\"2h\"``), and at the next block boundary after SIGTERM or "
+           "SIGINT, which then act as before (Ctrl-C raises KeyboardInterrupt, a default "
+           "SIGTERM ends the process). The same call resumes from the newest valid "
+           "checkpoint and gives the bits of a run never interrupted. Not with ``search`` "
+           "(a search saves at its rung boundaries). None: checkpoints at chunk ends only, "
+           "and the program runs exactly as without ``out``.",
+           file=True, check=check_every,
+           what='a positive integer (evaluations) or a duration such as "10min"',
+           fingerprint=""),
     Option("mesh", None, "jax.sharding.Mesh | None",
            "a ``jax.sharding.Mesh`` with an axis named ``\"config\"`` (configurations "
            "split over it) and optionally one named ``\"data\"`` (each batch's samples "
@@ -397,6 +413,7 @@ class Options:
     only: Iterable[int] | None = None
     search: Any = None
     out: Any = None
+    checkpoint_every: Any = None
     mesh: Any = None
 
     def replace(self, **changes: Any) -> Options:

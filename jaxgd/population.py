@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .engine import (
@@ -38,13 +37,14 @@ from .engine import (
     agree_floats,
     chunk_inputs,
     chunk_record,
+    device_state,
     plan_chunks,
+    state_shapes,
 )
 from .groups import Group
 from .history import PACKED, UNRANKED, HistoryLayout, evaluation_rows
-from .loop import layout, state_layout
 from .observers import Call
-from .program import finalize, history_layout, program_for
+from .program import finalize, history_layout
 from .spec import DIVERGED, evals_of
 from .stops import code as stop_code
 
@@ -237,21 +237,11 @@ class Population:
     def _states(self, gi: int, rows: list[int], ch: ChunkInputs, keys, traced):
         """The members' states stacked [S, width] (padding: a stopped copy), in the
         program's layout, on the mesh."""
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
-
         S, W = ch.grid_rows.shape
         slots = [self.members[(gi, rows[r])].state for r in ch.grid_rows.reshape(-1)]
         st = jax.tree.map(lambda *xs: np.stack(xs).reshape((S, W) + np.shape(xs[0])), *slots)
         st = st._replace(active=st.active & ch.valid)
-        st = state_layout(st, keys, traced)
-        mesh = self.engine.mesh
-        if mesh is None:
-            return jax.tree.map(jnp.asarray, st)
-        one_s, one_c = layout(keys, traced)
-        sh = NamedSharding(mesh, P() if one_c else P("config") if one_s else P(None, "config"))
-        return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sh,
-                                                                   lambda i: a[i]), st)
+        return device_state(st, keys, traced, self.engine.mesh)
 
     # ------------------------------------------------------------ checkpoint / restore
 
@@ -306,13 +296,7 @@ class Population:
         row = g.rows[0]
         ch = chunk_inputs(g, [(row.seed, row.fold if row.fold is not None else -1)], [[0]],
                           0, 1, self.engine.fold_split)
-        spec = g.prepared.spec
-        prog, _ = program_for(spec, g.prepared.params, ch.traced.values, 1)
-        shapes = jax.eval_shape(
-            prog.init, None if spec.init_fn is not None else g.prepared.params,
-            self.engine.data, g.prepared.val_data, ch.traced, ch.keys, ch.tidx, ch.vidx,
-            g.prepared.state)
-        return jax.tree.structure(shapes)
+        return jax.tree.structure(state_shapes(g.prepared, ch, self.engine.data))
 
     # ------------------------------------------------------------ results
 

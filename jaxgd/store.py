@@ -3,11 +3,15 @@ writes them (``sweep(out=...)``, :meth:`SweepResult.save`, :func:`jaxgd.load`).
 
 Layout of a run folder::
 
-    sweep.json        {"format", "fingerprint", "checksum"}: which sweep the folder holds,
-                      written first by sweep(out=...)
+    sweep.json        {"format", "fingerprint", "checksum"}: which sweep (or fit) the
+                      folder holds, written first by sweep(out=...) / fit(out=...)
     .lock             locked with flock(2) by the process writing the folder (holds its
                       pid for messages only); the OS drops the lock when that process ends
     chunks/TAG.npz    one file per finished chunk, kept so that a re-run loads it
+                      (a fit's: chunks/fit.npz; its final files are a one-row sweep's)
+    chunks/TAG.ckpt-a.npz, TAG.ckpt-b.npz
+                      with checkpoint_every: the running chunk's program state and history
+                      so far, the newer replacing the older (removed when the chunk ends)
     table.csv         the results table (its column dtypes in    } final files, written
                       result.json)                               }
     history.npz       [config, evaluation] arrays                } at the end, each
@@ -477,14 +481,17 @@ class RunStore:
         self.writer = writer
         self._fd: int | None = None
         self.done: set[str] = set()
+        self.what = "sweep"  # what the folder holds, for messages
 
     @property
     def locked(self) -> bool:
         return self._fd is not None
 
     @classmethod
-    def open(cls, out: Any, fingerprint: str, writer: bool | None = None) -> RunStore:
-        """The folder of ``sweep(out=out)``: created, locked, tied to ``fingerprint``."""
+    def open(cls, out: Any, fingerprint: str, writer: bool | None = None,
+             what: str = "sweep") -> RunStore:
+        """The folder of ``sweep(out=out)`` (or ``fit``'s, ``what="run"``): created, locked,
+        tied to ``fingerprint``."""
         if isinstance(out, bool) or not isinstance(out, str | os.PathLike):
             raise TypeError(f"out={out!r} must be a folder path (str or pathlib.Path)")
         if writer is None:
@@ -493,6 +500,7 @@ class RunStore:
             writer = jax.process_index() == 0
         path = Path(out)
         store = cls(path, fingerprint, writer)
+        store.what = what
         if writer:
             check_folder(path, "out", ("sweep.json",))
             try:
@@ -521,7 +529,7 @@ class RunStore:
                                  "another") from None
             if old.get("fingerprint") != self.fingerprint:
                 raise ValueError(
-                    f"out={str(self.path)!r} holds the results of a different sweep "
+                    f"out={str(self.path)!r} holds the results of a different {self.what} "
                     f"(fingerprint {old.get('fingerprint')!r}, this one {self.fingerprint!r}); "
                     "choose another folder or delete it")
         else:
@@ -644,6 +652,46 @@ class RunStore:
         write_npz(self.path / "chunks" / f"{tag}.npz", arrays, self.fingerprint,
                   kind="chunk", tag=tag, tree=spec)
 
+
+    # -- checkpoints inside a running chunk (checkpoint_every)
+    def checkpoint_paths(self, tag: str) -> list[Path]:
+        """The two files a chunk's checkpoints alternate between (the newer one replaces
+        the older, so a damaged newest file leaves the previous checkpoint)."""
+        return [self.path / "chunks" / f"{tag}.ckpt-{slot}.npz" for slot in "ab"]
+
+    def save_checkpoint(self, tag: str, arrays: dict[str, np.ndarray], at: int) -> None:
+        """The running chunk ``tag``'s program state and history at evaluation ``at``,
+        written over the older of its two checkpoint files."""
+        if not self.writer:
+            return
+        have = [(c[1]["at"], p) for p in self.checkpoint_paths(tag)
+                if (c := self._read_checkpoint(p, tag)) is not None]
+        free = [p for p in self.checkpoint_paths(tag) if p not in {q for _, q in have}]
+        target = free[0] if free else min(have)[1]
+        write_npz(target, arrays, self.fingerprint, kind="checkpoint", tag=tag, at=int(at))
+
+    def _read_checkpoint(self, path: Path, tag: str):
+        try:
+            arrays, meta = read_npz(path, self.fingerprint)
+        except (IntegrityError, OSError, ValueError):
+            return None
+        ok = (meta.get("kind") == "checkpoint" and meta.get("tag") == tag
+              and isinstance(meta.get("at"), int))
+        return (arrays, meta) if ok else None
+
+    def load_checkpoints(self, tag: str) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        """The valid checkpoints of chunk ``tag``, newest (largest ``at``) first; damaged
+        files, partial files and another sweep's are left out."""
+        got = [c for p in self.checkpoint_paths(tag)
+               if not _is_link(p) and (c := self._read_checkpoint(p, tag)) is not None]
+        return sorted(got, key=lambda c: -c[1]["at"])
+
+    def drop_checkpoints(self, tag: str) -> None:
+        """Remove chunk ``tag``'s checkpoints (once the chunk itself is saved)."""
+        if self.writer:
+            for p in self.checkpoint_paths(tag):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
 
     def save_search(self, arrays: dict[str, np.ndarray], **meta: Any) -> None:
         """An adaptive search's state at a rung / interval boundary (replaced at each)."""

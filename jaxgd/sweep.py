@@ -30,6 +30,7 @@ import jax
 
 from . import search as search_mod
 from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_folds
+from .checkpoint import checkpointer_for
 from .engine import (
     Engine,
     agree_fingerprint,
@@ -93,6 +94,7 @@ def sweep(
     only: Iterable[int] | None = None,
     search: Any = None,
     out: str | os.PathLike | None = None,
+    checkpoint_every: int | float | str | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
 ):
@@ -141,6 +143,7 @@ def sweep(
     from .store import RunStore
 
     opts = collect("sweep", locals())
+    ckpt = checkpointer_for(checkpoint_every, out, search)
     opts = opts.replace(progress=agree_progress(bool(opts.progress)))
     cfgs = expand_configs(grid, random, configs, shape=shape_axes(init))
     cfgs = with_folds(cfgs, folds, val_data)
@@ -186,7 +189,8 @@ def sweep(
     try:
         data = program_data(groups[0].prepared, data)  # with shuffle= orders: (data, orders)
         engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
-                        observers=[ProgressBar(calls=search is None and progress)])
+                        observers=[ProgressBar(calls=search is None and progress)],
+                        checkpoint=ckpt)
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, epochs, engine.ndev)
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),

@@ -7,17 +7,21 @@ through the program (:mod:`jaxgd.program`); the result is a :class:`jaxgd.FitRes
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .engine import Engine, single_inputs
+from .checkpoint import checkpointer_for
+from .engine import ChunkInputs, Engine, chunk_record, single_inputs
+from .fingerprint import fit_fingerprint
 from .observers import Call, ProgressBar
 from .options import collect, document
-from .prepare import as_key, prepare, program_data
-from .spec import evals_of
+from .prepare import Prepared, as_key, prepare, program_data
+from .spec import ProgramOutput, evals_of
 
 __all__ = ["fit"]
 
@@ -51,6 +55,8 @@ def fit(
     eval_every: int = 1,
     progress: bool = False,
     standardize: bool | int | tuple[int, ...] | None = None,
+    out: str | os.PathLike | None = None,
+    checkpoint_every: int | float | str | None = None,
 ):
     """Train ``params`` on ``data`` by gradient descent; the whole run is one jitted program.
 
@@ -89,21 +95,61 @@ def fit(
       2.0
     """
     from .results import FitResult
+    from .store import RunStore
 
-    p = prepare(loss, params, data, collect("fit", locals()))
+    opts = collect("fit", locals())
+    ckpt = checkpointer_for(checkpoint_every, out)
+    p = prepare(loss, params, data, opts)
     spec = p.spec
     ch = single_inputs(p, as_key(key), hparams)
-    engine = Engine(program_data(p), observers=[ProgressBar()])
-    with engine.running(1):
-        out = engine.advance(p, ch, 0, evals_of(spec)[1], Call(spec, 0, 1, 1, 0,
-                                                              evals_of(spec)[1]))
-    out = out.output()
-    out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
+    engine = Engine(program_data(p), observers=[ProgressBar()], checkpoint=ckpt)
+    store = None if out is None else RunStore.open(
+        out, fit_fingerprint(opts, loss, params, p), what="run")
+    try:
+        rec = run_fit(engine, p, ch, store)
+        if store is not None:  # the final files, as a sweep of this one configuration
+            from .results import SweepResult
+
+            row = {k: np.asarray(v).item() if np.size(v) == 1 else v
+                   for k, v in (hparams or {}).items()}
+            one = SweepResult.from_runs([row], [0], [rec], epochs)
+            one.fingerprint = store.fingerprint
+            one.save(store.path, _store=store)  # releases the lock
+    finally:
+        if store is not None:
+            store.release_lock_on_error()
+    out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
+    out = jax.tree.map(lambda a: a[0], out)  # host arrays
     out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
                        state=jax.tree.map(jnp.asarray, out.state))
     if p.combined is not None:  # the model object, with its trained arrays
         out = out._replace(params=p.combined.rebuild(out.params))
     return FitResult.from_program(out, spec)
+
+
+FIT_TAG = "fit"  # the name of a fit's result (and checkpoints) in its run folder
+
+
+def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None) -> dict[str, Any]:
+    """The program's outputs of one configuration as a chunk record (leading axis of
+    length 1): read from the run folder ``store`` when it holds them, else run (from
+    the folder's last checkpoint, if any) and saved there."""
+    spec = p.spec
+    if store is not None:
+        cached = store.load_chunk(FIT_TAG, jax.tree.structure(p.params),
+                                  None if p.state is None else jax.tree.structure(p.state))
+        if cached is not None and np.array_equal(cached.get("config"), [0]):
+            return cached
+    n = evals_of(spec)[1]
+    with engine.running(1), engine.catching(store):
+        a = engine.advance(p, ch, 0, n, Call(spec, 0, 1, 1, 0, n),
+                           resume=engine.resume_of(store, FIT_TAG, p, ch, [0]),
+                           save=engine.saver(store, FIT_TAG, [0]))
+    rec = chunk_record(jax.tree.map(lambda a: a[0], a.output())._asdict(), [0])
+    if store is not None:
+        store.save_chunk(FIT_TAG, rec)
+        store.drop_checkpoints(FIT_TAG)
+    return rec
 
 
 # the options' entries of the docstring come from the table in jaxgd.options

@@ -3,6 +3,7 @@
     python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
         --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
         [--progress all|lead] [--model-state] [--mesh C,D] [--n N]
+        [--checkpoint-every K|DURATION] [--fit]
 
 JAX options that must come before any JAX operation (forced host devices, the
 distributed runtime) are set here, first thing. With ``--report`` a JSON summary
@@ -84,6 +85,22 @@ def run_sweep(out=None, epochs=4, chunk_size=None, batch_sizes=(None, 5), lrs=LR
                        chunk_size=chunk_size, out=out, **kw)
 
 
+LONG_FIT = {"patience": None, "record_steps": False}  # the worker's fit: a long run
+
+
+def run_fit(out=None, epochs=4, batch_size=1, lr=LRS[0], checkpoint_every=None, key=1,
+            patience=50, record_steps=True, eval_every=1):
+    """``fit`` of one configuration of the sweep's problem (the BatchNorm-like loss, so
+    the model state is checkpointed too; patience stops it early for some settings)."""
+    import jaxgd
+
+    _, p0, data = problem()
+    return jaxgd.fit(bn_mse, p0, data, state=state0(), hparams={"learning_rate": lr},
+                     batch_size=batch_size, epochs=epochs, key=key, record_steps=record_steps,
+                     patience=patience, eval_every=eval_every, out=out,
+                     checkpoint_every=checkpoint_every)
+
+
 def search_of(name):
     """The worker's adaptive searches: halving ranks across both batch-size groups; PBT
     runs one group (give --batch-size 5)."""
@@ -119,6 +136,11 @@ def main(argv=None):
     ap.add_argument("--data-across", action="store_true",
                     help="with --mesh: lay the data axis across the processes")
     ap.add_argument("--n", type=int, default=N, help="samples of the problem")
+    ap.add_argument("--checkpoint-every", default=None,
+                    help="checkpoint_every (an int: evaluations; else a duration)")
+    ap.add_argument("--fit", action="store_true",
+                    help="fit(...) of the first configuration (run_fit) instead of a sweep")
+    ap.add_argument("--eval-every", type=int, default=1)
     a = ap.parse_args(argv)
 
     import jax
@@ -167,8 +189,35 @@ def main(argv=None):
         return prog._replace(block=call)
 
     prog_mod.compiled_program = spy
+    engine_mod = sys.modules["jaxgd.engine"]
+    real_blocks = engine_mod.run_blocks
+
+    def spy_blocks(prog, spec, st, start, end, *args, **kw):
+        print(f"call from {start} to {end}", flush=True)  # a resumed call starts late
+        return real_blocks(prog, spec, st, start, end, *args, **kw)
+
+    engine_mod.run_blocks = spy_blocks
+    stop_at = os.environ.get("JAXGD_TEST_STOP_AT_CHECKPOINT")
+    if stop_at:  # end every process just after its n-th checkpoint (as if killed there)
+        ckpt_mod = sys.modules["jaxgd.checkpoint"]
+        real_saved, seen = ckpt_mod.Checkpointer.saved, [0]
+
+        def saved(self):
+            real_saved(self)
+            seen[0] += 1
+            if seen[0] == int(stop_at):
+                os._exit(3)
+
+        ckpt_mod.Checkpointer.saved = saved
+    every = a.checkpoint_every
+    if every is not None:
+        every = int(every) if every.isdigit() else every
     bs = [None if b == "full" else int(b) for b in a.batch_size.split(",")]
     lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
+    if a.fit:
+        run_fit(a.out, a.epochs, bs[0], lrs[0], every, **LONG_FIT, eval_every=a.eval_every)
+        print("worker done", flush=True)
+        return 0
     progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)
     extra = {"search": search_of(a.search)} if a.search else {}
     if a.mesh:
@@ -176,6 +225,8 @@ def main(argv=None):
         devs = np.asarray(jax.devices())  # process 0's devices first
         devs = devs.reshape(shape[::-1]).T if a.data_across else devs.reshape(shape)
         extra["mesh"] = jax.sharding.Mesh(devs, ("config", "data"))
+    if every is not None:
+        extra["checkpoint_every"] = every
     sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
                    lrs=lrs, progress=progress, model_state=a.model_state, n=a.n, **extra)
     mesh = sweep_mod.default_mesh()

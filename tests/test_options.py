@@ -56,6 +56,7 @@ NOT_IN_FILES = {
     "penalty_mask": "a function",
     "progress": "the command line's --quiet",
     "standardize": "[data] standardize",
+    "out": "the command line's --out",
 }
 
 
@@ -71,6 +72,7 @@ FILE_CASES = {
     "hparams": ("{ momentum = 0.0 }", "3"),
     "batch_size": ('"full"', "0"),
     "epochs": ("3", "2.5"),
+    "checkpoint_every": ('"10min"', '"soon"'),
     "shuffle": ('"feistel"', '"random"'),
     "drop_last": ("true", "1"),
     "seed": ("2", "-1"),
