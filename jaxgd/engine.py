@@ -28,10 +28,10 @@ import numpy as np
 from . import lossform
 from .groups import Group
 from .loop import state_axes
-from .observers import Call, Observer
+from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, tc_array
 from .program import Program, program_for, unpack_history
-from .spec import KEY_BITS, PROGRESS_VALID, ProgramSpec, evals_of, float_dtype
+from .spec import KEY_BITS, PROGRESS_VALID, ProgramSpec, evals_of, float_dtype, metric_dtype
 
 
 def default_mesh() -> jax.sharding.Mesh | None:
@@ -386,6 +386,9 @@ class Engine:
         self.ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
         self.observers = list(observers)
         self.clock = CompileClock()
+        # the block's rows are unpacked for observers only when one reads them
+        self.rows_wanted = any(type(o).block_rows is not Observer.block_rows
+                               for o in self.observers)
 
     def notify(self, event: str, *args) -> None:
         for o in self.observers:
@@ -419,11 +422,20 @@ class Engine:
             st, out, hist = run_blocks(
                 prog, spec, st, start, end, (data, val, tc, keys, tidx, vidx),
                 to_host=to_host, put_scalar=put_scalar, pad=pad,
-                on_block=lambda at: self.notify("block_end", call, at))
+                on_block=lambda first, at, part: self.block_done(prep, columns, call, first,
+                                                                 at, part))
         finally:
             self.notify("call_end", call)
         comp = self.clock.note(spec, c0)
         return Advanced(st, out, hist, columns, keys, tc, comp, time.perf_counter() - t0)
+
+    def block_done(self, prep: Prepared, columns, call: Call, first: int, at: int,
+                   part: dict[str, np.ndarray]) -> None:
+        """Tell the observers of a finished block: its rows (``block_rows``, when an
+        observer reads them and the call's configurations are known), then ``block_end``."""
+        if self.rows_wanted and call.configs is not None:
+            self.notify("block_rows", call, block_of(prep, columns, call.configs, first, part))
+        self.notify("block_end", call, at)
 
     def run_chunk(self, p: ChunkPlan, ci: int, call: Call) -> dict[str, Any]:
         """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
@@ -431,6 +443,7 @@ class Engine:
         g, S, width = p.group, len(p.streams), p.width
         spec = g.prepared.spec
         ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, self.fold_split)
+        call = call._replace(configs=slot_configs(g, ch))
         out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call).output(spec)
         idx = [g.rows[ch.grid_rows[s, c]].config for s in range(S) for c in range(width)
                if ch.valid[s, c]]
@@ -456,10 +469,19 @@ class Engine:
                         if store is not None:
                             store.save_chunk(tag, cached)
                     else:
-                        self.notify("call_start", call._replace(cached=True))
-                        self.notify("call_end", call._replace(cached=True))
+                        self.read_back(call._replace(cached=True), cached)
                     results.append(cached)
         return results
+
+    def read_back(self, call: Call, record: dict[str, Any]) -> None:
+        """Tell the observers of a chunk read back from the run folder: its call, and
+        its history rows as one block (when an observer reads them)."""
+        self.notify("call_start", call)
+        if self.rows_wanted:
+            configs = np.asarray(record["config"], np.int64)
+            self.notify("block_rows", call._replace(configs=configs[None]),
+                        Block(0, configs, dict(record["history"])))
+        self.notify("call_end", call)
 
     @staticmethod
     def load_chunk(store, p: ChunkPlan, ci: int, tag: str) -> dict[str, Any] | None:
@@ -475,16 +497,37 @@ class Engine:
         return agree_cached(cached)
 
 
+def slot_configs(g: Group, ch: ChunkInputs, rows: Sequence[int] | None = None) -> np.ndarray:
+    """[streams, width] the sweep's configuration index of each slot of a call (-1 for
+    padding); ``ch.grid_rows`` index ``g.rows`` (or ``g.rows[rows[...]]`` when given)."""
+    pick = (lambda r: g.rows[r].config) if rows is None else (lambda r: g.rows[rows[r]].config)
+    cfg = np.vectorize(pick, otypes=[np.int64])(ch.grid_rows)
+    return np.where(ch.valid, cfg, -1)
+
+
+def block_of(prep: Prepared, columns, configs: np.ndarray, first: int,
+             part: dict[str, np.ndarray]) -> Block:
+    """A block's packed host history as a :class:`Block`: columns by name (as the
+    results unpack them), the padding slots left out."""
+    hist = unpack_history(prep.spec, columns, dict(part), metric_dtype(prep.params))
+    flat = np.asarray(configs).reshape(-1)
+    sel = np.nonzero(flat >= 0)[0]
+    n = flat.size
+    return Block(first, flat[sel],
+                 {k: v.reshape((n,) + v.shape[2:])[sel] for k, v in hist.items()})
+
+
 def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
                to_host: Callable[[Any], Any] = np.asarray,
                put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False,
-               on_block: Callable[[int], None] = lambda at: None):
+               on_block: Callable[[int, int, dict], None] = lambda first, at, part: None):
     """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
     layout), stopping early when no configuration is active; ``args = (data, val, tc,
-    keys, tidx, vidx)``; ``on_block(at)`` is called on the host after each block (``at``:
-    the evaluation the next block would start from). Returns (state, host outputs, packed
-    host history of the evaluations run: ``end - start`` rows with ``pad``, NaN for those
-    not run).
+    keys, tidx, vidx)``; ``on_block(first, at, part)`` is called on the host after each
+    block (``first``: the evaluation of its first row; ``at``: the evaluation the next
+    block would start from, at most ``end``; ``part``: its packed history, host arrays).
+    Returns (state, host outputs, packed host history of the evaluations run: ``end -
+    start`` rows with ``pad``, NaN for those not run).
 
     The decision to run another block comes from a value every device (and process)
     holds whole, so every process runs the same number of blocks. ``to_host`` brings an
@@ -496,8 +539,8 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
         st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
                                          put_scalar(np.int32(end)), *args)
         parts.append(jax.tree.map(to_host, hist))
-        at += prog.rows
-        on_block(min(at, end))
+        first, at = at, at + prog.rows
+        on_block(first, min(at, end), parts[-1])
         if not replicated_bool(more):
             break
     out = jax.tree.map(to_host, out)

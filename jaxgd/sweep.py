@@ -22,6 +22,7 @@ calls; with ``search=``, a :class:`jaxgd.population.Population` the search metho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import jax
 
 from . import search as search_mod
+from . import trackers
 from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_folds
 from .engine import Engine, agree_fingerprint, agree_progress, default_mesh, plan_chunks
 from .fingerprint import program_digest, run_fingerprint
@@ -87,6 +89,7 @@ def sweep(
     out: str | os.PathLike | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
+    track: Any = None,
 ):
     """Train many configurations; each group of equal shapes is one compiled program.
 
@@ -133,6 +136,7 @@ def sweep(
     from .store import RunStore
 
     opts = collect("sweep", locals())
+    trackers.check(opts.track)  # a missing tracker package: before anything runs
     opts = opts.replace(progress=agree_progress(bool(opts.progress)))
     cfgs = expand_configs(grid, random, configs, shape=shape_axes(init))
     cfgs = with_folds(cfgs, folds, val_data)
@@ -176,10 +180,14 @@ def sweep(
             [program_digest(g.prepared) for g in groups])
     agree_fingerprint(fingerprint)
     store = RunStore.open(out, fingerprint) if out is not None else None
+    name = "jaxgd-sweep" if out is None else os.path.basename(os.path.abspath(out))
+    stack = contextlib.ExitStack()  # the live trackers' writers, closed on the way out
     try:
+        tracked = stack.enter_context(
+            trackers.tracking(track, name, trackers.planned_runs(cfgs, all_idx)))
         data = program_data(groups[0].prepared, data)  # with shuffle= orders: (data, orders)
         engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
-                        observers=[ProgressBar(calls=search is None and progress)])
+                        observers=[ProgressBar(calls=search is None and progress), *tracked])
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, epochs, engine.ndev)
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
@@ -191,6 +199,8 @@ def sweep(
             metric = search.metric or default_metric(groups[0].prepared.spec.has_val)
             pop.check_metric(metric)
             resume = pop.restore()
+            if resume is not None:
+                pop.replay()
             with engine.running():
                 outcome = search.run(pop, metric, resume)
             res = SweepResult.from_runs(cfgs, all_idx, pop.results(), epochs, folds=folds)
@@ -200,7 +210,10 @@ def sweep(
         res.fingerprint = fingerprint
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
+        for t in tracked:
+            t.finish(res)
     finally:
+        stack.close()
         if store is not None:
             store.release_lock_on_error()
     return res

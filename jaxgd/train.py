@@ -12,7 +12,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from . import trackers
 from .engine import Engine, single_inputs
 from .observers import Call, ProgressBar
 from .options import collect, document
@@ -50,6 +52,7 @@ def fit(
     penalty_mask: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
     progress: bool = False,
+    track: Any = None,
     standardize: bool | int | tuple[int, ...] | None = None,
 ):
     """Train ``params`` on ``data`` by gradient descent; the whole run is one jitted program.
@@ -90,20 +93,27 @@ def fit(
     """
     from .results import FitResult
 
-    p = prepare(loss, params, data, collect("fit", locals()))
+    opts = collect("fit", locals())
+    trackers.check(opts.track)  # a missing tracker package: before anything runs
+    p = prepare(loss, params, data, opts)
     spec = p.spec
     ch = single_inputs(p, as_key(key), hparams)
-    engine = Engine(program_data(p), observers=[ProgressBar()])
-    with engine.running(1):
-        out = engine.advance(p, ch, 0, evals_of(spec)[1], Call(spec, 0, 1, 1, 0,
-                                                              evals_of(spec)[1]))
-    out = out.output(spec)
-    out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
-    out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
-                       state=jax.tree.map(jnp.asarray, out.state))
-    if p.combined is not None:  # the model object, with its trained arrays
-        out = out._replace(params=p.combined.rebuild(out.params))
-    return FitResult.from_program(out, spec)
+    with trackers.tracking(opts.track, "jaxgd-fit", {0: ("fit", {})}) as tracked:
+        engine = Engine(program_data(p), observers=[ProgressBar(), *tracked])
+        with engine.running(1):
+            out = engine.advance(p, ch, 0, evals_of(spec)[1],
+                                 Call(spec, 0, 1, 1, 0, evals_of(spec)[1],
+                                      configs=np.zeros((1, 1), np.int64)))
+        out = out.output(spec)
+        out = jax.tree.map(lambda a: a[0, 0], out)  # host arrays
+        out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
+                           state=jax.tree.map(jnp.asarray, out.state))
+        if p.combined is not None:  # the model object, with its trained arrays
+            out = out._replace(params=p.combined.rebuild(out.params))
+        res = FitResult.from_program(out, spec)
+        for t in tracked:
+            t.finish(res)
+    return res
 
 
 # the options' entries of the docstring come from the table in jaxgd.options
