@@ -22,6 +22,8 @@ A configuration has four tables (every key is documented with examples in
     [search]                      # optional: adaptive search (jaxgd.search)
     method = "halving"            # "halving", "hyperband", "pbt" or "median"
     eta = 3
+    [track]                       # optional: write live to trackers (jaxgd.trackers)
+    tensorboard = "runs/tb"       # also mlflow = "mlruns" (or a URI), wandb = "runs/wb"
 
 ``[data]``, ``[model]`` and a ``[loss]`` table may instead name a Python function
 (``callable = "package.module:function"`` or ``"./file.py:function"``, its keyword
@@ -574,6 +576,8 @@ def _sweep_kwargs(cfg: Config, in_program, val_data) -> tuple[dict[str, Any], An
         kw["val_data"] = val_data
     if cfg.search is not None:
         kw["search"] = cfg.search
+    if cfg.track:
+        kw["track"] = list(cfg.track)
     return kw, init_seed
 
 

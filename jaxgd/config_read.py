@@ -49,7 +49,7 @@ CODE_KEYS = ("callable", "kwargs")
 TRAIN_KEYS = (*(o.name for o in options.file_options()), "init_seed")
 # [model]: the name, the loss, and the arguments of the registered models (models.REGISTRY)
 SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "loss": CODE_KEYS,
-            "train": TRAIN_KEYS, "sweep": (), "search": ()}
+            "train": TRAIN_KEYS, "sweep": (), "search": (), "track": options.TRACKERS}
 # [train] entries that become sweep axes when given a list
 TRAIN_AXES = options.file_axes()
 TASKS = ("regression", "binary", "multiclass")
@@ -135,6 +135,8 @@ class Config:
     text: str = ""  # the TOML text read
     overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> "KEY=VALUE"
     raw: dict[str, Any] = field(default_factory=dict)  # the tables as read, overrides set
+    # [track]: "KIND:DIR" per tracker written live (jaxgd.sweep's track=)
+    track: list[str] = field(default_factory=list)
 
     @property
     def stem(self) -> str:
@@ -245,6 +247,7 @@ def read_config(path: str | Path | None = None, text: str | None = None,
     model = _read_model(ctx, dict(raw.get("model", {})), base)
     loss = _read_loss(ctx, dict(raw.get("loss", {})), model, base)
     train = _read_train(ctx, dict(raw.get("train", {})))
+    track = _read_track(ctx, raw.get("track", {}))
     sweep_grid, random = _read_sweep(ctx, dict(raw.get("sweep", {})), train, model)
     # list-valued [train] entries become axes (before the [sweep] axes: outermost)
     grid: dict[str, list[Any]] = {}
@@ -265,7 +268,19 @@ def read_config(path: str | Path | None = None, text: str | None = None,
     _check_required(ctx, grid, random, train, names_code(model, loss))
     search = _read_search(ctx, raw.get("search"), train)
     return Config(file, data, model, train, grid, random, base, search, loss, text,
-                  ctx.overrides, raw_copy)
+                  ctx.overrides, raw_copy, track)
+
+
+def _read_track(ctx: Ctx, t: dict[str, Any]) -> list[str]:
+    """[track]: ``tensorboard = "DIR"``, ``mlflow = "DIR"`` (or a tracking URI),
+    ``wandb = "DIR"`` as ``track=`` strings (``"KIND:DIR"``)."""
+    out = []
+    for kind, dest in t.items():
+        _need(ctx, f"track.{kind}", isinstance(dest, str) and bool(dest.strip()),
+              "use a folder (for mlflow also a tracking URI such as \"sqlite:///runs.db\")",
+              dest)
+        out.append(f"{kind}:{dest}")
+    return out
 
 
 def names_code(model: dict[str, Any], loss: dict[str, Any]) -> bool:

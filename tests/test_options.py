@@ -56,6 +56,7 @@ NOT_IN_FILES = {
     "penalty_mask": "a function",
     "progress": "the command line's --quiet",
     "standardize": "[data] standardize",
+    "track": "the [track] table",
 }
 
 
