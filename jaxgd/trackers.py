@@ -2,7 +2,15 @@
 
 :func:`export` writes a finished sweep (a :class:`~jaxgd.SweepResult`, a
 :class:`~jaxgd.FitResult` or a saved run folder) after the fact; the command line's
-``jaxgd export runs/x --to tensorboard DIR`` calls it. Each configuration is one run,
+``jaxgd export runs/x --to tensorboard DIR`` calls it. Live, ``fit(..., track=...)`` and
+``sweep(..., track=...)`` (a TOML ``[track]`` table, ``jaxgd sweep --track KIND:DIR``)
+write the same runs while the program trains: the :class:`Tracker` observer
+(:mod:`jaxgd.observers`) gets each block's history rows from the engine, opens a
+configuration's run at its first rows and writes every row once; when the run ends it
+writes the summaries (rows that no block reported, none unless they came from
+elsewhere, are written then), so the live runs equal the export of the saved result.
+Chunks and search states read back from a run folder (a resumed sweep) are written when
+read. Only process 0 of a multi-process run writes. Each configuration is one run,
 grouped under the sweep:
 
 - ``tensorboard``: ``DIR/<run name>/`` event files per configuration (tensorboardX; no
@@ -40,7 +48,7 @@ evaluation boundaries) uses::
     w.close()
 
 ``metrics`` names the summary figures to come (TensorBoard's HParams table shows those
-columns). The packages are optional (``pip install "jaxgd[track]"``): a missing one
+columns; when empty, the numbers of the summary given to ``close``). The packages are optional (``pip install "jaxgd[track]"``): a missing one
 raises ModuleNotFoundError naming it and its ``pip install`` command.
 """
 
