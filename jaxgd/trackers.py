@@ -48,7 +48,8 @@ evaluation boundaries) uses::
     w.close()
 
 ``metrics`` names the summary figures to come (TensorBoard's HParams table shows those
-columns; when empty, the numbers of the summary given to ``close``). The packages are optional (``pip install "jaxgd[track]"``): a missing one
+columns; when empty, the numbers of the summary given to ``close``). The packages are
+optional (``pip install "jaxgd[track]"``): a missing one
 raises ModuleNotFoundError naming it and its ``pip install`` command.
 """
 
