@@ -546,3 +546,39 @@ def test_missing_tracker_package_before_compiling(tmp_path):
     assert r.stdout.strip() == ("writing MLflow runs needs the Python package 'mlflow', which "
                                 "is not installed; install it with: pip install mlflow-skinny 0")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_resumed_search_tracks_the_rows_it_restored(tmp_path, monkeypatch):
+    """A halving search interrupted after its first rung and resumed with ``track=``
+    writes the restored rows first (in epoch order, as TensorBoard needs them), then the
+    rest: the runs equal the export of the finished folder."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(32, 2)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0], np.float32)
+    mod = jaxgd.population.Population
+    real_check = mod.checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def dying(pop, where):
+        real_check(pop, where)
+        raise Stop
+
+    kw = dict(grid={"learning_rate": [0.001, 0.01, 0.05, 0.1]}, batch_size=8, epochs=4,
+              search=jaxgd.search.Halving(eta=2, min_epochs=1), out=tmp_path / "run")
+    args = (lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2), {"w": jnp.zeros(2)}, (x, y))
+    monkeypatch.setattr(mod, "checkpoint", dying)
+    with pytest.raises(Stop):
+        jaxgd.sweep(*args, **kw)
+    monkeypatch.setattr(mod, "checkpoint", real_check)
+    sw = jaxgd.sweep(*args, **kw, track=f"tensorboard:{tmp_path / 'live'}")
+    jaxgd.trackers.export(tmp_path / "run", "tensorboard", tmp_path / "exp")
+    got = read_tensorboard(tmp_path / "live")
+    assert got == read_tensorboard(tmp_path / "exp")
+    for i in range(len(sw)):
+        (name,) = [n for n in got if n.startswith(f"config-{i:04d}_")]
+        epochs, vals = eval_series(sw, i, "loss")
+        assert epochs[0] == 0 and [s for s, _ in got[name]["series"]["loss"]] == epochs
+        np.testing.assert_array_equal(np.float32([v for _, v in got[name]["series"]["loss"]]),
+                                      vals.astype(np.float32))
