@@ -205,6 +205,11 @@ def test_space_spellings():
     (dict(n_trials=4, grid={"l2": [0.0, 0.1]}), TypeError, r"optuna_search sets grid="),
     (dict(n_trials=4, direction="up"), ValueError, r"direction='up' must be"),
     (dict(n_trials=4, study="s"), TypeError, r"study='s' must be an optuna.Study"),
+    (dict(n_trials=4, track="tensorboard:tb"), TypeError,
+     r"optuna_search does not take track= .*out=DIR, then jaxgd.trackers.export"),
+    (dict(n_trials=4, out=3), TypeError, r"out=3 must be a folder path"),
+    (dict(n_trials=4, out=Path(__file__).parent), ValueError,
+     r"out='.*tests' must be a new or empty folder"),
 ])
 def test_bad_input_before_anything_compiles(kwargs, error, match, compiles):
     args = dict(KW, space=SPACE)
@@ -259,3 +264,19 @@ def test_experiment_without_optuna_passes_with_a_note(tmp_path):
     assert "not installed (pip install optuna, or the optuna extra)" in r.stdout
     table = (tmp_path / "e18_optuna" / "optuna_sequential_vs_batched.csv").read_text()
     assert "not installed (pip install optuna" in table
+
+
+def test_out_saves_the_joined_result_as_a_run_folder(tmp_path):
+    """``out=`` writes the joined trials as a run folder: ``jaxgd.load`` gives back the
+    table (trial columns included) and the curves, which equal an optax loop's."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    res, _ = jaxgd.optuna_search(mse, P0, TRAIN, SPACE, n_trials=3, round_size=2,
+                                 study=study, out=tmp_path / "opt", **KW)
+    saved = jaxgd.load(tmp_path / "opt")
+    assert list(saved.table["trial"]) == [0, 1, 2]
+    assert list(saved.table["trial_state"]) == list(res.table["trial_state"])
+    np.testing.assert_array_equal(saved.table["trial_value"], res.table["trial_value"])
+    for i, t in enumerate(study.trials):
+        np.testing.assert_allclose(saved.history["val_loss"][i],
+                                   reference(t.params["learning_rate"], t.params["momentum"]),
+                                   rtol=2e-5)
