@@ -146,6 +146,17 @@ def _from_spec(dist, name: str, spec: Any):
     raise ValueError(bad)
 
 
+def sampler_named(name: str, seed: int | None = None):
+    """An Optuna sampler by name (a TOML ``[search] sampler``): ``"tpe"``, ``"random"``,
+    ``"cmaes"`` or ``"gp"``, seeded with ``seed``."""
+    samplers = _optuna().samplers
+    kinds = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler",
+             "gp": "GPSampler"}
+    if name not in kinds:
+        raise ValueError(f"sampler={name!r} must be one of {list(kinds)}")
+    return getattr(samplers, kinds[name])(seed=seed)
+
+
 def _new_study(optuna, sampler, direction: str | None):
     return optuna.create_study(sampler=sampler, direction=direction or "minimize")
 

@@ -280,3 +280,65 @@ def test_out_saves_the_joined_result_as_a_run_folder(tmp_path):
         np.testing.assert_allclose(saved.history["val_loss"][i],
                                    reference(t.params["learning_rate"], t.params["momentum"]),
                                    rtol=2e-5)
+
+
+OPTUNA_TOML = """\
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+val_fraction = 0.25
+[train]
+epochs = 3
+batch_size = "full"
+optimizer = "momentum"
+[sweep.random]
+n = 5
+learning_rate = ["loguniform", 1e-3, 0.5]
+momentum = ["uniform", 0.0, 0.9]
+[search]
+method = "optuna"
+sampler = "random"
+seed = 4
+round_size = 3
+"""
+
+
+def test_toml_method_optuna_runs_optuna_search(tmp_path):
+    """``[search] method = "optuna"`` runs optuna_search over [sweep.random]'s
+    distributions, its n trials, with the named sampler: the same trials and results as
+    optuna_search called with that sampler."""
+    from jaxgd.config import build, read_config
+
+    exp = build(read_config("opt.toml", text=OPTUNA_TOML))
+    got = exp.run(progress=False, out=str(tmp_path / "run"))
+    kw = {k: v for k, v in exp.sweep_kwargs.items() if k != "random"}
+    want, study = jaxgd.optuna_search(
+        exp.loss, exp.params, exp.data,
+        {"learning_rate": ("loguniform", 1e-3, 0.5), "momentum": ("uniform", 0.0, 0.9)},
+        n_trials=5, round_size=3, sampler=optuna.samplers.RandomSampler(seed=4),
+        objective="val_loss", progress=False, **kw)
+    assert len(got) == 5 and list(got.table["trial"]) == [0, 1, 2, 3, 4]
+    for c in ("learning_rate", "momentum", "final_val_loss", "trial_value"):
+        np.testing.assert_array_equal(got.table[c], want.table[c])
+    assert [t.params["learning_rate"] for t in study.trials] == list(got.table["learning_rate"])
+    assert jaxgd.load(tmp_path / "run").table["trial_state"].tolist() == ["COMPLETE"] * 5
+
+
+@pytest.mark.parametrize("edit, key, match", [
+    (lambda t: t.replace("[sweep.random]\nn = 5\n", "[sweep]\nseed = [0, 1]\n[sweep.random]\n"
+                         "n = 5\n"), "sweep.seed", "seed has several values"),
+    (lambda t: t.replace('sampler = "random"', 'sampler = "tpee"'), "search.sampler",
+     "did you mean 'tpe'"),
+    (lambda t: t.replace("round_size = 3", "round_size = 0"), "search.round_size",
+     "use a positive integer"),
+    (lambda t: t.replace("round_size = 3", "n_trial = 3"), "search.n_trial", "unknown"),
+    (lambda t: t.replace("n = 5\n", "n = 5\nrandom_seed = 2\n"), "sweep.random.random_seed",
+     "give its seed as \\[search\\] seed"),
+])
+def test_toml_method_optuna_errors_name_the_key(edit, key, match):
+    from jaxgd.config import ConfigError, read_config
+
+    with pytest.raises(ConfigError, match=match) as e:
+        read_config("opt.toml", text=edit(OPTUNA_TOML))
+    assert e.value.key == key and e.value.line is not None
