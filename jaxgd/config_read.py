@@ -268,6 +268,10 @@ def read_config(path: str | Path | None = None, text: str | None = None,
     _check_required(ctx, grid, random, train, names_code(model, loss))
     if isinstance(raw.get("search"), dict) and raw["search"].get("method") == "optuna":
         search: Any = _read_optuna(ctx, raw["search"], grid, random)
+        if track:
+            raise ctx.err("track", 'method = "optuna" runs its trials as separate sweeps: '
+                          "remove [track] and export the run folder afterwards (jaxgd "
+                          "export DIR --to ...)")
     else:
         search = _read_search(ctx, raw.get("search"), train)
     return Config(file, data, model, train, grid, random, base, search, loss, text,

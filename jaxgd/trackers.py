@@ -506,14 +506,15 @@ class Tracker(Observer):
         self.live: dict[int, _Live] = {}
         self.closed = False
 
-    def open(self, config: int, summary_names=()) -> _Live:
+    def open(self, config: int) -> _Live:
+        """The configuration's runs, opened (with its hyper-parameters) on first use."""
         if config not in self.live:
             name, hp = self.planned[config]
             runs = []
             for w in self.writers:
                 r = w.open_run(name)
                 runs.append(r)
-                r.log_hparams(hp, metrics=summary_names)
+                r.log_hparams(hp)
             self.live[config] = _Live(runs)
         return self.live[config]
 
@@ -539,8 +540,7 @@ class Tracker(Observer):
             c = int(c)
             if c not in self.live:  # never reported: open it as export would
                 self.planned.setdefault(c, (run["name"], run["hparams"]))
-                self.open(c, [SUMMARY + k for k, v in summary.items()
-                              if not isinstance(_scalar(v), str)])
+                self.open(c)
             live = self.live.pop(c)
             live.history(run["history"])
             for r in live.runs:

@@ -582,3 +582,18 @@ def test_a_resumed_search_tracks_the_rows_it_restored(tmp_path, monkeypatch):
         assert epochs[0] == 0 and [s for s, _ in got[name]["series"]["loss"]] == epochs
         np.testing.assert_array_equal(np.float32([v for _, v in got[name]["series"]["loss"]]),
                                       vals.astype(np.float32))
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    """In a multi-process run the other processes write nothing (process 0 writes)."""
+    import jax
+
+    x = np.arange(8, dtype=np.float32)[:, None]
+    args = (lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2), jnp.zeros(1), (x, 2 * x[:, 0]))
+    kw = dict(optimizer=optax.sgd, hparams={"learning_rate": 0.01}, epochs=2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    jaxgd.fit(*args, **kw, track=f"tensorboard:{tmp_path / 'p1'}")
+    assert not (tmp_path / "p1").exists()
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    jaxgd.fit(*args, **kw, track=f"tensorboard:{tmp_path / 'p0'}")
+    assert [p.name for p in (tmp_path / "p0").iterdir()] == ["fit"]
