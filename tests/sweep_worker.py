@@ -2,7 +2,7 @@
 
     python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
         --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
-        [--progress all|lead] [--model-state]
+        [--progress all|lead] [--model-state] [--track KIND:DIR]
 
 JAX options that must come before any JAX operation (forced host devices, the
 distributed runtime) are set here, first thing. With ``--report`` a JSON summary
@@ -112,6 +112,7 @@ def main(argv=None):
                     help="history blocks of this many evaluations (several program calls)")
     ap.add_argument("--search", choices=("halving", "pbt"), default=None,
                     help="an adaptive search (search_of)")
+    ap.add_argument("--track", default=None, help="track= of the sweep (every process)")
     a = ap.parse_args(argv)
 
     import jax
@@ -161,6 +162,8 @@ def main(argv=None):
     lrs = [float(v) for v in a.lrs.split(",")] if a.lrs else LRS
     progress = a.progress == "all" or (a.progress == "lead" and jax.process_index() == 0)
     extra = {"search": search_of(a.search)} if a.search else {}
+    if a.track:
+        extra["track"] = a.track
     sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
                    lrs=lrs, progress=progress, model_state=a.model_state, **extra)
     mesh = sweep_mod.default_mesh()
