@@ -154,14 +154,23 @@ class _TensorBoardWriter:
         self.group = group
 
     def open_run(self, name):
-        path = self.dest / name
-        if path.exists() and any(path.iterdir()):
-            raise ValueError(f"dir={str(self.dest)!r} already holds a run {name!r}: choose "
-                             "another folder")
-        return _TensorBoardRun(path)
+        self.refuse_existing([name])
+        return _TensorBoardRun(self.dest / name)
+
+    def refuse_existing(self, names) -> None:
+        _refuse_existing(self.dest, names)
 
     def close(self):
         pass
+
+
+def _refuse_existing(dest: Path, names) -> None:
+    """Refuse runs that a TensorBoard folder already holds."""
+    for name in names:
+        path = Path(dest) / name
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"dir={str(dest)!r} already holds a run {name!r}: choose "
+                             "another folder")
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -590,6 +599,10 @@ def tracking(track: Any, group: str, runs: dict[int, tuple[str, dict[str, Any]]]
     if not targets or jax.process_index() != 0:
         yield []
         return
+    names = [name for name, _ in runs.values()]
+    for t in targets:  # a run a folder already holds: refused before anything opens
+        if isinstance(t, tuple) and t[0] == "tensorboard":
+            _refuse_existing(Path(t[1]), names)
     writers: list[Writer] = []
     try:
         for t in targets:

@@ -475,6 +475,15 @@ def test_a_resumed_sweep_tracks_the_chunks_it_reads_back(live, tmp_path):
     assert read_tensorboard(tmp_path / "tb") == read_tensorboard(root / "live_tensorboard")
 
 
+def test_a_folder_holding_the_runs_is_refused_before_anything_runs(live, monkeypatch):
+    _, root, args, kw = live
+    monkeypatch.setattr(jaxgd.engine, "program_for", lambda *a, **k: 1 / 0)
+    with pytest.raises(ValueError, match="already holds a run 'config-0000_"):
+        jaxgd.sweep(*args, **{**kw, "out": None},
+                    track=[f"wandb:{root / 'never'}", f"tensorboard:{root / 'live_tensorboard'}"])
+    assert not (root / "never").exists()
+
+
 def test_an_adaptive_search_tracks_every_configuration(tmp_path):
     """A halving search writes each rung's rows live; its runs equal the export of its
     result (pruned configurations included) and its history."""
