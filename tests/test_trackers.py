@@ -484,17 +484,24 @@ def test_a_folder_holding_the_runs_is_refused_before_anything_runs(live, monkeyp
     assert not (root / "never").exists()
 
 
-def test_an_adaptive_search_tracks_every_configuration(tmp_path):
-    """A halving search writes each rung's rows live; its runs equal the export of its
+SEARCHES = {"halving": lambda: jaxgd.search.Halving(eta=2, min_epochs=1),
+            "pbt": lambda: jaxgd.search.PBT(interval=1, quantile=0.25, seed=1),
+            "median": lambda: jaxgd.search.Median(warmup=1, interval=1)}
+
+
+@pytest.mark.parametrize("method", list(SEARCHES))
+def test_an_adaptive_search_tracks_every_configuration(method, tmp_path):
+    """An adaptive search writes each call's rows live; its runs equal the export of its
     result (pruned configurations included) and its history."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(32, 2)).astype(np.float32)
     y = x @ np.array([1.0, -2.0], np.float32)
     sw = jaxgd.sweep(lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2), {"w": jnp.zeros(2)},
                      (x, y), grid={"learning_rate": [0.001, 0.01, 0.05, 0.1]}, batch_size=8,
-                     epochs=4, search=jaxgd.search.Halving(eta=2, min_epochs=1),
+                     epochs=4, search=SEARCHES[method](),
                      track=f"tensorboard:{tmp_path / 'live'}")
-    assert (sw.table["stop_reason"] == "pruned").sum() == 3
+    if method == "halving":
+        assert (sw.table["stop_reason"] == "pruned").sum() == 3
     jaxgd.trackers.export(sw, "tensorboard", tmp_path / "exp")
     got = read_tensorboard(tmp_path / "live")
     assert got == read_tensorboard(tmp_path / "exp")
