@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="set a key of the config (repeatable), VALUE a TOML value: "
                         "--set train.epochs=20 --set 'sweep.learning_rate=[1e-3, 1e-2]'")
     s.add_argument("--out", help="output folder (default: runs/<config stem>)")
+    s.add_argument("--track", action="append", default=[], type=_track_arg,
+                   metavar="KIND:DIR",
+                   help="also write every configuration live to a tracker (repeatable): "
+                        "tensorboard:DIR, mlflow:DIR (or mlflow:sqlite:///runs.db), "
+                        "wandb:DIR (offline runs); replaces the config's [track] entry "
+                        "of the same KIND")
     s.add_argument("--chunk-size", type=_positive_int, metavar="N",
                    help="most configurations per compiled call")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -109,6 +115,17 @@ def _parser() -> argparse.ArgumentParser:
                                        "--quick.")
         d.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of experiments.{name}")
     return p
+
+
+def _track_arg(text: str) -> str:
+    """A ``--track`` value, checked as ``track=`` is (argparse reports the message)."""
+    from .options import track_targets
+
+    try:
+        track_targets("--track", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _export_parser(sub) -> None:
@@ -318,6 +335,9 @@ def _cmd_sweep(args) -> int:
     if args.chunk_size:
         kw["chunk_size"] = args.chunk_size
     # every process asks for the same program (progress included); process 0 draws
+    if args.track:
+        kinds = {t.split(":", 1)[0] for t in args.track}
+        kw["track"] = [t for t in cfg.track if t.split(":", 1)[0] not in kinds] + args.track
     sw = exp.run(out=str(out), progress=not args.quiet, **kw)
     elapsed = time.perf_counter() - t0
     if lead:

@@ -20,8 +20,10 @@ A configuration has four tables (every key is documented with examples in
     n = 32
     l2 = ["loguniform", 1e-5, 1e-1]
     [search]                      # optional: adaptive search (jaxgd.search)
-    method = "halving"            # "halving", "hyperband", "pbt" or "median"
+    method = "halving"            # "halving", "hyperband", "pbt", "median" or "optuna"
     eta = 3
+    [track]                       # optional: write live to trackers (jaxgd.trackers)
+    tensorboard = "runs/tb"       # also mlflow = "mlruns" (or a URI), wandb = "runs/wb"
 
 ``[data]``, ``[model]`` and a ``[loss]`` table may instead name a Python function
 (``callable = "package.module:function"`` or ``"./file.py:function"``, its keyword
@@ -54,6 +56,7 @@ from .config_read import (
     Config,
     ConfigError,
     Ctx,
+    OptunaPlan,
     check_names,
     key_lines,
     model_registry,
@@ -101,8 +104,10 @@ class Experiment:
         from .sweep import sweep
 
         try:
-            return sweep(self.loss, self.params, self.data,
-                         **{**self.sweep_kwargs, **overrides})
+            kw = {**self.sweep_kwargs, **overrides}
+            if isinstance(self.config.search, OptunaPlan):
+                return _run_optuna(self, kw)
+            return sweep(self.loss, self.params, self.data, **kw)
         except (ValueError, TypeError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -556,6 +561,22 @@ def _check_loss(cfg: Config, task, out_dim, y, err):
     return loss_name, y
 
 
+def _run_optuna(exp: Experiment, kw: dict[str, Any]):
+    """``[search] method = "optuna"``: :func:`jaxgd.optuna_search` over the distributions of
+    ``[sweep.random]``, its ``n`` trials; returns the joined :class:`jaxgd.SweepResult`."""
+    from .optuna_search import optuna_search, sampler_named
+
+    plan = exp.config.search
+    space = dict(kw.pop("random"))
+    n_trials = space.pop("n")
+    has_val = kw.get("val_data") is not None or kw.get("folds") is not None
+    objective = plan.objective or ("val_loss" if has_val else "loss")
+    return optuna_search(exp.loss, exp.params, exp.data, space, n_trials=n_trials,
+                         round_size=plan.round_size, objective=objective, reduce=plan.reduce,
+                         sampler=sampler_named(plan.sampler, plan.seed),
+                         direction=plan.direction, **kw).result
+
+
 def _sweep_kwargs(cfg: Config, in_program, val_data) -> tuple[dict[str, Any], Any]:
     """(the keywords of jaxgd.sweep from [train] and [sweep], the init seed)."""
     t = dict(cfg.train)
@@ -572,8 +593,10 @@ def _sweep_kwargs(cfg: Config, in_program, val_data) -> tuple[dict[str, Any], An
         kw["random"] = dict(cfg.random)
     if val_data is not None:
         kw["val_data"] = val_data
-    if cfg.search is not None:
+    if cfg.search is not None and not isinstance(cfg.search, OptunaPlan):
         kw["search"] = cfg.search
+    if cfg.track:
+        kw["track"] = list(cfg.track)
     return kw, init_seed
 
 

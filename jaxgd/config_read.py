@@ -11,7 +11,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,7 +49,7 @@ CODE_KEYS = ("callable", "kwargs")
 TRAIN_KEYS = (*(o.name for o in options.file_options()), "init_seed")
 # [model]: the name, the loss, and the arguments of the registered models (models.REGISTRY)
 SECTIONS = {"data": DATA_KEYS, "model": ("name", "loss"), "loss": CODE_KEYS,
-            "train": TRAIN_KEYS, "sweep": (), "search": ()}
+            "train": TRAIN_KEYS, "sweep": (), "search": (), "track": options.TRACKERS}
 # [train] entries that become sweep axes when given a list
 TRAIN_AXES = options.file_axes()
 TASKS = ("regression", "binary", "multiclass")
@@ -135,6 +135,8 @@ class Config:
     text: str = ""  # the TOML text read
     overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> "KEY=VALUE"
     raw: dict[str, Any] = field(default_factory=dict)  # the tables as read, overrides set
+    # [track]: "KIND:DIR" per tracker written live (jaxgd.sweep's track=)
+    track: list[str] = field(default_factory=list)
 
     @property
     def stem(self) -> str:
@@ -245,6 +247,7 @@ def read_config(path: str | Path | None = None, text: str | None = None,
     model = _read_model(ctx, dict(raw.get("model", {})), base)
     loss = _read_loss(ctx, dict(raw.get("loss", {})), model, base)
     train = _read_train(ctx, dict(raw.get("train", {})))
+    track = _read_track(ctx, raw.get("track", {}))
     sweep_grid, random = _read_sweep(ctx, dict(raw.get("sweep", {})), train, model)
     # list-valued [train] entries become axes (before the [sweep] axes: outermost)
     grid: dict[str, list[Any]] = {}
@@ -263,9 +266,28 @@ def read_config(path: str | Path | None = None, text: str | None = None,
     if not names_code(model, loss):  # else checked by build, with the named functions
         check_names(ctx, grid, random, train, model_shape_axes(model))
     _check_required(ctx, grid, random, train, names_code(model, loss))
-    search = _read_search(ctx, raw.get("search"), train)
+    if isinstance(raw.get("search"), dict) and raw["search"].get("method") == "optuna":
+        search: Any = _read_optuna(ctx, raw["search"], grid, random)
+        if track:
+            raise ctx.err("track", 'method = "optuna" runs its trials as separate sweeps: '
+                          "remove [track] and export the run folder afterwards (jaxgd "
+                          "export DIR --to ...)")
+    else:
+        search = _read_search(ctx, raw.get("search"), train)
     return Config(file, data, model, train, grid, random, base, search, loss, text,
-                  ctx.overrides, raw_copy)
+                  ctx.overrides, raw_copy, track)
+
+
+def _read_track(ctx: Ctx, t: dict[str, Any]) -> list[str]:
+    """[track]: ``tensorboard = "DIR"``, ``mlflow = "DIR"`` (or a tracking URI),
+    ``wandb = "DIR"`` as ``track=`` strings (``"KIND:DIR"``)."""
+    out = []
+    for kind, dest in t.items():
+        _need(ctx, f"track.{kind}", isinstance(dest, str) and bool(dest.strip()),
+              "use a folder (for mlflow also a tracking URI such as \"sqlite:///runs.db\")",
+              dest)
+        out.append(f"{kind}:{dest}")
+    return out
 
 
 def names_code(model: dict[str, Any], loss: dict[str, Any]) -> bool:
@@ -337,6 +359,52 @@ def _apply_overrides(file: str, raw: dict[str, Any], overrides) -> dict[str, str
         done = {k: v for k, v in done.items() if not k.startswith(key + ".")}
         done[key] = shown
     return done
+
+
+class OptunaPlan(NamedTuple):
+    """``[search] method = "optuna"``: :func:`jaxgd.optuna_search` over the distributions of
+    ``[sweep.random]`` (its ``n`` trials), checked without importing Optuna."""
+
+    sampler: str = "tpe"  # a name of OPTUNA_SAMPLERS
+    seed: int = 0  # the sampler's seed
+    round_size: int = 16
+    objective: str | None = None  # None: "val_loss" with validation data, else "loss"
+    reduce: str = "last"
+    direction: str = "minimize"
+
+
+OPTUNA_SAMPLERS = ("tpe", "random", "cmaes", "gp")
+
+
+def _read_optuna(ctx: Ctx, s: dict[str, Any], grid, random) -> OptunaPlan:
+    """[search] method = "optuna" checked, with the sweep it searches: the trials' values
+    come from [sweep.random] only."""
+    for k in s:
+        if k != "method" and k not in OptunaPlan._fields:
+            raise ctx.unknown("search", k, ("method", *OptunaPlan._fields))
+    if random is None:
+        raise ctx.err("search.method", 'method = "optuna" draws its trials from '
+                      "[sweep.random] (n = the number of trials, and a distribution per "
+                      "hyper-parameter): add that table")
+    if grid:
+        k = next(iter(grid))
+        key = f"sweep.{k}" if ctx.line(f"sweep.{k}") else f"train.{k}"
+        raise ctx.err(key, f'{k} has several values, but method = "optuna" draws every '
+                      f'value from [sweep.random]: write {k} = ["choice", [...]] there')
+    if "random_seed" in random:
+        raise ctx.err("sweep.random.random_seed", 'with method = "optuna" the sampler draws '
+                      "the values: give its seed as [search] seed")
+    plan = OptunaPlan(**{k: v for k, v in s.items() if k != "method"})
+    _choice(ctx, "search.sampler", plan.sampler, OPTUNA_SAMPLERS)
+    _need(ctx, "search.seed", is_int(plan.seed) and plan.seed >= 0, "use an integer >= 0",
+          plan.seed)
+    _need(ctx, "search.round_size", is_int(plan.round_size) and plan.round_size > 0,
+          "use a positive integer", plan.round_size)
+    _need(ctx, "search.objective", plan.objective is None or isinstance(plan.objective, str),
+          'use a history column name such as "val_loss"', plan.objective)
+    _choice(ctx, "search.reduce", plan.reduce, ("last", "best"))
+    _choice(ctx, "search.direction", plan.direction, ("minimize", "maximize"))
+    return plan
 
 
 def _read_search(ctx: Ctx, s: dict[str, Any] | None, train: dict[str, Any]):

@@ -32,10 +32,10 @@ from .checkpoint import Checkpointer
 from .groups import Group
 from .history import PACKED, HistoryLayout, per_step
 from .loop import layout, state_axes, state_layout
-from .observers import Call, Observer
+from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, tc_array
 from .program import Program, program_for
-from .spec import ProgramSpec, Traced, evals_of, float_dtype
+from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
 
 def default_mesh() -> jax.sharding.Mesh | None:
@@ -511,6 +511,9 @@ class Engine:
         self.ndev = config_devices(mesh)  # configurations are padded to a multiple
         self.observers = list(observers)
         self.clock = CompileClock()
+        # the block's rows are unpacked for observers only when one reads them
+        self.rows_wanted = any(type(o).block_rows is not Observer.block_rows
+                               for o in self.observers)
 
     def notify(self, event: str, *args) -> None:
         for o in self.observers:
@@ -552,6 +555,8 @@ class Engine:
         keep = None if save is None else (
             lambda a, st, h: save(a, jax.tree.map(to_host, state_axes(st, keys, traced)), h))
         self.notify("call_start", call)
+        if resume is not None:  # the rows of the checkpoint, as one block
+            self.block_done(prep, layout, call, start, resume.at, dict(resume.hist))
         try:
             t0, c0 = time.perf_counter(), self.clock.seconds
             st = (prog.init(params0, data, val, traced, keys, tidx, vidx, state0)
@@ -559,13 +564,22 @@ class Engine:
             st, out, hist = run_blocks(
                 prog, spec, st, at, end, (data, val, traced, keys, tidx, vidx),
                 to_host=to_host, put_scalar=put_scalar, pad=pad,
-                on_block=lambda a: self.notify("block_end", call, a),
+                on_block=lambda first, at, part: self.block_done(prep, layout, call, first,
+                                                                 at, part),
                 checkpoint=self.checkpoint if keep is not None else None, save=keep,
                 origin=start, prefix=None if resume is None else resume.hist)
         finally:
             self.notify("call_end", call)
         comp = self.clock.note(spec, c0)
         return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
+
+    def block_done(self, prep: Prepared, layout: HistoryLayout, call: Call, first: int,
+                   at: int, part: dict[str, np.ndarray]) -> None:
+        """Tell the observers of a finished block: its rows (``block_rows``, when an
+        observer reads them and the call's configurations are known), then ``block_end``."""
+        if self.rows_wanted and call.configs is not None:
+            self.notify("block_rows", call, block_of(prep, layout, call.configs, first, part))
+        self.notify("block_end", call, at)
 
     def run_chunk(self, p: ChunkPlan, ci: int, call: Call, store=None) -> dict[str, Any]:
         """Run chunk ``ci`` of a plan; returns the program's outputs (host arrays) per
@@ -575,6 +589,7 @@ class Engine:
         g, S, width = p.group, len(p.streams), p.width
         spec = g.prepared.spec
         ch = chunk_inputs(g, p.streams, p.per_stream, ci, width, self.fold_split)
+        call = call._replace(configs=slot_configs(g, ch))
         tag, configs = f"{p.tag}_c{ci:05d}", chunk_configs(p, ci)
         out = self.advance(g.prepared, ch, 0, evals_of(spec)[1], call,
                            resume=self.resume_of(store, tag, g.prepared, ch, configs),
@@ -632,8 +647,7 @@ class Engine:
                             store.save_chunk(tag, cached)
                             store.drop_checkpoints(tag)
                     else:
-                        self.notify("call_start", call._replace(cached=True))
-                        self.notify("call_end", call._replace(cached=True))
+                        self.read_back(call._replace(cached=True), cached)
                     results.append(cached)
         return results
 
@@ -643,6 +657,15 @@ class Engine:
         if store is None or self.checkpoint is None:
             return contextlib.nullcontext()
         return self.checkpoint.catching()
+    def read_back(self, call: Call, record: dict[str, Any]) -> None:
+        """Tell the observers of a chunk read back from the run folder: its call, and
+        its history rows as one block (when an observer reads them)."""
+        self.notify("call_start", call)
+        if self.rows_wanted:
+            configs = np.asarray(record["config"], np.int64)
+            self.notify("block_rows", call._replace(configs=configs[None]),
+                        Block(0, configs, dict(record["history"])))
+        self.notify("call_end", call)
 
     @staticmethod
     def load_chunk(store, p: ChunkPlan, ci: int, tag: str) -> dict[str, Any] | None:
@@ -658,19 +681,40 @@ class Engine:
         return agree_cached(cached)
 
 
+def slot_configs(g: Group, ch: ChunkInputs, rows: Sequence[int] | None = None) -> np.ndarray:
+    """[streams, width] the sweep's configuration index of each slot of a call (-1 for
+    padding); ``ch.grid_rows`` index ``g.rows`` (or ``g.rows[rows[...]]`` when given)."""
+    pick = (lambda r: g.rows[r].config) if rows is None else (lambda r: g.rows[rows[r]].config)
+    cfg = np.vectorize(pick, otypes=[np.int64])(ch.grid_rows)
+    return np.where(ch.valid, cfg, -1)
+
+
+def block_of(prep: Prepared, layout: HistoryLayout, configs: np.ndarray, first: int,
+             part: dict[str, np.ndarray]) -> Block:
+    """A block's packed host history as a :class:`Block`: columns by name (as the
+    results unpack them), the padding slots left out."""
+    hist = layout.unpack(dict(part), metric_dtype(prep.params))
+    flat = np.asarray(configs).reshape(-1)
+    sel = np.nonzero(flat >= 0)[0]
+    n = flat.size
+    return Block(first, flat[sel],
+                 {k: v.reshape((n,) + v.shape[2:])[sel] for k, v in hist.items()})
+
+
 def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args, *,
                to_host: Callable[[Any], Any] = np.asarray,
                put_scalar: Callable[[Any], Any] = lambda v: v, pad: bool = False,
-               on_block: Callable[[int], None] = lambda at: None,
+               on_block: Callable[[int, int, dict], None] = lambda first, at, part: None,
                checkpoint: Checkpointer | None = None,
                save: Callable[[int, Any, dict[str, np.ndarray]], None] | None = None,
                origin: int | None = None, prefix: dict[str, np.ndarray] | None = None):
     """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
     layout), stopping early when no configuration is active; ``args = (data, val, traced,
-    keys, tidx, vidx)``; ``on_block(at)`` is called on the host after each block (``at``:
-    the evaluation the next block would start from). Returns (state, host outputs, packed
-    host history of the evaluations run: ``end - start`` rows with ``pad``, NaN for those
-    not run).
+    keys, tidx, vidx)``; ``on_block(first, at, part)`` is called on the host after each
+    block (``first``: the evaluation of its first row; ``at``: the evaluation the next
+    block starts from, at most ``end``; ``part``: its packed history rows, host arrays).
+    Returns (state, host outputs, packed host history of the evaluations run: ``end -
+    start`` rows with ``pad``, NaN for those not run).
 
     With a ``checkpoint`` (:class:`jaxgd.checkpoint.Checkpointer`), blocks end where it
     says and ``save(at, state, history since origin)`` is called where it is due. A call
@@ -693,8 +737,8 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
                                          put_scalar(np.int32(stop)), *args)
         ran = min(at + prog.rows, stop) - at
         parts.append(cut_rows(jax.tree.map(to_host, hist), ran, K))
-        at += ran
-        on_block(at)
+        first, at = at, at + ran
+        on_block(first, at, parts[-1])
         more = replicated_bool(more)
         if checkpoint is not None and more and at < end:
             if agree_any(checkpoint.due(at, ran)):

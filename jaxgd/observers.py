@@ -8,14 +8,17 @@ two blocks the host holds the state. An :class:`Observer` is told of every bound
   plain sweep will make, chunks read back from a run folder included; None when not known
   in advance, as in a search);
 * ``call_start(call)`` before a program call (or a chunk read back: ``call.cached``);
+* ``block_rows(call, block)`` after each block of a call whose configurations are known
+  (``call.configs``), before ``block_end``: the :class:`Block` of history rows the block
+  recorded, on the host (only computed when an observer overrides this method);
 * ``block_end(call, evals_done)`` after each block of a call: ``evals_done`` evaluations
   (``eval_every`` epochs each) of the call's configurations have run;
 * ``call_end(call)`` after the call (also when it raised);
 * ``run_end()`` once at the end (also on an error).
 
 Every method does nothing by default: an observer overrides what it needs. The progress
-bars (:class:`ProgressBar`) are the first observer; trackers, checkpoints and host-fed data
-hook in at the same boundaries.
+bars (:class:`ProgressBar`) are the first observer; the live trackers
+(:class:`jaxgd.trackers.Tracker`) write each block's rows.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import jax
 
 from . import program
 
-__all__ = ["Call", "Observer", "ProgressBar"]
+__all__ = ["Block", "Call", "Observer", "ProgressBar"]
 
 
 class Call(NamedTuple):
@@ -40,6 +43,18 @@ class Call(NamedTuple):
     end: int  # the evaluation it stops before (at most the run's evaluations)
     desc: str = "epochs"
     cached: bool = False  # True: a chunk read back from the run folder (no program ran)
+    # [streams, width] the sweep's configuration index of each slot (-1: padding), or None
+    configs: Any = None
+
+
+class Block(NamedTuple):
+    """The history rows one block of a program call recorded, as host arrays."""
+
+    first: int  # the evaluation of the block's first row
+    configs: Any  # [n] the configuration index of each real slot (padding left out)
+    # name -> [n, rows, ...] (``step_loss``: [n, rows x epochs per evaluation, steps]);
+    # rows not run are NaN (their ``epoch`` too)
+    history: dict[str, Any]
 
 
 class Observer:
@@ -51,6 +66,9 @@ class Observer:
 
     def call_start(self, call: Call) -> None:
         """Before a program call (or a chunk read back from the run folder)."""
+
+    def block_rows(self, call: Call, block: Block) -> None:
+        """After a block of ``call``: the history rows it recorded (see :class:`Block`)."""
 
     def block_end(self, call: Call, evals_done: int) -> None:
         """After a block of ``call``: evaluations up to ``evals_done`` have run."""

@@ -35,6 +35,7 @@ __all__ = ["OPTIONS", "Option", "Options", "collect", "document", "file_options"
 SHUFFLES = ("none", "feistel", "uniform")
 GIVEN = "given"  # shuffle= an array of sample orders (checked against the data in prepare)
 METRICS = ("full", "batch", "full_grad")
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # the trackers of jaxgd.trackers
 FIT, SWEEP, BOTH = "fit", "sweep", "both"
 
 
@@ -86,6 +87,36 @@ def _out(name: str, v: Any) -> Any:
     if v is not None and (isinstance(v, bool) or not isinstance(v, str | os.PathLike)):
         raise TypeError(f"{name}={v!r} must be a folder path (str or pathlib.Path)")
     return v
+
+
+def track_targets(name: str, v: Any) -> list[Any]:
+    """``track=`` as a list of ``(kind, destination)`` pairs and writer objects (checked
+    only: no tracker package is imported). ``v``: None, ``"KIND:DEST"`` (KIND one of
+    :data:`TRACKERS`; DEST a folder, for MLflow also a tracking URI such as
+    ``sqlite:///runs.db``), an object with ``open_run`` and ``close`` methods (a
+    :class:`jaxgd.trackers.Writer`), or a list of those."""
+    if v is None:
+        return []
+    items = list(v) if isinstance(v, list | tuple) else [v]
+    if not items:
+        raise ValueError(f"{name}={v!r} must name at least one tracker (or be None)")
+    out: list[Any] = []
+    for it in items:
+        if isinstance(it, str):
+            kind, sep, dest = it.partition(":")
+            if not sep or kind not in TRACKERS or not dest.strip():
+                raise ValueError(
+                    f"{name}={it!r} must be \"KIND:DIR\" with KIND one of {list(TRACKERS)} "
+                    "(e.g. \"tensorboard:runs/tb\"), a tracker writer object, or a list of "
+                    "them")
+            out.append((kind, dest))
+        elif callable(getattr(it, "open_run", None)) and callable(getattr(it, "close", None)):
+            out.append(it)
+        else:
+            raise TypeError(f"{name}={it!r} must be a \"KIND:DIR\" string (KIND one of "
+                            f"{list(TRACKERS)}), a tracker writer object (open_run, close) "
+                            "or a list of them")
+    return out
 
 
 def _folds(name: str, v: Any) -> int | None:
@@ -334,6 +365,21 @@ _TRAIN: tuple[Option, ...] = (
            "split over it) and optionally one named ``\"data\"`` (each batch's samples "
            "split over it); by default all devices of all processes on ``\"config\"`` "
            "when there are several.", scope=SWEEP, fingerprint=""),
+    Option("track", None, "str | Writer | list | None",
+           "write the run live to experiment trackers, at every block boundary of the "
+           "program: ``\"tensorboard:DIR\"``, ``\"mlflow:DIR\"`` (a folder, MLflow's file "
+           "store, or a tracking URI: ``\"mlflow:sqlite:///runs.db\"``), "
+           "``\"wandb:DIR\"`` (offline runs), a writer of :func:`jaxgd.trackers.writer` "
+           "(closed when the run ends), or a list of them. One tracker run per "
+           "configuration (a ``fit`` is one run named ``fit``), grouped under the run "
+           "folder's name (``out=``; else ``jaxgd-sweep`` / ``jaxgd-fit``): its "
+           "hyper-parameters, every history column as a series over epochs (``step_loss`` "
+           "over steps) and, when the run ends, the table's figures and stop reason; "
+           "exactly what ``jaxgd.trackers.export`` writes from the saved run (see "
+           ":mod:`jaxgd.trackers`). Rows read back from a run folder (a resumed run) are "
+           "written when read. Each configuration's tracker run stays open until the run "
+           "ends. Only process 0 writes. A missing tracker package raises before anything "
+           "runs.", check=track_targets, fingerprint=""),
     Option("progress", False, "bool",
            "show a progress bar over epochs (a host callback per evaluation; a sweep also "
            "shows one over chunks, with the number of configurations still active). With "
@@ -401,6 +447,7 @@ class Options:
     standardize: bool | int | tuple[int, ...] | None = None
     penalty_mask: Callable[[Any], Any] | None = None
     progress: bool = False
+    track: Any = None
     grid: Mapping[str, Any] | None = None
     random: Mapping[str, Any] | None = None
     configs: Sequence[Mapping[str, Any]] | None = None

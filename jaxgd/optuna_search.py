@@ -35,9 +35,11 @@ asked, and every trial trains its full ``epochs`` (jaxgd's own stop conditions,
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -54,7 +56,7 @@ __all__ = ["OptunaResult", "optuna_search", "distributions"]
 KINDS = ("uniform", "loguniform", "randint", "choice")
 REDUCE = ("last", "best")
 # keywords of jaxgd.sweep that optuna_search sets itself (or cannot honour per round)
-NOT_PASSED = ("grid", "random", "configs", "search", "only", "out", "progress")
+NOT_PASSED = ("grid", "random", "configs", "search", "only", "progress")
 # history columns of every sweep (``objective``, the loss + penalty, of one with a penalty)
 STANDARD = tuple(c for c in SCALARS if c not in (EPOCH, VAL_LOSS))
 
@@ -145,6 +147,17 @@ def _from_spec(dist, name: str, spec: Any):
     raise ValueError(bad)
 
 
+def sampler_named(name: str, seed: int | None = None):
+    """An Optuna sampler by name (a TOML ``[search] sampler``): ``"tpe"``, ``"random"``,
+    ``"cmaes"`` or ``"gp"``, seeded with ``seed``."""
+    samplers = _optuna().samplers
+    kinds = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler",
+             "gp": "GPSampler"}
+    if name not in kinds:
+        raise ValueError(f"sampler={name!r} must be one of {list(kinds)}")
+    return getattr(samplers, kinds[name])(seed=seed)
+
+
 def _new_study(optuna, sampler, direction: str | None):
     return optuna.create_study(sampler=sampler, direction=direction or "minimize")
 
@@ -223,6 +236,10 @@ def check_objective(objective: Any, loss, params, data, kw: Mapping[str, Any]) -
 
 
 def _check_kwargs(kw: Mapping[str, Any], reduce: Any) -> None:
+    if "track" in kw:
+        raise TypeError("optuna_search does not take track= (its rounds are separate "
+                        "sweeps): write its result with out=DIR, then jaxgd.trackers.export"
+                        "(DIR, ...) or `jaxgd export DIR --to ...`")
     bad = sorted(set(kw) & set(NOT_PASSED))
     if bad:
         raise TypeError(f"optuna_search sets {bad[0]}= itself (each round is one sweep of "
@@ -245,6 +262,7 @@ def optuna_search(
     sampler: Any = None,
     direction: str | None = None,
     progress: bool = True,
+    out: str | os.PathLike | None = None,
     **sweep_kwargs: Any,
 ) -> OptunaResult:
     """Search with Optuna's proposals, each round of trials trained as one jaxgd sweep.
@@ -277,10 +295,13 @@ def optuna_search(
       direction: ``"minimize"`` (default) or ``"maximize"``, for a new study; checked
         against a given study's.
       progress: print one line per round (to stderr): trials, seconds, best value so far.
+      out: a new or empty folder: the joined result is saved there when the search ends
+        (a run folder: ``jaxgd.load``, ``jaxgd show``/``plot``/``export`` read it). The
+        search itself is not resumed from it; a study with a storage keeps its trials.
       **sweep_kwargs: any other keyword of :func:`jaxgd.sweep` (``epochs``, ``val_data``,
         ``optimizer``, ``batch_size``, ``seed``, ``hparams``, stop conditions, ...), the
         same for every round; not ``grid``, ``random``, ``configs``, ``search``, ``only``,
-        ``out`` or ``progress``.
+        ``progress`` or ``track`` (export the saved result instead).
 
     Returns:
       :class:`OptunaResult` ``(result, study)``.
@@ -288,6 +309,7 @@ def optuna_search(
     optuna = _optuna()
     _check_counts(n_trials, round_size)
     _check_kwargs(sweep_kwargs, reduce)
+    _check_out(out)
     dists = distributions(space)
     if direction not in (None, "minimize", "maximize"):
         raise ValueError(f"direction={direction!r} must be 'minimize' or 'maximize'")
@@ -310,7 +332,22 @@ def optuna_search(
         if progress:
             print(_round_line(optuna, study, r, n_rounds, done, time.perf_counter() - t0),
                   file=sys.stderr, flush=True)
-    return OptunaResult(SweepResult.concat(parts), study)
+    res = SweepResult.concat(parts)
+    if out is not None:
+        res.save(out)
+    return OptunaResult(res, study)
+
+
+def _check_out(out: Any) -> None:
+    """``out`` is None or a path to a new or empty folder (refused before anything runs)."""
+    if out is None:
+        return
+    if isinstance(out, bool) or not isinstance(out, str | os.PathLike):
+        raise TypeError(f"out={out!r} must be a folder path (str or pathlib.Path)")
+    p = Path(out)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise ValueError(f"out={str(out)!r} must be a new or empty folder (it holds "
+                         "files): choose another")
 
 
 def _run_round(loss, params, data, trials, width: int, objective: str,

@@ -35,10 +35,12 @@ from .engine import (
     Engine,
     agree_cached,
     agree_floats,
+    block_of,
     chunk_inputs,
     chunk_record,
     device_state,
     plan_chunks,
+    slot_configs,
     state_shapes,
 )
 from .groups import Group
@@ -195,7 +197,8 @@ class Population:
         states, outputs and history kept on the host, the speed measured."""
         g = self.groups[gi]
         S, width = ch.grid_rows.shape
-        call = Call(g.prepared.spec, gi, len(self.groups), S * width, start, end, desc)
+        call = Call(g.prepared.spec, gi, len(self.groups), S * width, start, end, desc,
+                    configs=slot_configs(g, ch, rows))
         a = self.engine.advance(
             g.prepared, ch, start, end, call, pad=True,
             state=None if start == 0 else lambda keys, traced: self._states(gi, rows, ch, keys,
@@ -288,6 +291,23 @@ class Population:
             m.hist = [{k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}]
             m.numeric, m.pruned = {**m.numeric, **numeric}, bool(pruned)
         return meta["where"]
+
+    def replay(self) -> None:
+        """Tell the engine's observers the history rows that restored members hold (as
+        blocks of a call read back, ``cached=True``), before the search goes on."""
+        if not self.engine.rows_wanted:
+            return
+        for (gi, r), m in sorted(self.members.items()):
+            if m.state is None or not m.hist:
+                continue
+            g = self.groups[gi]
+            part = {k: np.concatenate([h[k] for h in m.hist])[None, None] for k in m.hist[0]}
+            configs = np.full((1, 1), self.config((gi, r)), np.int64)
+            n = part[PACKED].shape[2]
+            call = Call(g.prepared.spec, gi, len(self.groups), 1, 0, n, "restored",
+                        cached=True, configs=configs)
+            self.engine.notify("block_rows", call,
+                               block_of(g.prepared, self.layout_of(gi), configs, 0, part))
 
     def state_treedef(self, gi: int):
         """The structure of one configuration's program state in group ``gi`` (traced,

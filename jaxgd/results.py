@@ -276,8 +276,6 @@ class SweepResult:
     # -- construction
     @classmethod
     def from_runs(cls, cfgs, idx, results, epochs, folds=None) -> SweepResult:
-        import pandas as pd
-
         pos = {c: k for k, c in enumerate(idx)}
         n = len(idx)
         first = results[0]
@@ -303,8 +301,7 @@ class SweepResult:
             for k in scal:
                 scal[k][rows] = r[k]
         configs = [dict(cfgs[i]) for i in idx]
-        table = pd.DataFrame(_axis_columns(configs))
-        table.insert(0, "config", np.asarray(idx, np.int64))
+        table = axis_table(cfgs, idx)
         loss = hist["loss"]
         table["init_loss"] = scal["init_loss"]
         n_rows = scal.get("evals_run", scal["epochs_run"])
@@ -560,6 +557,14 @@ def _index(tree, i: int):
     """Configuration ``i`` of stacked parameters (leaves that are not arrays, such as a
     model object's activation functions, are shared and kept as they are)."""
     return jax.tree.map(lambda a: a[i] if isinstance(a, np.ndarray | jax.Array) else a, tree)
+
+
+def axis_table(cfgs, idx):
+    """The first columns of a sweep's table: ``config`` (the indices ``idx`` into ``cfgs``)
+    and one column per swept axis, as :meth:`SweepResult.from_runs` writes them."""
+    table = pd.DataFrame(_axis_columns([dict(cfgs[i]) for i in idx]))
+    table.insert(0, "config", np.asarray(idx, np.int64))
+    return table
 
 
 def _axis_columns(configs) -> dict[str, list[Any]]:

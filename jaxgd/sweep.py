@@ -22,6 +22,7 @@ calls; with ``search=``, a :class:`jaxgd.population.Population` the search metho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import jax
 
 from . import search as search_mod
+from . import trackers
 from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_folds
 from .checkpoint import checkpointer_for
 from .engine import (
@@ -97,6 +99,7 @@ def sweep(
     checkpoint_every: int | float | str | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
+    track: Any = None,
 ):
     """Train many configurations; each group of equal shapes is one compiled program.
 
@@ -144,6 +147,7 @@ def sweep(
 
     opts = collect("sweep", locals())
     ckpt = checkpointer_for(checkpoint_every, out, search)
+    trackers.check(opts.track)  # a missing tracker package: before anything runs
     opts = opts.replace(progress=agree_progress(bool(opts.progress)))
     cfgs = expand_configs(grid, random, configs, shape=shape_axes(init))
     cfgs = with_folds(cfgs, folds, val_data)
@@ -186,10 +190,14 @@ def sweep(
             [program_digest(g.prepared) for g in groups])
     agree_fingerprint(fingerprint)
     store = RunStore.open(out, fingerprint) if out is not None else None
+    name = "jaxgd-sweep" if out is None else os.path.basename(os.path.abspath(out))
+    stack = contextlib.ExitStack()  # the live trackers' writers, closed on the way out
     try:
+        tracked = stack.enter_context(
+            trackers.tracking(track, name, trackers.planned_runs(cfgs, all_idx)))
         data = program_data(groups[0].prepared, data)  # with shuffle= orders: (data, orders)
         engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
-                        observers=[ProgressBar(calls=search is None and progress)],
+                        observers=[ProgressBar(calls=search is None and progress), *tracked],
                         checkpoint=ckpt)
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, epochs, engine.ndev)
@@ -202,6 +210,8 @@ def sweep(
             metric = search.metric or default_metric(groups[0].prepared.spec.has_val)
             pop.check_metric(metric)
             resume = pop.restore()
+            if resume is not None:
+                pop.replay()
             with engine.running():
                 outcome = search.run(pop, metric, resume)
             res = SweepResult.from_runs(cfgs, all_idx, pop.results(), epochs, folds=folds)
@@ -211,7 +221,10 @@ def sweep(
         res.fingerprint = fingerprint
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
+        for t in tracked:
+            t.finish(res)
     finally:
+        stack.close()
         if store is not None:
             store.release_lock_on_error()
     return res

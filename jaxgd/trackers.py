@@ -2,7 +2,15 @@
 
 :func:`export` writes a finished sweep (a :class:`~jaxgd.SweepResult`, a
 :class:`~jaxgd.FitResult` or a saved run folder) after the fact; the command line's
-``jaxgd export runs/x --to tensorboard DIR`` calls it. Each configuration is one run,
+``jaxgd export runs/x --to tensorboard DIR`` calls it. Live, ``fit(..., track=...)`` and
+``sweep(..., track=...)`` (a TOML ``[track]`` table, ``jaxgd sweep --track KIND:DIR``)
+write the same runs while the program trains: the :class:`Tracker` observer
+(:mod:`jaxgd.observers`) gets each block's history rows from the engine, opens a
+configuration's run at its first rows and writes every row once; when the run ends it
+writes the summaries (rows that no block reported, none unless they came from
+elsewhere, are written then), so the live runs equal the export of the saved result.
+Chunks and search states read back from a run folder (a resumed sweep) are written when
+read. Only process 0 of a multi-process run writes. Each configuration is one run,
 grouped under the sweep:
 
 - ``tensorboard``: ``DIR/<run name>/`` event files per configuration (tensorboardX; no
@@ -40,12 +48,14 @@ evaluation boundaries) uses::
     w.close()
 
 ``metrics`` names the summary figures to come (TensorBoard's HParams table shows those
-columns). The packages are optional (``pip install "jaxgd[track]"``): a missing one
+columns; when empty, the numbers of the summary given to ``close``). The packages are
+optional (``pip install "jaxgd[track]"``): a missing one
 raises ModuleNotFoundError naming it and its ``pip install`` command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -57,10 +67,17 @@ import numpy as np
 
 from ._checks import require
 from .history import EPOCH, STEP_LOSS, per_step
+from .observers import Block, Call, Observer
+from .options import TRACKERS, track_targets
 
-__all__ = ["KINDS", "Run", "Writer", "export", "run_name", "runs_of", "writer"]
+__all__ = ["KINDS", "Run", "Tracker", "Writer", "export", "run_name", "runs_of", "tracking",
+           "writer"]
 
-KINDS = ("tensorboard", "mlflow", "wandb")
+KINDS = TRACKERS
+# the module each tracker needs, what for, and its pip package
+PACKAGES = {"tensorboard": ("tensorboardX", "writing TensorBoard event files", "tensorboardX"),
+            "mlflow": ("mlflow.tracking", "writing MLflow runs", "mlflow-skinny"),
+            "wandb": ("wandb", "writing W&B offline runs", "wandb")}
 SUMMARY = "summary/"
 
 
@@ -101,14 +118,14 @@ class _TensorBoardRun:
         self._summary = require("tensorboardX.summary", "writing TensorBoard event files",
                                 "tensorboardX")
         self._w = tbx.SummaryWriter(str(path))
-        self._end = None
+        self._hparams = None
 
     def log_hparams(self, hparams, metrics=()):
-        exp, start, end = self._summary.hparams(
-            {k: _scalar(v) for k, v in hparams.items()}, {m: 0.0 for m in metrics})
-        self._w.file_writer.add_summary(exp)
+        # the session (its hyper-parameters) now; the experiment (its metric columns) and
+        # the session's end when the run closes, when the summary figures are known
+        self._hparams = ({k: _scalar(v) for k, v in hparams.items()}, list(metrics))
+        _, start, _ = self._summary.hparams(self._hparams[0], {})
         self._w.file_writer.add_summary(start)
-        self._end = end
 
     def log_scalars(self, values, step, axis="epoch"):
         for k, v in values.items():
@@ -121,8 +138,13 @@ class _TensorBoardRun:
                 self._w.add_text(SUMMARY + k, v, 0)
             else:
                 self._w.add_scalar(SUMMARY + k, float(v), 0)
-        if self._end is not None:
-            self._w.file_writer.add_summary(self._end)
+        if self._hparams is not None:
+            hp, metrics = self._hparams
+            metrics = metrics or [SUMMARY + k for k, v in summary.items()
+                                  if not isinstance(_scalar(v), str)]
+            exp, _, end = self._summary.hparams(hp, {m: 0.0 for m in metrics})
+            self._w.file_writer.add_summary(exp)
+            self._w.file_writer.add_summary(end)
         self._w.close()
 
 
@@ -133,14 +155,23 @@ class _TensorBoardWriter:
         self.group = group
 
     def open_run(self, name):
-        path = self.dest / name
-        if path.exists() and any(path.iterdir()):
-            raise ValueError(f"dir={str(self.dest)!r} already holds a run {name!r}: choose "
-                             "another folder")
-        return _TensorBoardRun(path)
+        self.refuse_existing([name])
+        return _TensorBoardRun(self.dest / name)
+
+    def refuse_existing(self, names) -> None:
+        _refuse_existing(self.dest, names)
 
     def close(self):
         pass
+
+
+def _refuse_existing(dest: Path, names) -> None:
+    """Refuse runs that a TensorBoard folder already holds."""
+    for name in names:
+        path = Path(dest) / name
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"dir={str(dest)!r} already holds a run {name!r}: choose "
+                             "another folder")
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -286,14 +317,21 @@ def run_name(config: int, hparams: dict[str, Any], width: int = 4) -> str:
     return re.sub(r"[^A-Za-z0-9.=+\-]", "_", "_".join(parts))[:200]
 
 
-def _hparams_of(sw, i: int) -> dict[str, Any]:
+def _hparams_of(table, axes, config: dict[str, Any], i: int) -> dict[str, Any]:
+    """Row ``i``'s swept values (``axes``: the table's axis columns; ``config``: the
+    row's configuration dict)."""
     out = {}
-    for a in sw.axes():
-        v = sw.table[a].iloc[i]
-        if isinstance(v, float | np.floating) and math.isnan(v) and a not in sw.configs[i]:
+    for a in axes:
+        v = table[a].iloc[i]
+        if isinstance(v, float | np.floating) and math.isnan(v) and a not in config:
             continue  # an axis this configuration does not have
         out[a] = _scalar(v)
     return out
+
+
+def _width(configs) -> int:
+    """The digits of the configuration numbers in run names (at least 4)."""
+    return max(4, len(str(int(max(configs))))) if len(configs) else 4
 
 
 def _summary_of(table, i: int, skip: set[str]) -> dict[str, Any]:
@@ -310,7 +348,7 @@ def _eval_rows(hist: dict[str, np.ndarray]):
     """(epoch, {column: value}) per evaluation that ran (epoch not NaN), NaN values
     left out."""
     cols = _series(hist)
-    for j, e in enumerate(hist["epoch"]):
+    for j, e in enumerate(hist[EPOCH]):
         if not np.isfinite(e):
             continue
         vals = {k: hist[k][j] for k in cols if not np.isnan(hist[k][j])}
@@ -339,10 +377,10 @@ def runs_of(res) -> list[dict[str, Any]]:
                    "steps_run": res.steps_run, "stop_reason": res.stop_reason}
         return [{"name": "fit", "hparams": {}, "history": res.history, "summary": summary}]
     axes = set(res.axes()) | {"config"}
-    width = max(4, len(str(int(res.table["config"].max())))) if len(res.table) else 4
+    width = _width(res.table["config"])
     runs = []
     for i in range(len(res.table)):
-        hp = _hparams_of(res, i)
+        hp = _hparams_of(res.table, res.axes(), res.configs[i], i)
         hist = {k: v[i] for k, v in res.history.items()}
         runs.append({"name": run_name(res.table["config"].iloc[i], hp, width), "hparams": hp,
                      "history": hist, "summary": _summary_of(res.table, i, axes)})
@@ -400,3 +438,183 @@ def export(source: Any, to: str, dir: Any, *, name: str | None = None) -> list[s
     finally:
         w.close()
     return [r["name"] for r in runs]
+
+
+# ----------------------------------------------------------------------------- live
+
+
+def planned_runs(cfgs, idx) -> dict[int, tuple[str, dict[str, Any]]]:
+    """Per configuration index of a sweep (``idx`` into ``cfgs``): its run's name and
+    hyper-parameters, as :func:`runs_of` gives them from the finished sweep."""
+    from .results import axis_table
+
+    table = axis_table(cfgs, idx)
+    axes = [c for c in table.columns if c != "config"]
+    width = _width(table["config"])
+    out = {}
+    for i, c in enumerate(idx):
+        hp = _hparams_of(table, axes, cfgs[c], i)
+        out[int(c)] = (run_name(c, hp, width), hp)
+    return out
+
+
+class _Live:
+    """One configuration's open runs (one per writer) and what they were given."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
+        self.epochs: set[int] = set()  # evaluations logged (by epoch)
+        self.steps: set[int] = set()  # step_loss values logged (by global step)
+
+    def log(self, values: dict[str, Any], step: int, axis: str = "epoch") -> None:
+        for r in self.runs:
+            r.log_scalars(values, step, axis=axis)
+
+    def history(self, hist: dict[str, np.ndarray], per_epoch: int | None = None,
+                first_epoch: int = 0) -> None:
+        """One configuration's history rows (columns by name, [rows, ...]) not logged
+        yet: evaluations by epoch; ``step_loss`` [epochs, steps] from epoch
+        ``first_epoch`` by global step (``per_epoch`` steps per epoch; None: as
+        :func:`_step_rows` counts them)."""
+        for epoch, vals in _eval_rows(hist):
+            if epoch not in self.epochs:
+                self.epochs.add(epoch)
+                if vals:
+                    self.log(vals, epoch)
+        sl = hist.get(STEP_LOSS)
+        if sl is None or np.ndim(sl) != 2:
+            return
+        if per_epoch is None:
+            rows = _step_rows(sl)
+        else:
+            rows = ((int(first_epoch + e) * per_epoch + int(k), sl[e, k])
+                    for e, k in zip(*np.nonzero(~np.isnan(sl)), strict=True))
+        for step, v in rows:
+            if step not in self.steps:
+                self.steps.add(step)
+                self.log({STEP_LOSS: v}, step, axis="step")
+
+
+class Tracker(Observer):
+    """The live tracker: an observer that writes each configuration's run to tracker
+    writers as the engine reports its history rows, block by block (see
+    :func:`tracking`, which builds it for ``fit``/``sweep``'s ``track=``).
+
+    A configuration's run is opened at its first rows (named and given its
+    hyper-parameters as :func:`runs_of` does), each row is written once, and
+    :meth:`finish` writes what no block reported (nothing, unless rows came from
+    elsewhere) and closes every run with its summary, so that the runs equal what
+    :func:`export` writes from the finished result.
+
+    Args:
+      writers: the :class:`Writer` objects to write to.
+      runs: per configuration index, its run name and hyper-parameters
+        (:func:`planned_runs`).
+    """
+
+    def __init__(self, writers: list[Writer], runs: dict[int, tuple[str, dict[str, Any]]]):
+        self.writers, self.planned = writers, runs
+        self.live: dict[int, _Live] = {}
+        self.closed = False
+
+    def open(self, config: int) -> _Live:
+        """The configuration's runs, opened (with its hyper-parameters) on first use."""
+        if config not in self.live:
+            name, hp = self.planned[config]
+            runs = []
+            for w in self.writers:
+                r = w.open_run(name)
+                runs.append(r)
+                r.log_hparams(hp)
+            self.live[config] = _Live(runs)
+        return self.live[config]
+
+    def block_rows(self, call: Call, block: Block) -> None:
+        from .spec import evals_of
+
+        K = evals_of(call.spec)[0]
+        for j, c in enumerate(block.configs):
+            hist = {k: v[j] for k, v in block.history.items()}
+            sl = hist.get(STEP_LOSS)
+            per = None if call.cached or sl is None or np.ndim(sl) != 2 else sl.shape[1]
+            self.open(int(c)).history(hist, per, block.first * K)
+
+    def finish(self, res) -> None:
+        """Write what no block reported and close every run with its summary (the
+        finished :class:`~jaxgd.SweepResult` or :class:`~jaxgd.FitResult`)."""
+        from .results import FitResult
+
+        configs = [0] if isinstance(res, FitResult) else list(res.table["config"])
+        for c, run in zip(configs, runs_of(res), strict=True):
+            summary = {k: v for k, v in run["summary"].items()
+                       if not (isinstance(v, float) and math.isnan(v))}
+            c = int(c)
+            if c not in self.live:  # never reported: open it as export would
+                self.planned.setdefault(c, (run["name"], run["hparams"]))
+                self.open(c)
+            live = self.live.pop(c)
+            live.history(run["history"])
+            for r in live.runs:
+                r.close(summary)
+        self.close()
+
+    def close(self) -> None:
+        """Close the runs still open (a run that ended in an error: no summary) and the
+        writers."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for live in self.live.values():
+                for r in live.runs:
+                    r.close({})
+        finally:
+            self.live.clear()
+            for w in self.writers:
+                w.close()
+
+
+def check(track: Any) -> None:
+    """``track=`` checked (:func:`jaxgd.options.track_targets`) and the packages its
+    trackers need imported: a missing one raises ModuleNotFoundError naming its ``pip
+    install`` command (before anything runs)."""
+    check_packages(track_targets("track", track))
+
+
+def check_packages(targets) -> None:
+    """Import the packages the trackers of ``targets`` (:func:`jaxgd.options.track_targets`)
+    need; a missing one raises ModuleNotFoundError naming its ``pip install`` command."""
+    for t in targets:
+        if isinstance(t, tuple):
+            require(*PACKAGES[t[0]])
+
+
+@contextlib.contextmanager
+def tracking(track: Any, group: str, runs: dict[int, tuple[str, dict[str, Any]]]):
+    """The live :class:`Tracker` of a ``track=`` option as a list of observers (empty
+    without ``track`` or outside process 0: one process writes in a multi-process run);
+    its writers are closed on the way out (on an error too)."""
+    import jax
+
+    targets = track_targets("track", track)
+    check_packages(targets)
+    if not targets or jax.process_index() != 0:
+        yield []
+        return
+    names = [name for name, _ in runs.values()]
+    for t in targets:  # a run a folder already holds: refused before anything opens
+        if isinstance(t, tuple) and t[0] == "tensorboard":
+            _refuse_existing(Path(t[1]), names)
+    writers: list[Writer] = []
+    try:
+        for t in targets:
+            writers.append(writer(t[0], t[1], group) if isinstance(t, tuple) else t)
+    except BaseException:
+        for w in writers:
+            w.close()
+        raise
+    tracker = Tracker(writers, runs)
+    try:
+        yield [tracker]
+    finally:
+        tracker.close()

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import trackers
 from .checkpoint import checkpointer_for
 from .engine import ChunkInputs, Engine, chunk_record, single_inputs
 from .fingerprint import fit_fingerprint
@@ -54,6 +55,7 @@ def fit(
     penalty_mask: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
     progress: bool = False,
+    track: Any = None,
     standardize: bool | int | tuple[int, ...] | None = None,
     out: str | os.PathLike | None = None,
     checkpoint_every: int | float | str | None = None,
@@ -99,32 +101,38 @@ def fit(
 
     opts = collect("fit", locals())
     ckpt = checkpointer_for(checkpoint_every, out)
+    trackers.check(opts.track)  # a missing tracker package: before anything runs
     p = prepare(loss, params, data, opts)
     spec = p.spec
     ch = single_inputs(p, as_key(key), hparams)
-    engine = Engine(program_data(p), observers=[ProgressBar()], checkpoint=ckpt)
     store = None if out is None else RunStore.open(
         out, fit_fingerprint(opts, loss, params, p), what="run")
     try:
-        rec = run_fit(engine, p, ch, store)
-        if store is not None:  # the final files, as a sweep of this one configuration
-            from .results import SweepResult
+        with trackers.tracking(opts.track, "jaxgd-fit", {0: ("fit", {})}) as tracked:
+            engine = Engine(program_data(p), observers=[ProgressBar(), *tracked],
+                            checkpoint=ckpt)
+            rec = run_fit(engine, p, ch, store)
+            if store is not None:  # the final files, as a sweep of this one configuration
+                from .results import SweepResult
 
-            row = {k: np.asarray(v).item() if np.size(v) == 1 else v
-                   for k, v in (hparams or {}).items()}
-            one = SweepResult.from_runs([row], [0], [rec], epochs)
-            one.fingerprint = store.fingerprint
-            one.save(store.path, _store=store)  # releases the lock
+                row = {k: np.asarray(v).item() if np.size(v) == 1 else v
+                       for k, v in (hparams or {}).items()}
+                one = SweepResult.from_runs([row], [0], [rec], epochs)
+                one.fingerprint = store.fingerprint
+                one.save(store.path, _store=store)  # releases the lock
+            out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
+            out = jax.tree.map(lambda a: a[0], out)  # host arrays
+            out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
+                               state=jax.tree.map(jnp.asarray, out.state))
+            if p.combined is not None:  # the model object, with its trained arrays
+                out = out._replace(params=p.combined.rebuild(out.params))
+            res = FitResult.from_program(out, spec)
+            for t in tracked:
+                t.finish(res)
     finally:
         if store is not None:
             store.release_lock_on_error()
-    out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
-    out = jax.tree.map(lambda a: a[0], out)  # host arrays
-    out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
-                       state=jax.tree.map(jnp.asarray, out.state))
-    if p.combined is not None:  # the model object, with its trained arrays
-        out = out._replace(params=p.combined.rebuild(out.params))
-    return FitResult.from_program(out, spec)
+    return res
 
 
 FIT_TAG = "fit"  # the name of a fit's result (and checkpoints) in its run folder
@@ -135,14 +143,17 @@ def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None) -> dict[st
     length 1): read from the run folder ``store`` when it holds them, else run (from
     the folder's last checkpoint, if any) and saved there."""
     spec = p.spec
+    n = evals_of(spec)[1]
+    call = Call(spec, 0, 1, 1, 0, n, configs=np.zeros((1, 1), np.int64))
     if store is not None:
         cached = store.load_chunk(FIT_TAG, jax.tree.structure(p.params),
                                   None if p.state is None else jax.tree.structure(p.state))
         if cached is not None and np.array_equal(cached.get("config"), [0]):
+            with engine.running(1):  # the observers (trackers) see the rows read back
+                engine.read_back(call._replace(cached=True), cached)
             return cached
-    n = evals_of(spec)[1]
     with engine.running(1), engine.catching(store):
-        a = engine.advance(p, ch, 0, n, Call(spec, 0, 1, 1, 0, n),
+        a = engine.advance(p, ch, 0, n, call,
                            resume=engine.resume_of(store, FIT_TAG, p, ch, [0]),
                            save=engine.saver(store, FIT_TAG, [0]))
     rec = chunk_record(jax.tree.map(lambda a: a[0], a.output())._asdict(), [0])

@@ -3,7 +3,7 @@
     python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
         --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
         [--progress all|lead] [--model-state] [--mesh C,D] [--n N]
-        [--checkpoint-every K|DURATION] [--fit]
+        [--checkpoint-every K|DURATION] [--fit] [--track KIND:DIR]
 
 JAX options that must come before any JAX operation (forced host devices, the
 distributed runtime) are set here, first thing. With ``--report`` a JSON summary
@@ -141,6 +141,7 @@ def main(argv=None):
     ap.add_argument("--fit", action="store_true",
                     help="fit(...) of the first configuration (run_fit) instead of a sweep")
     ap.add_argument("--eval-every", type=int, default=1)
+    ap.add_argument("--track", default=None, help="track= of the sweep (every process)")
     a = ap.parse_args(argv)
 
     import jax
@@ -227,6 +228,8 @@ def main(argv=None):
         extra["mesh"] = jax.sharding.Mesh(devs, ("config", "data"))
     if every is not None:
         extra["checkpoint_every"] = every
+    if a.track:
+        extra["track"] = a.track
     sw = run_sweep(out=a.out, epochs=a.epochs, chunk_size=a.chunk_size, batch_sizes=bs,
                    lrs=lrs, progress=progress, model_state=a.model_state, n=a.n, **extra)
     mesh = sweep_mod.default_mesh()

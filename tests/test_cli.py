@@ -190,6 +190,10 @@ def _one_error_line(capsys) -> str:
      "bad.toml:4: [train] key 'epoch' is unknown (did you mean 'epochs'?)"),
     ("[data]\ndataset = 'mnist'\n", "bad.toml:2: data.dataset = \"mnist\" is not a built-in"),
     ("[train]\nbatch_size = [16, 'half']\n", "bad.toml:2: train.batch_size = \"half\""),
+    ("[track]\ntensorbord = 'tb'\n",
+     "bad.toml:2: [track] key 'tensorbord' is unknown (did you mean 'tensorboard'?)"),
+    ("[train]\nepochs = 2\n[track]\nmlflow = 3\n",
+     "bad.toml:4: track.mlflow = 3 is invalid: use a folder"),
 ])
 def test_bad_config_exit_2_one_line(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.toml"
@@ -591,3 +595,42 @@ def test_named_code_errors_exit_2_one_line(tmp_path, monkeypatch, capsys, sets, 
         line = _one_error_line(capsys)
         no = text.splitlines().index(f'{name} = "{value}"') + 1
         assert line.startswith(f"jaxgd: error: cfg.toml:{no}: {key} = "), line
+
+
+# ----------------------------------------------------------------------------- tracking
+
+
+def test_sweep_tracks_live_from_the_config_and_the_command_line(tmp_path, capsys):
+    """``[track]`` and ``--track`` write every configuration live; ``--track`` replaces the
+    file's entry of the same kind. The runs equal the export of the run folder."""
+    from tests.test_trackers import read_mlflow, read_tensorboard
+
+    cfg = tmp_path / "trk.toml"
+    cfg.write_text(TINY.replace("seed = [0, 1]", "seed = [0]") +
+                   f"[track]\ntensorboard = '{tmp_path / 'never'}'\n"
+                   f"mlflow = '{tmp_path / 'ml'}'\n")
+    out = tmp_path / "run"
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet", "--no-plots",
+                 "--track", f"tensorboard:{tmp_path / 'tb'}"]) == 0
+    assert not (tmp_path / "never").exists()
+    jaxgd.trackers.export(out, "tensorboard", tmp_path / "tb_export")
+    got = read_tensorboard(tmp_path / "tb")
+    assert got == read_tensorboard(tmp_path / "tb_export")
+    sw = jaxgd.load(out)
+    assert len(got) == len(sw) == 8
+    for i in range(len(sw)):
+        (name,) = [n for n in got if n.startswith(f"config-{i:04d}_")]
+        ran = ~np.isnan(sw.history["loss"][i])
+        assert [s for s, _ in got[name]["series"]["loss"]] == \
+            [int(e) for e in sw.history["epoch"][i][ran]]
+        np.testing.assert_array_equal(np.float32([v for _, v in got[name]["series"]["loss"]]),
+                                      np.float32(sw.history["loss"][i][ran]))
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    ml = read_mlflow(tmp_path / "ml", "run")
+    assert sorted(ml) == sorted([*got, "run"])
+
+
+def test_bad_track_flag_exit_2(capsys):
+    assert main(["sweep", "--track", "tb:x"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --track: --track='tb:x' must be \"KIND:DIR\"" in err

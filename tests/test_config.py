@@ -648,3 +648,15 @@ def test_named_file_importing_its_neighbour(tmp_path):
                                    '"./main_mod.py:f": main_mod.py imports \'neighbour_mod\', '
                                    "which is beside it but not importable")
     assert "jaxgd_config_main_mod" not in sys.modules
+
+
+def test_track_table_becomes_the_track_option():
+    c = rc('[sweep]\nlearning_rate = [0.1]\n[track]\ntensorboard = "tb/x"\n'
+           'mlflow = "sqlite:///runs.db"\n')
+    assert c.track == ["tensorboard:tb/x", "mlflow:sqlite:///runs.db"]
+    assert build(c).sweep_kwargs["track"] == ["tensorboard:tb/x", "mlflow:sqlite:///runs.db"]
+    assert "track" not in build(rc("[sweep]\nlearning_rate = [0.1]\n")).sweep_kwargs
+    e = err('[sweep]\nlearning_rate = [0.1]\n[track]\nwandb = ""\n')
+    assert e.line == 4 and e.key == "track.wandb"
+    e = err('[sweep]\nlearning_rate = [0.1]\n[track]\ntensorbord = "x"\n')
+    assert e.line == 4 and "did you mean 'tensorboard'" in str(e)

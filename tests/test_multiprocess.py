@@ -65,7 +65,8 @@ def test_two_processes_equal_one(tmp_path):
     logs = run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
                                "--num-processes", "2", "--port", str(port), "--devices", "2",
                                "--out", str(out), "--report", str(report), "--progress", "lead",
-                               "--block-rows", "3"], tmp_path, "p")
+                               "--block-rows", "3", "--track", f"tensorboard:{tmp_path / 'tb'}"],
+                    tmp_path, "p")
 
     info = json.loads(report.read_text())
     assert info["process_count"] == 2 and info["device_count"] == 4
@@ -85,6 +86,13 @@ def test_two_processes_equal_one(tmp_path):
     # 9 real configurations per group on a 4-device mesh (12 lanes): the count is real
     assert progress_ticks(logs[0]) == expected_ticks(ref.table, "batch_size", 4)
     assert "epoch" not in logs[1] and "active=" not in logs[1]
+    # every process asked for track=, process 0 alone wrote it, live, block by block: the
+    # runs of the folder's export
+    from test_trackers import read_tensorboard
+
+    jaxgd.trackers.export(out, "tensorboard", tmp_path / "tb_export")
+    live = read_tensorboard(tmp_path / "tb")
+    assert len(live) == 18 and live == read_tensorboard(tmp_path / "tb_export")
 
 
 CLI_CONFIG = """

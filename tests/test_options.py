@@ -57,6 +57,7 @@ NOT_IN_FILES = {
     "progress": "the command line's --quiet",
     "standardize": "[data] standardize",
     "out": "the command line's --out",
+    "track": "the [track] table",
 }
 
 

@@ -205,6 +205,11 @@ def test_space_spellings():
     (dict(n_trials=4, grid={"l2": [0.0, 0.1]}), TypeError, r"optuna_search sets grid="),
     (dict(n_trials=4, direction="up"), ValueError, r"direction='up' must be"),
     (dict(n_trials=4, study="s"), TypeError, r"study='s' must be an optuna.Study"),
+    (dict(n_trials=4, track="tensorboard:tb"), TypeError,
+     r"optuna_search does not take track= .*out=DIR, then jaxgd.trackers.export"),
+    (dict(n_trials=4, out=3), TypeError, r"out=3 must be a folder path"),
+    (dict(n_trials=4, out=Path(__file__).parent), ValueError,
+     r"out='.*tests' must be a new or empty folder"),
 ])
 def test_bad_input_before_anything_compiles(kwargs, error, match, compiles):
     args = dict(KW, space=SPACE)
@@ -259,3 +264,81 @@ def test_experiment_without_optuna_passes_with_a_note(tmp_path):
     assert "not installed (pip install optuna, or the optuna extra)" in r.stdout
     table = (tmp_path / "e18_optuna" / "optuna_sequential_vs_batched.csv").read_text()
     assert "not installed (pip install optuna" in table
+
+
+def test_out_saves_the_joined_result_as_a_run_folder(tmp_path):
+    """``out=`` writes the joined trials as a run folder: ``jaxgd.load`` gives back the
+    table (trial columns included) and the curves, which equal an optax loop's."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    res, _ = jaxgd.optuna_search(mse, P0, TRAIN, SPACE, n_trials=3, round_size=2,
+                                 study=study, out=tmp_path / "opt", **KW)
+    saved = jaxgd.load(tmp_path / "opt")
+    assert list(saved.table["trial"]) == [0, 1, 2]
+    assert list(saved.table["trial_state"]) == list(res.table["trial_state"])
+    np.testing.assert_array_equal(saved.table["trial_value"], res.table["trial_value"])
+    for i, t in enumerate(study.trials):
+        np.testing.assert_allclose(saved.history["val_loss"][i],
+                                   reference(t.params["learning_rate"], t.params["momentum"]),
+                                   rtol=2e-5)
+
+
+OPTUNA_TOML = """\
+[data]
+dataset = "diabetes"
+standardize = true
+standardize_target = true
+val_fraction = 0.25
+[train]
+epochs = 3
+batch_size = "full"
+optimizer = "momentum"
+[sweep.random]
+n = 5
+learning_rate = ["loguniform", 1e-3, 0.5]
+momentum = ["uniform", 0.0, 0.9]
+[search]
+method = "optuna"
+sampler = "random"
+seed = 4
+round_size = 3
+"""
+
+
+def test_toml_method_optuna_runs_optuna_search(tmp_path):
+    """``[search] method = "optuna"`` runs optuna_search over [sweep.random]'s
+    distributions, its n trials, with the named sampler: the same trials and results as
+    optuna_search called with that sampler."""
+    from jaxgd.config import build, read_config
+
+    exp = build(read_config("opt.toml", text=OPTUNA_TOML))
+    got = exp.run(progress=False, out=str(tmp_path / "run"))
+    kw = {k: v for k, v in exp.sweep_kwargs.items() if k != "random"}
+    want, study = jaxgd.optuna_search(
+        exp.loss, exp.params, exp.data,
+        {"learning_rate": ("loguniform", 1e-3, 0.5), "momentum": ("uniform", 0.0, 0.9)},
+        n_trials=5, round_size=3, sampler=optuna.samplers.RandomSampler(seed=4),
+        objective="val_loss", progress=False, **kw)
+    assert len(got) == 5 and list(got.table["trial"]) == [0, 1, 2, 3, 4]
+    for c in ("learning_rate", "momentum", "final_val_loss", "trial_value"):
+        np.testing.assert_array_equal(got.table[c], want.table[c])
+    assert [t.params["learning_rate"] for t in study.trials] == list(got.table["learning_rate"])
+    assert jaxgd.load(tmp_path / "run").table["trial_state"].tolist() == ["COMPLETE"] * 5
+
+
+@pytest.mark.parametrize("edit, key, match", [
+    (lambda t: t.replace("[sweep.random]\nn = 5\n", "[sweep]\nseed = [0, 1]\n[sweep.random]\n"
+                         "n = 5\n"), "sweep.seed", "seed has several values"),
+    (lambda t: t.replace('sampler = "random"', 'sampler = "tpee"'), "search.sampler",
+     "did you mean 'tpe'"),
+    (lambda t: t.replace("round_size = 3", "round_size = 0"), "search.round_size",
+     "use a positive integer"),
+    (lambda t: t.replace("round_size = 3", "n_trial = 3"), "search.n_trial", "unknown"),
+    (lambda t: t.replace("n = 5\n", "n = 5\nrandom_seed = 2\n"), "sweep.random.random_seed",
+     "give its seed as \\[search\\] seed"),
+])
+def test_toml_method_optuna_errors_name_the_key(edit, key, match):
+    from jaxgd.config import ConfigError, read_config
+
+    with pytest.raises(ConfigError, match=match) as e:
+        read_config("opt.toml", text=edit(OPTUNA_TOML))
+    assert e.value.key == key and e.value.line is not None

@@ -343,3 +343,273 @@ def test_cli_orbax_row_and_errors(run, tmp_path, capsys):
     assert main(["export", str(path), "--to", "csv", str(tmp_path / "t")]) == 2
     assert "--to 'csv' must be one of orbax, tensorboard, mlflow, wandb" in \
         capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- live
+
+
+LIVE = ("tensorboard", "mlflow", "wandb")
+
+
+def read_tensorboard(root: Path) -> dict:
+    """Every run of a TensorBoard folder, as TensorBoard's readers give it back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    out = {}
+    for d in sorted(Path(root).iterdir()):
+        ea = EventAccumulator(str(d), size_guidance={"scalars": 0, "tensors": 0})
+        ea.Reload()
+        content = ea.PluginTagToContent("hparams")
+        info = metadata.parse_session_start_info_plugin_data(
+            content[metadata.SESSION_START_INFO_TAG])
+        exp = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+        out[d.name] = {
+            "series": {t: [(e.step, e.value) for e in ea.Scalars(t)]
+                       for t in ea.Tags()["scalars"]},
+            "hparams": {k: (v.string_value if v.HasField("string_value") else v.number_value)
+                        for k, v in info.hparams.items()},
+            "metrics": [m.name.tag for m in exp.metric_infos],
+            "text": {t: tensor_util.make_ndarray(x.tensor_proto).item().decode()
+                     for t in ea.Tags()["tensors"] if t.endswith("/text_summary")
+                     for x in ea.Tensors(t)}}
+    return out
+
+
+def read_mlflow(store: Path, experiment: str) -> dict:
+    """Every run of an MLflow experiment in a file store, through MlflowClient."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store.absolute().as_uri())
+    exp = client.get_experiment_by_name(experiment)
+    out = {}
+    for r in client.search_runs([exp.experiment_id]):
+        hist = {k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
+                for k in r.data.metrics}
+        parent = r.data.tags.get("mlflow.parentRunId")
+        out[r.info.run_name] = {
+            "params": r.data.params, "series": hist, "status": r.info.status,
+            "parent": None if parent is None else client.get_run(parent).info.run_name,
+            "tags": {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")}}
+    return out
+
+
+def read_wandb(root: Path) -> dict:
+    """Every offline W&B run of a folder: config, summary and each column's series."""
+    out = {}
+    for f in glob.glob(str(root / "wandb" / "offline-run-*" / "run-*.wandb")):
+        r = read_wandb_run(f)
+        series: dict[str, list] = {}
+        for h in r["history"]:
+            axis = "step" if "step" in h else "epoch"
+            for k, v in h.items():
+                if k not in ("epoch", "step") and not k.startswith("_"):
+                    series.setdefault(k, []).append((h[axis], v))
+        summary = {k: v for k, v in r["summary"].items() if not k.startswith("_")}
+        out[r["name"]] = {"group": r["group"], "config": r["config"], "summary": summary,
+                          "series": series}
+    return out
+
+
+def read_all(kind: str, dest: Path, group: str) -> dict:
+    return {"tensorboard": lambda: read_tensorboard(dest),
+            "mlflow": lambda: read_mlflow(dest, group),
+            "wandb": lambda: read_wandb(dest)}[kind]()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The sweep of ``run`` with ``out=`` and ``track=`` every tracker (written live)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N + 10, 3)).astype(np.float32)
+    y = x @ np.array([1.0, -1.0, 2.0], np.float32)
+
+    def loss(p, b):
+        xb, yb = b
+        return jnp.mean((xb @ p["w"] + p["b"] - yb) ** 2)
+
+    root = tmp_path_factory.mktemp("live")
+    kw = dict(val_data=(x[N:], y[N:]), optimizer=optax.sgd,
+              grid={"learning_rate": [0.01, 0.1, 5.0], "batch_size": BATCH}, epochs=6,
+              eval_every=2, record_steps=True, out=root / "lrbs", chunk_size=2)
+    args = (loss, {"w": jnp.zeros(3), "b": jnp.zeros(())}, (x[:N], y[:N]))
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    sw = jaxgd.sweep(*args, **kw, track=[f"{k}:{root / ('live_' + k)}" for k in LIVE])
+    return sw, root, args, kw
+
+
+@pytest.mark.parametrize("kind", LIVE)
+def test_live_tracking_equals_the_export_of_the_run_folder(live, kind, tmp_path):
+    """What a sweep writes live (block by block) is what ``export`` writes from its saved
+    run folder afterwards, read back with the tracker's own reader; and it holds every
+    configuration, history column and hyper-parameter of the sweep."""
+    sw, root, _, _ = live
+    jaxgd.trackers.export(root / "lrbs", kind, tmp_path / "exp")
+    got = read_all(kind, root / f"live_{kind}", "lrbs")
+    assert got == read_all(kind, tmp_path / "exp", "lrbs")
+    names = [expected_name(sw, i) for i in range(len(sw))]
+    assert sorted(n for n in got if n != "lrbs") == sorted(names)
+    for i, name in enumerate(names):
+        series = got[name]["series"]
+        for col in columns(sw):
+            epochs, vals = eval_series(sw, i, col)
+            assert [s for s, _ in series[col]] == epochs, (i, col)
+            np.testing.assert_array_equal(np.float32([v for _, v in series[col]]),
+                                          vals.astype(np.float32))
+        steps, vals = step_series(sw, i)
+        assert [s for s, _ in series["step_loss"]] == steps
+        hp = {"tensorboard": lambda: got[name]["hparams"],
+              "mlflow": lambda: {k: v for k, v in got[name]["params"].items()},
+              "wandb": lambda: got[name]["config"]}[kind]()
+        want = expected_hparams(sw, i)
+        assert hp == ({k: str(v) for k, v in want.items()} if kind == "mlflow" else want)
+
+
+def test_a_resumed_sweep_tracks_the_chunks_it_reads_back(live, tmp_path):
+    """Run again on its finished folder, the sweep runs nothing and tracks the chunks it
+    reads back: the same runs as the export."""
+    sw, root, args, kw = live
+    again = jaxgd.sweep(*args, **kw, track=f"tensorboard:{tmp_path / 'tb'}")
+    assert again.table.equals(sw.table)
+    assert read_tensorboard(tmp_path / "tb") == read_tensorboard(root / "live_tensorboard")
+
+
+def test_a_folder_holding_the_runs_is_refused_before_anything_runs(live, monkeypatch):
+    _, root, args, kw = live
+    monkeypatch.setattr(jaxgd.engine, "program_for", lambda *a, **k: 1 / 0)
+    with pytest.raises(ValueError, match="already holds a run 'config-0000_"):
+        jaxgd.sweep(*args, **{**kw, "out": None},
+                    track=[f"wandb:{root / 'never'}", f"tensorboard:{root / 'live_tensorboard'}"])
+    assert not (root / "never").exists()
+
+
+SEARCHES = {"halving": lambda: jaxgd.search.Halving(eta=2, min_epochs=1),
+            "pbt": lambda: jaxgd.search.PBT(interval=1, quantile=0.25, seed=1),
+            "median": lambda: jaxgd.search.Median(warmup=1, interval=1)}
+
+
+@pytest.mark.parametrize("method", list(SEARCHES))
+def test_an_adaptive_search_tracks_every_configuration(method, tmp_path):
+    """An adaptive search writes each call's rows live; its runs equal the export of its
+    result (pruned configurations included) and its history."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 2)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0], np.float32)
+    sw = jaxgd.sweep(lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2), {"w": jnp.zeros(2)},
+                     (x, y), grid={"learning_rate": [0.001, 0.01, 0.05, 0.1]}, batch_size=8,
+                     epochs=4, search=SEARCHES[method](),
+                     track=f"tensorboard:{tmp_path / 'live'}")
+    if method == "halving":
+        assert (sw.table["stop_reason"] == "pruned").sum() == 3
+    jaxgd.trackers.export(sw, "tensorboard", tmp_path / "exp")
+    got = read_tensorboard(tmp_path / "live")
+    assert got == read_tensorboard(tmp_path / "exp")
+    for i in range(len(sw)):
+        name = f"config-{i:04d}_learning_rate={sw.table['learning_rate'].iloc[i]}"
+        epochs, vals = eval_series(sw, i, "loss")
+        assert [s for s, _ in got[name]["series"]["loss"]] == epochs
+        np.testing.assert_array_equal(np.float32([v for _, v in got[name]["series"]["loss"]]),
+                                      vals.astype(np.float32))
+        assert got[name]["hparams"] == {"learning_rate": sw.configs[i]["learning_rate"]}
+        assert got[name]["text"]["summary/stop_reason/text_summary"] == \
+            sw.table["stop_reason"].iloc[i]
+
+
+def test_fit_tracks_one_run(tmp_path):
+    x = np.arange(8, dtype=np.float32)[:, None]
+    res = jaxgd.fit(lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2), jnp.zeros(1),
+                    (x, 2 * x[:, 0]), optimizer=optax.sgd, hparams={"learning_rate": 0.01},
+                    epochs=3, batch_size=4, record_steps=True,
+                    track=f"wandb:{tmp_path / 'live'}")
+    jaxgd.trackers.export(res, "wandb", tmp_path / "exp")
+    got = read_wandb(tmp_path / "live")
+    assert got == read_wandb(tmp_path / "exp")
+    (run,) = got.values()
+    assert run["group"] == "jaxgd-fit"
+    assert run["series"]["loss"] == [(e, float(v)) for e, v in enumerate(res.history["loss"])]
+    assert [s for s, _ in run["series"]["step_loss"]] == list(range(6))
+    assert run["summary"]["steps_run"] == 6 and run["summary"]["stop_reason"] == "max_epochs"
+
+
+@pytest.mark.parametrize("track, err, match", [
+    ("tensorbord:x", ValueError, r"track='tensorbord:x' must be \"KIND:DIR\""),
+    ("tensorboard:", ValueError, r"track='tensorboard:' must be"),
+    (["wandb:x", 3], TypeError, r"track=3 must be a \"KIND:DIR\" string"),
+    ([], ValueError, r"track=\[\] must name at least one tracker")])
+def test_bad_track_is_refused_before_anything_runs(track, err, match, monkeypatch):
+    monkeypatch.setattr(jaxgd.engine, "program_for", lambda *a, **k: 1 / 0)
+    x = np.ones((4, 1), np.float32)
+    with pytest.raises(err, match=match):
+        jaxgd.fit(lambda p, b: jnp.mean(b[0] * p), jnp.zeros(()), (x,), track=track)
+    with pytest.raises(err, match=match):
+        jaxgd.sweep(lambda p, b: jnp.mean(b[0] * p), jnp.zeros(()), (x,), track=track,
+                    grid={"learning_rate": [0.1]})
+
+
+def test_missing_tracker_package_before_compiling(tmp_path):
+    code = ("import jax, numpy as np, jax.numpy as jnp, jaxgd\n"
+            "x, p0, n = np.ones((4, 1), np.float32), jnp.zeros(()), []\n"
+            "jax.monitoring.register_event_duration_secs_listener(\n"
+            "    lambda e, s, **k: n.append(e) if e.startswith('/jax/core/compile/') else None)\n"
+            "try:\n"
+            "    jaxgd.sweep(lambda p, b: jnp.mean(b[0] * p), p0, (x,),\n"
+            "                grid={'learning_rate': [0.1]}, track='mlflow:o')\n"
+            "except ModuleNotFoundError as e:\n"
+            "    print(e, len(n))\n")
+    r = without("mlflow", ["-c", code], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == ("writing MLflow runs needs the Python package 'mlflow', which "
+                                "is not installed; install it with: pip install mlflow-skinny 0")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_resumed_search_tracks_the_rows_it_restored(tmp_path, monkeypatch):
+    """A halving search interrupted after its first rung and resumed with ``track=``
+    writes the restored rows first (in epoch order, as TensorBoard needs them), then the
+    rest: the runs equal the export of the finished folder."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(32, 2)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0], np.float32)
+    mod = jaxgd.population.Population
+    real_check = mod.checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def dying(pop, where):
+        real_check(pop, where)
+        raise Stop
+
+    kw = dict(grid={"learning_rate": [0.001, 0.01, 0.05, 0.1]}, batch_size=8, epochs=4,
+              search=jaxgd.search.Halving(eta=2, min_epochs=1), out=tmp_path / "run")
+    args = (lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2), {"w": jnp.zeros(2)}, (x, y))
+    monkeypatch.setattr(mod, "checkpoint", dying)
+    with pytest.raises(Stop):
+        jaxgd.sweep(*args, **kw)
+    monkeypatch.setattr(mod, "checkpoint", real_check)
+    sw = jaxgd.sweep(*args, **kw, track=f"tensorboard:{tmp_path / 'live'}")
+    jaxgd.trackers.export(tmp_path / "run", "tensorboard", tmp_path / "exp")
+    got = read_tensorboard(tmp_path / "live")
+    assert got == read_tensorboard(tmp_path / "exp")
+    for i in range(len(sw)):
+        (name,) = [n for n in got if n.startswith(f"config-{i:04d}_")]
+        epochs, vals = eval_series(sw, i, "loss")
+        assert epochs[0] == 0 and [s for s, _ in got[name]["series"]["loss"]] == epochs
+        np.testing.assert_array_equal(np.float32([v for _, v in got[name]["series"]["loss"]]),
+                                      vals.astype(np.float32))
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    """In a multi-process run the other processes write nothing (process 0 writes)."""
+    import jax
+
+    x = np.arange(8, dtype=np.float32)[:, None]
+    args = (lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2), jnp.zeros(1), (x, 2 * x[:, 0]))
+    kw = dict(optimizer=optax.sgd, hparams={"learning_rate": 0.01}, epochs=2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    jaxgd.fit(*args, **kw, track=f"tensorboard:{tmp_path / 'p1'}")
+    assert not (tmp_path / "p1").exists()
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    jaxgd.fit(*args, **kw, track=f"tensorboard:{tmp_path / 'p0'}")
+    assert [p.name for p in (tmp_path / "p0").iterdir()] == ["fit"]
