@@ -45,7 +45,7 @@ __all__ = ["KEY_TAG", "LossForm", "check_form", "config_key", "key_hparams", "pa
 KEY_TAG = 0x4C055  # fold_in(run key, KEY_TAG) starts a configuration's loss keys
 INIT_FOLD = 0x5EED  # fold_in(run key, INIT_FOLD) is sweep(init=...)'s key
 OPTIONAL = ("key", "train", "state", "hparams")
-RESERVED = ("epoch", "loss", "grad_norm", "lr", "objective", "step_loss", "state")
+RESERVED = ("epoch", "step", "loss", "grad_norm", "lr", "objective", "step_loss", "state")
 
 
 class LossForm(NamedTuple):
@@ -333,7 +333,7 @@ def _returned(base: LossForm, out, state, name: str, batch: Any = None) -> LossF
 
 # ----------------------------------------------------------------------------- history
 
-STANDARD_HISTORY = ("epoch", "loss", "batch_loss", "grad_norm", "lr", "objective",
+STANDARD_HISTORY = ("epoch", "step", "loss", "batch_loss", "grad_norm", "lr", "objective",
                     "val_loss", "step_loss")
 
 

@@ -364,7 +364,8 @@ def _tell(optuna, study, trials, part: SweepResult, objective: str, reduce: str,
     states, values = [None] * len(trials), [math.nan] * len(trials)
     worst = -math.inf if maximize else math.inf
     for i, (t, row) in enumerate(zip(trials, rows, strict=True)):
-        curve, epochs = part.history[objective][row], part.history["epoch"][row]
+        curve, epochs = part.history[objective][row], part.history[
+            "step" if "step" in part.history else "epoch"][row]
         reason = str(tab["stop_reason"].iloc[row])
         _report(t, curve, epochs, worst if reason == "diverged" else None)
         t.set_user_attr("stop_reason", reason)

@@ -142,7 +142,7 @@ class Population:
         """Refuse a metric that this sweep does not record."""
         for gi, g in enumerate(self.groups):
             names = set(self.columns(gi)) | set(metric_history_names(g.prepared.spec))
-            names -= {"epoch", "lr"}
+            names -= {"epoch", "step", "lr"}
             if metric not in names:
                 raise ValueError(f"search metric={metric!r} is not recorded by this sweep; "
                                  f"recorded: {sorted(names)}")

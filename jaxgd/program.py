@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from . import loop, lossform, optim, stops
-from .data import feistel_permute, feistel_round_keys
+from .data import feistel_permute, feistel_round_keys, window_batch
 from .losses import abs_l1, default_penalty_mask
 from .spec import (
     DIVERGED,
@@ -76,7 +76,7 @@ def lookahead(spec: ProgramSpec) -> bool:
     a hyper-parameter changed between calls (population-based training) is never stale."""
     plan, f = spec.plan, spec.form
     return (plan.full_steps == 1 and plan.last_batch_size == 0 and spec.accumulate == 1
-            and plan.batch_size == plan.n and spec.metrics != "batch"
+            and plan.batch_size == plan.n and spec.metrics != "batch" and not spec.window
             and not (f.key or f.train or f.state or f.takes_hparams))
 
 
@@ -209,12 +209,24 @@ def _standardizer(spec: ProgramSpec, train) -> Callable[[Any], Any]:
 
 def history_columns(spec: ProgramSpec, params0, tc) -> tuple[str, ...]:
     """The scalar columns of a history row, in the order of the packed row."""
-    cols = ["epoch", "loss", "batch_loss", "grad_norm", "lr"]
+    cols = [index_column(spec), "loss", "batch_loss", "grad_norm", "lr"]
     if "l1" in tc or "l2" in tc:  # as _penalty decides
         cols.append("objective")
     if spec.has_val:
         cols.append("val_loss")
     return tuple(cols)
+
+
+def index_column(spec: ProgramSpec) -> str:
+    """The history column that indexes the rows: ``"epoch"``, or ``"step"`` with a step
+    budget (each row's 0-based last epoch or last update)."""
+    return "step" if spec.by_steps else "epoch"
+
+
+def step_loss_width(spec: ProgramSpec) -> int:
+    """Step losses per row of ``history["step_loss"]``: an epoch's steps (one with a step
+    budget: a row per update)."""
+    return 1 if spec.by_steps else spec.plan.steps_per_epoch
 
 
 def _packed_dtype(dt):
@@ -232,7 +244,7 @@ def empty_history_block(spec: ProgramSpec, params0, tc, dt, rows: int) -> dict[s
     ncol = len(history_columns(spec, params0, tc))
     hist = {"scalars": jnp.full((rows, ncol), jnp.nan, _packed_dtype(dt))}
     if spec.record_steps:
-        hist["step_loss"] = jnp.full((rows * K, spec.plan.steps_per_epoch), jnp.nan, dt)
+        hist["step_loss"] = jnp.full((rows * K, step_loss_width(spec)), jnp.nan, dt)
     if spec.record_params:
         for name, leaf in param_leaves(params0):
             hist[name] = jnp.full((rows,) + leaf.shape, jnp.nan, leaf.dtype)
@@ -314,8 +326,12 @@ def _epoch_order(spec: ProgramSpec, key, epoch,
 
 
 def _gather(spec: ProgramSpec, ctx: EpochContext, order, start, size):
-    """The raw batch of ``size`` samples from position ``start`` of the epoch's order."""
+    """The raw batch of ``size`` samples from position ``start`` of the epoch's order
+    (with token windows, ``start`` is the step and the batch is ``size`` random windows
+    of the stream: :func:`jaxgd.data.window_batch`)."""
     data, tidx = ctx.data, ctx.tidx
+    if spec.window:
+        return window_batch(data, ctx.key, start, size, spec.window)
     if order is None and tidx is None:
         if size == spec.plan.n:  # full batch in order: the data itself
             return data
@@ -403,8 +419,46 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     return EpochCarry(inner, carry.epochs_run + ran.astype(jnp.int32)), row
 
 
+def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
+             t) -> tuple[EpochCarry, jax.Array | None]:
+    """Update ``t`` (0-based) of a step budget: the step at position ``t mod
+    steps_per_epoch`` of epoch ``t // steps_per_epoch`` of the epoch program (nothing happens
+    for ``t`` >= the budget); returns its loss as a row of one (with ``record_steps``).
+
+    ``t`` is the same for every configuration (the block's start plus the scan index), so
+    the choice between a full batch and the epoch's short last batch is a real
+    conditional under ``vmap``. An epoch's ``epochs_run`` counts from its first step."""
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate
+    spe = plan.steps_per_epoch
+    epoch, pos = t // spe, t % spe
+    in_range = t < spec.epochs
+    active0 = carry.steps.active
+    inner = carry.steps._replace(active=active0 & in_range)
+    order = None if spec.window else _epoch_order(spec, ctx.key, epoch, ctx.orders)
+
+    def full(c):
+        at = t if spec.window else pos * bsz
+        return train_step(spec, ctx, order, c, at, bsz, spec.accumulate)
+
+    def last(c):
+        return train_step(spec, ctx, order, c, plan.full_steps * bsz, plan.last_batch_size, 1)
+
+    if plan.last_batch_size == 0 or spec.window:
+        inner, loss = full(inner)
+    elif plan.full_steps == 0:
+        inner, loss = last(inner)
+    else:
+        inner, loss = jax.lax.cond(pos == plan.full_steps, last, full, inner)
+    ran = active0 & in_range
+    inner = inner._replace(active=jnp.where(in_range, inner.active, active0))
+    row = jnp.where(ran, loss, jnp.nan)[None] if spec.record_steps else None
+    return EpochCarry(inner, carry.epochs_run + (ran & (pos == 0)).astype(jnp.int32)), row
+
+
 def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
-    """``eval_every`` epochs of training from ``st``: (carry, step-loss rows or None)."""
+    """``eval_every`` epochs (or steps, with a step budget) of training from ``st``:
+    (carry, step-loss rows or None)."""
     K, _ = evals_of(spec)
     dt = st.init_loss.dtype
     mdt = metric_dtype(st.params)
@@ -415,8 +469,21 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
                        st.epochs_run)
     e0 = block * K
     if K == 1:
-        carry, rows = train_epoch(spec, ctx, carry, e0)
+        carry, rows = (train_at if spec.by_steps else train_epoch)(spec, ctx, carry, e0)
         rows = None if rows is None else rows[None]
+    elif spec.by_steps:
+        # the step counter apart from the packed carry, so that it stays unbatched under
+        # vmap (train_at's conditional on it is then a real one)
+        packed, layout = loop.pack(carry)
+
+        def step_body(kp, _):
+            k, packed = kp
+            c, row = train_at(spec, ctx, loop.unpack(packed, layout), e0 + k)
+            return (k + 1, loop.pack(c)[0]), row
+
+        (_, packed), rows = jax.lax.scan(step_body, (jnp.zeros((), jnp.int32), packed), None,
+                                         length=K)
+        carry = loop.unpack(packed, layout)
     else:
         # the epoch counter in the carry (an array of K epoch numbers as the scan's input
         # would be a buffer of 4K bytes: see SEQUENTIAL_BYTES) and the carry packed (a few
@@ -540,14 +607,14 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
     was_active = st.active
     dt = st.init_loss.dtype
     pdt = _packed_dtype(dt)
-    values = {"epoch": epoch, "loss": m.loss, "batch_loss": m.batch_loss,
+    values = {"epoch": epoch, "step": epoch, "loss": m.loss, "batch_loss": m.batch_loss,
               "grad_norm": m.grad_norm,
               "lr": optim.recorded_lr(spec.opt, spec.schedule, tc,
                                       jnp.maximum(c.step - 1, 0), c.opt_state),
               "objective": m.objective, "val_loss": m.val_loss}
     # each value rounded to the run's dtype first (as a column of its own would be)
     packed = jnp.stack([
-        jnp.asarray(values[k]).astype(pdt if k == "epoch" else dt).astype(pdt)
+        jnp.asarray(values[k]).astype(pdt if k in ("epoch", "step") else dt).astype(pdt)
         for k in history_columns(spec, st.params, tc)])
     row = {"scalars": jnp.where(was_active, packed, jnp.nan)}
     for name in spec.form.metrics:
@@ -613,7 +680,7 @@ def history_row_bytes(spec: ProgramSpec, params0, tc) -> int:
     dt = jnp.dtype(float_dtype(params0))
     n = len(history_columns(spec, params0, tc)) * jnp.dtype(_packed_dtype(dt)).itemsize
     if spec.record_steps:
-        n += K * spec.plan.steps_per_epoch * dt.itemsize
+        n += K * step_loss_width(spec) * dt.itemsize
     if spec.record_params:
         n += sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params0))
     n += len(metric_history_names(spec)) * 8  # the loss's metrics (at least float32)
@@ -738,7 +805,7 @@ def unpack_history(spec: ProgramSpec, columns: tuple[str, ...], hist: dict[str, 
     out = {}
     for i, name in enumerate(columns):
         col = scal[..., i]
-        out[name] = col if name == "epoch" else col.astype(dt)
+        out[name] = col if name in ("epoch", "step") else col.astype(dt)
     out.update(hist)
     return out
 

@@ -301,14 +301,15 @@ def _summary_of(table, i: int, skip: set[str]) -> dict[str, Any]:
 
 def _series(hist: dict[str, np.ndarray]) -> list[str]:
     """The history columns logged per evaluation: scalars per row, but ``epoch``."""
-    return [k for k, v in hist.items() if k not in ("epoch", "step_loss") and v.ndim == 1]
+    return [k for k, v in hist.items()
+            if k not in ("epoch", "step", "step_loss") and v.ndim == 1]
 
 
 def _eval_rows(hist: dict[str, np.ndarray]):
     """(epoch, {column: value}) per evaluation that ran (epoch not NaN), NaN values
     left out."""
     cols = _series(hist)
-    for j, e in enumerate(hist["epoch"]):
+    for j, e in enumerate(hist["step" if "step" in hist else "epoch"]):
         if not np.isfinite(e):
             continue
         vals = {k: hist[k][j] for k in cols if not np.isnan(hist[k][j])}

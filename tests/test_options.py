@@ -37,7 +37,7 @@ def test_the_options_object_is_the_table():
     assert isinstance(got, options.Options) and got.batch_size == 8 and got.grid is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         got.epochs = 3
-    assert got.replace(epochs=3).epochs == 3 and got.epochs == 100
+    assert got.replace(epochs=3).epochs == 3 and got.epochs is None  # None: 100 epochs
 
 
 @pytest.mark.parametrize("fn, scope", [(jaxgd.fit, "fit"), (jaxgd.sweep, "sweep")])
@@ -56,6 +56,7 @@ NOT_IN_FILES = {
     "penalty_mask": "a function",
     "progress": "the command line's --quiet",
     "standardize": "[data] standardize",
+    "windows": "a token stream: [data] holds (x, y) datasets",
 }
 
 
@@ -71,6 +72,7 @@ FILE_CASES = {
     "hparams": ("{ momentum = 0.0 }", "3"),
     "batch_size": ('"full"', "0"),
     "epochs": ("3", "2.5"),
+    "steps": ("30", "0"),
     "shuffle": ('"feistel"', '"random"'),
     "drop_last": ("true", "1"),
     "seed": ("2", "-1"),
