@@ -346,9 +346,10 @@ def _read_search(ctx: Ctx, s: dict[str, Any] | None, train: dict[str, Any]):
     from . import search as search_mod
 
     every = train.get("eval_every", options.OPTIONS["eval_every"].default)
-    units, _ = options.budget(train.get("epochs"), train.get("steps"))  # checked: [train]
+    units, by_steps = options.budget(train.get("epochs"), train.get("steps"))  # [train] checked
     try:
-        return search_mod.check(search_mod.from_dict(s, "[search]"), units, every)
+        return search_mod.check(search_mod.from_dict(s, "[search]"), units, every,
+                                "steps" if by_steps else "epochs")
     except (ValueError, TypeError) as e:
         m = re.search(r"search (\w+)=", str(e)) or re.search(r"key '(\w+)'", str(e)) or \
             re.search(r"\[search\]: (\w+)=", str(e))

@@ -136,7 +136,7 @@ def sweep(
 
     opts = collect("sweep", locals())
     opts = opts.replace(progress=agree_progress(bool(opts.progress)))
-    units, _ = budget(epochs, steps)  # the budget: epochs, or updates with steps=
+    units, by_steps = budget(epochs, steps)  # the budget: epochs, or updates with steps=
     cfgs = expand_configs(grid, random, configs, shape=shape_axes(init))
     cfgs = with_folds(cfgs, folds, val_data)
     all_idx = selected(cfgs, only)
@@ -163,7 +163,8 @@ def sweep(
                          "(each fold trains on its own part of the data): use shuffle=True "
                          "or False")
     if search is not None:
-        search = _checked_search(search, cfgs, units, eval_every)
+        search = _checked_search(search, cfgs, units, eval_every,
+                                 "steps" if by_steps else "epochs")
     groups = make_groups(loss, params, data, cfgs, all_idx, opts, fold_split)
 
     base = opts.pick(STRUCTURAL_AXES + ("seed",))
@@ -217,10 +218,10 @@ def sweep(
     return res
 
 
-def _checked_search(search, cfgs, units: int, eval_every: int):
+def _checked_search(search, cfgs, units: int, eval_every: int, unit: str):
     """``search`` validated against the sweep's budget (epochs or steps) and axes (before
     anything runs)."""
-    search = search_mod.check(search, units, eval_every)
+    search = search_mod.check(search, units, eval_every, unit)
     search.validate_axes(set(k for c in cfgs for k in c))
     return search
 

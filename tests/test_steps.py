@@ -271,7 +271,21 @@ def test_a_step_budget_from_a_toml_file():
     sw = build(read_config("s.toml", text=text)).run()
     assert list(sw.table["steps_run"]) == [5, 5]
     np.testing.assert_array_equal(sw.history["step"][0], [1, 3, 4])
-    with pytest.raises(ConfigError, match=r"s.toml:4: train.epochs = 2 and train.steps = 5: give one budget"):
+    with pytest.raises(ConfigError,
+                       match=r"s.toml:4: train.epochs = 2 and train.steps = 5: give one budget"):
         read_config("s.toml", text=text.replace("steps = 5", "steps = 5\nepochs = 2"))
     with pytest.raises(ConfigError, match=r"train.steps = 0 is invalid"):
         read_config("s.toml", text=text.replace("steps = 5", "steps = 0"))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(search=search.Halving(min_epochs=3)), r"rung within steps=8: need min_epochs \* "
+                                                r"eta <= steps"),
+    (dict(search=search.PBT(interval=8)), r"interval=8 must be less than steps=8"),
+    (dict(search=search.Median(warmup=9)), r"warmup=9 must be less than steps=8"),
+])
+def test_searches_in_steps_are_checked_in_steps(kw, match, monkeypatch):
+    _no_compile(monkeypatch)
+    with pytest.raises(ValueError, match=match):
+        jaxgd.sweep(mse, p0(), (X, Y), grid={"learning_rate": [0.1, 0.2, 0.3, 0.4]},
+                    batch_size=B, steps=8, val_data=(XV, YV), **kw)
