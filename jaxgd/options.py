@@ -67,6 +67,11 @@ def _positive_or_none(name: str, v: Any) -> int | None:
     return v
 
 
+def _positive_int_or_none(name: str, v: Any) -> int | None:
+    """None, or a positive int (TypeError for a non-integer, ValueError for one <= 0)."""
+    return None if v is None else check_positive_int(name, v)
+
+
 def _batch_size(name: str, v: Any) -> int | None:
     if v is None or v == "full":
         return None
@@ -182,7 +187,7 @@ _TRAIN: tuple[Option, ...] = (
     Option("epochs", None, "int | None",
            "maximum number of passes over the data (100 when neither ``epochs`` nor "
            "``steps`` is given).",
-           file=True, check=_positive_or_none, what="a positive integer", fingerprint="own"),
+           file=True, check=_positive_int_or_none, what="a positive integer", fingerprint="own"),
     Option("steps", None, "int | None",
            "a budget of updates instead of ``epochs`` (give one of them): training visits "
            "the batches of the epoch program in the same order (epoch ``t // "
@@ -192,7 +197,7 @@ _TRAIN: tuple[Option, ...] = (
            "last update; ``best_epoch`` holds that step), search rungs and intervals are in "
            "updates, ``epochs_run`` counts the epochs begun, and the stop reason when the "
            "budget is spent stays ``\"max_epochs\"``. Not with ``shuffle=\"uniform\"``.",
-           file=True, check=_positive_or_none, what="a positive integer (updates)",
+           file=True, check=_positive_int_or_none, what="a positive integer (updates)",
            fingerprint="own"),
     Option("windows", None, "int | None",
            "``L``: ``data`` is a 1-D integer token stream and each step's batch is "
@@ -204,7 +209,7 @@ _TRAIN: tuple[Option, ...] = (
            "the block's batch losses (``metrics`` is ``\"batch\"``); ``val_data`` is "
            "fixed windows, e.g. ``jaxgd.data.token_windows(val_tokens, L)``; not with "
            "``standardize``, ``folds`` or ``shuffle=`` orders.",
-           check=_positive_or_none, what="a positive integer (window length)",
+           check=_positive_int_or_none, what="a positive integer (window length)",
            fingerprint="own"),
     Option("shuffle", True, "bool | str | array",
            "``True`` visits samples in a fresh pseudo-random order every epoch (a keyed "

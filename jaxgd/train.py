@@ -74,7 +74,8 @@ def fit(
       params: initial parameters: any pytree of floating arrays (bfloat16 included), a
         flax variable dict's ``params``, an nnx state, or a model object such as an
         equinox Module (its floating arrays trained, other leaves held as they are).
-      data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``.
+      data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``; with
+        ``windows=``, a 1-D integer token stream.
       {options}
 
     Returns:

@@ -102,6 +102,20 @@ def test_whole_epochs_equal_epochs_exactly():
                                   d.history["step_loss"].reshape(-1)[:7])
 
 
+def test_full_batch_steps_equal_epochs_exactly():
+    # one update per epoch (the look-ahead program: each step's loss and gradient are
+    # computed at the parameters it produces)
+    kw = dict(optimizer="momentum", hparams={"learning_rate": 0.05, "momentum": 0.9},
+              val_data=(XV, YV))
+    a = jaxgd.fit(mse, p0(), (X, Y), epochs=6, eval_every=2, **kw)
+    b = jaxgd.fit(mse, p0(), (X, Y), steps=6, eval_every=2, **kw)
+    for k in ("w", "b"):
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    for k in ("loss", "val_loss", "grad_norm"):
+        np.testing.assert_array_equal(a.history[k], b.history[k])
+    np.testing.assert_array_equal(a.history["epoch"], b.history["step"])
+
+
 def test_sweep_in_steps_equals_its_fits():
     kw = dict(optimizer="adam", batch_size=B, steps=8, eval_every=4, val_data=(XV, YV))
     sw = jaxgd.sweep(mse, p0(), (X, Y), grid={"learning_rate": [0.01, 0.1], "seed": [1, 2]},
@@ -168,7 +182,7 @@ TOK = (np.arange(300) * 7 + np.arange(300) // 11) % 13
 @pytest.mark.parametrize("front", ["fit", "sweep"])
 def test_bad_budgets_are_refused_before_compiling(kw, match, front, monkeypatch):
     _no_compile(monkeypatch)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(TypeError if kw.get("steps") == 2.5 else ValueError, match=match):
         if front == "fit":
             jaxgd.fit(mse, p0(), (X, Y), batch_size=B, **kw)
         else:
