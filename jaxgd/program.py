@@ -23,6 +23,12 @@ in sub-blocks whose rows collect in a buffer of at most :data:`SEQUENTIAL_BYTES`
 buffer in a loop body makes XLA:CPU dispatch that body's kernels to its thread pool, at
 every iteration).
 
+With a step budget (``spec.by_steps``) the budget, ``eval_every`` and the history rows
+count updates: an evaluation scans ``eval_every`` calls of :func:`train_at`, update ``t``
+being the step at position ``t mod steps_per_epoch`` of epoch ``t // steps_per_epoch``
+(the epoch program's batches in its order), and with token windows (``spec.window``)
+every update draws its batch of random windows from the stream.
+
 Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
 over the training data per configuration (plus a backward pass with ``grad_tol`` or
 ``metrics="full_grad"``), the stop checks on scalars, and one history row written. Full-
