@@ -303,3 +303,16 @@ def test_searches_in_steps_are_checked_in_steps(kw, match, monkeypatch):
     with pytest.raises(ValueError, match=match):
         jaxgd.sweep(mse, p0(), (X, Y), grid={"learning_rate": [0.1, 0.2, 0.3, 0.4]},
                     batch_size=B, steps=8, val_data=(XV, YV), **kw)
+
+
+def test_a_step_budget_is_part_of_a_run_folders_fingerprint(tmp_path):
+    kw = dict(grid={"learning_rate": [0.05, 0.1]}, batch_size=B, out=tmp_path / "run")
+    a = jaxgd.sweep(mse, p0(), (X, Y), steps=5, **kw)
+    b = jaxgd.sweep(mse, p0(), (X, Y), steps=5, **kw)  # read back
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+    np.testing.assert_array_equal(jaxgd.load(tmp_path / "run").history["step"],
+                                  a.history["step"])
+    with pytest.raises(ValueError, match="different sweep"):
+        jaxgd.sweep(mse, p0(), (X, Y), steps=6, **kw)
+    with pytest.raises(ValueError, match="different sweep"):
+        jaxgd.sweep(mse, p0(), (X, Y), epochs=2, **kw)
