@@ -413,10 +413,11 @@ def _read_search(ctx: Ctx, s: dict[str, Any] | None, train: dict[str, Any]):
         return None
     from . import search as search_mod
 
-    epochs = train.get("epochs", options.OPTIONS["epochs"].default)
     every = train.get("eval_every", options.OPTIONS["eval_every"].default)
+    units, by_steps = options.budget(train.get("epochs"), train.get("steps"))  # [train] checked
     try:
-        return search_mod.check(search_mod.from_dict(s, "[search]"), epochs, every)
+        return search_mod.check(search_mod.from_dict(s, "[search]"), units, every,
+                                "steps" if by_steps else "epochs")
     except (ValueError, TypeError) as e:
         m = re.search(r"search (\w+)=", str(e)) or re.search(r"key '(\w+)'", str(e)) or \
             re.search(r"\[search\]: (\w+)=", str(e))
@@ -587,6 +588,10 @@ def _read_train(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
             except (TypeError, ValueError):
                 raise ctx.err(f"train.{k}", f"train.{k} = {show_value(x)} is invalid: use "
                               f"{options.OPTIONS[k].what}") from None
+    if "epochs" in t and "steps" in t:
+        raise ctx.err("train.steps", f"train.epochs = {show_value(t['epochs'])} and "
+                      f"train.steps = {show_value(t['steps'])}: give one budget, epochs or "
+                      "steps (updates)")
     init_seed = t.get("init_seed", 0)
     if not ((is_int(init_seed) and init_seed >= 0) or init_seed == "seed"):
         raise ctx.err("train.init_seed", f"train.init_seed = {show_value(init_seed)} is invalid: "

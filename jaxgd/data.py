@@ -4,6 +4,8 @@ Host-side helpers (:func:`validate_data`, :func:`fit_standardizer`, :func:`train
 :func:`kfold_indices`, :func:`batch_plan`) run with NumPy before anything is traced.
 :func:`feistel_permute` is the in-program shuffle: a counter-based pseudo-random
 permutation that is jit- and vmap-able and needs no ``[n]``-sized sort per configuration.
+Token streams: :func:`window_batch` draws a step's random windows inside the program
+(``windows=``), :func:`token_windows` cuts a stream into consecutive windows (validation).
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ __all__ = [
     "kfold_indices",
     "standardize",
     "take",
+    "token_windows",
     "train_val_split",
     "validate_data",
+    "window_batch",
+    "window_starts",
 ]
 
 
@@ -456,3 +461,74 @@ def epoch_permutation(key: jax.Array, epoch: ArrayLike, n: int) -> jax.Array:
     return feistel_permute(
         feistel_round_keys(key, epoch), jnp.arange(n, dtype=jnp.uint32), n
     ).astype(jnp.int32)
+
+
+# fold_in(run key, WINDOW_TAG) starts the keys of a token stream's random windows
+WINDOW_TAG = 0x57494E44
+
+
+def window_starts(key: jax.Array, step: ArrayLike, batch: int, n_tokens: int,
+                  length: int) -> jax.Array:
+    """The first tokens of step ``step``'s ``batch`` random windows of ``length + 1`` tokens
+    in a stream of ``n_tokens``: ``jax.random.randint(fold_in(fold_in(key, WINDOW_TAG),
+    step), (batch,), 0, n_tokens - length)`` (int32; uniform, drawn with replacement).
+
+    Args:
+      key: the run's key (``fit``'s ``key``; a sweep's seed ``s`` is ``jax.random.key(s)``).
+      step: the update's 0-based index (may be traced).
+      batch: windows per step (``batch_size * accumulate``).
+      n_tokens: the stream's length.
+      length: the input length ``L`` (a window holds ``L + 1`` tokens).
+    """
+    k = jax.random.fold_in(jax.random.fold_in(key, WINDOW_TAG), step)
+    return jax.random.randint(k, (batch,), 0, n_tokens - length, dtype=jnp.int32)
+
+
+def window_batch(tokens: jax.Array, key: jax.Array, step: ArrayLike, batch: int,
+                 length: int) -> tuple[jax.Array, jax.Array]:
+    """Step ``step``'s batch from a 1-D token stream: ``(x, y)``, each ``[batch, length]``,
+    where window ``i`` is ``tokens[s_i : s_i + length + 1]`` (:func:`window_starts`),
+    ``x`` its first ``length`` tokens and ``y`` its last ``length`` (the next token of each
+    position of ``x``)."""
+    starts = window_starts(key, step, batch, tokens.shape[0], length)
+    idx = starts[:, None] + jnp.arange(length + 1, dtype=jnp.int32)
+    w = jnp.take(tokens, idx, axis=0, mode="clip")  # in range by construction
+    return w[:, :-1], w[:, 1:]
+
+
+def token_windows(tokens: ArrayLike, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """A token stream cut into consecutive windows (fixed validation data for ``windows=``):
+    ``(x, y)`` with ``x[i] = tokens[i*L : i*L + L]`` and ``y[i] = tokens[i*L + 1 : i*L + L +
+    1]``, ``i < (len(tokens) - 1) // L``; the tokens after the last whole window are left
+    out.
+
+    Args:
+      tokens: a 1-D integer array.
+      length: the window's input length ``L`` (a positive int).
+
+    Returns:
+      ``(x, y)``, int arrays ``[M, L]``.
+    """
+    length = check_positive_int("length", length)
+    t = np.asarray(tokens)
+    check_tokens(t, "tokens", length)
+    m = (t.shape[0] - 1) // length
+    x = t[: m * length].reshape(m, length)
+    y = t[1: m * length + 1].reshape(m, length)
+    return x, y
+
+
+def check_tokens(tokens: Any, name: str, length: int) -> None:
+    """A ValueError/TypeError naming ``name`` unless ``tokens`` is a 1-D integer array of
+    at least ``length + 1`` tokens."""
+    shape, dtype = getattr(tokens, "shape", None), getattr(tokens, "dtype", None)
+    if shape is None or dtype is None:
+        tokens = np.asarray(tokens)
+        shape, dtype = tokens.shape, tokens.dtype
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        raise TypeError(f"{name} must be a 1-D integer array of tokens, got dtype {dtype}")
+    if len(shape) != 1:
+        raise ValueError(f"{name} must be a 1-D array of tokens, got shape {tuple(shape)}")
+    if shape[0] < length + 1:
+        raise ValueError(f"windows of {length} + 1 tokens are longer than {name}'s "
+                         f"{shape[0]} tokens: give a longer stream or a smaller windows=")

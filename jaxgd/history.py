@@ -6,7 +6,8 @@ it: all of them take the names, the order, the dtypes and the per-step columns f
 
 A history holds, per configuration:
 
-- the scalar columns (:data:`SCALARS`, one value per evaluation): in the program they are
+- the scalar columns (:data:`SCALARS`, one value per evaluation; with a step budget
+  ``step`` takes the place of ``epoch``): in the program they are
   packed into one ``[rows, columns]`` array (:data:`PACKED`) in the order of
   :attr:`HistoryLayout.scalars`, so an evaluation writes its row with one update;
   ``objective`` is recorded with an ``l1``/``l2`` penalty, ``val_loss`` with validation
@@ -15,7 +16,8 @@ A history holds, per configuration:
 - the loss's metrics: ``<m>`` (full data, or the batch mean), ``batch_<m>`` and, with
   validation, ``val_<m>`` (at least float32);
 - ``step_loss`` (``record_steps=True``): the per-step losses, ``eval_every`` rows of
-  ``steps_per_epoch`` per evaluation (one row per epoch, not per evaluation);
+  ``steps_per_epoch`` per evaluation (one row per epoch, not per evaluation; with a step
+  budget one row of one loss per update);
 - ``params[...]`` (``record_params=True``): the parameter leaves after each evaluation.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 EPOCH = "epoch"
+STEP = "step"  # in place of EPOCH with a step budget (steps=): each row's last update
 OBJECTIVE = "objective"
 VAL_LOSS = "val_loss"
 STEP_LOSS = "step_loss"
@@ -31,10 +34,10 @@ PACKED = "scalars"  # the key of the packed scalar columns inside the program
 PARAMS_PREFIX = "params"  # the recorded parameter leaves: params['w'], params['layers'][0]...
 # the scalar columns, in the order of the packed row (optional ones where they are recorded)
 SCALARS = (EPOCH, "loss", "batch_loss", "grad_norm", "lr", OBJECTIVE, VAL_LOSS)
-EXACT = (EPOCH,)  # kept in the packed dtype (at least float32), not the run's dtype
+EXACT = (EPOCH, STEP)  # kept in the packed dtype (at least float32), not the run's dtype
 PER_STEP = (STEP_LOSS,)  # one row per epoch (steps_per_epoch values), not per evaluation
-STANDARD = SCALARS + PER_STEP  # every column that is not a metric of the loss or a parameter
-UNRANKED = (EPOCH, "lr")  # recorded columns that are no measure of a configuration
+STANDARD = SCALARS + (STEP,) + PER_STEP  # every column but the metrics and parameters
+UNRANKED = (EPOCH, STEP, "lr")  # recorded columns that are no measure of a configuration
 
 
 class HistoryLayout(NamedTuple):
@@ -50,12 +53,12 @@ class HistoryLayout(NamedTuple):
 
     @classmethod
     def of(cls, penalty: bool, has_val: bool, metrics: tuple[str, ...] = (),
-           record_steps: bool = False) -> HistoryLayout:
+           record_steps: bool = False, by_steps: bool = False) -> HistoryLayout:
         """The layout of a run: ``penalty`` (an ``l1``/``l2`` value is traced),
-        ``has_val`` (validation data or folds), the loss's ``metrics`` by name and
-        ``record_steps``."""
-        scalars = tuple(c for c in SCALARS if (c != OBJECTIVE or penalty)
-                        and (c != VAL_LOSS or has_val))
+        ``has_val`` (validation data or folds), the loss's ``metrics`` by name,
+        ``record_steps`` and ``by_steps`` (a step budget: rows indexed by ``step``)."""
+        scalars = tuple((STEP if by_steps and c == EPOCH else c) for c in SCALARS
+                        if (c != OBJECTIVE or penalty) and (c != VAL_LOSS or has_val))
         rows: list[str] = []
         for m in metrics:
             rows += [m, f"batch_{m}"] + ([f"val_{m}"] if has_val else [])
@@ -87,8 +90,15 @@ def per_step(name: str) -> bool:
     return name in PER_STEP
 
 
+def index_name(hist) -> str:
+    """The history column indexing the rows of ``hist``: :data:`STEP` (a step budget) or
+    :data:`EPOCH`."""
+    return STEP if STEP in hist else EPOCH
+
+
 def evaluation_rows(name: str, evals: int, epochs: int) -> int:
-    """The rows column ``name`` holds for ``evals`` evaluations of ``epochs`` epochs."""
+    """The rows column ``name`` holds for ``evals`` evaluations of ``epochs`` epochs (with
+    a step budget: ``epochs`` counts updates)."""
     return epochs if per_step(name) else evals
 
 

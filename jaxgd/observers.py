@@ -108,7 +108,8 @@ class ProgressBar(Observer):
         if self.lead and call.spec.progress and not call.cached:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=call.spec.epochs, desc=call.desc, unit="epoch", leave=False)
+            unit = "step" if call.spec.by_steps else "epoch"
+            bar = tqdm(total=call.spec.epochs, desc=call.desc, unit=unit, leave=False)
             per_tick = min(call.spec.eval_every, call.spec.epochs)
 
             def tick(done: int, active: int) -> None:

@@ -69,6 +69,11 @@ def _positive_or_none(name: str, v: Any) -> int | None:
     return v
 
 
+def _positive_int_or_none(name: str, v: Any) -> int | None:
+    """None, or a positive int (TypeError for a non-integer, ValueError for one <= 0)."""
+    return None if v is None else check_positive_int(name, v)
+
+
 def _batch_size(name: str, v: Any) -> int | None:
     if v is None or v == "full":
         return None
@@ -211,8 +216,33 @@ _TRAIN: tuple[Option, ...] = (
            "``None`` (or ``\"full\"``: full batch), 1 (SGD) or B (mini-batch).",
            file=True, check=_batch_size, what='a positive integer or "full" (full batch)',
            fingerprint="own", axis=1),
-    Option("epochs", 100, "int", "maximum number of passes over the data.",
-           file=True, check=_positive, what="a positive integer", fingerprint="own"),
+    Option("epochs", None, "int | None",
+           "maximum number of passes over the data (100 when neither ``epochs`` nor "
+           "``steps`` is given).",
+           file=True, check=_positive_int_or_none, what="a positive integer", fingerprint="own"),
+    Option("steps", None, "int | None",
+           "a budget of updates instead of ``epochs`` (give one of them): training visits "
+           "the batches of the epoch program in the same order (epoch ``t // "
+           "steps_per_epoch``, position ``t mod steps_per_epoch`` for update ``t``) and stops "
+           "after ``steps`` updates, inside an epoch if need be. ``eval_every`` then counts "
+           "updates, history rows are indexed by ``history[\"step\"]`` (each row's 0-based "
+           "last update; ``best_epoch`` holds that step), search rungs and intervals are in "
+           "updates, ``epochs_run`` counts the epochs begun, and the stop reason when the "
+           "budget is spent stays ``\"max_epochs\"``. Not with ``shuffle=\"uniform\"``.",
+           file=True, check=_positive_int_or_none, what="a positive integer (updates)",
+           fingerprint="own"),
+    Option("windows", None, "int | None",
+           "``L``: ``data`` is a 1-D integer token stream and each step's batch is "
+           "``batch_size`` random windows of ``L + 1`` tokens drawn inside the program "
+           "(``(x, y)``, each ``[batch_size, L]``, ``y`` the next token of each ``x``; "
+           "window starts from the run's key and the update's index: "
+           ":func:`jaxgd.data.window_starts`), so configurations of a seed share them. "
+           "Needs ``steps`` and an integer ``batch_size``; evaluations record the means of "
+           "the block's batch losses (``metrics`` is ``\"batch\"``); ``val_data`` is "
+           "fixed windows, e.g. ``jaxgd.data.token_windows(val_tokens, L)``; not with "
+           "``standardize``, ``folds`` or ``shuffle=`` orders.",
+           check=_positive_int_or_none, what="a positive integer (window length)",
+           fingerprint="own"),
     Option("shuffle", True, "bool | str | array",
            "``True`` visits samples in a fresh pseudo-random order every epoch (a keyed "
            "Feistel bijection, cheap and shared by every configuration of a seed; not "
@@ -293,7 +323,8 @@ _TRAIN: tuple[Option, ...] = (
            file=True, check=check_bool, what="true or false"),
     Option("eval_every", 1, "int",
            "evaluate (record a history row, check the stop conditions) every this many "
-           "epochs; ``patience`` then counts evaluations. Long full-batch runs (100 000 "
+           "epochs (updates with ``steps``); ``patience`` then counts evaluations. Long "
+           "full-batch runs (100 000 "
            "iterations of the textbook loop) are several times faster with e.g. 1000, since "
            "the per-epoch bookkeeping then costs nothing. A non-finite step still stops a "
            "configuration at once. ``history[\"epoch\"]`` gives each row's (0-based) epoch.",
@@ -390,6 +421,20 @@ _TRAIN: tuple[Option, ...] = (
 OPTIONS: dict[str, Option] = {o.name: o for o in _TRAIN}
 
 
+DEFAULT_EPOCHS = 100
+
+
+def budget(epochs: Any, steps: Any) -> tuple[int, bool]:
+    """(budget, counted in steps): ``steps`` updates, or ``epochs`` epochs (100 when
+    neither is given); a ValueError when both are given or either is not a positive int."""
+    if epochs is not None and steps is not None:
+        raise ValueError(f"epochs={epochs!r} and steps={steps!r}: give one budget, epochs= "
+                         "or steps=, not both")
+    if steps is not None:
+        return check_positive_int("steps", steps), True
+    return (DEFAULT_EPOCHS if epochs is None else check_positive_int("epochs", epochs)), False
+
+
 def options_for(scope: str) -> tuple[Option, ...]:
     """The options of ``fit`` (``"fit"``) or ``sweep`` (``"sweep"``), in table order."""
     return tuple(o for o in _TRAIN if o.scope in (scope, BOTH))
@@ -426,7 +471,9 @@ class Options:
     optimizer: Any = "sgd"
     hparams: Mapping[str, Any] | None = None
     batch_size: int | str | None = None
-    epochs: int = 100
+    epochs: int | None = None
+    steps: int | None = None
+    windows: int | None = None
     shuffle: bool | str = True
     drop_last: bool = False
     key: Any = None

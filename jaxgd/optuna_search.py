@@ -46,7 +46,7 @@ import jax
 import numpy as np
 
 from ._checks import require
-from .history import EPOCH, SCALARS, VAL_LOSS
+from .history import EPOCH, SCALARS, VAL_LOSS, index_name
 from .lossform import declared
 from .results import ParamGroup, SweepResult
 from .sweep import sweep
@@ -402,7 +402,8 @@ def _tell(optuna, study, trials, part: SweepResult, objective: str, reduce: str,
     states, values = [None] * len(trials), [math.nan] * len(trials)
     worst = -math.inf if maximize else math.inf
     for i, (t, row) in enumerate(zip(trials, rows, strict=True)):
-        curve, epochs = part.history[objective][row], part.history["epoch"][row]
+        curve, epochs = part.history[objective][row], part.history[
+            index_name(part.history)][row]
         reason = str(tab["stop_reason"].iloc[row])
         _report(t, curve, epochs, worst if reason == "diverged" else None)
         t.set_user_attr("stop_reason", reason)

@@ -23,6 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from .history import index_name
+
+
+def _row_name(hist) -> str:
+    """The history column that indexes the rows: "step" (a step budget) or "epoch"."""
+    return index_name(hist)
+
+
+def _row_index(hist, default=None):
+    return hist.get(_row_name(hist), default)
+
 __all__ = ["plot_sweep"]
 
 LR = "learning_rate"
@@ -94,7 +105,7 @@ def _search_rungs(sw, show: bool):
     metric = "val_loss" if "val_loss" in sw.history else "loss"
     fig = _figure(show, figsize=(7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
-    ep = np.asarray(sw.history["epoch"], float) + 1
+    ep = np.asarray(_row_index(sw.history), float) + 1
     ran = t["epochs_run"].to_numpy()
     for i in range(len(t)):
         done = t["stop_reason"].iloc[i] != "pruned"
@@ -108,7 +119,7 @@ def _search_rungs(sw, show: bool):
     kept = int((t["stop_reason"] != "pruned").sum())
     ax.set_title(f"adaptive search: {len(t)} configurations, {kept} not pruned; "
                  f"{steps} optimizer steps", fontsize=10)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(_row_name(sw.history))
     ax.set_ylabel(metric)
     return fig
 
@@ -248,7 +259,7 @@ def _loss_curves(sw, show: bool):
     t = sw.table
     n, e = loss.shape
     epochs = np.arange(1, e + 1)
-    ep = np.asarray(sw.history.get("epoch", np.empty((0, 0))), float)
+    ep = np.asarray(_row_index(sw.history, np.empty((0, 0))), float)
     if ep.shape == loss.shape and np.isfinite(ep).any(axis=0).all():
         epochs = np.nanmax(ep, axis=0) + 1  # with eval_every > 1: the epoch of each row
     diverged = t["diverged"].to_numpy(bool) if "diverged" in t else np.zeros(n, bool)
@@ -306,7 +317,7 @@ def _loss_curves(sw, show: bool):
         ax.set_yscale("log")
     ax.set_ylim(*ylim)
     ax.set_xlim(1, max(float(epochs[-1]), 2))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(_row_name(sw.history))
     ax.set_ylabel("training loss")
     ax.set_title(f"Loss curves ({n} configurations)")
     if norm is not None:
@@ -323,7 +334,7 @@ def _metric_curves(sw, show: bool, m: str):
     h = np.asarray(sw.history.get(m, np.empty((0, 0))), float)
     if h.ndim != 2 or h.shape[0] == 0 or not np.isfinite(h).any():
         return None
-    ep = np.asarray(sw.history.get("epoch", np.empty((0, 0))), float)
+    ep = np.asarray(_row_index(sw.history, np.empty((0, 0))), float)
     epochs = (np.nanmax(ep, axis=0) + 1 if ep.shape == h.shape and np.isfinite(ep).any(
         axis=0).all() else np.arange(1, h.shape[1] + 1))
     fig = _figure(show, figsize=(7, 4.5))
@@ -344,7 +355,7 @@ def _metric_curves(sw, show: bool, m: str):
     ax.plot([], [], color="C0", label=f"{m} (training data)")
     if val is not None:
         ax.plot([], [], color="C1", ls="--", label=f"val_{m}")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(_row_name(sw.history))
     ax.set_ylabel(m)
     ax.set_title(f"{m} ({h.shape[0]} configurations)")
     ax.legend(fontsize=8)

@@ -265,15 +265,20 @@ def prepare(
     from .data import check_orders, validate_data
 
     o = opts.checked(_PROGRAM_OPTIONS)
-    if o.epochs > MAX_COUNT:
-        raise ValueError(f"epochs={o.epochs} is more than the {MAX_COUNT} (2**31 - 1) "
-                         "epochs a program counts (its epoch and step counters are int32)")
+    units, by_steps = options.budget(o.epochs, o.steps)
+    what = "steps" if by_steps else "epochs"
+    if units > MAX_COUNT:
+        raise ValueError(f"{what}={units} is more than the {MAX_COUNT} (2**31 - 1) "
+                         f"{what} a program counts (its epoch and step counters are int32)")
+    check_step_options(o, by_steps)
     if data_checked:  # validated by the caller (sweep): skip a second pass over the data
         n = jax.tree.leaves(data)[0].shape[0]
     else:
         data, n = validate_data(data, "data")
     val_data = o.val_data
-    if val_data is not None:
+    if o.windows is not None:
+        val_data = check_windows(o, data, val_data)
+    elif val_data is not None:
         val_data, _ = validate_data(val_data, "val_data")
         if jax.tree.structure(val_data) != jax.tree.structure(data):
             raise ValueError("val_data must have the same structure as data")
@@ -305,10 +310,10 @@ def prepare(
     plan = _plan(n if n_train is None else n_train, o)
     orders = (check_orders(opts.shuffle, plan.n) if o.shuffle == options.GIVEN
               else None)
-    if o.epochs * plan.steps_per_epoch > MAX_COUNT:
+    if not by_steps and units * plan.steps_per_epoch > MAX_COUNT:
         raise ValueError(
-            f"epochs={o.epochs} x {plan.steps_per_epoch} steps per epoch = "
-            f"{o.epochs * plan.steps_per_epoch} steps is more than the {MAX_COUNT} "
+            f"epochs={units} x {plan.steps_per_epoch} steps per epoch = "
+            f"{units * plan.steps_per_epoch} steps is more than the {MAX_COUNT} "
             "(2**31 - 1) a program counts (its step counter is int32)")
     spec_opt = optim.resolve_optimizer(o.optimizer)
     spec_opt, _ = optim.adapt_optimizer(spec_opt, o.schedule, o.hparams or {})
@@ -316,6 +321,8 @@ def prepare(
     numeric, static, loss_hp, given = split_hparams(loss, spec_opt, o.schedule, o.hparams, o)
     probe = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
+    if o.windows is not None:  # a batch of windows: (x, y), each [B, L]
+        probe = (jax.ShapeDtypeStruct((2, o.windows), data.dtype),) * 2
     if not callable(loss):
         raise TypeError(f"loss={loss!r} must be a function loss(params, batch) -> scalar")
     form = lossform.check_form(loss, params, probe, state, loss_hp)
@@ -325,18 +332,19 @@ def prepare(
         hash(static_items)
     except TypeError as e:
         raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
+    metrics = "batch" if o.windows is not None else o.metrics  # no pass over a stream
     spec = ProgramSpec(
         loss=loss, has_aux=has_aux, opt=spec_opt, schedule=o.schedule,
         static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
-        accumulate=o.accumulate, shuffle=o.shuffle, epochs=o.epochs,
-        metrics=o.metrics, record_steps=o.record_steps,
+        accumulate=o.accumulate, shuffle=o.shuffle, epochs=units,
+        metrics=metrics, record_steps=o.record_steps,
         record_params=o.record_params, restore_best=o.restore_best,
         penalty_mask=o.penalty_mask, init_fn=init_fn,
-        has_val=val_data is not None or val_from_index, track_init=o.metrics != "batch",
-        full_grad=o.metrics == "full_grad" or (o.metrics == "full" and "grad_tol" in given),
+        has_val=val_data is not None or val_from_index, track_init=metrics != "batch",
+        full_grad=metrics == "full_grad" or (metrics == "full" and "grad_tol" in given),
         eval_every=o.eval_every, progress=o.progress,
         standardize=check_standardize(o.standardize, data),
-        form=form,
+        form=form, by_steps=by_steps, window=o.windows or 0,
     )
     return Prepared(spec, params, data, val_data, numeric, state, combined, orders)
 
@@ -354,10 +362,59 @@ _PROGRAM_OPTIONS = tuple(o.name for o in options.options_for(options.BOTH)
                          if o.scope == options.BOTH)
 
 
+def check_step_options(o: options.Options, by_steps: bool) -> None:
+    """The options a step budget or token windows exclude (before anything compiles)."""
+    if by_steps and o.shuffle == "uniform":
+        raise ValueError("shuffle='uniform' draws a permutation per epoch and cannot be "
+                         f"combined with steps={o.steps}: use shuffle=True (a keyed Feistel "
+                         "permutation, computed per step) or False")
+    if o.windows is None:
+        return
+    if not by_steps:
+        raise ValueError(f"windows={o.windows} draws random windows, which have no epochs: "
+                         "give a budget of updates, steps=")
+    if o.batch_size is None or o.batch_size == "full":
+        raise ValueError(f"windows={o.windows} needs an integer batch_size (windows per "
+                         f"step), got batch_size={o.batch_size!r}")
+    if o.metrics == "full_grad":
+        raise ValueError("metrics='full_grad' needs a pass over the training data, which a "
+                         f"token stream (windows={o.windows}) does not have: use 'batch'")
+    for name in ("standardize", "drop_last"):
+        if getattr(o, name):
+            raise ValueError(f"{name}={getattr(o, name)!r} cannot be combined with "
+                             f"windows={o.windows} (a token stream)")
+    if o.shuffle == options.GIVEN:
+        raise ValueError(f"shuffle= an order array cannot be combined with "
+                         f"windows={o.windows} (random windows have no sample order)")
+
+
+def check_windows(o: options.Options, data: Any, val_data: Any) -> Any:
+    """The token stream ``data`` and fixed validation windows ``val_data`` checked for
+    ``windows=L``; returns ``val_data`` (pairs of ``[M, L]`` arrays, or None)."""
+    from .data import check_tokens, validate_data
+
+    if not hasattr(data, "shape"):
+        raise TypeError(f"with windows={o.windows}, data must be a 1-D integer array of "
+                        f"tokens, got {type(data).__name__}")
+    check_tokens(data, "data", o.windows)
+    if val_data is None:
+        return None
+    val_data, _ = validate_data(val_data, "val_data")
+    leaves = jax.tree.leaves(val_data)
+    if (jax.tree.structure(val_data) != jax.tree.structure((0, 0))
+            or any(v.shape[1:] != (o.windows,) for v in leaves)):
+        raise ValueError(f"with windows={o.windows}, val_data must be (x, y) windows of "
+                         f"shape [M, {o.windows}] (jaxgd.data.token_windows(val_tokens, "
+                         f"{o.windows})), got shapes {[tuple(v.shape) for v in leaves]}")
+    return val_data
+
+
 def _plan(n_eff: int, o: options.Options) -> BatchPlan:
     """The batch plan of an epoch of ``n_eff`` samples; with ``accumulate`` > 1 an update
     holds ``accumulate`` batches."""
     accumulate, batch_size, drop_last = o.accumulate, o.batch_size, o.drop_last
+    if o.windows is not None:  # every step: batch_size * accumulate random windows
+        return BatchPlan(n_eff - o.windows, batch_size, False, 1, 1, 0)
     plan = batch_plan(n_eff, batch_size, drop_last)
     if accumulate > 1 and plan.full_steps == 0:
         raise ValueError(

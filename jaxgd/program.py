@@ -23,6 +23,12 @@ in sub-blocks whose rows collect in a buffer of at most :data:`SEQUENTIAL_BYTES`
 buffer in a loop body makes XLA:CPU dispatch that body's kernels to its thread pool, at
 every iteration).
 
+With a step budget (``spec.by_steps``) the budget, ``eval_every`` and the history rows
+count updates: an evaluation scans ``eval_every`` calls of :func:`train_at`, update ``t``
+being the step at position ``t mod steps_per_epoch`` of epoch ``t // steps_per_epoch``
+(the epoch program's batches in its order), and with token windows (``spec.window``)
+every update draws its batch of random windows from the stream.
+
 Costs per evaluation (``eval_every`` epochs): with ``metrics="full"`` one forward pass
 over the training data per configuration (plus a backward pass with ``grad_tol`` or
 ``metrics="full_grad"``), the stop checks on scalars, and one history row written. Full-
@@ -42,8 +48,8 @@ import jax.numpy as jnp
 import optax
 
 from . import loop, lossform, optim, stops
-from .data import feistel_permute, feistel_round_keys
-from .history import EXACT, PACKED, STEP_LOSS, HistoryLayout, per_step
+from .data import feistel_permute, feistel_round_keys, window_batch
+from .history import EPOCH, EXACT, PACKED, STEP, STEP_LOSS, HistoryLayout, per_step
 from .losses import abs_l1, default_penalty_mask
 from .spec import (
     DIVERGED,
@@ -75,7 +81,7 @@ def lookahead(spec: ProgramSpec) -> bool:
     a hyper-parameter changed between calls (population-based training) is never stale."""
     plan, f = spec.plan, spec.form
     return (plan.full_steps == 1 and plan.last_batch_size == 0 and spec.accumulate == 1
-            and plan.batch_size == plan.n and spec.metrics != "batch"
+            and plan.batch_size == plan.n and spec.metrics != "batch" and not spec.window
             and not (f.key or f.train or f.state or f.takes_hparams))
 
 
@@ -228,7 +234,14 @@ def history_layout(spec: ProgramSpec, tc) -> HistoryLayout:
     """The columns of the history this spec's program writes; ``tc``: the traced
     hyper-parameters by name (only the names are used)."""
     return HistoryLayout.of("l1" in tc or "l2" in tc,  # as _penalty decides
-                            spec.has_val, spec.form.metrics, spec.record_steps)
+                            spec.has_val, spec.form.metrics, spec.record_steps,
+                            spec.by_steps)
+
+
+def step_loss_width(spec: ProgramSpec) -> int:
+    """Step losses per row of ``history["step_loss"]``: an epoch's steps (one with a step
+    budget: a row per update)."""
+    return 1 if spec.by_steps else spec.plan.steps_per_epoch
 
 
 def _packed_dtype(dt):
@@ -247,7 +260,7 @@ def empty_history_block(spec: ProgramSpec, params0, tc, dt, rows: int) -> dict[s
     layout = history_layout(spec, tc)
     hist = {PACKED: jnp.full((rows, len(layout.scalars)), jnp.nan, _packed_dtype(dt))}
     if spec.record_steps:
-        hist[STEP_LOSS] = jnp.full((rows * K, spec.plan.steps_per_epoch), jnp.nan, dt)
+        hist[STEP_LOSS] = jnp.full((rows * K, step_loss_width(spec)), jnp.nan, dt)
     if spec.record_params:
         for name, leaf in param_leaves(params0):
             hist[name] = jnp.full((rows,) + leaf.shape, jnp.nan, leaf.dtype)
@@ -321,8 +334,12 @@ def _epoch_order(spec: ProgramSpec, key, epoch,
 
 
 def _gather(spec: ProgramSpec, ctx: EpochContext, order, start, size):
-    """The raw batch of ``size`` samples from position ``start`` of the epoch's order."""
+    """The raw batch of ``size`` samples from position ``start`` of the epoch's order
+    (with token windows, ``start`` is the step and the batch is ``size`` random windows
+    of the stream: :func:`jaxgd.data.window_batch`)."""
     data, tidx = ctx.data, ctx.tidx
+    if spec.window:
+        return window_batch(data, ctx.key, start, size, spec.window)
     if order is None and tidx is None:
         if size == spec.plan.n:  # full batch in order: the data itself
             return data
@@ -410,8 +427,46 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     return EpochCarry(inner, carry.epochs_run + ran.astype(jnp.int32)), row
 
 
+def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
+             t) -> tuple[EpochCarry, jax.Array | None]:
+    """Update ``t`` (0-based) of a step budget: the step at position ``t mod
+    steps_per_epoch`` of epoch ``t // steps_per_epoch`` of the epoch program (nothing happens
+    for ``t`` >= the budget); returns its loss as a row of one (with ``record_steps``).
+
+    ``t`` is the same for every configuration (the block's start plus the scan index), so
+    the choice between a full batch and the epoch's short last batch is a real
+    conditional under ``vmap``. An epoch's ``epochs_run`` counts from its first step."""
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate
+    spe = plan.steps_per_epoch
+    epoch, pos = t // spe, t % spe
+    in_range = t < spec.epochs
+    active0 = carry.steps.active
+    inner = carry.steps._replace(active=active0 & in_range)
+    order = None if spec.window else _epoch_order(spec, ctx.key, epoch, ctx.orders)
+
+    def full(c):
+        at = t if spec.window else pos * bsz
+        return train_step(spec, ctx, order, c, at, bsz, spec.accumulate)
+
+    def last(c):
+        return train_step(spec, ctx, order, c, plan.full_steps * bsz, plan.last_batch_size, 1)
+
+    if plan.last_batch_size == 0 or spec.window:
+        inner, loss = full(inner)
+    elif plan.full_steps == 0:
+        inner, loss = last(inner)
+    else:
+        inner, loss = jax.lax.cond(pos == plan.full_steps, last, full, inner)
+    ran = active0 & in_range
+    inner = inner._replace(active=jnp.where(in_range, inner.active, active0))
+    row = jnp.where(ran, loss, jnp.nan)[None] if spec.record_steps else None
+    return EpochCarry(inner, carry.epochs_run + (ran & (pos == 0)).astype(jnp.int32)), row
+
+
 def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
-    """``eval_every`` epochs of training from ``st``: (carry, step-loss rows or None)."""
+    """``eval_every`` epochs (or steps, with a step budget) of training from ``st``:
+    (carry, step-loss rows or None)."""
     K, _ = evals_of(spec)
     dt = st.init_loss.dtype
     mdt = metric_dtype(st.params)
@@ -422,8 +477,21 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
                        st.epochs_run)
     e0 = block * K
     if K == 1:
-        carry, rows = train_epoch(spec, ctx, carry, e0)
+        carry, rows = (train_at if spec.by_steps else train_epoch)(spec, ctx, carry, e0)
         rows = None if rows is None else rows[None]
+    elif spec.by_steps:
+        # the step counter apart from the packed carry, so that it stays unbatched under
+        # vmap (train_at's conditional on it is then a real one)
+        packed, layout = loop.pack(carry)
+
+        def step_body(kp, _):
+            k, packed = kp
+            c, row = train_at(spec, ctx, loop.unpack(packed, layout), e0 + k)
+            return (k + 1, loop.pack(c)[0]), row
+
+        (_, packed), rows = jax.lax.scan(step_body, (jnp.zeros((), jnp.int32), packed), None,
+                                         length=K)
+        carry = loop.unpack(packed, layout)
     else:
         # the epoch counter in the carry (an array of K epoch numbers as the scan's input
         # would be a buffer of 4K bytes: see SEQUENTIAL_BYTES) and the carry packed (a few
@@ -548,7 +616,7 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
     was_active = st.active
     dt = st.init_loss.dtype
     pdt = _packed_dtype(dt)
-    values = {"epoch": epoch, "loss": m.loss, "batch_loss": m.batch_loss,
+    values = {EPOCH: epoch, STEP: epoch, "loss": m.loss, "batch_loss": m.batch_loss,
               "grad_norm": m.grad_norm,
               "lr": optim.recorded_lr(spec.opt, spec.schedule, tc,
                                       jnp.maximum(c.step - 1, 0), c.opt_state),
@@ -622,7 +690,7 @@ def history_row_bytes(spec: ProgramSpec, params0, tc) -> int:
     layout = history_layout(spec, tc)
     n = len(layout.scalars) * jnp.dtype(_packed_dtype(dt)).itemsize
     if spec.record_steps:
-        n += K * spec.plan.steps_per_epoch * dt.itemsize
+        n += K * step_loss_width(spec) * dt.itemsize
     if spec.record_params:
         n += sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params0))
     n += len(layout.metrics) * 8  # the loss's metrics (at least float32)

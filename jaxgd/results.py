@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .history import evaluation_rows, metric_names
+from .history import STEP, evaluation_rows, index_name, metric_names, per_step
 from .spec import ProgramOutput, param_leaves
 from .stops import STOP_REASONS
 
@@ -31,13 +31,17 @@ class FitResult:
         NaN where jaxgd cannot know it, e.g. a user's factory that builds its own
         schedule: see :func:`jaxgd.optim.recorded_lr`),
         and ``val_loss``,
-        ``objective`` (loss + penalty), ``step_loss`` [epoch, step] when present.
+        ``objective`` (loss + penalty), ``step_loss`` [epoch, step] when present. With
+        ``steps=`` rows are every ``eval_every`` updates, ``step`` holds each row's 0-based
+        last update in place of ``epoch``, and ``step_loss`` is [update, 1].
       stop_reason: one of :data:`jaxgd.STOP_REASONS` after "running" (declared in
         :mod:`jaxgd.stops`): "max_epochs", "grad_tol", "loss_target", "patience",
         "diverged".
-      epochs_run: epochs that ran (including the one where the run stopped).
+      epochs_run: epochs that ran (including the one where the run stopped; with
+        ``steps=``, the epochs begun).
       steps_run: parameter updates applied.
-      best_epoch: epoch (0-based) of the best monitored loss, -1 if none.
+      best_epoch: epoch (0-based) of the best monitored loss, -1 if none (with ``steps=``,
+        the update of that evaluation, as in ``history["step"]``).
       init_loss: the loss of the initial parameters on the training data; with
         ``metrics="batch"`` (no pass over the data) on the first update's batch, as that
         step computes it (its ``key``, ``train=True``; the mean over the ``accumulate``
@@ -63,7 +67,10 @@ class FitResult:
     def from_program(cls, out: ProgramOutput, spec: Any = None) -> FitResult:
         e = int(out.epochs_run)
         rows = int(out.evals_run)
-        hist = {k: np.asarray(v)[: evaluation_rows(k, rows, e)]
+        # step_loss: a row per epoch run (per update with a step budget: as recorded)
+        by_steps = STEP in out.history
+        hist = {k: np.asarray(v) if per_step(k) and by_steps
+                else np.asarray(v)[: evaluation_rows(k, rows, e)]
                 for k, v in out.history.items()}
         return cls(
             params=out.params,
@@ -112,7 +119,7 @@ class FitResult:
     def best_epoch_loss(self) -> float:
         """The training loss recorded at ``best_epoch`` (NaN if none): with
         ``restore_best=True``, the loss of the returned ``params``."""
-        loss, epochs = self.history.get("loss"), self.history.get("epoch")
+        loss, epochs = self.history.get("loss"), row_index(self.history)
         if loss is None or epochs is None or self.best_epoch < 0:
             return float("nan")
         hit = np.nonzero(np.asarray(epochs) == self.best_epoch)[0]
@@ -125,11 +132,12 @@ class FitResult:
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.5))
         y = self.history[key]
-        x = self.history.get("epoch", np.arange(len(y))) + 1  # rows at their epochs
+        x = row_index(self.history)
+        x = np.arange(len(y)) if x is None else x + 1  # rows at their epochs (or steps)
         ax.plot(x, y, label=label or key)
         if np.all(y[np.isfinite(y)] > 0):
             ax.set_yscale("log")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(row_index_name(self.history))
         ax.set_ylabel(key)
         return ax
 
@@ -207,7 +215,8 @@ class SweepResult:
         ``steps_run``, ``stop_reason``, ``diverged`` and, with validation or folds,
         ``final_val_loss``, ``best_val_loss`` and ``best_epoch_val_loss``.
       history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
-        ``history["epoch"]`` gives each row's epoch. The program runs in blocks of
+        ``history["epoch"]`` gives each row's epoch (``history["step"]`` its update, with
+        ``steps=``; ``best_epoch`` is then a step too). The program runs in blocks of
         evaluations and stops when every configuration of a chunk has stopped, so a
         sweep whose configurations all stop early may have fewer columns than ``epochs``
         (at least the longest run's evaluations).
@@ -313,14 +322,14 @@ class SweepResult:
         # parameters restore_best returns; equal to fit's best_epoch
         table["best_epoch"] = scal["best_epoch"].astype(np.int64)
         # the losses of the parameters restore_best returns
-        table["best_epoch_loss"] = _at_best_epoch(loss, hist["epoch"], scal["best_epoch"])
+        table["best_epoch_loss"] = _at_best_epoch(loss, row_index(hist), scal["best_epoch"])
         if "val_loss" in hist:
             vl = hist["val_loss"]
             table["final_val_loss"] = _last_finite(vl, n_rows)
             with np.errstate(all="ignore"):
                 fv = np.where(np.isfinite(vl), vl, np.inf)
                 table["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
-            table["best_epoch_val_loss"] = _at_best_epoch(vl, hist["epoch"],
+            table["best_epoch_val_loss"] = _at_best_epoch(vl, row_index(hist),
                                                           scal["best_epoch"])
         _metric_columns(table, hist, n_rows, scal["best_epoch"])
         table["epochs_run"] = scal["epochs_run"].astype(np.int64)
@@ -595,13 +604,23 @@ def _concat_padded(arrays: list[np.ndarray | None], rows: list[int]) -> np.ndarr
 def _metric_columns(table, hist, n_rows, best_epoch) -> None:
     """``final_<m>``, ``final_val_<m>`` and their values at the best epoch
     (``best_epoch_<m>``, ``best_epoch_val_<m>``) for every metric the loss returns."""
-    epochs = hist["epoch"]
+    epochs = row_index(hist)
     for m in metric_names(hist):
         for name in (m, f"val_{m}"):
             if name not in hist:
                 continue
             table[f"final_{name}"] = _last_finite(hist[name], n_rows)
             table[f"best_epoch_{name}"] = _at_best_epoch(hist[name], epochs, best_epoch)
+
+
+def row_index_name(hist: dict[str, np.ndarray]) -> str:
+    """The history column indexing the rows: ``"step"`` (a step budget) or ``"epoch"``."""
+    return index_name(hist)
+
+
+def row_index(hist: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Each history row's 0-based epoch (or update, with a step budget); None if absent."""
+    return hist.get(row_index_name(hist))
 
 
 def _at_best_epoch(h: np.ndarray, epochs: np.ndarray, best_epoch) -> np.ndarray:

@@ -23,6 +23,9 @@ on the host, at *rung* (halving) or *interval* (PBT) boundaries:
   epochs after, a configuration still training stops when its best metric so far is
   worse than the median of the other configurations' running averages.
 
+With a step budget (``steps=``), every count above (rungs, ``min_epochs``, ``interval``,
+``warmup``) is in updates, and a boundary may fall inside an epoch.
+
 With ``out=`` the sweep saves every boundary (members' states, histories and
 hyper-parameters, PBT's lineage and random state) and the same call after an
 interruption continues from the last one.
@@ -99,8 +102,10 @@ def from_dict(d: Mapping[str, Any], where: str = "search") -> Search:
         raise ValueError(f"{where}: {e}") from None
 
 
-def check(search: Any, epochs: int, eval_every: int) -> Search:
-    """``search`` validated (one-line ValueError/TypeError naming the value)."""
+def check(search: Any, epochs: int, eval_every: int, unit: str = "epochs") -> Search:
+    """``search`` validated against the run's budget, ``epochs`` epochs (or updates, with
+    ``unit="steps"``), and ``eval_every`` (one-line ValueError/TypeError naming the
+    value)."""
     if isinstance(search, Mapping):
         search = from_dict(search)
     classes = tuple(dict.fromkeys(cls for cls, _ in METHODS.values()))
@@ -109,5 +114,5 @@ def check(search: Any, epochs: int, eval_every: int) -> Search:
                         "jaxgd.search.hyperband(...), jaxgd.search.PBT(...), "
                         "jaxgd.search.Median(...) or a dict with method in "
                         f"{tuple(METHODS)}")
-    search.validate(epochs, eval_every)
+    search.validate(epochs, eval_every, unit)
     return search

@@ -4,8 +4,10 @@ A search method is a small immutable options object (a ``NamedTuple``: hashable,
 sweep's fingerprint covers it) with three methods, in the spirit of optuna's
 ``BasePruner.prune`` and optimistix's ``init/step/terminate``:
 
-* ``validate(epochs, eval_every)``: its options checked against the run (before anything
-  is compiled; a one-line ``ValueError``/``TypeError`` naming the option);
+* ``validate(epochs, eval_every, unit)``: its options checked against the run's budget
+  (``epochs``, or updates with ``steps=``: ``unit`` is then ``"steps"``, the name its
+  messages give the budget) before anything is compiled (a one-line
+  ``ValueError``/``TypeError`` naming the option);
 * ``validate_axes(axes)``: its options checked against the sweep's axes;
 * ``run(pop, metric, resume)``: its decisions *and* its calls on the population
   (:class:`jaxgd.population.Population`: ``advance``, ``value``/``series``, ``stop``,
@@ -35,7 +37,7 @@ class Method(Protocol):
     mode: str
     seed: int
 
-    def validate(self, epochs: int, eval_every: int) -> None: ...
+    def validate(self, epochs: int, eval_every: int, unit: str = "epochs") -> None: ...
 
     def validate_axes(self, axes: set[str]) -> None: ...
 

@@ -21,7 +21,8 @@ class Halving(NamedTuple):
       eta: keep the best ``1/eta`` at each rung; the rungs' epochs grow by ``eta``.
       min_epochs: epochs of the first rung of the most aggressive bracket (rounded down
         to a multiple of ``eval_every``). Rungs end at ``epochs / eta**k`` (k = s, ...,
-        1, 0), so the last rung is the sweep's ``epochs``.
+        1, 0), so the last rung is the sweep's ``epochs``. With ``steps=`` every count
+        here is in updates (rungs end at ``steps / eta**k``, inside an epoch if need be).
       metric: the recorded history column to rank by: ``"val_loss"`` (default with
         validation data or folds), ``"loss"`` (default otherwise), ``"batch_loss"``,
         ``"objective"``, or a metric of the loss (``"val_accuracy"``, ``"accuracy"``,
@@ -52,9 +53,9 @@ class Halving(NamedTuple):
     seed: int = 0
     compact: bool | str = "auto"
 
-    def validate(self, epochs: int, eval_every: int) -> None:
+    def validate(self, epochs: int, eval_every: int, unit: str = "epochs") -> None:
         check_common(self)
-        check_halving(self, epochs, eval_every)
+        check_halving(self, epochs, eval_every, unit)
 
     def validate_axes(self, axes: set[str]) -> None:
         missing = [a for a in self.average if a not in axes]
@@ -77,7 +78,7 @@ def hyperband(eta: int = 3, min_epochs: int = 1, metric: str | None = None, mode
     return Halving(eta, min_epochs, metric, mode, tuple(average), 0, seed, compact)
 
 
-def check_halving(h: Halving, epochs: int, eval_every: int) -> None:
+def check_halving(h: Halving, epochs: int, eval_every: int, unit: str = "epochs") -> None:
     if not is_int(h.eta) or h.eta < 2:
         raise ValueError(f"search eta={h.eta!r} must be an integer >= 2")
     if not is_int(h.min_epochs) or h.min_epochs < 1:
@@ -87,12 +88,12 @@ def check_halving(h: Halving, epochs: int, eval_every: int) -> None:
                          f"eval_every={eval_every} (a rung ends at an evaluation)")
     if h.min_epochs * h.eta > epochs:
         raise ValueError(f"search min_epochs={h.min_epochs} with eta={h.eta} leaves no second "
-                         f"rung within epochs={epochs}: need min_epochs * eta <= epochs")
+                         f"rung within {unit}={epochs}: need min_epochs * eta <= {unit}")
     if not is_int(h.brackets) or h.brackets < 0:
         raise ValueError(f"search brackets={h.brackets!r} must be an integer >= 0")
     if h.brackets > max_bracket(h, epochs, eval_every) + 1:
         raise ValueError(f"search brackets={h.brackets} is more than the "
-                         f"{max_bracket(h, epochs, eval_every) + 1} brackets epochs={epochs}, "
+                         f"{max_bracket(h, epochs, eval_every) + 1} brackets {unit}={epochs}, "
                          f"eta={h.eta} and min_epochs={h.min_epochs} allow")
     if h.compact not in (True, False, "auto") or isinstance(h.compact, int | float) and (
             not isinstance(h.compact, bool)):

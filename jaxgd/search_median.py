@@ -31,7 +31,8 @@ class Median(NamedTuple):
       warmup: epochs before the first check (a positive multiple of ``eval_every``, less
         than ``epochs``): the first check is at epoch ``warmup``.
       interval: epochs between checks (a positive multiple of ``eval_every``): checks at
-        ``warmup, warmup + interval, ...`` below ``epochs``.
+        ``warmup, warmup + interval, ...`` below ``epochs``. With ``steps=``, both are in
+        updates.
       metric, mode: as :class:`jaxgd.search.Halving` (the validation loss by default).
       seed: unused by the rule (no random choice); kept for the common interface.
       compact: as :class:`jaxgd.search.Halving`: the survivors of a check run in a
@@ -45,7 +46,7 @@ class Median(NamedTuple):
     seed: int = 0
     compact: bool | str = "auto"
 
-    def validate(self, epochs: int, eval_every: int) -> None:
+    def validate(self, epochs: int, eval_every: int, unit: str = "epochs") -> None:
         check_common(self)
         for name in ("warmup", "interval"):
             v = getattr(self, name)
@@ -53,7 +54,7 @@ class Median(NamedTuple):
                 raise ValueError(f"search {name}={v!r} must be a positive multiple of "
                                  f"eval_every={eval_every} (a check is at an evaluation)")
         if self.warmup >= epochs:
-            raise ValueError(f"search warmup={self.warmup} must be less than epochs={epochs} "
+            raise ValueError(f"search warmup={self.warmup} must be less than {unit}={epochs} "
                              "(no check would happen)")
         if self.compact not in (True, False, "auto") or isinstance(self.compact, int | float) \
                 and not isinstance(self.compact, bool):

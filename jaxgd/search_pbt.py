@@ -18,7 +18,8 @@ class PBT(NamedTuple):
     """Population-based training.
 
     Args:
-      interval: epochs between exploit/explore steps (a multiple of ``eval_every``).
+      interval: epochs between exploit/explore steps (a multiple of ``eval_every``; updates
+        with ``steps=``, and the lineage's ``epoch`` column is then an update too).
       quantile: the fraction of the population replaced at each step (the worst), and
         the fraction they copy from (the best); ``population * quantile`` must be >= 1.
       perturb: the factors one of which multiplies an explored hyper-parameter.
@@ -43,9 +44,9 @@ class PBT(NamedTuple):
     mode: str = "min"
     seed: int = 0
 
-    def validate(self, epochs: int, eval_every: int) -> None:
+    def validate(self, epochs: int, eval_every: int, unit: str = "epochs") -> None:
         check_common(self)
-        check_pbt(self, epochs, eval_every)
+        check_pbt(self, epochs, eval_every, unit)
 
     def validate_axes(self, axes: set[str]) -> None:
         pass
@@ -60,12 +61,12 @@ class PBT(NamedTuple):
         pbt_final_columns(result)
 
 
-def check_pbt(p: PBT, epochs: int, eval_every: int) -> None:
+def check_pbt(p: PBT, epochs: int, eval_every: int, unit: str = "epochs") -> None:
     if not is_int(p.interval) or p.interval < 1 or p.interval % eval_every:
         raise ValueError(f"search interval={p.interval!r} must be a positive multiple of "
                          f"eval_every={eval_every}")
     if p.interval >= epochs:
-        raise ValueError(f"search interval={p.interval} must be less than epochs={epochs} "
+        raise ValueError(f"search interval={p.interval} must be less than {unit}={epochs} "
                          "(no exploit/explore step would happen)")
     if not is_real(p.quantile) or not 0 < p.quantile <= 0.5:
         raise ValueError(f"search quantile={p.quantile!r} must be in (0, 0.5]")

@@ -39,7 +39,7 @@ class ProgramSpec(NamedTuple):
     plan: BatchPlan
     accumulate: int
     shuffle: str
-    epochs: int
+    epochs: int  # the budget: epochs, or updates with ``by_steps``
     metrics: str
     record_steps: bool
     record_params: bool
@@ -49,13 +49,15 @@ class ProgramSpec(NamedTuple):
     has_val: bool
     track_init: bool  # evaluate the initial loss on the data (else: the first step's batch)
     full_grad: bool  # evaluations compute the full-data gradient (grad_tol, "full_grad")
-    eval_every: int  # epochs between evaluations (history rows, stop checks)
+    eval_every: int  # budget units (epochs or steps) between evaluations
     progress: bool  # report each evaluation to the host (progress bar)
     standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
     form: lossform.LossForm = lossform.LossForm()  # key, train, state, hparams, metrics
     # a mesh's ``"data"`` axis: each batch's samples are split over it (a NamedSharding of
     # P("data")), or None; set by the engine for the call (jaxgd.engine.data_sharding)
     batch_sharding: Any = None
+    by_steps: bool = False  # the budget, evaluations and history rows count updates
+    window: int = 0  # > 0: data is a token stream; a step draws windows of window + 1 tokens
 
 
 class Traced(NamedTuple):
@@ -171,7 +173,7 @@ class ProgramOutput(NamedTuple):
 
 
 def evals_of(spec: ProgramSpec) -> tuple[int, int]:
-    """(epochs per evaluation, number of evaluations)."""
+    """(budget units, epochs or steps, per evaluation; number of evaluations)."""
     K = min(spec.eval_every, spec.epochs)
     return K, -(-spec.epochs // K)
 

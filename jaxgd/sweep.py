@@ -45,7 +45,7 @@ from .engine import (
 from .fingerprint import program_digest, run_fingerprint
 from .groups import as_model, make_groups
 from .observers import ProgressBar
-from .options import collect, document, fingerprint_settings
+from .options import DEFAULT_EPOCHS, budget, collect, document, fingerprint_settings
 from .population import Population
 from .search_base import default_metric
 
@@ -67,7 +67,9 @@ def sweep(
     random: Mapping[str, Any] | None = None,
     configs: Sequence[Mapping[str, Any]] | None = None,
     hparams: Mapping[str, Any] | None = None,
-    epochs: int = 100,
+    epochs: int | None = None,
+    steps: int | None = None,
+    windows: int | None = None,
     batch_size: int | None = None,
     shuffle: bool | str = True,
     drop_last: bool = False,
@@ -149,6 +151,7 @@ def sweep(
     ckpt = checkpointer_for(checkpoint_every, out, search)
     trackers.check(opts.track)  # a missing tracker package: before anything runs
     opts = opts.replace(progress=agree_progress(bool(opts.progress)))
+    units, by_steps = budget(epochs, steps)  # the budget: epochs, or updates with steps=
     cfgs = expand_configs(grid, random, configs, shape=shape_axes(init))
     cfgs = with_folds(cfgs, folds, val_data)
     all_idx = selected(cfgs, only)
@@ -165,12 +168,16 @@ def sweep(
     if folds is not None and folds > n:
         raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
+    if folds is not None and windows is not None:
+        raise ValueError(f"folds={folds!r} cannot be combined with windows={windows!r} (a "
+                         "token stream has no samples to split)")
     if folds is not None and normalize_shuffle("shuffle", shuffle) == GIVEN:
         raise ValueError(f"shuffle= an order array cannot be combined with folds={folds!r} "
                          "(each fold trains on its own part of the data): use shuffle=True "
                          "or False")
     if search is not None:
-        search = _checked_search(search, cfgs, epochs, eval_every)
+        search = _checked_search(search, cfgs, units, eval_every,
+                                 "steps" if by_steps else "epochs")
     groups = make_groups(loss, params, data, cfgs, all_idx, opts, fold_split)
     check_data_axis(mesh, groups)
 
@@ -180,10 +187,15 @@ def sweep(
     settings["loss"] = loss
     if search is not None:  # only then: folders of sweeps without one keep their key
         settings["search"] = search
+    for name, value in (("steps", steps), ("windows", windows)):
+        if value is not None:  # likewise
+            settings[name] = value
     fingerprint = None
     if out is not None or jax.process_count() > 1:
         fingerprint = run_fingerprint(
-            cfgs, all_idx, base, dict(hparams or {}), epochs, shuffle, drop_last, folds,
+            cfgs, all_idx, base, dict(hparams or {}),
+            DEFAULT_EPOCHS if epochs is None and steps is None else epochs, shuffle, drop_last,
+            folds,
             fold_seed, settings,
             (data, params if groups[0].prepared.combined is None
              else groups[0].prepared.params, val_data, state),
@@ -200,12 +212,12 @@ def sweep(
                         observers=[ProgressBar(calls=search is None and progress), *tracked],
                         checkpoint=ckpt)
         if search is None:
-            plans = plan_chunks(groups, chunk_size, memory_budget, epochs, engine.ndev)
+            plans = plan_chunks(groups, chunk_size, memory_budget, units, engine.ndev)
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
                                                                         store),
-                                        epochs, folds=folds)
+                                        units, folds=folds)
         else:
-            pop = Population(engine, groups, cfgs, epochs, chunk_size, memory_budget,
+            pop = Population(engine, groups, cfgs, units, chunk_size, memory_budget,
                              getattr(search, "compact", True), store, grid, random)
             metric = search.metric or default_metric(groups[0].prepared.spec.has_val)
             pop.check_metric(metric)
@@ -214,7 +226,7 @@ def sweep(
                 pop.replay()
             with engine.running():
                 outcome = search.run(pop, metric, resume)
-            res = SweepResult.from_runs(cfgs, all_idx, pop.results(), epochs, folds=folds)
+            res = SweepResult.from_runs(cfgs, all_idx, pop.results(), units, folds=folds)
             search.finish(res, outcome)
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
@@ -230,9 +242,10 @@ def sweep(
     return res
 
 
-def _checked_search(search, cfgs, epochs: int, eval_every: int):
-    """``search`` validated against the sweep's epochs and axes (before anything runs)."""
-    search = search_mod.check(search, epochs, eval_every)
+def _checked_search(search, cfgs, units: int, eval_every: int, unit: str):
+    """``search`` validated against the sweep's budget (epochs or steps) and axes (before
+    anything runs)."""
+    search = search_mod.check(search, units, eval_every, unit)
     search.validate_axes(set(k for c in cfgs for k in c))
     return search
 

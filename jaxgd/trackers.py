@@ -66,7 +66,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._checks import require
-from .history import EPOCH, STEP_LOSS, per_step
+from .history import EPOCH, STEP, STEP_LOSS, per_step
 from .observers import Block, Call, Observer
 from .options import TRACKERS, track_targets
 
@@ -341,14 +341,14 @@ def _summary_of(table, i: int, skip: set[str]) -> dict[str, Any]:
 def _series(hist: dict[str, np.ndarray]) -> list[str]:
     """The history columns logged per evaluation: scalars per row, but ``epoch``."""
     return [k for k, v in hist.items()
-            if k != EPOCH and not per_step(k) and v.ndim == 1]
+            if k not in (EPOCH, STEP) and not per_step(k) and v.ndim == 1]
 
 
 def _eval_rows(hist: dict[str, np.ndarray]):
     """(epoch, {column: value}) per evaluation that ran (epoch not NaN), NaN values
     left out."""
     cols = _series(hist)
-    for j, e in enumerate(hist[EPOCH]):
+    for j, e in enumerate(hist[STEP if STEP in hist else EPOCH]):
         if not np.isfinite(e):
             continue
         vals = {k: hist[k][j] for k in cols if not np.isnan(hist[k][j])}

@@ -35,7 +35,9 @@ def fit(
     optimizer: Any = "sgd",
     hparams: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
-    epochs: int = 100,
+    epochs: int | None = None,
+    steps: int | None = None,
+    windows: int | None = None,
     shuffle: bool | str = True,
     drop_last: bool = False,
     key: Any = None,
@@ -80,7 +82,8 @@ def fit(
       params: initial parameters: any pytree of floating arrays (bfloat16 included), a
         flax variable dict's ``params``, an nnx state, or a model object such as an
         equinox Module (its floating arrays trained, other leaves held as they are).
-      data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``.
+      data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``; with
+        ``windows=``, a 1-D integer token stream.
       {options}
 
     Returns:

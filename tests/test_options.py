@@ -37,7 +37,7 @@ def test_the_options_object_is_the_table():
     assert isinstance(got, options.Options) and got.batch_size == 8 and got.grid is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         got.epochs = 3
-    assert got.replace(epochs=3).epochs == 3 and got.epochs == 100
+    assert got.replace(epochs=3).epochs == 3 and got.epochs is None  # None: 100 epochs
 
 
 @pytest.mark.parametrize("fn, scope", [(jaxgd.fit, "fit"), (jaxgd.sweep, "sweep")])
@@ -58,6 +58,7 @@ NOT_IN_FILES = {
     "standardize": "[data] standardize",
     "out": "the command line's --out",
     "track": "the [track] table",
+    "windows": "a token stream: [data] holds (x, y) datasets",
 }
 
 
@@ -74,6 +75,7 @@ FILE_CASES = {
     "batch_size": ('"full"', "0"),
     "epochs": ("3", "2.5"),
     "checkpoint_every": ('"10min"', '"soon"'),
+    "steps": ("30", "0"),
     "shuffle": ('"feistel"', '"random"'),
     "drop_last": ("true", "1"),
     "seed": ("2", "-1"),
