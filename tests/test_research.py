@@ -392,8 +392,11 @@ def test_plain_loss_compiles_to_the_same_program():
     opts = Options(hparams={"learning_rate": 0.1}, epochs=2)
     a = prepare(plain, {"w": jnp.zeros(3)}, (X, Y), opts)
     assert a.spec.form.plain and a.state is None
+    from jaxgd.spec import Traced
+
     tc = {k: np.asarray([[v]], np.float32) for k, v in a.numeric.items()}
-    args = (a.params, a.data, None, tc, jax.random.key(0)[None], None, None)
+    traced = Traced(key_bits=None, valid=None, values=tc)
+    args = (a.params, a.data, None, traced, jax.random.key(0)[None], None, None)
     init, block = build_program(a.spec, 2)  # the state's init and a block of evaluations
     text = str(jax.make_jaxpr(
         lambda *xs: block(init(*xs), jnp.int32(0), jnp.int32(2), *xs[1:]))(*args))
