@@ -111,6 +111,15 @@ def normalize_shuffle(name: str, shuffle: Any) -> str:
     )
 
 
+PLANS = ("auto", "vmap", "map")
+
+
+def _plan(name: str, v: Any) -> str:
+    if not isinstance(v, str) or v not in PLANS:
+        raise ValueError(f"{name}={v!r} must be one of {PLANS}")
+    return v
+
+
 def _metrics(name: str, v: Any) -> str:
     if v not in METRICS:
         raise ValueError(f"{name}={v!r} must be one of {METRICS}")
@@ -316,6 +325,15 @@ _TRAIN: tuple[Option, ...] = (
     Option("mesh", None, "jax.sharding.Mesh | None",
            "a ``jax.sharding.Mesh`` with an axis named ``\"config\"``; by default all "
            "devices of all processes when there are several.", scope=SWEEP, fingerprint=""),
+    Option("plan", "auto", '"auto" | "vmap" | "map"',
+           "how the configurations of one compiled group run inside its program: "
+           "``\"vmap\"`` batched together (one vectorised step for all of them), "
+           "``\"map\"`` one after another (``jax.lax.map``: each configuration's own "
+           "unbatched step), ``\"auto\"`` chosen per group by :func:`jaxgd.plans."
+           "choose_plan`. The choice is recorded in ``SweepResult.plans`` and "
+           "``result.json``; results agree to float rounding (bit-identical where the "
+           "arithmetic is the same), and resuming does not depend on it.",
+           scope=SWEEP, check=_plan, fingerprint=""),
     Option("progress", False, "bool",
            "show a progress bar over epochs (a host callback per evaluation; a sweep also "
            "shows one over chunks, with the number of configurations still active). With "
@@ -396,6 +414,7 @@ class Options:
     search: Any = None
     out: Any = None
     mesh: Any = None
+    plan: str = "auto"
 
     def replace(self, **changes: Any) -> Options:
         """A copy with ``changes`` (option name -> value)."""

@@ -53,6 +53,9 @@ class ProgramSpec(NamedTuple):
     progress: bool  # report each evaluation to the host (progress bar)
     standardize: tuple[int, ...]  # data leaves scaled with statistics of the training part
     form: lossform.LossForm = lossform.LossForm()  # key, train, state, hparams, metrics
+    # how the configurations of a stream run in the program: "vmap" (batched together)
+    # or "map" (one after another, lax.map); see jaxgd.plans
+    config_plan: str = "vmap"
 
 
 class State(NamedTuple):

@@ -35,6 +35,7 @@ from .fingerprint import program_digest, run_fingerprint
 from .groups import as_model, make_groups
 from .observers import ProgressBar
 from .options import collect, document, fingerprint_settings
+from .plans import with_plans
 from .population import Population
 from .search_base import default_metric
 
@@ -86,6 +87,7 @@ def sweep(
     search: Any = None,
     out: str | os.PathLike | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    plan: str = "auto",
     progress: bool = False,
 ):
     """Train many configurations; each group of equal shapes is one compiled program.
@@ -180,6 +182,7 @@ def sweep(
         data = program_data(groups[0].prepared, data)  # with shuffle= orders: (data, orders)
         engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
                         observers=[ProgressBar(calls=search is None and progress)])
+        res_plans = with_plans(groups, plan, engine.ndev)
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, epochs, engine.ndev)
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
@@ -198,6 +201,7 @@ def sweep(
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
+        res.plans = res_plans
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
     finally:
