@@ -1195,13 +1195,14 @@ def problem_f(bn: Bench) -> None:
     for r in rows:
         prob, k = f"F {r['problem']} {r['mode']}", r["configs"]
         for key, impl, note in (
-                ("jaxgd", f"jaxgd {r['mode']} (defaults)", f"{r['note']}; parity with both "
+                ("jaxgd", f"jaxgd {r['mode']}" + ("" if "plan=" in r["mode"] else " (defaults)"),
+                 f"{r['note']}; plan {r['plan']}; parity with both "
                  f"peers: {r['parity']:.1e} (relative max difference of final params)"),
                 ("loop", "peer 0a: jitted step + Python loop", "runs one after another"),
                 ("scan", "peer 0b: hand jit(lax.scan)", "runs one after another")):
             bn.add(prob, impl, k, f"{k}/{k}", r[f"{key}_compile_s"], r[f"{key}_run_s"], nan,
                    nan, note)
-        what = "fit" if r["mode"] == "fit" else f"sweep of {k} / {k} peer runs"
+        what = "fit" if r["mode"] == "fit" else f"{r['mode']} of {k} / {k} peer runs"
         bn.target(f"F {r['problem']}: {what}, jaxgd / faster peer, run", r["ratio_run"], "<=",
                   bench_f.TARGET, "min of interleaved rounds, compile excluded")
         bn.target(f"F {r['problem']}: {what}, jaxgd / faster peer, first call",

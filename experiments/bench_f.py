@@ -24,6 +24,10 @@ full-batch problem (A) evaluates nothing apart: the loss of every step is record
 ``fit`` takes it from the step itself. jaxgd computes more on top (gradient norms, batch
 means, the divergence guard, stop checks): that is its overhead, measured here.
 
+Every sweep row runs ``plan="auto"`` (the "plan" column: what it chose, see
+:mod:`jaxgd.plans`) and is followed by a row ``sweep plan=P`` with the other plan forced
+(map against vmap on the same problem and peers).
+
 A sweep of N configurations is compared with N peer runs one after another (each peer
 compiles once: its hyper-parameters are arguments). Timing: JAX's caches cleared, a first
 call each (compile included), then up to ``reps`` interleaved rounds (jaxgd, loop, scan), as many as
@@ -506,8 +510,10 @@ def make_fit(prob: Problem) -> Callable[[], dict[str, Any]]:
     return run
 
 
-def make_sweep(prob: Problem) -> Callable[[], list[dict[str, Any]]]:
-    """The sweep of every (lr, seed) configuration; returns them in ``configs()`` order."""
+def make_sweep(prob: Problem, plan: str = "auto") -> Callable[[], list[dict[str, Any]]]:
+    """The sweep of every (lr, seed) configuration; returns them in ``configs()`` order.
+    ``plan``: sweep's ``plan=``; the plans it ran are in the function's ``plans``
+    attribute after a call."""
     import jaxgd
 
     grid: dict[str, Any] = {"learning_rate": [float(v) for v in prob.lrs]}
@@ -519,7 +525,8 @@ def make_sweep(prob: Problem) -> Callable[[], list[dict[str, Any]]]:
         kw = {} if prob.state is None else {"state": prob.state}
         sw = jaxgd.sweep(prob.loss, prob.params, prob.data, optimizer=prob.optimizer,
                          grid=grid, hparams=base or None, batch_size=prob.batch_size,
-                         epochs=prob.epochs, **kw)
+                         epochs=prob.epochs, plan=plan, **kw)
+        run.plans = sw.plans
         tab = sw.table
         seeds = tab["seed"] if "seed" in tab else [0] * len(tab)
         where = {(float(np.float32(lr)), int(sd)): i
@@ -613,7 +620,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = 
 
 def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = None,
             budget_s: float = math.inf) -> dict[str, Any]:
-    """Time one row (``mode`` "fit" or "sweep") and check parity; returns the row.
+    """Time one row (``mode`` "fit", "sweep", or "sweep plan=P": the sweep with
+    ``plan=P`` forced) and check parity; returns the row, with the plan each jaxgd
+    program ran (``"plan"``: "single" for fit, whose one configuration has no
+    configuration axis; the sweep's ``SweepResult.plans``).
 
     ``peers``: ``{"loop": run, "scan": run}`` of an earlier row of the same problem, filled
     in when empty. JAX's compilation caches are cleared first, so every side's first call
@@ -622,11 +632,12 @@ def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = 
 
     jax.clear_caches()
     cfgs = [prob.fit_config()] if mode == "fit" else prob.configs()
+    plan = mode.split("plan=")[1] if "plan=" in mode else "auto"
     peers = {} if peers is None else peers
     loop = peers.setdefault("loop", make_loop(prob))
     scan = peers.setdefault("scan", make_scan(prob))
     fns = {
-        "jaxgd": make_fit(prob) if mode == "fit" else make_sweep(prob),
+        "jaxgd": make_fit(prob) if mode == "fit" else make_sweep(prob, plan),
         "loop": lambda: [loop(lr, sd) for lr, sd in cfgs],
         "scan": lambda: [scan(lr, sd) for lr, sd in cfgs],
     }
@@ -635,7 +646,8 @@ def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = 
     err_loop = check_parity(label + " vs peer 0a (loop)", outs["jaxgd"], outs["loop"], prob.tol)
     err_scan = check_parity(label + " vs peer 0b (scan)", outs["jaxgd"], outs["scan"], prob.tol)
     row: dict[str, Any] = {"problem": prob.name, "mode": mode, "configs": len(cfgs),
-                           "rounds": len(times["jaxgd"][1])}
+                           "rounds": len(times["jaxgd"][1]),
+                           "plan": ",".join(getattr(fns["jaxgd"], "plans", ["single"]))}
     for k, (first, ts) in times.items():
         run = min(ts)
         row[f"{k}_run_s"] = run
@@ -691,15 +703,27 @@ def run_f(sizes: FSizes, reps: int | None = None, problems=None,
             t = time.perf_counter()
             row = measure(prob, mode, reps, peers, sizes.row_budget_s)
             rows.append(row)
-            echo(f"F {name} {mode} (N={row['configs']}): jaxgd/peer run "
-                 f"{row['ratio_run']:.3g}, first call {row['ratio_first_call']:.3g}, "
-                 f"parity {row['parity']:.1e} ({time.perf_counter() - t:.1f} s)")
+            _echo_row(echo, row, t)
+            if mode == "sweep" and not (budget_left is not None and budget_left() <= 0):
+                # the other plan, forced: map against vmap on the same problem
+                other = "map" if row["plan"] == "vmap" else "vmap"
+                t = time.perf_counter()
+                rows.append(measure(prob, f"sweep plan={other}", reps, peers,
+                                    sizes.row_budget_s))
+                _echo_row(echo, rows[-1], t)
     return rows
+
+
+def _echo_row(echo, row, t) -> None:
+    echo(f"F {row['problem']} {row['mode']} (N={row['configs']}, plan {row['plan']}): "
+         f"jaxgd/peer run {row['ratio_run']:.3g}, first call {row['ratio_first_call']:.3g}, "
+         f"parity {row['parity']:.1e} ({time.perf_counter() - t:.1f} s)")
 
 
 # ----------------------------------------------------------------------------- table
 
-COLUMNS = (("problem", "problem"), ("mode", "mode"), ("configs", "N"), ("rounds", "rounds"),
+COLUMNS = (("problem", "problem"), ("mode", "mode"), ("configs", "N"), ("plan", "plan"),
+           ("rounds", "rounds"),
            ("jaxgd_run_s", "jaxgd run s"), ("loop_run_s", "loop run s"),
            ("scan_run_s", "scan run s"), ("ratio_run", "jaxgd / peer (run)"),
            ("met_run", "<= 1 run"), ("jaxgd_compile_s", "jaxgd compile s"),

@@ -98,7 +98,9 @@ def check_data_axis(mesh, groups) -> None:
 def bytes_per_config(prep: Prepared, epochs: int) -> int:
     """Device memory one configuration of a chunk needs (a rough upper bound).
 
-    Parameters and their copies (gradient, update, optimizer state, best parameters), a
+    Parameters and their copies (gradient, update, optimizer state, best parameters, and
+    the parameters and optimizer state the divergence guard keeps from the evaluation's
+    start), a
     step's activations, the history rows a program call keeps on the device (history
     blocks hold at most :data:`jaxgd.program.HISTORY_BLOCK_BYTES` for the whole call, or
     ``HISTORY_MIN_ROWS`` rows per configuration; the host keeps the evaluations run) and
@@ -114,10 +116,11 @@ def bytes_per_config(prep: Prepared, epochs: int) -> int:
     _, n_evals = program.evals_of(spec)
     row = program.history_row_bytes(spec, prep.params, prep.numeric)
     hist = row * min(n_evals, program.HISTORY_MIN_ROWS)
-    # params, gradient, new params, optimizer state (<= 3 copies), best params
+    # params, gradient, new params, optimizer state (<= 3 copies), best params, and the
+    # guard's copy of params and optimizer state from the evaluation's start
     act = 4 * spec.plan.batch_size * spec.accumulate * 64  # activations of a step, rough
     full = full_pass_bytes(prep) if spec.metrics != "batch" or spec.track_init else 0
-    return pbytes * 8 + hist + act + full
+    return pbytes * 12 + hist + act + full
 
 
 def full_pass_bytes(prep: Prepared) -> int:

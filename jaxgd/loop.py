@@ -22,12 +22,33 @@ def single(keys, tc) -> tuple[bool, bool]:
     return one_stream, one_config
 
 
-def vmapped(fn, in_axes_c, in_axes_s, one_stream, one_config):
-    """``fn`` vmapped over configurations and streams (axes of size 1 dropped)."""
+def vmapped(fn, in_axes_c, in_axes_s, one_stream, one_config, by_map=False):
+    """``fn`` vmapped over configurations and streams (axes of size 1 dropped); with
+    ``by_map`` the configurations run one after another (:func:`mapped`) instead."""
     if one_config:
         return fn
-    fn = jax.vmap(fn, in_axes=in_axes_c)
+    fn = mapped(fn, in_axes_c) if by_map else jax.vmap(fn, in_axes=in_axes_c)
     return fn if one_stream else jax.vmap(fn, in_axes=in_axes_s)
+
+
+def mapped(fn, in_axes):
+    """``fn`` over the leading axis of the arguments whose ``in_axes`` entry is 0 (the
+    others passed whole), as ``jax.lax.map``: one configuration after another inside the
+    program, each with its own (unbatched) arithmetic."""
+    def run(*args):
+        axes = in_axes if isinstance(in_axes, tuple | list) else (in_axes,) * len(args)
+        if any(a not in (0, None) for a in axes):
+            raise ValueError(f"mapped: in_axes={in_axes!r} must be 0 or None")
+        at = [i for i, a in enumerate(axes) if a == 0]
+
+        def one(xs):
+            full = list(args)
+            for i, x in zip(at, xs, strict=True):
+                full[i] = x
+            return fn(*full)
+
+        return jax.lax.map(one, tuple(args[i] for i in at))
+    return run
 
 
 def squeeze(one_stream, one_config, tc, keys, tidx, vidx):

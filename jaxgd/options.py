@@ -148,6 +148,15 @@ def normalize_shuffle(name: str, shuffle: Any) -> str:
     )
 
 
+PLANS = ("auto", "vmap", "map")
+
+
+def _plan(name: str, v: Any) -> str:
+    if not isinstance(v, str) or v not in PLANS:
+        raise ValueError(f"{name}={v!r} must be one of {PLANS}")
+    return v
+
+
 def _metrics(name: str, v: Any) -> str:
     if v not in METRICS:
         raise ValueError(f"{name}={v!r} must be one of {METRICS}")
@@ -411,6 +420,15 @@ _TRAIN: tuple[Option, ...] = (
            "written when read. Each configuration's tracker run stays open until the run "
            "ends. Only process 0 writes. A missing tracker package raises before anything "
            "runs.", check=track_targets, fingerprint=""),
+    Option("plan", "auto", '"auto" | "vmap" | "map"',
+           "how the configurations of one compiled group run inside its program: "
+           "``\"vmap\"`` batched together (one vectorised step for all of them), "
+           "``\"map\"`` one after another (``jax.lax.map``: each configuration's own "
+           "unbatched step), ``\"auto\"`` chosen per group by :func:`jaxgd.plans."
+           "choose_plan`. The choice is recorded in ``SweepResult.plans`` and "
+           "``result.json``; results agree to float rounding (bit-identical where the "
+           "arithmetic is the same), and resuming does not depend on it.",
+           scope=SWEEP, check=_plan, fingerprint=""),
     Option("progress", False, "bool",
            "show a progress bar over epochs (a host callback per evaluation; a sweep also "
            "shows one over chunks, with the number of configurations still active). With "
@@ -509,6 +527,7 @@ class Options:
     out: Any = None
     checkpoint_every: Any = None
     mesh: Any = None
+    plan: str = "auto"
 
     def replace(self, **changes: Any) -> Options:
         """A copy with ``changes`` (option name -> value)."""

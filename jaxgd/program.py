@@ -355,7 +355,9 @@ def _gather(spec: ProgramSpec, ctx: EpochContext, order, start, size):
 
 def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, start, size,
                micro: int) -> tuple[StepCarry, jax.Array]:
-    """One update on the batch at ``start``; a non-finite step is refused (diverged)."""
+    """One update on the batch at ``start``. A step whose objective or gradient norm is
+    not finite ends the configuration (diverged): it counts no further steps or batch
+    sums, and :func:`guard` restores the evaluation's starting point."""
     tc = ctx.tc
     params, opt_state, stp = carry.params, carry.opt_state, carry.step
     batch = ctx.tf(_gather(spec, ctx, order, start, size))
@@ -374,24 +376,23 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
         updates = jax.tree.map(
             lambda u, p, m: u - lr_t * tc["weight_decay"] * p * m, updates, params, ctx.wd_mask)
     new_params = optax.apply_updates(params, updates)
+    # divergence from the step's scalars; the parameters move unconditionally (no select
+    # over every leaf per step): a configuration not active, or one that produced a
+    # non-finite step, is put back by :func:`guard` at the evaluation
     finite = jnp.isfinite(obj) & jnp.isfinite(gn)
-    finite &= jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                                   for x in jax.tree.leaves(new_params)]))
     ok = carry.active & finite
-    params = _tree_where(ok, new_params, params)
-    opt_state = _tree_where(ok, new_opt, opt_state)
     reason = jnp.where(carry.active & ~finite, DIVERGED, carry.reason)
-    model_state = _tree_where(ok, new_state, carry.model_state) if spec.form.state else None
+    model_state = new_state if spec.form.state else None
     ahead = None
-    if carry.ahead is not None:  # the loss and gradient at the parameters kept
-        ahead = _tree_where(ok, _ahead(spec, new_params, batch, tc), carry.ahead)
+    if carry.ahead is not None:  # the loss and gradient at the new parameters
+        ahead = _ahead(spec, new_params, batch, tc)
     w = ok.astype(carry.sum_loss.dtype)
     sum_metrics = {k: v + ok.astype(v.dtype) * m[k] for k, v in carry.sum_metrics.items()}
     init_loss = carry.init_loss
     if not spec.track_init:  # the first update's batch loss (finite or not)
         init_loss = jnp.where(carry.active & (stp == 0), loss.astype(init_loss.dtype),
                               init_loss)
-    return StepCarry(params, opt_state, stp + ok.astype(jnp.int32), carry.active & finite,
+    return StepCarry(new_params, new_opt, stp + ok.astype(jnp.int32), carry.active & finite,
                      reason, carry.sum_loss + w * loss, carry.sum_grad_norm + w * gn,
                      model_state, sum_metrics, ahead, init_loss), loss
 
@@ -422,7 +423,9 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
                                       plan.last_batch_size, 1)
         step_losses.append(last_loss[None])
     ran = active0 & in_range
-    inner = inner._replace(active=jnp.where(in_range, inner.active, active0))
+    K, _ = evals_of(spec)
+    if spec.epochs % K:  # the last block has epochs past the budget: they change nothing
+        inner = _tree_where(in_range, inner, carry.steps)
     row = jnp.where(ran, jnp.concatenate(step_losses), jnp.nan) if spec.record_steps else None
     return EpochCarry(inner, carry.epochs_run + ran.astype(jnp.int32)), row
 
@@ -452,12 +455,21 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     def last(c):
         return train_step(spec, ctx, order, c, plan.full_steps * bsz, plan.last_batch_size, 1)
 
-    if plan.last_batch_size == 0 or spec.window:
-        inner, loss = full(inner)
-    elif plan.full_steps == 0:
-        inner, loss = last(inner)
+    def step(c):
+        if plan.last_batch_size == 0 or spec.window:
+            return full(c)
+        if plan.full_steps == 0:
+            return last(c)
+        return jax.lax.cond(pos == plan.full_steps, last, full, c)
+
+    K, _ = evals_of(spec)
+    if spec.epochs % K:  # the last block reaches past the budget: those updates do nothing
+        # (a real conditional: ``t`` is the same for every configuration; an inactive
+        # step would still move the parameters, see train_step)
+        inner, loss = jax.lax.cond(
+            in_range, step, lambda c: (c, jnp.zeros((), metric_dtype(c.params))), inner)
     else:
-        inner, loss = jax.lax.cond(pos == plan.full_steps, last, full, inner)
+        inner, loss = step(inner)
     ran = active0 & in_range
     inner = inner._replace(active=jnp.where(in_range, inner.active, active0))
     row = jnp.where(ran, loss, jnp.nan)[None] if spec.record_steps else None
@@ -514,7 +526,7 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
     ``spec.full_grad``, else the block's batch mean) and validation loss."""
     dt = st.init_loss.dtype
     steps_done = jnp.maximum(c.step - st.step, 1).astype(dt)
-    any_step = c.step > st.step  # a block whose every step was refused has no batch mean
+    any_step = c.step > st.step  # a block without a finite step has no batch mean
     batch_loss = jnp.where(any_step, c.sum_loss / steps_done, jnp.nan)
     batch_gn = jnp.where(any_step, c.sum_grad_norm / steps_done, jnp.nan)
     batch_m = {k: jnp.where(any_step, v / steps_done.astype(v.dtype), jnp.nan)
@@ -580,7 +592,7 @@ def epoch_block(spec: ProgramSpec, st: State, traced: Traced, key, block, data, 
     ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
                        _standardizer(spec, _train_view(data, tidx)), cfg_key, orders)
     carry, rows = _train_block(spec, ctx, st, block)
-    c = carry.steps
+    c = guard(st, carry.steps)
     epoch = jnp.minimum(block * K + K, spec.epochs) - 1  # the last epoch of this block
     m = evaluate(spec, ctx, st, c, val, vidx)
     # divergence by growth of the loss, or a non-finite loss at the evaluation
@@ -601,12 +613,35 @@ def epoch_block(spec: ProgramSpec, st: State, traced: Traced, key, block, data, 
     active, reason = check_stops(spec, ev, tc, active, reason, epoch)
     row = history_row(spec, st, m, tc, c, epoch, rows)
     return State(
-        params=c.params, opt_state=c.opt_state, step=c.step, active=active, reason=reason,
+        params=c.params, opt_state=c.opt_state, step=jnp.where(c.active, c.step, st.step),
+        active=active, reason=reason,
         epochs_run=carry.epochs_run, init_loss=c.init_loss, best_metric=best_metric,
         best_epoch=best_epoch, bad_epochs=bad, best_params=best_params,
         evals_run=st.evals_run + st.active.astype(jnp.int32),
         model_state=c.model_state, best_model_state=best_mstate, ahead=c.ahead,
     ), row
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                                if jnp.issubdtype(x.dtype, jnp.inexact)] or [True]))
+
+
+def guard(st: State, c: StepCarry) -> StepCarry:
+    """The divergence guard, once per evaluation: a configuration that was not active
+    through the block (stopped before it, or ended by a non-finite step), or whose
+    parameters are no longer finite (an update that overflowed from a finite loss and
+    gradient), gets back the parameters, optimizer state, model state and lookahead of
+    the block's start ``st``; the latter also stops as diverged. The step count stays the
+    block's (its batch means and learning rate); :func:`epoch_block` keeps the restored
+    one in the state."""
+    keep = c.active & _all_finite(c.params)
+    back = lambda new, old: _tree_where(keep, new, old)  # noqa: E731
+    return c._replace(
+        params=back(c.params, st.params), opt_state=back(c.opt_state, st.opt_state),
+        model_state=None if c.model_state is None else back(c.model_state, st.model_state),
+        ahead=None if c.ahead is None else back(c.ahead, st.ahead),
+        active=keep, reason=jnp.where(c.active & ~keep, DIVERGED, c.reason))
 
 
 def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoch,
@@ -754,6 +789,7 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
     ``n_evals``; an adaptive search stops at its rung boundaries).
     """
     _, n_evals = evals_of(spec)
+    by_map = spec.config_plan == "map"
 
     def init(params0, data, val, traced, keys, tidx, vidx, state0=None):
         one_s, one_c = loop.single(keys, traced)
@@ -761,8 +797,9 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
         v_ax = None if vidx is None else 0
         traced, keys, tidx, vidx = loop.squeeze(one_s, one_c, traced, keys, tidx, vidx)
         fn = loop.vmapped(functools.partial(init_state, spec),
-                      (None, 0, None, None, None, None, None, None),
-                      (None, 0, 0, None, None, t_ax, v_ax, None), one_s, one_c)
+                          (None, 0, None, None, None, None, None, None),
+                          (None, 0, 0, None, None, t_ax, v_ax, None), one_s, one_c,
+                          by_map)
         return fn(params0, traced, keys, data, val, tidx, vidx, state0)
 
     def block(st, start, end, data, val, traced, keys, tidx, vidx):
@@ -771,8 +808,8 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
         v_ax = None if vidx is None else 0
         traced, keys, tidx, vidx = loop.squeeze(one_s, one_c, traced, keys, tidx, vidx)
         ep = loop.vmapped(functools.partial(epoch_block, spec),
-                      (0, 0, None, None, None, None, None, None),
-                      (0, 0, 0, None, None, None, t_ax, v_ax), one_s, one_c)
+                          (0, 0, None, None, None, None, None, None),
+                          (0, 0, 0, None, None, None, t_ax, v_ax), one_s, one_c, by_map)
         def empty(p, t):
             return empty_history_block(spec, p, t.values, st.init_loss.dtype, rows)
 

@@ -21,7 +21,8 @@ class FitResult:
     """The outcome of :func:`jaxgd.fit`.
 
     Attributes:
-      params: final parameters (the last finite ones if the run diverged; the best
+      params: final parameters (those of the last evaluation before a non-finite step if
+        the run diverged, see the README's stop conditions; the best
         monitored ones with ``restore_best=True``).
       history: dict of numpy arrays, one row per evaluation (every epoch, or every
         ``eval_every`` epochs; ``epoch`` holds each row's 0-based epoch): ``loss`` (training
@@ -228,6 +229,9 @@ class SweepResult:
         ordinary sweep, holding every row).
       state: stacked model states like ``params`` (a loss with ``state``), else None.
       folds: the number of folds of a cross-validation sweep, else None.
+      plans: the execution plan of each compiled group, in group order (``"vmap"`` or
+        ``"map"``: sweep's ``plan=``, see :mod:`jaxgd.plans`), also in ``result.json``;
+        None when unknown (a concatenation).
     """
 
     def __init__(self, configs, table, history, params, folds=None, fingerprint=None, *,
@@ -247,6 +251,9 @@ class SweepResult:
         # PBT (search=jaxgd.search.PBT): a DataFrame of each member's hyper-parameters
         # from each exploit/explore step on (config, epoch, parent, explored values)
         self.lineage = None
+        # the execution plan ("vmap" or "map") of each compiled group, in group order
+        # (sweep's plan=; None when unknown, e.g. a concatenation)
+        self.plans = None
 
     @property
     def params(self) -> Any:
@@ -683,4 +690,5 @@ def load(path, like=None, state_like=None):
                                     for rows, params in r["param_groups"]],
                       state=r["state"])
     res.lineage = r["lineage"]
+    res.plans = r["plans"]
     return res

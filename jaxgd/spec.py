@@ -58,6 +58,9 @@ class ProgramSpec(NamedTuple):
     batch_sharding: Any = None
     by_steps: bool = False  # the budget, evaluations and history rows count updates
     window: int = 0  # > 0: data is a token stream; a step draws windows of window + 1 tokens
+    # how the configurations of a stream run in the program: "vmap" (batched together)
+    # or "map" (one after another, lax.map); see jaxgd.plans
+    config_plan: str = "vmap"
 
 
 class Traced(NamedTuple):

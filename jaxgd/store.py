@@ -769,6 +769,8 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
         meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "folds": res.folds,
                 "configs": res.configs, "n": len(res.table), "files": files,
                 "dtypes": {"table.csv": frame_dtypes(res.table)}}
+        if getattr(res, "plans", None) is not None:  # the execution plan of each group
+            meta["plans"] = list(res.plans)
         if lineage is not None:
             meta["dtypes"]["lineage.csv"] = frame_dtypes(lineage)
         atomic_write_bytes(path / "result.json", _sealed_json(meta, default=json_default))
@@ -892,4 +894,14 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     return {"configs": configs, "table": table, "history": history, "param_groups": groups,
             "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint,
-            "lineage": lineage, "typed": "table.csv" in dtypes}
+            "lineage": lineage, "typed": "table.csv" in dtypes, "plans": _plans(meta)}
+
+
+def _plans(meta: dict[str, Any]) -> list[str] | None:
+    """The groups' execution plans a result.json records (None when it has none)."""
+    plans = meta.get("plans")
+    if plans is None:
+        return None
+    if not isinstance(plans, list) or not all(p in ("vmap", "map") for p in plans):
+        raise ValueError(f"result.json is damaged: plans={plans!r}")
+    return plans

@@ -46,6 +46,7 @@ from .fingerprint import program_digest, run_fingerprint
 from .groups import as_model, make_groups
 from .observers import ProgressBar
 from .options import DEFAULT_EPOCHS, budget, collect, document, fingerprint_settings
+from .plans import with_plans
 from .population import Population
 from .search_base import default_metric
 
@@ -100,6 +101,7 @@ def sweep(
     out: str | os.PathLike | None = None,
     checkpoint_every: int | float | str | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    plan: str = "auto",
     progress: bool = False,
     track: Any = None,
 ):
@@ -211,6 +213,7 @@ def sweep(
         engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
                         observers=[ProgressBar(calls=search is None and progress), *tracked],
                         checkpoint=ckpt)
+        res_plans = with_plans(groups, plan, engine.ndev)
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, units, engine.ndev)
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
@@ -231,6 +234,7 @@ def sweep(
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
+        res.plans = res_plans
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
         for t in tracked:

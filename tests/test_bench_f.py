@@ -19,8 +19,9 @@ def test_f_rows_targets_and_table_through_bench_main(tmp_path, monkeypatch):
 
     f = pd.read_csv(tmp_path / "f.csv")
     assert (tmp_path / "f.md").read_text().count("\n") >= 5
-    assert list(zip(f["problem"], f["mode"], f["N"], strict=True)) == [
-        ("A", "fit", 1), ("A", "sweep", 2), ("B", "fit", 1), ("B", "sweep", 2)]
+    assert list(zip(f["problem"], f["mode"], f["N"], f["plan"], strict=True)) == [
+        ("A", "fit", 1, "single"), ("A", "sweep", 2, "vmap"), ("A", "sweep plan=map", 2, "map"),
+        ("B", "fit", 1, "single"), ("B", "sweep", 2, "vmap"), ("B", "sweep plan=map", 2, "map")]
     for _, r in f.iterrows():
         runs = [r["jaxgd run s"], r["loop run s"], r["scan run s"]]
         assert all(math.isfinite(v) and v > 0 for v in runs)
@@ -33,9 +34,10 @@ def test_f_rows_targets_and_table_through_bench_main(tmp_path, monkeypatch):
 
     table = pd.read_csv(tmp_path / "bench.csv")
     rows = table[table["problem"].str.startswith("F ")]
-    assert set(rows["problem"]) == {"F A fit", "F A sweep", "F B fit", "F B sweep"}
+    assert set(rows["problem"]) == {"F A fit", "F A sweep", "F A sweep plan=map", "F B fit",
+                                    "F B sweep", "F B sweep plan=map"}
     assert set(rows["implementation"]) == {
-        "jaxgd fit (defaults)", "jaxgd sweep (defaults)",
+        "jaxgd fit (defaults)", "jaxgd sweep (defaults)", "jaxgd sweep plan=map",
         "peer 0a: jitted step + Python loop", "peer 0b: hand jit(lax.scan)"}
     targets = pd.read_csv(tmp_path / "targets.csv")
     ft = targets[targets["target"].str.startswith("F ")]
@@ -115,8 +117,8 @@ def test_every_f_problem_runs_at_tiny_sizes_with_parity():
     from experiments import bench_f
 
     rows = bench_f.run_f(bench_f.F_TINY, echo=lambda m: None)
-    assert [(r["problem"], r["mode"]) for r in rows] == [
-        (p, m) for p in bench_f.F_PROBLEMS for m in ("fit", "sweep")
+    assert [(r["problem"], r["mode"].split(" plan=")[0]) for r in rows] == [
+        (p, m) for p in bench_f.F_PROBLEMS for m in ("fit", "sweep", "sweep")
         if not (p == "C" and m == "fit")]
     assert all(r["parity"] <= 1e-3 for r in rows)
     assert all(math.isfinite(r["ratio_run"]) and r["ratio_run"] > 0 for r in rows)

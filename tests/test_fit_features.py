@@ -129,6 +129,59 @@ def test_stop_diverged_keeps_last_finite_params(x64):
     assert np.all(np.isfinite(res.history["loss"][:-1]))
 
 
+def np_sgd_until_divergence(x, y, lr, batch_size, epochs):
+    """Mini-batch GD in order (NumPy) with jaxgd's documented guard: (w, b, steps applied,
+    epochs run, global index of the first non-finite step or None). The parameters kept
+    are those at the start of the epoch (eval_every=1) in which a step's loss or gradient
+    is first non-finite; a non-finite full-data loss after an epoch keeps that epoch's."""
+    w, b, steps = np.zeros(x.shape[1]), 0.0, 0
+    with np.errstate(all="ignore"):
+        for epoch in range(epochs):
+            w1, b1 = w, b
+            for j, idx in enumerate(np_batches(len(y), batch_size)):
+                loss, gw, gb = np_loss_grad(w1, b1, x[idx], y[idx])
+                gn = np.sqrt(np.sum(gw**2) + gb**2)
+                if not (np.isfinite(loss) and np.isfinite(gn)):
+                    return w, b, steps, epoch + 1, steps + j
+                w1, b1 = w1 - lr * gw, b1 - lr * gb
+            w, b, steps = w1, b1, steps + len(np_batches(len(y), batch_size))
+            if not np.isfinite(np_loss_grad(w, b, x, y)[0]):
+                return w, b, steps, epoch + 1, None
+    return w, b, steps, epochs, None
+
+
+def test_minibatch_divergence_keeps_the_parameters_of_the_last_evaluation(x64):
+    """A step with a non-finite loss inside an epoch: the run keeps the parameters (and
+    step count) of the epoch's start, the last evaluation's, as the NumPy loop says."""
+    x, y = regression()
+    lr, bsz = 1.0, 10
+    w_ref, b_ref, steps_ref, epochs_ref, bad = np_sgd_until_divergence(x, y, lr, bsz, 400)
+    assert bad is not None and bad % 5 != 0  # a step inside an epoch is the first bad one
+    res = jaxgd.fit(mse, params_of(np.zeros(3), 0.0), (x, y), hparams={"learning_rate": lr},
+                    batch_size=bsz, epochs=400, shuffle=False, diverge_factor=float("inf"))
+    assert res.stop_reason == "diverged"
+    assert (res.steps_run, res.epochs_run) == (steps_ref, epochs_ref)
+    np.testing.assert_allclose(np.asarray(res.params["w"]), w_ref, rtol=1e-10)
+    np.testing.assert_allclose(float(res.params["b"]), b_ref, rtol=1e-10)
+    assert np.max(np.abs(w_ref)) > 1e100  # it really ran away
+
+
+def test_overflowing_update_from_a_finite_step_is_caught(x64):
+    """An update that overflows from a finite loss and gradient (lr * g > float max) leaves
+    non-finite parameters with finite losses after it; the evaluation's check stops the
+    run as diverged with the epoch's starting parameters."""
+    x = np.linspace(-1.0, 1.0, 50)
+    y = x.copy()
+    x[-1], y[-1] = 100.0, 101.0  # only the last batch has a gradient: 2 * (-1) * 100 / 10
+    loss = lambda p, batch: jnp.mean((p["w"] * batch[0] - batch[1]) ** 2)  # noqa: E731
+    res = jaxgd.fit(loss, {"w": jnp.float64(1.0)}, (x, y), hparams={"learning_rate": 1e308},
+                    batch_size=10, epochs=3, shuffle=False, metrics="batch")
+    assert np.isinf(1e308 * 20.0)  # the step's update (float64) overflows
+    assert res.stop_reason == "diverged"
+    assert (res.steps_run, res.epochs_run) == (0, 1)
+    assert float(res.params["w"]) == 1.0
+
+
 def test_default_diverge_factor_stops_a_runaway_before_overflow(x64):
     res, _, _ = run_quadratic(50.0)
     assert res.stop_reason == "diverged"

@@ -1,0 +1,53 @@
+"""Execution plans: how the configurations of one compiled group run in its program.
+
+``"vmap"`` batches a stream's configurations into one vectorised step (their forward
+passes on the shared batch become one matrix product); ``"map"`` runs them one after
+another inside the same program (``jax.lax.map``), each with the unbatched arithmetic a
+single configuration has. Both compute the same numbers (to float rounding; the same
+bits where XLA emits the same arithmetic for both).
+
+``sweep(plan="auto")`` chooses per group by :func:`choose_plan`, a rule on the size of
+the parameters (measuring both plans would compile every group twice, and a group's
+compile takes longer than its run in most sweeps). Measured with
+``experiments/bench_f.py``'s quick sizes (4 configurations, 2-core CPU, interleaved,
+fastest of 3-5 calls, in seconds, vmap / map / four hand ``jit(scan)`` runs in turn):
+linear regression B (65 parameters) 0.031 / 0.048 / 0.035; MLP 64-256-256-10 (85 002)
+0.36 / 0.26 / 0.29; flax CNN with BatchNorm (38 298) 17.8 / 8.4 / 8.3. Batching
+networks' steps makes XLA:CPU run batched matrix products and convolutions that are no
+faster per configuration than one at a time, plus transposes and copies of the
+parameters at every step; a tiny model's step is dominated by per-kernel overhead,
+which batching shares.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from .spec import ProgramSpec
+
+# "auto" maps configurations with at least this many parameter elements (see above)
+MAP_MIN_PARAMS = 1 << 12
+
+
+def choose_plan(plan: str, spec: ProgramSpec, params, n_configs: int, ndev: int) -> str:
+    """The plan of a group: ``plan`` itself unless ``"auto"``, which gives ``"map"`` for
+    several configurations per device whose parameters have at least
+    :data:`MAP_MIN_PARAMS` elements, else ``"vmap"`` (one configuration per stream has
+    nothing to batch: ``"vmap"``, which drops the axis)."""
+    if plan != "auto":
+        return plan
+    size = sum(int(getattr(x, "size", 1)) for x in jax.tree.leaves(params))
+    per_device = -(-n_configs // max(1, ndev))
+    return "map" if per_device > 1 and size >= MAP_MIN_PARAMS else "vmap"
+
+
+def with_plans(groups, plan: str, ndev: int) -> list[str]:
+    """Set each group's program plan (its spec's ``config_plan``); returns them in group
+    order."""
+    chosen = []
+    for g in groups:
+        p = g.prepared
+        c = choose_plan(plan, p.spec, p.params, len(g.rows), ndev)
+        g.prepared = p._replace(spec=p.spec._replace(config_plan=c))
+        chosen.append(c)
+    return chosen
