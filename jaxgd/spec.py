@@ -58,6 +58,9 @@ class ProgramSpec(NamedTuple):
     batch_sharding: Any = None
     by_steps: bool = False  # the budget, evaluations and history rows count updates
     window: int = 0  # > 0: data is a token stream; a step draws windows of window + 1 tokens
+    # > 0: host-fed data (jaxgd.feed); the program's data is a fed block of the call's
+    # updates, at most this many evaluations per block
+    fed: int = 0
 
 
 class Traced(NamedTuple):

@@ -38,6 +38,7 @@ def fit(
     epochs: int | None = None,
     steps: int | None = None,
     windows: int | None = None,
+    feed: str = "auto",
     shuffle: bool | str = True,
     drop_last: bool = False,
     key: Any = None,
