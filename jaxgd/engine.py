@@ -488,6 +488,10 @@ class Advanced(NamedTuple):
                                                             self.out.init_loss.dtype))
 
 
+# the host's order function of host-fed arrays (one object: its jitted form is cached)
+_BATCH_INDICES = functools.partial(batch_indices, order_of=epoch_order)
+
+
 class Engine:
     """Advances training states between evaluations: ``fit`` (one configuration), a sweep
     (groups cut into chunks) and an adaptive search (a population advanced rung by rung)
@@ -586,8 +590,7 @@ class Engine:
             put = jax.device_put
         else:
             put = lambda t: jax.tree.map(functools.partial(replicated, self.mesh), t)  # noqa: E731
-        return Feeder(self.data, prep.spec, ch.keys, prep.orders, put,
-                      functools.partial(batch_indices, order_of=epoch_order))
+        return Feeder(self.data, prep.spec, ch.keys, prep.orders, put, _BATCH_INDICES)
 
     def block_done(self, prep: Prepared, layout: HistoryLayout, call: Call, first: int,
                    at: int, part: dict[str, np.ndarray]) -> None:

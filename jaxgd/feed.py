@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import mmap
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,7 +37,7 @@ from .spec import evals_of
 FEEDS = ("auto", "device", "host")
 
 # a program call's fed block holds at most this many bytes (per stream), or one evaluation
-FEED_BLOCK_BYTES = 64 << 20
+FEED_BLOCK_BYTES = 16 << 20
 
 
 def check_feed(name: str, value: Any) -> str:
@@ -267,16 +268,16 @@ class Feeder:
             return jax.tree.map(lambda a: a[None], block)
         ts = np.arange(u0, u0 + U, dtype=np.int32)
         ts = np.minimum(ts, self.spec.epochs - 1)  # past the budget: any in-range batch
-        out = []
-        for kd in self.keys:
-            idx = np.asarray(self.indices(jnp.asarray(kd), jnp.asarray(ts),
-                                          None if self.orders is None
-                                          else jnp.asarray(self.orders)))
-            flat = idx.reshape(-1)
-            out.append(jax.tree.map(
-                lambda a, flat=flat: np.take(a, flat, axis=0).reshape(
-                    idx.shape + a.shape[1:]), self.data.arrays))
-        return jax.tree.map(lambda *xs: np.stack(xs), *out)
+        S = len(self.keys)
+        block = jax.tree.map(lambda a: np.empty((S, U * self.bsz) + a.shape[1:], a.dtype),
+                             self.data.arrays)
+        orders = None if self.orders is None else jnp.asarray(self.orders)
+        for s, kd in enumerate(self.keys):
+            flat = np.asarray(self.indices(jnp.asarray(kd), jnp.asarray(ts), orders)).reshape(-1)
+            for a, b in zip(jax.tree.leaves(self.data.arrays), jax.tree.leaves(block),
+                            strict=True):
+                gather(a, flat, b[s])
+        return jax.tree.map(lambda b: b.reshape((S, U, self.bsz) + b.shape[2:]), block)
 
     def _build(self, at: int, stop: int, rows: int) -> Any:
         return self.put(self.host_block(at, stop, rows))
@@ -305,6 +306,39 @@ class Feeder:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+# samples gathered from a memmap between releases of its pages: a read maps the pages
+# around it too (the kernel's fault-around, 64 KB), so random reads map the file quickly
+GATHER_CHUNK = 4096
+
+
+def gather(a: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = a[idx]``; from a shared memmap in file order and in chunks, its pages
+    released after each (:func:`release_pages`), so the resident set stays bounded
+    whatever the file's size (the kernel maps whole folios around each read)."""
+    if not isinstance(a, np.memmap):
+        np.take(a, idx, axis=0, out=out)
+        return
+    order = np.argsort(idx, kind="stable")  # in file order: each page is read once
+    ordered = idx[order]
+    for i in range(0, len(idx), GATHER_CHUNK):
+        out[order[i:i + GATHER_CHUNK]] = np.take(a, ordered[i:i + GATHER_CHUNK], axis=0)
+        release_pages(a)
+
+
+def release_pages(a: Any) -> None:
+    """Unmap the pages a gather read from a shared ``np.memmap`` (``MADV_DONTNEED``: they
+    stay in the page cache, no longer in this process's resident set), so the RSS follows
+    the block, not the file. Nothing for other arrays or a copy-on-write memmap."""
+    mm = getattr(a, "_mmap", None) if isinstance(a, np.memmap) else None
+    if mm is None or getattr(a, "mode", "c") == "c" or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # a closed or unusual mapping: leave it be
+        pass
+
+
+@functools.lru_cache(maxsize=64)
 def _indices_fn(spec, order_fn):
     """Jitted (stream key data, updates [U], orders) -> sample indices [U, B] on the CPU."""
     cpu = jax.devices("cpu")[0]

@@ -257,7 +257,7 @@ _TRAIN: tuple[Option, ...] = (
            "``np.memmap`` and for an iterable, device otherwise). Host-fed data needs "
            "``steps``; evaluations record the means of the block's batch losses (``metrics`` "
            "is ``\"batch\"``); not with ``windows``, ``standardize`` or ``folds``. Device "
-           "memory holds the batches of one program call (at most 64 MB per seed, or one "
+           "memory holds the batches of one program call (at most 16 MB per seed, or one "
            "evaluation's ``eval_every`` updates), built on the host while the previous call "
            "runs. See the README's \"Data larger than memory\".",
            check=lambda name, v: _check_feed(name, v), what='"auto", "device" or "host"',
