@@ -172,12 +172,93 @@ def test_batches_of_other_shapes_refused():
         jaxgd.fit(loss, P0, ragged(), hparams={"learning_rate": 0.05}, **dict(KW, steps=2))
 
 
-def test_memmap_resume_equals_uncut(tmp_path):
-    """A host-fed run resumed from a checkpoint equals one never cut (the block's batches
-    follow from the step)."""
+def _interrupted_then_resumed(tmp_path, monkeypatch, data, **kw):
+    """A fit(out=) interrupted as its 2nd checkpoint is saved, then run again: the
+    evaluation the second call went on from, and its result."""
+    from jaxgd import engine as engine_mod
+    from jaxgd import store as store_mod
+
+    real = store_mod.RunStore.save_checkpoint
+    count = [0]
+
+    def save(self, tag, arrays, at):
+        real(self, tag, arrays, at)
+        count[0] += 1
+        if count[0] == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(store_mod.RunStore, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        jaxgd.fit(loss, P0, data, out=out, checkpoint_every=5, **kw)
+    monkeypatch.undo()
+    starts, run_blocks = [], engine_mod.run_blocks
+
+    def spy(prog, spec, st, start, end, *a, **k):
+        starts.append(start)
+        return run_blocks(prog, spec, st, start, end, *a, **k)
+
+    monkeypatch.setattr(engine_mod, "run_blocks", spy)
+    return starts, jaxgd.fit(loss, P0, data, out=out, checkpoint_every=5, **kw)
+
+
+def test_memmap_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
+    """A host-fed run interrupted and resumed from a checkpoint equals the in-memory run
+    never cut (a block's batches follow from its step)."""
     x, y = _problem()
-    mx = _memmap(tmp_path, x, "x")
     kw = dict(KW, hparams={"learning_rate": 0.05}, eval_every=1)
     ref = jaxgd.fit(loss, P0, (x, y), **kw)
-    got = jaxgd.fit(loss, P0, (mx, y), out=tmp_path / "run", checkpoint_every=5, **kw)
+    starts, got = _interrupted_then_resumed(tmp_path, monkeypatch,
+                                            (_memmap(tmp_path, x, "x"), y), **kw)
+    assert starts == [10]  # went on from the second checkpoint
     _same(ref, got)
+
+
+def test_reiterable_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
+    x, y = _problem()
+    x, y = x[:100], y[:100]
+    kw = dict(KW, hparams={"learning_rate": 0.05}, eval_every=1, shuffle=False)
+    ref = jaxgd.fit(loss, P0, (x, y), **kw)
+    starts, got = _interrupted_then_resumed(tmp_path, monkeypatch, Loader(x, y, 37), **kw)
+    assert starts == [10]
+    _same(ref, got)
+
+
+MESH_SCRIPT = r'''
+import os, sys, tempfile
+import numpy as np, jax, jax.numpy as jnp, jaxgd
+from jax.sharding import Mesh
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 3)).astype(np.float32)
+y = x @ np.array([1.0, -2.0, 0.5], np.float32)
+m = np.memmap(os.path.join(sys.argv[1], "x"), np.float32, "w+", shape=x.shape)
+m[:] = x
+m.flush()
+loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+p0 = {"w": jnp.zeros(3)}
+kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2], "seed": [0, 1]}, batch_size=8,
+          steps=25, metrics="batch")
+ref = jaxgd.sweep(loss, p0, (x, y), **kw)
+for shape in [(4, 1), (2, 2), (1, 4)]:
+    mesh = Mesh(np.array(jax.devices()).reshape(shape), ("config", "data"))
+    got = jaxgd.sweep(loss, p0, (m, y), mesh=mesh, feed="host", **kw)
+    np.testing.assert_allclose(got.history["loss"], ref.history["loss"], rtol=1e-5)
+    assert list(got.table["stop_reason"]) == list(ref.table["stop_reason"])
+print("MESH OK")
+'''
+
+
+def test_host_fed_on_config_data_meshes_equals_one_device(tmp_path):
+    """4 forced CPU devices as (4,1), (2,2), (1,4) ("config", "data") meshes: host-fed
+    blocks (replicated, each batch split over "data") give the single-device table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0 and "MESH OK" in r.stdout, r.stderr[-3000:]
