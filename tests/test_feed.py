@@ -209,7 +209,7 @@ def test_memmap_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
     kw = dict(KW, hparams={"learning_rate": 0.05}, eval_every=1)
     ref = jaxgd.fit(loss, P0, (x, y), **kw)
     starts, got = _interrupted_then_resumed(tmp_path, monkeypatch,
-                                            (_memmap(tmp_path, x, "x"), y), **kw)
+                                            (_memmap(tmp_path, x, "x"), y), feed="host", **kw)
     assert starts == [10]  # went on from the second checkpoint
     _same(ref, got)
 
