@@ -15,7 +15,7 @@ depend on the seed (``shuffle=False`` or given orders) share one block.
 
 Iterables: consumed in order, one batch per update, the same batches for every
 configuration and stream of a call. A re-iterable source (``iter(source)`` returns a new
-iterator: a list, a PyTorch ``DataLoader``) starts over for a call that begins before the
+iterator, like a PyTorch ``DataLoader``) starts over for a call that begins before the
 batches it holds (another chunk of a sweep, a resumed run); a one-shot iterator (a
 generator) feeds one pass only.
 """
@@ -47,10 +47,6 @@ def check_feed(name: str, value: Any) -> str:
     return value
 
 
-def _is_host_array(a: Any) -> bool:
-    return isinstance(a, np.ndarray)
-
-
 class HostData:
     """Training data kept on the host: NumPy arrays (``arrays``, a pytree sharing the
     leading axis N) or an iterable of batches (``source``; ``first`` its first batch)."""
@@ -69,7 +65,7 @@ class HostData:
 
     @property
     def reiterable(self) -> bool:
-        """Whether ``iter(source)`` starts over (a list, a DataLoader; not a generator)."""
+        """Whether ``iter(source)`` starts over (a DataLoader; not a generator)."""
         return self.arrays is not None or self._rest is None
 
     def probe(self) -> Any:
@@ -103,8 +99,8 @@ class HostData:
             if rest == ():
                 raise ValueError(
                     f"data is a one-shot iterator ({type(self.source).__name__}) and was "
-                    "consumed by an earlier program call: give a re-iterable source (a list, "
-                    "a DataLoader: iter() starts over) to run several calls (sweep chunks, "
+                    "consumed by an earlier program call: give a re-iterable source (iter() "
+                    "starts over, like a DataLoader) to run several calls (sweep chunks, "
                     "searches, resume)")
             return _chain(self.first, rest)
         return iter(self.source)
@@ -140,8 +136,6 @@ def host_data(data: Any, feed: str) -> HostData | None:
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"data's leaves must share one leading length N > 0, got "
                          f"{sorted(lengths)}")
-    if feed == "host" and not all(_is_host_array(a) for a in leaves):
-        pass  # converted to NumPy above (a device array is copied to the host once)
     return HostData(arrays=jax.tree.unflatten(jax.tree.structure(data), arrays))
 
 

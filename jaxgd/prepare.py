@@ -438,8 +438,8 @@ def check_host_options(o: options.Options, host, by_steps: bool, units: int) -> 
     if o.out is not None and not host.reiterable:
         raise ValueError(f"out={o.out!r} resumes a run, but data is a one-shot iterator "
                          f"({type(host.source).__name__}) whose position cannot be restored: "
-                         "give a re-iterable source (a list, a DataLoader: iter() starts "
-                         "over; it must give the same batches every time) or leave out out=")
+                         "give a re-iterable source (iter() starts over, like a DataLoader; it "
+                         "must give the same batches every time) or leave out out=")
 
 
 def fed_rows(host, plan: BatchPlan, o: options.Options) -> int:
