@@ -11,6 +11,10 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
 - D. as B with batch sizes {1, 16, 64, 256, N} x 32 learning rates;
 - E. digits: softmax regression and a 1-hidden-layer MLP, 64 learning rates each;
 - M. memory: ``fit(epochs=10**6 and 10**9, loss_target=...)`` stopping early;
+- H. host-fed data (``experiments/bench_feed.py``): B's sweep with the data as an
+  ``np.memmap`` fed from the host against the same data in device memory (throughput
+  ratio), and the peak RSS rise of a ``fit`` reading every sample of a memmapped file
+  several times larger (1.5 GB; 512 MB with ``--quick``) in a fresh process;
 - F. (only when asked: ``--problems F``) real networks against the loop a user would write
   ("peer 0": a jitted optax step in a Python loop, and a hand-written ``jit(lax.scan)``):
   a flax CNN with BatchNorm + dropout and an MLP on digits, a character transformer on
@@ -45,7 +49,7 @@ figures run every point in a fresh subprocess and report ``ru_maxrss`` above the
 data-loaded baseline (compile included) and the peak above the RSS after the first call.
 
 Usage: ``python -m experiments.bench [--quick | --tiny] [--out DIR] [--reps N]
-[--problems A,B,C,D,E,M,F]`` (the default runs A-E and M; F adds ``f.csv``/``f.md``).
+[--problems A,B,C,D,E,M,H,F]`` (the default runs A-E, M and H; F adds ``f.csv``/``f.md``).
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_OUT = Path("demo_out") / "bench"
-PROBLEMS = ("A", "B", "C", "D", "E", "M", "F")  # M: the memory rows; F: bench_f.py
-DEFAULT_PROBLEMS = ("A", "B", "C", "D", "E", "M")  # F runs when asked (minutes of compiles)
+PROBLEMS = ("A", "B", "C", "D", "E", "M", "H", "F")  # M: memory rows; H: bench_feed.py
+DEFAULT_PROBLEMS = ("A", "B", "C", "D", "E", "M", "H")  # F runs when asked (minutes of compiles)
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -116,6 +120,7 @@ class Sizes:
     peak_reps: int = 10
     child_timeout: int = 600
     f_sizes: str = "full"  # problem set F: bench_f.F_SIZES key
+    h_file_mb: int = 1536  # problem H: the memmapped file of the RSS row
 
 
 FULL = Sizes()
@@ -125,7 +130,7 @@ QUICK = dataclasses.replace(
     sub_numpy=1, peer_step_cap=300,
     scale_n=16_384, scale_k=(1, 256, 4096), scale_ns=(4096, 16_384, 65_536), peak_reps=5,
     child_timeout=120,
-    b_variants=B_VARIANTS_QUICK, f_sizes="quick",
+    b_variants=B_VARIANTS_QUICK, f_sizes="quick", h_file_mb=512,
 )
 TINY = dataclasses.replace(
     FULL, a_iters=2000, a_text_iters=2000, d_n=1024, d_sub=1, n=1024, d=8, batch=64, epochs=2,
@@ -134,7 +139,7 @@ TINY = dataclasses.replace(
     e_models=("softmax",), other_peers=("torch", "numpy"),
     sub_torch=1, sub_numpy=1, peer_step_cap=500, scale_n=1024, scale_k=(1, 8),
     scale_ns=(1024,), scale_k_base=8, devices=(1, 2), peak_reps=3, child_timeout=60,
-    b_variants=B_VARIANTS_QUICK, f_sizes="tiny",
+    b_variants=B_VARIANTS_QUICK, f_sizes="tiny", h_file_mb=16,
 )
 
 
@@ -1185,6 +1190,35 @@ def problem_e(bn: Bench):
                  flops, s.other_peers)
 
 
+def problem_h(bn: Bench, data) -> None:
+    """Host-fed data (``bench_feed.py``): B's sweep from a memmap vs device memory, and
+    the peak RSS of training on a memmapped file larger than the RSS rise allowed."""
+    from . import bench_feed
+
+    s = bn.s
+    x, y = data if data is not None else regression_data(s.n, s.d)
+    r = bench_feed.throughput(np.asarray(x), np.asarray(y), s.batch, s.epochs, s.k_lr,
+                              bn.reps)
+    nan = float("nan")
+    flops = linear_flops(s.n, s.d, s.batch, s.epochs, s.k_lr)
+    what = f"B's sweep, steps={r['steps']}, metrics='batch'"
+    bn.add("H", "jaxgd (host-fed memmap, feed='host')", s.k_lr, f"{s.k_lr}/{s.k_lr}", nan,
+           r["host_s"], flops, nan, f"{what}; blocks built in a background thread")
+    bn.add("H", "jaxgd (the same data in device memory)", s.k_lr, f"{s.k_lr}/{s.k_lr}", nan,
+           r["device_s"], flops, nan, f"{what}; timed interleaved with the row above")
+    bn.target("H: host-fed memmap vs device data, throughput (x)", r["ratio"], ">=", 0.9,
+              "median of interleaved rounds, compile excluded")
+    m = bench_feed.rss(s.h_file_mb, 63, s.batch, -(-s.h_file_mb * 2**20 // (256 * s.batch)),
+                       timeout=s.child_timeout)
+    bn.add("memory", f"jaxgd fit host-fed from a {m['file_mb']} MB memmap", 1, "1/1", nan,
+           m["seconds"], 0.0, m["peak_rise_mb"],
+           f"every one of {m['n']} samples read once; RSS before {m['rss_before_mb']:.0f} MB, "
+           f"peak {m['peak_mb']:.0f} MB (fresh process, VmHWM)")
+    bn.target("H: peak RSS rise / memmapped file size", m["peak_rise_mb"] / m["file_mb"],
+              "<=", 0.25 if s.h_file_mb >= 512 else 10.0,
+              f"{m['peak_rise_mb']:.0f} MB for a {m['file_mb']} MB file")
+
+
 def problem_f(bn: Bench) -> None:
     """Problem set F (``bench_f.py``): rows, targets and ``bn.f_rows``."""
     from . import bench_f
@@ -1434,6 +1468,8 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True,
                 problem_e(bn)
             elif prob == "M":
                 problem_memory(bn)
+            elif prob == "H":
+                problem_h(bn, data)
             elif prob == "F":
                 problem_f(bn)
             print(f"problem {prob}: {time.perf_counter() - t:.1f} s", flush=True)

@@ -7,6 +7,7 @@ group of equal shapes, sharded over the available devices.
 
 from . import data as data
 from . import datasets as datasets
+from . import feed as feed
 from . import losses as losses
 from . import lossform as lossform
 from . import models as models

@@ -29,12 +29,13 @@ import numpy as np
 
 from . import lossform
 from .checkpoint import Checkpointer
+from .feed import Feeder, HostData, batch_indices
 from .groups import Group
 from .history import PACKED, HistoryLayout, per_step
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, tc_array
-from .program import Program, program_for
+from .program import Program, epoch_order, program_for
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
 
@@ -462,6 +463,7 @@ def state_shapes(prep: Prepared, ch: ChunkInputs, data):
     spec = prep.spec
     prog, _ = program_for(spec, prep.params, ch.traced.values,
                           int(np.prod(ch.grid_rows.shape)))
+    data = None if isinstance(data, HostData) else data  # host-fed: the state needs none
     return jax.eval_shape(
         prog.init, None if spec.init_fn is not None else prep.params, data, prep.val_data,
         ch.traced, ch.keys, ch.tidx, ch.vidx, prep.state)
@@ -487,6 +489,10 @@ class Advanced(NamedTuple):
         """The program's outputs with the history unpacked by name."""
         return self.out._replace(history=self.layout.unpack(dict(self.hist),
                                                             self.out.init_loss.dtype))
+
+
+# the host's order function of host-fed arrays (one object: its jitted form is cached)
+_BATCH_INDICES = functools.partial(batch_indices, order_of=epoch_order)
 
 
 class Engine:
@@ -550,8 +556,10 @@ class Engine:
         spec = prep.spec
         S, width = ch.grid_rows.shape
         prog, layout = program_for(spec, prep.params, ch.traced.values, S * width)
-        args, put_scalar = program_args(prep, ch, self.data, self.mesh)
+        host = isinstance(self.data, HostData)
+        args, put_scalar = program_args(prep, ch, None if host else self.data, self.mesh)
         params0, data, val, traced, keys, tidx, vidx, state0 = args
+        feeder = self.feeder(prep, ch) if host else None
         if resume is not None:
             state = lambda k, t: device_state(resume.state, k, t, self.mesh)  # noqa: E731
         at = start if resume is None else resume.at
@@ -570,11 +578,22 @@ class Engine:
                 on_block=lambda first, at, part: self.block_done(prep, layout, call, first,
                                                                  at, part),
                 checkpoint=self.checkpoint if keep is not None else None, save=keep,
-                origin=start, prefix=None if resume is None else resume.hist)
+                origin=start, prefix=None if resume is None else resume.hist, feed=feeder)
         finally:
+            if feeder is not None:
+                feeder.close()
             self.notify("call_end", call)
         comp = self.clock.note(spec, c0)
         return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
+
+    def feeder(self, prep: Prepared, ch: ChunkInputs) -> Feeder:
+        """The fed blocks of a host-fed call (:mod:`jaxgd.feed`), placed on the device (on
+        a mesh: replicated; the program splits each batch over its ``"data"`` axis)."""
+        if self.mesh is None:
+            put = jax.device_put
+        else:
+            put = lambda t: jax.tree.map(functools.partial(replicated, self.mesh), t)  # noqa: E731
+        return Feeder(self.data, prep.spec, ch.keys, prep.orders, put, _BATCH_INDICES)
 
     def block_done(self, prep: Prepared, layout: HistoryLayout, call: Call, first: int,
                    at: int, part: dict[str, np.ndarray]) -> None:
@@ -710,7 +729,8 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
                on_block: Callable[[int, int, dict], None] = lambda first, at, part: None,
                checkpoint: Checkpointer | None = None,
                save: Callable[[int, Any, dict[str, np.ndarray]], None] | None = None,
-               origin: int | None = None, prefix: dict[str, np.ndarray] | None = None):
+               origin: int | None = None, prefix: dict[str, np.ndarray] | None = None,
+               feed: Feeder | None = None):
     """Evaluations ``start`` up to ``end`` (exclusive) from state ``st`` (the program's
     layout), stopping early when no configuration is active; ``args = (data, val, traced,
     keys, tidx, vidx)``; ``on_block(first, at, part)`` is called on the host after each
@@ -725,6 +745,10 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
     ``origin`` and the history rows ``origin .. start`` as ``prefix``: the history
     returned then starts at ``origin``, as long as a call never cut would give it.
 
+    With host-fed data, ``feed`` (:class:`jaxgd.feed.Feeder`) gives each block's data (the
+    program's ``data`` argument, ``args[0]``): built in the background while the previous
+    block runs.
+
     The decision to run another block comes from a value every device (and process)
     holds whole, so every process runs the same number of blocks. ``to_host`` brings an
     output array home; ``put_scalar`` makes a block's start index a program input."""
@@ -736,6 +760,8 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
         stop = end if checkpoint is None else checkpoint.next_end(at, end, prog.rows)
         if checkpoint is not None and jax.process_count() > 1:
             stop = int(agree_floats([stop])[0])  # process 0's timing decides
+        if feed is not None:  # this block's batches (the next one's start building)
+            args = (feed.block(at, stop, prog.rows, end),) + tuple(args[1:])
         st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
                                          put_scalar(np.int32(stop)), *args)
         ran = min(at + prog.rows, stop) - at

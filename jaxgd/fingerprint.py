@@ -37,7 +37,9 @@ def run_fingerprint(cfgs, idx, base, base_hp, epochs, shuffle, drop_last, folds,
         "settings": settings, "programs": list(programs), "code": code_digest(),
     }
     h.update(json.dumps(desc, sort_keys=True, default=stable_repr).encode())
-    for leaf in jax.tree.leaves(data):
+    leaves = [x for leaf in jax.tree.leaves(data)
+              for x in (leaf.digest_leaves() if hasattr(leaf, "digest_leaves") else [leaf])]
+    for leaf in leaves:  # host-fed data: its arrays (or an iterable's first batch)
         a = np.asarray(leaf)
         h.update(str((a.shape, a.dtype)).encode())
         h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # all of it
@@ -75,7 +77,7 @@ def program_digest(prep) -> str:
     import re
 
     spec, params, data = prep[0], prep[1], prep[2]
-    probe = jax.tree.map(
+    probe = data.probe() if hasattr(data, "probe") else jax.tree.map(  # host-fed: its own
         lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
     h = hashlib.sha256()
 

@@ -59,6 +59,12 @@ class Option(NamedTuple):
 # ----------------------------------------------------------------------------- checks
 
 
+def _check_feed(name: str, v: Any) -> str:
+    from .feed import check_feed
+
+    return check_feed(name, v)
+
+
 def _positive(name: str, v: Any) -> int:
     return check_positive_int(name, v)
 
@@ -252,6 +258,19 @@ _TRAIN: tuple[Option, ...] = (
            "``standardize``, ``folds`` or ``shuffle=`` orders.",
            check=_positive_int_or_none, what="a positive integer (window length)",
            fingerprint="own"),
+    Option("feed", "auto", "str",
+           "where the training data lives: ``\"device\"`` (placed on the device whole), "
+           "``\"host\"`` (kept on the host: NumPy arrays or an ``np.memmap``, gathered per "
+           "block of updates in the same order as on the device, or an iterable of batches "
+           "used one per update in the order it gives them) or ``\"auto\"`` (host for an "
+           "``np.memmap`` and for an iterable, device otherwise). Host-fed data needs "
+           "``steps``; evaluations record the means of the block's batch losses (``metrics`` "
+           "is ``\"batch\"``); not with ``windows``, ``standardize`` or ``folds``. Device "
+           "memory holds the batches of one program call (at most 16 MB per seed, or one "
+           "evaluation's ``eval_every`` updates), built on the host while the previous call "
+           "runs. See the README's \"Data larger than memory\".",
+           check=lambda name, v: _check_feed(name, v), what='"auto", "device" or "host"',
+           fingerprint=""),
     Option("shuffle", True, "bool | str | array",
            "``True`` visits samples in a fresh pseudo-random order every epoch (a keyed "
            "Feistel bijection, cheap and shared by every configuration of a seed; not "
@@ -492,6 +511,7 @@ class Options:
     epochs: int | None = None
     steps: int | None = None
     windows: int | None = None
+    feed: str = "auto"
     shuffle: bool | str = True
     drop_last: bool = False
     key: Any = None

@@ -271,7 +271,14 @@ def prepare(
         raise ValueError(f"{what}={units} is more than the {MAX_COUNT} (2**31 - 1) "
                          f"{what} a program counts (its epoch and step counters are int32)")
     check_step_options(o, by_steps)
-    if data_checked:  # validated by the caller (sweep): skip a second pass over the data
+    from .feed import HostData, host_data
+
+    host = host_data(data, o.feed)
+    if host is not None:
+        data = host
+        check_host_options(o, host, by_steps, units)
+        n = host.n
+    elif data_checked:  # validated by the caller (sweep): skip a second pass over the data
         n = jax.tree.leaves(data)[0].shape[0]
     else:
         data, n = validate_data(data, "data")
@@ -280,9 +287,10 @@ def prepare(
         val_data = check_windows(o, data, val_data)
     elif val_data is not None:
         val_data, _ = validate_data(val_data, "val_data")
-        if jax.tree.structure(val_data) != jax.tree.structure(data):
+        ref = data.probe() if isinstance(data, HostData) else data
+        if jax.tree.structure(val_data) != jax.tree.structure(ref):
             raise ValueError("val_data must have the same structure as data")
-        paths = jax.tree_util.tree_flatten_with_path(data)[0]
+        paths = jax.tree_util.tree_flatten_with_path(ref)[0]
         for (path, d), v in zip(paths, jax.tree.leaves(val_data), strict=True):
             if d.shape[1:] != v.shape[1:]:
                 where = jax.tree_util.keystr(path)
@@ -307,7 +315,8 @@ def prepare(
         loss = combined = lossform.Combined(loss, treedef, static, mask)
     params = check_params(params)
     check_no_state_in_params(params)
-    plan = _plan(n if n_train is None else n_train, o)
+    plan = (_plan(n if n_train is None else n_train, o) if host is None or not host.iterable
+            else BatchPlan(n, n // o.accumulate, False, 1, 1, 0))  # a batch per update
     orders = (check_orders(opts.shuffle, plan.n) if o.shuffle == options.GIVEN
               else None)
     if not by_steps and units * plan.steps_per_epoch > MAX_COUNT:
@@ -319,7 +328,7 @@ def prepare(
     spec_opt, _ = optim.adapt_optimizer(spec_opt, o.schedule, o.hparams or {})
     state = check_state(o.state, params)
     numeric, static, loss_hp, given = split_hparams(loss, spec_opt, o.schedule, o.hparams, o)
-    probe = jax.tree.map(
+    probe = data.probe() if host is not None else jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),) + a.shape[1:], a.dtype), data)
     if o.windows is not None:  # a batch of windows: (x, y), each [B, L]
         probe = (jax.ShapeDtypeStruct((2, o.windows), data.dtype),) * 2
@@ -332,7 +341,8 @@ def prepare(
         hash(static_items)
     except TypeError as e:
         raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
-    metrics = "batch" if o.windows is not None else o.metrics  # no pass over a stream
+    # no pass over a stream or over host-fed data
+    metrics = "batch" if o.windows is not None or host is not None else o.metrics
     spec = ProgramSpec(
         loss=loss, has_aux=has_aux, opt=spec_opt, schedule=o.schedule,
         static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,
@@ -343,8 +353,9 @@ def prepare(
         has_val=val_data is not None or val_from_index, track_init=metrics != "batch",
         full_grad=metrics == "full_grad" or (metrics == "full" and "grad_tol" in given),
         eval_every=o.eval_every, progress=o.progress,
-        standardize=check_standardize(o.standardize, data),
+        standardize=() if host is not None else check_standardize(o.standardize, data),
         form=form, by_steps=by_steps, window=o.windows or 0,
+        fed=0 if host is None else fed_rows(host, plan, o),
     )
     return Prepared(spec, params, data, val_data, numeric, state, combined, orders)
 
@@ -354,6 +365,8 @@ def program_data(p: Prepared, data: Any = None) -> Any:
     explicit orders of ``shuffle=`` when there are some (``(data, orders)``: a program
     input like the data, so new orders of the same shape never recompile)."""
     data = p.data if data is None else data
+    if p.spec.fed:  # host-fed: the feeder reads the orders itself
+        return p.data
     return data if p.orders is None else (data, p.orders)
 
 
@@ -386,6 +399,57 @@ def check_step_options(o: options.Options, by_steps: bool) -> None:
     if o.shuffle == options.GIVEN:
         raise ValueError(f"shuffle= an order array cannot be combined with "
                          f"windows={o.windows} (random windows have no sample order)")
+
+
+def check_host_options(o: options.Options, host, by_steps: bool, units: int) -> None:
+    """The options host-fed data (:mod:`jaxgd.feed`) excludes or needs, checked before
+    anything compiles."""
+    kind = "an iterable of batches" if host.iterable else "host-fed arrays"
+    if not by_steps:
+        raise ValueError(f"data is {kind} (feed={o.feed!r}), which is fed a block of updates "
+                         f"at a time: give a budget of updates, steps= (epochs={o.epochs!r} "
+                         f"is {host.n if not host.iterable else 'N'}/batch_size updates each)")
+    if o.windows is not None:
+        raise ValueError(f"windows={o.windows} draws windows from a token stream on the "
+                         f"device and cannot be combined with {kind} (feed={o.feed!r}): "
+                         "give the stream as an array with feed='device'")
+    if o.metrics == "full_grad":
+        raise ValueError(f"metrics='full_grad' needs a pass over the training data, which "
+                         f"{kind} does not have on the device: use 'batch'")
+    if o.standardize:
+        raise ValueError(f"standardize={o.standardize!r} needs statistics of the whole "
+                         f"training data, which {kind} does not have on the device: "
+                         "standardise the data beforehand")
+    if not host.iterable:
+        return
+    if options.normalize_shuffle("shuffle", o.shuffle) == options.GIVEN:
+        raise ValueError("shuffle= an order array cannot be combined with an iterable of "
+                             "batches (its batches are used in the order it gives them)")
+    if o.batch_size not in (None, host.n):
+        raise ValueError(f"batch_size={o.batch_size!r} differs from the iterable's batches of "
+                         f"{host.n} samples: leave batch_size out (None) or make them agree")
+    if host.n % o.accumulate:
+        raise ValueError(f"accumulate={o.accumulate} does not divide the iterable's batches "
+                         f"of {host.n} samples")
+    size = host.length()
+    if size is not None and size < units:
+        raise ValueError(f"data gives {size} batches (len(data)), but steps={units} needs "
+                         f"{units} (one batch per update)")
+    if o.out is not None and not host.reiterable:
+        raise ValueError(f"out={o.out!r} resumes a run, but data is a one-shot iterator "
+                         f"({type(host.source).__name__}) whose position cannot be restored: "
+                         "give a re-iterable source (iter() starts over, like a DataLoader; it "
+                         "must give the same batches every time) or leave out out=")
+
+
+def fed_rows(host, plan: BatchPlan, o: options.Options) -> int:
+    """Evaluations per program call of host-fed data: its fed block (``eval_every``
+    updates of ``batch_size * accumulate`` samples per evaluation) held to
+    :data:`jaxgd.feed.FEED_BLOCK_BYTES` per stream, at least one evaluation."""
+    from .feed import FEED_BLOCK_BYTES
+
+    per_eval = o.eval_every * plan.batch_size * o.accumulate * host.sample_bytes()
+    return max(1, FEED_BLOCK_BYTES // max(1, per_eval))
 
 
 def check_windows(o: options.Options, data: Any, val_data: Any) -> Any:

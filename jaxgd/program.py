@@ -49,6 +49,7 @@ import optax
 
 from . import loop, lossform, optim, stops
 from .data import feistel_permute, feistel_round_keys, window_batch
+from .feed import fed_input
 from .history import EPOCH, EXACT, PACKED, STEP, STEP_LOSS, HistoryLayout, per_step
 from .losses import abs_l1, default_penalty_mask
 from .spec import (
@@ -82,6 +83,7 @@ def lookahead(spec: ProgramSpec) -> bool:
     plan, f = spec.plan, spec.form
     return (plan.full_steps == 1 and plan.last_batch_size == 0 and spec.accumulate == 1
             and plan.batch_size == plan.n and spec.metrics != "batch" and not spec.window
+            and not spec.fed
             and not (f.key or f.train or f.state or f.takes_hparams))
 
 
@@ -272,7 +274,7 @@ def empty_history_block(spec: ProgramSpec, params0, tc, dt, rows: int) -> dict[s
 def _split_orders(spec: ProgramSpec, data) -> tuple[Any, jax.Array | None]:
     """(data, explicit orders): with ``shuffle=`` orders the program's data argument is
     the pair (:func:`jaxgd.prepare.program_data`)."""
-    return data if spec.shuffle == "given" else (data, None)
+    return data if spec.shuffle == "given" and not spec.fed else (data, None)
 
 
 def init_state(spec: ProgramSpec, params0, traced: Traced, key, data, val, tidx, vidx,
@@ -312,7 +314,7 @@ def init_state(spec: ProgramSpec, params0, traced: Traced, key, data, val, tidx,
     )
 
 
-def _epoch_order(spec: ProgramSpec, key, epoch,
+def epoch_order(spec: ProgramSpec, key, epoch,
                  orders=None) -> Callable[[jax.Array], jax.Array] | None:
     """Position -> sample index of this epoch's visiting order (None: in order); explicit
     ``orders`` [E, n]: row ``epoch mod E``."""
@@ -338,6 +340,10 @@ def _gather(spec: ProgramSpec, ctx: EpochContext, order, start, size):
     (with token windows, ``start`` is the step and the batch is ``size`` random windows
     of the stream: :func:`jaxgd.data.window_batch`)."""
     data, tidx = ctx.data, ctx.tidx
+    if spec.fed:  # update ``start``'s slot of the fed block (a short last batch: its head)
+        fed, base = data
+        return jax.tree.map(
+            lambda a: jax.lax.dynamic_index_in_dim(a, start - base, keepdims=False)[:size], fed)
     if spec.window:
         return window_batch(data, ctx.key, start, size, spec.window)
     if order is None and tidx is None:
@@ -403,7 +409,7 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     (with ``record_steps``)."""
     plan = spec.plan
     bsz = plan.batch_size * spec.accumulate  # samples per update
-    order = _epoch_order(spec, ctx.key, epoch, ctx.orders)
+    order = epoch_order(spec, ctx.key, epoch, ctx.orders)
     in_range = epoch < spec.epochs
     active0 = carry.steps.active
     inner = carry.steps._replace(active=active0 & in_range)
@@ -446,14 +452,16 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     in_range = t < spec.epochs
     active0 = carry.steps.active
     inner = carry.steps._replace(active=active0 & in_range)
-    order = None if spec.window else _epoch_order(spec, ctx.key, epoch, ctx.orders)
+    by_t = bool(spec.window or spec.fed)  # the batch is update t's (not a position's)
+    order = None if by_t else epoch_order(spec, ctx.key, epoch, ctx.orders)
 
     def full(c):
-        at = t if spec.window else pos * bsz
+        at = t if by_t else pos * bsz
         return train_step(spec, ctx, order, c, at, bsz, spec.accumulate)
 
     def last(c):
-        return train_step(spec, ctx, order, c, plan.full_steps * bsz, plan.last_batch_size, 1)
+        at = t if spec.fed else plan.full_steps * bsz
+        return train_step(spec, ctx, order, c, at, plan.last_batch_size, 1)
 
     def step(c):
         if plan.last_batch_size == 0 or spec.window:
@@ -736,7 +744,8 @@ def block_rows(spec: ProgramSpec, row_bytes: int, n_configs: int) -> int:
     """Evaluations per program call for ``n_configs`` configurations run together."""
     _, n_evals = evals_of(spec)
     fit_rows = HISTORY_BLOCK_BYTES // max(1, row_bytes * n_configs)
-    return int(max(1, min(n_evals, max(HISTORY_MIN_ROWS, fit_rows))))
+    rows = max(1, min(n_evals, max(HISTORY_MIN_ROWS, fit_rows)))
+    return int(min(rows, spec.fed) if spec.fed else rows)
 
 
 class Program(NamedTuple):
@@ -807,9 +816,10 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
         t_ax = None if tidx is None else 0
         v_ax = None if vidx is None else 0
         traced, keys, tidx, vidx = loop.squeeze(one_s, one_c, traced, keys, tidx, vidx)
+        data, d_ax = fed_input(spec, data, start, one_s)
         ep = loop.vmapped(functools.partial(epoch_block, spec),
                           (0, 0, None, None, None, None, None, None),
-                          (0, 0, 0, None, None, None, t_ax, v_ax), one_s, one_c, by_map)
+                          (0, 0, 0, None, d_ax, None, t_ax, v_ax), one_s, one_c, by_map)
         def empty(p, t):
             return empty_history_block(spec, p, t.values, st.init_loss.dtype, rows)
 

@@ -61,6 +61,9 @@ class ProgramSpec(NamedTuple):
     # how the configurations of a stream run in the program: "vmap" (batched together)
     # or "map" (one after another, lax.map); see jaxgd.plans
     config_plan: str = "vmap"
+    # > 0: host-fed data (jaxgd.feed); the program's data is a fed block of the call's
+    # updates, at most this many evaluations per block
+    fed: int = 0
 
 
 class Traced(NamedTuple):

@@ -71,6 +71,7 @@ def sweep(
     epochs: int | None = None,
     steps: int | None = None,
     windows: int | None = None,
+    feed: str = "auto",
     batch_size: int | None = None,
     shuffle: bool | str = True,
     drop_last: bool = False,
@@ -162,11 +163,11 @@ def sweep(
     if mesh is not None:
         check_mesh(mesh)
 
-    from .data import kfold_indices, validate_data
+    from .data import kfold_indices
     from .options import GIVEN, normalize_shuffle
     from .prepare import program_data
 
-    data, n = validate_data(data, "data")
+    data, n = _sweep_data(data, feed, folds)
     if folds is not None and folds > n:
         raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
@@ -244,6 +245,21 @@ def sweep(
         if store is not None:
             store.release_lock_on_error()
     return res
+
+
+def _sweep_data(data, feed: str, folds) -> tuple[Any, int]:
+    """(the sweep's data, N): validated device data, or host-fed data
+    (:class:`jaxgd.feed.HostData`, whose N is its samples or an iterable's batch)."""
+    from .data import validate_data
+    from .feed import host_data
+
+    host = host_data(data, feed)
+    if host is None:
+        return validate_data(data, "data")
+    if folds is not None:
+        raise ValueError(f"folds={folds!r} cannot be combined with host-fed data "
+                         f"(feed={feed!r}): split the data into folds beforehand")
+    return host, host.n
 
 
 def _checked_search(search, cfgs, units: int, eval_every: int, unit: str):

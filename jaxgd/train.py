@@ -38,6 +38,7 @@ def fit(
     epochs: int | None = None,
     steps: int | None = None,
     windows: int | None = None,
+    feed: str = "auto",
     shuffle: bool | str = True,
     drop_last: bool = False,
     key: Any = None,
@@ -83,7 +84,8 @@ def fit(
         flax variable dict's ``params``, an nnx state, or a model object such as an
         equinox Module (its floating arrays trained, other leaves held as they are).
       data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``; with
-        ``windows=``, a 1-D integer token stream.
+        ``windows=``, a 1-D integer token stream; host-fed (``feed=``): NumPy arrays or
+        ``np.memmap`` kept on the host, or an iterable of batches (one per update).
       {options}
 
     Returns:

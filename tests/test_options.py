@@ -57,6 +57,7 @@ NOT_IN_FILES = {
     "progress": "the command line's --quiet",
     "standardize": "[data] standardize",
     "out": "the command line's --out",
+    "feed": "the data source of a file is device data ([data])",
     "track": "the [track] table",
     "windows": "a token stream: [data] holds (x, y) datasets",
 }

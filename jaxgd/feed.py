@@ -1,0 +1,379 @@
+"""Host-fed data (``feed="host"``): training data that stays on the host.
+
+A :class:`HostData` wraps either NumPy arrays (``np.memmap`` included) or an iterable of
+batches. The compiled program then reads each update's batch from a *fed block*: the
+batches of the block's updates stacked ``[streams, updates, batch, ...]`` (the short last
+batch of an epoch padded to a full one; the program takes its first rows). The engine
+(:func:`jaxgd.engine.run_blocks`) asks :class:`Feeder` for the block of each program call;
+the feeder builds the next one in a background thread while the device runs the current
+one and puts it on the device there (double-buffered).
+
+Arrays: the block's sample indices are the in-memory program's (the same order function,
+:func:`jaxgd.program.batch_indices`, run on the host CPU), gathered with NumPy, so a
+host-fed run equals the in-memory run with the same order. Streams whose order does not
+depend on the seed (``shuffle=False`` or given orders) share one block.
+
+Iterables: consumed in order, one batch per update, the same batches for every
+configuration and stream of a call. A re-iterable source (``iter(source)`` returns a new
+iterator, like a PyTorch ``DataLoader``) starts over for a call that begins before the
+batches it holds (another chunk of a sweep, a resumed run); a one-shot iterator (a
+generator) feeds one pass only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import mmap
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .spec import evals_of
+
+FEEDS = ("auto", "device", "host")
+
+# a program call's fed block holds at most this many bytes (per stream), or one evaluation
+FEED_BLOCK_BYTES = 16 << 20
+
+
+def check_feed(name: str, value: Any) -> str:
+    """``feed=``: "auto", "device" or "host"."""
+    if value not in FEEDS:
+        raise ValueError(f"{name}={value!r} must be one of {FEEDS}")
+    return value
+
+
+class HostData:
+    """Training data kept on the host: NumPy arrays (``arrays``, a pytree sharing the
+    leading axis N) or an iterable of batches (``source``; ``first`` its first batch)."""
+
+    def __init__(self, arrays: Any = None, source: Iterable | None = None, first: Any = None,
+                 rest: Any = None):
+        self.arrays, self.source, self.first, self._rest = arrays, source, first, rest
+        ref = arrays if arrays is not None else first
+        self.treedef = jax.tree.structure(ref)
+        self.n = (jax.tree.leaves(arrays)[0].shape[0] if arrays is not None
+                  else jax.tree.leaves(first)[0].shape[0])
+
+    @property
+    def iterable(self) -> bool:
+        return self.arrays is None
+
+    @property
+    def reiterable(self) -> bool:
+        """Whether ``iter(source)`` starts over (a DataLoader; not a generator)."""
+        return self.arrays is not None or self._rest is None
+
+    def probe(self) -> Any:
+        """Shapes of a batch of two samples (or of one batch), for the loss's checks."""
+        ref = self.arrays if self.arrays is not None else self.first
+        k = 2 if self.arrays is not None else self.n
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((min(k, a.shape[0]),)
+                                                           + a.shape[1:], a.dtype), ref)
+
+    def sample_bytes(self) -> int:
+        ref = self.arrays if self.arrays is not None else self.first
+        return int(sum(np.prod(a.shape[1:], dtype=np.int64) * a.dtype.itemsize
+                       for a in jax.tree.leaves(ref)))
+
+    def digest_leaves(self) -> list[np.ndarray]:
+        """What a run folder's fingerprint hashes: the arrays, or the first batch."""
+        return jax.tree.leaves(self.arrays if self.arrays is not None else self.first)
+
+    def length(self) -> int | None:
+        """Batches an iterable source holds, when it says (``len()``), else None."""
+        try:
+            return len(self.source)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def iterator(self):
+        """A fresh iterator over the batches (the first call of a one-shot source gets
+        the batches it has not given yet, with the first one peeked at back in front)."""
+        if self._rest is not None:
+            rest, self._rest = self._rest, ()
+            if rest == ():
+                raise ValueError(
+                    f"data is a one-shot iterator ({type(self.source).__name__}) and was "
+                    "consumed by an earlier program call: give a re-iterable source (iter() "
+                    "starts over, like a DataLoader) to run several calls (sweep chunks, "
+                    "searches, resume)")
+            return _chain(self.first, rest)
+        return iter(self.source)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _check_leaf(where: str, a: Any) -> np.ndarray:
+    a = np.asarray(a) if not isinstance(a, np.ndarray) else a
+    if a.ndim < 1 or a.dtype.kind not in "biuf":
+        raise TypeError(f"{where} must be a numeric array with a leading (sample) axis, got "
+                        f"dtype {a.dtype} and shape {a.shape}")
+    return a
+
+
+def host_data(data: Any, feed: str) -> HostData | None:
+    """``data`` as :class:`HostData` when ``feed`` keeps it on the host ("host", or
+    "auto" for an ``np.memmap`` or an iterable of batches), else None (device data)."""
+    check_feed("feed", feed)
+    if isinstance(data, HostData) or feed == "device":
+        return data if isinstance(data, HostData) else None
+    if _iterable(data):  # not a pytree container: an iterable of batches
+        return _from_iterable(data)
+    leaves = jax.tree.leaves(data)
+    if feed == "auto" and not any(isinstance(a, np.memmap) for a in leaves):
+        return None
+    paths = jax.tree_util.tree_flatten_with_path(data)[0]
+    arrays = [_check_leaf(f"data{jax.tree_util.keystr(p)}", a) for p, a in paths]
+    lengths = {a.shape[0] for a in arrays}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"data's leaves must share one leading length N > 0, got "
+                         f"{sorted(lengths)}")
+    return HostData(arrays=jax.tree.unflatten(jax.tree.structure(data), arrays))
+
+
+def _iterable(x: Any) -> bool:
+    """An iterable that is not a pytree container or an array (a list or tuple of arrays is
+    data: wrap a list of batches with ``iter()``)."""
+    if isinstance(x, np.ndarray | jax.Array | str | bytes | dict | tuple | list):
+        return False
+    if not jax.tree_util.all_leaves([x]):  # a registered pytree container
+        return False
+    try:
+        iter(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _from_iterable(source: Iterable) -> HostData:
+    it = iter(source)
+    one_shot = it is source
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ValueError("data is an iterable of batches that gave no batch") from None
+    first = _checked_batch(first, None, 0)
+    return HostData(source=source, first=first, rest=it if one_shot else None)
+
+
+def _checked_batch(batch: Any, ref: Any, i: int) -> Any:
+    """A batch as NumPy arrays, with the first batch's structure, shapes and dtypes."""
+    leaves, td = jax.tree.flatten(batch)
+    arrays = [_check_leaf(f"batch {i} of data", np.asarray(a)) for a in leaves]
+    if ref is not None:
+        want = [(a.shape, a.dtype) for a in jax.tree.leaves(ref)]
+        got = [(a.shape, a.dtype) for a in arrays]
+        if td != jax.tree.structure(ref) or got != want:
+            raise ValueError(f"batch {i} of data has structure/shapes {td} {got}, unlike the "
+                             f"first batch's {jax.tree.structure(ref)} {want}: every batch "
+                             "must have the same shapes (drop_last=True in a DataLoader)")
+    elif len({a.shape[0] for a in arrays}) != 1:
+        raise ValueError(f"batch 0 of data has leaves of different leading lengths "
+                         f"{[a.shape[0] for a in arrays]}")
+    return jax.tree.unflatten(td, arrays)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class _Reader:
+    """Sequential reads of an iterable source by update index (batches kept from the
+    earliest update a block may still ask for)."""
+
+    def __init__(self, data: HostData, budget: int):
+        self.data, self.budget = data, budget
+        self.it, self.base, self.kept = None, 0, []
+
+    def take(self, u0: int, u1: int) -> list[Any]:
+        if self.it is None or u0 < self.base:
+            self.it, self.base, self.kept = self.data.iterator(), 0, []
+        drop = min(u0 - self.base, len(self.kept))
+        self.kept, self.base = self.kept[drop:], self.base + drop
+        while self.base < u0:  # skip to u0 (a call that starts later)
+            self._next()
+            self.base += 1
+        while len(self.kept) < u1 - u0:
+            self.kept.append(self._next())
+        return self.kept[:u1 - u0]
+
+    def _next(self):
+        try:
+            b = next(self.it)
+        except StopIteration:
+            have = self.base + len(self.kept)
+            raise ValueError(f"data ran dry: the iterable gave {have} batches, but the step "
+                             f"budget needs {self.budget} (one batch per update)") from None
+        return _checked_batch(b, self.data.first, self.base + len(self.kept))
+
+
+def _zeros_like_block(ref: Any, u: int) -> Any:
+    return jax.tree.map(lambda a: np.zeros((u,) + a.shape, a.dtype), ref)
+
+
+class Feeder:
+    """The fed blocks of one program call.
+
+    Args:
+      data: the host data.
+      spec: the program's spec (its plan, budget, shuffle, ``fed`` block length).
+      keys: the call's stream keys [S] (their data orders); ``orders``: ``shuffle=`` orders.
+      put: host block -> device block (a mesh's replicated placement, or device_put).
+      order_fn: :func:`jaxgd.program.batch_indices` (update, key, orders -> indices).
+    """
+
+    def __init__(self, data: HostData, spec, keys, orders, put: Callable[[Any], Any],
+                 order_fn: Callable[..., Any]):
+        self.data, self.spec, self.put = data, spec, put
+        self.units = spec.eval_every
+        self.bsz = spec.plan.batch_size * spec.accumulate
+        keyed = spec.shuffle in ("feistel", "uniform")
+        self.keys = np.asarray(jax.random.key_data(keys))
+        if not keyed or data.iterable:  # one stream's order serves every stream
+            self.keys = self.keys[:1]
+        self.orders = None if orders is None else np.asarray(orders)
+        self.reader = _Reader(data, spec.epochs) if data.iterable else None
+        self.indices = _indices_fn(spec, order_fn)
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxgd-feed")
+        self.pending: dict[int, concurrent.futures.Future] = {}
+
+    def host_block(self, at: int, stop: int, rows: int) -> Any:
+        """Evaluations ``at .. stop`` as a host block [S, rows * K, B, ...]."""
+        K = self.units
+        U = rows * K
+        u0 = at * K
+        u1 = min(stop * K, self.spec.epochs, u0 + U)
+        if self.data.iterable:
+            batches = self.reader.take(u0, u1)
+            block = _zeros_like_block(self.data.first, U)
+            for leaf, parts in zip(jax.tree.leaves(block),
+                                   zip(*[jax.tree.leaves(b) for b in batches], strict=True)
+                                   if batches else [[]] * len(jax.tree.leaves(block)),
+                                   strict=True):
+                if len(parts):
+                    leaf[:len(parts)] = np.stack(parts)
+            return jax.tree.map(lambda a: a[None], block)
+        ts = np.arange(u0, u0 + U, dtype=np.int32)
+        ts = np.minimum(ts, self.spec.epochs - 1)  # past the budget: any in-range batch
+        S = len(self.keys)
+        block = jax.tree.map(lambda a: np.empty((S, U * self.bsz) + a.shape[1:], a.dtype),
+                             self.data.arrays)
+        orders = None if self.orders is None else jnp.asarray(self.orders)
+        for s, kd in enumerate(self.keys):
+            flat = np.asarray(self.indices(jnp.asarray(kd), jnp.asarray(ts), orders)).reshape(-1)
+            for a, b in zip(jax.tree.leaves(self.data.arrays), jax.tree.leaves(block),
+                            strict=True):
+                gather(a, flat, b[s])
+        return jax.tree.map(lambda b: b.reshape((S, U, self.bsz) + b.shape[2:]), block)
+
+    def _build(self, at: int, stop: int, rows: int) -> Any:
+        return self.put(self.host_block(at, stop, rows))
+
+    def block(self, at: int, stop: int, rows: int, end: int) -> Any:
+        """The device block of evaluations ``at .. stop`` (built now, or taken from the
+        background build started by the previous call); the block after it (from ``min(at
+        + rows, stop)`` up to ``end``, as the next call will most likely ask) starts
+        building in the background. A block's rows past ``stop`` are never run."""
+        fut = self.pending.pop(at, None)
+        for f in self.pending.values():  # a guess that did not come true
+            f.cancel()
+        self.pending.clear()
+        if fut is None:
+            fut = self.pool.submit(self._build, at, stop, rows)
+        nxt = min(at + rows, stop)
+        if nxt < end:
+            self.pending[nxt] = self.pool.submit(self._build, nxt, end, rows)
+        return fut.result()
+
+    def close(self) -> None:
+        """Cancel what is queued and join the thread."""
+        for f in self.pending.values():
+            f.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# samples gathered from a memmap between releases of its pages: a read maps the pages
+# around it too (the kernel's fault-around, 64 KB), so random reads map the file quickly
+GATHER_CHUNK = 4096
+
+
+def gather(a: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = a[idx]``; from a shared memmap in file order and in chunks, its pages
+    released after each (:func:`release_pages`), so the resident set stays bounded
+    whatever the file's size (the kernel maps whole folios around each read)."""
+    if not isinstance(a, np.memmap):
+        np.take(a, idx, axis=0, out=out)
+        return
+    order = np.argsort(idx, kind="stable")  # in file order: each page is read once
+    ordered = idx[order]
+    for i in range(0, len(idx), GATHER_CHUNK):
+        out[order[i:i + GATHER_CHUNK]] = np.take(a, ordered[i:i + GATHER_CHUNK], axis=0)
+        release_pages(a)
+
+
+def release_pages(a: Any) -> None:
+    """Unmap the pages a gather read from a shared ``np.memmap`` (``MADV_DONTNEED``: they
+    stay in the page cache, no longer in this process's resident set), so the RSS follows
+    the block, not the file. Nothing for other arrays or a copy-on-write memmap."""
+    mm = getattr(a, "_mmap", None) if isinstance(a, np.memmap) else None
+    if mm is None or getattr(a, "mode", "c") == "c" or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # a closed or unusual mapping: leave it be
+        pass
+
+
+@functools.lru_cache(maxsize=64)
+def _indices_fn(spec, order_fn):
+    """Jitted (stream key data, updates [U], orders) -> sample indices [U, B] on the CPU."""
+    cpu = jax.devices("cpu")[0]
+
+    def one(kd, t, orders):
+        return order_fn(spec, jax.random.wrap_key_data(kd), t, orders)
+
+    f = jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
+
+    @functools.wraps(f)
+    def run(kd, ts, orders):
+        with jax.default_device(cpu):
+            return f(kd, ts, orders)
+
+    return run
+
+
+def fed_input(spec, data, start, one_stream: bool):
+    """(the steps' data, its stream axis) of a host-fed program (:mod:`jaxgd.feed`): the fed
+    block [S or 1, updates, B, ...] paired with the index of its first update; other data
+    as it is (no stream axis)."""
+    if not spec.fed:
+        return data, None
+    K, _ = evals_of(spec)
+    shared = jax.tree.leaves(data)[0].shape[0] == 1  # one block serves every stream
+    if shared or one_stream:
+        data = jax.tree.map(lambda a: a[0], data)
+    return (data, start * K), (None if shared else (0, None))
+
+
+def batch_indices(spec, key, t, orders, order_of: Callable[..., Any]) -> jax.Array:
+    """The sample indices [B] of update ``t`` of a step budget in the epoch program's order
+    (the in-memory program's batch; a short last batch padded with its last index): what
+    host-fed data gathers on the host for the fed block. ``order_of``:
+    :func:`jaxgd.program.epoch_order` (the program's order of an epoch's positions)."""
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate
+    epoch, pos = t // plan.steps_per_epoch, t % plan.steps_per_epoch
+    is_last = (plan.last_batch_size > 0) & (pos == plan.full_steps)
+    size = jnp.where(is_last, plan.last_batch_size, bsz)
+    at = jnp.where(is_last, plan.full_steps * bsz, pos * bsz)
+    idx = at + jnp.minimum(jnp.arange(bsz, dtype=jnp.int32), size - 1)
+    order = order_of(spec, key, epoch, orders)
+    return idx if order is None else order(idx)

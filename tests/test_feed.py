@@ -1,0 +1,264 @@
+"""Host-fed data (feed="host"): np.memmap and iterables of batches equal the in-memory run
+with the same order, and a hand-written optax loop; bad input gives clear errors."""
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxgd
+
+N, D, B = 103, 3, 10  # 11 steps per epoch, the last of 3 samples
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, D)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5], np.float32) + 0.1).astype(np.float32)
+    return x, y
+
+
+def _memmap(tmp_path, a, name):
+    m = np.memmap(tmp_path / name, a.dtype, "w+", shape=a.shape)
+    m[:] = a
+    m.flush()
+    return np.memmap(tmp_path / name, a.dtype, "r", shape=a.shape)
+
+
+def loss(p, b):
+    return jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)
+
+
+P0 = {"w": jnp.zeros(D), "b": jnp.zeros(())}
+KW = dict(batch_size=B, steps=37, eval_every=3, metrics="batch")
+
+
+def _same(a, b):
+    for k in a.params:
+        np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]))
+    for k in ("loss", "step"):
+        np.testing.assert_array_equal(a.history[k], b.history[k])
+    assert a.stop_reason == b.stop_reason and a.steps_run == b.steps_run
+
+
+@pytest.mark.parametrize("shuffle", [True, False, "orders"])
+def test_memmap_fit_equals_in_memory(tmp_path, shuffle):
+    x, y = _problem()
+    if shuffle == "orders":
+        shuffle = np.stack([np.random.default_rng(i).permutation(N) for i in range(2)])
+    kw = dict(KW, hparams={"learning_rate": 0.05}, shuffle=shuffle, key=3)
+    ref = jaxgd.fit(loss, P0, (x, y), **kw)
+    mx = _memmap(tmp_path, x, "x")
+    assert jaxgd.feed.host_data((mx, y), "auto") is not None  # auto: a memmap stays home
+    assert jaxgd.feed.host_data((x, y), "auto") is None
+    got = jaxgd.fit(loss, P0, (mx, y), feed="host", **kw)
+    _same(ref, got)
+    assert got.steps_run == 37 and np.all(np.isfinite(got.history["loss"]))
+
+
+def test_memmap_sweep_equals_in_memory(tmp_path):
+    x, y = _problem()
+    grid = {"learning_rate": [0.01, 0.05, 0.1], "seed": [0, 1]}
+    ref = jaxgd.sweep(loss, P0, (x, y), grid=grid, **KW)
+    got = jaxgd.sweep(loss, P0, (_memmap(tmp_path, x, "x"), _memmap(tmp_path, y, "y")),
+                      grid=grid, feed="host", **KW)
+    assert ref.table.equals(got.table)
+    for k in ("loss", "batch_loss", "step"):
+        np.testing.assert_array_equal(ref.history[k], got.history[k])
+    for k in ref.params:
+        np.testing.assert_array_equal(np.asarray(ref.params[k]), np.asarray(got.params[k]))
+
+
+def _batches(x, y, steps):
+    for t in range(steps):
+        s = (t % (len(x) // B)) * B
+        yield x[s:s + B], y[s:s + B]
+
+
+def test_generator_fit_equals_in_memory_and_optax_loop():
+    x, y = _problem()
+    x, y = x[:100], y[:100]
+    kw = dict(KW, hparams={"learning_rate": 0.05}, shuffle=False)
+    ref = jaxgd.fit(loss, P0, (x, y), **kw)
+    got = jaxgd.fit(loss, P0, _batches(x, y, 37), **kw)
+    _same(ref, got)
+    # a hand-written optax loop over the same batches
+    opt = optax.sgd(0.05)
+    p, s = P0, opt.init(P0)
+    for bx, by in _batches(x, y, 37):
+        g = jax.grad(loss)(p, (jnp.asarray(bx), jnp.asarray(by)))
+        u, s = opt.update(g, s, p)
+        p = optax.apply_updates(p, u)
+    for k in p:
+        np.testing.assert_allclose(np.asarray(got.params[k]), np.asarray(p[k]), rtol=1e-6,
+                                   atol=1e-7)
+
+
+class Loader:
+    """A re-iterable source, like a DataLoader: every iter() starts over."""
+
+    def __init__(self, x, y, steps):
+        self.x, self.y, self.steps = x, y, steps
+
+    def __iter__(self):
+        return _batches(self.x, self.y, self.steps)
+
+    def __len__(self):
+        return self.steps
+
+
+def test_reiterable_sweep_equals_in_memory():
+    x, y = _problem()
+    x, y = x[:100], y[:100]
+    grid = {"learning_rate": [0.01, 0.05, 0.1], "seed": [0, 1]}
+    kw = dict(KW, shuffle=False)
+    ref = jaxgd.sweep(loss, P0, (x, y), grid=grid, **kw)
+    got = jaxgd.sweep(loss, P0, Loader(x, y, 37), grid=grid, chunk_size=2, **kw)
+    np.testing.assert_array_equal(ref.history["loss"], got.history["loss"])
+    for k in ref.params:
+        np.testing.assert_array_equal(np.asarray(ref.params[k]), np.asarray(got.params[k]))
+
+
+def _threads():
+    return {t for t in threading.enumerate() if t.name.startswith("jaxgd-feed")}
+
+
+def test_iterable_runs_dry_names_count_and_joins_thread():
+    x, y = _problem()
+    before = _threads()
+    with pytest.raises(ValueError, match=r"ran dry: the iterable gave 20 batches.*37"):
+        jaxgd.fit(loss, P0, _batches(x, y, 20), hparams={"learning_rate": 0.05}, **KW)
+    assert _threads() == before  # the feeding thread was joined
+
+
+def test_len_checked_before_running():
+    x, y = _problem()
+    with pytest.raises(ValueError, match=r"gives 20 batches \(len\(data\)\).*steps=37"):
+        jaxgd.fit(loss, P0, Loader(x, y, 20), hparams={"learning_rate": 0.05}, **KW)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(steps=None, epochs=3), r"give a budget of updates, steps="),
+    (dict(windows=4), r"windows=4 .* cannot be combined with host-fed arrays"),
+    (dict(metrics="full_grad"), r"metrics='full_grad'"),
+    (dict(standardize=True), r"standardize=True"),
+    (dict(feed="disk"), r"feed='disk' must be one of"),
+])
+def test_bad_host_options(tmp_path, bad, match):
+    x, y = _problem()
+    kw = dict(KW, hparams={"learning_rate": 0.05}, **bad)
+    with pytest.raises(ValueError, match=match):
+        jaxgd.fit(loss, P0, (_memmap(tmp_path, x, "x"), y), **kw)
+
+
+def test_one_shot_iterator_refuses_out(tmp_path):
+    x, y = _problem()
+    with pytest.raises(ValueError, match=r"one-shot iterator.*cannot be restored"):
+        jaxgd.fit(loss, P0, _batches(x, y, 37), hparams={"learning_rate": 0.05},
+                  out=tmp_path / "run", **KW)
+
+
+def test_batches_of_other_shapes_refused():
+    x, y = _problem()
+
+    def ragged():
+        yield x[:10], y[:10]
+        yield x[:7], y[:7]
+
+    with pytest.raises(ValueError, match=r"batch 1 of data .* every batch must have the same"):
+        jaxgd.fit(loss, P0, ragged(), hparams={"learning_rate": 0.05}, **dict(KW, steps=2))
+
+
+def _interrupted_then_resumed(tmp_path, monkeypatch, data, **kw):
+    """A fit(out=) interrupted as its 2nd checkpoint is saved, then run again: the
+    evaluation the second call went on from, and its result."""
+    from jaxgd import engine as engine_mod
+    from jaxgd import store as store_mod
+
+    real = store_mod.RunStore.save_checkpoint
+    count = [0]
+
+    def save(self, tag, arrays, at):
+        real(self, tag, arrays, at)
+        count[0] += 1
+        if count[0] == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(store_mod.RunStore, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        jaxgd.fit(loss, P0, data, out=out, checkpoint_every=5, **kw)
+    monkeypatch.undo()
+    starts, run_blocks = [], engine_mod.run_blocks
+
+    def spy(prog, spec, st, start, end, *a, **k):
+        starts.append(start)
+        return run_blocks(prog, spec, st, start, end, *a, **k)
+
+    monkeypatch.setattr(engine_mod, "run_blocks", spy)
+    return starts, jaxgd.fit(loss, P0, data, out=out, checkpoint_every=5, **kw)
+
+
+def test_memmap_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
+    """A host-fed run interrupted and resumed from a checkpoint equals the in-memory run
+    never cut (a block's batches follow from its step)."""
+    x, y = _problem()
+    kw = dict(KW, hparams={"learning_rate": 0.05}, eval_every=1)
+    ref = jaxgd.fit(loss, P0, (x, y), **kw)
+    starts, got = _interrupted_then_resumed(tmp_path, monkeypatch,
+                                            (_memmap(tmp_path, x, "x"), y), feed="host", **kw)
+    assert starts == [10]  # went on from the second checkpoint
+    _same(ref, got)
+
+
+def test_reiterable_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
+    x, y = _problem()
+    x, y = x[:100], y[:100]
+    kw = dict(KW, hparams={"learning_rate": 0.05}, eval_every=1, shuffle=False)
+    ref = jaxgd.fit(loss, P0, (x, y), **kw)
+    starts, got = _interrupted_then_resumed(tmp_path, monkeypatch, Loader(x, y, 37), **kw)
+    assert starts == [10]
+    _same(ref, got)
+
+
+MESH_SCRIPT = r'''
+import os, sys, tempfile
+import numpy as np, jax, jax.numpy as jnp, jaxgd
+from jax.sharding import Mesh
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 3)).astype(np.float32)
+y = x @ np.array([1.0, -2.0, 0.5], np.float32)
+m = np.memmap(os.path.join(sys.argv[1], "x"), np.float32, "w+", shape=x.shape)
+m[:] = x
+m.flush()
+loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+p0 = {"w": jnp.zeros(3)}
+kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2], "seed": [0, 1]}, batch_size=8,
+          steps=25, metrics="batch")
+ref = jaxgd.sweep(loss, p0, (x, y), **kw)
+for shape in [(4, 1), (2, 2), (1, 4)]:
+    mesh = Mesh(np.array(jax.devices()).reshape(shape), ("config", "data"))
+    got = jaxgd.sweep(loss, p0, (m, y), mesh=mesh, feed="host", **kw)
+    np.testing.assert_allclose(got.history["loss"], ref.history["loss"], rtol=1e-5)
+    assert list(got.table["stop_reason"]) == list(ref.table["stop_reason"])
+print("MESH OK")
+'''
+
+
+def test_host_fed_on_config_data_meshes_equals_one_device(tmp_path):
+    """4 forced CPU devices as (4,1), (2,2), (1,4) ("config", "data") meshes: host-fed
+    blocks (replicated, each batch split over "data") give the single-device table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0 and "MESH OK" in r.stdout, r.stderr[-3000:]
