@@ -165,3 +165,58 @@ def test_run_folder_without_the_column_loads(tmp_path):
     old = jaxgd.load(tmp_path / "old")
     assert "diverged_step" not in old.table.columns
     assert old.table["diverged"].tolist() == [False, True]
+
+
+def test_diverged_step_through_a_checkpoint_and_resume(tmp_path, monkeypatch):
+    """One configuration diverges before the checkpoint (its diverged_step travels in the
+    saved state), one after the resumption."""
+    from jaxgd import store as store_mod
+
+    x, y = _data()
+    lrs = [1.5, 4.0]
+    want = [_first_bad_update(lr, x, y, B, 60) for lr in lrs]
+    assert want[1] < 27 < want[0]  # the checkpoint is at evaluation 9: update 27
+
+    def run():
+        return jaxgd.sweep(_loss, _p0(), (x, y), optimizer=optax.sgd,
+                           grid={"learning_rate": lrs}, batch_size=B, steps=60, eval_every=3,
+                           shuffle=False, diverge_factor=float("inf"), out=tmp_path / "run",
+                           checkpoint_every=9)
+
+    real = store_mod.RunStore.save_checkpoint
+
+    def save(self, tag, arrays, at):
+        real(self, tag, arrays, at)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod.RunStore, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.undo()
+    assert list((tmp_path / "run" / "chunks").glob("*.ckpt-*.npz"))
+    from jaxgd import engine as engine_mod
+
+    starts, blocks = [], engine_mod.run_blocks
+
+    def spy(prog, spec, st, start, end, *a, **kw):
+        starts.append(start)
+        return blocks(prog, spec, st, start, end, *a, **kw)
+
+    monkeypatch.setattr(engine_mod, "run_blocks", spy)
+    sw = run()
+    assert starts == [9]  # went on from the checkpoint
+    assert sw.table.sort_values("learning_rate")["diverged_step"].tolist() == want
+
+
+def test_diverged_step_in_a_search():
+    """A successive-halving search carries the members' states between its calls."""
+    x, y = _data()
+    lrs = [0.01, 0.02, 0.05, 10.0]
+    want = _first_bad_update(10.0, x, y, B, 60)
+    assert want < 18  # before the first rung (epoch 6)
+    sw = jaxgd.sweep(_loss, _p0(), (x, y), optimizer=optax.sgd, grid={"learning_rate": lrs},
+                     batch_size=B, epochs=24, shuffle=False, diverge_factor=float("inf"),
+                     search=jaxgd.search.Halving(eta=2, min_epochs=6))
+    t = sw.table.sort_values("learning_rate")
+    assert t["stop_reason"].tolist()[-1] == "diverged"
+    assert t["diverged_step"].tolist() == [-1, -1, -1, want]
