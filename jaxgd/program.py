@@ -308,6 +308,7 @@ def init_state(spec: ProgramSpec, params0, traced: Traced, key, data, val, tidx,
         bad_epochs=jnp.zeros((), jnp.int32),
         best_params=params0 if spec.restore_best else None,
         evals_run=jnp.zeros((), jnp.int32),
+        diverged_step=jnp.where(bad_start, 0, -1).astype(jnp.int32),
         model_state=state0,
         best_model_state=state0 if spec.restore_best else None,
         ahead=ahead,
@@ -620,12 +621,16 @@ def epoch_block(spec: ProgramSpec, st: State, traced: Traced, key, block, data, 
     ev = stops.Evaluation(loss=m.loss, grad_norm=m.grad_norm, monitor=monitor, bad_evals=bad)
     active, reason = check_stops(spec, ev, tc, active, reason, epoch)
     row = history_row(spec, st, m, tc, c, epoch, rows)
+    # found diverged in this block: by a step (the carry's count stops at the failing
+    # update, whose index it is), by the guard or by the evaluation (the block's count)
+    found = st.active & (reason == DIVERGED)
     return State(
         params=c.params, opt_state=c.opt_state, step=jnp.where(c.active, c.step, st.step),
         active=active, reason=reason,
         epochs_run=carry.epochs_run, init_loss=c.init_loss, best_metric=best_metric,
         best_epoch=best_epoch, bad_epochs=bad, best_params=best_params,
         evals_run=st.evals_run + st.active.astype(jnp.int32),
+        diverged_step=jnp.where(found, c.step, st.diverged_step),
         model_state=c.model_state, best_model_state=best_mstate, ahead=c.ahead,
     ), row
 
@@ -706,6 +711,7 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
     return ProgramOutput(
         best_epoch=st.best_epoch,
         best_metric=st.best_metric,
+        diverged_step=st.diverged_step,
         epochs_run=st.epochs_run,
         evals_run=st.evals_run,
         history={},

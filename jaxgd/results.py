@@ -40,7 +40,8 @@ class FitResult:
         "diverged".
       epochs_run: epochs that ran (including the one where the run stopped; with
         ``steps=``, the epochs begun).
-      steps_run: parameter updates applied.
+      steps_run: parameter updates applied (to the returned parameters: a diverged run's
+        count stops at the evaluation its parameters are from).
       best_epoch: epoch (0-based) of the best monitored loss, -1 if none (with ``steps=``,
         the update of that evaluation, as in ``history["step"]``).
       init_loss: the loss of the initial parameters on the training data; with
@@ -52,6 +53,13 @@ class FitResult:
         the last evaluation: their recorded loss is ``best_epoch_loss``.
       state: the final model state, for a loss that carries one (``state=``), else None
         (with ``restore_best``, the state of the best epoch).
+      diverged_step: -1 unless ``stop_reason`` is "diverged"; then the 0-based index of
+        the update at which the run was found diverged (the updates it had applied then):
+        the first update whose objective or gradient norm was not finite (after an update
+        that overflowed the parameters from a finite loss and gradient, the next one, which
+        starts from them); for divergence found at an evaluation (non-finite parameters,
+        the loss grown past ``diverge_factor``, a non-finite evaluation loss) the updates
+        up to that evaluation; 0 for a non-finite initial loss.
     """
 
     params: Any
@@ -62,6 +70,7 @@ class FitResult:
     best_epoch: int = -1
     init_loss: float = float("nan")
     state: Any = None
+    diverged_step: int = -1
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -82,6 +91,7 @@ class FitResult:
             best_epoch=int(out.best_epoch),
             init_loss=float(out.init_loss),
             state=out.state,
+            diverged_step=int(out.diverged_step),
         )
 
     def param_history(self) -> Any:
@@ -213,7 +223,10 @@ class SweepResult:
         validation if present: the parameters ``restore_best`` returns),
         ``best_epoch_loss`` (the training loss recorded at ``best_epoch``: with
         ``restore_best=True``, the loss of the returned parameters), ``epochs_run``,
-        ``steps_run``, ``stop_reason``, ``diverged`` and, with validation or folds,
+        ``steps_run``, ``stop_reason``, ``diverged``, ``diverged_step`` (as
+        :attr:`FitResult.diverged_step`: the update at which a diverged configuration was
+        found diverged, -1 for one that did not diverge; absent from a run folder written
+        without it) and, with validation or folds,
         ``final_val_loss``, ``best_val_loss`` and ``best_epoch_val_loss``.
       history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
         ``history["epoch"]`` gives each row's epoch (``history["step"]`` its update, with
@@ -308,7 +321,7 @@ class SweepResult:
         param_parts = []
         scal = {k: np.zeros(n, first[k].dtype) for k in
                 ("reason", "epochs_run", "evals_run", "steps_run", "best_epoch", "best_metric",
-                 "init_loss") if k in first}
+                 "init_loss", "diverged_step") if k in first}
         for r in results:
             rows = np.asarray([pos[int(c)] for c in r["config"]])
             for k, v in r["history"].items():
@@ -343,6 +356,8 @@ class SweepResult:
         table["steps_run"] = scal["steps_run"].astype(np.int64)
         table["stop_reason"] = [STOP_REASONS[int(r)] for r in scal["reason"]]
         table["diverged"] = table["stop_reason"] == "diverged"
+        if "diverged_step" in scal:
+            table["diverged_step"] = scal["diverged_step"].astype(np.int64)
         state = None
         if first.get("state") is not None:
             s_leaves0, s_def = jax.tree.flatten(first["state"])

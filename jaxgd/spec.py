@@ -93,6 +93,9 @@ class State(NamedTuple):
     bad_epochs: jax.Array
     best_params: Any
     evals_run: jax.Array
+    # the update count when the configuration was found diverged (-1: not diverged); see
+    # ProgramOutput.diverged_step
+    diverged_step: jax.Array
     model_state: Any = None  # non-trainable model state (None: the loss has none)
     best_model_state: Any = None
     ahead: Any = None  # Ahead at ``params`` when :func:`lookahead` (else None)
@@ -168,6 +171,13 @@ class ProgramOutput(NamedTuple):
 
     best_epoch: jax.Array
     best_metric: jax.Array
+    # -1 unless the configuration stopped as diverged: then the updates it had applied
+    # when it was found diverged, the 0-based index of the update that found it (a
+    # non-finite objective or gradient norm at that update's parameters); divergence found
+    # at an evaluation (non-finite parameters, a loss grown past ``diverge_factor``, a
+    # non-finite evaluation loss) gives the updates up to that evaluation, 0 a non-finite
+    # initial loss
+    diverged_step: jax.Array
     epochs_run: jax.Array
     evals_run: jax.Array
     history: dict[str, jax.Array]

@@ -113,7 +113,8 @@ STOPS: tuple[StopCondition, ...] = (
                    "max(|initial loss|, 1) (default 1e6; ``float(\"inf\")`` turns the check "
                    "off; with ``metrics=\"batch\"`` the initial loss is the first update's "
                    "batch loss, ``init_loss``). A non-finite loss or gradient always stops "
-                   "as \"diverged\", keeping the parameters of the last evaluation."),),
+                   "as \"diverged\", keeping the parameters of the last evaluation "
+                   "(``diverged_step`` records the update that found it)."),),
         None,
         "a non-finite loss or gradient, or growth beyond diverge_factor",
     ),
