@@ -51,12 +51,22 @@ from . import loop, lossform, optim, stops
 from .data import feistel_permute, feistel_round_keys, window_batch
 from .feed import fed_input
 from .history import EPOCH, EXACT, PACKED, STEP, STEP_LOSS, HistoryLayout, per_step
-from .losses import abs_l1, default_penalty_mask
+from .losses import default_penalty_mask
+from .objective import (
+    ahead_of,
+    call_loss,
+    data_loss,
+    global_norm,
+    lookahead,
+    mean_grad,
+    objective,
+    tree_where,
+    with_penalty,
+)
 from .spec import (
     DIVERGED,
     MAX_EPOCHS,
     RUNNING,
-    Ahead,
     EpochCarry,
     EpochContext,
     Metrics,
@@ -70,136 +80,6 @@ from .spec import (
     metric_dtype,
     param_leaves,
 )
-
-
-def lookahead(spec: ProgramSpec) -> bool:
-    """Full-batch GD whose evaluations pass over the training data: the evaluation
-    after an update computes the loss *and gradient* at the new parameters, and that
-    gradient is the next update's. One forward and backward pass per epoch instead of a
-    step's pass plus an evaluation's pass; the same numbers (the batch is the training
-    data, and a loss without key, train flag, state or hyper-parameters is called the
-    same way in steps and evaluations). The penalty's gradient is added at each step, so
-    a hyper-parameter changed between calls (population-based training) is never stale."""
-    plan, f = spec.plan, spec.form
-    return (plan.full_steps == 1 and plan.last_batch_size == 0 and spec.accumulate == 1
-            and plan.batch_size == plan.n and spec.metrics != "batch" and not spec.window
-            and not spec.fed
-            and not (f.key or f.train or f.state or f.takes_hparams))
-
-
-def _ahead(spec: ProgramSpec, params, batch, tc) -> Ahead:
-    def f(p):
-        loss, _, m = call_loss(spec, p, None, batch, None, False, tc)
-        return loss, m
-    (loss, m), g = jax.value_and_grad(f, has_aux=True)(params)
-    return Ahead(loss, g, m)
-
-
-def _with_penalty(spec: ProgramSpec, params, tc, a: Ahead):
-    """(objective, its gradient) at ``params`` from the data loss's :class:`Ahead`."""
-    pen = _penalty(spec, params, tc)
-    if pen is None:
-        return a.loss, a.grad
-    gp = jax.grad(lambda p: _penalty(spec, p, tc))(params)
-    return a.loss + pen, jax.tree.map(jnp.add, a.grad, gp)
-
-
-def _tree_where(c, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
-
-
-def _penalty(spec: ProgramSpec, params, tc):
-    if "l1" not in tc and "l2" not in tc:
-        return None
-    mask = (spec.penalty_mask or default_penalty_mask)(params)
-    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
-              if m]
-    total = 0.0
-    if "l1" in tc:
-        total = total + tc["l1"] * sum(jnp.sum(abs_l1(p)) for p in leaves)
-    if "l2" in tc:
-        total = total + tc["l2"] * 0.5 * sum(jnp.sum(p * p) for p in leaves)
-    return total
-
-
-def call_loss(spec: ProgramSpec, params, state, batch, key, train: bool, tc):
-    """The loss in its form (:mod:`jaxgd.lossform`): (loss in the params' dtype, new
-    model state or None, metrics dict). Training steps pass a key and ``train=True``;
-    evaluation passes ``key=None`` and ``train=False``."""
-    f = spec.form
-    hp = {k: tc[k] for k in f.hparams} if f.takes_hparams else None
-    if spec.batch_sharding is not None:
-        batch = shard_batch(spec.batch_sharding, batch)
-    value, new_state, metrics = lossform.call(f, spec.loss, params, batch, state=state,
-                                              key=key, train=train, hparams=hp)
-    mdt = metric_dtype(params)
-    # in the params' dtype (at least float32): float64 data with float32 params must not
-    # widen the carries
-    return (value.astype(mdt), new_state,
-            {k: v.astype(mdt) for k, v in metrics.items()})
-
-
-def shard_batch(sharding, batch):
-    """The batch with its samples split over the mesh's ``"data"`` axis (a layout hint:
-    XLA computes each device's part and sums the batch mean and the gradient across the
-    axis, so the numbers are the single-device ones up to the order of the sums). Leaves
-    whose first axis the data axis does not divide (the full-data evaluation of N samples)
-    stay as they are, computed whole on each device."""
-    n = sharding.mesh.shape["data"]
-
-    def put(a):
-        if jnp.ndim(a) >= 1 and a.shape[0] % n == 0:
-            return jax.lax.with_sharding_constraint(a, sharding)
-        return a
-
-    return jax.tree.map(put, batch)
-
-
-def _data_loss(spec: ProgramSpec, params, batch, state=None, tc=None):
-    """The loss of an evaluation pass (key=None, train=False)."""
-    return call_loss(spec, params, state, batch, None, False, tc)[0]
-
-
-def _objective(spec: ProgramSpec, params, state, batch, tc, key, train=True):
-    loss, new_state, metrics = call_loss(spec, params, state, batch, key, train, tc)
-    pen = _penalty(spec, params, tc)
-    return (loss if pen is None else loss + pen), (loss, new_state, metrics)
-
-
-def _mean_grad(spec, params, state, batch, tc, micro: int, key=None):
-    """(objective, data loss, gradient, new model state, metrics) of a batch, accumulated
-    over ``micro`` pieces (the model state threaded through them in order; piece ``j``
-    gets the key ``fold_in(key, j)`` when ``accumulate > 1``)."""
-    vg = jax.value_and_grad(lambda p, s, b, k: _objective(spec, p, s, b, tc, k),
-                            has_aux=True)
-    if micro == 1:
-        k = key if key is None or spec.accumulate == 1 else jax.random.fold_in(key, 0)
-        (obj, (loss, new_state, m)), g = vg(params, state, batch, k)
-        return obj, loss, g, new_state, m
-    pieces = jax.tree.map(lambda a: a.reshape((micro, a.shape[0] // micro) + a.shape[1:]), batch)
-
-    def body(carry, xs):
-        acc, s = carry
-        b, k = (xs, None) if key is None else (xs[0], jax.random.fold_in(key, xs[1]))
-        (obj, (loss, s, m)), g = vg(params, s, b, k)
-        return (jax.tree.map(jnp.add, acc, (obj, loss, g, m)), s), None
-
-    zero = (jnp.zeros((), metric_dtype(params)), jnp.zeros((), metric_dtype(params)),
-            jax.tree.map(jnp.zeros_like, params))
-    zero = zero + ({k: jnp.zeros((), metric_dtype(params)) for k in spec.form.metrics},)
-    xs = pieces if key is None else (pieces, jnp.arange(micro, dtype=jnp.uint32))
-    ((obj, loss, g, m), state), _ = jax.lax.scan(body, (zero, state), xs)
-    return (obj / micro, loss / micro, jax.tree.map(lambda x: x / micro, g), state,
-            {k: v / micro for k, v in m.items()})
-
-
-def _global_norm(tree) -> jax.Array:
-    """Euclidean norm of all leaves together (in at least float32)."""
-    def sq(x):
-        if jnp.promote_types(x.dtype, jnp.float32) != x.dtype:
-            x = x.astype(jnp.float32)
-        return jnp.sum(jnp.square(x))
-    return jnp.sqrt(sum(sq(x) for x in jax.tree.leaves(tree)))
 
 
 def _take(data, idx):
@@ -235,7 +115,7 @@ def _standardizer(spec: ProgramSpec, train) -> Callable[[Any], Any]:
 def history_layout(spec: ProgramSpec, tc) -> HistoryLayout:
     """The columns of the history this spec's program writes; ``tc``: the traced
     hyper-parameters by name (only the names are used)."""
-    return HistoryLayout.of("l1" in tc or "l2" in tc,  # as _penalty decides
+    return HistoryLayout.of("l1" in tc or "l2" in tc,  # as penalty decides
                             spec.has_val, spec.form.metrics, spec.record_steps,
                             spec.by_steps)
 
@@ -288,10 +168,10 @@ def init_state(spec: ProgramSpec, params0, traced: Traced, key, data, val, tidx,
     dt = metric_dtype(params0)
     tr = _train_view(data, tidx)
     tr = _standardizer(spec, tr)(tr)
-    ahead = _ahead(spec, params0, tr, tc) if lookahead(spec) else None
+    ahead = ahead_of(spec, params0, tr, tc) if lookahead(spec) else None
     if spec.track_init:
         init_loss = (ahead.loss if ahead is not None
-                     else _data_loss(spec, params0, tr, state0, tc)).astype(dt)
+                     else data_loss(spec, params0, tr, state0, tc)).astype(dt)
     else:  # no pass over the data: the first update's batch loss (set by that step)
         init_loss = jnp.asarray(jnp.nan, dt)
     bad_start = ~jnp.isfinite(init_loss) if spec.track_init else jnp.asarray(False)
@@ -370,13 +250,13 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     batch = ctx.tf(_gather(spec, ctx, order, start, size))
     key = None if ctx.cfg_key is None else jax.random.fold_in(ctx.cfg_key, stp)
     if carry.ahead is not None:  # lookahead: the gradient was computed with the loss
-        (obj, g), loss, m = _with_penalty(spec, params, tc, carry.ahead), carry.ahead.loss, \
+        (obj, g), loss, m = with_penalty(spec, params, tc, carry.ahead), carry.ahead.loss, \
             carry.ahead.metrics
         new_state = None
     else:
-        obj, loss, g, new_state, m = _mean_grad(spec, params, carry.model_state, batch, tc,
+        obj, loss, g, new_state, m = mean_grad(spec, params, carry.model_state, batch, tc,
                                                 micro, key)
-    gn = _global_norm(g)
+    gn = global_norm(g)
     updates, new_opt = ctx.opt.update(g, opt_state, params)
     if ctx.wd_mask is not None:
         lr_t = optim.passed_lr(spec.opt, spec.schedule, tc, stp)
@@ -392,7 +272,7 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     model_state = new_state if spec.form.state else None
     ahead = None
     if carry.ahead is not None:  # the loss and gradient at the new parameters
-        ahead = _ahead(spec, new_params, batch, tc)
+        ahead = ahead_of(spec, new_params, batch, tc)
     w = ok.astype(carry.sum_loss.dtype)
     sum_metrics = {k: v + ok.astype(v.dtype) * m[k] for k, v in carry.sum_metrics.items()}
     init_loss = carry.init_loss
@@ -432,7 +312,7 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     ran = active0 & in_range
     K, _ = evals_of(spec)
     if spec.epochs % K:  # the last block has epochs past the budget: they change nothing
-        inner = _tree_where(in_range, inner, carry.steps)
+        inner = tree_where(in_range, inner, carry.steps)
     row = jnp.where(ran, jnp.concatenate(step_losses), jnp.nan) if spec.record_steps else None
     return EpochCarry(inner, carry.epochs_run + ran.astype(jnp.int32)), row
 
@@ -541,18 +421,18 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
     batch_m = {k: jnp.where(any_step, v / steps_done.astype(v.dtype), jnp.nan)
                for k, v in c.sum_metrics.items()}
     if c.ahead is not None:  # lookahead: computed by the block's last step (or init)
-        obj, g = _with_penalty(spec, c.params, ctx.tc, c.ahead)
+        obj, g = with_penalty(spec, c.params, ctx.tc, c.ahead)
         loss, full_m = c.ahead.loss, c.ahead.metrics
-        gn = _global_norm(g) if spec.full_grad else batch_gn
+        gn = global_norm(g) if spec.full_grad else batch_gn
     elif spec.metrics != "batch":
         tr = ctx.tf(_train_view(ctx.data, ctx.tidx))
         if spec.full_grad:
             (obj, (loss, _, full_m)), g = jax.value_and_grad(
-                lambda p: _objective(spec, p, c.model_state, tr, ctx.tc, None, False),
+                lambda p: objective(spec, p, c.model_state, tr, ctx.tc, None, False),
                 has_aux=True)(c.params)
-            gn = _global_norm(g)
+            gn = global_norm(g)
         else:  # one forward pass: no gradient is recorded or checked
-            obj, (loss, _, full_m) = _objective(spec, c.params, c.model_state, tr, ctx.tc,
+            obj, (loss, _, full_m) = objective(spec, c.params, c.model_state, tr, ctx.tc,
                                                 None, False)
             gn = batch_gn
     else:
@@ -614,8 +494,8 @@ def epoch_block(spec: ProgramSpec, st: State, traced: Traced, key, block, data, 
     best_metric = jnp.where(improved, monitor, st.best_metric)
     best_epoch = jnp.where(improved, epoch, st.best_epoch)
     bad = jnp.where(improved, 0, st.bad_epochs + active.astype(jnp.int32))
-    best_params = _tree_where(improved, c.params, st.best_params) if spec.restore_best else None
-    best_mstate = (_tree_where(improved, c.model_state, st.best_model_state)
+    best_params = tree_where(improved, c.params, st.best_params) if spec.restore_best else None
+    best_mstate = (tree_where(improved, c.model_state, st.best_model_state)
                    if spec.restore_best and spec.form.state else None)
 
     ev = stops.Evaluation(loss=m.loss, grad_norm=m.grad_norm, monitor=monitor, bad_evals=bad)
@@ -649,7 +529,7 @@ def guard(st: State, c: StepCarry) -> StepCarry:
     block's (its batch means and learning rate); :func:`epoch_block` keeps the restored
     one in the state."""
     keep = c.active & _all_finite(c.params)
-    back = lambda new, old: _tree_where(keep, new, old)  # noqa: E731
+    back = lambda new, old: tree_where(keep, new, old)  # noqa: E731
     return c._replace(
         params=back(c.params, st.params), opt_state=back(c.opt_state, st.opt_state),
         model_state=None if c.model_state is None else back(c.model_state, st.model_state),
@@ -705,9 +585,9 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
     params, mstate = st.params, st.model_state
     if spec.restore_best:
         use_best = st.best_epoch >= 0
-        params = _tree_where(use_best, st.best_params, params)
+        params = tree_where(use_best, st.best_params, params)
         if spec.form.state:
-            mstate = _tree_where(use_best, st.best_model_state, mstate)
+            mstate = tree_where(use_best, st.best_model_state, mstate)
     return ProgramOutput(
         best_epoch=st.best_epoch,
         best_metric=st.best_metric,
