@@ -312,7 +312,7 @@ def init_state(spec: ProgramSpec, params0, traced: Traced, key, data, val, tidx,
     )
 
 
-def _epoch_order(spec: ProgramSpec, key, epoch,
+def epoch_order(spec: ProgramSpec, key, epoch,
                  orders=None) -> Callable[[jax.Array], jax.Array] | None:
     """Position -> sample index of this epoch's visiting order (None: in order); explicit
     ``orders`` [E, n]: row ``epoch mod E``."""
@@ -402,7 +402,7 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     (with ``record_steps``)."""
     plan = spec.plan
     bsz = plan.batch_size * spec.accumulate  # samples per update
-    order = _epoch_order(spec, ctx.key, epoch, ctx.orders)
+    order = epoch_order(spec, ctx.key, epoch, ctx.orders)
     in_range = epoch < spec.epochs
     active0 = carry.steps.active
     inner = carry.steps._replace(active=active0 & in_range)
@@ -443,7 +443,7 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     in_range = t < spec.epochs
     active0 = carry.steps.active
     inner = carry.steps._replace(active=active0 & in_range)
-    order = None if spec.window else _epoch_order(spec, ctx.key, epoch, ctx.orders)
+    order = None if spec.window else epoch_order(spec, ctx.key, epoch, ctx.orders)
 
     def full(c):
         at = t if spec.window else pos * bsz
@@ -464,17 +464,22 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     return EpochCarry(inner, carry.epochs_run + (ran & (pos == 0)).astype(jnp.int32)), row
 
 
+def block_carry(spec: ProgramSpec, st: State) -> EpochCarry:
+    """The carry of a block's steps from the state before it (its sums at zero)."""
+    dt = st.init_loss.dtype
+    mdt = metric_dtype(st.params)
+    return EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
+                                jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
+                                {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead,
+                                st.init_loss),
+                      st.epochs_run)
+
+
 def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     """``eval_every`` epochs (or steps, with a step budget) of training from ``st``:
     (carry, step-loss rows or None)."""
     K, _ = evals_of(spec)
-    dt = st.init_loss.dtype
-    mdt = metric_dtype(st.params)
-    carry = EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
-                                 jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
-                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead,
-                                 st.init_loss),
-                       st.epochs_run)
+    carry = block_carry(spec, st)
     e0 = block * K
     if K == 1:
         carry, rows = (train_at if spec.by_steps else train_epoch)(spec, ctx, carry, e0)
@@ -506,6 +511,72 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
         packed, rows = jax.lax.scan(body, packed, None, length=K)
         carry = loop.unpack(packed, layout)[1]
     return carry, rows
+
+
+# ------------------------------------------------- the host plan's pieces (one configuration)
+# (jaxgd.hostloop calls them from the host, a jitted call each; the same steps and
+# evaluation as the scan plan's block)
+
+
+def host_epoch_start(carry: EpochCarry) -> tuple[EpochCarry, jax.Array]:
+    """The start of an epoch (within the budget) of the host plan: the carry with the epoch
+    counted for an active configuration, and whether it is active (the mask of the
+    epoch's step losses, as :func:`train_epoch`'s)."""
+    a0 = carry.steps.active
+    return EpochCarry(carry.steps, carry.epochs_run + a0.astype(jnp.int32)), a0
+
+
+def host_steps(spec: ProgramSpec, n: int, last: bool, carry: EpochCarry, active0, epoch, s0,
+               traced: Traced, key, data, tidx) -> tuple[EpochCarry, jax.Array | None]:
+    """Full steps ``s0 .. s0 + n`` of ``epoch`` (``last``: the epoch's short last batch
+    instead), as :func:`train_epoch` runs them: (carry, step losses or None)."""
+    ctx = context(spec, carry.steps.params, traced, key, data, tidx)
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate
+    order = epoch_order(spec, ctx.key, epoch, ctx.orders)
+    inner = carry.steps
+    if last:
+        inner, loss = train_step(spec, ctx, order, inner, plan.full_steps * bsz,
+                                 plan.last_batch_size, 1)
+        losses = loss[None]
+    elif n == 1:
+        inner, loss = train_step(spec, ctx, order, inner, s0 * bsz, bsz, spec.accumulate)
+        losses = loss[None]
+    else:
+        inner, losses = jax.lax.scan(
+            lambda c, s: train_step(spec, ctx, order, c, s * bsz, bsz, spec.accumulate),
+            inner, s0 + jnp.arange(n, dtype=jnp.int32))
+    rows = jnp.where(active0, losses, jnp.nan) if spec.record_steps else None
+    return EpochCarry(inner, carry.epochs_run), rows
+
+
+def host_updates(spec: ProgramSpec, n: int, carry: EpochCarry, t0, traced: Traced, key, data,
+                 tidx) -> tuple[EpochCarry, jax.Array | None]:
+    """Updates ``t0 .. t0 + n`` of a step budget (:func:`train_at`): (carry, their step-loss
+    rows or None)."""
+    ctx = context(spec, carry.steps.params, traced, key, data, tidx)
+    if n == 1:
+        carry, row = train_at(spec, ctx, carry, t0)
+        return carry, None if row is None else row[None]
+    return jax.lax.scan(lambda c, t: train_at(spec, ctx, c, t), carry,
+                        t0 + jnp.arange(n, dtype=jnp.int32))
+
+
+def host_finish(spec: ProgramSpec, st: State, carry: EpochCarry, chunks, block, traced: Traced,
+                key, data, val, tidx, vidx) -> tuple[State, dict[str, jax.Array]]:
+    """The evaluation closing block ``block`` of the host plan (:func:`finish_block`);
+    ``chunks``: the step losses of its calls in order (empty without ``record_steps``),
+    NaN for the updates past the budget."""
+    ctx = context(spec, st.params, traced, key, data, tidx)
+    rows = None
+    if spec.record_steps:
+        K, _ = evals_of(spec)
+        width = step_loss_width(spec)
+        flat = jnp.concatenate([c.reshape(-1) for c in chunks]).astype(st.init_loss.dtype)
+        flat = jnp.concatenate([flat, jnp.full((K * width - flat.shape[0],), jnp.nan,
+                                               flat.dtype)])
+        rows = flat.reshape(K, width)
+    return finish_block(spec, ctx, st, carry, rows, block, val, vidx)
 
 
 def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
@@ -570,16 +641,30 @@ def epoch_block(spec: ProgramSpec, st: State, traced: Traced, key, block, data, 
                 vidx) -> tuple[State, dict[str, jax.Array]]:
     """``eval_every`` epochs of training, then the evaluation and stop checks: the new
     state and the evaluation's history row."""
-    K, _ = evals_of(spec)
+    ctx = context(spec, st.params, traced, key, data, tidx)
+    carry, rows = _train_block(spec, ctx, st, block)
+    return finish_block(spec, ctx, st, carry, rows, block, val, vidx)
+
+
+def context(spec: ProgramSpec, params, traced: Traced, key, data, tidx) -> EpochContext:
+    """What the steps and the evaluation of a block read (one configuration); ``params``
+    only for the structure of the decoupled weight decay's mask."""
     tc = traced.values
     data, orders = _split_orders(spec, data)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
-    wd_mask = (spec.penalty_mask or default_penalty_mask)(st.params) if own_wd else None
+    wd_mask = (spec.penalty_mask or default_penalty_mask)(params) if own_wd else None
     cfg_key = lossform.config_key(key, traced.key_bits) if spec.form.key else None
-    ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
-                       _standardizer(spec, _train_view(data, tidx)), cfg_key, orders)
-    carry, rows = _train_block(spec, ctx, st, block)
+    return EpochContext(opt, tc, key, data, tidx, wd_mask,
+                        _standardizer(spec, _train_view(data, tidx)), cfg_key, orders)
+
+
+def finish_block(spec: ProgramSpec, ctx: EpochContext, st: State, carry: EpochCarry, rows,
+                 block, val, vidx) -> tuple[State, dict[str, jax.Array]]:
+    """The evaluation after a block's training (``carry`` from ``st``; ``rows``: its step
+    losses or None), the stop checks and the history row: (new state, row)."""
+    K, _ = evals_of(spec)
+    tc = ctx.tc
     c = carry.steps
     epoch = jnp.minimum(block * K + K, spec.epochs) - 1  # the last epoch of this block
     m = evaluate(spec, ctx, st, c, val, vidx)
@@ -817,6 +902,11 @@ def set_progress_sink(sink: Callable[[int, int], None] | None) -> None:
     them). The callback compiled into the program is :func:`_progress_tick`, which stays
     the same function, so setting a sink never re-traces."""
     _PROGRESS_SINK[0] = sink
+
+
+def report_progress(done: int, active: int) -> None:
+    """Report a finished evaluation to the progress sink from the host (the host plan)."""
+    _progress_tick(done, active)
 
 
 def _progress_tick(done, active) -> None:

@@ -771,6 +771,8 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
                 "dtypes": {"table.csv": frame_dtypes(res.table)}}
         if lineage is not None:
             meta["dtypes"]["lineage.csv"] = frame_dtypes(lineage)
+        if getattr(res, "loop", None) is not None:  # the execution plan (jaxgd.spec.loop_name)
+            meta["loop"] = res.loop
         atomic_write_bytes(path / "result.json", _sealed_json(meta, default=json_default))
     finally:
         store.close()
@@ -892,4 +894,4 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     return {"configs": configs, "table": table, "history": history, "param_groups": groups,
             "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint,
-            "lineage": lineage, "typed": "table.csv" in dtypes}
+            "lineage": lineage, "typed": "table.csv" in dtypes, "loop": meta.get("loop")}
