@@ -24,6 +24,10 @@ full-batch problem (A) evaluates nothing apart: the loss of every step is record
 ``fit`` takes it from the step itself. jaxgd computes more on top (gradient norms, batch
 means, the divergence guard, stop checks): that is its overhead, measured here.
 
+The "jaxgd loop" column is the execution plan ``fit``/``sweep`` chose (``result.loop``:
+``loop="auto"`` takes the host loop, a jitted step per host call, for a loss with a
+convolution on the CPU, else the scan).
+
 A sweep of N configurations is compared with N peer runs one after another (each peer
 compiles once: its hyper-parameters are arguments). Timing: JAX's caches cleared, a first
 call each (compile included), then up to ``reps`` interleaved rounds (jaxgd, loop, scan), as many as
@@ -501,7 +505,7 @@ def make_fit(prob: Problem) -> Callable[[], dict[str, Any]]:
         res = jaxgd.fit(prob.loss, prob.params, prob.data, optimizer=prob.optimizer,
                         hparams=prob.hp(lr), batch_size=prob.batch_size, epochs=prob.epochs,
                         key=seed, **kw)
-        return [{"params": res.params, "state": res.state}]
+        return [{"params": res.params, "state": res.state, "loop": res.loop}]
 
     return run
 
@@ -528,7 +532,8 @@ def make_sweep(prob: Problem) -> Callable[[], list[dict[str, Any]]]:
         for lr, sd in prob.configs():
             i = where[(float(np.float32(lr)), sd)]
             out.append({"params": sw.params_of(i),
-                        "state": None if prob.state is None else _index(sw.state, i)})
+                        "state": None if prob.state is None else _index(sw.state, i),
+                        "loop": sw.loop})
         return out
 
     return run
@@ -635,7 +640,8 @@ def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = 
     err_loop = check_parity(label + " vs peer 0a (loop)", outs["jaxgd"], outs["loop"], prob.tol)
     err_scan = check_parity(label + " vs peer 0b (scan)", outs["jaxgd"], outs["scan"], prob.tol)
     row: dict[str, Any] = {"problem": prob.name, "mode": mode, "configs": len(cfgs),
-                           "rounds": len(times["jaxgd"][1])}
+                           "rounds": len(times["jaxgd"][1]),
+                           "loop": outs["jaxgd"][0].get("loop", "scan")}
     for k, (first, ts) in times.items():
         run = min(ts)
         row[f"{k}_run_s"] = run
@@ -700,6 +706,7 @@ def run_f(sizes: FSizes, reps: int | None = None, problems=None,
 # ----------------------------------------------------------------------------- table
 
 COLUMNS = (("problem", "problem"), ("mode", "mode"), ("configs", "N"), ("rounds", "rounds"),
+           ("loop", "jaxgd loop"),
            ("jaxgd_run_s", "jaxgd run s"), ("loop_run_s", "loop run s"),
            ("scan_run_s", "scan run s"), ("ratio_run", "jaxgd / peer (run)"),
            ("met_run", "<= 1 run"), ("jaxgd_compile_s", "jaxgd compile s"),

@@ -4,11 +4,11 @@ function of ``k`` updates, then the evaluation as a jitted call of its own.
 The scan plan (:func:`jaxgd.program.build_program`) runs every evaluation's updates as a
 ``lax.scan`` inside one jitted call. On XLA:CPU some steps (a convolution's) run several
 times slower inside a loop than jitted alone; the host plan runs the same steps
-(:func:`jaxgd.program.host_steps` / :func:`jaxgd.program.host_updates`, calling
+(:func:`jaxgd.host_steps` / :func:`jaxgd.host_updates`, calling
 :func:`jaxgd.program.train_step` / :func:`jaxgd.program.train_at`) from a Python loop,
 ``k = spec.host_steps`` per call (``k = 1``: the classic jitted step, no loop in the
 program; ``k > 1``: a scan of ``k``, the rest of an epoch in one shorter call), and the
-evaluation (:func:`jaxgd.program.host_finish`: the same evaluation, stop checks and
+evaluation (:func:`jaxgd.host_finish`: the same evaluation, stop checks and
 history row as the scan plan's) as its own call. The state stays on the device between
 calls (the step carry's buffers are donated). The same numbers as the scan plan (same
 arithmetic; bit-identical on XLA:CPU in the tested cases) and the same block interface
@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import loop, program
+from .history import HistoryLayout
 from .program import Program
-from .spec import ProgramSpec, evals_of
+from .spec import EpochCarry, ProgramSpec, State, Traced, evals_of
 
 CONVOLUTIONS = ("conv_general_dilated",)
 
@@ -55,26 +56,30 @@ def has_convolution(fn, *args) -> bool:
 
 def resolve_loop(loop_opt: str | int, conv: Any) -> tuple[str, int]:
     """(plan, updates per host call) of the ``loop=`` option; ``conv()``: whether the loss
-    computes a convolution (asked only for ``"auto"``). ``"auto"`` takes the host loop on
+    computes a convolution (asked only for ``"auto"``). Several processes run the scan
+    plan whatever the option says. ``"auto"`` takes the host loop on
     a CPU backend in one process when the loss has a convolution (XLA:CPU runs a
     convolution several times slower inside a loop than jitted alone, measured by
     ``experiments/bench_f.py``), else the scan."""
-    if loop_opt == "scan":
+    if loop_opt == "scan" or jax.process_count() > 1:  # several processes: the scan
         return "scan", 1
     if loop_opt == "host":
         return "host", 1
     if not isinstance(loop_opt, str):
         return "host", int(loop_opt)
-    cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
-    return ("host", 1) if cpu and conv() else ("scan", 1)
+    return ("host", 1) if jax.default_backend() == "cpu" and conv() else ("scan", 1)
 
 
-def program_for(spec: ProgramSpec, params0, tc, n_configs: int):
-    """:func:`jaxgd.program.program_for` in the spec's plan (``spec.loop``)."""
-    prog, layout = program.program_for(spec, params0, tc, n_configs)
-    if spec.loop != "host":
-        return prog, layout
-    return host_program(spec, prog.rows), layout
+def program_for(spec: ProgramSpec, params0, tc, n_configs: int
+                ) -> tuple[Program, HistoryLayout]:
+    """The compiled programs of ``spec``'s plan (``spec.loop``) for ``n_configs``
+    configurations per call (history blocks sized by
+    :data:`jaxgd.program.HISTORY_BLOCK_BYTES`) and the layout of their history. ``tc``:
+    the traced hyper-parameters by name (only the names are used)."""
+    rows = program.block_rows(spec, program.history_row_bytes(spec, params0, tc), n_configs)
+    prog = (host_program(spec, rows) if spec.loop == "host"
+            else program.compiled_program(spec, rows))
+    return prog, program.history_layout(spec, tc)
 
 
 def _axes(tidx, vidx):
@@ -83,6 +88,74 @@ def _axes(tidx, vidx):
 
 def _call(fn, cfg_axes, stream_axes, one_s, one_c):
     return loop.vmapped(fn, cfg_axes, stream_axes, one_s, one_c)
+
+
+# ------------------------------------------------ the pieces, one configuration each
+
+
+
+def host_epoch_start(carry: EpochCarry) -> tuple[EpochCarry, jax.Array]:
+    """The start of an epoch (within the budget) of the host plan: the carry with the epoch
+    counted for an active configuration, and whether it is active (the mask of the
+    epoch's step losses, as :func:`jaxgd.program.train_epoch`'s)."""
+    a0 = carry.steps.active
+    return EpochCarry(carry.steps, carry.epochs_run + a0.astype(jnp.int32)), a0
+
+
+def host_steps(spec: ProgramSpec, n: int, last: bool, carry: EpochCarry, active0, epoch, s0,
+               traced: Traced, key, data, tidx) -> tuple[EpochCarry, jax.Array | None]:
+    """Full steps ``s0 .. s0 + n`` of ``epoch`` (``last``: the epoch's short last batch
+    instead), as :func:`jaxgd.program.train_epoch` runs them: (carry, step losses or None)."""
+    ctx = program.context(spec, carry.steps.params, traced, key, data, tidx)
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate
+    order = program.epoch_order(spec, ctx.key, epoch, ctx.orders)
+    inner = carry.steps
+    if last:
+        inner, loss = program.train_step(spec, ctx, order, inner, plan.full_steps * bsz,
+                                         plan.last_batch_size, 1)
+        losses = loss[None]
+    elif n == 1:
+        inner, loss = program.train_step(spec, ctx, order, inner, s0 * bsz, bsz, spec.accumulate)
+        losses = loss[None]
+    else:
+        inner, losses = jax.lax.scan(
+            lambda c, s: program.train_step(spec, ctx, order, c, s * bsz, bsz, spec.accumulate),
+            inner, s0 + jnp.arange(n, dtype=jnp.int32))
+    rows = jnp.where(active0, losses, jnp.nan) if spec.record_steps else None
+    return EpochCarry(inner, carry.epochs_run), rows
+
+
+def host_updates(spec: ProgramSpec, n: int, carry: EpochCarry, t0, traced: Traced, key, data,
+                 tidx) -> tuple[EpochCarry, jax.Array | None]:
+    """Updates ``t0 .. t0 + n`` of a step budget (:func:`jaxgd.program.train_at`): (carry,
+    their step-loss rows or None)."""
+    ctx = program.context(spec, carry.steps.params, traced, key, data, tidx)
+    if n == 1:
+        carry, row = program.train_at(spec, ctx, carry, t0)
+        return carry, None if row is None else row[None]
+    return jax.lax.scan(lambda c, t: program.train_at(spec, ctx, c, t), carry,
+                        t0 + jnp.arange(n, dtype=jnp.int32))
+
+
+def host_finish(spec: ProgramSpec, st: State, carry: EpochCarry, chunks, block, traced: Traced,
+                key, data, val, tidx, vidx) -> tuple[State, dict[str, jax.Array]]:
+    """The evaluation closing block ``block`` of the host plan (:func:`jaxgd.program.finish_block`);
+    ``chunks``: the step losses of its calls in order (empty without ``record_steps``),
+    NaN for the updates past the budget."""
+    ctx = program.context(spec, st.params, traced, key, data, tidx)
+    rows = None
+    if spec.record_steps:
+        K, _ = evals_of(spec)
+        width = program.step_loss_width(spec)
+        flat = jnp.concatenate([c.reshape(-1) for c in chunks]).astype(st.init_loss.dtype)
+        flat = jnp.concatenate([flat, jnp.full((K * width - flat.shape[0],), jnp.nan,
+                                               flat.dtype)])
+        rows = flat.reshape(K, width)
+    return program.finish_block(spec, ctx, st, carry, rows, block, val, vidx)
+
+
+# ----------------------------------------------------------------- their jitted calls
 
 
 class _Pieces:
@@ -107,13 +180,13 @@ class _Pieces:
 
     def _epoch_start(self, carry, traced, keys):
         one_s, one_c = loop.single(keys, traced)
-        return _call(program.host_epoch_start, 0, 0, one_s, one_c)(carry)
+        return _call(host_epoch_start, 0, 0, one_s, one_c)(carry)
 
     def _steps(self, n, last, carry, active0, epoch, s0, data, traced, keys, tidx):
         one_s, one_c = loop.single(keys, traced)
         t_ax, _ = _axes(tidx, None)
         traced, keys, tidx, _ = loop.squeeze(one_s, one_c, traced, keys, tidx, None)
-        fn = functools.partial(program.host_steps, self.spec, n, last)
+        fn = functools.partial(host_steps, self.spec, n, last)
         return _call(fn, (0, 0, None, None, 0, None, None, None),
                      (0, 0, None, None, 0, 0, None, t_ax), one_s, one_c)(
             carry, active0, epoch, s0, traced, keys, data, tidx)
@@ -122,7 +195,7 @@ class _Pieces:
         one_s, one_c = loop.single(keys, traced)
         t_ax, _ = _axes(tidx, None)
         traced, keys, tidx, _ = loop.squeeze(one_s, one_c, traced, keys, tidx, None)
-        fn = functools.partial(program.host_updates, self.spec, n)
+        fn = functools.partial(host_updates, self.spec, n)
         return _call(fn, (0, None, 0, None, None, None), (0, None, 0, 0, None, t_ax),
                      one_s, one_c)(carry, t0, traced, keys, data, tidx)
 
@@ -133,7 +206,7 @@ class _Pieces:
         t_ax, v_ax = _axes(tidx, vidx)
         valid = None if traced.valid is None else loop.state_layout(traced.valid, keys, traced)
         traced, keys, tidx, vidx = loop.squeeze(one_s, one_c, traced, keys, tidx, vidx)
-        fn = functools.partial(program.host_finish, self.spec)
+        fn = functools.partial(host_finish, self.spec)
         st, row = _call(fn, (0, 0, 0, None, 0, None, None, None, None, None),
                         (0, 0, 0, None, 0, 0, None, None, t_ax, v_ax), one_s, one_c)(
             st, carry, chunks, block, traced, keys, data, val, tidx, vidx)

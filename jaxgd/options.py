@@ -350,8 +350,9 @@ _TRAIN: tuple[Option, ...] = (
            "int ``k`` (the host loop over a jitted scan of ``k`` updates), ``\"auto\"``: "
            "the host loop when the loss has a convolution and the program runs on the CPU "
            "in one process (XLA:CPU runs a convolution step several times slower inside a "
-           "loop than jitted alone), else the scan. Every plan gives the same numbers; the "
-           "plan used is ``result.loop``.", file=True, check=check_loop,
+           "loop than jitted alone), else the scan. Several processes run the scan whatever "
+           "this says. Every plan gives the same numbers; the plan used is ``result.loop``.",
+           file=True, check=check_loop,
            what='"auto", "scan", "host" or a positive integer', fingerprint=""),
     Option("standardize", None, "bool | int | tuple[int, ...] | None",
            "scale data leaves to mean 0 and standard deviation 1 with statistics of the "

@@ -18,10 +18,11 @@ a block of history rows). The engine (:func:`jaxgd.engine.run_blocks`) calls ``b
 from the host until no configuration is active, carrying the state on the device and
 concatenating the history blocks on the host, so history memory follows the evaluations
 actually run (at most one block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``.
-One block length per spec and chunk width: one compile. Inside a block, evaluations run
-in sub-blocks whose rows collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large
-buffer in a loop body makes XLA:CPU dispatch that body's kernels to its thread pool, at
-every iteration).
+One block length per spec and chunk width: one compile. (The host plan,
+:mod:`jaxgd.hostloop`, runs the same steps and evaluations from a Python loop instead.)
+Inside a block, evaluations run in sub-blocks whose rows collect in a buffer of at most
+:data:`SEQUENTIAL_BYTES` (a large buffer in a loop body makes XLA:CPU dispatch that body's
+kernels to its thread pool, at every iteration).
 
 With a step budget (``spec.by_steps``) the budget, ``eval_every`` and the history rows
 count updates: an evaluation scans ``eval_every`` calls of :func:`train_at`, update ``t``
@@ -513,72 +514,6 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     return carry, rows
 
 
-# ------------------------------------------------- the host plan's pieces (one configuration)
-# (jaxgd.hostloop calls them from the host, a jitted call each; the same steps and
-# evaluation as the scan plan's block)
-
-
-def host_epoch_start(carry: EpochCarry) -> tuple[EpochCarry, jax.Array]:
-    """The start of an epoch (within the budget) of the host plan: the carry with the epoch
-    counted for an active configuration, and whether it is active (the mask of the
-    epoch's step losses, as :func:`train_epoch`'s)."""
-    a0 = carry.steps.active
-    return EpochCarry(carry.steps, carry.epochs_run + a0.astype(jnp.int32)), a0
-
-
-def host_steps(spec: ProgramSpec, n: int, last: bool, carry: EpochCarry, active0, epoch, s0,
-               traced: Traced, key, data, tidx) -> tuple[EpochCarry, jax.Array | None]:
-    """Full steps ``s0 .. s0 + n`` of ``epoch`` (``last``: the epoch's short last batch
-    instead), as :func:`train_epoch` runs them: (carry, step losses or None)."""
-    ctx = context(spec, carry.steps.params, traced, key, data, tidx)
-    plan = spec.plan
-    bsz = plan.batch_size * spec.accumulate
-    order = epoch_order(spec, ctx.key, epoch, ctx.orders)
-    inner = carry.steps
-    if last:
-        inner, loss = train_step(spec, ctx, order, inner, plan.full_steps * bsz,
-                                 plan.last_batch_size, 1)
-        losses = loss[None]
-    elif n == 1:
-        inner, loss = train_step(spec, ctx, order, inner, s0 * bsz, bsz, spec.accumulate)
-        losses = loss[None]
-    else:
-        inner, losses = jax.lax.scan(
-            lambda c, s: train_step(spec, ctx, order, c, s * bsz, bsz, spec.accumulate),
-            inner, s0 + jnp.arange(n, dtype=jnp.int32))
-    rows = jnp.where(active0, losses, jnp.nan) if spec.record_steps else None
-    return EpochCarry(inner, carry.epochs_run), rows
-
-
-def host_updates(spec: ProgramSpec, n: int, carry: EpochCarry, t0, traced: Traced, key, data,
-                 tidx) -> tuple[EpochCarry, jax.Array | None]:
-    """Updates ``t0 .. t0 + n`` of a step budget (:func:`train_at`): (carry, their step-loss
-    rows or None)."""
-    ctx = context(spec, carry.steps.params, traced, key, data, tidx)
-    if n == 1:
-        carry, row = train_at(spec, ctx, carry, t0)
-        return carry, None if row is None else row[None]
-    return jax.lax.scan(lambda c, t: train_at(spec, ctx, c, t), carry,
-                        t0 + jnp.arange(n, dtype=jnp.int32))
-
-
-def host_finish(spec: ProgramSpec, st: State, carry: EpochCarry, chunks, block, traced: Traced,
-                key, data, val, tidx, vidx) -> tuple[State, dict[str, jax.Array]]:
-    """The evaluation closing block ``block`` of the host plan (:func:`finish_block`);
-    ``chunks``: the step losses of its calls in order (empty without ``record_steps``),
-    NaN for the updates past the budget."""
-    ctx = context(spec, st.params, traced, key, data, tidx)
-    rows = None
-    if spec.record_steps:
-        K, _ = evals_of(spec)
-        width = step_loss_width(spec)
-        flat = jnp.concatenate([c.reshape(-1) for c in chunks]).astype(st.init_loss.dtype)
-        flat = jnp.concatenate([flat, jnp.full((K * width - flat.shape[0],), jnp.nan,
-                                               flat.dtype)])
-        rows = flat.reshape(K, width)
-    return finish_block(spec, ctx, st, carry, rows, block, val, vidx)
-
-
 def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
              vidx) -> Metrics:
     """Loss (full data, or the block's batch mean), gradient norm (full data only with
@@ -796,15 +731,6 @@ class Program(NamedTuple):
     init: Callable[..., Any]
     block: Callable[..., Any]
     rows: int
-
-
-def program_for(spec: ProgramSpec, params0, tc, n_configs: int
-                ) -> tuple[Program, HistoryLayout]:
-    """The compiled programs for ``n_configs`` configurations per call (history blocks
-    sized by :data:`HISTORY_BLOCK_BYTES`) and the layout of their history. ``tc``: the
-    traced hyper-parameters by name (only the names are used)."""
-    rows = block_rows(spec, history_row_bytes(spec, params0, tc), n_configs)
-    return compiled_program(spec, rows), history_layout(spec, tc)
 
 
 def read_rows(spec: ProgramSpec, n: int, hist: dict[str, jax.Array], at
