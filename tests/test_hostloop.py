@@ -181,3 +181,73 @@ def test_auto_takes_the_host_loop_for_a_convolution_on_cpu():
     assert auto.loop == ("host" if jax.default_backend() == "cpu" else "scan")
     assert jaxgd.fit(mse, P0, (X, Y), **kw).loop == "scan"
     assert_same_fit(auto, jaxgd.fit(conv_loss, pk, (xs, ys), loop="scan", **kw))
+
+
+def test_model_state_and_keys_host_plan_equals_scan_plan():
+    """A flax BatchNorm + Dropout model (state and per-step keys), with validation data
+    and restore_best: fit and a sweep of seeds and learning rates, both plans."""
+    nn = pytest.importorskip("flax.linen")
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            h = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+            h = nn.Dropout(0.2, deterministic=not train)(nn.relu(h))
+            return nn.Dense(1)(h)[:, 0]
+
+    model = MLP()
+    v = model.init(jax.random.key(0), X[:1], train=False)
+
+    def loss(params, batch, *, state, key, train):
+        xb, yb = batch
+        vv = {"params": params, "batch_stats": state}
+        if train:
+            out, upd = model.apply(vv, xb, train=True, rngs={"dropout": key},
+                                   mutable=["batch_stats"])
+            state = upd["batch_stats"]
+        else:
+            out = model.apply(vv, xb, train=False)
+        return jnp.mean((out - yb) ** 2), state, {"mae": jnp.mean(jnp.abs(out - yb))}
+
+    kw = dict(state=v["batch_stats"], val_data=(X[:10], Y[:10]), optimizer=optax.adam,
+              batch_size=8, epochs=4, restore_best=True)
+    fits = [jaxgd.fit(loss, v["params"], (X, Y), hparams={"learning_rate": 3e-3}, key=2,
+                      loop=lp, **kw) for lp in ("scan", "host")]
+    assert_same_fit(fits[1], fits[0])
+    for a, b in zip(jax.tree.leaves(fits[0].state), jax.tree.leaves(fits[1].state),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    sws = [jaxgd.sweep(loss, v["params"], (X, Y), grid={"learning_rate": [1e-3, 1e-2],
+                                                        "seed": [0, 1]}, loop=lp, **kw)
+           for lp in ("scan", 2)]
+    assert_same_sweep(sws[1], sws[0])
+    for a, b in zip(jax.tree.leaves(sws[0].state), jax.tree.leaves(sws[1].state),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_halving_search_host_plan_equals_scan_plan():
+    """An adaptive search calls the programs up to its rung boundaries: the same survivors
+    and numbers in both plans."""
+    from jaxgd import search
+
+    kw = dict(optimizer="sgd", grid={"learning_rate": [0.003, 0.01, 0.03, 0.1]},
+              batch_size=8, epochs=9, val_data=(X[:10], Y[:10]),
+              search=search.Halving(eta=2, min_epochs=2))
+    scan = jaxgd.sweep(mse, P0, (X, Y), loop="scan", **kw)
+    host = jaxgd.sweep(mse, P0, (X, Y), loop="host", **kw)
+    assert host.loop == "host"
+    assert_same_sweep(host, scan)
+
+
+def test_kfold_and_step_budget_sweeps_host_plan_equals_scan_plan():
+    """Folds (training and held-out indices per stream) and a step budget with a short last
+    batch inside the budget, several seeds."""
+    kw = dict(optimizer="adam", grid={"learning_rate": [0.01, 0.1]}, batch_size=8, epochs=3,
+              folds=3, record_steps=True)
+    assert_same_sweep(jaxgd.sweep(mse, P0, (X, Y), loop="host", **kw),
+                      jaxgd.sweep(mse, P0, (X, Y), loop="scan", **kw))
+    kw = dict(optimizer="sgd", grid={"learning_rate": [0.01, 0.1], "seed": [0, 3]},
+              batch_size=8, steps=17, eval_every=5, record_steps=True)
+    assert_same_sweep(jaxgd.sweep(mse, P0, (X, Y), loop=4, **kw),
+                      jaxgd.sweep(mse, P0, (X, Y), loop="scan", **kw))
