@@ -10,8 +10,9 @@ times slower inside a loop than jitted alone; the host plan runs the same steps
 program; ``k > 1``: a scan of ``k``, the rest of an epoch in one shorter call), and the
 evaluation (:func:`jaxgd.host_finish`: the same evaluation, stop checks and
 history row as the scan plan's) as its own call. The state stays on the device between
-calls (the step carry's buffers are donated). The same numbers as the scan plan (same
-arithmetic; bit-identical on XLA:CPU in the tested cases) and the same block interface
+calls (the step carry's buffers are donated). The same arithmetic as the scan plan (bit-identical
+where XLA compiles the step alone as inside the loop; else equal to float rounding) and the
+same block interface
 (:class:`jaxgd.program.Program`), so the engine, resume, checkpoints, observers and
 searches run it unchanged.
 
