@@ -26,7 +26,10 @@ means, the divergence guard, stop checks): that is its overhead, measured here.
 
 Every sweep row runs ``plan="auto"`` (the "plan" column: what it chose, see
 :mod:`jaxgd.plans`) and is followed by a row ``sweep plan=P`` with the other plan forced
-(map against vmap on the same problem and peers).
+(map against vmap on the same problem and peers). The "jaxgd loop" column is the
+execution plan of the updates ``fit``/``sweep`` chose (``result.loop``: ``loop="auto"``
+takes the host loop, a jitted step per host call, for a loss with a convolution on the
+CPU, else the scan).
 
 A sweep of N configurations is compared with N peer runs one after another (each peer
 compiles once: its hyper-parameters are arguments). Timing: JAX's caches cleared, a first
@@ -505,7 +508,7 @@ def make_fit(prob: Problem) -> Callable[[], dict[str, Any]]:
         res = jaxgd.fit(prob.loss, prob.params, prob.data, optimizer=prob.optimizer,
                         hparams=prob.hp(lr), batch_size=prob.batch_size, epochs=prob.epochs,
                         key=seed, **kw)
-        return [{"params": res.params, "state": res.state}]
+        return [{"params": res.params, "state": res.state, "loop": res.loop}]
 
     return run
 
@@ -535,7 +538,8 @@ def make_sweep(prob: Problem, plan: str = "auto") -> Callable[[], list[dict[str,
         for lr, sd in prob.configs():
             i = where[(float(np.float32(lr)), sd)]
             out.append({"params": sw.params_of(i),
-                        "state": None if prob.state is None else _index(sw.state, i)})
+                        "state": None if prob.state is None else _index(sw.state, i),
+                        "loop": sw.loop})
         return out
 
     return run
@@ -647,7 +651,8 @@ def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = 
     err_scan = check_parity(label + " vs peer 0b (scan)", outs["jaxgd"], outs["scan"], prob.tol)
     row: dict[str, Any] = {"problem": prob.name, "mode": mode, "configs": len(cfgs),
                            "rounds": len(times["jaxgd"][1]),
-                           "plan": ",".join(getattr(fns["jaxgd"], "plans", ["single"]))}
+                           "plan": ",".join(getattr(fns["jaxgd"], "plans", ["single"])),
+                           "loop": outs["jaxgd"][0].get("loop", "scan")}
     for k, (first, ts) in times.items():
         run = min(ts)
         row[f"{k}_run_s"] = run
@@ -723,7 +728,7 @@ def _echo_row(echo, row, t) -> None:
 # ----------------------------------------------------------------------------- table
 
 COLUMNS = (("problem", "problem"), ("mode", "mode"), ("configs", "N"), ("plan", "plan"),
-           ("rounds", "rounds"),
+           ("loop", "jaxgd loop"), ("rounds", "rounds"),
            ("jaxgd_run_s", "jaxgd run s"), ("loop_run_s", "loop run s"),
            ("scan_run_s", "scan run s"), ("ratio_run", "jaxgd / peer (run)"),
            ("met_run", "<= 1 run"), ("jaxgd_compile_s", "jaxgd compile s"),

@@ -32,10 +32,11 @@ from .checkpoint import Checkpointer
 from .feed import Feeder, HostData, batch_indices
 from .groups import Group
 from .history import PACKED, HistoryLayout, per_step
+from .hostloop import program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, tc_array
-from .program import Program, epoch_order, program_for
+from .program import Program, epoch_order
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
 

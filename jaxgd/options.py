@@ -58,6 +58,20 @@ class Option(NamedTuple):
 
 # ----------------------------------------------------------------------------- checks
 
+LOOPS = ("auto", "scan", "host")
+
+
+def check_loop(name: str, value: Any) -> Any:
+    """``"auto"``, ``"scan"``, ``"host"`` or a positive int (host calls of that many
+    updates)."""
+    if isinstance(value, str) and value in LOOPS:
+        return value
+    if is_int(value) and value >= 1:
+        return int(value)
+    raise ValueError(f'{name}={value!r} must be "auto", "scan", "host" or a positive int '
+                     "(updates per host call)")
+
+
 
 def _check_feed(name: str, v: Any) -> str:
     from .feed import check_feed
@@ -357,6 +371,17 @@ _TRAIN: tuple[Option, ...] = (
            "the per-epoch bookkeeping then costs nothing. A non-finite step still stops a "
            "configuration at once. ``history[\"epoch\"]`` gives each row's (0-based) epoch.",
            file=True, check=_positive, what="a positive integer (epochs between history rows)"),
+    Option("loop", "auto", "str | int",
+           "the execution plan of an evaluation's updates: ``\"scan\"`` (a loop inside "
+           "the compiled program), ``\"host\"`` (a Python loop over a jitted step: the "
+           "loop a user would write; the evaluation a jitted call of its own) or a positive "
+           "int ``k`` (the host loop over a jitted scan of ``k`` updates), ``\"auto\"``: "
+           "the host loop when the loss has a convolution and the program runs on the CPU "
+           "in one process (XLA:CPU runs a convolution step several times slower inside a "
+           "loop than jitted alone), else the scan. Several processes run the scan whatever "
+           "this says. Every plan gives the same numbers; the plan used is ``result.loop``.",
+           file=True, check=check_loop,
+           what='"auto", "scan", "host" or a positive integer', fingerprint=""),
     Option("standardize", None, "bool | int | tuple[int, ...] | None",
            "scale data leaves to mean 0 and standard deviation 1 with statistics of the "
            "*training* data only, inside the program (validation data and, in a k-fold "
@@ -530,6 +555,7 @@ class Options:
     record_params: bool = False
     eval_every: int = 1
     standardize: bool | int | tuple[int, ...] | None = None
+    loop: str | int = "auto"
     penalty_mask: Callable[[Any], Any] | None = None
     progress: bool = False
     track: Any = None

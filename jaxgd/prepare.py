@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import lossform, optim, options, stops
+from . import hostloop, lossform, optim, options, stops
 from ._checks import check_seed, is_int
 from .data import BatchPlan, batch_plan
 from .spec import ProgramSpec
@@ -357,7 +357,31 @@ def prepare(
         form=form, by_steps=by_steps, window=o.windows or 0,
         fed=0 if host is None else fed_rows(host, plan, o),
     )
+    spec = with_loop(spec, o.loop, params, probe, state)
     return Prepared(spec, params, data, val_data, numeric, state, combined, orders)
+
+
+def with_loop(spec: ProgramSpec, loop, params, probe, state) -> ProgramSpec:
+    """``spec`` with the execution plan of its updates (the ``loop=`` option, see
+    :func:`jaxgd.hostloop.resolve_loop`); host-fed data runs the scan plan (its blocks are
+    that plan's input)."""
+    if spec.fed and loop not in ("auto", "scan"):
+        raise ValueError(f"loop={loop!r}: host-fed data (feed=) runs the scan plan; give "
+                         "loop='auto' or 'scan'")
+    plan, k = (("scan", 1) if spec.fed else
+               hostloop.resolve_loop(loop, lambda: _loss_has_conv(spec, params, probe, state)))
+    return spec._replace(loop=plan, host_steps=k)
+
+
+def _loss_has_conv(spec: ProgramSpec, params, probe, state) -> bool:
+    """Whether a training call of the loss (traced on the probe batch) has a convolution."""
+    f = spec.form
+    hp = {k: jnp.zeros(()) for k in f.hparams} if f.takes_hparams else None
+    key = jax.random.key(0) if f.key else None
+    batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), probe)
+    return hostloop.has_convolution(
+        lambda p, b, s: lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
+                                      hparams=hp)[0], params, batch, state)
 
 
 def program_data(p: Prepared, data: Any = None) -> Any:

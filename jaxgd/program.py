@@ -18,10 +18,11 @@ a block of history rows). The engine (:func:`jaxgd.engine.run_blocks`) calls ``b
 from the host until no configuration is active, carrying the state on the device and
 concatenating the history blocks on the host, so history memory follows the evaluations
 actually run (at most one block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``.
-One block length per spec and chunk width: one compile. Inside a block, evaluations run
-in sub-blocks whose rows collect in a buffer of at most :data:`SEQUENTIAL_BYTES` (a large
-buffer in a loop body makes XLA:CPU dispatch that body's kernels to its thread pool, at
-every iteration).
+One block length per spec and chunk width: one compile. (The host plan,
+:mod:`jaxgd.hostloop`, runs the same steps and evaluations from a Python loop instead.)
+Inside a block, evaluations run in sub-blocks whose rows collect in a buffer of at most
+:data:`SEQUENTIAL_BYTES` (a large buffer in a loop body makes XLA:CPU dispatch that body's
+kernels to its thread pool, at every iteration).
 
 With a step budget (``spec.by_steps``) the budget, ``eval_every`` and the history rows
 count updates: an evaluation scans ``eval_every`` calls of :func:`train_at`, update ``t``
@@ -365,17 +366,22 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     return EpochCarry(inner, carry.epochs_run + (ran & (pos == 0)).astype(jnp.int32)), row
 
 
+def block_carry(spec: ProgramSpec, st: State) -> EpochCarry:
+    """The carry of a block's steps from the state before it (its sums at zero)."""
+    dt = st.init_loss.dtype
+    mdt = metric_dtype(st.params)
+    return EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
+                                jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
+                                {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead,
+                                st.init_loss),
+                      st.epochs_run)
+
+
 def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     """``eval_every`` epochs (or steps, with a step budget) of training from ``st``:
     (carry, step-loss rows or None)."""
     K, _ = evals_of(spec)
-    dt = st.init_loss.dtype
-    mdt = metric_dtype(st.params)
-    carry = EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
-                                 jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
-                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead,
-                                 st.init_loss),
-                       st.epochs_run)
+    carry = block_carry(spec, st)
     e0 = block * K
     if K == 1:
         carry, rows = (train_at if spec.by_steps else train_epoch)(spec, ctx, carry, e0)
@@ -471,16 +477,31 @@ def epoch_block(spec: ProgramSpec, st: State, traced: Traced, key, block, data, 
                 vidx) -> tuple[State, dict[str, jax.Array]]:
     """``eval_every`` epochs of training, then the evaluation and stop checks: the new
     state and the evaluation's history row."""
-    K, _ = evals_of(spec)
+    ctx = context(spec, st.params, traced, key, data, tidx)
+    carry, rows = _train_block(spec, ctx, st, block)
+    return finish_block(spec, ctx, st, carry, rows, block, val, vidx)
+
+
+def context(spec: ProgramSpec, params, traced: Traced, key, data, tidx) -> EpochContext:
+    """What the steps and the evaluation of a block read (one configuration); ``params``
+    only for the structure of the decoupled weight decay's mask."""
     tc = traced.values
     data, orders = _split_orders(spec, data)
     opt = optim.build_optimizer(spec.opt, spec.schedule, tc, dict(spec.static_hparams))
     own_wd = "weight_decay" in tc and "weight_decay" not in spec.opt.numeric_names
-    wd_mask = (spec.penalty_mask or default_penalty_mask)(st.params) if own_wd else None
+    wd_mask = (spec.penalty_mask or default_penalty_mask)(params) if own_wd else None
     cfg_key = lossform.config_key(key, traced.key_bits) if spec.form.key else None
-    ctx = EpochContext(opt, tc, key, data, tidx, wd_mask,
-                       _standardizer(spec, _train_view(data, tidx)), cfg_key, orders)
-    carry, rows = _train_block(spec, ctx, st, block)
+    return EpochContext(opt, tc, key, data, tidx, wd_mask,
+                        _standardizer(spec, _train_view(data, tidx)), cfg_key, orders)
+
+
+def finish_block(spec: ProgramSpec, ctx: EpochContext, st: State, carry: EpochCarry, rows,
+                 block, val, vidx) -> tuple[State, dict[str, jax.Array]]:
+    """The evaluation after a block's training (``carry`` from ``st``; ``rows``: its step
+    losses or None), the divergence guard, the stop checks and the history row: (new
+    state, row)."""
+    K, _ = evals_of(spec)
+    tc = ctx.tc
     c = guard(st, carry.steps)
     epoch = jnp.minimum(block * K + K, spec.epochs) - 1  # the last epoch of this block
     m = evaluate(spec, ctx, st, c, val, vidx)
@@ -643,15 +664,6 @@ class Program(NamedTuple):
     rows: int
 
 
-def program_for(spec: ProgramSpec, params0, tc, n_configs: int
-                ) -> tuple[Program, HistoryLayout]:
-    """The compiled programs for ``n_configs`` configurations per call (history blocks
-    sized by :data:`HISTORY_BLOCK_BYTES`) and the layout of their history. ``tc``: the
-    traced hyper-parameters by name (only the names are used)."""
-    rows = block_rows(spec, history_row_bytes(spec, params0, tc), n_configs)
-    return compiled_program(spec, rows), history_layout(spec, tc)
-
-
 def read_rows(spec: ProgramSpec, n: int, hist: dict[str, jax.Array], at
               ) -> dict[str, jax.Array]:
     """Rows ``at .. at + n`` of a history block (one configuration)."""
@@ -750,6 +762,11 @@ def set_progress_sink(sink: Callable[[int, int], None] | None) -> None:
     them). The callback compiled into the program is :func:`_progress_tick`, which stays
     the same function, so setting a sink never re-traces."""
     _PROGRESS_SINK[0] = sink
+
+
+def report_progress(done: int, active: int) -> None:
+    """Report a finished evaluation to the progress sink from the host (the host plan)."""
+    _progress_tick(done, active)
 
 
 def _progress_tick(done, active) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .history import STEP, evaluation_rows, index_name, metric_names, per_step
-from .spec import ProgramOutput, param_leaves
+from .spec import ProgramOutput, loop_name, param_leaves
 from .stops import STOP_REASONS
 
 __all__ = ["Best", "FitResult", "ParamGroup", "SweepResult", "load"]
@@ -72,6 +72,7 @@ class FitResult:
     state: Any = None
     diverged_step: int = -1
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    loop: str = "scan"
 
     @classmethod
     def from_program(cls, out: ProgramOutput, spec: Any = None) -> FitResult:
@@ -92,6 +93,7 @@ class FitResult:
             init_loss=float(out.init_loss),
             state=out.state,
             diverged_step=int(out.diverged_step),
+            loop="scan" if spec is None else loop_name(spec),
         )
 
     def param_history(self) -> Any:
@@ -260,6 +262,9 @@ class SweepResult:
         else:
             self.params = params
         self.folds = folds
+        # the execution plan of the program (jaxgd.spec.loop_name; None: unknown, e.g. a
+        # folder written before plans were recorded)
+        self.loop = None
         self.fingerprint = fingerprint  # of the sweep that computed it (None: unknown)
         # PBT (search=jaxgd.search.PBT): a DataFrame of each member's hyper-parameters
         # from each exploit/explore step on (config, epoch, parent, explored values)
@@ -706,4 +711,5 @@ def load(path, like=None, state_like=None):
                       state=r["state"])
     res.lineage = r["lineage"]
     res.plans = r["plans"]
+    res.loop = r["loop"]
     return res

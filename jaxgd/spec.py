@@ -64,6 +64,10 @@ class ProgramSpec(NamedTuple):
     # > 0: host-fed data (jaxgd.feed); the program's data is a fed block of the call's
     # updates, at most this many evaluations per block
     fed: int = 0
+    # the execution plan of an evaluation's updates: "scan" (a loop inside one program) or
+    # "host" (host calls of a jitted function of ``host_steps`` updates: jaxgd.hostloop)
+    loop: str = "scan"
+    host_steps: int = 1
 
 
 class Traced(NamedTuple):
@@ -186,6 +190,14 @@ class ProgramOutput(NamedTuple):
     reason: jax.Array
     state: Any  # the model state (None: the loss has none)
     steps_run: jax.Array
+
+
+def loop_name(spec: ProgramSpec) -> str:
+    """The execution plan of ``spec`` as results record it: ``"scan"``, ``"host"`` (a
+    jitted step per host call) or ``"host:k"`` (``k`` updates per host call)."""
+    if spec.loop != "host":
+        return "scan"
+    return "host" if spec.host_steps == 1 else f"host:{spec.host_steps}"
 
 
 def evals_of(spec: ProgramSpec) -> tuple[int, int]:

@@ -773,6 +773,8 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
             meta["plans"] = list(res.plans)
         if lineage is not None:
             meta["dtypes"]["lineage.csv"] = frame_dtypes(lineage)
+        if getattr(res, "loop", None) is not None:  # the execution plan (jaxgd.spec.loop_name)
+            meta["loop"] = res.loop
         atomic_write_bytes(path / "result.json", _sealed_json(meta, default=json_default))
     finally:
         store.close()
@@ -894,7 +896,8 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
         raise ValueError(f"path={str(path)!r} is damaged: {e}") from None
     return {"configs": configs, "table": table, "history": history, "param_groups": groups,
             "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint,
-            "lineage": lineage, "typed": "table.csv" in dtypes, "plans": _plans(meta)}
+            "lineage": lineage, "typed": "table.csv" in dtypes, "plans": _plans(meta),
+            "loop": meta.get("loop")}
 
 
 def _plans(meta: dict[str, Any]) -> list[str] | None:

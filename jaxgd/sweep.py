@@ -49,6 +49,7 @@ from .options import DEFAULT_EPOCHS, budget, collect, document, fingerprint_sett
 from .plans import with_plans
 from .population import Population
 from .search_base import default_metric
+from .spec import loop_name
 
 __all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]
 
@@ -92,6 +93,7 @@ def sweep(
     record_steps: bool = False,
     record_params: bool = False,
     eval_every: int = 1,
+    loop: str | int = "auto",
     standardize: bool | int | tuple[int, ...] | None = None,
     penalty_mask: Callable[[Any], Any] | None = None,
     init: Callable[[jax.Array], Any] | None = None,
@@ -236,6 +238,7 @@ def sweep(
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
         res.plans = res_plans
+        res.loop = ",".join(dict.fromkeys(loop_name(g.prepared.spec) for g in groups))
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
         for t in tracked:

@@ -22,7 +22,7 @@ from .fingerprint import fit_fingerprint
 from .observers import Call, ProgressBar
 from .options import collect, document
 from .prepare import Prepared, as_key, prepare, program_data
-from .spec import ProgramOutput, evals_of
+from .spec import ProgramOutput, evals_of, loop_name
 
 __all__ = ["fit"]
 
@@ -57,6 +57,7 @@ def fit(
     record_params: bool = False,
     penalty_mask: Callable[[Any], Any] | None = None,
     eval_every: int = 1,
+    loop: str | int = "auto",
     progress: bool = False,
     track: Any = None,
     standardize: bool | int | tuple[int, ...] | None = None,
@@ -124,6 +125,7 @@ def fit(
                        for k, v in (hparams or {}).items()}
                 one = SweepResult.from_runs([row], [0], [rec], epochs)
                 one.fingerprint = store.fingerprint
+                one.loop = loop_name(spec)
                 one.save(store.path, _store=store)  # releases the lock
             out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
             out = jax.tree.map(lambda a: a[0], out)  # host arrays

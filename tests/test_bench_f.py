@@ -31,6 +31,7 @@ def test_f_rows_targets_and_table_through_bench_main(tmp_path, monkeypatch):
         assert r["<= 1 first call"] in ("met", "unmet")
         assert 0 <= r["parity (rel. max diff)"] <= 1e-4
     assert (f["rounds"] == 1).all()  # F_TINY: one timed round
+    assert list(f["jaxgd loop"]) == ["scan"] * 6  # no convolution: the scan plan
 
     table = pd.read_csv(tmp_path / "bench.csv")
     rows = table[table["problem"].str.startswith("F ")]

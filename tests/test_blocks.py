@@ -166,7 +166,7 @@ def test_huge_epoch_budget_stopping_early_uses_memory_of_the_run(monkeypatch):
     """epochs=10**9 with an early stop: history of the evaluations run, one block in the
     program (at most HISTORY_BLOCK_BYTES), and no rise of the peak RSS by the budget."""
     rows = []
-    real = program.program_for
+    real = jaxgd.hostloop.program_for
 
     def spy(*a, **kw):
         prog, cols = real(*a, **kw)

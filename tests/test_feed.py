@@ -262,3 +262,14 @@ def test_host_fed_on_config_data_meshes_equals_one_device(tmp_path):
     r = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=600, cwd=root)
     assert r.returncode == 0 and "MESH OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_host_fed_runs_the_scan_plan(tmp_path):
+    """Host-fed blocks are the scan plan's input: loop="auto" records "scan"; an explicit
+    host loop is refused before anything is compiled."""
+    x, y = _problem()
+    data = (_memmap(tmp_path, x, "x.bin"), _memmap(tmp_path, y, "y.bin"))
+    res = jaxgd.fit(loss, P0, data, hparams={"learning_rate": 0.05}, **KW)
+    assert res.loop == "scan"
+    with pytest.raises(ValueError, match=r"loop='host': host-fed data"):
+        jaxgd.fit(loss, P0, data, hparams={"learning_rate": 0.05}, loop="host", **KW)

@@ -121,6 +121,8 @@ def test_nnx_cnn_batchnorm_dropout_fit_equals_flax_loop():
                     hparams={"learning_rate": 0.05, "momentum": MOMENTUM}, batch_size=BS,
                     epochs=EPOCHS, key=1)
     params, stats = flax_loop(1, 0.05)
+    # a convolution on the CPU: the default plan is the host loop (a jitted step per call)
+    assert res.loop == ("host" if jax.default_backend() == "cpu" else "scan")
     assert_tree_close(res.params, params)
     assert_tree_close(res.state, stats)
     moved = np.abs(np.asarray(stats["batch_norm1"]["mean"][...])).max()
@@ -134,6 +136,7 @@ def test_nnx_cnn_batchnorm_dropout_sweep_equals_flax_loop():
                      grid={"learning_rate": [0.02, 0.05], "seed": [0, 1]},
                      batch_size=BS, epochs=EPOCHS)
     assert len(sw.table) == 4
+    assert sw.loop == ("host" if jax.default_backend() == "cpu" else "scan")
     for i in range(4):
         lr, seed = float(sw.table["learning_rate"][i]), int(sw.table["seed"][i])
         params, stats = flax_loop(seed, lr)

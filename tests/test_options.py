@@ -94,6 +94,7 @@ FILE_CASES = {
     "record_steps": ("true", "0"),
     "record_params": ("true", "1"),
     "eval_every": ("2", "0"),
+    "loop": ("\"host\"", "\"fast\""),
     "chunk_size": ("8", "0"),
     "memory_budget": ("1000000", "-5"),
 }

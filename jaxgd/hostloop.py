@@ -1,0 +1,311 @@
+"""The host plan of the compiled program: an evaluation's updates as host calls of a jitted
+function of ``k`` updates, then the evaluation as a jitted call of its own.
+
+The scan plan (:func:`jaxgd.program.build_program`) runs every evaluation's updates as a
+``lax.scan`` inside one jitted call. On XLA:CPU some steps (a convolution's) run several
+times slower inside a loop than jitted alone; the host plan runs the same steps
+(:func:`jaxgd.host_steps` / :func:`jaxgd.host_updates`, calling
+:func:`jaxgd.program.train_step` / :func:`jaxgd.program.train_at`) from a Python loop,
+``k = spec.host_steps`` per call (``k = 1``: the classic jitted step, no loop in the
+program; ``k > 1``: a scan of ``k``, the rest of an epoch in one shorter call), and the
+evaluation (:func:`jaxgd.host_finish`: the same evaluation, stop checks and
+history row as the scan plan's) as its own call. The state stays on the device between
+calls (the step carry's buffers are donated). The same arithmetic as the scan plan (bit-identical
+where XLA compiles the step alone as inside the loop; else equal to float rounding) and the
+same block interface
+(:class:`jaxgd.program.Program`), so the engine, resume, checkpoints, observers and
+searches run it unchanged.
+
+The host reads one scalar per evaluation (whether a configuration is still active), so
+a block stops where the scan plan's does. Multi-process runs keep the scan plan.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import loop, program
+from .history import HistoryLayout
+from .program import Program
+from .spec import EpochCarry, ProgramSpec, State, Traced, evals_of
+
+CONVOLUTIONS = ("conv_general_dilated",)
+
+
+def _primitives(jaxpr) -> set[str]:
+    """The names of the primitives of ``jaxpr`` and of the jaxprs inside it."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitives(inner)
+    return names
+
+
+def has_convolution(fn, *args) -> bool:
+    """Whether ``fn(*args)`` (traced, not run) computes a convolution."""
+    return bool(_primitives(jax.make_jaxpr(fn)(*args).jaxpr) & set(CONVOLUTIONS))
+
+
+def resolve_loop(loop_opt: str | int, conv: Any) -> tuple[str, int]:
+    """(plan, updates per host call) of the ``loop=`` option; ``conv()``: whether the loss
+    computes a convolution (asked only for ``"auto"``). Several processes run the scan
+    plan whatever the option says. ``"auto"`` takes the host loop on
+    a CPU backend in one process when the loss has a convolution (XLA:CPU runs a
+    convolution several times slower inside a loop than jitted alone, measured by
+    ``experiments/bench_f.py``), else the scan."""
+    if loop_opt == "scan" or jax.process_count() > 1:  # several processes: the scan
+        return "scan", 1
+    if loop_opt == "host":
+        return "host", 1
+    if not isinstance(loop_opt, str):
+        return "host", int(loop_opt)
+    return ("host", 1) if jax.default_backend() == "cpu" and conv() else ("scan", 1)
+
+
+def program_for(spec: ProgramSpec, params0, tc, n_configs: int
+                ) -> tuple[Program, HistoryLayout]:
+    """The compiled programs of ``spec``'s plan (``spec.loop``) for ``n_configs``
+    configurations per call (history blocks sized by
+    :data:`jaxgd.program.HISTORY_BLOCK_BYTES`) and the layout of their history. ``tc``:
+    the traced hyper-parameters by name (only the names are used)."""
+    rows = program.block_rows(spec, program.history_row_bytes(spec, params0, tc), n_configs)
+    prog = (host_program(spec, rows) if spec.loop == "host"
+            else program.compiled_program(spec, rows))
+    return prog, program.history_layout(spec, tc)
+
+
+def _axes(tidx, vidx):
+    return (None if tidx is None else 0), (None if vidx is None else 0)
+
+
+# ------------------------------------------------ the pieces, one configuration each
+
+
+
+def host_epoch_start(carry: EpochCarry) -> tuple[EpochCarry, jax.Array]:
+    """The start of an epoch (within the budget) of the host plan: the carry with the epoch
+    counted for an active configuration, and whether it is active (the mask of the
+    epoch's step losses, as :func:`jaxgd.program.train_epoch`'s)."""
+    a0 = carry.steps.active
+    return EpochCarry(carry.steps, carry.epochs_run + a0.astype(jnp.int32)), a0
+
+
+def host_steps(spec: ProgramSpec, n: int, last: bool, carry: EpochCarry, active0, epoch, s0,
+               traced: Traced, key, data, tidx) -> tuple[EpochCarry, jax.Array | None]:
+    """Full steps ``s0 .. s0 + n`` of ``epoch`` (``last``: the epoch's short last batch
+    instead), as :func:`jaxgd.program.train_epoch` runs them: (carry, step losses or None)."""
+    ctx = program.context(spec, carry.steps.params, traced, key, data, tidx)
+    plan = spec.plan
+    bsz = plan.batch_size * spec.accumulate
+    order = program.epoch_order(spec, ctx.key, epoch, ctx.orders)
+    inner = carry.steps
+    if last:
+        inner, loss = program.train_step(spec, ctx, order, inner, plan.full_steps * bsz,
+                                         plan.last_batch_size, 1)
+        losses = loss[None]
+    elif n == 1:
+        inner, loss = program.train_step(spec, ctx, order, inner, s0 * bsz, bsz, spec.accumulate)
+        losses = loss[None]
+    else:
+        inner, losses = jax.lax.scan(
+            lambda c, s: program.train_step(spec, ctx, order, c, s * bsz, bsz, spec.accumulate),
+            inner, s0 + jnp.arange(n, dtype=jnp.int32))
+    rows = jnp.where(active0, losses, jnp.nan) if spec.record_steps else None
+    return EpochCarry(inner, carry.epochs_run), rows
+
+
+def host_updates(spec: ProgramSpec, n: int, carry: EpochCarry, t0, traced: Traced, key, data,
+                 tidx) -> tuple[EpochCarry, jax.Array | None]:
+    """Updates ``t0 .. t0 + n`` of a step budget (:func:`jaxgd.program.train_at`): (carry,
+    their step-loss rows or None)."""
+    ctx = program.context(spec, carry.steps.params, traced, key, data, tidx)
+    if n == 1:
+        carry, row = program.train_at(spec, ctx, carry, t0)
+        return carry, None if row is None else row[None]
+    return jax.lax.scan(lambda c, t: program.train_at(spec, ctx, c, t), carry,
+                        t0 + jnp.arange(n, dtype=jnp.int32))
+
+
+def host_finish(spec: ProgramSpec, st: State, carry: EpochCarry, chunks, block, traced: Traced,
+                key, data, val, tidx, vidx) -> tuple[State, dict[str, jax.Array]]:
+    """The evaluation closing block ``block`` of the host plan (:func:`jaxgd.program.finish_block`);
+    ``chunks``: the step losses of its calls in order (empty without ``record_steps``),
+    NaN for the updates past the budget."""
+    ctx = program.context(spec, st.params, traced, key, data, tidx)
+    rows = None
+    if spec.record_steps:
+        K, _ = evals_of(spec)
+        width = program.step_loss_width(spec)
+        flat = jnp.concatenate([c.reshape(-1) for c in chunks]).astype(st.init_loss.dtype)
+        flat = jnp.concatenate([flat, jnp.full((K * width - flat.shape[0],), jnp.nan,
+                                               flat.dtype)])
+        rows = flat.reshape(K, width)
+    return program.finish_block(spec, ctx, st, carry, rows, block, val, vidx)
+
+
+# ----------------------------------------------------------------- their jitted calls
+
+
+class _Pieces:
+    """The jitted pieces of a host-plan block (compiled per shapes; cached per spec)."""
+
+    def __init__(self, spec: ProgramSpec, rows: int):
+        self.spec, self.rows = spec, rows
+        self.begin = jax.jit(self._begin)
+        self.epoch_start = jax.jit(self._epoch_start, donate_argnums=0)
+        self.steps = jax.jit(self._steps, static_argnums=(0, 1), donate_argnums=2)
+        self.updates = jax.jit(self._updates, static_argnums=0, donate_argnums=1)
+        self.finish = jax.jit(self._finish, donate_argnums=(1, 3))
+        self.outputs = jax.jit(self._outputs)
+        self.empty = jax.jit(self._empty)
+
+    def _call(self, fn, cfg_axes, stream_axes, one_s, one_c):
+        """``fn`` over the call's configurations as the group's plan runs them (vmap, or
+        one after another with ``plan="map"``) and over its streams."""
+        return loop.vmapped(fn, cfg_axes, stream_axes, one_s, one_c,
+                            self.spec.config_plan == "map")
+
+    def _begin(self, st, traced, keys):
+        """The block's step carry (fresh buffers: the steps donate theirs) and whether a
+        configuration is active."""
+        one_s, one_c = loop.single(keys, traced)
+        carry = self._call(functools.partial(program.block_carry, self.spec), 0, 0, one_s,
+                           one_c)(st)
+        return jax.tree.map(jnp.copy, carry), jnp.any(st.active)
+
+    def _epoch_start(self, carry, traced, keys):
+        one_s, one_c = loop.single(keys, traced)
+        return self._call(host_epoch_start, 0, 0, one_s, one_c)(carry)
+
+    def _steps(self, n, last, carry, active0, epoch, s0, data, traced, keys, tidx):
+        one_s, one_c = loop.single(keys, traced)
+        t_ax, _ = _axes(tidx, None)
+        traced, keys, tidx, _ = loop.squeeze(one_s, one_c, traced, keys, tidx, None)
+        fn = functools.partial(host_steps, self.spec, n, last)
+        return self._call(fn, (0, 0, None, None, 0, None, None, None),
+                     (0, 0, None, None, 0, 0, None, t_ax), one_s, one_c)(
+            carry, active0, epoch, s0, traced, keys, data, tidx)
+
+    def _updates(self, n, carry, t0, data, traced, keys, tidx):
+        one_s, one_c = loop.single(keys, traced)
+        t_ax, _ = _axes(tidx, None)
+        traced, keys, tidx, _ = loop.squeeze(one_s, one_c, traced, keys, tidx, None)
+        fn = functools.partial(host_updates, self.spec, n)
+        return self._call(fn, (0, None, 0, None, None, None), (0, None, 0, 0, None, t_ax),
+                     one_s, one_c)(carry, t0, traced, keys, data, tidx)
+
+    def _finish(self, st, carry, chunks, hist, block, e, data, val, traced, keys, tidx, vidx):
+        """The evaluation, its row written at block-local row ``e``: (state, history,
+        active configurations (padding left out), any active)."""
+        one_s, one_c = loop.single(keys, traced)
+        t_ax, v_ax = _axes(tidx, vidx)
+        valid = None if traced.valid is None else loop.state_layout(traced.valid, keys, traced)
+        traced, keys, tidx, vidx = loop.squeeze(one_s, one_c, traced, keys, tidx, vidx)
+        fn = functools.partial(host_finish, self.spec)
+        st, row = self._call(fn, (0, 0, 0, None, 0, None, None, None, None, None),
+                        (0, 0, 0, None, 0, 0, None, None, t_ax, v_ax), one_s, one_c)(
+            st, carry, chunks, block, traced, keys, data, val, tidx, vidx)
+        put = self._call(functools.partial(program.write_row, self.spec), (0, 0, None),
+                    (0, 0, None), one_s, one_c)
+        hist = put(hist, row, e)
+        act = st.active if valid is None else st.active & valid
+        return st, hist, jnp.sum(act), jnp.any(st.active)
+
+    def _outputs(self, st, hist, traced, keys):
+        one_s, one_c = loop.single(keys, traced)
+        out = self._call(functools.partial(program.finalize, self.spec), 0, 0, one_s, one_c)(st)
+        return loop.unsqueeze(one_s, one_c, (out, hist))
+
+    def _empty(self, st, traced, keys):
+        one_s, one_c = loop.single(keys, traced)
+        tr, _, _, _ = loop.squeeze(one_s, one_c, traced, keys, None, None)
+
+        def empty(p, t):
+            return program.empty_history_block(self.spec, p, t.values, st.init_loss.dtype,
+                                               self.rows)
+
+        return self._call(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tr)
+
+
+def _epoch_calls(spec: ProgramSpec, k: int) -> list[tuple[int, bool, int]]:
+    """The calls of one epoch: (updates, short last batch, first step)."""
+    plan = spec.plan
+    calls, s = [], 0
+    while s < plan.full_steps:
+        n = min(k, plan.full_steps - s)
+        calls.append((n, False, s))
+        s += n
+    if plan.last_batch_size > 0:
+        calls.append((1, True, plan.full_steps))
+    return calls
+
+
+def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx):
+    """The updates of evaluation ``g``: (carry, their step losses, in order)."""
+    spec = pc.spec
+    K, _ = evals_of(spec)
+    i32 = np.int32
+    chunks: list[Any] = []
+    first, stop = g * K, min(g * K + K, spec.epochs)
+    if spec.by_steps:
+        t = first
+        while t < stop:
+            n = min(spec.host_steps, stop - t)
+            carry, rows = pc.updates(n, carry, i32(t), data, traced, keys, tidx)
+            chunks.append(rows)
+            t += n
+        return carry, chunks
+    calls = _epoch_calls(spec, spec.host_steps)
+    for epoch in range(first, stop):
+        carry, a0 = pc.epoch_start(carry, traced, keys)
+        for n, last, s0 in calls:
+            carry, rows = pc.steps(n, last, carry, a0, i32(epoch), i32(s0), data, traced, keys,
+                                   tidx)
+            chunks.append(rows)
+    return carry, chunks
+
+
+def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx):
+    """The scan plan's ``block`` (:func:`jaxgd.program.build_program`) in the host plan:
+    evaluations ``start`` up to ``end`` (at most the block's rows) while a configuration
+    is active: (state, outputs, history block, any active)."""
+    spec = pc.spec
+    _, n_evals = evals_of(spec)
+    start, end = int(start), int(end)
+    hist = pc.empty(st, traced, keys)
+    more = True
+    for e in range(min(pc.rows, end - start)):
+        carry, any_active = pc.begin(st, traced, keys)
+        more = more and bool(any_active) if e == 0 else more
+        if not more:
+            break
+        g = start + e
+        carry, chunks = _train(pc, carry, g, data, traced, keys, tidx)
+        chunks = tuple(c for c in chunks if c is not None)
+        st, hist, n_act, any_active = pc.finish(st, carry, chunks, hist, np.int32(g),
+                                                np.int32(e), data, val, traced, keys, tidx,
+                                                vidx)
+        more = bool(any_active)
+        done = g + 1
+        if spec.progress and (done % max(1, n_evals // 100) == 0 or done == n_evals):
+            program.report_progress(done, int(n_act))
+    out, hist = pc.outputs(st, hist, traced, keys)
+    return st, out, hist, np.bool_(more)
+
+
+@functools.lru_cache(maxsize=64)
+def host_program(spec: ProgramSpec, rows: int) -> Program:
+    """The host plan's programs for ``spec`` with history blocks of ``rows`` evaluations:
+    the scan plan's ``init`` and :func:`host_block` (cached per spec)."""
+    pc = _Pieces(spec, rows)
+    init = program.compiled_program(spec, rows).init
+    return Program(init, functools.partial(host_block, pc), rows)
