@@ -237,14 +237,13 @@ def stdlib_text() -> np.ndarray:
     return arr[arr < 128].astype(np.int32)
 
 
-def transformer_problem(s: FSizes) -> Problem:
-    """A 2-layer character transformer (flax linen) on random stdlib-source windows."""
+def char_transformer(context: int, dim: int, layers: int = 2, heads: int = 4, vocab: int = 128):
+    """A pre-LayerNorm causal character transformer (flax linen): ``layers`` blocks of
+    bias-free multi-head attention and a GELU MLP (4 x ``dim``), learned positions, logits
+    over ``vocab`` tokens. ``model.apply({"params": p}, tokens[B, L])`` -> ``[B, L, vocab]``
+    for ``L <= context``."""
     import flax.linen as nn
-    import jax
     import jax.numpy as jnp
-    import optax
-
-    ctx, d = s.tf_context, s.tf_dim
 
     class Block(nn.Module):
         @nn.compact
@@ -253,24 +252,33 @@ def transformer_problem(s: FSizes) -> Problem:
             a = nn.LayerNorm()(h)
             # no biases in the attention: a key bias has no gradient (softmax ignores it),
             # so Adam would move it by rounding noise alone, differently on every side
-            h = h + nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=d,
+            h = h + nn.MultiHeadDotProductAttention(num_heads=heads, qkv_features=dim,
                                                     use_bias=False)(a, a, mask=mask)
-            m = nn.Dense(d)(nn.gelu(nn.Dense(4 * d)(nn.LayerNorm()(h))))
+            m = nn.Dense(dim)(nn.gelu(nn.Dense(4 * dim)(nn.LayerNorm()(h))))
             return h + m
 
     class CharTransformer(nn.Module):
         @nn.compact
         def __call__(self, tokens):
-            pos = self.param("pos", nn.initializers.normal(0.02), (ctx, d))
-            h = nn.Embed(128, d)(tokens) + pos
-            for _ in range(2):
+            pos = self.param("pos", nn.initializers.normal(0.02), (context, dim))
+            h = nn.Embed(vocab, dim)(tokens) + pos[: tokens.shape[-1]]
+            for _ in range(layers):
                 h = Block()(h)
-            return nn.Dense(128)(nn.LayerNorm()(h))
+            return nn.Dense(vocab)(nn.LayerNorm()(h))
 
+    return CharTransformer()
+
+
+def transformer_problem(s: FSizes) -> Problem:
+    """A 2-layer character transformer (flax linen) on random stdlib-source windows."""
+    import jax
+    import optax
+
+    ctx, d = s.tf_context, s.tf_dim
     text = stdlib_text()
     starts = np.random.default_rng(0).integers(0, len(text) - ctx - 1, s.tf_windows)
     win = text[starts[:, None] + np.arange(ctx + 1)]
-    model = CharTransformer()
+    model = char_transformer(ctx, d)
     params = model.init(jax.random.key(0), win[:1, :ctx])["params"]
 
     def loss(p, batch):

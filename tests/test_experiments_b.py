@@ -85,3 +85,18 @@ def test_e18_optuna(tmp_path):
     assert all(0 < r < 10 for r in res["batched best / sequential best"])
     table = (tmp_path / "e18_optuna" / "optuna_sequential_vs_batched.csv").read_text()
     assert table.count("jaxgd.optuna_search") == 2 and table.count("median pruner") == 2
+
+
+@pytest.mark.slow
+def test_e17_char_lm(tmp_path):
+    mod, res = run_quick("e17_char_lm", tmp_path)
+    folder = tmp_path / "e17_char_lm"
+    for f in ("val_bpc_vs_steps.png", "lr_warmup_heatmap.png", "lr_warmup_grid.csv",
+              "hyperband_vs_grid.csv", "parity_optax_loop.md"):
+        assert (folder / f).exists(), f
+    assert res["val curve rel diff vs optax loop"] <= mod.VAL_TOL
+    assert res["params max abs diff vs optax loop"] <= mod.PARAM_TOL
+    # the model learns from context: below the character frequencies' bits per character
+    assert res["best final val bpc"] < res["unigram val bpc"]
+    assert 0 < res["Hyperband updates / grid's"] < 1
+    assert res["Hyperband best val bpc / grid's"] >= 1 - 1e-4  # prefixes of the grid's curves
