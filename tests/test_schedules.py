@@ -585,3 +585,37 @@ def test_toml_takes_the_extended_schedules():
                 "transition_steps = 50, power = 2.0, end_value = 1e-3 }\n"
                 "[sweep]\nlearning_rate = [0.1]\ninit_value = [0.0, 0.01]\n"
                 "warmup_steps = [5]\n")
+
+
+def test_float64_schedule_equals_optax_at_a_float64_count():
+    """In float64 jaxgd's warm-up + cosine equals optax's formula to rounding (1e-15), and
+    optax's own optimizer, which evaluates the schedule at its int32 count in float32
+    even with x64, differs by ~1e-9: the README's note on comparing in float64."""
+    import jax
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(32, 4))
+        y = x @ np.array([1.0, -2.0, 0.5, 3.0])
+
+        def loss(p, b):
+            return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+
+        p0 = {"w": jnp.zeros(4, jnp.float64)}
+        hp = {"learning_rate": 0.03, "warmup_steps": 27, "decay_steps": 81, "init_value": 0.0}
+        res = jaxgd.fit(loss, p0, (x, y), steps=40, batch_size=None, optimizer="sgd",
+                        schedule="warmup_cosine", hparams=hp)
+        sched = optax.warmup_cosine_decay_schedule(0.0, 0.03, 27, 81, 0.0)
+
+        def hand(opt):
+            st, p = opt.init(p0), p0
+            for _ in range(40):
+                g = jax.grad(loss)(p, (x, y))
+                u, st = opt.update(g, st, p)
+                p = optax.apply_updates(p, u)
+            return np.asarray(p["w"])
+
+        exact = hand(optax.sgd(lambda c: sched(jnp.asarray(c, jnp.float64))))
+        np.testing.assert_allclose(np.asarray(res.params["w"]), exact, rtol=0, atol=1e-14)
+        assert sched(jnp.int32(30)).dtype == jnp.float32  # optax's own count
+        assert np.max(np.abs(hand(optax.sgd(sched)) - exact)) > 1e-10
