@@ -31,7 +31,10 @@ from experiments._common import check, main, save_figure, save_table
 from jaxgd import data
 
 NAME = "e15_research_code"
-PARAM_TOL = 1e-4  # max |params - hand loop params| after training (float32 rounding)
+# max |params - hand loop params| after training: float32 rounding, grown by Adam over the
+# steps (fit's default plan for a convolution on the CPU is the host loop, whose jitted
+# step XLA fuses otherwise than the hand loop's: measured up to 4.5e-4 in the full demo)
+PARAM_TOL = 1e-3
 ACC_TOL = 0.0  # test accuracy: identical
 KEY_TAG = 0x4C055  # documented in jaxgd.lossform
 
