@@ -47,20 +47,27 @@ def np_gd(w, v, lr, mom, epochs):
 LRS = [0.002, 0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2]
 
 
+def halving_replay(curves: dict, rungs) -> tuple[int, dict]:
+    """Successive halving replayed on the host: at each ``(end, keep)`` rung the ``keep``
+    configurations with the lowest ``curves[i][end - 1]`` go on. Returns (the winner,
+    {pruned configuration: the rung end it reached})."""
+    live, reached = list(curves), {}
+    for end, keep in rungs:
+        order = sorted(live, key=lambda i: curves[i][end - 1])
+        for i in order[keep:]:
+            reached[i] = end
+        live = order[:keep]
+    (winner,) = live
+    return winner, reached
+
+
 def test_halving_matches_a_numpy_replay():
     res = jaxgd.sweep(mse, P0, (X, Y), optimizer="momentum", hparams={"momentum": 0.5},
                       grid={"learning_rate": LRS}, epochs=9, val_data=(XV, YV),
                       search=search.Halving(eta=3, min_epochs=1))
     # the reference: rungs end at epochs 1, 3, 9; keep 9 // 3 = 3, then 9 // 9 = 1
     runs = {i: np_gd(np.zeros(3), np.zeros(3), lr, 0.5, 9) for i, lr in enumerate(LRS)}
-    live = list(range(len(LRS)))
-    reached = {}
-    for end, keep in ((1, 3), (3, 1)):
-        order = sorted(live, key=lambda i: runs[i][2][end - 1])
-        for i in order[keep:]:
-            reached[i] = end
-        live = order[:keep]
-    (winner,) = live
+    winner, reached = halving_replay({i: r[2] for i, r in runs.items()}, ((1, 3), (3, 1)))
     t = res.table
     assert list(t["stop_reason"]) == ["max_epochs" if i == winner else "pruned"
                                       for i in range(len(LRS))]

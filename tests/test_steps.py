@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_search import halving_replay
 
 import jaxgd
 from jaxgd import search
@@ -144,13 +145,7 @@ def test_halving_in_steps_matches_a_numpy_replay(x64):
                           for t in range(1, steps + 1))]
 
     curves = {i: val_curve(lr, 6) for i, lr in enumerate(LRS)}
-    live, reached = list(range(len(LRS))), {}
-    for end, keep in ((2, 3), (6, 1)):
-        order = sorted(live, key=lambda i: curves[i][end - 1])
-        for i in order[keep:]:
-            reached[i] = end
-        live = order[:keep]
-    (winner,) = live
+    winner, reached = halving_replay(curves, ((2, 3), (6, 1)))
     t = res.table
     assert list(t["stop_reason"]) == ["max_epochs" if i == winner else "pruned"
                                       for i in range(len(LRS))]

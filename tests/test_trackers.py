@@ -28,10 +28,8 @@ N = 40
 BATCH = [8, None]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A saved sweep with validation data, per-step losses, evaluations every 2 epochs
-    and one diverging configuration."""
+def problem():
+    """(x, y, loss): N training and 10 validation samples of a noiseless linear model."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N + 10, 3)).astype(np.float32)
     y = x @ np.array([1.0, -1.0, 2.0], np.float32)
@@ -39,6 +37,15 @@ def run(tmp_path_factory):
     def loss(p, b):
         xb, yb = b
         return jnp.mean((xb @ p["w"] + p["b"] - yb) ** 2)
+
+    return x, y, loss
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A saved sweep with validation data, per-step losses, evaluations every 2 epochs
+    and one diverging configuration."""
+    x, y, loss = problem()
 
     sw = jaxgd.sweep(loss, {"w": jnp.zeros(3), "b": jnp.zeros(())}, (x[:N], y[:N]),
                      val_data=(x[N:], y[N:]), optimizer=optax.sgd,
@@ -421,13 +428,7 @@ def read_all(kind: str, dest: Path, group: str) -> dict:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """The sweep of ``run`` with ``out=`` and ``track=`` every tracker (written live)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N + 10, 3)).astype(np.float32)
-    y = x @ np.array([1.0, -1.0, 2.0], np.float32)
-
-    def loss(p, b):
-        xb, yb = b
-        return jnp.mean((xb @ p["w"] + p["b"] - yb) ** 2)
+    x, y, loss = problem()
 
     root = tmp_path_factory.mktemp("live")
     kw = dict(val_data=(x[N:], y[N:]), optimizer=optax.sgd,
