@@ -14,6 +14,7 @@ from . import models as models
 from . import search as search
 from . import trackers as trackers
 from .data import batch_plan as batch_plan
+from .engine import clear_caches as clear_caches
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value
@@ -36,6 +37,7 @@ __all__ = [
     "SCHEDULES",
     "STOP_REASONS",
     "batch_plan",
+    "clear_caches",
     "data",
     "datasets",
     "fit",

@@ -30,13 +30,14 @@ import numpy as np
 from . import lossform
 from .checkpoint import Checkpointer
 from .feed import Feeder, HostData, batch_indices
+from .feed import clear_cache as clear_feed_cache
 from .groups import Group
 from .history import PACKED, HistoryLayout, per_step
-from .hostloop import program_for
+from .hostloop import host_program, program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, tc_array
-from .program import Program, epoch_order
+from .program import Program, compiled_program, epoch_order
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
 
@@ -52,6 +53,24 @@ def config_devices(mesh) -> int:
     """How many ways the configurations are split: the size of the mesh's ``"config"``
     axis (1 without a mesh)."""
     return 1 if mesh is None else int(mesh.shape["config"])
+
+
+def clear_caches() -> None:
+    """Release the compiled programs jaxgd keeps for calls to come (its programs, the
+    order functions of host-fed data, the losses' checked forms) and JAX's own caches
+    (``jax.clear_caches()``).
+
+    jaxgd keeps the programs of the last :data:`jaxgd.program.PROGRAM_CACHE_SIZE` specs
+    so that a call like one before it runs without compiling. A long-lived process (a
+    notebook, a test session, a driver script looping over many losses) can call this
+    between experiments to free their memory, including the memory maps of XLA:CPU's
+    compiled kernels (a process may hold 65 530 on Linux), and the losses and data the
+    kept programs refer to; the next call of each kind compiles again."""
+    compiled_program.cache_clear()
+    host_program.cache_clear()
+    clear_feed_cache()
+    lossform.clear_memos()
+    jax.clear_caches()
 
 
 def data_sharding(mesh):

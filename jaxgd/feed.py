@@ -319,6 +319,11 @@ def gather(a: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
         release_pages(a)
 
 
+def clear_cache() -> None:
+    """Drop the jitted order functions kept per program spec."""
+    _indices_fn.cache_clear()
+
+
 def release_pages(a: Any) -> None:
     """Unmap the pages a gather read from a shared ``np.memmap`` (``MADV_DONTNEED``: they
     stay in the page cache, no longer in this process's resident set), so the RSS follows
@@ -332,7 +337,7 @@ def release_pages(a: Any) -> None:
         pass
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _indices_fn(spec, order_fn):
     """Jitted (stream key data, updates [U], orders) -> sample indices [U, B] on the CPU."""
     cpu = jax.devices("cpu")[0]

@@ -302,7 +302,7 @@ def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx)
     return st, out, hist, np.bool_(more)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=program.PROGRAM_CACHE_SIZE)
 def host_program(spec: ProgramSpec, rows: int) -> Program:
     """The host plan's programs for ``spec`` with history blocks of ``rows`` evaluations:
     the scan plan's ``init`` and :func:`host_block` (cached per spec)."""

@@ -78,6 +78,12 @@ _DECLARED: dict[Any, dict[str, bool]] = {}  # (loss, name) -> declared (a sweep 
 _FORMS: dict[Any, LossForm] = {}
 
 
+def clear_memos() -> None:
+    """Forget the losses' declared parameters and checked forms (they hold the losses)."""
+    _DECLARED.clear()
+    _FORMS.clear()
+
+
 def _memo(cache: dict[Any, Any], key: Any, compute: Callable[[], Any]) -> Any:
     """``compute()``, kept in ``cache`` under ``key``; an unhashable key (an unhashable
     loss or static leaf) computes every time, and an error is never kept."""

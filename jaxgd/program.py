@@ -775,9 +775,17 @@ def _progress_tick(done, active) -> None:
         sink(int(done), int(active))
 
 
-@functools.lru_cache(maxsize=256)
+# Programs kept compiled (an LRU of specs). Each keeps its executables, and XLA:CPU maps
+# each of a program's kernels into memory separately (~60 maps for a tiny fit's block
+# program, hundreds for a network's): a process may hold 65 530 maps (Linux's default
+# vm.max_map_count) and crashes past them. 64 programs bound what jaxgd keeps while a
+# search's rounds still find their groups' programs; jaxgd.clear_caches() empties it.
+PROGRAM_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def compiled_program(spec: ProgramSpec, rows: int) -> Program:
     """The jitted programs for ``spec`` with history blocks of ``rows`` evaluations
-    (cached, so new values never re-trace)."""
+    (cached, so new values never re-trace; see :data:`PROGRAM_CACHE_SIZE`)."""
     init, block = build_program(spec, rows)
     return Program(jax.jit(init), jax.jit(block), rows)

@@ -116,3 +116,18 @@ def compiles():
         for lg in loggers:
             lg.removeHandler(counter)
         jax.config.update("jax_log_compiles", old)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Release every module's compiled programs after it: XLA:CPU maps each compiled
+    kernel into memory separately, and a test process that kept a whole tier's
+    programs passed Linux's 65 530 maps per process and crashed (a segmentation fault
+    inside XLA, in whichever test came last)."""
+    yield
+    import gc
+
+    import jaxgd
+
+    jaxgd.clear_caches()
+    gc.collect()

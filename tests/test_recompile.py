@@ -137,3 +137,34 @@ def test_new_values_do_not_recompile(name):
     assert fresh.stop_reason == second.stop_reason
     assert fresh.epochs_run == second.epochs_run
     assert np.array_equal(fresh.history["loss"], second.history["loss"], equal_nan=True)
+
+
+def _memory_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"),
+                    reason="counts the process's memory maps (/proc, Linux)")
+def test_clear_caches_releases_the_compiled_programs():
+    """XLA:CPU maps each compiled kernel into memory separately and a Linux process may
+    hold 65 530 maps (a long test session crashed past them): the programs jaxgd keeps
+    for later calls are bounded, and ``jaxgd.clear_caches()`` releases them."""
+    import gc
+
+    x, y = jaxgd.datasets.textbook_line()
+    gc.collect()
+    before = _memory_maps()
+    keep = []
+    for i in range(4):  # four losses, four specs: eight programs kept by jaxgd
+        loss = lambda p, b, i=i: jnp.mean((jnp.tanh(b[0] @ p["w"])[:, 0] - b[1]) ** 2 * (i + 1))  # noqa: E731
+        keep.append(loss)
+        jaxgd.fit(loss, {"w": jnp.ones((1, 1))}, (x, y), optimizer="adam",
+                  hparams={"learning_rate": 0.01}, epochs=3)
+    gc.collect()
+    grown = _memory_maps() - before
+    assert grown > 4 * 20, grown  # each fit's programs hold dozens of maps
+    jaxgd.clear_caches()
+    gc.collect()
+    assert _memory_maps() - before < 0.2 * grown
+    assert train.compiled_program.cache_info().maxsize == train.PROGRAM_CACHE_SIZE
