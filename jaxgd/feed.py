@@ -457,7 +457,7 @@ def release_pages(a: Any) -> None:
 @functools.lru_cache(maxsize=64)
 def _indices_fn(spec, order_fn):
     """Jitted (stream key data, updates [U], orders) -> sample indices [U, B] on the CPU."""
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's (not process 0's)
 
     def one(kd, t, orders):
         return order_fn(spec, jax.random.wrap_key_data(kd), t, orders)
