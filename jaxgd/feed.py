@@ -405,20 +405,29 @@ def across_processes(host: HostData, mesh) -> HostData:
 
 
 def _whole_batch(mesh, total: int, share: np.ndarray) -> np.ndarray:
-    """The global batch of ``total`` samples assembled from every process's ``share``."""
+    """The global batch of ``total`` samples assembled from every process's ``share`` (a
+    leaf of its first batch); rows that several processes hold must agree."""
     from jax.experimental import multihost_utils
 
     shares = np.asarray(multihost_utils.process_allgather(share))
+    held = np.zeros((len(shares), total), bool)  # [process, row]
+    if mesh is None:
+        held[:] = True
+    else:
+        for dev, idx in fed_sharding(mesh).devices_indices_map((1, 1, total)).items():
+            held[dev.process_index, idx[2]] = True
     whole = np.zeros((total,) + share.shape[1:], share.dtype)
-    if mesh is None or mesh.shape.get("data", 1) == 1:
-        return shares[0]
-    sharding = fed_sharding(mesh)
-    by_process: dict[int, np.ndarray] = {}
-    for dev, idx in sharding.devices_indices_map((1, 1, total)).items():
-        held = by_process.setdefault(dev.process_index, np.zeros(total, bool))
-        held[idx[2]] = True
-    for p, held in by_process.items():
-        whole[held] = shares[p]
+    done = np.zeros(total, bool)
+    for p, rows in enumerate(held):
+        rows = np.nonzero(rows)[0]
+        seen = done[rows]
+        if not np.array_equal(whole[rows[seen]], shares[p][seen], equal_nan=True):
+            raise ValueError(
+                f"data is an iterable of batches whose first batch differs between the "
+                f"processes (process {p} and one before it) in rows that both hold: where "
+                "the mesh's 'data' axis does not span the processes (or there is none), "
+                "every process's iterable must yield the same batches")
+        whole[rows], done[rows] = shares[p], True
     return whole
 
 

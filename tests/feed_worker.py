@@ -7,7 +7,8 @@ each process supplies half of every batch.
 ``DIR/x.bin`` holds :func:`problem`'s ``x`` as a float32 memmap. Writes ``DIR/rI.json``:
 the tables of a memmap sweep and of an iterable sweep (each process's iterable yields its
 half of every batch), the rows this process gathered and yielded, the shapes of its host
-blocks, and the error of an iterable whose shares do not make one batch.
+blocks, the errors of iterables whose shares do not make one batch, and the table of an
+iterable sweep on a mesh whose data axis lies within each process (whole batches).
 """
 
 from __future__ import annotations
@@ -98,13 +99,26 @@ def main(pid: int, port: int, tmp: str) -> None:
     b = jaxgd.sweep(loss, p0(), src, grid=GRID, mesh=mesh, shuffle=False, **KW)
     info["iterable"] = {"yielded": src.yielded, "blocks": blocks}
     info["tables"] = [json.loads(r.table.to_json(orient="records")) for r in (a, b)]
+    blocks = []
     compiled = jaxgd.program.compiled_program.cache_info().misses
     try:  # process 1 yields 6 rows of each batch, process 0 8
         jaxgd.sweep(loss, p0(), Share(x96, y96, pid, 8 - 2 * pid), grid=GRID, mesh=mesh,
                     shuffle=False, **KW)
     except ValueError as e:
         info["error"] = str(e)
+    # the data axis within each process (configurations across them): every process's
+    # devices hold every row, so every iterable yields whole batches, the same ones
+    within = Mesh(devs.reshape(2, 2), ("config", "data"))
+    try:  # process 1's batches are process 0's reversed
+        jaxgd.sweep(loss, p0(), Share(x96[::-1] if pid else x96, y96, 0, B), grid=GRID,
+                    mesh=within, shuffle=False, **KW)
+    except ValueError as e:
+        info["error_within"] = str(e)
     info["compiled"] = jaxgd.program.compiled_program.cache_info().misses - compiled
+    c = jaxgd.sweep(loss, p0(), Share(x96, y96, 0, B), grid=GRID, mesh=within, shuffle=False,
+                    **KW)
+    info["tables"].append(json.loads(c.table.to_json(orient="records")))
+    info["within_blocks"] = blocks
     with open(os.path.join(tmp, f"r{pid}.json.tmp"), "w") as f:
         json.dump(info, f)
     os.replace(os.path.join(tmp, f"r{pid}.json.tmp"), os.path.join(tmp, f"r{pid}.json"))

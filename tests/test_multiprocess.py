@@ -251,7 +251,8 @@ def test_host_fed_shards_on_two_processes_equal_one(tmp_path):
     each process reads only its half of every batch (a memmap's rows; an iterable yields
     its half, like a per-host DataLoader), and the tables equal one process's in-memory
     sweep (a loss that weights samples by their place in the batch: rows out of order
-    would show). Shares that do not make one batch are refused on both processes before
+    would show). With the data axis within each process, every process's iterable yields
+    whole batches. Shares that do not make one batch are refused on both processes before
     anything compiles."""
     import importlib.util
 
@@ -273,7 +274,8 @@ def test_host_fed_shards_on_two_processes_equal_one(tmp_path):
     # an iterable's "epoch" is its one batch: compare what does not count epochs
     cols = [c for c in refs[0].table.columns if "epoch" not in c]
     for info in infos:
-        for got, ref, keep in zip(info["tables"], refs, (None, cols), strict=True):
+        for got, ref, keep in zip(info["tables"], refs + refs[1:], (None, cols, cols),
+                                  strict=True):
             got = pd.DataFrame(got)
             compare_tables(got[keep] if keep else got, ref.table[keep] if keep else ref.table,
                            rtol=1e-5)
@@ -284,3 +286,5 @@ def test_host_fed_shards_on_two_processes_equal_one(tmp_path):
         assert info["iterable"]["blocks"] == [[1, 26, 8, 3]]
         assert info["iterable"]["yielded"] == [8] * 26  # the first batch looked at, 25 used
         assert "batches hold [8, 6] samples" in info["error"] and info["compiled"] == 0
+        assert "first batch differs between the processes" in info["error_within"]
+        assert info["within_blocks"] == [[1, 26, 16, 3]]
