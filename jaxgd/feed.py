@@ -381,24 +381,32 @@ def across_processes(host: HostData, mesh) -> HostData:
 
     Raises:
       ValueError: the processes' batches do not make one global batch (a share not
-        divisible by the process's part of the data axis, or shares of different sizes).
+        divisible by the process's part of the data axis, shares of different sizes,
+        shapes or dtypes, or first batches that differ in rows several processes hold).
     """
     if not host.iterable or jax.process_count() == 1:
         return host
+    import hashlib
+
     from jax.experimental import multihost_utils
 
     shards = 1 if mesh is None else int(mesh.shape.get("data", 1))
     held = len(batch_rows(mesh, shards))  # of the data axis' shards, this process holds
     local = host.n
-    total = local // held * shards if local % held == 0 else -1
-    every = np.asarray(multihost_utils.process_allgather(np.asarray([local, total])))
+    total = local // held * shards if held and local % held == 0 else -1
+    kind = str([(a.shape[1:], a.dtype.str) for a in jax.tree.leaves(host.first)])
+    kind += str(jax.tree.structure(host.first))
+    digest = int.from_bytes(hashlib.sha256(kind.encode()).digest()[:4], "little") >> 1
+    every = np.asarray(multihost_utils.process_allgather(
+        np.asarray([local, total, digest], np.int32)))
     if (every[:, 1] < 0).any() or len({tuple(r) for r in every.tolist()}) != 1:
         raise ValueError(
             f"data is an iterable of batches in a run of {len(every)} processes, whose "
             f"batches hold {every[:, 0].tolist()} samples (process 0, 1, ...): each "
             f"process's iterable must yield the process's share of every batch, the rows "
             f"its devices hold on the mesh's 'data' axis of {shards} (here {held} of "
-            f"{shards} parts of the batch), the same number on every process")
+            f"{shards} parts of the batch), the same number, structure, sample shapes and "
+            "dtypes on every process")
     whole = jax.tree.map(lambda a: _whole_batch(mesh, total, a), host.first)
     return HostData(source=host.source, first=host.first, rest=host._rest, n=total,
                     whole_first=whole)
@@ -409,7 +417,9 @@ def _whole_batch(mesh, total: int, share: np.ndarray) -> np.ndarray:
     leaf of its first batch); rows that several processes hold must agree."""
     from jax.experimental import multihost_utils
 
-    shares = np.asarray(multihost_utils.process_allgather(share))
+    raw = np.ascontiguousarray(share).reshape(len(share), -1).view(np.uint8)  # exact bytes
+    shares = np.asarray(multihost_utils.process_allgather(raw)).view(share.dtype)
+    shares = shares.reshape((len(shares),) + share.shape)
     held = np.zeros((len(shares), total), bool)  # [process, row]
     if mesh is None:
         held[:] = True
