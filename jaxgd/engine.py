@@ -29,7 +29,7 @@ import numpy as np
 
 from . import lossform
 from .checkpoint import Checkpointer
-from .feed import Feeder, HostData, batch_indices
+from .feed import Feeder, HostData, batch_indices, batch_rows, fed_sharding, place_block
 from .feed import clear_cache as clear_feed_cache
 from .groups import Group
 from .history import PACKED, HistoryLayout, per_step
@@ -607,13 +607,17 @@ class Engine:
         return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
 
     def feeder(self, prep: Prepared, ch: ChunkInputs) -> Feeder:
-        """The fed blocks of a host-fed call (:mod:`jaxgd.feed`), placed on the device (on
-        a mesh: replicated; the program splits each batch over its ``"data"`` axis)."""
+        """The fed blocks of a host-fed call (:mod:`jaxgd.feed`), placed on the device; on
+        a mesh each batch split over its ``"data"`` axis (:func:`jaxgd.feed.fed_sharding`),
+        this process supplying only the rows its devices hold."""
+        spec = prep.spec
         if self.mesh is None:
-            put = jax.device_put
-        else:
-            put = lambda t: jax.tree.map(functools.partial(replicated, self.mesh), t)  # noqa: E731
-        return Feeder(self.data, prep.spec, ch.keys, prep.orders, put, _BATCH_INDICES)
+            return Feeder(self.data, spec, ch.keys, prep.orders, jax.device_put,
+                          _BATCH_INDICES)
+        bsz = spec.plan.batch_size * spec.accumulate
+        rows = batch_rows(self.mesh, bsz)
+        put = functools.partial(place_block, fed_sharding(self.mesh), rows, bsz)
+        return Feeder(self.data, spec, ch.keys, prep.orders, put, _BATCH_INDICES, rows=rows)
 
     def block_done(self, prep: Prepared, layout: HistoryLayout, call: Call, first: int,
                    at: int, part: dict[str, np.ndarray]) -> None:

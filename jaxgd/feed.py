@@ -18,6 +18,15 @@ configuration and stream of a call. A re-iterable source (``iter(source)`` retur
 iterator, like a PyTorch ``DataLoader``) starts over for a call that begins before the
 batches it holds (another chunk of a sweep, a resumed run); a one-shot iterator (a
 generator) feeds one pass only.
+
+On a mesh (:mod:`jaxgd.engine`) a fed block is placed with its batch axis split over the
+mesh's ``"data"`` axis (:func:`fed_sharding`; whole on every device without one), and each
+process supplies only the rows of each batch its own devices hold (:func:`batch_rows`):
+from arrays it gathers those rows alone; an iterable of batches yields them (in a
+multi-process run, each process's iterable yields the process's share of every batch, like
+a per-host ``DataLoader``: the whole batch when the data axis lies within each process,
+:func:`across_processes`). One process holds every row, so its blocks are gathered as
+without a mesh.
 """
 
 from __future__ import annotations
@@ -52,12 +61,14 @@ class HostData:
     leading axis N) or an iterable of batches (``source``; ``first`` its first batch)."""
 
     def __init__(self, arrays: Any = None, source: Iterable | None = None, first: Any = None,
-                 rest: Any = None):
+                 rest: Any = None, n: int | None = None, whole_first: Any = None):
         self.arrays, self.source, self.first, self._rest = arrays, source, first, rest
         ref = arrays if arrays is not None else first
         self.treedef = jax.tree.structure(ref)
-        self.n = (jax.tree.leaves(arrays)[0].shape[0] if arrays is not None
-                  else jax.tree.leaves(first)[0].shape[0])
+        # an iterable's batch size: the global batch (of which a process's iterable may
+        # yield a share, :func:`across_processes`); ``whole_first`` its first global batch
+        self.n = n if n is not None else jax.tree.leaves(ref)[0].shape[0]
+        self.whole_first = first if whole_first is None else whole_first
 
     @property
     def iterable(self) -> bool:
@@ -70,10 +81,12 @@ class HostData:
 
     def probe(self) -> Any:
         """Shapes of a batch of two samples (or of one batch), for the loss's checks."""
-        ref = self.arrays if self.arrays is not None else self.first
-        k = 2 if self.arrays is not None else self.n
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((min(k, a.shape[0]),)
-                                                           + a.shape[1:], a.dtype), ref)
+        if self.arrays is not None:
+            return jax.tree.map(lambda a: jax.ShapeDtypeStruct((min(2, a.shape[0]),)
+                                                               + a.shape[1:], a.dtype),
+                                self.arrays)
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.n,) + a.shape[1:], a.dtype),
+                            self.first)
 
     def sample_bytes(self) -> int:
         ref = self.arrays if self.arrays is not None else self.first
@@ -81,8 +94,8 @@ class HostData:
                        for a in jax.tree.leaves(ref)))
 
     def digest_leaves(self) -> list[np.ndarray]:
-        """What a run folder's fingerprint hashes: the arrays, or the first batch."""
-        return jax.tree.leaves(self.arrays if self.arrays is not None else self.first)
+        """What a run folder's fingerprint hashes: the arrays, or the first (global) batch."""
+        return jax.tree.leaves(self.arrays if self.arrays is not None else self.whole_first)
 
     def length(self) -> int | None:
         """Batches an iterable source holds, when it says (``len()``), else None."""
@@ -225,15 +238,23 @@ class Feeder:
       data: the host data.
       spec: the program's spec (its plan, budget, shuffle, ``fed`` block length).
       keys: the call's stream keys [S] (their data orders); ``orders``: ``shuffle=`` orders.
-      put: host block -> device block (a mesh's replicated placement, or device_put).
+      put: host block -> device block (on a mesh :func:`place_block`, else device_put).
       order_fn: :func:`jaxgd.program.batch_indices` (update, key, orders -> indices).
+      rows: the positions of each batch this process supplies (:func:`batch_rows`; None:
+        all): the host block holds those rows only, [S, updates, len(rows), ...].
     """
 
     def __init__(self, data: HostData, spec, keys, orders, put: Callable[[Any], Any],
-                 order_fn: Callable[..., Any]):
+                 order_fn: Callable[..., Any], rows: np.ndarray | None = None):
         self.data, self.spec, self.put = data, spec, put
         self.units = spec.eval_every
         self.bsz = spec.plan.batch_size * spec.accumulate
+        self.rows = None if rows is None or len(rows) == self.bsz else np.asarray(rows)
+        width = self.bsz if self.rows is None else len(self.rows)
+        have = jax.tree.leaves(data.first)[0].shape[0] if data.iterable else width
+        if have != width:  # (across_processes checked the shares before compiling)
+            raise ValueError(f"the iterable's batches hold {have} samples, but this "
+                             f"process's devices hold {width} of each batch of {self.bsz}")
         keyed = spec.shuffle in ("feistel", "uniform")
         self.keys = np.asarray(jax.random.key_data(keys))
         if not keyed or data.iterable:  # one stream's order serves every stream
@@ -263,15 +284,17 @@ class Feeder:
         ts = np.arange(u0, u0 + U, dtype=np.int32)
         ts = np.minimum(ts, self.spec.epochs - 1)  # past the budget: any in-range batch
         S = len(self.keys)
-        block = jax.tree.map(lambda a: np.empty((S, U * self.bsz) + a.shape[1:], a.dtype),
+        W = self.bsz if self.rows is None else len(self.rows)  # this process's rows
+        block = jax.tree.map(lambda a: np.empty((S, U * W) + a.shape[1:], a.dtype),
                              self.data.arrays)
         orders = None if self.orders is None else jnp.asarray(self.orders)
         for s, kd in enumerate(self.keys):
-            flat = np.asarray(self.indices(jnp.asarray(kd), jnp.asarray(ts), orders)).reshape(-1)
+            idx = np.asarray(self.indices(jnp.asarray(kd), jnp.asarray(ts), orders))
+            flat = (idx if self.rows is None else idx[:, self.rows]).reshape(-1)
             for a, b in zip(jax.tree.leaves(self.data.arrays), jax.tree.leaves(block),
                             strict=True):
                 gather(a, flat, b[s])
-        return jax.tree.map(lambda b: b.reshape((S, U, self.bsz) + b.shape[2:]), block)
+        return jax.tree.map(lambda b: b.reshape((S, U, W) + b.shape[2:]), block)
 
     def _build(self, at: int, stop: int, rows: int) -> Any:
         return self.put(self.host_block(at, stop, rows))
@@ -298,6 +321,124 @@ class Feeder:
             f.cancel()
         self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- meshes
+
+
+def fed_sharding(mesh):
+    """The placement of a fed block [S, updates, batch, ...] on ``mesh``: its batch axis
+    split over the ``"data"`` axis (each device holds the samples it computes on), or whole
+    on every device without one."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if mesh.shape.get("data", 1) == 1:
+        return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P(None, None, "data"))
+
+
+def batch_rows(mesh, size: int) -> np.ndarray:
+    """The positions of a batch of ``size`` samples (split over the mesh's ``"data"`` axis)
+    that this process's devices hold: all of them in one process or without a data axis,
+    in a multi-process run whose data axis spans the processes only the process's share."""
+    if mesh is None or mesh.shape.get("data", 1) == 1:
+        return np.arange(size)
+    sharding = fed_sharding(mesh)
+    held = np.zeros(size, bool)
+    for idx in sharding.addressable_devices_indices_map((1, 1, size)).values():
+        held[idx[2]] = True
+    return np.nonzero(held)[0]
+
+
+def place_block(sharding, rows: np.ndarray, size: int, block: Any) -> Any:
+    """A host block holding this process's ``rows`` of each batch ([S, U, len(rows), ...])
+    as the global fed block [S, U, ``size``, ...] placed by ``sharding``
+    (:func:`fed_sharding`): each device gets its slice of the batch axis from the rows
+    the process holds (``jax.make_array_from_callback``, called for the process's own
+    devices only)."""
+
+    def put(local: np.ndarray) -> jax.Array:
+        shape = local.shape[:2] + (size,) + local.shape[3:]
+
+        def part(idx):
+            start, stop, _ = idx[2].indices(size)
+            at = int(np.searchsorted(rows, start))  # rows start..stop are the process's
+            return local[(idx[0], idx[1], slice(at, at + stop - start)) + tuple(idx[3:])]
+
+        return jax.make_array_from_callback(shape, sharding, part)
+
+    return jax.tree.map(put, block)
+
+
+def across_processes(host: HostData, mesh) -> HostData:
+    """An iterable of batches in a multi-process run: each process's iterable yields the
+    process's share of every batch (the rows its devices hold on ``mesh``'s ``"data"``
+    axis, in batch order, :func:`batch_rows`; the whole batch when the data axis lies
+    within each process or there is none), like a per-host ``DataLoader``. Returns the
+    data with the global batch size and the global first batch (the same on every process,
+    for the run's fingerprint); other data as it is.
+
+    Raises:
+      ValueError: the processes' batches do not make one global batch (a share not
+        divisible by the process's part of the data axis, shares of different sizes,
+        shapes or dtypes, or first batches that differ in rows several processes hold).
+    """
+    if not host.iterable or jax.process_count() == 1:
+        return host
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    shards = 1 if mesh is None else int(mesh.shape.get("data", 1))
+    held = len(batch_rows(mesh, shards))  # of the data axis' shards, this process holds
+    local = host.n
+    total = local // held * shards if held and local % held == 0 else -1
+    kind = str([(a.shape[1:], a.dtype.str) for a in jax.tree.leaves(host.first)])
+    kind += str(jax.tree.structure(host.first))
+    digest = int.from_bytes(hashlib.sha256(kind.encode()).digest()[:4], "little") >> 1
+    every = np.asarray(multihost_utils.process_allgather(
+        np.asarray([local, total, digest], np.int32)))
+    if (every[:, 1] < 0).any() or len({tuple(r) for r in every.tolist()}) != 1:
+        raise ValueError(
+            f"data is an iterable of batches in a run of {len(every)} processes, whose "
+            f"batches hold {every[:, 0].tolist()} samples (process 0, 1, ...): each "
+            f"process's iterable must yield the process's share of every batch, the rows "
+            f"its devices hold on the mesh's 'data' axis of {shards} (here {held} of "
+            f"{shards} parts of the batch), the same number, structure, sample shapes and "
+            "dtypes on every process")
+    whole = jax.tree.map(lambda a: _whole_batch(mesh, total, a), host.first)
+    return HostData(source=host.source, first=host.first, rest=host._rest, n=total,
+                    whole_first=whole)
+
+
+def _whole_batch(mesh, total: int, share: np.ndarray) -> np.ndarray:
+    """The global batch of ``total`` samples assembled from every process's ``share`` (a
+    leaf of its first batch); rows that several processes hold must agree."""
+    from jax.experimental import multihost_utils
+
+    raw = np.ascontiguousarray(share).reshape(len(share), -1).view(np.uint8)  # exact bytes
+    shares = np.asarray(multihost_utils.process_allgather(raw)).view(share.dtype)
+    shares = shares.reshape((len(shares),) + share.shape)
+    held = np.zeros((len(shares), total), bool)  # [process, row]
+    if mesh is None:
+        held[:] = True
+    else:
+        for dev, idx in fed_sharding(mesh).devices_indices_map((1, 1, total)).items():
+            held[dev.process_index, idx[2]] = True
+    whole = np.zeros((total,) + share.shape[1:], share.dtype)
+    done = np.zeros(total, bool)
+    for p, rows in enumerate(held):
+        rows = np.nonzero(rows)[0]
+        seen = done[rows]
+        if not np.array_equal(whole[rows[seen]], shares[p][seen], equal_nan=True):
+            raise ValueError(
+                f"data is an iterable of batches whose first batch differs between the "
+                f"processes (process {p} and one before it) in rows that both hold: where "
+                "the mesh's 'data' axis does not span the processes (or there is none), "
+                "every process's iterable must yield the same batches")
+        whole[rows], done[rows] = shares[p], True
+    return whole
 
 
 # samples gathered from a memmap between releases of its pages: a read maps the pages
@@ -340,7 +481,7 @@ def release_pages(a: Any) -> None:
 @functools.lru_cache(maxsize=16)
 def _indices_fn(spec, order_fn):
     """Jitted (stream key data, updates [U], orders) -> sample indices [U, B] on the CPU."""
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's (not process 0's)
 
     def one(kd, t, orders):
         return order_fn(spec, jax.random.wrap_key_data(kd), t, orders)

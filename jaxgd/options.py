@@ -282,7 +282,12 @@ _TRAIN: tuple[Option, ...] = (
            "is ``\"batch\"``); not with ``windows``, ``standardize`` or ``folds``. Device "
            "memory holds the batches of one program call (at most 16 MB per seed, or one "
            "evaluation's ``eval_every`` updates), built on the host while the previous call "
-           "runs. See the README's \"Data larger than memory\".",
+           "runs. On a mesh each batch of the block is split over the ``\"data\"`` axis; "
+           "with several processes each supplies only the rows its devices hold (arrays: "
+           "gathered alone; an iterable must yield the process's share of every batch, "
+           "like a per-host ``DataLoader``, whole batches when the data axis lies within "
+           "each process; ``batch_size`` is the global batch). See the README's \"Data "
+           "larger than memory\".",
            check=lambda name, v: _check_feed(name, v), what='"auto", "device" or "host"',
            fingerprint=""),
     Option("shuffle", True, "bool | str | array",

@@ -169,7 +169,8 @@ def sweep(
     from .options import GIVEN, normalize_shuffle
     from .prepare import program_data
 
-    data, n = _sweep_data(data, feed, folds)
+    mesh = mesh if mesh is not None else default_mesh()
+    data, n = _sweep_data(data, feed, folds, mesh)
     if folds is not None and folds > n:
         raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
@@ -213,7 +214,7 @@ def sweep(
         tracked = stack.enter_context(
             trackers.tracking(track, name, trackers.planned_runs(cfgs, all_idx)))
         data = program_data(groups[0].prepared, data)  # with shuffle= orders: (data, orders)
-        engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
+        engine = Engine(data, val_data, fold_split, mesh,
                         observers=[ProgressBar(calls=search is None and progress), *tracked],
                         checkpoint=ckpt)
         res_plans = with_plans(groups, plan, engine.ndev)
@@ -250,11 +251,12 @@ def sweep(
     return res
 
 
-def _sweep_data(data, feed: str, folds) -> tuple[Any, int]:
+def _sweep_data(data, feed: str, folds, mesh) -> tuple[Any, int]:
     """(the sweep's data, N): validated device data, or host-fed data
-    (:class:`jaxgd.feed.HostData`, whose N is its samples or an iterable's batch)."""
+    (:class:`jaxgd.feed.HostData`, whose N is its samples or an iterable's batch: in a
+    multi-process run the global batch the processes' shares on ``mesh`` make)."""
     from .data import validate_data
-    from .feed import host_data
+    from .feed import across_processes, host_data
 
     host = host_data(data, feed)
     if host is None:
@@ -262,6 +264,7 @@ def _sweep_data(data, feed: str, folds) -> tuple[Any, int]:
     if folds is not None:
         raise ValueError(f"folds={folds!r} cannot be combined with host-fed data "
                          f"(feed={feed!r}): split the data into folds beforehand")
+    host = across_processes(host, mesh)
     return host, host.n
 
 

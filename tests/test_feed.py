@@ -225,39 +225,68 @@ def test_reiterable_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
 
 
 MESH_SCRIPT = r'''
-import os, sys, tempfile
+import os, sys
 import numpy as np, jax, jax.numpy as jnp, jaxgd
 from jax.sharding import Mesh
 rng = np.random.default_rng(0)
-x = rng.normal(size=(96, 3)).astype(np.float32)
+x = rng.normal(size=(104, 3)).astype(np.float32)  # batches of 16: the last one of 8
 y = x @ np.array([1.0, -2.0, 0.5], np.float32)
 m = np.memmap(os.path.join(sys.argv[1], "x"), np.float32, "w+", shape=x.shape)
 m[:] = x
 m.flush()
+m = np.memmap(os.path.join(sys.argv[1], "x"), np.float32, "r", shape=x.shape)
 loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
 p0 = {"w": jnp.zeros(3)}
-kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1, 0.2], "seed": [0, 1]}, batch_size=8,
-          steps=25, metrics="batch")
-ref = jaxgd.sweep(loss, p0, (x, y), **kw)
-for shape in [(4, 1), (2, 2), (1, 4)]:
-    mesh = Mesh(np.array(jax.devices()).reshape(shape), ("config", "data"))
+kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1, 2.0], "seed": [0, 1]}, batch_size=16,
+          steps=25, eval_every=2, metrics="batch")  # shuffle=True: Feistel orders per seed
+placed = []
+build = jaxgd.feed.Feeder._build
+def spy(self, *a):  # how each fed block was placed
+    out = build(self, *a)
+    leaf = jax.tree.leaves(out)[0]
+    placed.append((str(leaf.sharding.spec), leaf.shape,
+                   {s.data.shape for s in leaf.addressable_shards}))
+    return out
+jaxgd.feed.Feeder._build = spy
+def same(a, b):
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+    np.testing.assert_array_equal(np.asarray(a.params["w"]), np.asarray(b.params["w"]))
+    assert list(a.table["stop_reason"]) == list(b.table["stop_reason"])
+ref = jaxgd.sweep(loss, p0, (x, y), **kw)  # one device, in memory
+assert {"max_epochs", "diverged"} == set(ref.table["stop_reason"])
+for c, d in [(8, 1), (4, 2), (1, 8)]:
+    mesh = Mesh(np.array(jax.devices()).reshape(c, d), ("config", "data"))
     got = jaxgd.sweep(loss, p0, (m, y), mesh=mesh, feed="host", **kw)
     np.testing.assert_allclose(got.history["loss"], ref.history["loss"], rtol=1e-5)
     assert list(got.table["stop_reason"]) == list(ref.table["stop_reason"])
+    # each device holds its 16/d samples of every batch of the block [seeds, updates, 16]
+    spec, shape, shards = placed[-1]
+    assert spec == ("P()" if d == 1 else "P(None, None, 'data')"), spec
+    assert shape[0] == 2 and shape[2] == 16 and shards == {(2, shape[1], 16 // d, 3)}
+    # bit for bit: the in-memory sweep on the same mesh, and the block placed whole on
+    # every device (each batch then split by the program)
+    same(got, jaxgd.sweep(loss, p0, (x, y), mesh=mesh, **kw))
+    if d == 1:
+        continue
+    jaxgd.engine.fed_sharding = lambda mesh: jax.NamedSharding(mesh, jax.P())
+    same(got, jaxgd.sweep(loss, p0, (m, y), mesh=mesh, feed="host", **kw))
+    jaxgd.engine.fed_sharding = jaxgd.feed.fed_sharding
 print("MESH OK")
 '''
 
 
 def test_host_fed_on_config_data_meshes_equals_one_device(tmp_path):
-    """4 forced CPU devices as (4,1), (2,2), (1,4) ("config", "data") meshes: host-fed
-    blocks (replicated, each batch split over "data") give the single-device table."""
+    """8 forced CPU devices as (8,1), (4,2), (1,8) ("config", "data") meshes: a host-fed
+    memmap (Feistel orders, a short last batch) is placed with each batch split over
+    "data" and gives the single-device table, and bit for bit the in-memory sweep on the
+    same mesh and the block placed whole on every device."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=600, cwd=root)

@@ -243,3 +243,48 @@ def test_data_axis_across_two_processes_equals_one(tmp_path):
     assert list(got["stop_reason"]) == list(ref.table["stop_reason"])
     np.testing.assert_allclose(np.asarray(info["params_w"]), ref.params["w"], rtol=1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.slow
+def test_host_fed_shards_on_two_processes_equal_one(tmp_path):
+    """Host-fed data on 2 processes x 2 devices, the mesh's data axis across the processes:
+    each process reads only its half of every batch (a memmap's rows; an iterable yields
+    its half, like a per-host DataLoader), and the tables equal one process's in-memory
+    sweep (a loss that weights samples by their place in the batch: rows out of order
+    would show). With the data axis within each process, every process's iterable yields
+    whole batches. Shares that do not make one batch are refused on both processes before
+    anything compiles."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("feed_worker", WORKER.parent / "feed_worker.py")
+    fw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fw)
+    x, y = fw.problem()
+    mm = np.memmap(tmp_path / "x.bin", np.float32, "w+", shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    port = free_port()
+    run_pair(lambda i: [sys.executable, str(WORKER.parent / "feed_worker.py"), str(i),
+                        str(port), str(tmp_path)], tmp_path, "feed")
+    infos = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]
+    x96, y96 = fw.problem(96)
+    refs = [jaxgd.sweep(fw.loss, fw.p0(), (x, y), grid=fw.GRID, **fw.KW),  # one device
+            jaxgd.sweep(fw.loss, fw.p0(), (x96, y96), grid=fw.GRID, shuffle=False, **fw.KW)]
+    assert set(refs[0].table["stop_reason"]) == {"max_epochs", "diverged"}
+    # an iterable's "epoch" is its one batch: compare what does not count epochs
+    cols = [c for c in refs[0].table.columns if "epoch" not in c]
+    for info in infos:
+        for got, ref, keep in zip(info["tables"], refs + refs[1:], (None, cols, cols),
+                                  strict=True):
+            got = pd.DataFrame(got)
+            compare_tables(got[keep] if keep else got, ref.table[keep] if keep else ref.table,
+                           rtol=1e-5)
+            assert list(got["stop_reason"]) == list(ref.table["stop_reason"])
+        # 2 seeds' orders x 26 updates (13 evaluations of 2) x 8 of 16 rows, x and y
+        assert info["memmap"]["blocks"] == [[2, 26, 8, 3]]
+        assert info["memmap"]["gathered"] == 2 * 2 * 26 * 8
+        assert info["iterable"]["blocks"] == [[1, 26, 8, 3]]
+        assert info["iterable"]["yielded"] == [8] * 26  # the first batch looked at, 25 used
+        assert "batches hold [8, 6] samples" in info["error"] and info["compiled"] == 0
+        assert "first batch differs between the processes" in info["error_within"]
+        assert info["within_blocks"] == [[1, 26, 16, 3]]
