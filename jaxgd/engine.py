@@ -73,6 +73,43 @@ def clear_caches() -> None:
     jax.clear_caches()
 
 
+# the share of Linux's memory maps per process (vm.max_map_count) past which a call
+# first releases the programs jaxgd keeps (:func:`clear_caches`)
+MAP_SHARE = 0.8
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """(memory maps this process holds, the most it may hold), or None off Linux."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f), limit
+    except (OSError, ValueError):
+        return None
+
+
+def spare_memory_maps() -> None:
+    """Before a call compiles: a process holding more than :data:`MAP_SHARE` of the memory
+    maps Linux allows it releases the programs jaxgd keeps, with a warning. Each
+    compiled XLA:CPU kernel is a few maps; past the limit XLA cannot map the next
+    program and the process crashes (a segmentation fault, not an error)."""
+    held = memory_maps()
+    if held is None or held[0] <= MAP_SHARE * held[1]:
+        return
+    import gc
+    import warnings
+
+    clear_caches()
+    gc.collect()
+    now = memory_maps() or held
+    warnings.warn(
+        f"this process held {held[0]} of the {held[1]} memory maps Linux allows it "
+        f"(vm.max_map_count); jaxgd released the compiled programs it kept ({now[0]} "
+        "now). Call jaxgd.clear_caches() between experiments of a long-lived process, "
+        "or raise vm.max_map_count.", RuntimeWarning, stacklevel=3)
+
+
 def data_sharding(mesh):
     """The sharding that splits a batch's samples over the mesh's ``"data"`` axis, or None
     (no such axis, or one of size 1)."""
@@ -550,6 +587,7 @@ class Engine:
 
     @contextlib.contextmanager
     def running(self, n_calls: int | None = None):
+        spare_memory_maps()
         with self.clock:
             self.notify("run_start", n_calls)
             try:

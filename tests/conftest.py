@@ -19,16 +19,9 @@ from pathlib import Path
 # 9.4 and 12.9 min after the fast tier with it (the fast tier itself unchanged). No size
 # limit: JAX's limit scans the whole directory at every write. A cache the user set up
 # is used as it is.
-# Only programs that took >= 1 s to compile are written: jaxlib 0.10.2's
-# ``executable.serialize()`` (called by the cache's write) crashed the test process with
-# a segmentation fault twice in ~6 CI runs, both times on a sub-second program (the
-# ``jaxgd.sweep`` doctest's; not reproduced alone, in 40 rounds of a shared-cache
-# stress, or after clearing JAX's caches). Of the ~3 300 programs the two tiers compile,
-# ~420 take >= 1 s and hold most of the compile time the cache saves; the rest compile
-# again in a fraction of a second, and 8x fewer serializations mean 8x fewer chances.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(__file__).parents[1] / ".xla_cache")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402  (after the cache settings: jax reads them on import)
 
@@ -122,8 +115,9 @@ def compiles():
 def _release_compiled_programs():
     """Release every module's compiled programs after it: XLA:CPU maps each compiled
     kernel into memory separately, and a test process that kept a whole tier's
-    programs passed Linux's 65 530 maps per process and crashed (a segmentation fault
-    inside XLA, in whichever test came last)."""
+    programs neared Linux's 65 530 maps per process (63 331 measured in one of the two
+    fast-tier workers) and, past them, died of a segmentation fault in the next compile
+    (reproduced by tests/maps_worker.py)."""
     yield
     import gc
 

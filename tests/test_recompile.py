@@ -168,3 +168,35 @@ def test_clear_caches_releases_the_compiled_programs():
     gc.collect()
     assert _memory_maps() - before < 0.2 * grown
     assert train.compiled_program.cache_info().maxsize == train.PROGRAM_CACHE_SIZE
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/sys/vm/max_map_count"),
+                    reason="Linux's memory-map limit")
+def test_a_process_near_the_memory_map_limit_keeps_running():
+    """A process holding most of its memory maps (its own: here single pages) runs 20
+    fits of new losses: each call first releases the programs jaxgd kept, with a
+    warning, so XLA always finds maps for the next one (without that, the 11th fit's
+    compile dies of a segmentation fault). The losses equal a NumPy loop's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("maps_worker.py")
+    r = subprocess.run([sys.executable, str(worker), "2000", "20"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "warnings 20", lines[-3:]
+    x, y = (np.asarray(a, np.float64) for a in jaxgd.datasets.textbook_line())
+    for line in lines:
+        if line.startswith("loss "):
+            _, i, got = line.split()
+            w, m, v = 1.0, 0.0, 0.0  # Adam on tanh(x w) with the loss scaled by i + 1
+            for t in range(1, 4):
+                z = np.tanh(x[:, 0] * w)
+                g = np.mean(2 * (z - y) * (1 - z ** 2) * x[:, 0]) * (int(i) + 1)
+                m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+                w -= 0.01 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+            z = np.tanh(x[:, 0] * w)
+            np.testing.assert_allclose(float(got), np.mean((z - y) ** 2) * (int(i) + 1),
+                                       rtol=1e-5)
