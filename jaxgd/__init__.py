@@ -13,8 +13,8 @@ from . import lossform as lossform
 from . import models as models
 from . import search as search
 from . import trackers as trackers
+from .caches import clear_caches as clear_caches
 from .data import batch_plan as batch_plan
-from .engine import clear_caches as clear_caches
 from .optim import OPTIMIZERS as OPTIMIZERS
 from .optim import SCHEDULES as SCHEDULES
 from .optim import schedule_value as schedule_value

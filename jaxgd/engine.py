@@ -28,16 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import lossform
+from .caches import spare_memory_maps
 from .checkpoint import Checkpointer
 from .feed import Feeder, HostData, batch_indices, batch_rows, fed_sharding, place_block
-from .feed import clear_cache as clear_feed_cache
 from .groups import Group
 from .history import PACKED, HistoryLayout, per_step
-from .hostloop import host_program, program_for
+from .hostloop import program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, tc_array
-from .program import Program, compiled_program, epoch_order
+from .program import Program, epoch_order
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
 
@@ -53,61 +53,6 @@ def config_devices(mesh) -> int:
     """How many ways the configurations are split: the size of the mesh's ``"config"``
     axis (1 without a mesh)."""
     return 1 if mesh is None else int(mesh.shape["config"])
-
-
-def clear_caches() -> None:
-    """Release the compiled programs jaxgd keeps for calls to come (its programs, the
-    order functions of host-fed data, the losses' checked forms) and JAX's own caches
-    (``jax.clear_caches()``).
-
-    jaxgd keeps the programs of the last :data:`jaxgd.program.PROGRAM_CACHE_SIZE` specs
-    so that a call like one before it runs without compiling. A long-lived process (a
-    notebook, a test session, a driver script looping over many losses) can call this
-    between experiments to free their memory, including the memory maps of XLA:CPU's
-    compiled kernels (a process may hold 65 530 on Linux), and the losses and data the
-    kept programs refer to; the next call of each kind compiles again."""
-    compiled_program.cache_clear()
-    host_program.cache_clear()
-    clear_feed_cache()
-    lossform.clear_memos()
-    jax.clear_caches()
-
-
-# the share of Linux's memory maps per process (vm.max_map_count) past which a call
-# first releases the programs jaxgd keeps (:func:`clear_caches`)
-MAP_SHARE = 0.8
-
-
-def memory_maps() -> tuple[int, int] | None:
-    """(memory maps this process holds, the most it may hold), or None off Linux."""
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            limit = int(f.read())
-        with open("/proc/self/maps", "rb") as f:
-            return sum(1 for _ in f), limit
-    except (OSError, ValueError):
-        return None
-
-
-def spare_memory_maps() -> None:
-    """Before a call compiles: a process holding more than :data:`MAP_SHARE` of the memory
-    maps Linux allows it releases the programs jaxgd keeps, with a warning. Each
-    compiled XLA:CPU kernel is a few maps; past the limit XLA cannot map the next
-    program and the process crashes (a segmentation fault, not an error)."""
-    held = memory_maps()
-    if held is None or held[0] <= MAP_SHARE * held[1]:
-        return
-    import gc
-    import warnings
-
-    clear_caches()
-    gc.collect()
-    now = memory_maps() or held
-    warnings.warn(
-        f"this process held {held[0]} of the {held[1]} memory maps Linux allows it "
-        f"(vm.max_map_count); jaxgd released the compiled programs it kept ({now[0]} "
-        "now). Call jaxgd.clear_caches() between experiments of a long-lived process, "
-        "or raise vm.max_map_count.", RuntimeWarning, stacklevel=3)
 
 
 def data_sharding(mesh):

@@ -14,7 +14,7 @@ import warnings
 import jax.numpy as jnp
 
 import jaxgd
-from jaxgd import engine
+from jaxgd import caches
 
 
 def fill(room: int) -> None:
@@ -22,7 +22,7 @@ def fill(room: int) -> None:
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                           ctypes.c_int, ctypes.c_long]
-    held, limit = engine.memory_maps()
+    held, limit = caches.memory_maps()
     for i in range(limit - room - held):  # read-only and read-write in turn: not merged
         libc.mmap(None, 4096, 1 if i % 2 else 3, 0x22, -1, 0)
 
