@@ -137,3 +137,26 @@ def test_new_values_do_not_recompile(name):
     assert fresh.stop_reason == second.stop_reason
     assert fresh.epochs_run == second.epochs_run
     assert np.array_equal(fresh.history["loss"], second.history["loss"], equal_nan=True)
+
+
+def test_repeated_calls_trace_the_loss_no_more():
+    """A fit or sweep repeated with other values and the same shapes runs the loss's
+    Python code no more: its form, whether it has a convolution (the loop plan) and its
+    full-data pass's size (the memory plan) are kept per loss and argument shapes, and
+    the programs per spec."""
+    calls = []
+
+    def loss(p, b):
+        calls.append(1)
+        return jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)
+
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    y = x.sum(1)
+    p0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    for lr in (0.1, 0.2):
+        calls.clear()
+        jaxgd.sweep(loss, p0, (x, y), optimizer="adam", grid={"learning_rate": [lr, 0.01]},
+                    batch_size=16, epochs=2)
+        jaxgd.fit(loss, p0, (x, y), optimizer="adam", hparams={"learning_rate": lr},
+                  batch_size=16, epochs=2)
+    assert calls == []
