@@ -126,15 +126,24 @@ def bytes_per_config(prep: Prepared, epochs: int) -> int:
     return pbytes * 12 + hist + act + full
 
 
+_FULL_PASS: dict[Any, int] = {}  # (loss, argument shapes) -> full_pass_bytes
+
+
 def full_pass_bytes(prep: Prepared) -> int:
     """Bytes of the intermediates of ``loss(params, data)`` on all N samples (their sum:
-    a bound on what the forward pass, and the gradient's residuals, hold at once)."""
+    a bound on what the forward pass, and the gradient's residuals, hold at once; traced
+    once per loss and argument shapes)."""
     spec, params, data = prep.spec, prep.params, prep.data
     n_train = spec.plan.n
     shapes = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((n_train,) + a.shape[1:], a.dtype), data)
+    return lossform.by_shapes(_FULL_PASS, spec.loss, (params, shapes),
+                              lambda: _pass_bytes(spec.loss, params, shapes))
+
+
+def _pass_bytes(loss, params, shapes) -> int:
     try:
-        jaxpr = jax.make_jaxpr(spec.loss)(params, shapes).jaxpr
+        jaxpr = jax.make_jaxpr(loss)(params, shapes).jaxpr
     except Exception:  # noqa: BLE001 - checked by prepare already; fall back to the data
         return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(shapes))
     total = 0

@@ -103,6 +103,13 @@ def stored(dt):
     return jnp.dtype(jnp.int32) if jnp.dtype(dt) == jnp.bool_ else jnp.dtype(dt)
 
 
+# XLA:CPU never fuses a concatenate of more than 8 operands (its instruction fusion's
+# ``kMaxConcatenateArguments``): a stack of 9 scalars becomes 9 kernels and a copy instead
+# of one fusion, at every iteration of the loop whose carry it packs. Groups hold at most
+# this many leaves.
+MAX_STACK = 8
+
+
 def pack_layout(tree):
     """(treedef, per leaf: (group, index in group, dtype), group keys) of ``tree``'s
     leaves."""
@@ -110,10 +117,14 @@ def pack_layout(tree):
     keys: list[tuple[Any, ...]] = []
     where = []
     for leaf in leaves:
-        k = (tuple(leaf.shape), stored(leaf.dtype))
-        if k not in keys:
-            keys.append(k)
-        g = keys.index(k)
+        kind = (tuple(leaf.shape), stored(leaf.dtype))
+        # a full group of this kind starts another (see MAX_STACK)
+        free = [g for g, k in enumerate(keys) if k[:2] == kind
+                and sum(1 for w in where if w[0] == g) < MAX_STACK]
+        if not free:
+            keys.append(kind + (len(keys),))
+            free = [len(keys) - 1]
+        g = free[0]
         where.append((g, sum(1 for w in where if w[0] == g), jnp.dtype(leaf.dtype)))
     return treedef, where, keys
 
@@ -124,7 +135,8 @@ def pack(tree) -> tuple[Packed, Any]:
 
     A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
     kernel of its own at every iteration; stacked, an iteration updates one buffer per
-    group (a few kernels instead of a dozen per evaluation).
+    group (a few kernels instead of a dozen per evaluation). Groups hold at most
+    :data:`MAX_STACK` leaves, so that each stack stays one fused kernel.
     """
     treedef, where, keys = pack_layout(tree)
     leaves = [x if stored(x.dtype) == x.dtype else x.astype(stored(x.dtype))
@@ -146,7 +158,9 @@ def unpack(packed: Packed, layout) -> Any:
 # most 8 kernels): its ThunkExecutor's ``execute_sequential_buffer_threshold``. A history
 # block of thousands of rows in the loop carry made every evaluation of a small problem
 # pay the concurrent executor's scheduling (~1-2 us); rows are therefore collected in a
-# local buffer of at most this size and copied into the block once per sub-block.
+# local buffer of at most this size and copied into the block once per sub-block. A loop
+# whose buffers stay within about 1 kB in all (a full-batch problem of a few points)
+# is compiled by XLA:CPU as one kernel (a call marked ``xla_cpu_small_call``).
 SEQUENTIAL_BYTES = 512
 
 

@@ -191,6 +191,15 @@ def _signature(tree) -> tuple[Any, ...]:
                            getattr(x, "weak_type", None)) for x in leaves)
 
 
+def by_shapes(cache: dict[Any, Any], key: Any, trees: tuple[Any, ...],
+              compute: Callable[[], Any]) -> Any:
+    """``compute()`` (a fact found by tracing a function, e.g. the loss) kept in ``cache``
+    under ``key`` (the function, and what else its trace depends on) and the shapes,
+    dtypes and structure of ``trees``: the same function on arguments of the same
+    shapes traces to the same program."""
+    return _memo(cache, (key,) + tuple(_signature(t) for t in trees), compute)
+
+
 def check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: str = "loss"
                ) -> LossForm:
     """Detect and check the form of ``loss`` by tracing it abstractly (training and

@@ -373,15 +373,23 @@ def with_loop(spec: ProgramSpec, loop, params, probe, state) -> ProgramSpec:
     return spec._replace(loop=plan, host_steps=k)
 
 
+_HAS_CONV: dict[Any, bool] = {}  # (loss, form, argument shapes) -> has a convolution
+
+
 def _loss_has_conv(spec: ProgramSpec, params, probe, state) -> bool:
-    """Whether a training call of the loss (traced on the probe batch) has a convolution."""
+    """Whether a training call of the loss (traced on the probe batch) has a convolution
+    (traced once per loss, form and argument shapes)."""
     f = spec.form
-    hp = {k: jnp.zeros(()) for k in f.hparams} if f.takes_hparams else None
-    key = jax.random.key(0) if f.key else None
-    batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), probe)
-    return hostloop.has_convolution(
-        lambda p, b, s: lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
-                                      hparams=hp)[0], params, batch, state)
+
+    def trace() -> bool:
+        hp = {k: jnp.zeros(()) for k in f.hparams} if f.takes_hparams else None
+        key = jax.random.key(0) if f.key else None
+        batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), probe)
+        return hostloop.has_convolution(
+            lambda p, b, s: lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
+                                          hparams=hp)[0], params, batch, state)
+
+    return lossform.by_shapes(_HAS_CONV, (spec.loss, f), (params, probe, state), trace)
 
 
 def program_data(p: Prepared, data: Any = None) -> Any:

@@ -212,7 +212,7 @@ def sweep(
     stack = contextlib.ExitStack()  # the live trackers' writers, closed on the way out
     try:
         tracked = stack.enter_context(
-            trackers.tracking(track, name, trackers.planned_runs(cfgs, all_idx)))
+            trackers.tracking(track, name, lambda: trackers.planned_runs(cfgs, all_idx)))
         data = program_data(groups[0].prepared, data)  # with shuffle= orders: (data, orders)
         engine = Engine(data, val_data, fold_split, mesh,
                         observers=[ProgressBar(calls=search is None and progress), *tracked],

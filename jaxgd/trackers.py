@@ -60,6 +60,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -590,10 +591,13 @@ def check_packages(targets) -> None:
 
 
 @contextlib.contextmanager
-def tracking(track: Any, group: str, runs: dict[int, tuple[str, dict[str, Any]]]):
+def tracking(track: Any, group: str,
+             runs: Callable[[], dict[int, tuple[str, dict[str, Any]]]]):
     """The live :class:`Tracker` of a ``track=`` option as a list of observers (empty
     without ``track`` or outside process 0: one process writes in a multi-process run);
-    its writers are closed on the way out (on an error too)."""
+    its writers are closed on the way out (on an error too). ``runs()`` gives the runs'
+    names and hyper-parameters (:func:`planned_runs`), called only when there is a
+    tracker."""
     import jax
 
     targets = track_targets("track", track)
@@ -601,6 +605,7 @@ def tracking(track: Any, group: str, runs: dict[int, tuple[str, dict[str, Any]]]
     if not targets or jax.process_index() != 0:
         yield []
         return
+    runs = runs()
     names = [name for name, _ in runs.values()]
     for t in targets:  # a run a folder already holds: refused before anything opens
         if isinstance(t, tuple) and t[0] == "tensorboard":

@@ -114,7 +114,7 @@ def fit(
     store = None if out is None else RunStore.open(
         out, fit_fingerprint(opts, loss, params, p), what="run")
     try:
-        with trackers.tracking(opts.track, "jaxgd-fit", {0: ("fit", {})}) as tracked:
+        with trackers.tracking(opts.track, "jaxgd-fit", lambda: {0: ("fit", {})}) as tracked:
             engine = Engine(program_data(p), observers=[ProgressBar(), *tracked],
                             checkpoint=ckpt)
             rec = run_fit(engine, p, ch, store)

@@ -188,3 +188,41 @@ def test_huge_epoch_budget_stopping_early_uses_memory_of_the_run(monkeypatch):
     # the old program held 10**9 rows of 5 float32 columns (20 GB)
     if not np.isnan(rise[0]):
         assert rise[0] < 200, f"peak RSS rose by {rise[0]:.0f} MB"
+
+
+def test_packed_carry_groups_are_fusable_stacks():
+    """The loop carry packs leaves of one shape and dtype into stacks of at most 8
+    (XLA:CPU fuses no concatenate of more operands), and unpacks them exactly."""
+    tree = {"i": [jnp.int32(k - 9) for k in range(19)], "b": jnp.asarray(True),
+            "f": [jnp.float32(0.1 * k) for k in range(9)], "v": jnp.arange(3.0)}
+    packed, layout = jaxgd.loop.pack(tree)
+    assert max(g.shape[0] for g in packed.groups) <= 8
+    assert sum(g.shape[0] for g in packed.groups) == 19 + 1 + 9 + 1
+    back = jaxgd.loop.unpack(packed, layout)
+    for u, v in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_full_batch_evaluations_compile_to_one_kernel(monkeypatch):
+    """A full-batch fit of the benchmark's problem A (16 points) at the defaults: the loop
+    over a sub-block's evaluations is small enough for XLA:CPU to compile it as one kernel
+    (a call marked ``xla_cpu_small_call``; its size limit is about 1 kB of buffers) rather
+    than a loop of kernels launched one by one (~10x slower per evaluation)."""
+    texts = []
+    real = program.compiled_program
+
+    def spy(spec, rows):
+        prog = real(spec, rows)
+
+        def block(*args):
+            texts.append(prog.block.lower(*args).compile().as_text())
+            return prog.block(*args)
+
+        return prog._replace(block=block)
+
+    monkeypatch.setattr(program, "compiled_program", spy)
+    jaxgd.fit(lambda p, b: jnp.mean((b[0][:, 0] * p["w"] + p["b"] - b[1]) ** 2),
+              {"w": jnp.zeros(()), "b": jnp.zeros(())}, jaxgd.datasets.noisy_line(16, seed=0),
+              optimizer="sgd", hparams={"learning_rate": 1e-4}, epochs=300, shuffle=False)
+    assert texts and all('xla_cpu_small_call="true"' in t for t in texts)

@@ -200,3 +200,26 @@ def test_a_process_near_the_memory_map_limit_keeps_running():
             z = np.tanh(x[:, 0] * w)
             np.testing.assert_allclose(float(got), np.mean((z - y) ** 2) * (int(i) + 1),
                                        rtol=1e-5)
+
+
+def test_repeated_calls_trace_the_loss_no_more():
+    """A fit or sweep repeated with other values and the same shapes runs the loss's
+    Python code no more: its form, whether it has a convolution (the loop plan) and its
+    full-data pass's size (the memory plan) are kept per loss and argument shapes, and
+    the programs per spec."""
+    calls = []
+
+    def loss(p, b):
+        calls.append(1)
+        return jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)
+
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    y = x.sum(1)
+    p0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    for lr in (0.1, 0.2):
+        calls.clear()
+        jaxgd.sweep(loss, p0, (x, y), optimizer="adam", grid={"learning_rate": [lr, 0.01]},
+                    batch_size=16, epochs=2)
+        jaxgd.fit(loss, p0, (x, y), optimizer="adam", hparams={"learning_rate": lr},
+                  batch_size=16, epochs=2)
+    assert calls == []

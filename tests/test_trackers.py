@@ -614,3 +614,19 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 0)
     jaxgd.fit(*args, **kw, track=f"tensorboard:{tmp_path / 'p0'}")
     assert [p.name for p in (tmp_path / "p0").iterdir()] == ["fit"]
+
+
+def test_sweep_without_track_names_no_runs(monkeypatch):
+    """The runs' names and hyper-parameters (a table of every configuration) are built
+    only for a live tracker: a sweep without ``track`` never asks for them, and gives the
+    same results."""
+    x, y, loss = problem()
+    kw = dict(optimizer="sgd", grid={"learning_rate": [0.01, 0.1]}, batch_size=8, epochs=2)
+    want = jaxgd.sweep(loss, {"w": jnp.zeros(3), "b": jnp.zeros(())}, (x[:N], y[:N]), **kw)
+
+    def refuse(*a, **k):
+        raise AssertionError("planned_runs called without a tracker")
+
+    monkeypatch.setattr(jaxgd.trackers, "planned_runs", refuse)
+    got = jaxgd.sweep(loss, {"w": jnp.zeros(3), "b": jnp.zeros(())}, (x[:N], y[:N]), **kw)
+    np.testing.assert_array_equal(got.history["loss"], want.history["loss"])
