@@ -17,14 +17,21 @@ Iterables: consumed in order, one batch per update, the same batches for every
 configuration and stream of a call. A re-iterable source (``iter(source)`` returns a new
 iterator, like a PyTorch ``DataLoader``) starts over for a call that begins before the
 batches it holds (another chunk of a sweep, a resumed run); a one-shot iterator (a
-generator) feeds one pass only.
+generator) feeds one pass only. An iterator whose position can be saved and restored
+(``get_state()``/``set_state()``, as grain's ``DataLoader`` and dataset iterators have; the
+state JSON or bytes) is restored to the position of a call's first batch instead of read
+from the start: the feeder notes the state after each batch it reads, a checkpoint saves
+the one at its update (:meth:`Feeder.position`), and a resumed run sets it
+(:func:`decode_state`). A one-shot iterator with a state starts over the same way.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
+import json
 import mmap
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,11 +56,14 @@ def check_feed(name: str, value: Any) -> str:
 
 class HostData:
     """Training data kept on the host: NumPy arrays (``arrays``, a pytree sharing the
-    leading axis N) or an iterable of batches (``source``; ``first`` its first batch)."""
+    leading axis N) or an iterable of batches (``source``; ``first`` its first batch;
+    ``start``: the encoded state of an iterator before its first batch, for a source whose
+    position can be restored, see :func:`encode_state`)."""
 
     def __init__(self, arrays: Any = None, source: Iterable | None = None, first: Any = None,
-                 rest: Any = None):
+                 rest: Any = None, start: tuple[str, bytes] | None = None):
         self.arrays, self.source, self.first, self._rest = arrays, source, first, rest
+        self.start = start
         ref = arrays if arrays is not None else first
         self.treedef = jax.tree.structure(ref)
         self.n = (jax.tree.leaves(arrays)[0].shape[0] if arrays is not None
@@ -65,8 +75,15 @@ class HostData:
 
     @property
     def reiterable(self) -> bool:
-        """Whether ``iter(source)`` starts over (a DataLoader; not a generator)."""
+        """Whether ``iter(source)`` starts over (a DataLoader; not a generator), or the
+        source's iterator can be set back to its start (``set_state``)."""
         return self.arrays is not None or self._rest is None
+
+    @property
+    def restorable(self) -> bool:
+        """Whether the source's iterators save and restore their position
+        (``get_state``/``set_state``, e.g. grain's)."""
+        return self.start is not None
 
     def probe(self) -> Any:
         """Shapes of a batch of two samples (or of one batch), for the loss's checks."""
@@ -103,7 +120,10 @@ class HostData:
                     "starts over, like a DataLoader) to run several calls (sweep chunks, "
                     "searches, resume)")
             return _chain(self.first, rest)
-        return iter(self.source)
+        it = iter(self.source)
+        if it is self.source:  # a one-shot iterator with a state: back to its start
+            it.set_state(decode_state(self.start))
+        return it
 
 
 def _chain(first, rest):
@@ -155,13 +175,58 @@ def _iterable(x: Any) -> bool:
 
 def _from_iterable(source: Iterable) -> HostData:
     it = iter(source)
-    one_shot = it is source
+    start = encode_state(it.get_state()) if has_state(it) else None
+    one_shot = it is source and start is None
     try:
         first = next(it)
     except StopIteration:
         raise ValueError("data is an iterable of batches that gave no batch") from None
     first = _checked_batch(first, None, 0)
-    return HostData(source=source, first=first, rest=it if one_shot else None)
+    return HostData(source=source, first=first, rest=it if one_shot else None, start=start)
+
+
+def has_state(it: Any) -> bool:
+    """Whether an iterator saves and restores its position (``get_state()`` and
+    ``set_state(state)``, like grain's ``DataLoader`` and dataset iterators)."""
+    return callable(getattr(it, "get_state", None)) and callable(getattr(it, "set_state", None))
+
+
+def encode_state(state: Any) -> tuple[str, bytes] | None:
+    """An iterator's ``get_state()`` as ``(kind, bytes)``: bytes as they are ("bytes", as
+    grain's ``DataLoader`` gives them), anything else as JSON ("json"); None when it is
+    neither (it is then not saved: no pickle)."""
+    if isinstance(state, bytes):
+        return "bytes", state
+    try:
+        return "json", json.dumps(state, allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def decode_state(enc: tuple[str, bytes]) -> Any:
+    """The state :func:`encode_state` encoded, as ``set_state`` takes it."""
+    kind, raw = enc
+    return raw if kind == "bytes" else json.loads(raw.decode())
+
+
+def state_arrays(u: int, enc: tuple[str, bytes]) -> dict[str, np.ndarray]:
+    """A checkpoint's arrays of an iterator's position: the update ``u`` it gives next
+    and its encoded state."""
+    kind, raw = enc
+    return {"feed/at": np.asarray(u, np.int64),
+            f"feed/{kind}": np.frombuffer(raw, np.uint8).copy()}
+
+
+def arrays_state(arrays: dict[str, np.ndarray]) -> tuple[int, tuple[str, bytes]] | None:
+    """(update, encoded state) of a checkpoint's :func:`state_arrays`, or None."""
+    at = arrays.get("feed/at")
+    kinds = [k for k in ("bytes", "json") if f"feed/{k}" in arrays]
+    if at is None or at.shape != () or len(kinds) != 1:
+        return None
+    raw = arrays[f"feed/{kinds[0]}"]
+    if raw.dtype != np.uint8 or raw.ndim != 1 or int(at) < 0:
+        return None
+    return int(at), (kinds[0], raw.tobytes())
 
 
 def _checked_batch(batch: Any, ref: Any, i: int) -> Any:
@@ -186,17 +251,42 @@ def _checked_batch(batch: Any, ref: Any, i: int) -> Any:
 
 class _Reader:
     """Sequential reads of an iterable source by update index (batches kept from the
-    earliest update a block may still ask for)."""
+    earliest update a block may still ask for). For a source whose position can be
+    restored, ``states`` holds the encoded iterator state before each update from the
+    earliest one kept (and ``known``, a checkpoint's); a new iterator starts at the
+    latest state at or before the update asked for."""
 
-    def __init__(self, data: HostData, budget: int):
+    def __init__(self, data: HostData, budget: int,
+                 known: tuple[int, tuple[str, bytes]] | None = None):
         self.data, self.budget = data, budget
         self.it, self.base, self.kept = None, 0, []
+        self.lock = threading.Lock()
+        self.states: dict[int, tuple[str, bytes]] = {}
+        if known is not None and data.restorable:
+            self.states[known[0]] = known[1]
+
+    def open(self, u0: int) -> None:
+        """A new iterator, at the latest known position at or before ``u0``."""
+        self.it, self.base, self.kept = self.data.iterator(), 0, []
+        with self.lock:
+            at = max((u for u in self.states if u <= u0), default=0)
+            if at > 0:
+                self.it.set_state(decode_state(self.states[at]))
+                self.base = at
+
+    def state(self, u: int) -> tuple[str, bytes] | None:
+        """The encoded iterator state before update ``u``, when it is known."""
+        with self.lock:
+            return self.states.get(u)
 
     def take(self, u0: int, u1: int) -> list[Any]:
         if self.it is None or u0 < self.base:
-            self.it, self.base, self.kept = self.data.iterator(), 0, []
+            self.open(u0)
         drop = min(u0 - self.base, len(self.kept))
         self.kept, self.base = self.kept[drop:], self.base + drop
+        with self.lock:
+            for u in [u for u in self.states if u < self.base]:
+                del self.states[u]
         while self.base < u0:  # skip to u0 (a call that starts later)
             self._next()
             self.base += 1
@@ -211,7 +301,13 @@ class _Reader:
             have = self.base + len(self.kept)
             raise ValueError(f"data ran dry: the iterable gave {have} batches, but the step "
                              f"budget needs {self.budget} (one batch per update)") from None
-        return _checked_batch(b, self.data.first, self.base + len(self.kept))
+        u = self.base + len(self.kept)
+        if self.data.restorable:
+            enc = encode_state(self.it.get_state())
+            with self.lock:
+                if enc is not None:
+                    self.states[u + 1] = enc
+        return _checked_batch(b, self.data.first, u)
 
 
 def _zeros_like_block(ref: Any, u: int) -> Any:
@@ -227,10 +323,11 @@ class Feeder:
       keys: the call's stream keys [S] (their data orders); ``orders``: ``shuffle=`` orders.
       put: host block -> device block (a mesh's replicated placement, or device_put).
       order_fn: :func:`jaxgd.program.batch_indices` (update, key, orders -> indices).
+      resume: a checkpoint's arrays of an iterable's position (:meth:`position`), or None.
     """
 
     def __init__(self, data: HostData, spec, keys, orders, put: Callable[[Any], Any],
-                 order_fn: Callable[..., Any]):
+                 order_fn: Callable[..., Any], resume: dict[str, np.ndarray] | None = None):
         self.data, self.spec, self.put = data, spec, put
         self.units = spec.eval_every
         self.bsz = spec.plan.batch_size * spec.accumulate
@@ -239,7 +336,8 @@ class Feeder:
         if not keyed or data.iterable:  # one stream's order serves every stream
             self.keys = self.keys[:1]
         self.orders = None if orders is None else np.asarray(orders)
-        self.reader = _Reader(data, spec.epochs) if data.iterable else None
+        self.reader = (_Reader(data, spec.epochs, arrays_state(resume or {}))
+                       if data.iterable else None)
         self.indices = _indices_fn(spec, order_fn)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxgd-feed")
         self.pending: dict[int, concurrent.futures.Future] = {}
@@ -272,6 +370,16 @@ class Feeder:
                             strict=True):
                 gather(a, flat, b[s])
         return jax.tree.map(lambda b: b.reshape((S, U, self.bsz) + b.shape[2:]), block)
+
+    def position(self, at: int) -> dict[str, np.ndarray]:
+        """A checkpoint's arrays of the iterable's position before evaluation ``at`` (its
+        iterator state there, :func:`state_arrays`); empty for arrays (a block's batches
+        follow from its step) and for a source whose position cannot be restored."""
+        if self.reader is None:
+            return {}
+        u = at * self.units
+        enc = self.reader.state(u)
+        return {} if enc is None else state_arrays(u, enc)
 
     def _build(self, at: int, stop: int, rows: int) -> Any:
         return self.put(self.host_block(at, stop, rows))
