@@ -310,8 +310,22 @@ class _Reader:
         return _checked_batch(b, self.data.first, u)
 
 
+def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised host array for a fed block, in pages of its own (an anonymous
+    mapping, zero-filled by the kernel, unmapped when the array and its views are gone):
+    blocks allocated and freed one after another, in two threads, would otherwise be
+    kept by the C allocator (glibc raises its mmap threshold to the size of a freed
+    block and serves the next ones from its heaps, which it rarely gives back), growing
+    the resident set by several blocks."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < (1 << 20):
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
+
+
 def _zeros_like_block(ref: Any, u: int) -> Any:
-    return jax.tree.map(lambda a: np.zeros((u,) + a.shape, a.dtype), ref)
+    return jax.tree.map(lambda a: host_empty((u,) + a.shape, a.dtype), ref)
 
 
 class Feeder:
@@ -361,7 +375,7 @@ class Feeder:
         ts = np.arange(u0, u0 + U, dtype=np.int32)
         ts = np.minimum(ts, self.spec.epochs - 1)  # past the budget: any in-range batch
         S = len(self.keys)
-        block = jax.tree.map(lambda a: np.empty((S, U * self.bsz) + a.shape[1:], a.dtype),
+        block = jax.tree.map(lambda a: host_empty((S, U * self.bsz) + a.shape[1:], a.dtype),
                              self.data.arrays)
         orders = None if self.orders is None else jnp.asarray(self.orders)
         for s, kd in enumerate(self.keys):
@@ -408,23 +422,46 @@ class Feeder:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-# samples gathered from a memmap between releases of its pages: a read maps the pages
-# around it too (the kernel's fault-around, 64 KB), so random reads map the file quickly
+# samples gathered from a memmap between releases of its pages, at most: a read maps the
+# page-cache folio holding it (up to 2 MB, a PMD) and the pages around it (the kernel's
+# fault-around), so a chunk also touches at most GATHER_WINDOWS 2 MB windows of the file
 GATHER_CHUNK = 4096
+GATHER_WINDOWS = 8
+_WINDOW_SHIFT = 21  # 2 MB
 
 
 def gather(a: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = a[idx]``; from a shared memmap in file order and in chunks, its pages
     released after each (:func:`release_pages`), so the resident set stays bounded
-    whatever the file's size (the kernel maps whole folios around each read)."""
+    whatever the file's size (:func:`gather_chunks`)."""
     if not isinstance(a, np.memmap):
         np.take(a, idx, axis=0, out=out)
         return
     order = np.argsort(idx, kind="stable")  # in file order: each page is read once
     ordered = idx[order]
-    for i in range(0, len(idx), GATHER_CHUNK):
-        out[order[i:i + GATHER_CHUNK]] = np.take(a, ordered[i:i + GATHER_CHUNK], axis=0)
+    for i, j in gather_chunks(ordered, a.ctypes.data, a.strides[0]):
+        out[order[i:j]] = np.take(a, ordered[i:j], axis=0)
         release_pages(a)
+
+
+def gather_chunks(ordered: np.ndarray, address: int, stride: int) -> list[tuple[int, int]]:
+    """The chunks ``[i, j)`` of sorted sample indices ``ordered`` (rows ``stride`` bytes
+    apart from ``address``) read between releases of the pages: at most
+    :data:`GATHER_CHUNK` samples, within at most :data:`GATHER_WINDOWS` 2 MB windows of
+    addresses (a window maps at most the 2 MB folios over it: at most two, as the mapping
+    need not be 2 MB aligned; so the pages mapped at once stay under ``4 MB *
+    GATHER_WINDOWS`` whatever the file and the kernel's folio sizes)."""
+    n = len(ordered)
+    if n == 0:
+        return []
+    w = (address + ordered.astype(np.int64) * stride) >> _WINDOW_SHIFT
+    new = np.ones(n, bool)
+    new[1:] = w[1:] != w[:-1]
+    k = np.cumsum(new) - 1  # the ordinal of each sample's window
+    cuts = np.union1d(np.flatnonzero(new & (k % GATHER_WINDOWS == 0)),
+                      np.arange(0, n, GATHER_CHUNK))
+    ends = np.append(cuts[1:], n)
+    return list(zip(cuts.tolist(), ends.tolist(), strict=True))
 
 
 def release_pages(a: Any) -> None:
