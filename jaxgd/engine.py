@@ -427,6 +427,7 @@ class Resume(NamedTuple):
     at: int  # the evaluation the call goes on from
     state: Any  # the program state, host arrays with leading [stream, config] axes
     hist: dict[str, np.ndarray]  # the packed history rows from the call's start to ``at``
+    feed: dict[str, np.ndarray] = {}  # an iterable's position there (Feeder.position)
 
 
 def device_state(state, keys, traced, mesh):
@@ -465,7 +466,9 @@ def checkpoint_state(arrays: dict[str, np.ndarray], at: int, shapes, ch: ChunkIn
     if PACKED not in hist or any(v.shape[:2] != (S, W) for v in hist.values()) \
             or hist[PACKED].shape[2] != at or at <= 0:
         return None
-    return Resume(at, jax.tree.unflatten(treedef, [arrays[f"s{i}"] for i in range(n)]), hist)
+    feed = {k: v for k, v in arrays.items() if k.startswith("feed/")}
+    return Resume(at, jax.tree.unflatten(treedef, [arrays[f"s{i}"] for i in range(n)]), hist,
+                  feed)
 
 
 def state_shapes(prep: Prepared, ch: ChunkInputs, data):
@@ -557,9 +560,10 @@ class Engine:
         initial state (``state`` None) or from ``state(keys, traced)`` (a state in the
         program's layout for the call's sharded keys and traced values).
 
-        With the engine's ``checkpoint``, ``save(at, host_state, history)`` is called at
-        its boundaries (``host_state`` with leading [stream, config] axes, ``history``
-        the packed rows since ``start``); ``resume`` (a checkpoint of this call) starts
+        With the engine's ``checkpoint``, ``save(at, host_state, history, feed)`` is called
+        at its boundaries (``host_state`` with leading [stream, config] axes, ``history``
+        the packed rows since ``start``, ``feed`` an iterable's position there,
+        :meth:`jaxgd.feed.Feeder.position`); ``resume`` (a checkpoint of this call) starts
         from its state and evaluation instead, the history returned still from
         ``start``."""
         sharding = data_sharding(self.mesh)
@@ -571,12 +575,14 @@ class Engine:
         host = isinstance(self.data, HostData)
         args, put_scalar = program_args(prep, ch, None if host else self.data, self.mesh)
         params0, data, val, traced, keys, tidx, vidx, state0 = args
-        feeder = self.feeder(prep, ch) if host else None
+        feeder = (self.feeder(prep, ch, None if resume is None else resume.feed) if host
+                  else None)
         if resume is not None:
             state = lambda k, t: device_state(resume.state, k, t, self.mesh)  # noqa: E731
         at = start if resume is None else resume.at
         keep = None if save is None else (
-            lambda a, st, h: save(a, jax.tree.map(to_host, state_axes(st, keys, traced)), h))
+            lambda a, st, h: save(a, jax.tree.map(to_host, state_axes(st, keys, traced)), h,
+                                  {} if feeder is None else feeder.position(a)))
         self.notify("call_start", call)
         if resume is not None:  # the rows of the checkpoint, as one block
             self.block_done(prep, layout, call, start, resume.at, dict(resume.hist))
@@ -598,18 +604,21 @@ class Engine:
         comp = self.clock.note(spec, c0)
         return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
 
-    def feeder(self, prep: Prepared, ch: ChunkInputs) -> Feeder:
+    def feeder(self, prep: Prepared, ch: ChunkInputs,
+               resume: dict[str, np.ndarray] | None = None) -> Feeder:
         """The fed blocks of a host-fed call (:mod:`jaxgd.feed`), placed on the device; on
         a mesh each batch split over its ``"data"`` axis (:func:`jaxgd.feed.fed_sharding`),
-        this process supplying only the rows its devices hold."""
+        this process supplying only the rows its devices hold. ``resume``: a checkpoint's
+        position of an iterable (:meth:`jaxgd.feed.Feeder.position`)."""
         spec = prep.spec
         if self.mesh is None:
             return Feeder(self.data, spec, ch.keys, prep.orders, jax.device_put,
-                          _BATCH_INDICES)
+                          _BATCH_INDICES, resume=resume)
         bsz = spec.plan.batch_size * spec.accumulate
         rows = batch_rows(self.mesh, bsz)
         put = functools.partial(place_block, fed_sharding(self.mesh), rows, bsz)
-        return Feeder(self.data, spec, ch.keys, prep.orders, put, _BATCH_INDICES, rows=rows)
+        return Feeder(self.data, spec, ch.keys, prep.orders, put, _BATCH_INDICES, rows=rows,
+                      resume=resume)
 
     def block_done(self, prep: Prepared, layout: HistoryLayout, call: Call, first: int,
                    at: int, part: dict[str, np.ndarray]) -> None:
@@ -644,9 +653,11 @@ class Engine:
         if store is None or self.checkpoint is None:
             return None
 
-        def save(at: int, state, hist: dict[str, np.ndarray]) -> None:
+        def save(at: int, state, hist: dict[str, np.ndarray],
+                 feed: dict[str, np.ndarray] | None = None) -> None:
             arrays = {f"s{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
             arrays.update({f"h/{k}": v for k, v in hist.items()})
+            arrays.update(feed or {})
             arrays["config"] = np.asarray(configs, np.int64)
             store.save_checkpoint(tag, arrays, at)
 

@@ -17,7 +17,12 @@ Iterables: consumed in order, one batch per update, the same batches for every
 configuration and stream of a call. A re-iterable source (``iter(source)`` returns a new
 iterator, like a PyTorch ``DataLoader``) starts over for a call that begins before the
 batches it holds (another chunk of a sweep, a resumed run); a one-shot iterator (a
-generator) feeds one pass only.
+generator) feeds one pass only. An iterator whose position can be saved and restored
+(``get_state()``/``set_state()``, as grain's ``DataLoader`` and dataset iterators have; the
+state JSON or bytes) is restored to the position of a call's first batch instead of read
+from the start: the feeder notes the state after each batch it reads, a checkpoint saves
+the one at its update (:meth:`Feeder.position`), and a resumed run sets it
+(:func:`decode_state`). A one-shot iterator with a state starts over the same way.
 
 On a mesh (:mod:`jaxgd.engine`) a fed block is placed with its batch axis split over the
 mesh's ``"data"`` axis (:func:`fed_sharding`; whole on every device without one), and each
@@ -33,7 +38,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import json
 import mmap
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,11 +65,15 @@ def check_feed(name: str, value: Any) -> str:
 
 class HostData:
     """Training data kept on the host: NumPy arrays (``arrays``, a pytree sharing the
-    leading axis N) or an iterable of batches (``source``; ``first`` its first batch)."""
+    leading axis N) or an iterable of batches (``source``; ``first`` its first batch;
+    ``start``: the encoded state of an iterator before its first batch, for a source whose
+    position can be restored, see :func:`encode_state`)."""
 
     def __init__(self, arrays: Any = None, source: Iterable | None = None, first: Any = None,
-                 rest: Any = None, n: int | None = None, whole_first: Any = None):
+                 rest: Any = None, n: int | None = None, whole_first: Any = None,
+                 start: tuple[str, bytes] | None = None):
         self.arrays, self.source, self.first, self._rest = arrays, source, first, rest
+        self.start = start
         ref = arrays if arrays is not None else first
         self.treedef = jax.tree.structure(ref)
         # an iterable's batch size: the global batch (of which a process's iterable may
@@ -76,8 +87,15 @@ class HostData:
 
     @property
     def reiterable(self) -> bool:
-        """Whether ``iter(source)`` starts over (a DataLoader; not a generator)."""
+        """Whether ``iter(source)`` starts over (a DataLoader; not a generator), or the
+        source's iterator can be set back to its start (``set_state``)."""
         return self.arrays is not None or self._rest is None
+
+    @property
+    def restorable(self) -> bool:
+        """Whether the source's iterators save and restore their position
+        (``get_state``/``set_state``, e.g. grain's)."""
+        return self.start is not None
 
     def probe(self) -> Any:
         """Shapes of a batch of two samples (or of one batch), for the loss's checks."""
@@ -116,7 +134,10 @@ class HostData:
                     "starts over, like a DataLoader) to run several calls (sweep chunks, "
                     "searches, resume)")
             return _chain(self.first, rest)
-        return iter(self.source)
+        it = iter(self.source)
+        if it is self.source:  # a one-shot iterator with a state: back to its start
+            it.set_state(decode_state(self.start))
+        return it
 
 
 def _chain(first, rest):
@@ -168,13 +189,58 @@ def _iterable(x: Any) -> bool:
 
 def _from_iterable(source: Iterable) -> HostData:
     it = iter(source)
-    one_shot = it is source
+    start = encode_state(it.get_state()) if has_state(it) else None
+    one_shot = it is source and start is None
     try:
         first = next(it)
     except StopIteration:
         raise ValueError("data is an iterable of batches that gave no batch") from None
     first = _checked_batch(first, None, 0)
-    return HostData(source=source, first=first, rest=it if one_shot else None)
+    return HostData(source=source, first=first, rest=it if one_shot else None, start=start)
+
+
+def has_state(it: Any) -> bool:
+    """Whether an iterator saves and restores its position (``get_state()`` and
+    ``set_state(state)``, like grain's ``DataLoader`` and dataset iterators)."""
+    return callable(getattr(it, "get_state", None)) and callable(getattr(it, "set_state", None))
+
+
+def encode_state(state: Any) -> tuple[str, bytes] | None:
+    """An iterator's ``get_state()`` as ``(kind, bytes)``: bytes as they are ("bytes", as
+    grain's ``DataLoader`` gives them), anything else as JSON ("json"); None when it is
+    neither (it is then not saved: no pickle)."""
+    if isinstance(state, bytes):
+        return "bytes", state
+    try:
+        return "json", json.dumps(state, allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def decode_state(enc: tuple[str, bytes]) -> Any:
+    """The state :func:`encode_state` encoded, as ``set_state`` takes it."""
+    kind, raw = enc
+    return raw if kind == "bytes" else json.loads(raw.decode())
+
+
+def state_arrays(u: int, enc: tuple[str, bytes]) -> dict[str, np.ndarray]:
+    """A checkpoint's arrays of an iterator's position: the update ``u`` it gives next
+    and its encoded state."""
+    kind, raw = enc
+    return {"feed/at": np.asarray(u, np.int64),
+            f"feed/{kind}": np.frombuffer(raw, np.uint8).copy()}
+
+
+def arrays_state(arrays: dict[str, np.ndarray]) -> tuple[int, tuple[str, bytes]] | None:
+    """(update, encoded state) of a checkpoint's :func:`state_arrays`, or None."""
+    at = arrays.get("feed/at")
+    kinds = [k for k in ("bytes", "json") if f"feed/{k}" in arrays]
+    if at is None or at.shape != () or len(kinds) != 1:
+        return None
+    raw = arrays[f"feed/{kinds[0]}"]
+    if raw.dtype != np.uint8 or raw.ndim != 1 or int(at) < 0:
+        return None
+    return int(at), (kinds[0], raw.tobytes())
 
 
 def _checked_batch(batch: Any, ref: Any, i: int) -> Any:
@@ -199,17 +265,42 @@ def _checked_batch(batch: Any, ref: Any, i: int) -> Any:
 
 class _Reader:
     """Sequential reads of an iterable source by update index (batches kept from the
-    earliest update a block may still ask for)."""
+    earliest update a block may still ask for). For a source whose position can be
+    restored, ``states`` holds the encoded iterator state before each update from the
+    earliest one kept (and ``known``, a checkpoint's); a new iterator starts at the
+    latest state at or before the update asked for."""
 
-    def __init__(self, data: HostData, budget: int):
+    def __init__(self, data: HostData, budget: int,
+                 known: tuple[int, tuple[str, bytes]] | None = None):
         self.data, self.budget = data, budget
         self.it, self.base, self.kept = None, 0, []
+        self.lock = threading.Lock()
+        self.states: dict[int, tuple[str, bytes]] = {}
+        if known is not None and data.restorable:
+            self.states[known[0]] = known[1]
+
+    def open(self, u0: int) -> None:
+        """A new iterator, at the latest known position at or before ``u0``."""
+        self.it, self.base, self.kept = self.data.iterator(), 0, []
+        with self.lock:
+            at = max((u for u in self.states if u <= u0), default=0)
+            if at > 0:
+                self.it.set_state(decode_state(self.states[at]))
+                self.base = at
+
+    def state(self, u: int) -> tuple[str, bytes] | None:
+        """The encoded iterator state before update ``u``, when it is known."""
+        with self.lock:
+            return self.states.get(u)
 
     def take(self, u0: int, u1: int) -> list[Any]:
         if self.it is None or u0 < self.base:
-            self.it, self.base, self.kept = self.data.iterator(), 0, []
+            self.open(u0)
         drop = min(u0 - self.base, len(self.kept))
         self.kept, self.base = self.kept[drop:], self.base + drop
+        with self.lock:
+            for u in [u for u in self.states if u < self.base]:
+                del self.states[u]
         while self.base < u0:  # skip to u0 (a call that starts later)
             self._next()
             self.base += 1
@@ -224,11 +315,31 @@ class _Reader:
             have = self.base + len(self.kept)
             raise ValueError(f"data ran dry: the iterable gave {have} batches, but the step "
                              f"budget needs {self.budget} (one batch per update)") from None
-        return _checked_batch(b, self.data.first, self.base + len(self.kept))
+        u = self.base + len(self.kept)
+        if self.data.restorable:
+            enc = encode_state(self.it.get_state())
+            with self.lock:
+                if enc is not None:
+                    self.states[u + 1] = enc
+        return _checked_batch(b, self.data.first, u)
+
+
+def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised host array for a fed block, in pages of its own (an anonymous
+    mapping, zero-filled by the kernel, unmapped when the array and its views are gone):
+    blocks allocated and freed one after another, in two threads, would otherwise be
+    kept by the C allocator (glibc raises its mmap threshold to the size of a freed
+    block and serves the next ones from its heaps, which it rarely gives back), growing
+    the resident set by several blocks."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < (1 << 20):
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
 
 
 def _zeros_like_block(ref: Any, u: int) -> Any:
-    return jax.tree.map(lambda a: np.zeros((u,) + a.shape, a.dtype), ref)
+    return jax.tree.map(lambda a: host_empty((u,) + a.shape, a.dtype), ref)
 
 
 class Feeder:
@@ -242,10 +353,12 @@ class Feeder:
       order_fn: :func:`jaxgd.program.batch_indices` (update, key, orders -> indices).
       rows: the positions of each batch this process supplies (:func:`batch_rows`; None:
         all): the host block holds those rows only, [S, updates, len(rows), ...].
+      resume: a checkpoint's arrays of an iterable's position (:meth:`position`), or None.
     """
 
     def __init__(self, data: HostData, spec, keys, orders, put: Callable[[Any], Any],
-                 order_fn: Callable[..., Any], rows: np.ndarray | None = None):
+                 order_fn: Callable[..., Any], rows: np.ndarray | None = None,
+                 resume: dict[str, np.ndarray] | None = None):
         self.data, self.spec, self.put = data, spec, put
         self.units = spec.eval_every
         self.bsz = spec.plan.batch_size * spec.accumulate
@@ -260,7 +373,8 @@ class Feeder:
         if not keyed or data.iterable:  # one stream's order serves every stream
             self.keys = self.keys[:1]
         self.orders = None if orders is None else np.asarray(orders)
-        self.reader = _Reader(data, spec.epochs) if data.iterable else None
+        self.reader = (_Reader(data, spec.epochs, arrays_state(resume or {}))
+                       if data.iterable else None)
         self.indices = _indices_fn(spec, order_fn)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxgd-feed")
         self.pending: dict[int, concurrent.futures.Future] = {}
@@ -285,7 +399,7 @@ class Feeder:
         ts = np.minimum(ts, self.spec.epochs - 1)  # past the budget: any in-range batch
         S = len(self.keys)
         W = self.bsz if self.rows is None else len(self.rows)  # this process's rows
-        block = jax.tree.map(lambda a: np.empty((S, U * W) + a.shape[1:], a.dtype),
+        block = jax.tree.map(lambda a: host_empty((S, U * W) + a.shape[1:], a.dtype),
                              self.data.arrays)
         orders = None if self.orders is None else jnp.asarray(self.orders)
         for s, kd in enumerate(self.keys):
@@ -295,6 +409,16 @@ class Feeder:
                             strict=True):
                 gather(a, flat, b[s])
         return jax.tree.map(lambda b: b.reshape((S, U, W) + b.shape[2:]), block)
+
+    def position(self, at: int) -> dict[str, np.ndarray]:
+        """A checkpoint's arrays of the iterable's position before evaluation ``at`` (its
+        iterator state there, :func:`state_arrays`); empty for arrays (a block's batches
+        follow from its step) and for a source whose position cannot be restored."""
+        if self.reader is None:
+            return {}
+        u = at * self.units
+        enc = self.reader.state(u)
+        return {} if enc is None else state_arrays(u, enc)
 
     def _build(self, at: int, stop: int, rows: int) -> Any:
         return self.put(self.host_block(at, stop, rows))
@@ -408,8 +532,8 @@ def across_processes(host: HostData, mesh) -> HostData:
             f"{shards} parts of the batch), the same number, structure, sample shapes and "
             "dtypes on every process")
     whole = jax.tree.map(lambda a: _whole_batch(mesh, total, a), host.first)
-    return HostData(source=host.source, first=host.first, rest=host._rest, n=total,
-                    whole_first=whole)
+    return HostData(source=host.source, first=host.first, rest=host._rest, start=host.start,
+                    n=total, whole_first=whole)
 
 
 def _whole_batch(mesh, total: int, share: np.ndarray) -> np.ndarray:
@@ -441,28 +565,49 @@ def _whole_batch(mesh, total: int, share: np.ndarray) -> np.ndarray:
     return whole
 
 
-# samples gathered from a memmap between releases of its pages: a read maps the pages
-# around it too (the kernel's fault-around, 64 KB), so random reads map the file quickly
+# samples gathered from a memmap between releases of its pages, at most: a read maps the
+# page-cache folio holding it (up to 2 MB, a PMD) and the pages around it (the kernel's
+# fault-around), so a chunk also touches at most GATHER_WINDOWS 2 MB windows of the file
 GATHER_CHUNK = 4096
+GATHER_WINDOWS = 8
+_WINDOW_SHIFT = 21  # 2 MB
 
 
 def gather(a: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = a[idx]``; from a shared memmap in file order and in chunks, its pages
     released after each (:func:`release_pages`), so the resident set stays bounded
-    whatever the file's size (the kernel maps whole folios around each read)."""
+    whatever the file's size (:func:`gather_chunks`)."""
     if not isinstance(a, np.memmap):
         np.take(a, idx, axis=0, out=out)
         return
     order = np.argsort(idx, kind="stable")  # in file order: each page is read once
     ordered = idx[order]
-    for i in range(0, len(idx), GATHER_CHUNK):
-        out[order[i:i + GATHER_CHUNK]] = np.take(a, ordered[i:i + GATHER_CHUNK], axis=0)
+    for i, j in gather_chunks(ordered, a.ctypes.data, a.strides[0]):
+        out[order[i:j]] = np.take(a, ordered[i:j], axis=0)
         release_pages(a)
 
 
 def clear_cache() -> None:
     """Drop the jitted order functions kept per program spec."""
     _indices_fn.cache_clear()
+def gather_chunks(ordered: np.ndarray, address: int, stride: int) -> list[tuple[int, int]]:
+    """The chunks ``[i, j)`` of sorted sample indices ``ordered`` (rows ``stride`` bytes
+    apart from ``address``) read between releases of the pages: at most
+    :data:`GATHER_CHUNK` samples, within at most :data:`GATHER_WINDOWS` 2 MB windows of
+    addresses (a window maps at most the 2 MB folios over it: at most two, as the mapping
+    need not be 2 MB aligned; so the pages mapped at once stay under ``4 MB *
+    GATHER_WINDOWS`` whatever the file and the kernel's folio sizes)."""
+    n = len(ordered)
+    if n == 0:
+        return []
+    w = (address + ordered.astype(np.int64) * stride) >> _WINDOW_SHIFT
+    new = np.ones(n, bool)
+    new[1:] = w[1:] != w[:-1]
+    k = np.cumsum(new) - 1  # the ordinal of each sample's window
+    cuts = np.union1d(np.flatnonzero(new & (k % GATHER_WINDOWS == 0)),
+                      np.arange(0, n, GATHER_CHUNK))
+    ends = np.append(cuts[1:], n)
+    return list(zip(cuts.tolist(), ends.tolist(), strict=True))
 
 
 def release_pages(a: Any) -> None:

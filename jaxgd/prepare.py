@@ -469,9 +469,11 @@ def check_host_options(o: options.Options, host, by_steps: bool, units: int) -> 
                          f"{units} (one batch per update)")
     if o.out is not None and not host.reiterable:
         raise ValueError(f"out={o.out!r} resumes a run, but data is a one-shot iterator "
-                         f"({type(host.source).__name__}) whose position cannot be restored: "
-                         "give a re-iterable source (iter() starts over, like a DataLoader; it "
-                         "must give the same batches every time) or leave out out=")
+                         f"({type(host.source).__name__}) whose position cannot be restored "
+                         "(it has no get_state()/set_state() with a JSON or bytes state, as "
+                         "grain's iterators have): give a re-iterable source (iter() starts "
+                         "over, like a DataLoader; it must give the same batches every time), "
+                         "a grain iterator, or leave out out=")
 
 
 def fed_rows(host, plan: BatchPlan, o: options.Options) -> int:

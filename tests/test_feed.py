@@ -302,3 +302,23 @@ def test_host_fed_runs_the_scan_plan(tmp_path):
     assert res.loop == "scan"
     with pytest.raises(ValueError, match=r"loop='host': host-fed data"):
         jaxgd.fit(loss, P0, data, hparams={"learning_rate": 0.05}, loop="host", **KW)
+
+
+def test_gather_chunks_bound_samples_and_windows():
+    """The memmap gather's chunks cover the sorted indices in order, each with at most
+    GATHER_CHUNK samples within at most GATHER_WINDOWS 2 MB windows of addresses (counted
+    here with a loop)."""
+    from jaxgd import feed
+
+    rng = np.random.default_rng(0)
+    for n_rows, k, stride in [(1 << 20, 20_000, 256), (1 << 16, 9000, 64), (3000, 3000, 4)]:
+        ordered = np.sort(rng.choice(n_rows, k, replace=False))
+        address = 4096 * 12345 + 768
+        chunks = feed.gather_chunks(ordered, address, stride)
+        assert chunks[0][0] == 0 and chunks[-1][1] == k
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+        for i, j in chunks:
+            assert 0 < j - i <= feed.GATHER_CHUNK
+            windows = {(address + int(r) * stride) // (2 << 20) for r in ordered[i:j]}
+            assert len(windows) <= feed.GATHER_WINDOWS
+
