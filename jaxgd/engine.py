@@ -551,9 +551,7 @@ class Engine:
         the packed rows since ``start``); ``resume`` (a checkpoint of this call) starts
         from its state and evaluation instead, the history returned still from
         ``start``."""
-        sharding = data_sharding(self.mesh)
-        if sharding is not None:  # each batch split over the mesh's "data" axis
-            prep = prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
+        prep = self.sharded(prep)
         spec = prep.spec
         S, width = ch.grid_rows.shape
         prog, layout = program_for(spec, prep.params, ch.traced.values, S * width)
@@ -586,6 +584,36 @@ class Engine:
             self.notify("call_end", call)
         comp = self.clock.note(spec, c0)
         return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
+
+    def sharded(self, prep: Prepared) -> Prepared:
+        """``prep`` with each batch split over the mesh's ``"data"`` axis, if it has one."""
+        sharding = data_sharding(self.mesh)
+        if sharding is None:
+            return prep
+        return prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
+
+    def trial(self, prep: Prepared, ch: ChunkInputs, timer: Callable[[], float]
+              ) -> tuple[float, float]:
+        """(compile seconds, seconds of one evaluation) of ``prep``'s program on the
+        inputs ``ch`` (device data only): evaluation 0 from a fresh initial state (its
+        compile seconds counted by JAX's compile events), then evaluation 1 timed by
+        ``timer`` (both calls' results discarded; no observer is told). The program stays
+        compiled (cached) for the run that follows."""
+        prep = self.sharded(prep)
+        spec = prep.spec
+        prog, _ = program_for(spec, prep.params, ch.traced.values, ch.grid_rows.size)
+        args, put_scalar = program_args(prep, ch, self.data, self.mesh)
+        params0, data, val, traced, keys, tidx, vidx, state0 = args
+        rest = (data, val, traced, keys, tidx, vidx)
+        with CompileClock() as clock:
+            st = prog.init(params0, data, val, traced, keys, tidx, vidx, state0)
+            st = jax.block_until_ready(prog.block(st, put_scalar(np.int32(0)),
+                                                  put_scalar(np.int32(1)), *rest))[0]
+            compile_s = clock.seconds
+        t0 = timer()
+        jax.block_until_ready(prog.block(st, put_scalar(np.int32(1)), put_scalar(np.int32(2)),
+                                         *rest))
+        return compile_s, timer() - t0
 
     def feeder(self, prep: Prepared, ch: ChunkInputs) -> Feeder:
         """The fed blocks of a host-fed call (:mod:`jaxgd.feed`), placed on the device (on

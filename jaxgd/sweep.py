@@ -29,8 +29,8 @@ from typing import Any
 
 import jax
 
+from . import autoplan, trackers
 from . import search as search_mod
-from . import trackers
 from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_folds
 from .checkpoint import checkpointer_for
 from .engine import (
@@ -217,8 +217,11 @@ def sweep(
                         observers=[ProgressBar(calls=search is None and progress), *tracked],
                         checkpoint=ckpt)
         res_plans = with_plans(groups, plan, engine.ndev)
+        trials: list[autoplan.Trial] = []
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, units, engine.ndev)
+            trials = autoplan.choose_groups(engine, plans, opts.loop, opts.plan, store)
+            res_plans = [g.prepared.spec.config_plan for g in groups]
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
                                                                         store),
                                         units, folds=folds)
@@ -238,6 +241,7 @@ def sweep(
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
         res.plans = res_plans
+        res.plan_trials = autoplan.table(trials)
         res.loop = ",".join(dict.fromkeys(loop_name(g.prepared.spec) for g in groups))
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
