@@ -149,3 +149,10 @@ def table(trials: list[Trial]):
     import pandas as pd
 
     return pd.DataFrame([t._asdict() for t in trials], columns=list(Trial._fields))
+
+
+def record(res, groups, trials: list[Trial]) -> None:
+    """Record on a sweep's result the plan each group ran (``res.plans``) and the trials
+    (``res.plan_trials``)."""
+    res.plans = [g.prepared.spec.config_plan for g in groups]
+    res.plan_trials = table(trials)

@@ -200,8 +200,7 @@ def sweep(
         fingerprint = run_fingerprint(
             cfgs, all_idx, base, dict(hparams or {}),
             DEFAULT_EPOCHS if epochs is None and steps is None else epochs, shuffle, drop_last,
-            folds,
-            fold_seed, settings,
+            folds, fold_seed, settings,
             (data, params if groups[0].prepared.combined is None
              else groups[0].prepared.params, val_data, state),
             [program_digest(g.prepared) for g in groups])
@@ -216,16 +215,15 @@ def sweep(
         engine = Engine(data, val_data, fold_split, mesh if mesh is not None else default_mesh(),
                         observers=[ProgressBar(calls=search is None and progress), *tracked],
                         checkpoint=ckpt)
-        res_plans = with_plans(groups, plan, engine.ndev)
-        trials: list[autoplan.Trial] = []
+        with_plans(groups, plan, engine.ndev)  # the rules' plans (measured below)
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, units, engine.ndev)
             trials = autoplan.choose_groups(engine, plans, opts.loop, opts.plan, store)
-            res_plans = [g.prepared.spec.config_plan for g in groups]
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
                                                                         store),
                                         units, folds=folds)
-        else:
+        else:  # a search keeps the rules' plans
+            trials = []
             pop = Population(engine, groups, cfgs, units, chunk_size, memory_budget,
                              getattr(search, "compact", True), store, grid, random)
             metric = search.metric or default_metric(groups[0].prepared.spec.has_val)
@@ -240,8 +238,7 @@ def sweep(
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
-        res.plans = res_plans
-        res.plan_trials = autoplan.table(trials)
+        autoplan.record(res, groups, trials)
         res.loop = ",".join(dict.fromkeys(loop_name(g.prepared.spec) for g in groups))
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
