@@ -46,7 +46,9 @@ from .spec import ProgramSpec, evals_of, loop_name
 
 # the trials may cost at most this share of the run's estimated time
 TRIAL_SHARE = 0.1
-# the wall clock of a timed evaluation (a function returning seconds)
+# a trial times calls of 1, 2, 4, ... evaluations until one takes at least this long
+TIMED_MIN_S = 0.05
+# the wall clock of a timed call (a function returning seconds)
 clock = time.perf_counter
 
 
@@ -90,10 +92,13 @@ def worth_measuring(n_candidates: int, evals_left: int) -> bool:
     return n_candidates > 1 and 2 * n_candidates <= TRIAL_SHARE * evals_left
 
 
-def worth_trying(n_candidates: int, evals_left: int, compile_s: float, eval_s: float) -> bool:
-    """Whether trying the other candidates (a compile and two evaluations each, at the
-    default's measured times) costs less than :data:`TRIAL_SHARE` of the estimated run."""
-    return (n_candidates - 1) * (compile_s + 2 * eval_s) < TRIAL_SHARE * evals_left * eval_s
+def worth_trying(n_candidates: int, evals_left: int, compile_s: float, eval_s: float,
+                 timed_s: float) -> bool:
+    """Whether trying the other candidates (each costing what the default's trial did: its
+    compile, a first evaluation and the timed calls) costs less than :data:`TRIAL_SHARE`
+    of the estimated run (``evals_left`` evaluations at the default's ``eval_s``)."""
+    return ((n_candidates - 1) * (compile_s + eval_s + timed_s)
+            < TRIAL_SHARE * evals_left * eval_s)
 
 
 def choose(engine: Engine, prep: Prepared, ch: ChunkInputs, group: int, evals_left: int,
@@ -109,14 +114,15 @@ def choose(engine: Engine, prep: Prepared, ch: ChunkInputs, group: int, evals_le
         return spec, []
     times = []
     for i, cand in enumerate(cands):
-        got = engine.trial(prep._replace(spec=with_candidate(spec, cand)), ch, clock)
+        got = engine.trial(prep._replace(spec=with_candidate(spec, cand)), ch, clock,
+                           TIMED_MIN_S)
         times.append(agree_floats(list(got)))  # process 0's timings decide
         if i == 0 and not worth_trying(len(cands), evals_left, *times[0]):
             break
     best = min(range(len(times)), key=lambda i: times[i][1])
     chosen = with_candidate(spec, cands[best])
     trials = [Trial(group, p, loop_name(with_candidate(spec, (p, lp))), c, e, i == best)
-              for i, ((p, lp), (c, e)) in enumerate(zip(cands, times, strict=False))]
+              for i, ((p, lp), (c, e, _)) in enumerate(zip(cands, times, strict=False))]
     return chosen, trials
 
 

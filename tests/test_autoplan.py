@@ -126,7 +126,7 @@ def test_fit_auto_loop_by_measurement(monkeypatch):
 def test_short_runs_keep_the_rules_without_measuring(monkeypatch):
     """Too few evaluations for the trials to be cheap: nothing is measured (the clock is
     never read). Enough evaluations but a run whose estimated time is small next to the
-    compiles: only the default candidate is measured, and runs."""
+    trials: only the default candidate is measured, and runs."""
     clock = scripted(monkeypatch, [])
     sw = jaxgd.sweep(MSE, P0, (X, Y), **(KW | {"epochs": 10}))
     assert clock.readings == 0 and sw.plan_trials is None
@@ -134,12 +134,15 @@ def test_short_runs_keep_the_rules_without_measuring(monkeypatch):
     # 4 candidates, two evaluations each: 80 evaluations at least
     assert not autoplan.worth_measuring(4, 79) and autoplan.worth_measuring(4, 80)
     assert not autoplan.worth_measuring(1, 10 ** 6)  # nothing to choose from
-    clock = scripted(monkeypatch, [1e-9])
+    # timed calls of 1, 2, 4 evaluations (until one takes TIMED_MIN_S): 1/64 s each, so
+    # 100 evaluations take ~1.6 s, less than 10 x the other three's trials (0.11 s each)
+    assert 2 ** -5 < autoplan.TIMED_MIN_S <= 2 ** -4
+    clock = scripted(monkeypatch, [2 ** -6, 2 ** -5, 2 ** -4])
     sw = jaxgd.sweep(MSE, P0, (X, Y), **KW)
-    assert clock.readings == 2
+    assert clock.readings == 6 and clock.spans == []
     t = sw.plan_trials
     assert list(zip(t.plan, t.loop, t.eval_s, t.chosen, strict=True)) == [
-        ("vmap", "scan", 1e-9, True)]
+        ("vmap", "scan", 2 ** -6, True)]
     assert (sw.plans, sw.loop) == (["vmap"], "scan")
 
 
