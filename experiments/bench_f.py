@@ -31,6 +31,13 @@ execution plan of the updates ``fit``/``sweep`` chose (``result.loop``: ``loop="
 takes the host loop, a jitted step per host call, for a loss with a convolution on the
 CPU, else the scan).
 
+With a ``plan_rows`` list (``jaxgd bench`` and ``bench_gpu`` pass one), every problem's
+sweep also runs under each execution plan forced (``plan=`` vmap | map x ``loop=`` scan |
+host, :func:`measure_plans`) and at the defaults, interleaved in one run after clearing
+JAX's caches: compile and run seconds per plan, the run over the fastest plan's, the plan
+``"auto"`` ran and the evaluation seconds it measured (NaN: the run was too short for
+``jaxgd.autoplan`` to measure), and each plan's parity with auto's parameters.
+
 A sweep of N configurations is compared with N peer runs one after another (each peer
 compiles once: its hyper-parameters are arguments). Timing: JAX's caches cleared, a first
 call each (compile included), then up to ``reps`` interleaved rounds (jaxgd, loop, scan), as many as

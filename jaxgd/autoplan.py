@@ -10,15 +10,16 @@ candidate.
 
 :func:`choose` decides for one group:
 
-1. A run too short to pay for trials keeps the rules' choice without measuring: each
-   candidate's trial runs two evaluations, so unless ``2 x candidates`` evaluations are
-   at most :data:`TRIAL_SHARE` of the evaluations still to run (over all the group's
-   calls), nothing is measured.
-2. The default candidate is measured (:meth:`jaxgd.engine.Engine.trial`: its compile, then
-   one evaluation timed, from a fresh initial state, the results discarded). The others
-   are tried only when their estimated cost, ``(candidates - 1) x (compile + 2
-   evaluations)`` at the default's measured times, is below :data:`TRIAL_SHARE` of the
-   estimated run (evaluations to run x the default's evaluation time; an upper bound when
+1. A run too short to pay for trials keeps the rules' choice without measuring: unless
+   ``2 x candidates`` evaluations are at most :data:`TRIAL_SHARE` of the evaluations
+   still to run (over all the group's calls), nothing is measured.
+2. The default candidate is measured (:meth:`jaxgd.engine.Engine.trial`: its compile and
+   first evaluation, then calls of 1, 2, 4, ... evaluations timed until one takes
+   :data:`TIMED_MIN_S`, from a fresh initial state, the results discarded; its seconds
+   per evaluation are the last call's). The others are tried only when their estimated
+   cost, ``(candidates - 1) x`` what the default's trial took (compile, first
+   evaluation, timed calls), is below :data:`TRIAL_SHARE` of the estimated run
+   (evaluations to run x the default's seconds per evaluation; an upper bound when
    stop conditions end configurations early).
 3. The candidate with the fastest measured evaluation runs the training, from the
    untouched initial state (or checkpoint). Every candidate computes the same numbers (to

@@ -598,8 +598,9 @@ class Engine:
         evaluations): (compile seconds, seconds per evaluation, seconds of the timed
         calls). Evaluation 0 runs from a fresh initial state (compiling: JAX's compile
         events counted), then calls of 1, 2, 4, ... evaluations (at most a history
-        block's) are timed by ``timer`` until one takes ``min_s`` or the run's
-        evaluations are used up; the last one gives the seconds per evaluation. The
+        block's) are timed by ``timer`` until one takes ``min_s`` (process 0's timing, so
+        that every process makes the same calls) or the run's evaluations are used up; the
+        last one gives the seconds per evaluation. The
         results are discarded and no observer is told; the program stays compiled
         (cached) for the run that follows."""
         prep = self.sharded(prep)
@@ -620,7 +621,7 @@ class Engine:
         while True:
             t0 = timer()
             st = block(st, at, at + n)
-            secs = timer() - t0
+            secs = agree_floats([timer() - t0])[0]  # every process makes the same calls
             spent, at = spent + secs, at + n
             if secs >= min_s or 2 * n > prog.rows or at + 2 * n > total:
                 break
