@@ -13,12 +13,14 @@ candidate.
 1. A run too short to pay for trials keeps the rules' choice without measuring: unless
    ``2 x candidates`` evaluations are at most :data:`TRIAL_SHARE` of the evaluations
    still to run (over all the group's calls), nothing is measured.
-2. The default candidate is measured (:meth:`jaxgd.engine.Engine.trial`: its compile and
+2. The default candidate is measured (:func:`trial`: its compile and
    first evaluation, then calls of 1, 2, 4, ... evaluations timed until one takes
-   :data:`TIMED_MIN_S`, from a fresh initial state, the results discarded; its seconds
-   per evaluation are the last call's). The others are tried only when their estimated
-   cost, ``(candidates - 1) x`` what the default's trial took (compile, first
-   evaluation, timed calls), is below :data:`TRIAL_SHARE` of the estimated run
+   :data:`TIMED_MIN_S` or a trial's evaluations would pass ``1 / candidates`` of
+   :data:`TRIAL_SHARE` of the run's, from a fresh initial state, the results discarded;
+   its seconds per evaluation are the last call's). The others are tried only when their
+   estimated cost, ``(candidates - 1) x`` what the default's trial took (its compile,
+   or the longest this process saw for it if already compiled, first evaluation, timed
+   calls), is below :data:`TRIAL_SHARE` of the estimated run
    (evaluations to run x the default's seconds per evaluation; an upper bound when
    stop conditions end configurations early).
 3. The candidate with the fastest measured evaluation runs the training, from the
@@ -36,12 +38,23 @@ for a candidate not tried.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
-from .engine import ChunkInputs, ChunkPlan, Engine, agree_floats, chunk_inputs
+from .engine import (
+    ChunkInputs,
+    ChunkPlan,
+    CompileClock,
+    Engine,
+    agree_floats,
+    chunk_inputs,
+    program_args,
+)
 from .feed import HostData
+from .hostloop import program_for
 from .prepare import Prepared
 from .spec import ProgramSpec, evals_of, loop_name
 
@@ -102,6 +115,44 @@ def worth_trying(n_candidates: int, evals_left: int, compile_s: float, eval_s: f
             < TRIAL_SHARE * evals_left * eval_s)
 
 
+def trial(engine: Engine, prep: Prepared, ch: ChunkInputs, timer: Callable[[], float],
+          min_s: float, max_evals: int) -> tuple[float, float, float]:
+    """Measure ``prep``'s program on the inputs ``ch`` (device data only; at least two
+    evaluations): (compile seconds, seconds per evaluation, seconds of the timed
+    calls). Evaluation 0 runs from a fresh initial state (compiling: JAX's compile
+    events counted), then calls of 1, 2, 4, ... evaluations (at most a history
+    block's) are timed by ``timer`` until one takes ``min_s`` (process 0's timing, so
+    that every process makes the same calls) or the next would pass ``max_evals``
+    evaluations in all (or the run's); the last one gives the seconds per evaluation.
+    The results are discarded and no observer is told; the program stays compiled
+    (cached) for the run that follows."""
+    prep = engine.sharded(prep)
+    spec = prep.spec
+    prog, _ = program_for(spec, prep.params, ch.traced.values, ch.grid_rows.size)
+    args, put_scalar = program_args(prep, ch, engine.data, engine.mesh)
+    params0, data, val, traced, keys, tidx, vidx, state0 = args
+    rest = (data, val, traced, keys, tidx, vidx)
+
+    def block(st, at, stop):
+        return jax.block_until_ready(prog.block(st, put_scalar(np.int32(at)),
+                                                put_scalar(np.int32(stop)), *rest))[0]
+
+    with CompileClock() as clock:
+        st = block(prog.init(params0, data, val, traced, keys, tidx, vidx, state0), 0, 1)
+        compile_s = clock.note(spec, 0.0)  # remembered as this spec's compile
+    limit, at, n, spent = min(evals_of(spec)[1], max_evals), 1, 1, 0.0
+    while True:
+        t0 = timer()
+        st = block(st, at, at + n)
+        secs = agree_floats([timer() - t0])[0]  # every process makes the same calls
+        spent, at = spent + secs, at + n
+        if secs >= min_s or 2 * n > prog.rows or at + 2 * n > limit:
+            break
+        n *= 2
+    jax.effects_barrier()  # the trial's progress callbacks done before the run's start
+    return compile_s, secs / n, spent
+
+
 def choose(engine: Engine, prep: Prepared, ch: ChunkInputs, group: int, evals_left: int,
            loop_opt: Any, plan_opt: str) -> tuple[ProgramSpec, list[Trial]]:
     """The spec a group runs (see the module docstring) and its trials (empty when none
@@ -113,12 +164,17 @@ def choose(engine: Engine, prep: Prepared, ch: ChunkInputs, group: int, evals_le
         return spec, []
     if evals_of(spec)[1] < 2:  # a trial times the second evaluation
         return spec, []
+    # a candidate's trial runs at most its share of TRIAL_SHARE of the evaluations
+    cap = max(2, int(TRIAL_SHARE * evals_left / len(cands)))
+    known = CompileClock.longest.get(engine.sharded(prep).spec, 0.0)  # compiled before
     times = []
     for i, cand in enumerate(cands):
-        got = engine.trial(prep._replace(spec=with_candidate(spec, cand)), ch, clock,
-                           TIMED_MIN_S)
+        got = trial(engine, prep._replace(spec=with_candidate(spec, cand)), ch, clock,
+                    TIMED_MIN_S, cap)
         times.append(agree_floats(list(got)))  # process 0's timings decide
-        if i == 0 and not worth_trying(len(cands), evals_left, *times[0]):
+        # the others' compiles estimated by the default's (this one's, or an earlier)
+        c = agree_floats([max(times[0][0], known)])[0]
+        if i == 0 and not worth_trying(len(cands), evals_left, c, *times[0][1:]):
             break
     best = min(range(len(times)), key=lambda i: times[i][1])
     chosen = with_candidate(spec, cands[best])

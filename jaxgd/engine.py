@@ -592,43 +592,6 @@ class Engine:
             return prep
         return prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
 
-    def trial(self, prep: Prepared, ch: ChunkInputs, timer: Callable[[], float],
-              min_s: float) -> tuple[float, float, float]:
-        """Measure ``prep``'s program on the inputs ``ch`` (device data only; at least two
-        evaluations): (compile seconds, seconds per evaluation, seconds of the timed
-        calls). Evaluation 0 runs from a fresh initial state (compiling: JAX's compile
-        events counted), then calls of 1, 2, 4, ... evaluations (at most a history
-        block's) are timed by ``timer`` until one takes ``min_s`` (process 0's timing, so
-        that every process makes the same calls) or the run's evaluations are used up; the
-        last one gives the seconds per evaluation. The
-        results are discarded and no observer is told; the program stays compiled
-        (cached) for the run that follows."""
-        prep = self.sharded(prep)
-        spec = prep.spec
-        prog, _ = program_for(spec, prep.params, ch.traced.values, ch.grid_rows.size)
-        args, put_scalar = program_args(prep, ch, self.data, self.mesh)
-        params0, data, val, traced, keys, tidx, vidx, state0 = args
-        rest = (data, val, traced, keys, tidx, vidx)
-
-        def block(st, at, stop):
-            return jax.block_until_ready(prog.block(st, put_scalar(np.int32(at)),
-                                                    put_scalar(np.int32(stop)), *rest))[0]
-
-        with CompileClock() as clock:
-            st = block(prog.init(params0, data, val, traced, keys, tidx, vidx, state0), 0, 1)
-            compile_s = clock.seconds
-        total, at, n, spent = evals_of(spec)[1], 1, 1, 0.0
-        while True:
-            t0 = timer()
-            st = block(st, at, at + n)
-            secs = agree_floats([timer() - t0])[0]  # every process makes the same calls
-            spent, at = spent + secs, at + n
-            if secs >= min_s or 2 * n > prog.rows or at + 2 * n > total:
-                break
-            n *= 2
-        jax.effects_barrier()  # the trial's progress callbacks done before the run's start
-        return compile_s, secs / n, spent
-
     def feeder(self, prep: Prepared, ch: ChunkInputs) -> Feeder:
         """The fed blocks of a host-fed call (:mod:`jaxgd.feed`), placed on the device (on
         a mesh: replicated; the program splits each batch over its ``"data"`` axis)."""

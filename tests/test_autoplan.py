@@ -134,16 +134,36 @@ def test_short_runs_keep_the_rules_without_measuring(monkeypatch):
     # 4 candidates, two evaluations each: 80 evaluations at least
     assert not autoplan.worth_measuring(4, 79) and autoplan.worth_measuring(4, 80)
     assert not autoplan.worth_measuring(1, 10 ** 6)  # nothing to choose from
-    # timed calls of 1, 2, 4 evaluations (until one takes TIMED_MIN_S): 1/64 s each, so
-    # 100 evaluations take ~1.6 s, less than 10 x the other three's trials (0.11 s each)
-    assert 2 ** -5 < autoplan.TIMED_MIN_S <= 2 ** -4
-    clock = scripted(monkeypatch, [2 ** -6, 2 ** -5, 2 ** -4])
-    sw = jaxgd.sweep(MSE, P0, (X, Y), **KW)
-    assert clock.readings == 6 and clock.spans == []
+    # measured: the default (a fresh loss: its compile is real, > 0.02 s), one timed call
+    # (a candidate's trial may run 100 x 0.1 / 4 = 2 evaluations) of 0.01 s: the others'
+    # trials, 3 x (compile + 0.02 s), cost more than 0.1 x the run's 100 x 0.01 s
+    clock = scripted(monkeypatch, [0.01])
+    sw = jaxgd.sweep(make_loss(), P0, (X, Y), **KW)
+    assert clock.readings == 2
     t = sw.plan_trials
     assert list(zip(t.plan, t.loop, t.eval_s, t.chosen, strict=True)) == [
-        ("vmap", "scan", 2 ** -6, True)]
+        ("vmap", "scan", 0.01, True)]
+    assert t.compile_s[0] > 0.02
     assert (sw.plans, sw.loop) == (["vmap"], "scan")
+
+
+def test_timed_calls_double_up_to_the_trials_share(monkeypatch):
+    """The timed calls run 1, 2, 4, ... evaluations until one takes TIMED_MIN_S or the
+    next would pass the candidate's share of the trials (fit: 2 candidates, 400
+    evaluations: 20 each, the first untimed); the seconds per evaluation are the last
+    call's. (Only the default is measured here: the others' trials are tested above.)"""
+    monkeypatch.setattr(autoplan, "worth_trying", lambda *a: False)
+    kw = dict(hparams={"learning_rate": 0.05}, batch_size=8, epochs=400)
+    assert 2 ** -5 < autoplan.TIMED_MIN_S <= 2 ** -3
+    # 1 + 1 + 2 + 4 + 8 = 16 evaluations; 16 more would pass 20
+    clock = scripted(monkeypatch, [2 ** -8, 2 ** -7, 2 ** -6, 2 ** -5])
+    res = jaxgd.fit(MSE, P0, (X, Y), **kw)
+    assert clock.readings == 8 and clock.spans == []
+    assert res.plan_trials.eval_s.tolist() == [2 ** -5 / 8]
+    # the second call (2 evaluations) takes TIMED_MIN_S: the last
+    clock = scripted(monkeypatch, [2 ** -8, 2 ** -3])
+    res = jaxgd.fit(MSE, P0, (X, Y), **kw)
+    assert clock.readings == 4 and res.plan_trials.eval_s.tolist() == [2 ** -4]
 
 
 def test_forced_options_limit_the_candidates(monkeypatch):
