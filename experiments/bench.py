@@ -530,6 +530,7 @@ class Bench:
         self.targets: list[dict[str, Any]] = []
         self.recompiles = 0
         self.f_rows: list[dict[str, Any]] = []  # problem set F, one row per fit / sweep
+        self.f_plan_rows: list[dict[str, Any]] = []  # F's sweeps, one row per plan
         self.f_reps: int | None = None  # F's interleaved rounds (None: its sizes' own)
 
     def add(self, problem, impl, k, measured, compile_s, run_s, flops, mem_mb, note=""):
@@ -1353,7 +1354,7 @@ def problem_f(bn: Bench) -> None:
     from . import bench_f
 
     nan = float("nan")
-    rows = bench_f.run_f(bench_f.F_SIZES[bn.s.f_sizes], bn.f_reps)
+    rows = bench_f.run_f(bench_f.F_SIZES[bn.s.f_sizes], bn.f_reps, plan_rows=bn.f_plan_rows)
     bn.f_rows += rows
     for r in rows:
         prob, k = f"F {r['problem']} {r['mode']}", r["configs"]
@@ -1622,6 +1623,12 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True,
 
         f_df = f_table(bn.f_rows)
         files += save_table(f_df, out, "f")
+    plans_df = None
+    if bn.f_plan_rows:
+        from .bench_f import plan_table
+
+        plans_df = plan_table(bn.f_plan_rows)
+        files += save_table(plans_df, out, "f_plans")
     plot_speedups(df, bn, out)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                f"{platform.python_implementation()} {platform.python_version()}")
@@ -1637,8 +1644,12 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True,
     if f_df is not None:
         print()
         print(f_df.to_markdown(index=False, floatfmt=".3g"))
+    if plans_df is not None:
+        print()
+        print(plans_df.to_markdown(index=False, floatfmt=".3g"))
     print(f"\nbench done in {time.perf_counter() - t0:.1f} s -> {out}")
-    return {"table": df, "targets": tg, "scaling": scale_df, "f": f_df, "peak_gflops": peak,
+    return {"table": df, "targets": tg, "scaling": scale_df, "f": f_df, "f_plans": plans_df,
+            "peak_gflops": peak,
             "files": [str(f) for f in files]}
 
 

@@ -31,6 +31,13 @@ execution plan of the updates ``fit``/``sweep`` chose (``result.loop``: ``loop="
 takes the host loop, a jitted step per host call, for a loss with a convolution on the
 CPU, else the scan).
 
+With a ``plan_rows`` list (``jaxgd bench`` and ``bench_gpu`` pass one), every problem's
+sweep also runs under each execution plan forced (``plan=`` vmap | map x ``loop=`` scan |
+host, :func:`measure_plans`) and at the defaults, interleaved in one run after clearing
+JAX's caches: compile and run seconds per plan, the run over the fastest plan's, the plan
+``"auto"`` ran and the evaluation seconds it measured (NaN: the run was too short for
+``jaxgd.autoplan`` to measure), and each plan's parity with auto's parameters.
+
 A sweep of N configurations is compared with N peer runs one after another (each peer
 compiles once: its hyper-parameters are arguments). Timing: JAX's caches cleared, a first
 call each (compile included), then up to ``reps`` interleaved rounds (jaxgd, loop, scan), as many as
@@ -521,10 +528,12 @@ def make_fit(prob: Problem) -> Callable[[], dict[str, Any]]:
     return run
 
 
-def make_sweep(prob: Problem, plan: str = "auto") -> Callable[[], list[dict[str, Any]]]:
+def make_sweep(prob: Problem, plan: str = "auto", loop: str = "auto"
+               ) -> Callable[[], list[dict[str, Any]]]:
     """The sweep of every (lr, seed) configuration; returns them in ``configs()`` order.
-    ``plan``: sweep's ``plan=``; the plans it ran are in the function's ``plans``
-    attribute after a call."""
+    ``plan``, ``loop``: sweep's ``plan=`` and ``loop=``; the plans it ran are in the
+    function's ``plans`` attribute after a call, its measured candidates (or None) in
+    ``trials``."""
     import jaxgd
 
     grid: dict[str, Any] = {"learning_rate": [float(v) for v in prob.lrs]}
@@ -536,8 +545,8 @@ def make_sweep(prob: Problem, plan: str = "auto") -> Callable[[], list[dict[str,
         kw = {} if prob.state is None else {"state": prob.state}
         sw = jaxgd.sweep(prob.loss, prob.params, prob.data, optimizer=prob.optimizer,
                          grid=grid, hparams=base or None, batch_size=prob.batch_size,
-                         epochs=prob.epochs, plan=plan, **kw)
-        run.plans = sw.plans
+                         epochs=prob.epochs, plan=plan, loop=loop, **kw)
+        run.plans, run.trials = sw.plans, sw.plan_trials
         tab = sw.table
         seeds = tab["seed"] if "seed" in tab else [0] * len(tab)
         where = {(float(np.float32(lr)), int(sd)): i
@@ -677,12 +686,50 @@ def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = 
     return row
 
 
+PLAN_COMBOS = (("vmap", "scan"), ("vmap", "host"), ("map", "scan"), ("map", "host"))
+
+
+def measure_plans(prob: Problem, budget_s: float = math.inf) -> list[dict[str, Any]]:
+    """The sweep under every execution plan forced (``plan=`` x ``loop=``, see
+    :data:`PLAN_COMBOS`) and at the defaults (``"auto"``), interleaved in one run (JAX's
+    caches cleared first): one row per plan with its compile seconds (first call minus the
+    fastest timed call), its run seconds, its ratio to the fastest plan's run, whether
+    ``auto`` chose it (and the evaluation seconds auto measured for it, NaN when auto
+    measured nothing: a run too short for trials keeps the rules), and the parity of its
+    final parameters with auto's."""
+    import jax
+
+    jax.clear_caches()
+    fns = {c: make_sweep(prob, *c) for c in PLAN_COMBOS}
+    fns["auto"] = make_sweep(prob)
+    times, outs = interleaved(fns, 1, budget_s)
+    auto = fns["auto"]
+    chose = (auto.plans[0], outs["auto"][0]["loop"])
+    measured = {} if auto.trials is None else {
+        (r.plan, r.loop): r.eval_s for r in auto.trials.itertuples()}
+    fastest = min(min(times[c][1]) for c in PLAN_COMBOS)
+    rows = []
+    for c in PLAN_COMBOS:
+        first, ts = times[c]
+        run = min(ts)
+        rows.append({"problem": prob.name, "plan": c[0], "loop": c[1],
+                     "configs": len(prob.configs()), "compile_s": max(first - run, 0.0),
+                     "run_s": run, "first_s": first, "ratio_to_fastest": run / fastest,
+                     "auto": c == chose, "auto_eval_s": measured.get(c, math.nan),
+                     "parity": check_parity(f"F {prob.name} sweep plan={c[0]} loop={c[1]} "
+                                            "vs auto", outs[c], outs["auto"], prob.tol)})
+    return rows
+
+
 def run_f(sizes: FSizes, reps: int | None = None, problems=None,
           overrides: dict[str, dict[str, Any]] | None = None,
           budget_left: Callable[[], float] | None = None,
           echo: Callable[[str], None] = print,
-          skipped: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run problem set F; one row per (problem, fit / sweep).
+          skipped: list[str] | None = None,
+          plan_rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run problem set F; one row per (problem, fit / sweep); with a ``plan_rows`` list,
+    also each problem's sweep under every execution plan (:func:`measure_plans`), its rows
+    appended there (while the budget lasts).
 
     Args:
       sizes: the sizes (``F_SIZES[name]``); ``reps``: interleaved rounds (else its own).
@@ -724,6 +771,14 @@ def run_f(sizes: FSizes, reps: int | None = None, problems=None,
                 rows.append(measure(prob, f"sweep plan={other}", reps, peers,
                                     sizes.row_budget_s))
                 _echo_row(echo, rows[-1], t)
+            if mode == "sweep" and plan_rows is not None and not (
+                    budget_left is not None and budget_left() <= 0):
+                t = time.perf_counter()
+                plan_rows += measure_plans(prob, sizes.row_budget_s)
+                echo(f"F {name} plans: " + ", ".join(
+                    f"{r['plan']}+{r['loop']} {r['run_s']:.3g} s (compile {r['compile_s']:.3g})"
+                    + (" auto" if r["auto"] else "") for r in plan_rows[-len(PLAN_COMBOS):])
+                    + f" ({time.perf_counter() - t:.1f} s)")
     return rows
 
 
@@ -754,4 +809,20 @@ def f_table(rows: list[dict[str, Any]]):
     for col in ("<= 1 run", "<= 1 first call"):
         if len(df):
             df[col] = df[col].map({True: "met", False: "unmet"})
+    return df
+
+
+PLAN_COLUMNS = (("problem", "problem"), ("configs", "N"), ("plan", "plan"), ("loop", "loop"),
+                ("compile_s", "compile s"), ("run_s", "run s"),
+                ("ratio_to_fastest", "run / fastest plan"), ("auto", "auto chose"),
+                ("auto_eval_s", "auto measured eval s"), ("parity", "parity with auto"))
+
+
+def plan_table(rows: list[dict[str, Any]]):
+    """The plan rows (:func:`measure_plans`) as a DataFrame with readable column names."""
+    import pandas as pd
+
+    df = pd.DataFrame([{lab: r[k] for k, lab in PLAN_COLUMNS} for r in rows])
+    if len(df):
+        df["auto chose"] = df["auto chose"].map({True: "yes", False: ""})
     return df

@@ -31,7 +31,10 @@ One short command for a lent accelerator (also runs on CPU, with smaller sizes):
   peer (target <= 1), run and first call (compile included) apart; the final parameters
   must agree (else the section reports the parity error and the exit code is 1). Sizes:
   F's ``quick`` sizes (``tiny`` with ``--tiny``): its Python loops are dispatch-bound, so
-  the full sizes would spend most of a lent device's time in the peers.
+  the full sizes would spend most of a lent device's time in the peers. Then, per
+  problem, the plans' choice (``bench_f.measure_plans``): its sweep under every execution
+  plan forced (``plan=`` vmap | map x ``loop=`` scan | host) and at ``"auto"``, in one
+  run: compile and run seconds per plan, which one auto chose (and what it measured).
 
 FLOPs count the matrix products exactly as ``experiments/bench.py`` does: 4*b*d per
 configuration per step (forward 2bd, gradient 2bd), every real batch (short last batches
@@ -460,12 +463,13 @@ def run_f_rows(sizes: GpuSizes, budget_s: float, enabled: bool) -> dict[str, Any
 
     budget, skipped = Budget(budget_s), []
     res: dict[str, Any] = {"sizes": sizes.f_sizes, "budget_s": budget_s, "rows": [],
-                           "skipped": skipped, "error": None}
+                           "plans": [], "skipped": skipped, "error": None}
     if not enabled:
         return res
     try:
         res["rows"] = bench_f.run_f(bench_f.F_SIZES[sizes.f_sizes], budget_left=budget.left,
-                                    skipped=skipped, echo=lambda m: print(m, flush=True))
+                                    skipped=skipped, echo=lambda m: print(m, flush=True),
+                                    plan_rows=res["plans"])
     except Exception as e:  # noqa: BLE001 - recorded in the output, exit code 1
         res["error"] = f"error: {type(e).__name__}: {e}"
         res["traceback"] = traceback.format_exc()
@@ -640,7 +644,7 @@ def render_markdown(res: dict[str, Any]) -> str:
 
 def render_f(f: dict[str, Any]) -> list[str]:
     """The problem-set-F section: one row per (problem, fit / sweep), ratios jaxgd / peer."""
-    from .bench_f import COLUMNS, TARGET
+    from .bench_f import COLUMNS, PLAN_COLUMNS, TARGET
 
     head = [lab for _, lab in COLUMNS]
     body = [[{True: "met", False: "unmet"}.get(r[k], r[k]) if k.startswith("met")
@@ -651,6 +655,11 @@ def render_f(f: dict[str, Any]) -> list[str]:
              f"{f['budget_s']:g} s budget.", ""]
     if body:
         parts.append(md_table(head, body))
+    if f.get("plans"):
+        parts += ["", "### The plans' choice: each sweep under every execution plan", "",
+                  md_table([lab for _, lab in PLAN_COLUMNS],
+                           [[("yes" if r[k] else "") if k == "auto" else r[k]
+                             for k, _ in PLAN_COLUMNS] for r in f["plans"]])]
     if f["skipped"]:
         parts += ["", "Skipped (budget): " + ", ".join(f["skipped"]) + "."]
     if f["error"]:

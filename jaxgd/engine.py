@@ -566,9 +566,7 @@ class Engine:
         :meth:`jaxgd.feed.Feeder.position`); ``resume`` (a checkpoint of this call) starts
         from its state and evaluation instead, the history returned still from
         ``start``."""
-        sharding = data_sharding(self.mesh)
-        if sharding is not None:  # each batch split over the mesh's "data" axis
-            prep = prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
+        prep = self.sharded(prep)
         spec = prep.spec
         S, width = ch.grid_rows.shape
         prog, layout = program_for(spec, prep.params, ch.traced.values, S * width)
@@ -603,6 +601,13 @@ class Engine:
             self.notify("call_end", call)
         comp = self.clock.note(spec, c0)
         return Advanced(st, out, hist, layout, keys, traced, comp, time.perf_counter() - t0)
+
+    def sharded(self, prep: Prepared) -> Prepared:
+        """``prep`` with each batch split over the mesh's ``"data"`` axis, if it has one."""
+        sharding = data_sharding(self.mesh)
+        if sharding is None:
+            return prep
+        return prep._replace(spec=prep.spec._replace(batch_sharding=sharding))
 
     def feeder(self, prep: Prepared, ch: ChunkInputs,
                resume: dict[str, np.ndarray] | None = None) -> Feeder:

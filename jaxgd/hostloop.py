@@ -18,6 +18,8 @@ searches run it unchanged.
 
 The host reads one scalar per evaluation (whether a configuration is still active), so
 a block stops where the scan plan's does. Multi-process runs keep the scan plan.
+``loop="auto"`` starts from :func:`resolve_loop`'s rule and, in a long run, measures
+both plans (:mod:`jaxgd.autoplan`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def resolve_loop(loop_opt: str | int, conv: Any) -> tuple[str, int]:
     plan whatever the option says. ``"auto"`` takes the host loop on
     a CPU backend in one process when the loss has a convolution (XLA:CPU runs a
     convolution several times slower inside a loop than jitted alone, measured by
-    ``experiments/bench_f.py``), else the scan."""
+    ``experiments/bench_f.py``), else the scan: the rule, kept in a short run; a run long
+    enough to pay for trials measures both and keeps the faster (:mod:`jaxgd.autoplan`)."""
     if loop_opt == "scan" or jax.process_count() > 1:  # several processes: the scan
         return "scan", 1
     if loop_opt == "host":

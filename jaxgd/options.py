@@ -383,7 +383,9 @@ _TRAIN: tuple[Option, ...] = (
            "int ``k`` (the host loop over a jitted scan of ``k`` updates), ``\"auto\"``: "
            "the host loop when the loss has a convolution and the program runs on the CPU "
            "in one process (XLA:CPU runs a convolution step several times slower inside a "
-           "loop than jitted alone), else the scan. Several processes run the scan whatever "
+           "loop than jitted alone), else the scan; in a run long enough to pay for it, "
+           "both are measured and the faster runs (:mod:`jaxgd.autoplan`; the measurements "
+           "are ``result.plan_trials``). Several processes run the scan whatever "
            "this says. Every plan gives the same numbers; the plan used is ``result.loop``.",
            file=True, check=check_loop,
            what='"auto", "scan", "host" or a positive integer', fingerprint=""),
@@ -474,7 +476,9 @@ _TRAIN: tuple[Option, ...] = (
            "``\"vmap\"`` batched together (one vectorised step for all of them), "
            "``\"map\"`` one after another (``jax.lax.map``: each configuration's own "
            "unbatched step), ``\"auto\"`` chosen per group by :func:`jaxgd.plans."
-           "choose_plan`. The choice is recorded in ``SweepResult.plans`` and "
+           "choose_plan`, or, in a run long enough to pay for it, by measuring both "
+           "(:mod:`jaxgd.autoplan`; the measurements are ``SweepResult.plan_trials``). "
+           "The choice is recorded in ``SweepResult.plans`` and "
            "``result.json``; results agree to float rounding (bit-identical where the "
            "arithmetic is the same), and resuming does not depend on it.",
            scope=SWEEP, check=_plan, fingerprint=""),

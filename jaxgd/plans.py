@@ -6,9 +6,11 @@ another inside the same program (``jax.lax.map``), each with the unbatched arith
 single configuration has. Both compute the same numbers (to float rounding; the same
 bits where XLA emits the same arithmetic for both).
 
-``sweep(plan="auto")`` chooses per group by :func:`choose_plan`, a rule on the size of
-the parameters (measuring both plans would compile every group twice, and a group's
-compile takes longer than its run in most sweeps). Measured with
+``sweep(plan="auto")`` starts per group from :func:`choose_plan`, a rule on the size of
+the parameters, and keeps it in a short run (measuring both plans would compile every
+group twice, and a group's compile takes longer than its run in most sweeps); in a run
+long enough that trying the other plan costs little, :mod:`jaxgd.autoplan` measures both
+(with the ``loop=`` candidates) and keeps the fastest. Measured with
 ``experiments/bench_f.py``'s quick sizes (4 configurations, 2-core CPU, interleaved,
 fastest of 3-5 calls, in seconds, vmap / map / four hand ``jit(scan)`` runs in turn):
 linear regression B (65 parameters) 0.031 / 0.048 / 0.035; MLP 64-256-256-10 (85 002)
@@ -30,7 +32,8 @@ MAP_MIN_PARAMS = 1 << 12
 
 
 def choose_plan(plan: str, spec: ProgramSpec, params, n_configs: int, ndev: int) -> str:
-    """The plan of a group: ``plan`` itself unless ``"auto"``, which gives ``"map"`` for
+    """The plan of a group by rule (``"auto"``'s default candidate, see
+    :mod:`jaxgd.autoplan`): ``plan`` itself unless ``"auto"``, which gives ``"map"`` for
     several configurations per device whose parameters have at least
     :data:`MAP_MIN_PARAMS` elements, else ``"vmap"`` (one configuration per stream has
     nothing to batch: ``"vmap"``, which drops the axis)."""
@@ -42,8 +45,8 @@ def choose_plan(plan: str, spec: ProgramSpec, params, n_configs: int, ndev: int)
 
 
 def with_plans(groups, plan: str, ndev: int) -> list[str]:
-    """Set each group's program plan (its spec's ``config_plan``); returns them in group
-    order."""
+    """Set each group's program plan by rule (its spec's ``config_plan``); returns them
+    in group order."""
     chosen = []
     for g in groups:
         p = g.prepared

@@ -60,6 +60,10 @@ class FitResult:
         starts from them); for divergence found at an evaluation (non-finite parameters,
         the loss grown past ``diverge_factor``, a non-finite evaluation loss) the updates
         up to that evaluation; 0 for a non-finite initial loss.
+      loop: the execution plan of the updates that ran (:func:`jaxgd.spec.loop_name`).
+      plan_trials: the measured candidates of ``loop="auto"`` (a DataFrame, columns
+        ``group``, ``plan``, ``loop``, ``compile_s``, ``eval_s``, ``chosen``: see
+        :mod:`jaxgd.autoplan`), or None when nothing was measured.
     """
 
     params: Any
@@ -73,6 +77,7 @@ class FitResult:
     diverged_step: int = -1
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     loop: str = "scan"
+    plan_trials: Any = field(default=None, repr=False)
 
     @classmethod
     def from_program(cls, out: ProgramOutput, spec: Any = None) -> FitResult:
@@ -247,6 +252,12 @@ class SweepResult:
       plans: the execution plan of each compiled group, in group order (``"vmap"`` or
         ``"map"``: sweep's ``plan=``, see :mod:`jaxgd.plans`), also in ``result.json``;
         None when unknown (a concatenation).
+      loop: the execution plans of the groups' updates, joined by commas
+        (:func:`jaxgd.spec.loop_name`).
+      plan_trials: the candidate plans measured for ``plan="auto"`` / ``loop="auto"``
+        (a DataFrame, a row per candidate tried: ``group``, ``plan``, ``loop``,
+        ``compile_s``, ``eval_s`` (one evaluation's seconds), ``chosen``; see
+        :mod:`jaxgd.autoplan`), also in ``result.json``; None when nothing was measured.
     """
 
     def __init__(self, configs, table, history, params, folds=None, fingerprint=None, *,
@@ -272,6 +283,8 @@ class SweepResult:
         # the execution plan ("vmap" or "map") of each compiled group, in group order
         # (sweep's plan=; None when unknown, e.g. a concatenation)
         self.plans = None
+        # the measured candidate plans (jaxgd.autoplan; None: nothing measured)
+        self.plan_trials = None
 
     @property
     def params(self) -> Any:
@@ -712,4 +725,5 @@ def load(path, like=None, state_like=None):
     res.lineage = r["lineage"]
     res.plans = r["plans"]
     res.loop = r["loop"]
+    res.plan_trials = r["plan_trials"]
     return res

@@ -775,6 +775,9 @@ def save_result(res: Any, path: Any, store: RunStore | None = None) -> None:
             meta["dtypes"]["lineage.csv"] = frame_dtypes(lineage)
         if getattr(res, "loop", None) is not None:  # the execution plan (jaxgd.spec.loop_name)
             meta["loop"] = res.loop
+        trials = getattr(res, "plan_trials", None)
+        if trials is not None:  # the measured candidate plans (jaxgd.autoplan)
+            meta["plan_trials"] = trials.to_dict(orient="records")
         atomic_write_bytes(path / "result.json", _sealed_json(meta, default=json_default))
     finally:
         store.close()
@@ -897,7 +900,7 @@ def load_result(path: Any, like: Any = None, state_like: Any = None) -> dict[str
     return {"configs": configs, "table": table, "history": history, "param_groups": groups,
             "state": state, "folds": meta.get("folds"), "fingerprint": fingerprint,
             "lineage": lineage, "typed": "table.csv" in dtypes, "plans": _plans(meta),
-            "loop": meta.get("loop")}
+            "loop": meta.get("loop"), "plan_trials": _plan_trials(meta)}
 
 
 def _plans(meta: dict[str, Any]) -> list[str] | None:
@@ -908,3 +911,23 @@ def _plans(meta: dict[str, Any]) -> list[str] | None:
     if not isinstance(plans, list) or not all(p in ("vmap", "map") for p in plans):
         raise ValueError(f"result.json is damaged: plans={plans!r}")
     return plans
+
+
+_TRIAL_FIELDS = {"group": int, "plan": str, "loop": str, "compile_s": float, "eval_s": float,
+                 "chosen": bool}
+
+
+def _plan_trials(meta: dict[str, Any]) -> Any:
+    """The measured candidate plans a result.json records, as a DataFrame (None when it
+    has none)."""
+    rows = meta.get("plan_trials")
+    if rows is None:
+        return None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and set(r) == set(_TRIAL_FIELDS)
+            and all(isinstance(r[k], t) or t is float and isinstance(r[k], int)
+                    for k, t in _TRIAL_FIELDS.items()) for r in rows):
+        raise ValueError(f"result.json is damaged: plan_trials={rows!r}")
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=list(_TRIAL_FIELDS))

@@ -29,8 +29,8 @@ from typing import Any
 
 import jax
 
+from . import autoplan, trackers
 from . import search as search_mod
-from . import trackers
 from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_folds
 from .checkpoint import checkpointer_for
 from .engine import (
@@ -201,8 +201,7 @@ def sweep(
         fingerprint = run_fingerprint(
             cfgs, all_idx, base, dict(hparams or {}),
             DEFAULT_EPOCHS if epochs is None and steps is None else epochs, shuffle, drop_last,
-            folds,
-            fold_seed, settings,
+            folds, fold_seed, settings,
             (data, params if groups[0].prepared.combined is None
              else groups[0].prepared.params, val_data, state),
             [program_digest(g.prepared) for g in groups])
@@ -217,13 +216,15 @@ def sweep(
         engine = Engine(data, val_data, fold_split, mesh,
                         observers=[ProgressBar(calls=search is None and progress), *tracked],
                         checkpoint=ckpt)
-        res_plans = with_plans(groups, plan, engine.ndev)
+        with_plans(groups, plan, engine.ndev)  # the rules' plans (measured below)
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, units, engine.ndev)
+            trials = autoplan.choose_groups(engine, plans, opts.loop, opts.plan, store)
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
                                                                         store),
                                         units, folds=folds)
-        else:
+        else:  # a search keeps the rules' plans
+            trials = []
             pop = Population(engine, groups, cfgs, units, chunk_size, memory_budget,
                              getattr(search, "compact", True), store, grid, random)
             metric = search.metric or default_metric(groups[0].prepared.spec.has_val)
@@ -238,7 +239,7 @@ def sweep(
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
-        res.plans = res_plans
+        autoplan.record(res, groups, trials)
         res.loop = ",".join(dict.fromkeys(loop_name(g.prepared.spec) for g in groups))
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock

@@ -7,6 +7,7 @@ through the program (:mod:`jaxgd.program`); the result is a :class:`jaxgd.FitRes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import trackers
+from . import autoplan, trackers
 from .checkpoint import checkpointer_for
 from .engine import ChunkInputs, Engine, chunk_record, single_inputs
 from .fingerprint import fit_fingerprint
@@ -117,7 +118,7 @@ def fit(
         with trackers.tracking(opts.track, "jaxgd-fit", lambda: {0: ("fit", {})}) as tracked:
             engine = Engine(program_data(p), observers=[ProgressBar(), *tracked],
                             checkpoint=ckpt)
-            rec = run_fit(engine, p, ch, store)
+            rec, spec, trials = run_fit(engine, p, ch, store, opts.loop)
             if store is not None:  # the final files, as a sweep of this one configuration
                 from .results import SweepResult
 
@@ -126,6 +127,7 @@ def fit(
                 one = SweepResult.from_runs([row], [0], [rec], epochs)
                 one.fingerprint = store.fingerprint
                 one.loop = loop_name(spec)
+                one.plan_trials = autoplan.table(trials)
                 one.save(store.path, _store=store)  # releases the lock
             out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
             out = jax.tree.map(lambda a: a[0], out)  # host arrays
@@ -133,7 +135,8 @@ def fit(
                                state=jax.tree.map(jnp.asarray, out.state))
             if p.combined is not None:  # the model object, with its trained arrays
                 out = out._replace(params=p.combined.rebuild(out.params))
-            res = FitResult.from_program(out, spec)
+            res = dataclasses.replace(FitResult.from_program(out, spec),
+                                      plan_trials=autoplan.table(trials))
             for t in tracked:
                 t.finish(res)
     finally:
@@ -145,10 +148,13 @@ def fit(
 FIT_TAG = "fit"  # the name of a fit's result (and checkpoints) in its run folder
 
 
-def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None) -> dict[str, Any]:
+def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None, loop_opt: Any = "scan"
+            ) -> tuple[dict[str, Any], Any, list[Any]]:
     """The program's outputs of one configuration as a chunk record (leading axis of
     length 1): read from the run folder ``store`` when it holds them, else run (from
-    the folder's last checkpoint, if any) and saved there."""
+    the folder's last checkpoint, if any) and saved there; with the spec that ran (its
+    loop chosen by :func:`jaxgd.autoplan.choose` for ``loop_opt="auto"``; ``p``'s when
+    read back) and the plan trials (empty when none was measured)."""
     spec = p.spec
     n = evals_of(spec)[1]
     call = Call(spec, 0, 1, 1, 0, n, configs=np.zeros((1, 1), np.int64))
@@ -158,16 +164,19 @@ def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None) -> dict[st
         if cached is not None and np.array_equal(cached.get("config"), [0]):
             with engine.running(1):  # the observers (trackers) see the rows read back
                 engine.read_back(call._replace(cached=True), cached)
-            return cached
+            return cached, spec, []
+    resume = engine.resume_of(store, FIT_TAG, p, ch, [0])
+    spec, trials = autoplan.choose(engine, p, ch, 0, n - (0 if resume is None else resume.at),
+                                   loop_opt, "vmap")
+    p = p._replace(spec=spec)
     with engine.running(1), engine.catching(store):
-        a = engine.advance(p, ch, 0, n, call,
-                           resume=engine.resume_of(store, FIT_TAG, p, ch, [0]),
+        a = engine.advance(p, ch, 0, n, call._replace(spec=spec), resume=resume,
                            save=engine.saver(store, FIT_TAG, [0]))
     rec = chunk_record(jax.tree.map(lambda a: a[0], a.output())._asdict(), [0])
     if store is not None:
         store.save_chunk(FIT_TAG, rec)
         store.drop_checkpoints(FIT_TAG)
-    return rec
+    return rec, spec, trials
 
 
 # the options' entries of the docstring come from the table in jaxgd.options

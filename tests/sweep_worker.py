@@ -3,7 +3,7 @@
     python tests/sweep_worker.py --out DIR [--devices 4] [--process-id I --num-processes N
         --port P] [--epochs E] [--chunk-size C] [--batch-size B] [--report FILE]
         [--progress all|lead] [--model-state] [--mesh C,D] [--n N]
-        [--checkpoint-every K|DURATION] [--fit] [--track KIND:DIR]
+        [--checkpoint-every K|DURATION] [--fit] [--track KIND:DIR] [--try-plans]
 
 JAX options that must come before any JAX operation (forced host devices, the
 distributed runtime) are set here, first thing. With ``--report`` a JSON summary
@@ -142,6 +142,8 @@ def main(argv=None):
                     help="fit(...) of the first configuration (run_fit) instead of a sweep")
     ap.add_argument("--eval-every", type=int, default=1)
     ap.add_argument("--track", default=None, help="track= of the sweep (every process)")
+    ap.add_argument("--try-plans", action="store_true",
+                    help="plan='auto' measures every candidate plan, however short the run")
     a = ap.parse_args(argv)
 
     import jax
@@ -162,6 +164,8 @@ def main(argv=None):
         prog_mod = sys.modules["jaxgd.program"]
         prog_mod.HISTORY_BLOCK_BYTES, prog_mod.HISTORY_MIN_ROWS = 1, a.block_rows
     sweep_mod = sys.modules["jaxgd.sweep"]  # (jaxgd.sweep is the function)
+    if a.try_plans:
+        sys.modules["jaxgd.autoplan"].TRIAL_SHARE = float("inf")
 
     shardings = []
     prog_mod = sys.modules["jaxgd.program"]
@@ -244,6 +248,9 @@ def main(argv=None):
                                [[d.process_index for d in row]
                                 for row in extra["mesh"].devices.tolist()]),
             "table": json.loads(sw.table.to_json(orient="records")),
+            "plans": sw.plans,
+            "plan_trials": (None if sw.plan_trials is None
+                            else json.loads(sw.plan_trials.to_json(orient="records"))),
             "loss": sw.history["loss"].tolist(),
             "params_w": sw.params["w"].tolist(),
             "lineage": None if sw.lineage is None else sw.lineage.to_numpy(float).tolist(),

@@ -44,6 +44,21 @@ def test_f_rows_targets_and_table_through_bench_main(tmp_path, monkeypatch):
     ft = targets[targets["target"].str.startswith("F ")]
     assert len(ft) == 2 * len(f) and set(ft["goal"]) == {"<= 1"}
     assert res["f"] is not None and len(res["f"]) == len(f)
+    # each problem's sweep under every execution plan, measured in the same run
+    pl = pd.read_csv(tmp_path / "f_plans.csv", keep_default_na=False)
+    assert list(zip(pl["problem"], pl["plan"], pl["loop"], strict=True)) == [
+        (q, p, lp) for q in ("A", "B") for p in ("vmap", "map") for lp in ("scan", "host")]
+    for q in ("A", "B"):
+        mine = pl[pl["problem"] == q]
+        run = mine["run s"].astype(float)
+        assert (run > 0).all() and (mine["compile s"].astype(float) >= 0).all()
+        np.testing.assert_allclose(mine["run / fastest plan"].astype(float), run / run.min())
+        # auto ran one of them: the rules' (F_TINY runs are too short to try the others;
+        # A's 200 evaluations are enough to measure the default)
+        assert list(mine["auto chose"]) == ["yes", "", "", ""]
+        got = list(mine["auto measured eval s"])
+        assert got[1:] == ["", "", ""] and (got[0] == "" or float(got[0]) > 0)
+        assert (mine["parity with auto"].astype(float) <= 1e-4).all()
 
 
 def test_default_problems_leave_f_out():

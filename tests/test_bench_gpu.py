@@ -77,6 +77,15 @@ def test_every_row_in_the_table(tiny_run):
         assert f"| {r['problem']} | {r['mode']} | {r['configs']} |" in md
         assert r["ratio_run"] == pytest.approx(
             r["jaxgd_run_s"] / min(r["loop_run_s"], r["scan_run_s"]))
+    # the plans' choice: each measured problem's sweep under the four plans, one of them
+    # auto's, in the markdown
+    for q in dict.fromkeys(r["problem"] for r in f["plans"]):
+        mine = [r for r in f["plans"] if r["problem"] == q]
+        assert [(r["plan"], r["loop"]) for r in mine] == [
+            (p, lp) for p in ("vmap", "map") for lp in ("scan", "host")], q
+        assert sum(r["auto"] for r in mine) == 1, q
+    for r in f["plans"]:
+        assert f"| {r['problem']} | {r['configs']} | {r['plan']} | {r['loop']} |" in md
     # each seed of C ran its own configurations: K rows returned
     for r in rows:
         if r["implementation"].startswith("jaxgd"):

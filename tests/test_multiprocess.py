@@ -95,6 +95,27 @@ def test_two_processes_equal_one(tmp_path):
     assert len(live) == 18 and live == read_tensorboard(tmp_path / "tb_export")
 
 
+@pytest.mark.slow
+def test_two_processes_choose_the_same_measured_plan(tmp_path):
+    """plan="auto" measuring every candidate (``--try-plans``) on two processes of 2
+    devices each: both run the same trials and follow process 0's timings (else their
+    programs' collectives would not match), and the table is one process's."""
+    port = free_port()
+    report = tmp_path / "report.json"
+    run_pair(lambda i: [sys.executable, str(WORKER), "--process-id", str(i),
+                        "--num-processes", "2", "--port", str(port), "--devices", "2",
+                        "--epochs", "30", "--report", str(report), "--try-plans"],
+             tmp_path, "t")
+    info = json.loads(report.read_text())
+    trials = pd.DataFrame(info["plan_trials"])
+    # 2 groups (batch sizes) x the 2 plans (several processes: the scan loop only)
+    assert list(zip(trials.group, trials.plan, trials.loop, strict=True)) == [
+        (g, p, "scan") for g in (0, 1) for p in ("vmap", "map")]
+    assert (trials.groupby("group").chosen.sum() == 1).all()
+    assert info["plans"] == list(trials[trials.chosen].plan)
+    compare_tables(pd.DataFrame(info["table"]), load_worker().run_sweep(epochs=30).table)
+
+
 CLI_CONFIG = """
 [data]
 dataset = "diabetes"
