@@ -184,24 +184,28 @@ def choose(engine: Engine, prep: Prepared, ch: ChunkInputs, group: int, evals_le
 
 
 def choose_groups(engine: Engine, plans: list[ChunkPlan], loop_opt: Any, plan_opt: str,
-                  store=None) -> list[Trial]:
+                  store=None) -> tuple[list[Trial], bool]:
     """Decide every group of a plain sweep's chunk ``plans`` (:func:`choose`; each group
     measured on its first call's inputs, the estimated run its calls not yet in the run
-    folder ``store``): each group's spec set to its choice; returns the trials."""
+    folder ``store``): each group's spec set to its choice; returns the trials and
+    whether any chunk is read back from ``store`` (computed by an earlier call, whose
+    plans this call need not share)."""
     trials: list[Trial] = []
+    read_back = False
     for gi in dict.fromkeys(p.group_index for p in plans):
         mine = [p for p in plans if p.group_index == gi]
         g, first = mine[0].group, mine[0]
         todo = sum(1 for p in mine for ci in range(p.n_chunks)
                    if store is None or engine.load_chunk(store, p, ci,
                                                          f"{p.tag}_c{ci:05d}") is None)
+        read_back |= todo < sum(p.n_chunks for p in mine)
         ch = chunk_inputs(g, first.streams, first.per_stream, 0, first.width,
                           engine.fold_split)
         spec, got = choose(engine, g.prepared, ch, gi, todo * evals_of(g.prepared.spec)[1],
                            loop_opt, plan_opt)
         g.prepared = g.prepared._replace(spec=spec)
         trials += got
-    return trials
+    return trials, read_back
 
 
 def table(trials: list[Trial]):
@@ -214,8 +218,20 @@ def table(trials: list[Trial]):
     return pd.DataFrame([t._asdict() for t in trials], columns=list(Trial._fields))
 
 
-def record(res, groups, trials: list[Trial]) -> None:
-    """Record on a sweep's result the plan each group ran (``res.plans``) and the trials
-    (``res.plan_trials``)."""
+def record(res, groups, trials: list[Trial], read_back: bool = False, store=None,
+           options: tuple[Any, str] = ("scan", "vmap")) -> None:
+    """Record on a sweep's result the plan each group ran (``res.plans``), their loops
+    (``res.loop``) and the trials (``res.plan_trials``). With chunks read back from the run
+    folder ``store`` or calls resumed from its checkpoints (``read_back``) under an
+    ``"auto"`` option (``options``: ``loop``, ``plan``), an earlier call may have measured
+    and run other plans: the folder's own record when it has one (a finished sweep
+    called again), else None (unknown)."""
+    from .store import recorded_plan
+
     res.plans = [g.prepared.spec.config_plan for g in groups]
+    res.loop = ",".join(dict.fromkeys(loop_name(g.prepared.spec) for g in groups))
     res.plan_trials = table(trials)
+    if read_back and store is not None and "auto" in options:
+        rec = recorded_plan(store.path)
+        res.plans, res.loop = rec["plans"], rec["loop"]
+        res.plan_trials = rec["plan_trials"] if not trials else res.plan_trials

@@ -534,6 +534,7 @@ class Engine:
         self.ndev = config_devices(mesh)  # configurations are padded to a multiple
         self.observers = list(observers)
         self.clock = CompileClock()
+        self.resumed = False  # a call went on from a checkpoint (resume_of)
         # the block's rows are unpacked for observers only when one reads them
         self.rows_wanted = any(type(o).block_rows is not Observer.block_rows
                                for o in self.observers)
@@ -680,7 +681,9 @@ class Engine:
             got = checkpoint_state(arrays, meta["at"], shapes, ch, configs)
             if got is not None:
                 break
-        return agree_cached(got)
+        got = agree_cached(got)
+        self.resumed |= got is not None
+        return got
 
     def run_plans(self, plans: list[ChunkPlan], n_groups: int, store=None
                   ) -> list[dict[str, Any]]:

@@ -623,3 +623,19 @@ def document(scope: str, skip: Iterable[str] = ()) -> str:
         lines += textwrap.wrap(f"{o.name}: {o.doc}", 86, initial_indent="      ",
                                subsequent_indent="        ")
     return "\n".join(lines)
+
+
+def check_folds(folds, n: int, windows, shuffle) -> None:
+    """``sweep``'s ``folds=`` with the data's ``n`` samples, ``windows=`` and ``shuffle=``
+    (ValueError before anything compiles)."""
+    if folds is None:
+        return
+    if folds > n:
+        raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
+    if windows is not None:
+        raise ValueError(f"folds={folds!r} cannot be combined with windows={windows!r} (a "
+                         "token stream has no samples to split)")
+    if normalize_shuffle("shuffle", shuffle) == GIVEN:
+        raise ValueError(f"shuffle= an order array cannot be combined with folds={folds!r} "
+                         "(each fold trains on its own part of the data): use shuffle=True "
+                         "or False")

@@ -60,7 +60,10 @@ class FitResult:
         starts from them); for divergence found at an evaluation (non-finite parameters,
         the loss grown past ``diverge_factor``, a non-finite evaluation loss) the updates
         up to that evaluation; 0 for a non-finite initial loss.
-      loop: the execution plan of the updates that ran (:func:`jaxgd.spec.loop_name`).
+      loop: the execution plan of the updates that ran (:func:`jaxgd.spec.loop_name`);
+        None when not known: a run resumed from a checkpoint under ``loop="auto"`` (the
+        updates before the checkpoint may have run another plan, measured then), or a
+        result read back from a run folder that does not record it.
       plan_trials: the measured candidates of ``loop="auto"`` (a DataFrame, columns
         ``group``, ``plan``, ``loop``, ``compile_s``, ``eval_s``, ``chosen``: see
         :mod:`jaxgd.autoplan`), or None when nothing was measured.
@@ -76,7 +79,7 @@ class FitResult:
     state: Any = None
     diverged_step: int = -1
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    loop: str = "scan"
+    loop: str | None = "scan"
     plan_trials: Any = field(default=None, repr=False)
 
     @classmethod
@@ -251,9 +254,11 @@ class SweepResult:
       folds: the number of folds of a cross-validation sweep, else None.
       plans: the execution plan of each compiled group, in group order (``"vmap"`` or
         ``"map"``: sweep's ``plan=``, see :mod:`jaxgd.plans`), also in ``result.json``;
-        None when unknown (a concatenation).
+        None when unknown (a concatenation; a sweep that read back chunks or resumed
+        checkpoints of an earlier call under an ``"auto"`` option, which may have run
+        other plans, unless the run folder records them).
       loop: the execution plans of the groups' updates, joined by commas
-        (:func:`jaxgd.spec.loop_name`).
+        (:func:`jaxgd.spec.loop_name`); None when unknown, as ``plans``.
       plan_trials: the candidate plans measured for ``plan="auto"`` / ``loop="auto"``
         (a DataFrame, a row per candidate tried: ``group``, ``plan``, ``loop``,
         ``compile_s``, ``eval_s`` (one evaluation's seconds), ``chosen``; see

@@ -913,6 +913,18 @@ def _plans(meta: dict[str, Any]) -> list[str] | None:
     return plans
 
 
+def recorded_plan(path) -> dict[str, Any]:
+    """``plans``, ``loop`` and ``plan_trials`` as the run folder's ``result.json`` records
+    them (what computed the results it holds); each None when it holds none, or the
+    folder no result."""
+    try:
+        meta = read_sealed_json(Path(path) / "result.json")
+        return {"plans": _plans(meta), "loop": meta.get("loop"),
+                "plan_trials": _plan_trials(meta)}
+    except (OSError, IntegrityError, ValueError):
+        return {"plans": None, "loop": None, "plan_trials": None}
+
+
 _TRIAL_FIELDS = {"group": int, "plan": str, "loop": str, "compile_s": float, "eval_s": float,
                  "chosen": bool}
 

@@ -49,7 +49,6 @@ from .options import DEFAULT_EPOCHS, budget, collect, document, fingerprint_sett
 from .plans import with_plans
 from .population import Population
 from .search_base import default_metric
-from .spec import loop_name
 
 __all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]
 
@@ -166,21 +165,13 @@ def sweep(
         check_mesh(mesh)
 
     from .data import kfold_indices
-    from .options import GIVEN, normalize_shuffle
+    from .options import check_folds
     from .prepare import program_data
 
     mesh = mesh if mesh is not None else default_mesh()
     data, n = _sweep_data(data, feed, folds, mesh)
-    if folds is not None and folds > n:
-        raise ValueError(f"folds={folds!r} is more than the {n} samples of data")
+    check_folds(folds, n, windows, shuffle)
     fold_split = kfold_indices(n, folds, shuffle=True, seed=fold_seed) if folds else None
-    if folds is not None and windows is not None:
-        raise ValueError(f"folds={folds!r} cannot be combined with windows={windows!r} (a "
-                         "token stream has no samples to split)")
-    if folds is not None and normalize_shuffle("shuffle", shuffle) == GIVEN:
-        raise ValueError(f"shuffle= an order array cannot be combined with folds={folds!r} "
-                         "(each fold trains on its own part of the data): use shuffle=True "
-                         "or False")
     if search is not None:
         search = _checked_search(search, cfgs, units, eval_every,
                                  "steps" if by_steps else "epochs")
@@ -219,12 +210,13 @@ def sweep(
         with_plans(groups, plan, engine.ndev)  # the rules' plans (measured below)
         if search is None:
             plans = plan_chunks(groups, chunk_size, memory_budget, units, engine.ndev)
-            trials = autoplan.choose_groups(engine, plans, opts.loop, opts.plan, store)
+            trials, read_back = autoplan.choose_groups(engine, plans, opts.loop, opts.plan,
+                                                       store)
             res = SweepResult.from_runs(cfgs, all_idx, engine.run_plans(plans, len(groups),
                                                                         store),
                                         units, folds=folds)
         else:  # a search keeps the rules' plans
-            trials = []
+            trials, read_back = [], False
             pop = Population(engine, groups, cfgs, units, chunk_size, memory_budget,
                              getattr(search, "compact", True), store, grid, random)
             metric = search.metric or default_metric(groups[0].prepared.spec.has_val)
@@ -239,8 +231,8 @@ def sweep(
         if groups[0].prepared.combined is not None:  # the model object, stacked arrays
             res.param_groups = [as_model(pg, groups) for pg in res.param_groups]
         res.fingerprint = fingerprint
-        autoplan.record(res, groups, trials)
-        res.loop = ",".join(dict.fromkeys(loop_name(g.prepared.spec) for g in groups))
+        autoplan.record(res, groups, trials, read_back or engine.resumed, store,
+                        (opts.loop, opts.plan))
         if store is not None:
             res.save(store.path, _store=store)  # releases the lock
         for t in tracked:

@@ -118,7 +118,7 @@ def fit(
         with trackers.tracking(opts.track, "jaxgd-fit", lambda: {0: ("fit", {})}) as tracked:
             engine = Engine(program_data(p), observers=[ProgressBar(), *tracked],
                             checkpoint=ckpt)
-            rec, spec, trials = run_fit(engine, p, ch, store, opts.loop)
+            rec, spec, trials, loop = run_fit(engine, p, ch, store, opts.loop)
             if store is not None:  # the final files, as a sweep of this one configuration
                 from .results import SweepResult
 
@@ -126,8 +126,8 @@ def fit(
                        for k, v in (hparams or {}).items()}
                 one = SweepResult.from_runs([row], [0], [rec], epochs)
                 one.fingerprint = store.fingerprint
-                one.loop = loop_name(spec)
-                one.plan_trials = autoplan.table(trials)
+                one.loop = loop
+                one.plan_trials = trials
                 one.save(store.path, _store=store)  # releases the lock
             out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
             out = jax.tree.map(lambda a: a[0], out)  # host arrays
@@ -135,8 +135,8 @@ def fit(
                                state=jax.tree.map(jnp.asarray, out.state))
             if p.combined is not None:  # the model object, with its trained arrays
                 out = out._replace(params=p.combined.rebuild(out.params))
-            res = dataclasses.replace(FitResult.from_program(out, spec),
-                                      plan_trials=autoplan.table(trials))
+            res = dataclasses.replace(FitResult.from_program(out, spec), loop=loop,
+                                      plan_trials=trials)
             for t in tracked:
                 t.finish(res)
     finally:
@@ -149,12 +149,14 @@ FIT_TAG = "fit"  # the name of a fit's result (and checkpoints) in its run folde
 
 
 def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None, loop_opt: Any = "scan"
-            ) -> tuple[dict[str, Any], Any, list[Any]]:
+            ) -> tuple[dict[str, Any], Any, Any, str | None]:
     """The program's outputs of one configuration as a chunk record (leading axis of
     length 1): read from the run folder ``store`` when it holds them, else run (from
     the folder's last checkpoint, if any) and saved there; with the spec that ran (its
     loop chosen by :func:`jaxgd.autoplan.choose` for ``loop_opt="auto"``; ``p``'s when
-    read back) and the plan trials (empty when none was measured)."""
+    read back), the plan trials (a table, None when none was measured) and the loop
+    that computed the record (:attr:`jaxgd.FitResult.loop`: when read back, the
+    folder's record of it; None when unknown)."""
     spec = p.spec
     n = evals_of(spec)[1]
     call = Call(spec, 0, 1, 1, 0, n, configs=np.zeros((1, 1), np.int64))
@@ -164,7 +166,10 @@ def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None, loop_opt: 
         if cached is not None and np.array_equal(cached.get("config"), [0]):
             with engine.running(1):  # the observers (trackers) see the rows read back
                 engine.read_back(call._replace(cached=True), cached)
-            return cached, spec, []
+            from .store import recorded_plan
+
+            rec = recorded_plan(store.path)  # what computed them, if recorded
+            return cached, spec, rec["plan_trials"], rec["loop"]
     resume = engine.resume_of(store, FIT_TAG, p, ch, [0])
     spec, trials = autoplan.choose(engine, p, ch, 0, n - (0 if resume is None else resume.at),
                                    loop_opt, "vmap")
@@ -176,7 +181,10 @@ def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None, loop_opt: 
     if store is not None:
         store.save_chunk(FIT_TAG, rec)
         store.drop_checkpoints(FIT_TAG)
-    return rec, spec, trials
+    # resumed under loop="auto": the updates before the checkpoint may have run another
+    # plan, measured then (every plan computes the same numbers, to float rounding)
+    loop = None if resume is not None and loop_opt == "auto" else loop_name(spec)
+    return rec, spec, autoplan.table(trials), loop
 
 
 # the options' entries of the docstring come from the table in jaxgd.options

@@ -187,7 +187,8 @@ class Stop(Exception):
 def test_resume_does_not_depend_on_the_choice(monkeypatch, tmp_path):
     """A run chose (map, host) and saved a checkpoint, then stopped; resumed, it measures
     anew and chooses (vmap, scan) for the rest: the result equals the uninterrupted
-    run's to float rounding, and the folder records the resumed run's choice."""
+    run's to float rounding; the folder records the resumed run's trials, and neither
+    plan as the one that ran (part ran under each: unknown, not a wrong label)."""
     kw = KW | {"epochs": 200, "checkpoint_every": 30}
     real = RunStore.save_checkpoint
 
@@ -212,11 +213,36 @@ def test_resume_does_not_depend_on_the_choice(monkeypatch, tmp_path):
     monkeypatch.setattr(Engine, "resume_of", spy)
     resumed = jaxgd.sweep(MSE, P0, (X, Y), out=tmp_path / "run", **kw)
     assert clock.readings == 8
-    assert (resumed.plans, resumed.loop) == (["vmap"], "scan")
+    assert (resumed.plans, resumed.loop) == (None, None)
     assert [r.at for r in resumed_from] == [30]  # it went on from the checkpoint
     whole = jaxgd.sweep(MSE, P0, (X, Y), plan="map", loop="host", **(KW | {"epochs": 200}))
     same_sweep(resumed, whole, tol=1e-5)
     meta = json.loads((tmp_path / "run" / "result.json").read_text())
     assert [r["chosen"] for r in meta["plan_trials"]] == [True, False, False, False]
     back = jaxgd.load(tmp_path / "run")
-    assert back.plans == ["vmap"] and back.plan_trials.equals(resumed.plan_trials)
+    assert (back.plans, back.loop) == (None, None)
+    assert back.plan_trials.equals(resumed.plan_trials)
+
+
+def test_read_back_results_keep_the_plans_that_computed_them(monkeypatch, tmp_path):
+    """A sweep and a fit measured and ran (map, host) / host into run folders; called again,
+    they read their results back (nothing measured: nothing left to run) and report the
+    plans the folders record, not the rules' (vmap, scan)."""
+    scripted(monkeypatch, [10.0, 7.0, 12.0, 3.0])
+    first = jaxgd.sweep(MSE, P0, (X, Y), out=tmp_path / "sw", **KW)
+    assert (first.plans, first.loop) == (["map"], "host")
+    clock = scripted(monkeypatch, [])
+    again = jaxgd.sweep(MSE, P0, (X, Y), out=tmp_path / "sw", **KW)
+    assert clock.readings == 0
+    assert (again.plans, again.loop) == (["map"], "host")
+    assert again.plan_trials.equals(first.plan_trials)
+    same_sweep(again, first)
+    kw = dict(hparams={"learning_rate": 0.05}, batch_size=8, epochs=100)
+    scripted(monkeypatch, [10.0, 1.0])
+    fit = jaxgd.fit(MSE, P0, (X, Y), out=tmp_path / "fit", **kw)
+    assert fit.loop == "host"
+    clock = scripted(monkeypatch, [])
+    back = jaxgd.fit(MSE, P0, (X, Y), out=tmp_path / "fit", **kw)
+    assert clock.readings == 0 and back.loop == "host"
+    assert back.plan_trials.equals(fit.plan_trials)
+    assert jaxgd.load(tmp_path / "fit").loop == "host"
