@@ -12,9 +12,11 @@ candidate.
 
 1. A run too short to pay for trials keeps the rules' choice without measuring: unless
    ``2 x candidates`` evaluations are at most :data:`TRIAL_SHARE` of the evaluations
-   still to run (over all the group's calls), nothing is measured.
+   still to run (over all the group's calls), nothing is measured; nor when an update
+   is dispatch-bound (fewer than :data:`MIN_UPDATE_FLOPS` estimated by
+   :func:`update_flops`): there the scan over vmapped configurations is fastest.
 2. The default candidate is measured (:func:`trial`: its compile and
-   first evaluation, then calls of 1, 2, 4, ... evaluations timed until one takes
+   first evaluation, then calls of n, 2n, 4n, ... evaluations timed until one takes
    :data:`TIMED_MIN_S` or a trial's evaluations would pass ``1 / candidates`` of
    :data:`TRIAL_SHARE` of the run's, from a fresh initial state, the results discarded;
    its seconds per evaluation are the last call's). The others are tried only when their
@@ -60,6 +62,12 @@ from .spec import ProgramSpec, evals_of, loop_name
 
 # the trials may cost at most this share of the run's estimated time
 TRIAL_SHARE = 0.1
+# an update of fewer floating-point operations (estimated: 6 x batch x parameters, a dense
+# model's forward and backward pass) costs less than dispatching one host-loop call or
+# one configuration of a map: the scan over vmapped configurations is fastest, and
+# nothing is measured (a 100 000-update fit of the seed's line spent a third of its
+# time on the trial)
+MIN_UPDATE_FLOPS = 1e6
 # a trial times calls of 1, 2, 4, ... evaluations until one takes at least this long
 TIMED_MIN_S = 0.05
 # the wall clock of a timed call (a function returning seconds)
@@ -115,15 +123,25 @@ def worth_trying(n_candidates: int, evals_left: int, compile_s: float, eval_s: f
             < TRIAL_SHARE * evals_left * eval_s)
 
 
+def update_flops(prep: Prepared) -> float:
+    """A configuration's update, estimated as a dense model's: 6 x the samples of a batch
+    x the parameters' elements."""
+    size = sum(int(getattr(x, "size", 1)) for x in jax.tree.leaves(prep.params))
+    return 6.0 * prep.spec.plan.batch_size * size
+
+
 def trial(engine: Engine, prep: Prepared, ch: ChunkInputs, timer: Callable[[], float],
           min_s: float, max_evals: int) -> tuple[float, float, float]:
     """Measure ``prep``'s program on the inputs ``ch`` (device data only; at least two
     evaluations): (compile seconds, seconds per evaluation, seconds of the timed
     calls). Evaluation 0 runs from a fresh initial state (compiling: JAX's compile
-    events counted), then calls of 1, 2, 4, ... evaluations (at most a history
-    block's) are timed by ``timer`` until one takes ``min_s`` (process 0's timing, so
-    that every process makes the same calls) or the next would pass ``max_evals``
-    evaluations in all (or the run's); the last one gives the seconds per evaluation.
+    events counted), then calls of n, 2n, 4n, ... evaluations (n a tenth of
+    ``max_evals``, at least 1; at most a history block's) are timed by ``timer`` until
+    one takes ``min_s`` (process 0's timing, so that every process makes the same calls)
+    or the next would pass ``max_evals`` evaluations in all (or the run's); the last one
+    gives the seconds per evaluation. (Starting at a tenth keeps the calls few where an
+    evaluation costs less than dispatching a call: a 100 000-evaluation fit of the
+    seed's line made 13 calls from n = 1, 3 now.)
     The results are discarded and no observer is told; the program stays compiled
     (cached) for the run that follows."""
     prep = engine.sharded(prep)
@@ -140,7 +158,8 @@ def trial(engine: Engine, prep: Prepared, ch: ChunkInputs, timer: Callable[[], f
     with CompileClock() as clock:
         st = block(prog.init(params0, data, val, traced, keys, tidx, vidx, state0), 0, 1)
         compile_s = clock.note(spec, 0.0)  # remembered as this spec's compile
-    limit, at, n, spent = min(evals_of(spec)[1], max_evals), 1, 1, 0.0
+    limit, at, spent = min(evals_of(spec)[1], max_evals), 1, 0.0
+    n = max(1, min(prog.rows, max_evals // 10))
     while True:
         t0 = timer()
         st = block(st, at, at + n)
@@ -163,6 +182,8 @@ def choose(engine: Engine, prep: Prepared, ch: ChunkInputs, group: int, evals_le
     if isinstance(engine.data, HostData) or not worth_measuring(len(cands), evals_left):
         return spec, []
     if evals_of(spec)[1] < 2:  # a trial times the second evaluation
+        return spec, []
+    if update_flops(prep) < MIN_UPDATE_FLOPS:  # dispatch-bound: the rules' scan
         return spec, []
     # a candidate's trial runs at most its share of TRIAL_SHARE of the evaluations
     cap = max(2, int(TRIAL_SHARE * evals_left / len(cands)))

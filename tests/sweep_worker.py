@@ -165,7 +165,8 @@ def main(argv=None):
         prog_mod.HISTORY_BLOCK_BYTES, prog_mod.HISTORY_MIN_ROWS = 1, a.block_rows
     sweep_mod = sys.modules["jaxgd.sweep"]  # (jaxgd.sweep is the function)
     if a.try_plans:
-        sys.modules["jaxgd.autoplan"].TRIAL_SHARE = float("inf")
+        sys.modules["jaxgd.autoplan"].TRIAL_SHARE = 1e9  # every candidate, always
+        sys.modules["jaxgd.autoplan"].MIN_UPDATE_FLOPS = 0.0  # this tiny model too
 
     shardings = []
     prog_mod = sys.modules["jaxgd.program"]

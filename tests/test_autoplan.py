@@ -29,6 +29,13 @@ GRID = {"learning_rate": [0.01, 0.03, 0.1, 0.2]}
 ORDER = [("vmap", "scan"), ("vmap", "host"), ("map", "scan"), ("map", "host")]
 
 
+@pytest.fixture(autouse=True)
+def measure_tiny_models(monkeypatch):
+    """These tests' model is tiny (dispatch-bound updates, which auto does not measure):
+    measure it anyway, so that the trials run quickly."""
+    monkeypatch.setattr(autoplan, "MIN_UPDATE_FLOPS", 0.0)
+
+
 def make_loss():
     """A new loss function object: a program spec of its own, so its compiles are fresh."""
     def mse(p, b):
@@ -148,22 +155,23 @@ def test_short_runs_keep_the_rules_without_measuring(monkeypatch):
 
 
 def test_timed_calls_double_up_to_the_trials_share(monkeypatch):
-    """The timed calls run 1, 2, 4, ... evaluations until one takes TIMED_MIN_S or the
-    next would pass the candidate's share of the trials (fit: 2 candidates, 400
-    evaluations: 20 each, the first untimed); the seconds per evaluation are the last
-    call's. (Only the default is measured here: the others' trials are tested above.)"""
+    """The timed calls run n, 2n, 4n, ... evaluations (n a tenth of the candidate's share
+    of the trials, at least 1) until one takes TIMED_MIN_S or the next would pass that
+    share (fit: 2 candidates, 400 evaluations: 20 each, n = 2, the first evaluation
+    untimed); the seconds per evaluation are the last call's. (Only the default is
+    measured here: the others' trials are tested above.)"""
     monkeypatch.setattr(autoplan, "worth_trying", lambda *a: False)
     kw = dict(hparams={"learning_rate": 0.05}, batch_size=8, epochs=400)
     assert 2 ** -5 < autoplan.TIMED_MIN_S <= 2 ** -3
-    # 1 + 1 + 2 + 4 + 8 = 16 evaluations; 16 more would pass 20
-    clock = scripted(monkeypatch, [2 ** -8, 2 ** -7, 2 ** -6, 2 ** -5])
+    # 1 + 2 + 4 + 8 = 15 evaluations; 16 more would pass 20
+    clock = scripted(monkeypatch, [2 ** -8, 2 ** -7, 2 ** -6])
     res = jaxgd.fit(MSE, P0, (X, Y), **kw)
-    assert clock.readings == 8 and clock.spans == []
-    assert res.plan_trials.eval_s.tolist() == [2 ** -5 / 8]
-    # the second call (2 evaluations) takes TIMED_MIN_S: the last
+    assert clock.readings == 6 and clock.spans == []
+    assert res.plan_trials.eval_s.tolist() == [2 ** -6 / 8]
+    # the second call (4 evaluations) takes TIMED_MIN_S: the last
     clock = scripted(monkeypatch, [2 ** -8, 2 ** -3])
     res = jaxgd.fit(MSE, P0, (X, Y), **kw)
-    assert clock.readings == 4 and res.plan_trials.eval_s.tolist() == [2 ** -4]
+    assert clock.readings == 4 and res.plan_trials.eval_s.tolist() == [2 ** -5]
 
 
 def test_forced_options_limit_the_candidates(monkeypatch):
@@ -246,3 +254,19 @@ def test_read_back_results_keep_the_plans_that_computed_them(monkeypatch, tmp_pa
     assert clock.readings == 0 and back.loop == "host"
     assert back.plan_trials.equals(fit.plan_trials)
     assert jaxgd.load(tmp_path / "fit").loop == "host"
+
+
+def test_dispatch_bound_updates_keep_the_rules(monkeypatch):
+    """An update estimated below MIN_UPDATE_FLOPS (6 x 8 samples x 4 parameters here) is
+    never measured, however long the run: the scan over vmapped configurations."""
+    monkeypatch.setattr(autoplan, "MIN_UPDATE_FLOPS", 6 * 8 * 4 + 1)
+    clock = scripted(monkeypatch, [])
+    sw = jaxgd.sweep(MSE, P0, (X, Y), **KW)
+    fit = jaxgd.fit(MSE, P0, (X, Y), hparams={"learning_rate": 0.05}, batch_size=8,
+                    epochs=100)
+    assert clock.readings == 0 and sw.plan_trials is None and fit.plan_trials is None
+    assert (sw.plans, sw.loop, fit.loop) == (["vmap"], "scan", "scan")
+    monkeypatch.setattr(autoplan, "MIN_UPDATE_FLOPS", 6 * 8 * 4)  # at the threshold: measured
+    scripted(monkeypatch, [10.0, 1.0])
+    assert jaxgd.fit(MSE, P0, (X, Y), hparams={"learning_rate": 0.05}, batch_size=8,
+                     epochs=100).plan_trials is not None
