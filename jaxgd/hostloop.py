@@ -170,6 +170,8 @@ class _Pieces:
         self.finish = jax.jit(self._finish, donate_argnums=(1, 3))
         self.outputs = jax.jit(self._outputs)
         self.empty = jax.jit(self._empty)
+        self.split = jax.jit(self._split, static_argnums=0)
+        self.join = jax.jit(self._join)
 
     def _call(self, fn, cfg_axes, stream_axes, one_s, one_c):
         """``fn`` over the call's configurations as the group's plan runs them (vmap, or
@@ -239,6 +241,22 @@ class _Pieces:
         return self._call(empty, (0, 0), (0, 0), one_s, one_c)(st.params, tr)
 
 
+    @staticmethod
+    def _split(n, st, traced):
+        """A one-stream call's state and traced inputs as ``n`` single configurations:
+        [(state, traced)] in the layout of a call of one configuration."""
+        return [(jax.tree.map(lambda a: a[i], st), jax.tree.map(lambda a: a[:, i:i + 1], traced))
+                for i in range(n)]
+
+    @staticmethod
+    def _join(states, outs, hists):
+        """The single configurations' states, outputs and history blocks stacked back
+        ([C, ...] states, [1, C, ...] outputs and history)."""
+        st = jax.tree.map(lambda *a: jnp.stack(a), *states)
+        cat = lambda *a: jnp.concatenate(a, axis=1)  # noqa: E731
+        return st, jax.tree.map(cat, *outs), jax.tree.map(cat, *hists)
+
+
 def _epoch_calls(spec: ProgramSpec, k: int) -> list[tuple[int, bool, int]]:
     """The calls of one epoch: (updates, short last batch, first step)."""
     plan = spec.plan
@@ -280,29 +298,56 @@ def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx):
 def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx):
     """The scan plan's ``block`` (:func:`jaxgd.program.build_program`) in the host plan:
     evaluations ``start`` up to ``end`` (at most the block's rows) while a configuration
-    is active: (state, outputs, history block, any active)."""
+    is active: (state, outputs, history block, any active).
+
+    With ``plan="map"`` on one stream, the configurations run one after another at the
+    host: the call's state is split into single configurations (one call), and each
+    evaluation runs each still-active configuration's jitted steps and evaluation in turn,
+    the calls a user's loop makes for one configuration (:func:`jaxgd.fit`'s). Inside a
+    program (``lax.map``) XLA:CPU would run a convolution's step several times slower
+    than jitted alone. A stopped configuration's state and history rows stay as they are,
+    as they do in a batched call (its rows NaN, its state unchanged), so it is skipped;
+    the states, outputs and history blocks are stacked back at the block's end."""
     spec = pc.spec
     _, n_evals = evals_of(spec)
     start, end = int(start), int(end)
-    hist = pc.empty(st, traced, keys)
-    more = True
+    one_s, one_c = loop.single(keys, traced)
+    split = spec.config_plan == "map" and one_s and not one_c
+    members = pc.split(int(st.active.shape[0]), st, traced) if split else [(st, traced)]
+    states = [m[0] for m in members]
+    hists = [pc.empty(s_, t, keys) for s_, t in members]
+    alive = [True] * len(members)
     for e in range(min(pc.rows, end - start)):
-        carry, any_active = pc.begin(st, traced, keys)
-        more = more and bool(any_active) if e == 0 else more
-        if not more:
-            break
         g = start + e
-        carry, chunks = _train(pc, carry, g, data, traced, keys, tidx)
-        chunks = tuple(c for c in chunks if c is not None)
-        st, hist, n_act, any_active = pc.finish(st, carry, chunks, hist, np.int32(g),
-                                                np.int32(e), data, val, traced, keys, tidx,
-                                                vidx)
-        more = bool(any_active)
+        n_act = []
+        for i, (_, tr) in enumerate(members):
+            if not alive[i]:
+                continue
+            carry, any_active = pc.begin(states[i], tr, keys)
+            if e == 0 and not bool(any_active):
+                alive[i] = False
+                continue
+            carry, chunks = _train(pc, carry, g, data, tr, keys, tidx)
+            chunks = tuple(c for c in chunks if c is not None)
+            states[i], hists[i], act, any_active = pc.finish(
+                states[i], carry, chunks, hists[i], np.int32(g), np.int32(e), data, val, tr,
+                keys, tidx, vidx)
+            alive[i] = bool(any_active)
+            n_act.append(act)
+        if not n_act:  # nothing was active at the block's start
+            break
         done = g + 1
         if spec.progress and (done % max(1, n_evals // 100) == 0 or done == n_evals):
-            program.report_progress(done, int(n_act))
-    out, hist = pc.outputs(st, hist, traced, keys)
-    return st, out, hist, np.bool_(more)
+            program.report_progress(done, sum(int(a) for a in n_act))
+        if not any(alive):
+            break
+    outs = [pc.outputs(s_, h, tr, keys) for s_, h, (_, tr) in zip(states, hists, members,
+                                                                   strict=True)]
+    if split:
+        st, out, hist = pc.join(states, [o for o, _ in outs], [h for _, h in outs])
+    else:
+        (st,), ((out, hist),) = states, outs
+    return st, out, hist, np.bool_(any(alive))
 
 
 @functools.lru_cache(maxsize=program.PROGRAM_CACHE_SIZE)

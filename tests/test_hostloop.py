@@ -270,30 +270,47 @@ def test_kfold_and_step_budget_sweeps_host_plan_equals_scan_plan():
 
 
 def test_host_loop_runs_the_map_plan_it_records(monkeypatch):
-    """``plan="map"`` with the host loop: the host plan's pieces run the configurations
-    one after another (as recorded in ``plans``), and equal the scan plan's map."""
-    from jaxgd import loop
+    """``plan="map"`` with the host loop on one device: each configuration runs the jitted
+    calls of a single configuration (the steps a user's loop calls, no ``lax.map`` around
+    them), one after another; configurations stopping at different evaluations (loss
+    target, divergence, the budget) equal their own ``fit`` bit for bit, and the scan
+    plan's map to the bit too."""
+    from jaxgd import hostloop, loop
 
-    x = np.random.default_rng(1).normal(size=(20, 3)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32)
     y = (x @ np.array([1.0, -1.0, 2.0], np.float32)).astype(np.float32)
 
     def mse(p, b):
         return jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
 
-    asked = []
-    real = loop.vmapped
+    wrapped = []
+    real = loop.mapped
 
-    def spy(fn, in_c, in_s, one_s, one_c, by_map=False):
-        asked.append(by_map)
-        return real(fn, in_c, in_s, one_s, one_c, by_map)
+    def spy(fn, in_axes):
+        wrapped.append(getattr(fn, "func", fn))
+        return real(fn, in_axes)
 
-    monkeypatch.setattr(loop, "vmapped", spy)
-    kw = dict(grid={"learning_rate": [0.01, 0.05, 0.1]}, epochs=3, batch_size=8,
-              plan="map")
-    host = jaxgd.sweep(mse, {"w": jnp.zeros(3)}, (x, y), loop="host", **kw)
+    monkeypatch.setattr(loop, "mapped", spy)
+    hostloop.host_program.cache_clear()
+    lrs = [0.01, 0.05, 0.1, 3.0]
+    kw = dict(epochs=6, batch_size=8, loss_target=0.5)
+    host = jaxgd.sweep(mse, {"w": jnp.zeros(3)}, (x, y), loop="host", plan="map",
+                       grid={"learning_rate": lrs}, **kw)
     assert host.plans == ["map"] and host.loop == "host"
-    assert asked and all(asked)  # every piece of the host plan ran the map plan
-    scan = jaxgd.sweep(mse, {"w": jnp.zeros(3)}, (x, y), loop="scan", **kw)
-    assert scan.loop == "scan"
-    np.testing.assert_allclose(host.params["w"], scan.params["w"], rtol=1e-6)
-    np.testing.assert_allclose(host.history["loss"], scan.history["loss"], rtol=1e-6)
+    # the scan plan's init maps; no piece of the host plan does
+    assert wrapped and not {hostloop.host_steps, hostloop.host_finish,
+                            hostloop.host_epoch_start} & set(wrapped)
+    assert list(host.table["stop_reason"]) == ["max_epochs", "loss_target", "loss_target",
+                                          "diverged"]
+    assert len(set(host.table["epochs_run"])) == 3
+    scan = jaxgd.sweep(mse, {"w": jnp.zeros(3)}, (x, y), loop="scan", plan="map",
+                       grid={"learning_rate": lrs}, **kw)
+    assert_same_sweep(host, scan)
+    for i, lr in enumerate(lrs):
+        one = jaxgd.fit(mse, {"w": jnp.zeros(3)}, (x, y), hparams={"learning_rate": lr},
+                        loop="host", **kw)
+        assert one.stop_reason == host.table["stop_reason"][i]
+        same(one.params["w"], host.params["w"][i])
+        for k in ("loss", "grad_norm", "batch_loss"):
+            n = one.epochs_run
+            same(one.history[k], np.asarray(host.history[k])[i, :n], 0.0, k)
