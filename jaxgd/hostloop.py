@@ -16,6 +16,12 @@ same block interface
 (:class:`jaxgd.program.Program`), so the engine, resume, checkpoints, observers and
 searches run it unchanged.
 
+With ``plan="map"`` on one device the configurations are not mapped inside the jitted
+calls: each runs the calls of a single configuration in turn (:func:`host_block`), the
+calls a user's loop makes, since XLA:CPU runs a convolution step inside ``lax.map`` as
+slowly as inside a scan (a sweep of 4 flax CNNs: 2.4 s mapped inside, 0.34 s one by one,
+``experiments/bench_f.py``'s quick sizes).
+
 The host reads one scalar per evaluation (whether a configuration is still active), so
 a block stops where the scan plan's does. Multi-process runs keep the scan plan.
 ``loop="auto"`` starts from :func:`resolve_loop`'s rule and, in a long run, measures

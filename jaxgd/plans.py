@@ -18,7 +18,10 @@ linear regression B (65 parameters) 0.031 / 0.048 / 0.035; MLP 64-256-256-10 (85
 networks' steps makes XLA:CPU run batched matrix products and convolutions that are no
 faster per configuration than one at a time, plus transposes and copies of the
 parameters at every step; a tiny model's step is dominated by per-kernel overhead,
-which batching shares.
+which batching shares. With the host loop (``loop="host"``, the rule for a convolution on
+the CPU) ``"map"`` runs each configuration's own jitted calls in turn
+(:func:`jaxgd.hostloop.host_block`): the same flax CNN sweep of 4, 0.97 s vmapped against
+0.34 s one by one.
 """
 
 from __future__ import annotations

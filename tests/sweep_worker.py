@@ -155,7 +155,10 @@ def main(argv=None):
         jax.distributed.initialize(
             coordinator_address=f"127.0.0.1:{a.port}", num_processes=a.num_processes,
             process_id=a.process_id, coordinator_bind_address=f"127.0.0.1:{a.port}",
-            initialization_timeout=60, heartbeat_timeout_seconds=10,
+            initialization_timeout=60,
+            # a test whose processes end on purpose one after the other (each just after
+            # its own checkpoint) gives the later one time to get there on a loaded machine
+            heartbeat_timeout_seconds=int(os.environ.get("JAXGD_TEST_HEARTBEAT", "10")),
             shutdown_timeout_seconds=10)
 
     import jaxgd  # noqa: F401

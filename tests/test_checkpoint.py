@@ -442,7 +442,8 @@ def run_two(out: Path, tmp_path: Path, tag: str, stop_at: str) -> list[subproces
 
     port = free_port()
     root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "JAXGD_TEST_STOP_AT_CHECKPOINT": stop_at, "PYTHONPATH": os.pathsep
+    env = {**os.environ, "JAXGD_TEST_STOP_AT_CHECKPOINT": stop_at, "JAXGD_TEST_HEARTBEAT": "120",
+           "PYTHONPATH": os.pathsep
            .join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     procs = []
     try:
