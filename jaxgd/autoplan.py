@@ -24,7 +24,10 @@ candidate.
    or the longest this process saw for it if already compiled, first evaluation, timed
    calls), is below :data:`TRIAL_SHARE` of the estimated run
    (evaluations to run x the default's seconds per evaluation; an upper bound when
-   stop conditions end configurations early).
+   stop conditions end configurations early). A host-loop candidate whose jitted calls
+   per evaluation (:func:`host_calls`: one per update, and per configuration when
+   ``plan="map"`` runs them one by one) would take longer at :data:`DISPATCH_S` each than
+   the default's measured evaluation cannot win and is not tried.
 3. The candidate with the fastest measured evaluation runs the training, from the
    untouched initial state (or checkpoint). Every candidate computes the same numbers (to
    float rounding; the same bits where XLA emits the same arithmetic), so the choice never
@@ -68,6 +71,11 @@ TRIAL_SHARE = 0.1
 # nothing is measured (a 100 000-update fit of the seed's line spent a third of its
 # time on the trial)
 MIN_UPDATE_FLOPS = 1e6
+# a lower bound of one jitted call's dispatch from the host (seconds): a host-loop candidate
+# whose calls per evaluation take longer than the default's measured evaluation at this
+# pace cannot win and is not tried (its first evaluation alone could take minutes: one
+# call per update and configuration with plan="map")
+DISPATCH_S = 1e-5
 # a trial times calls of 1, 2, 4, ... evaluations until one takes at least this long
 TIMED_MIN_S = 0.05
 # the wall clock of a timed call (a function returning seconds)
@@ -121,6 +129,19 @@ def worth_trying(n_candidates: int, evals_left: int, compile_s: float, eval_s: f
     of the estimated run (``evals_left`` evaluations at the default's ``eval_s``)."""
     return ((n_candidates - 1) * (compile_s + eval_s + timed_s)
             < TRIAL_SHARE * evals_left * eval_s)
+
+
+def host_calls(spec: ProgramSpec, n_configs: int, ndev: int) -> int:
+    """The jitted calls of one evaluation of ``spec`` in the host loop (one update per call,
+    an epoch's start and the evaluation's own), times the configurations of a call
+    when they run one by one (``plan="map"`` on one device); 0 for the scan."""
+    if spec.loop != "host":
+        return 0
+    K, _ = evals_of(spec)
+    plan = spec.plan
+    per = K if spec.by_steps else K * (1 + plan.full_steps + int(plan.last_batch_size > 0))
+    one_by_one = spec.config_plan == "map" and ndev == 1
+    return (per + 2) * (n_configs if one_by_one else 1)
 
 
 def update_flops(prep: Prepared) -> float:
@@ -188,19 +209,21 @@ def choose(engine: Engine, prep: Prepared, ch: ChunkInputs, group: int, evals_le
     # a candidate's trial runs at most its share of TRIAL_SHARE of the evaluations
     cap = max(2, int(TRIAL_SHARE * evals_left / len(cands)))
     known = CompileClock.longest.get(engine.sharded(prep).spec, 0.0)  # compiled before
-    times = []
+    tried = []
     for i, cand in enumerate(cands):
-        got = trial(engine, prep._replace(spec=with_candidate(spec, cand)), ch, clock,
-                    TIMED_MIN_S, cap)
-        times.append(agree_floats(list(got)))  # process 0's timings decide
+        cspec = with_candidate(spec, cand)
+        if i and host_calls(cspec, ch.grid_rows.size, engine.ndev) * DISPATCH_S >= tried[0][1][1]:
+            continue  # its dispatches alone take longer than the default's evaluation
+        got = trial(engine, prep._replace(spec=cspec), ch, clock, TIMED_MIN_S, cap)
+        tried.append((cand, agree_floats(list(got))))  # process 0's timings decide
         # the others' compiles estimated by the default's (this one's, or an earlier)
-        c = agree_floats([max(times[0][0], known)])[0]
-        if i == 0 and not worth_trying(len(cands), evals_left, c, *times[0][1:]):
+        c = agree_floats([max(tried[0][1][0], known)])[0]
+        if i == 0 and not worth_trying(len(cands), evals_left, c, *tried[0][1][1:]):
             break
-    best = min(range(len(times)), key=lambda i: times[i][1])
-    chosen = with_candidate(spec, cands[best])
+    best = min(range(len(tried)), key=lambda i: tried[i][1][1])
+    chosen = with_candidate(spec, tried[best][0])
     trials = [Trial(group, p, loop_name(with_candidate(spec, (p, lp))), c, e, i == best)
-              for i, ((p, lp), (c, e, _)) in enumerate(zip(cands, times, strict=False))]
+              for i, ((p, lp), (c, e, _)) in enumerate(tried)]
     return chosen, trials
 
 

@@ -112,6 +112,40 @@ def test_sweep_runs_the_fastest_measured_candidate(monkeypatch):
     same_sweep(sw, forced)
 
 
+def test_host_candidates_whose_dispatches_outlast_the_default_are_not_tried(monkeypatch):
+    """A host-loop candidate makes a jitted call per update (per configuration, too, with
+    plan="map" on one device): when its calls per evaluation at ``DISPATCH_S`` each take
+    longer than the default's measured evaluation, it cannot win and is not run (its
+    first evaluation alone could take minutes); the scan candidates still are."""
+    specs = {}
+    real = autoplan.trial
+
+    def spy(engine, prep, *a):
+        specs[prep.spec.config_plan, prep.spec.loop] = prep.spec
+        return real(engine, prep, *a)
+
+    monkeypatch.setattr(autoplan, "trial", spy)
+    scripted(monkeypatch, [10.0, 10.0, 10.0, 10.0])
+    jaxgd.sweep(make_loss(), P0, (X, Y), **KW)
+    assert sorted(specs) == sorted(ORDER)
+    # 50 samples in batches of 8: 6 full and 1 short update, the epoch's start, the block's
+    # start and the evaluation; with plan="map" on one device, per configuration
+    assert autoplan.host_calls(specs["vmap", "host"], 4, 1) == 10
+    assert autoplan.host_calls(specs["map", "host"], 4, 1) == 40
+    assert autoplan.host_calls(specs["map", "host"], 4, 2) == 10  # several devices: mapped
+    assert autoplan.host_calls(specs["vmap", "scan"], 4, 1) == 0
+
+    specs.clear()
+    monkeypatch.setattr(autoplan, "DISPATCH_S", 1.0)  # 10+ calls: >= 10 s an evaluation
+    clock = scripted(monkeypatch, [10.0, 12.0])
+    sw = jaxgd.sweep(make_loss(), P0, (X, Y), **KW)
+    assert clock.spans == [] and clock.readings == 4
+    t = sw.plan_trials
+    assert list(zip(t.plan, t.loop, strict=True)) == [("vmap", "scan"), ("map", "scan")]
+    assert sorted(specs) == [("map", "scan"), ("vmap", "scan")]
+    assert (sw.plans, sw.loop) == (["vmap"], "scan")
+
+
 def test_fit_auto_loop_by_measurement(monkeypatch):
     """fit has one configuration (no plan to choose): the loop alone is measured."""
     kw = dict(hparams={"learning_rate": 0.05}, batch_size=8, epochs=100)
