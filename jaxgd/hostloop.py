@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import loop, program
+from .feed import fed_input
 from .history import HistoryLayout
 from .program import Program
 from .spec import EpochCarry, ProgramSpec, State, Traced, evals_of
@@ -172,7 +173,7 @@ class _Pieces:
         self.begin = jax.jit(self._begin)
         self.epoch_start = jax.jit(self._epoch_start, donate_argnums=0)
         self.steps = jax.jit(self._steps, static_argnums=(0, 1), donate_argnums=2)
-        self.updates = jax.jit(self._updates, static_argnums=0, donate_argnums=1)
+        self.updates = jax.jit(self._updates, static_argnums=(0, 1), donate_argnums=2)
         self.finish = jax.jit(self._finish, donate_argnums=(1, 3))
         self.outputs = jax.jit(self._outputs)
         self.empty = jax.jit(self._empty)
@@ -206,12 +207,14 @@ class _Pieces:
                      (0, 0, None, None, 0, 0, None, t_ax), one_s, one_c)(
             carry, active0, epoch, s0, traced, keys, data, tidx)
 
-    def _updates(self, n, carry, t0, data, traced, keys, tidx):
+    def _updates(self, d_ax, n, carry, t0, data, traced, keys, tidx):
+        """``n`` updates from ``t0``; ``d_ax``: the data's stream axis (host-fed blocks of
+        several streams, :func:`jaxgd.feed.fed_input`), else None."""
         one_s, one_c = loop.single(keys, traced)
         t_ax, _ = _axes(tidx, None)
         traced, keys, tidx, _ = loop.squeeze(one_s, one_c, traced, keys, tidx, None)
         fn = functools.partial(host_updates, self.spec, n)
-        return self._call(fn, (0, None, 0, None, None, None), (0, None, 0, 0, None, t_ax),
+        return self._call(fn, (0, None, 0, None, None, None), (0, None, 0, 0, d_ax, t_ax),
                      one_s, one_c)(carry, t0, traced, keys, data, tidx)
 
     def _finish(self, st, carry, chunks, hist, block, e, data, val, traced, keys, tidx, vidx):
@@ -276,8 +279,9 @@ def _epoch_calls(spec: ProgramSpec, k: int) -> list[tuple[int, bool, int]]:
     return calls
 
 
-def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx):
-    """The updates of evaluation ``g``: (carry, their step losses, in order)."""
+def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx, d_ax=None):
+    """The updates of evaluation ``g``: (carry, their step losses, in order); ``d_ax``: the
+    data's stream axis (host-fed blocks, see :func:`jaxgd.feed.fed_input`)."""
     spec = pc.spec
     K, _ = evals_of(spec)
     i32 = np.int32
@@ -287,7 +291,7 @@ def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx):
         t = first
         while t < stop:
             n = min(spec.host_steps, stop - t)
-            carry, rows = pc.updates(n, carry, i32(t), data, traced, keys, tidx)
+            carry, rows = pc.updates(d_ax, n, carry, i32(t), data, traced, keys, tidx)
             chunks.append(rows)
             t += n
         return carry, chunks
@@ -318,6 +322,9 @@ def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx)
     _, n_evals = evals_of(spec)
     start, end = int(start), int(end)
     one_s, one_c = loop.single(keys, traced)
+    d_ax = None
+    if spec.fed:  # the block's fed batches, indexed by update (per stream: d_ax)
+        data, d_ax = fed_input(spec, data, start, one_s)
     split = spec.config_plan == "map" and one_s and not one_c
     members = pc.split(int(st.active.shape[0]), st, traced) if split else [(st, traced)]
     states = [m[0] for m in members]
@@ -333,7 +340,7 @@ def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx)
             if e == 0 and not bool(any_active):
                 alive[i] = False
                 continue
-            carry, chunks = _train(pc, carry, g, data, tr, keys, tidx)
+            carry, chunks = _train(pc, carry, g, data, tr, keys, tidx, d_ax)
             chunks = tuple(c for c in chunks if c is not None)
             states[i], hists[i], act, any_active = pc.finish(
                 states[i], carry, chunks, hists[i], np.int32(g), np.int32(e), data, val, tr,

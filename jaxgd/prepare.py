@@ -363,13 +363,14 @@ def prepare(
 
 def with_loop(spec: ProgramSpec, loop, params, probe, state) -> ProgramSpec:
     """``spec`` with the execution plan of its updates (the ``loop=`` option, see
-    :func:`jaxgd.hostloop.resolve_loop`); host-fed data runs the scan plan (its blocks are
-    that plan's input)."""
-    if spec.fed and loop not in ("auto", "scan"):
-        raise ValueError(f"loop={loop!r}: host-fed data (feed=) runs the scan plan; give "
-                         "loop='auto' or 'scan'")
-    plan, k = (("scan", 1) if spec.fed else
-               hostloop.resolve_loop(loop, lambda: _loss_has_conv(spec, params, probe, state)))
+    :func:`jaxgd.hostloop.resolve_loop`); host-fed data on several devices runs the scan
+    plan (its fed blocks are split over the devices' streams inside that program)."""
+    if spec.fed and jax.device_count() > 1:
+        if loop not in ("auto", "scan"):
+            raise ValueError(f"loop={loop!r}: host-fed data (feed=) on {jax.device_count()} "
+                             "devices runs the scan plan; give loop='auto' or 'scan'")
+        return spec._replace(loop="scan", host_steps=1)
+    plan, k = hostloop.resolve_loop(loop, lambda: _loss_has_conv(spec, params, probe, state))
     return spec._replace(loop=plan, host_steps=k)
 
 

@@ -293,15 +293,30 @@ def test_host_fed_on_config_data_meshes_equals_one_device(tmp_path):
     assert r.returncode == 0 and "MESH OK" in r.stdout, r.stderr[-3000:]
 
 
-def test_host_fed_runs_the_scan_plan(tmp_path):
-    """Host-fed blocks are the scan plan's input: loop="auto" records "scan"; an explicit
-    host loop is refused before anything is compiled."""
+@pytest.mark.parametrize("loop", ["host", 4])
+def test_host_fed_in_the_host_loop_equals_the_scan_plan(tmp_path, loop):
+    """The host loop (a jitted call per update, or per 4) runs host-fed blocks too, on one
+    device: a memmap fit, an iterable fit and a sweep mapped one configuration at a time
+    equal the scan plan's bit for bit, and the memmap fit the in-memory fit."""
     x, y = _problem()
     data = (_memmap(tmp_path, x, "x.bin"), _memmap(tmp_path, y, "y.bin"))
-    res = jaxgd.fit(loss, P0, data, hparams={"learning_rate": 0.05}, **KW)
-    assert res.loop == "scan"
-    with pytest.raises(ValueError, match=r"loop='host': host-fed data"):
-        jaxgd.fit(loss, P0, data, hparams={"learning_rate": 0.05}, loop="host", **KW)
+    kw = dict(KW, hparams={"learning_rate": 0.05}, key=3)
+    host = jaxgd.fit(loss, P0, data, loop=loop, **kw)
+    assert host.loop == ("host" if loop == "host" else "host:4")
+    _same(host, jaxgd.fit(loss, P0, data, loop="scan", **kw))
+    _same(host, jaxgd.fit(loss, P0, (x, y), loop=loop, **kw))
+    it = dict(KW, hparams={"learning_rate": 0.05}, shuffle=False)
+    _same(jaxgd.fit(loss, P0, _batches(x, y, 37), loop=loop, **it),
+          jaxgd.fit(loss, P0, _batches(x, y, 37), loop="scan", **it))
+    # one seed: the configurations one by one; two: the seeds' own fed batches
+    for grid in ({"learning_rate": [0.01, 0.05, 3.0]},
+                 {"learning_rate": [0.01, 0.05, 3.0], "seed": [0, 1]}):
+        got = jaxgd.sweep(loss, P0, data, grid=grid, loop=loop, plan="map", **KW)
+        scan = jaxgd.sweep(loss, P0, data, grid=grid, loop="scan", plan="map", **KW)
+        assert got.table.equals(scan.table)
+        assert "diverged" in set(scan.table["stop_reason"])
+        for k in ("loss", "batch_loss", "step"):
+            np.testing.assert_array_equal(got.history[k], scan.history[k])
 
 
 def test_gather_chunks_bound_samples_and_windows():
