@@ -385,7 +385,8 @@ def _loss_has_conv(spec: ProgramSpec, params, probe, state) -> bool:
     def trace() -> bool:
         hp = {k: jnp.zeros(()) for k in f.hparams} if f.takes_hparams else None
         key = jax.random.key(0) if f.key else None
-        batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), probe)
+        batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(  # traced, never filled
+            s.shape, jax.dtypes.canonicalize_dtype(s.dtype)), probe)
         return hostloop.has_convolution(
             lambda p, b, s: lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
                                           hparams=hp)[0], params, batch, state)
