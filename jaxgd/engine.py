@@ -291,10 +291,18 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
 
 def program_args(prep: Prepared, ch: ChunkInputs, data, mesh):
     """(the program's ``(params0, data, val, traced, keys, tidx, vidx, state0)``, on the mesh
-    when there is one; the function that makes a host scalar a program input)."""
+    when there is one; the function that makes a host scalar a program input).
+
+    On one device the traced values (host arrays) go to the scan plan's programs as they
+    are: a jitted call takes a few host scalars for ~2 us each, where ``jax.device_put``
+    of them costs ~35 us each. The host plan calls its jitted pieces at every step, so
+    its traced values are put on the device once, here."""
     spec = prep.spec
+    traced = ch.traced
+    if mesh is None and spec.loop == "host":
+        traced = jax.device_put(traced)
     args = (None if spec.init_fn is not None else prep.params, data,
-            prep.val_data, ch.traced, ch.keys, ch.tidx, ch.vidx, prep.state)
+            prep.val_data, traced, ch.keys, ch.tidx, ch.vidx, prep.state)
     if mesh is None:
         return args, lambda v: v
     return shard_args(mesh, args), functools.partial(replicated, mesh)
@@ -344,6 +352,18 @@ def to_host(x):
     return np.asarray(x)
 
 
+def host_trees(trees, to_host=to_host):
+    """``trees`` with their arrays brought to the host by ``to_host``, read together: on
+    an accelerator every array's copy starts before the first is awaited (one wait for
+    the device, not one per array); a CPU array is read in place."""
+    leaves, treedef = jax.tree.flatten(trees)
+    if jax.process_count() == 1 and jax.default_backend() != "cpu":
+        for x in leaves:
+            if isinstance(x, jax.Array):
+                x.copy_to_host_async()
+    return jax.tree.unflatten(treedef, [to_host(x) for x in leaves])
+
+
 def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
     """A chunk's result as the run folder stores it and :meth:`jaxgd.SweepResult.from_runs`
     reads it: the program's outputs by name (host arrays, leading axis = configuration;
@@ -374,15 +394,16 @@ def agree_floats(values: list[float]) -> list[float]:
 
 def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
     """The inputs of one configuration (``fit``): a block of 1 stream x 1 configuration,
-    its traced values on the device."""
+    its traced values host arrays, as :func:`chunk_inputs`' (see :func:`program_args`)."""
     spec, dt = prep.spec, float_dtype(prep.params)
     values = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
     # the configuration's words of its loss keys (jaxgd.loss_key)
     bits = (lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
             if spec.form.key else None)
     one = np.zeros((1, 1), np.int64)
-    return ChunkInputs(one, one == 0, jax.device_put(Traced(bits, None, values)), key[None],
-                       None, None)
+    # reshape: the key with a stream axis (indexing a key array, key[None], costs 0.3 ms)
+    return ChunkInputs(one, one == 0, Traced(bits, None, values), key.reshape((1,)), None,
+                       None)
 
 
 # ------------------------------------------------------------------ compile timing
@@ -800,7 +821,11 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
         st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
                                          put_scalar(np.int32(stop)), *args)
         ran = min(at + prog.rows, stop) - at
-        parts.append(cut_rows(jax.tree.map(to_host, hist), ran, K))
+        # one read of the block's results: its history, and the outputs after the last
+        # block (read after the loop when the configurations stop earlier)
+        final = at + ran >= end
+        hist, out_h = host_trees((hist, out if final else None), to_host)
+        parts.append(cut_rows(hist, ran, K))
         first, at = at, at + ran
         on_block(first, at, parts[-1])
         more = replicated_bool(more)
@@ -808,7 +833,7 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
             if agree_any(checkpoint.due(at, ran)):
                 save(at, st, joined_history(spec, parts, origin, at, at, prog.rows, False))
                 checkpoint.saved()
-    out = jax.tree.map(to_host, out)
+    out = out_h if final else host_trees(out, to_host)
     reach = end if more else int(np.max(out.evals_run))
     return st, out, joined_history(spec, parts, origin, end, reach, prog.rows, pad)
 
