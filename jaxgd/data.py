@@ -94,16 +94,16 @@ def validate_data(data: Any, name: str = "data") -> tuple[Any, int]:
             )
         if a.ndim < 1:
             raise ValueError(f"{where} must be at least 1-D (leading axis = samples), got 0-D")
-        # the transfer (a copy, not a compile) runs in the background while the values
-        # are checked; on an error it is dropped (a float64 value beyond float32's range
-        # is refused below, not warned of here). A device array is used as it is.
-        with np.errstate(over="ignore"):
-            arrays.append(leaf if placed(leaf) else jax.device_put(a))
+        # the values as the device will hold them (float64 cast once, here); their
+        # transfer (a copy, not a compile) runs in the background while they are
+        # checked, and is dropped on an error. A device array is used as it is.
+        held = as_held(a) if a.dtype.kind == "f" else a
+        arrays.append(leaf if placed(leaf) else jax.device_put(held))
         if a.dtype.kind == "f":
-            bad, held = nonfinite_count(a)
+            bad = int(np.size(held) - np.count_nonzero(np.isfinite(held)))
             if bad:
                 raise ValueError(f"{where} has {bad} non-finite value(s) (NaN or inf)"
-                                 + beyond_range(a.dtype, held))
+                                 + beyond_range(a.dtype, held.dtype))
         lengths[where] = a.shape[0]
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
@@ -111,20 +111,25 @@ def validate_data(data: Any, name: str = "data") -> tuple[Any, int]:
     n = next(iter(lengths.values()))
     if n == 0:
         raise ValueError(f"{name} is empty: leading length 0 ({', '.join(lengths)})")
-    # device_put is a transfer (jnp.asarray may compile a small copy program)
     return jax.tree_util.tree_unflatten(treedef, arrays), n
+
+
+def as_held(a: np.ndarray) -> np.ndarray:
+    """A floating host array as the device holds it: in ``jax.dtypes.canonicalize_dtype``
+    of its dtype (float64 is float32 without ``jax_enable_x64``, a value beyond float32's
+    range inf), cast as ``jax.device_put`` casts it (the same bits)."""
+    held = np.dtype(jax.dtypes.canonicalize_dtype(a.dtype))
+    if held == a.dtype:
+        return a
+    with np.errstate(over="ignore"):
+        return a.astype(held)
 
 
 def nonfinite_count(a: np.ndarray) -> tuple[int, np.dtype]:
     """(how many values of the floating host array ``a`` are NaN or inf as the device
-    holds them, that dtype): ``jax.dtypes.canonicalize_dtype`` of ``a``'s, so that without
-    ``jax_enable_x64`` a float64 value beyond float32's range, which the device copy holds
-    as inf, counts."""
-    held = np.dtype(jax.dtypes.canonicalize_dtype(a.dtype))
-    if held != a.dtype:
-        with np.errstate(over="ignore"):
-            a = a.astype(held)
-    return int(np.size(a) - np.count_nonzero(np.isfinite(a))), held
+    holds them, that dtype): see :func:`as_held`."""
+    held = as_held(a)
+    return int(np.size(held) - np.count_nonzero(np.isfinite(held))), held.dtype
 
 
 def beyond_range(given: np.dtype, held: np.dtype) -> str:
