@@ -6,13 +6,16 @@ compiled kernel into memory separately (a few maps each: ~60 for a tiny fit's bl
 program, hundreds for a network's), and Linux allows a process ``vm.max_map_count``
 maps (65 530 by default); past them the next compile dies of a segmentation fault, not
 an error. :func:`clear_caches` releases what jaxgd keeps, and every call first checks
-the process's maps (:func:`spare_memory_maps`).
+the process's maps (:func:`spare_memory_maps`; reading them costs ~0.4 us per map, so a
+reading is reused until XLA compiles or loads a program, or a second passes).
 """
 
 from __future__ import annotations
 
 import gc
+import time
 import warnings
+from typing import Any
 
 import jax
 
@@ -48,25 +51,67 @@ MAP_SHARE = 0.8
 def memory_maps() -> tuple[int, int] | None:
     """(memory maps this process holds, the most it may hold), or None off Linux."""
     try:
-        with open("/proc/sys/vm/max_map_count") as f:
+        with open("/proc/sys/vm/max_map_count", "rb") as f:
             limit = int(f.read())
-        with open("/proc/self/maps", "rb") as f:
-            return sum(1 for _ in f), limit
+        with open("/proc/self/maps", "rb") as f:  # one line per map
+            return f.read().count(b"\n"), limit
     except (OSError, ValueError):
         return None
+
+
+# XLA compiles (or loads from the persistent cache) every executable inside this event,
+# and each new executable maps its kernels: the count of those seen so far
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_LOADS = [0]
+
+
+def _count_load(event: str, secs: float, **_: Any) -> None:
+    if event == _BACKEND_COMPILE:
+        _LOADS[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_load)
+
+# a reading of the maps is reused for this long while no program is compiled or loaded
+REREAD_S = 1.0
+
+
+class _Reading:
+    """The last reading of the maps: (held, limit) or None, the program loads counted
+    then, and when it was taken (None: never)."""
+
+    held: tuple[int, int] | None = None
+    loads = 0
+    at: float | None = None
+
+
+def current_maps() -> tuple[int, int] | None:
+    """:func:`memory_maps`, read again only when the last reading may be stale: XLA has
+    compiled or loaded a program since (the kernels a program maps are what nears the
+    limit), :data:`REREAD_S` seconds have passed, or the last reading was above half of
+    :data:`MAP_SHARE` of the limit (then every call reads them). Reading
+    ``/proc/self/maps`` costs ~0.4 us per map (0.4 ms for a process holding 1 000 maps,
+    more than a tiny fit's program), which warm calls in a loop are spared."""
+    r, now = _Reading, time.monotonic()
+    if (r.at is None or r.loads != _LOADS[0] or now - r.at >= REREAD_S
+            or (r.held is not None and r.held[0] > MAP_SHARE / 2 * r.held[1])):
+        r.loads, r.held, r.at = _LOADS[0], memory_maps(), now
+    return r.held
 
 
 def spare_memory_maps() -> None:
     """Before a call compiles: a process holding more than :data:`MAP_SHARE` of the memory
     maps Linux allows it releases the programs jaxgd keeps, with a warning. Each
     compiled XLA:CPU kernel is a few maps; past the limit XLA cannot map the next
-    program and the process crashes (a segmentation fault, not an error)."""
-    held = memory_maps()
+    program and the process crashes (a segmentation fault, not an error). The maps are
+    those of :func:`current_maps` (read again after any compile)."""
+    held = current_maps()
     if held is None or held[0] <= MAP_SHARE * held[1]:
         return
     clear_caches()
     gc.collect()
-    now = memory_maps() or held
+    _Reading.at = None  # read again: the maps released
+    now = current_maps() or held
     warnings.warn(
         f"this process held {held[0]} of the {held[1]} memory maps Linux allows it "
         f"(vm.max_map_count); jaxgd released the compiled programs it kept ({now[0]} "

@@ -59,7 +59,8 @@ def validate_data(data: Any, name: str = "data") -> tuple[Any, int]:
       name: how the data is named in error messages.
 
     Returns:
-      ``(arrays, n)``: the pytree with ``jnp`` array leaves, and ``N``.
+      ``(arrays, n)``: the pytree with ``jnp`` array leaves (host arrays copied to the
+      device; a ``jax.Array`` already there kept as it is, see :func:`placed`), and ``N``.
 
     Raises:
       TypeError: a leaf is not numeric (strings, objects, complex).
@@ -93,20 +94,58 @@ def validate_data(data: Any, name: str = "data") -> tuple[Any, int]:
             )
         if a.ndim < 1:
             raise ValueError(f"{where} must be at least 1-D (leading axis = samples), got 0-D")
+        # the values as the device will hold them (float64 cast once, here); their
+        # transfer (a copy, not a compile) runs in the background while they are
+        # checked, and is dropped on an error. A device array is used as it is.
+        held = as_held(a) if a.dtype.kind == "f" else a
+        arrays.append(leaf if placed(leaf) else jax.device_put(held))
         if a.dtype.kind == "f":
-            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            bad = int(np.size(held) - np.count_nonzero(np.isfinite(held)))
             if bad:
-                raise ValueError(f"{where} has {bad} non-finite value(s) (NaN or inf)")
+                raise ValueError(f"{where} has {bad} non-finite value(s) (NaN or inf)"
+                                 + beyond_range(a.dtype, held.dtype))
         lengths[where] = a.shape[0]
-        arrays.append(a)
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
         raise ValueError(f"{name}: leaves differ in leading length ({detail})")
     n = next(iter(lengths.values()))
     if n == 0:
         raise ValueError(f"{name} is empty: leading length 0 ({', '.join(lengths)})")
-    # device_put is a transfer (jnp.asarray may compile a small copy program)
-    return jax.tree_util.tree_unflatten(treedef, [jax.device_put(a) for a in arrays]), n
+    return jax.tree_util.tree_unflatten(treedef, arrays), n
+
+
+def as_held(a: np.ndarray) -> np.ndarray:
+    """A floating host array as the device holds it: in ``jax.dtypes.canonicalize_dtype``
+    of its dtype (float64 is float32 without ``jax_enable_x64``, a value beyond float32's
+    range inf), cast as ``jax.device_put`` casts it (the same bits)."""
+    held = np.dtype(jax.dtypes.canonicalize_dtype(a.dtype))
+    if held == a.dtype:
+        return a
+    with np.errstate(over="ignore"):
+        return a.astype(held)
+
+
+def nonfinite_count(a: np.ndarray) -> tuple[int, np.dtype]:
+    """(how many values of the floating host array ``a`` are NaN or inf as the device
+    holds them, that dtype): see :func:`as_held`."""
+    held = as_held(a)
+    return int(np.size(held) - np.count_nonzero(np.isfinite(held))), held.dtype
+
+
+def beyond_range(given: np.dtype, held: np.dtype) -> str:
+    """The end of a non-finite message when the device holds ``given`` as ``held``."""
+    if held == given:
+        return ""
+    return (f", as {held.name} (the device's dtype of {given.name} without "
+            f"jax_enable_x64: values beyond {held.name}'s range are inf there)")
+
+
+def placed(leaf: Any) -> bool:
+    """Whether a data leaf is a ``jax.Array`` the program takes as it is, no copy made:
+    on one device and not committed to it (``jax.device_put`` of its values would give
+    the same array), and not weakly typed (``jnp.full(n, 1.0)`` is; its copy is not)."""
+    return (isinstance(leaf, jax.Array) and not leaf.committed and not leaf.weak_type
+            and leaf.is_fully_addressable and len(leaf.devices()) == 1)
 
 
 # ----------------------------------------------------------------------------- scaling

@@ -7,9 +7,9 @@ configuration, a plain sweep runs its groups in chunks (:meth:`Engine.run_plans`
 resumable from the run folder), and an adaptive search advances a
 :class:`jaxgd.population.Population` between its decisions. Observers
 (:mod:`jaxgd.observers`) are told of every boundary. This module holds, in order: the
-mesh, the memory estimate and the chunk plan, the agreement of the processes of a
-multi-process run, the inputs of a call and their sharding, compile timing
-(:class:`CompileClock`), the :class:`Engine`, and the host loop over a call's blocks
+mesh, the memory estimate and the chunk plan (the agreement of the processes of a
+multi-process run is :mod:`jaxgd.processes`), the inputs of a call and their sharding,
+compile timing (:class:`CompileClock`), the :class:`Engine`, and the host loop over a call's blocks
 (:func:`run_blocks`), which with ``checkpoint_every`` (:mod:`jaxgd.checkpoint`) ends
 blocks at checkpoint boundaries and saves the call's state there (:class:`Resume` goes
 on from it).
@@ -37,6 +37,7 @@ from .hostloop import program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, tc_array
+from .processes import agree_any, agree_cached, agree_floats, host_trees, replicated_bool, to_host
 from .program import Program, epoch_order
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
@@ -210,46 +211,6 @@ def chunk_valid(per_stream, ci, width) -> np.ndarray:
     return valid
 
 
-def agree_progress(progress: bool) -> bool:
-    """With several processes, progress is on when any process asks for it: the progress
-    callback is part of the compiled program, and every process must run the same program
-    (else their collectives mismatch). Only process 0 draws the bars."""
-    if jax.process_count() == 1:
-        return progress
-    from jax.experimental import multihost_utils
-
-    asked = multihost_utils.process_allgather(np.int32(progress))
-    return bool(np.any(np.asarray(asked)))
-
-
-def agree_fingerprint(fingerprint: str | None) -> None:
-    """With several processes, refuse (on every process) a run whose processes were given
-    different sweeps: they would compile different programs and wait for each other's
-    collectives for ever."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
-    words = np.frombuffer(bytes.fromhex(fingerprint), np.uint32)
-    every = np.asarray(multihost_utils.process_allgather(words)).reshape(-1, words.size)
-    if not (every == words).all():
-        got = ", ".join(f"process {i}: {r.tobytes().hex()}" for i, r in enumerate(every))
-        raise ValueError(f"the {len(every)} processes of this run were given different "
-                         f"sweeps (fingerprints {got}): every process must run the same "
-                         "sweep (the same config file, data and arguments)")
-
-
-def agree_cached(cached):
-    """With several processes, use a stored chunk only if every process has it (else all
-    recompute it: a process that skipped the program would leave the others waiting)."""
-    if jax.process_count() == 1:
-        return cached
-    from jax.experimental import multihost_utils
-
-    have = multihost_utils.process_allgather(np.int32(cached is not None))
-    return cached if bool(np.all(np.asarray(have))) else None
-
-
 class ChunkInputs(NamedTuple):
     """One program call's configurations and inputs."""
 
@@ -280,7 +241,8 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
             if spec.form.key else None)
     # the progress bar counts the active configurations, not padding
     traced = Traced(bits, valid if spec.progress else None, values)
-    keys = jnp.stack([as_key(s) for s, _ in streams])
+    keys = (as_key(streams[0][0]).reshape((1,)) if S == 1  # (stack: a dispatch per key)
+            else jnp.stack([as_key(s) for s, _ in streams]))
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
         vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))
@@ -291,10 +253,18 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
 
 def program_args(prep: Prepared, ch: ChunkInputs, data, mesh):
     """(the program's ``(params0, data, val, traced, keys, tidx, vidx, state0)``, on the mesh
-    when there is one; the function that makes a host scalar a program input)."""
+    when there is one; the function that makes a host scalar a program input).
+
+    On one device the traced values (host arrays) go to the scan plan's programs as they
+    are: a jitted call takes a few host scalars for ~2 us each, where ``jax.device_put``
+    of them costs ~35 us each. The host plan calls its jitted pieces at every step, so
+    its traced values are put on the device once, here."""
     spec = prep.spec
+    traced = ch.traced
+    if mesh is None and spec.loop == "host":
+        traced = jax.device_put(traced)
     args = (None if spec.init_fn is not None else prep.params, data,
-            prep.val_data, ch.traced, ch.keys, ch.tidx, ch.vidx, prep.state)
+            prep.val_data, traced, ch.keys, ch.tidx, ch.vidx, prep.state)
     if mesh is None:
         return args, lambda v: v
     return shard_args(mesh, args), functools.partial(replicated, mesh)
@@ -336,14 +306,6 @@ def replicated(mesh, value):
                                         lambda i: host[i])
 
 
-def to_host(x):
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
 def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
     """A chunk's result as the run folder stores it and :meth:`jaxgd.SweepResult.from_runs`
     reads it: the program's outputs by name (host arrays, leading axis = configuration;
@@ -352,37 +314,18 @@ def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
     return {**outputs, "config": np.asarray(configs, np.int64)}
 
 
-def agree_any(flag: bool) -> bool:
-    """With several processes, True on every process when it is True on any (a
-    checkpoint one process asks for, e.g. after a signal, is saved by all)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(np.asarray(multihost_utils.process_allgather(np.int32(flag)))))
-
-
-def agree_floats(values: list[float]) -> list[float]:
-    """With several processes, process 0's values on every process (decisions taken from
-    timings must be the same everywhere)."""
-    if jax.process_count() == 1:
-        return values
-    from jax.experimental import multihost_utils
-
-    return [float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values))]
-
-
 def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
     """The inputs of one configuration (``fit``): a block of 1 stream x 1 configuration,
-    its traced values on the device."""
+    its traced values host arrays, as :func:`chunk_inputs`' (see :func:`program_args`)."""
     spec, dt = prep.spec, float_dtype(prep.params)
     values = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
     # the configuration's words of its loss keys (jaxgd.loss_key)
     bits = (lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
             if spec.form.key else None)
     one = np.zeros((1, 1), np.int64)
-    return ChunkInputs(one, one == 0, jax.device_put(Traced(bits, None, values)), key[None],
-                       None, None)
+    # reshape: the key with a stream axis (indexing a key array, key[None], costs 0.3 ms)
+    return ChunkInputs(one, one == 0, Traced(bits, None, values), key.reshape((1,)), None,
+                       None)
 
 
 # ------------------------------------------------------------------ compile timing
@@ -800,7 +743,11 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
         st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
                                          put_scalar(np.int32(stop)), *args)
         ran = min(at + prog.rows, stop) - at
-        parts.append(cut_rows(jax.tree.map(to_host, hist), ran, K))
+        # one read of the block's results: its history, and the outputs after the last
+        # block (read after the loop when the configurations stop earlier)
+        final = at + ran >= end
+        hist, out_h = host_trees((hist, out if final else None), to_host)
+        parts.append(cut_rows(hist, ran, K))
         first, at = at, at + ran
         on_block(first, at, parts[-1])
         more = replicated_bool(more)
@@ -808,7 +755,7 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
             if agree_any(checkpoint.due(at, ran)):
                 save(at, st, joined_history(spec, parts, origin, at, at, prog.rows, False))
                 checkpoint.saved()
-    out = jax.tree.map(to_host, out)
+    out = out_h if final else host_trees(out, to_host)
     reach = end if more else int(np.max(out.evals_run))
     return st, out, joined_history(spec, parts, origin, end, reach, prog.rows, pad)
 
@@ -840,10 +787,3 @@ def joined_history(spec: ProgramSpec, parts: list[dict[str, np.ndarray]], origin
             h = np.concatenate([h, fill], axis=2)
         hist[k] = h
     return hist
-
-
-def replicated_bool(x) -> bool:
-    """A scalar every device holds whole (the program's reduction over configurations)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return bool(np.asarray(x.addressable_data(0)))
-    return bool(np.asarray(x))

@@ -33,8 +33,6 @@ from .engine import (
     ChunkPlan,
     CompileClock,
     Engine,
-    agree_cached,
-    agree_floats,
     block_of,
     chunk_inputs,
     chunk_record,
@@ -46,6 +44,7 @@ from .engine import (
 from .groups import Group
 from .history import PACKED, UNRANKED, HistoryLayout, evaluation_rows
 from .observers import Call
+from .processes import agree_cached, agree_floats
 from .program import finalize, history_layout
 from .spec import DIVERGED, evals_of
 from .stops import code as stop_code

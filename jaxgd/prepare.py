@@ -17,7 +17,7 @@ import numpy as np
 
 from . import hostloop, lossform, optim, options, stops
 from ._checks import check_seed, is_int
-from .data import BatchPlan, batch_plan
+from .data import BatchPlan, batch_plan, beyond_range, nonfinite_count
 from .spec import ProgramSpec
 
 
@@ -107,8 +107,10 @@ def check_params(params: Any, name: str = "params") -> Any:
             raise TypeError(
                 f"{name}{where} has dtype {arr.dtype}; trainable parameters must be floating "
                 "point (e.g. jnp.zeros(3) rather than [0, 0, 0])")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}{where} contains non-finite values")
+        bad, held = nonfinite_count(arr)
+        if bad:
+            raise ValueError(f"{name}{where} contains non-finite values"
+                             + beyond_range(arr.dtype, held))
         out.append(jnp.asarray(leaf))
     return jax.tree.unflatten(treedef, out)
 

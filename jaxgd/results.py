@@ -353,34 +353,38 @@ class SweepResult:
             for k in scal:
                 scal[k][rows] = r[k]
         configs = [dict(cfgs[i]) for i in idx]
-        table = axis_table(cfgs, idx)
+        # the result columns gathered first, joined to the axes' in one step (a DataFrame
+        # grown a column at a time costs ~0.1 ms per column)
+        cols: dict[str, Any] = {}
         loss = hist["loss"]
-        table["init_loss"] = scal["init_loss"]
+        cols["init_loss"] = scal["init_loss"]
         n_rows = scal.get("evals_run", scal["epochs_run"])
-        table["final_loss"] = _last_finite(loss, n_rows)
+        cols["final_loss"] = _last_finite(loss, n_rows)
         with np.errstate(all="ignore"):
             finite = np.where(np.isfinite(loss), loss, np.inf)
-            table["best_loss"] = np.where(np.isfinite(finite.min(1)), finite.min(1), np.nan)
+            cols["best_loss"] = np.where(np.isfinite(finite.min(1)), finite.min(1), np.nan)
         # the program's own best: of the monitored loss (validation if any), the epoch whose
         # parameters restore_best returns; equal to fit's best_epoch
-        table["best_epoch"] = scal["best_epoch"].astype(np.int64)
+        cols["best_epoch"] = scal["best_epoch"].astype(np.int64)
         # the losses of the parameters restore_best returns
-        table["best_epoch_loss"] = _at_best_epoch(loss, row_index(hist), scal["best_epoch"])
+        cols["best_epoch_loss"] = _at_best_epoch(loss, row_index(hist), scal["best_epoch"])
         if "val_loss" in hist:
             vl = hist["val_loss"]
-            table["final_val_loss"] = _last_finite(vl, n_rows)
+            cols["final_val_loss"] = _last_finite(vl, n_rows)
             with np.errstate(all="ignore"):
                 fv = np.where(np.isfinite(vl), vl, np.inf)
-                table["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
-            table["best_epoch_val_loss"] = _at_best_epoch(vl, row_index(hist),
-                                                          scal["best_epoch"])
-        _metric_columns(table, hist, n_rows, scal["best_epoch"])
-        table["epochs_run"] = scal["epochs_run"].astype(np.int64)
-        table["steps_run"] = scal["steps_run"].astype(np.int64)
-        table["stop_reason"] = [STOP_REASONS[int(r)] for r in scal["reason"]]
-        table["diverged"] = table["stop_reason"] == "diverged"
+                cols["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
+            cols["best_epoch_val_loss"] = _at_best_epoch(vl, row_index(hist),
+                                                         scal["best_epoch"])
+        _metric_columns(cols, hist, n_rows, scal["best_epoch"])
+        cols["epochs_run"] = scal["epochs_run"].astype(np.int64)
+        cols["steps_run"] = scal["steps_run"].astype(np.int64)
+        reasons = [STOP_REASONS[int(r)] for r in scal["reason"]]
+        cols["stop_reason"] = reasons
+        cols["diverged"] = np.asarray([r == "diverged" for r in reasons], bool)
         if "diverged_step" in scal:
-            table["diverged_step"] = scal["diverged_step"].astype(np.int64)
+            cols["diverged_step"] = scal["diverged_step"].astype(np.int64)
+        table = with_columns(axis_table(cfgs, idx), cols)
         state = None
         if first.get("state") is not None:
             s_leaves0, s_def = jax.tree.flatten(first["state"])
@@ -619,6 +623,18 @@ def axis_table(cfgs, idx):
     table = pd.DataFrame(_axis_columns([dict(cfgs[i]) for i in idx]))
     table.insert(0, "config", np.asarray(idx, np.int64))
     return table
+
+
+def with_columns(table, cols: dict[str, Any]):
+    """``table`` with the columns ``cols`` (in their order), as setting them one by one
+    would give it (a column it has is replaced in place)."""
+    have = [k for k in cols if k in table.columns]
+    for k in have:
+        table[k] = cols[k]
+    new = {k: v for k, v in cols.items() if k not in table.columns}
+    if not new:
+        return table
+    return pd.concat([table, pd.DataFrame(new, index=table.index)], axis=1)
 
 
 def _axis_columns(configs) -> dict[str, list[Any]]:

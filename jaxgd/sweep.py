@@ -35,8 +35,6 @@ from .axes import STRUCTURAL_AXES, expand_configs, selected, shape_axes, with_fo
 from .checkpoint import checkpointer_for
 from .engine import (
     Engine,
-    agree_fingerprint,
-    agree_progress,
     check_data_axis,
     check_mesh,
     default_mesh,
@@ -48,6 +46,7 @@ from .observers import ProgressBar
 from .options import DEFAULT_EPOCHS, budget, collect, document, fingerprint_settings
 from .plans import with_plans
 from .population import Population
+from .processes import agree_fingerprint, agree_progress
 from .search_base import default_metric
 
 __all__ = ["sweep", "expand_configs", "shape_axes", "STRUCTURAL_AXES"]

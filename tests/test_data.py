@@ -33,12 +33,58 @@ def test_validate_data_mismatched_lengths_names_leaves():
         data.validate_data({"x": np.ones((4, 2)), "y": np.ones(5)}, name="train")
 
 
-def test_validate_data_rejects_nonfinite_with_count():
-    x = np.ones((5, 2))
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_validate_data_rejects_nonfinite_with_count(dtype):
+    x = np.ones((5, 2), dtype)
     x[1, 0] = np.nan
     x[3, 1] = np.inf
     with pytest.raises(ValueError, match=r"data\[0\] has 2 non-finite"):
         data.validate_data((x, np.ones(5)))
+    y = np.ones(5, dtype)
+    y[2] = -np.inf
+    with pytest.raises(ValueError, match=r"data\['y'\] has 1 non-finite"):
+        data.validate_data({"x": np.ones(5), "y": y})
+    # finite, though their sum overflows (float32's largest for float64: see below)
+    big = np.full((4, 3), np.finfo(np.float16 if dtype == np.float16 else np.float32).max,
+                  dtype)
+    big[1, 1] *= -1
+    (got,), n = data.validate_data((big,))
+    assert n == 4 and np.array_equal(np.asarray(got), big)
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64, reason="float64 is float32 on the device")
+def test_float64_values_beyond_float32_are_refused():
+    """Without jax_enable_x64 the device holds float64 data and parameters as float32: a
+    value finite in float64 but beyond float32's range would be inf there (silently: the
+    loss and every number after it NaN or inf), so it is refused, counted, like inf."""
+    from jaxgd.prepare import check_params
+
+    x = np.ones((5, 2))
+    x[0, 0], x[2, 1], x[4, 0] = 1e39, -1e300, np.finfo(np.float32).max
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.asarray(jax.device_put(x))).sum() == 2  # what the device holds
+    with pytest.raises(ValueError, match=r"data\[0\] has 2 non-finite.*float32"):
+        data.validate_data((x, np.ones(5)))
+    with pytest.raises(ValueError, match=r"params\['w'\] contains non-finite.*float32"):
+        check_params({"w": np.array([1.0, 1e40])})
+    assert np.isfinite(np.asarray(check_params({"w": np.array([1.0, 3e38])})["w"])).all()
+
+
+def test_validate_data_keeps_device_arrays_and_copies_host_arrays():
+    """A ``jax.Array`` leaf on the default device goes to the program as it is (no
+    copy); host arrays, weakly typed arrays and arrays committed to a device are copied,
+    as ``jax.device_put`` of their values (so the program sees the same types)."""
+    x = jnp.arange(12.0).reshape(4, 3)
+    host = np.arange(4.0, dtype=np.float32)
+    weak = jnp.full(4, 1.0)
+    assert weak.weak_type
+    committed = jax.device_put(np.arange(4, dtype=np.int32), jax.devices()[0])
+    (jx, jh, jw, jc), n = data.validate_data((x, host, weak, committed))
+    assert n == 4 and jx is x
+    for got, orig in ((jh, host), (jw, weak), (jc, committed)):
+        ref = jax.device_put(np.asarray(orig))
+        assert got is not orig and not got.weak_type and not got.committed
+        assert got.dtype == ref.dtype and np.array_equal(np.asarray(got), np.asarray(ref))
 
 
 def test_validate_data_rejects_strings_objects_and_empty():

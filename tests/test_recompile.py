@@ -223,3 +223,45 @@ def test_repeated_calls_trace_the_loss_no_more():
         jaxgd.fit(loss, p0, (x, y), optimizer="adam", hparams={"learning_rate": lr},
                   batch_size=16, epochs=2)
     assert calls == []
+
+
+def test_memory_maps_read_again_only_after_a_compile(monkeypatch):
+    """Reading /proc/self/maps costs ~0.4 us per map (more than a tiny fit's program in
+    a process holding thousands): a warm call reuses the last reading while nothing was
+    compiled since, and any compile in the process (here the user's own jit) makes the
+    next call read the maps again, and release jaxgd's programs past the share."""
+    from jaxgd import caches
+
+    reads, held = [], [10]
+
+    def fake_maps():
+        reads.append(held[0])
+        return held[0], 1000
+
+    monkeypatch.setattr(caches, "memory_maps", fake_maps)
+    monkeypatch.setattr(caches, "REREAD_S", 1e9)  # no re-read for time's sake
+    x, y = jaxgd.datasets.textbook_line()
+    loss = lambda p, b: jnp.mean((b[0][:, 0] * p["w"] - b[1]) ** 2)  # noqa: E731
+
+    def fit():
+        return jaxgd.fit(loss, {"w": jnp.ones(())}, (x, y), hparams={"learning_rate": 0.1},
+                         epochs=2)
+
+    fit()  # warm-up (compiles)
+    jax.jit(lambda v: v * 3.0)(jnp.ones(2))  # a compile of the user's
+    n = len(reads)
+    fit()
+    assert len(reads) == n + 1  # read after the compile
+    fit()
+    fit()
+    assert len(reads) == n + 1  # warm calls, nothing compiled: the reading reused
+    held[0] = 900  # past MAP_SHARE of the limit
+    jax.jit(lambda v: v * 4.0)(jnp.ones(2))
+    with pytest.warns(RuntimeWarning, match="memory maps"):
+        fit()
+    assert len(reads) == n + 3  # read, released, read again
+    monkeypatch.setattr(caches, "REREAD_S", 0.0)
+    held[0] = 10
+    fit()
+    fit()
+    assert len(reads) == n + 5  # a reading older than REREAD_S is read again
