@@ -36,8 +36,8 @@ from .history import PACKED, HistoryLayout, per_step
 from .hostloop import program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
-from .prepare import Prepared, as_key, tc_array
-from .program import Program, epoch_order
+from .prepare import Prepared, as_key, key_row, tc_array
+from .program import Program, epoch_order, host_outputs
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
 
@@ -381,8 +381,8 @@ def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
     bits = (lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
             if spec.form.key else None)
     one = np.zeros((1, 1), np.int64)
-    return ChunkInputs(one, one == 0, jax.device_put(Traced(bits, None, values)), key[None],
-                       None, None)
+    return ChunkInputs(one, one == 0, jax.device_put(Traced(bits, None, values)),
+                       key_row(key), None, None)
 
 
 # ------------------------------------------------------------------ compile timing
@@ -808,7 +808,8 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
             if agree_any(checkpoint.due(at, ran)):
                 save(at, st, joined_history(spec, parts, origin, at, at, prog.rows, False))
                 checkpoint.saved()
-    out = jax.tree.map(to_host, out)
+    out = (host_outputs(spec, st, args[3], args[2], to_host) if out is None  # its last state
+           else jax.tree.map(to_host, out))
     reach = end if more else int(np.max(out.evals_run))
     return st, out, joined_history(spec, parts, origin, end, reach, prog.rows, pad)
 

@@ -68,6 +68,13 @@ def init_key(run_key: Any) -> jax.Array:
     return lossform.init_key(as_key(run_key))
 
 
+def key_row(key: jax.Array) -> jax.Array:
+    """``key[None]`` (a key with a leading axis of one), made on the host: indexing a
+    key on the device compiles a small program."""
+    return jax.random.wrap_key_data(np.asarray(jax.random.key_data(key))[None],
+                                    impl=jax.random.key_impl(key))
+
+
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
 
 
@@ -81,6 +88,10 @@ def seed_key(seed: int, name: str = "seed") -> jax.Array:
     """
     seed = check_seed(name, seed)
     if seed < 2**32:
+        if jax.config.jax_default_prng_impl == "threefry2x32":
+            # its key data [0, seed], wrapped on the host (jax.random.key would compile
+            # two small programs)
+            return jax.random.wrap_key_data(np.asarray([0, seed], np.uint32))
         return jax.random.key(seed)
     impl_shape = jax.random.key_data(jax.random.key(0)).shape
     if impl_shape != (2,):
@@ -109,7 +120,10 @@ def check_params(params: Any, name: str = "params") -> Any:
                 "point (e.g. jnp.zeros(3) rather than [0, 0, 0])")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name}{where} contains non-finite values")
-        out.append(jnp.asarray(leaf))
+        # a NumPy leaf is put on the device as it is (jnp.asarray would compile a copy
+        # program per shape); the same array, dtype and (not weak) type
+        out.append(jax.device_put(leaf) if isinstance(leaf, np.ndarray | np.generic)
+                   else jnp.asarray(leaf))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -382,12 +396,18 @@ def _loss_has_conv(spec: ProgramSpec, params, probe, state) -> bool:
     f = spec.form
 
     def trace() -> bool:
-        hp = {k: jnp.zeros(()) for k in f.hparams} if f.takes_hparams else None
-        key = jax.random.key(0) if f.key else None
-        batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), probe)
-        return hostloop.has_convolution(
-            lambda p, b, s: lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
-                                          hparams=hp)[0], params, batch, state)
+        # abstract arguments, the key made in the trace: nothing is computed (an array
+        # made here would compile a program per shape)
+        hp = ({k: jax.ShapeDtypeStruct((), jnp.float32) for k in f.hparams}
+              if f.takes_hparams else None)
+        batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), probe)
+
+        def fn(p, b, s, h):
+            key = jax.random.key(0) if f.key else None
+            return lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
+                                 hparams=h)[0]
+
+        return hostloop.has_convolution(fn, params, batch, state, hp)
 
     return lossform.by_shapes(_HAS_CONV, (spec.loss, f), (params, probe, state), trace)
 

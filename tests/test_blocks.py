@@ -191,17 +191,30 @@ def test_huge_epoch_budget_stopping_early_uses_memory_of_the_run(monkeypatch):
 
 
 def test_packed_carry_groups_are_fusable_stacks():
-    """The loop carry packs leaves of one shape and dtype into stacks of at most 8
-    (XLA:CPU fuses no concatenate of more operands), and unpacks them exactly."""
+    """The loop carry packs the scalar leaves of one dtype into stacks of at most 8
+    (XLA:CPU fuses no concatenate of more operands), keeps array leaves as they are (a
+    stack would copy them), and unpacks them exactly."""
+    v = jnp.arange(3.0)
     tree = {"i": [jnp.int32(k - 9) for k in range(19)], "b": jnp.asarray(True),
-            "f": [jnp.float32(0.1 * k) for k in range(9)], "v": jnp.arange(3.0)}
+            "f": [jnp.float32(0.1 * k) for k in range(9)], "v": v,
+            "m": jnp.ones((2, 3), jnp.bfloat16)}
     packed, layout = jaxgd.loop.pack(tree)
-    assert max(g.shape[0] for g in packed.groups) <= 8
-    assert sum(g.shape[0] for g in packed.groups) == 19 + 1 + 9 + 1
+    stacks = [g for g in packed.groups if g.ndim == 1 and g is not v]
+    assert max(g.shape[0] for g in stacks) <= 8
+    assert sum(g.shape[0] for g in stacks) == 19 + 1 + 9
+    assert len(packed.groups) == len(stacks) + 2  # v and m: entries of their own
+    assert any(g is v for g in packed.groups)
     back = jaxgd.loop.unpack(packed, layout)
-    for u, v in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
-        assert u.dtype == v.dtype and u.shape == v.shape
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    for u, w in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
+        assert u.dtype == w.dtype and u.shape == w.shape
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
+    # with one configuration axis (a vmapped state), leaves [C] are the scalars: stacked
+    per_config = {"a": jnp.arange(4), "b": jnp.arange(4) + 1, "w": jnp.ones((4, 3))}
+    packed, layout = jaxgd.loop.pack(per_config, lead=1)
+    assert sorted(g.shape for g in packed.groups) == [(2, 4), (4, 3)]
+    back = jaxgd.loop.unpack(packed, layout)
+    for u, w in zip(jax.tree.leaves(back), jax.tree.leaves(per_config), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
 
 
 def test_full_batch_evaluations_compile_to_one_kernel(monkeypatch):
