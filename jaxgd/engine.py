@@ -36,7 +36,7 @@ from .history import PACKED, HistoryLayout, per_step
 from .hostloop import program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
-from .prepare import Prepared, as_key, key_row, tc_array
+from .prepare import Prepared, as_key, key_stack, tc_array
 from .program import Program, epoch_order, host_outputs
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
@@ -280,7 +280,7 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
             if spec.form.key else None)
     # the progress bar counts the active configurations, not padding
     traced = Traced(bits, valid if spec.progress else None, values)
-    keys = jnp.stack([as_key(s) for s, _ in streams])
+    keys = key_stack([as_key(s) for s, _ in streams])
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
         vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))
@@ -382,7 +382,7 @@ def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
             if spec.form.key else None)
     one = np.zeros((1, 1), np.int64)
     return ChunkInputs(one, one == 0, jax.device_put(Traced(bits, None, values)),
-                       key_row(key), None, None)
+                       key_stack([key]), None, None)
 
 
 # ------------------------------------------------------------------ compile timing

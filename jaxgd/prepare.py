@@ -68,11 +68,12 @@ def init_key(run_key: Any) -> jax.Array:
     return lossform.init_key(as_key(run_key))
 
 
-def key_row(key: jax.Array) -> jax.Array:
-    """``key[None]`` (a key with a leading axis of one), made on the host: indexing a
-    key on the device compiles a small program."""
-    return jax.random.wrap_key_data(np.asarray(jax.random.key_data(key))[None],
-                                    impl=jax.random.key_impl(key))
+def key_stack(keys: list[jax.Array]) -> jax.Array:
+    """``jnp.stack(keys)`` made on the host (stacking or indexing keys on the device
+    compiles a small program)."""
+    return jax.random.wrap_key_data(np.stack([np.asarray(jax.random.key_data(k))
+                                              for k in keys]),
+                                    impl=jax.random.key_impl(keys[0]))
 
 
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
