@@ -91,8 +91,8 @@ def state_layout(state, keys, tc):
 
 
 class Packed(NamedTuple):
-    """A pytree's leaves stacked by (shape, dtype; booleans with int32): one array per
-    group."""
+    """A pytree's scalar leaves stacked by dtype (booleans with int32): one array per
+    group; its other leaves as they are, one entry each."""
 
     groups: tuple[jax.Array, ...]
 
@@ -110,13 +110,17 @@ def stored(dt):
 MAX_STACK = 8
 
 
-def pack_layout(tree):
-    """(treedef, per leaf: (group, index in group, dtype), group keys) of ``tree``'s
-    leaves."""
+def pack_layout(tree, lead: int = 0):
+    """(treedef, per leaf: (group, index in group or None for a leaf of its own, dtype),
+    group keys) of ``tree``'s leaves; leaves of at most ``lead`` dimensions are stacked."""
     leaves, treedef = jax.tree.flatten(tree)
     keys: list[tuple[Any, ...]] = []
     where = []
     for leaf in leaves:
+        if jnp.ndim(leaf) > lead:  # an array of its own: stacking would only copy it
+            keys.append(("own", len(keys)))
+            where.append((len(keys) - 1, None, jnp.dtype(leaf.dtype)))
+            continue
         kind = (tuple(leaf.shape), stored(leaf.dtype))
         # a full group of this kind starts another (see MAX_STACK)
         free = [g for g, k in enumerate(keys) if k[:2] == kind
@@ -129,26 +133,37 @@ def pack_layout(tree):
     return treedef, where, keys
 
 
-def pack(tree) -> tuple[Packed, Any]:
-    """The leaves of ``tree`` stacked by (shape, dtype; booleans as int32, see
-    :func:`stored`), and what :func:`unpack` needs (it gives each leaf back exactly).
+def pack(tree, lead: int = 0) -> tuple[Packed, Any]:
+    """The leaves of ``tree`` of at most ``lead`` dimensions (the scalars of each
+    configuration, with ``lead`` configuration axes) stacked by (shape, dtype; booleans
+    as int32, see :func:`stored`), the others as they are, and what :func:`unpack` needs
+    (it gives each leaf back exactly).
 
     A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
     kernel of its own at every iteration; stacked, an iteration updates one buffer per
     group (a few kernels instead of a dozen per evaluation). Groups hold at most
-    :data:`MAX_STACK` leaves, so that each stack stays one fused kernel.
+    :data:`MAX_STACK` leaves, so that each stack stays one fused kernel. A larger leaf
+    (a weight matrix) is written whole by the kernel that computes it either way:
+    stacked, it would be copied at every pack and every unpack (and each copy is one
+    more kernel for XLA to compile, about 10 ms).
     """
-    treedef, where, keys = pack_layout(tree)
-    leaves = [x if stored(x.dtype) == x.dtype else x.astype(stored(x.dtype))
-              for x in jax.tree.leaves(tree)]
-    groups = tuple(jnp.stack([leaves[i] for i, w in enumerate(where) if w[0] == g])
-                   for g in range(len(keys)))
-    return Packed(groups), (treedef, tuple(where))
+    treedef, where, keys = pack_layout(tree, lead)
+    leaves = jax.tree.leaves(tree)
+    groups = []
+    for g in range(len(keys)):
+        mine = [(x, i) for x, w in zip(leaves, where, strict=True) if w[0] == g
+                for i in (w[1],)]
+        if mine[0][1] is None:
+            groups.append(mine[0][0])
+            continue
+        groups.append(jnp.stack([x if stored(x.dtype) == x.dtype
+                                 else x.astype(stored(x.dtype)) for x, _ in mine]))
+    return Packed(tuple(groups)), (treedef, tuple(where))
 
 
 def unpack(packed: Packed, layout) -> Any:
     treedef, where = layout
-    leaves = [packed.groups[g][i] for g, i, _ in where]
+    leaves = [packed.groups[g] if i is None else packed.groups[g][i] for g, i, _ in where]
     return jax.tree.unflatten(treedef, [x if x.dtype == dt else x.astype(dt)
                                         for x, (_, _, dt) in zip(leaves, where, strict=True)])
 
@@ -172,7 +187,7 @@ def sub_rows(hist: dict[str, jax.Array], rows: int) -> int:
 
 
 def run_rows(st: Any, hist, rows: int, sub: int, limit, evaluation, take, put_row,
-              put_rows):
+             put_rows, lead: int = 0):
     """Block-local evaluations ``0, 1, ...`` while ``e < rows``, ``e < limit`` and a
     configuration is active: (state, history block).
 
@@ -182,8 +197,9 @@ def run_rows(st: Any, hist, rows: int, sub: int, limit, evaluation, take, put_ro
     of a block starts at ``rows - sub`` so that it stays inside the block. The same
     evaluations run, with the same conditions, as in one loop over evaluations.
     """
-    # the evaluation counter is packed with the state (one buffer less per iteration)
-    _, layout = pack((jnp.zeros((), jnp.int32), st))
+    # the evaluation counter is packed with the state (one buffer less per iteration);
+    # ``lead``: the state's configuration axes (its scalars per configuration are stacked)
+    _, layout = pack((jnp.zeros((), jnp.int32), st), lead)
 
     def going(p, stop):
         e, s = unpack(p, layout)
@@ -193,7 +209,7 @@ def run_rows(st: Any, hist, rows: int, sub: int, limit, evaluation, take, put_ro
         p, loc, at = c
         e, s = unpack(p, layout)
         s, row = evaluation(s, e)
-        return pack((e + 1, s))[0], put_row(loc, row, e - at), at
+        return pack((e + 1, s), lead)[0], put_row(loc, row, e - at), at
 
     def outer(c):
         p, h = c
@@ -208,5 +224,5 @@ def run_rows(st: Any, hist, rows: int, sub: int, limit, evaluation, take, put_ro
         return p, put_rows(h, loc, at)
 
     p, hist = jax.lax.while_loop(lambda c: going(c[0], jnp.minimum(rows, limit)), outer,
-                                 (pack((jnp.zeros((), jnp.int32), st))[0], hist))
+                                 (pack((jnp.zeros((), jnp.int32), st), lead)[0], hist))
     return unpack(p, layout)[1], hist

@@ -226,8 +226,9 @@ def _check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: st
     base = LossForm(key=d["key"], train=d["train"], state=d["state"], hparams=hp_names,
                     takes_hparams=d["hparams"],
                     objects=holds_objects(params) or holds_objects(state))
-    key = jax.random.key(0)
-    hp = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+    # abstract hyper-parameters, the key made in the trace: nothing is computed (an
+    # array made here would compile a program per shape)
+    hp = {k: jax.ShapeDtypeStruct(np.shape(v), jnp.float32) for k, v in hparams.items()}
     read: set[str] = set()
 
     class Recording(dict):
@@ -245,7 +246,7 @@ def _check_form(loss, params, batch, state, hparams: Mapping[str, Any], name: st
         def f(p, b, s, h):
             kw: dict[str, Any] = {}
             if base.key:
-                kw["key"] = key if train else None
+                kw["key"] = jax.random.key(0) if train else None
             if base.train:
                 kw["train"] = train
             if base.state:

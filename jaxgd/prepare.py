@@ -68,6 +68,14 @@ def init_key(run_key: Any) -> jax.Array:
     return lossform.init_key(as_key(run_key))
 
 
+def key_stack(keys: list[jax.Array]) -> jax.Array:
+    """``jnp.stack(keys)`` made on the host (stacking or indexing keys on the device
+    compiles a small program)."""
+    return jax.random.wrap_key_data(np.stack([np.asarray(jax.random.key_data(k))
+                                              for k in keys]),
+                                    impl=jax.random.key_impl(keys[0]))
+
+
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
 
 
@@ -81,6 +89,10 @@ def seed_key(seed: int, name: str = "seed") -> jax.Array:
     """
     seed = check_seed(name, seed)
     if seed < 2**32:
+        if jax.config.jax_default_prng_impl == "threefry2x32":
+            # its key data [0, seed], wrapped on the host (jax.random.key would compile
+            # two small programs)
+            return jax.random.wrap_key_data(np.asarray([0, seed], np.uint32))
         return jax.random.key(seed)
     impl_shape = jax.random.key_data(jax.random.key(0)).shape
     if impl_shape != (2,):
@@ -111,7 +123,10 @@ def check_params(params: Any, name: str = "params") -> Any:
         if bad:
             raise ValueError(f"{name}{where} contains non-finite values"
                              + beyond_range(arr.dtype, held))
-        out.append(jnp.asarray(leaf))
+        # a NumPy leaf is put on the device as it is (jnp.asarray would compile a copy
+        # program per shape); the same array, dtype and (not weak) type
+        out.append(jax.device_put(leaf) if isinstance(leaf, np.ndarray | np.generic)
+                   else jnp.asarray(leaf))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -385,13 +400,20 @@ def _loss_has_conv(spec: ProgramSpec, params, probe, state) -> bool:
     f = spec.form
 
     def trace() -> bool:
-        hp = {k: jnp.zeros(()) for k in f.hparams} if f.takes_hparams else None
-        key = jax.random.key(0) if f.key else None
-        batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(  # traced, never filled
+        # abstract arguments, the key made in the trace: nothing is computed (an array
+        # made here would compile a program per shape; int64 labels are traced as the
+        # device holds them)
+        hp = ({k: jax.ShapeDtypeStruct((), jnp.float32) for k in f.hparams}
+              if f.takes_hparams else None)
+        batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
             s.shape, jax.dtypes.canonicalize_dtype(s.dtype)), probe)
-        return hostloop.has_convolution(
-            lambda p, b, s: lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
-                                          hparams=hp)[0], params, batch, state)
+
+        def fn(p, b, s, h):
+            key = jax.random.key(0) if f.key else None
+            return lossform.call(f, spec.loss, p, b, state=s, key=key, train=True,
+                                 hparams=h)[0]
+
+        return hostloop.has_convolution(fn, params, batch, state, hp)
 
     return lossform.by_shapes(_HAS_CONV, (spec.loss, f), (params, probe, state), trace)
 

@@ -13,9 +13,10 @@ batched and so would every gather). Configurations that stop are frozen by masks
 loop ends when every configuration has stopped or the epoch budget is spent.
 
 The program is two jitted functions: ``init`` (the state before the first epoch) and
-``block`` (up to ``rows`` evaluations from a state, returning the state, the outputs and
-a block of history rows). The engine (:func:`jaxgd.engine.run_blocks`) calls ``block``
-from the host until no configuration is active, carrying the state on the device and
+``block`` (up to ``rows`` evaluations from a state, returning the state and a block of
+history rows; the host takes the outputs from the last state, :func:`host_outputs`).
+The engine (:func:`jaxgd.engine.run_blocks`) calls ``block`` from the host until no
+configuration is active, carrying the state on the device and
 concatenating the history blocks on the host, so history memory follows the evaluations
 actually run (at most one block of :data:`HISTORY_BLOCK_BYTES` more), not ``epochs``.
 One block length per spec and chunk width: one compile. (The host plan,
@@ -46,6 +47,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from . import loop, lossform, optim, stops
@@ -624,6 +626,42 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
     )
 
 
+def host_outputs(spec: ProgramSpec, st: State, keys, traced: Traced,
+                 to_host: Callable[[Any], Any] = np.asarray) -> ProgramOutput:
+    """:func:`finalize` of a state in the program's layout for ``keys`` and ``traced``,
+    on the host: the fields it reads brought home with ``to_host``, their [stream, config]
+    axes back, the same selections in NumPy (so the same numbers). The block program
+    returns its state only (each output copied from the state would be one more kernel
+    for XLA to compile, ~10 ms each); the host takes the outputs from the last state."""
+    st = jax.tree.map(to_host, st._replace(opt_state=None, ahead=None))
+    st = loop.unsqueeze(*loop.single(keys, traced), st)
+    params, mstate = st.params, st.model_state
+    if spec.restore_best:
+        use_best = np.asarray(st.best_epoch) >= 0
+
+        def pick(best, last):
+            last = np.asarray(last)
+            cond = use_best.reshape(use_best.shape + (1,) * (last.ndim - use_best.ndim))
+            return np.where(cond, np.asarray(best), last)
+
+        params = jax.tree.map(pick, st.best_params, params)
+        if spec.form.state:
+            mstate = jax.tree.map(pick, st.best_model_state, mstate)
+    return ProgramOutput(
+        best_epoch=st.best_epoch,
+        best_metric=st.best_metric,
+        diverged_step=st.diverged_step,
+        epochs_run=st.epochs_run,
+        evals_run=st.evals_run,
+        history={},
+        init_loss=st.init_loss,
+        params=params,
+        reason=st.reason,
+        state=mstate,
+        steps_run=st.step,
+    )
+
+
 # ------------------------------------------------------------------ blocks of evaluations
 
 # The history of a program call is a block of at most this many bytes (or HISTORY_MIN_ROWS
@@ -657,7 +695,8 @@ def block_rows(spec: ProgramSpec, row_bytes: int, n_configs: int) -> int:
 
 class Program(NamedTuple):
     """The jitted programs of a spec: ``init`` (the state before the first epoch) and
-    ``block`` (up to ``rows`` evaluations from a state, with their history)."""
+    ``block`` (up to ``rows`` evaluations from a state, with their history; its outputs
+    slot is None: :func:`host_outputs` of the last state)."""
 
     init: Callable[..., Any]
     block: Callable[..., Any]
@@ -684,8 +723,8 @@ def write_rows(spec: ProgramSpec, hist: dict[str, jax.Array], part: dict[str, ja
 
 def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The un-jitted programs ``init(params0, data, val, traced, keys, tidx, vidx) -> state``
-    and ``block(state, start, end, data, val, traced, keys, tidx, vidx) -> (state, outputs,
-    history block, any active)``.
+    and ``block(state, start, end, data, val, traced, keys, tidx, vidx) -> (state, None,
+    history block, any active)`` (the outputs: :func:`host_outputs` of the last state).
 
     Shapes: ``traced`` (:class:`jaxgd.spec.Traced`) leaves are [S, C, ...]; ``keys`` is
     [S] PRNG keys; ``tidx`` [S, n_train] and ``vidx`` [S, n_val] index arrays (or None);
@@ -744,10 +783,12 @@ def build_program(spec: ProgramSpec, rows: int) -> tuple[Callable[..., Any], Cal
                              lambda: None)
             return s, row
 
-        st, hist = loop.run_rows(st, hist, rows, sub, end - start, evaluation, take, *puts)
-        out = loop.vmapped(functools.partial(finalize, spec), 0, 0, one_s, one_c)(st)
-        out, hist = loop.unsqueeze(one_s, one_c, (out, hist))
-        return st, out, hist, jnp.any(st.active)
+        lead = 0 if one_c else 1 if one_s else 2  # the state's configuration axes
+        st, hist = loop.run_rows(st, hist, rows, sub, end - start, evaluation, take, *puts,
+                                 lead=lead)
+        hist = loop.unsqueeze(one_s, one_c, hist)
+        # no outputs: the host takes them from the last block's state (host_outputs)
+        return st, None, hist, jnp.any(st.active)
 
     return init, block
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import autoplan, trackers
@@ -131,8 +130,9 @@ def fit(
                 one.save(store.path, _store=store)  # releases the lock
             out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
             out = jax.tree.map(lambda a: a[0], out)  # host arrays
-            out = out._replace(params=jax.tree.map(jnp.asarray, out.params),
-                               state=jax.tree.map(jnp.asarray, out.state))
+            # on the device as they are (jnp.asarray would compile a copy per shape)
+            out = out._replace(params=jax.device_put(out.params),
+                               state=jax.device_put(out.state))
             if p.combined is not None:  # the model object, with its trained arrays
                 out = out._replace(params=p.combined.rebuild(out.params))
             res = dataclasses.replace(FitResult.from_program(out, spec), loop=loop,

@@ -180,13 +180,13 @@ def main(argv=None):
 
         def call(*args):
             res = prog.block(*args)
-            leaf = res[1].reason
+            leaf = res[0].reason  # the state the block returns (its outputs: None)
             record = {"devices": len(leaf.sharding.device_set),
                       "addressable_shards": len(leaf.addressable_shards),
                       "spec": str(getattr(leaf.sharding, "spec", None)),
                       "shape": list(leaf.shape)}
-            if res[1].state is not None:  # the model state the block returns
-                st = res[1].state["mean"]
+            if res[0].model_state is not None:  # the model state the block returns
+                st = res[0].model_state["mean"]
                 record["state_spec"] = str(getattr(st.sharding, "spec", None))
                 record["state_shape"] = list(st.shape)
             if a.mesh:  # the per-device shapes of the compiled program's arrays

@@ -191,17 +191,30 @@ def test_huge_epoch_budget_stopping_early_uses_memory_of_the_run(monkeypatch):
 
 
 def test_packed_carry_groups_are_fusable_stacks():
-    """The loop carry packs leaves of one shape and dtype into stacks of at most 8
-    (XLA:CPU fuses no concatenate of more operands), and unpacks them exactly."""
+    """The loop carry packs the scalar leaves of one dtype into stacks of at most 8
+    (XLA:CPU fuses no concatenate of more operands), keeps array leaves as they are (a
+    stack would copy them), and unpacks them exactly."""
+    v = jnp.arange(3.0)
     tree = {"i": [jnp.int32(k - 9) for k in range(19)], "b": jnp.asarray(True),
-            "f": [jnp.float32(0.1 * k) for k in range(9)], "v": jnp.arange(3.0)}
+            "f": [jnp.float32(0.1 * k) for k in range(9)], "v": v,
+            "m": jnp.ones((2, 3), jnp.bfloat16)}
     packed, layout = jaxgd.loop.pack(tree)
-    assert max(g.shape[0] for g in packed.groups) <= 8
-    assert sum(g.shape[0] for g in packed.groups) == 19 + 1 + 9 + 1
+    stacks = [g for g in packed.groups if g.ndim == 1 and g is not v]
+    assert max(g.shape[0] for g in stacks) <= 8
+    assert sum(g.shape[0] for g in stacks) == 19 + 1 + 9
+    assert len(packed.groups) == len(stacks) + 2  # v and m: entries of their own
+    assert any(g is v for g in packed.groups)
     back = jaxgd.loop.unpack(packed, layout)
-    for u, v in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
-        assert u.dtype == v.dtype and u.shape == v.shape
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    for u, w in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
+        assert u.dtype == w.dtype and u.shape == w.shape
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
+    # with one configuration axis (a vmapped state), leaves [C] are the scalars: stacked
+    per_config = {"a": jnp.arange(4), "b": jnp.arange(4) + 1, "w": jnp.ones((4, 3))}
+    packed, layout = jaxgd.loop.pack(per_config, lead=1)
+    assert sorted(g.shape for g in packed.groups) == [(2, 4), (4, 3)]
+    back = jaxgd.loop.unpack(packed, layout)
+    for u, w in zip(jax.tree.leaves(back), jax.tree.leaves(per_config), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
 
 
 def test_full_batch_evaluations_compile_to_one_kernel(monkeypatch):
@@ -226,3 +239,85 @@ def test_full_batch_evaluations_compile_to_one_kernel(monkeypatch):
               {"w": jnp.zeros(()), "b": jnp.zeros(())}, jaxgd.datasets.noisy_line(16, seed=0),
               optimizer="sgd", hparams={"learning_rate": 1e-4}, epochs=300, shuffle=False)
     assert texts and all('xla_cpu_small_call="true"' in t for t in texts)
+
+
+def test_block_program_copies_no_weight_into_a_stack_and_returns_no_outputs(monkeypatch):
+    """The block program of a one-layer fit with Adam: no [3, 5, 7] stack of the weight
+    and its two moments in the compiled program (each stack and unstack is a copy, and a
+    kernel for XLA to compile), and no outputs of its own (the host takes them from the
+    last state); the fit's parameters are the hand-written optax loop's."""
+    import optax
+
+    texts, outs = [], []
+    real = program.compiled_program
+
+    def spy(spec, rows):
+        prog = real(spec, rows)
+
+        def block(*args):
+            texts.append(prog.block.lower(*args).compile().as_text())
+            res = prog.block(*args)
+            outs.append(res[1])
+            return res
+
+        return prog._replace(block=block)
+
+    monkeypatch.setattr(program, "compiled_program", spy)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 5)).astype(np.float32)
+    y = rng.normal(size=(16, 7)).astype(np.float32)
+    p0 = {"w": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32), "b": jnp.zeros(7)}
+
+    def loss(p, b):
+        return jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)
+
+    res = jaxgd.fit(loss, p0, (x, y), optimizer="adam", hparams={"learning_rate": 0.01},
+                    epochs=5, shuffle=False)
+    assert texts and outs == [None] * len(texts)
+    assert all("[3,5,7]" not in t for t in texts)
+    opt = optax.adam(0.01)
+    p, s = p0, opt.init(p0)
+    for _ in range(5):
+        g = jax.grad(loss)(p, (x, y))
+        u, s = opt.update(g, s, p)
+        p = optax.apply_updates(p, u)
+    for k in p:
+        np.testing.assert_allclose(np.asarray(res.params[k]), np.asarray(p[k]), rtol=1e-6,
+                                   atol=1e-7)
+
+
+def test_host_outputs_are_the_programs_finalize(monkeypatch):
+    """The outputs taken on the host from a [stream, config] state with ``restore_best``
+    are the selections the program's ``finalize`` makes under vmap (best parameters where
+    an evaluation improved, the last ones where none did)."""
+    specs = []
+    real = program.compiled_program
+    monkeypatch.setattr(program, "compiled_program",
+                        lambda spec, rows: specs.append(spec) or real(spec, rows))
+    jaxgd.fit(mse, P0, (X, Y), optimizer="sgd", hparams={"learning_rate": 0.1}, epochs=3,
+              restore_best=True)
+    spec = specs[0]
+    assert spec.restore_best
+    rng = np.random.default_rng(0)
+    S, C = 2, 3
+
+    def arr(*shape, dt=np.float32):
+        return rng.normal(size=(S, C) + shape).astype(dt)
+
+    st = program.State(
+        params={"w": arr(1), "b": arr()}, opt_state=(), step=np.arange(6).reshape(S, C),
+        active=np.zeros((S, C), bool), reason=np.ones((S, C), np.int32),
+        epochs_run=np.full((S, C), 3), init_loss=arr(), best_metric=arr(),
+        best_epoch=np.asarray([[-1, 0, 2], [1, -1, -1]], np.int32), bad_epochs=np.zeros((S, C)),
+        best_params={"w": arr(1), "b": arr()}, evals_run=np.full((S, C), 3),
+        diverged_step=np.full((S, C), -1), model_state=None, best_model_state=None,
+        ahead=None)
+    keys = jax.random.wrap_key_data(np.zeros((S, 2), np.uint32))
+    traced = program.Traced(None, None, {"learning_rate": np.zeros((S, C), np.float32)})
+    got = program.host_outputs(spec, st, keys, traced)
+    want = jax.vmap(jax.vmap(lambda s: program.finalize(spec, s)))(st)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(got.params["w"][0, 0], st.params["w"][0, 0])  # no best
+    np.testing.assert_array_equal(got.params["w"][0, 1], st.best_params["w"][0, 1])

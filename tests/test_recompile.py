@@ -265,3 +265,25 @@ def test_memory_maps_read_again_only_after_a_compile(monkeypatch):
     fit()
     fit()
     assert len(reads) == n + 5  # a reading older than REREAD_S is read again
+def test_a_first_fit_or_sweep_compiles_its_two_programs_only():
+    """From cleared caches, a fit and a sweep on NumPy params, data and integer seeds
+    compile the program's ``init`` and ``block`` and nothing else: no small program per
+    parameter shape, seed key or key stack (each costs ~10-40 ms of a first call)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(37, 5)).astype(np.float32)
+    y = rng.normal(size=37).astype(np.float32)
+    p0 = {"w": np.zeros((5, 1), np.float32), "b": np.zeros((1,), np.float32)}
+
+    def loss(p, b):
+        return jnp.mean(((b[0] @ p["w"] + p["b"])[:, 0] - b[1]) ** 2)
+
+    for run in (lambda: jaxgd.fit(loss, p0, (x, y), optimizer="adam", batch_size=8,
+                                  hparams={"learning_rate": 0.01}, epochs=3, key=5),
+                lambda: jaxgd.sweep(loss, p0, (x, y), optimizer="adam", batch_size=8,
+                                    grid={"learning_rate": [0.01, 0.1], "seed": [1, 2]},
+                                    epochs=3)):
+        jax.clear_caches()
+        jaxgd.clear_caches()
+        with count_compiles() as events:
+            run()
+        assert events.count(COMPILE_EVENTS[0]) == 2, events
