@@ -215,6 +215,12 @@ def main(argv=None):
             real_saved(self)
             seen[0] += 1
             if seen[0] == int(stop_at):
+                if jax.process_count() > 1:  # every process past this checkpoint, then
+                    # all end together (a process left alone in the job is aborted by
+                    # the coordination service, whatever it was doing)
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("jaxgd-test-stop")
                 os._exit(3)
 
         ckpt_mod.Checkpointer.saved = saved
