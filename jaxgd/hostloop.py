@@ -19,8 +19,8 @@ searches run it unchanged.
 With ``plan="map"`` on one device the configurations are not mapped inside the jitted
 calls: each runs the calls of a single configuration in turn (:func:`host_block`), the
 calls a user's loop makes, since XLA:CPU runs a convolution step inside ``lax.map`` as
-slowly as inside a scan (a sweep of 4 flax CNNs: 2.4 s mapped inside, 0.34 s one by one,
-``experiments/bench_f.py``'s quick sizes).
+slowly as inside a scan (a sweep of 4 flax CNNs at ``experiments/bench_f.py``'s quick
+sizes: 2.4 s mapped inside each call, 0.34-0.37 s one by one, in separate runs).
 
 The host reads one scalar per evaluation (whether a configuration is still active), so
 a block stops where the scan plan's does. Multi-process runs keep the scan plan.
