@@ -198,6 +198,11 @@ def _heatmap(table: pd.DataFrame, s: Sizes, out: Path):
 
 
 def run(out: Path, quick: bool) -> dict:
+    try:
+        import flax  # noqa: F401
+    except ImportError:
+        print(f"{NAME}: flax is not installed (pip install flax, or the test extra): skipped")
+        return {"skipped": "flax not installed"}
     out = Path(out) / NAME
     s = QUICK if quick else FULL
     train, val = corpus(s)
