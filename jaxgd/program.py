@@ -611,19 +611,7 @@ def finalize(spec: ProgramSpec, st: State) -> ProgramOutput:
         params = tree_where(use_best, st.best_params, params)
         if spec.form.state:
             mstate = tree_where(use_best, st.best_model_state, mstate)
-    return ProgramOutput(
-        best_epoch=st.best_epoch,
-        best_metric=st.best_metric,
-        diverged_step=st.diverged_step,
-        epochs_run=st.epochs_run,
-        evals_run=st.evals_run,
-        history={},
-        init_loss=st.init_loss,
-        params=params,
-        reason=st.reason,
-        state=mstate,
-        steps_run=st.step,
-    )
+    return _outputs(st, params, mstate)
 
 
 def host_outputs(spec: ProgramSpec, st: State, keys, traced: Traced,
@@ -647,6 +635,12 @@ def host_outputs(spec: ProgramSpec, st: State, keys, traced: Traced,
         params = jax.tree.map(pick, st.best_params, params)
         if spec.form.state:
             mstate = jax.tree.map(pick, st.best_model_state, mstate)
+    return _outputs(st, params, mstate)
+
+
+def _outputs(st: State, params, mstate) -> ProgramOutput:
+    """The outputs read from state ``st`` (device or host arrays), with the chosen
+    ``params`` and model state ``mstate``; the history is assembled elsewhere."""
     return ProgramOutput(
         best_epoch=st.best_epoch,
         best_metric=st.best_metric,
