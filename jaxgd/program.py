@@ -198,10 +198,12 @@ def init_state(spec: ProgramSpec, params0, traced: Traced, key, data, val, tidx,
     )
 
 
-def epoch_order(spec: ProgramSpec, key, epoch,
-                 orders=None) -> Callable[[jax.Array], jax.Array] | None:
+def epoch_order(spec: ProgramSpec, key, epoch, orders=None,
+                whole: bool = False) -> Callable[[jax.Array], jax.Array] | None:
     """Position -> sample index of this epoch's visiting order (None: in order); explicit
-    ``orders`` [E, n]: row ``epoch mod E``."""
+    ``orders`` [E, n]: row ``epoch mod E``. ``whole``: the Feistel order is computed for
+    every position at once and indexed (the same indices; for a caller that visits the
+    whole epoch, one cycle-walking loop per epoch instead of one per step)."""
     plan = spec.plan
     bsz = plan.batch_size * spec.accumulate
     full_batch = plan.full_steps == 1 and bsz == plan.n and plan.last_batch_size == 0
@@ -209,6 +211,9 @@ def epoch_order(spec: ProgramSpec, key, epoch,
         return None
     if spec.shuffle == "feistel":
         rk = feistel_round_keys(key, epoch)
+        if whole:
+            perm = feistel_permute(rk, jnp.arange(plan.n, dtype=jnp.uint32), plan.n)
+            return lambda pos: perm[pos]
         return lambda pos: feistel_permute(rk, pos, plan.n)
     if spec.shuffle == "uniform":
         perm = jax.random.permutation(jax.random.fold_in(key, epoch), plan.n)
@@ -293,7 +298,7 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     (with ``record_steps``)."""
     plan = spec.plan
     bsz = plan.batch_size * spec.accumulate  # samples per update
-    order = epoch_order(spec, ctx.key, epoch, ctx.orders)
+    order = epoch_order(spec, ctx.key, epoch, ctx.orders, whole=True)
     in_range = epoch < spec.epochs
     active0 = carry.steps.active
     inner = carry.steps._replace(active=active0 & in_range)
