@@ -330,6 +330,11 @@ def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx)
     states = [m[0] for m in members]
     hists = [pc.empty(s_, t, keys) for s_, t in members]
     alive = [True] * len(members)
+    # each member's "any active" of its latest evaluation, read (a wait for the device)
+    # only after the next evaluation is queued, so that the device is never idle while the
+    # host dispatches; an evaluation queued for a member that had stopped changes nothing
+    # (its state stays, its rows stay NaN), as in a batched call
+    pending: list[Any] = [None] * len(members)
     for e in range(min(pc.rows, end - start)):
         g = start + e
         n_act = []
@@ -345,7 +350,9 @@ def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx)
             states[i], hists[i], act, any_active = pc.finish(
                 states[i], carry, chunks, hists[i], np.int32(g), np.int32(e), data, val, tr,
                 keys, tidx, vidx)
-            alive[i] = bool(any_active)
+            if pending[i] is not None:
+                alive[i] = bool(pending[i])
+            pending[i] = any_active
             n_act.append(act)
         if not n_act:  # nothing was active at the block's start
             break
@@ -354,6 +361,7 @@ def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx)
             program.report_progress(done, sum(int(a) for a in n_act))
         if not any(alive):
             break
+    alive = [a and (p is None or bool(p)) for a, p in zip(alive, pending, strict=True)]
     outs = [pc.outputs(s_, h, tr, keys) for s_, h, (_, tr) in zip(states, hists, members,
                                                                    strict=True)]
     if split:

@@ -253,17 +253,30 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     """One update on the batch at ``start``. A step whose objective or gradient norm is
     not finite ends the configuration (diverged): it counts no further steps or batch
     sums, and :func:`guard` restores the evaluation's starting point."""
+    if carry.ahead is not None:  # lookahead: the gradient was computed with the loss
+        batch = ctx.tf(_gather(spec, ctx, order, start, size))
+        (obj, g), loss, m = with_penalty(spec, carry.params, ctx.tc, carry.ahead), \
+            carry.ahead.loss, carry.ahead.metrics
+        return apply_step(spec, ctx, carry, (obj, loss, g, None, m), batch)
+    return apply_step(spec, ctx, carry, step_grad(spec, ctx, order, carry, start, size, micro))
+
+
+def step_grad(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, start, size,
+              micro: int):
+    """The gradient of the update on the batch at ``start`` (no lookahead): (objective,
+    data loss, gradient, new model state, metrics)."""
+    batch = ctx.tf(_gather(spec, ctx, order, start, size))
+    key = None if ctx.cfg_key is None else jax.random.fold_in(ctx.cfg_key, carry.step)
+    return mean_grad(spec, carry.params, carry.model_state, batch, ctx.tc, micro, key)
+
+
+def apply_step(spec: ProgramSpec, ctx: EpochContext, carry: StepCarry, grad,
+               batch=None) -> tuple[StepCarry, jax.Array]:
+    """The update from ``grad`` (:func:`step_grad`'s) and its bookkeeping: (carry, the
+    batch's loss). ``batch``: the update's batch, for the lookahead's next gradient."""
     tc = ctx.tc
     params, opt_state, stp = carry.params, carry.opt_state, carry.step
-    batch = ctx.tf(_gather(spec, ctx, order, start, size))
-    key = None if ctx.cfg_key is None else jax.random.fold_in(ctx.cfg_key, stp)
-    if carry.ahead is not None:  # lookahead: the gradient was computed with the loss
-        (obj, g), loss, m = with_penalty(spec, params, tc, carry.ahead), carry.ahead.loss, \
-            carry.ahead.metrics
-        new_state = None
-    else:
-        obj, loss, g, new_state, m = mean_grad(spec, params, carry.model_state, batch, tc,
-                                                micro, key)
+    obj, loss, g, new_state, m = grad
     gn = global_norm(g)
     updates, new_opt = ctx.opt.update(g, opt_state, params)
     if ctx.wd_mask is not None:
@@ -357,7 +370,18 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
             return full(c)
         if plan.full_steps == 0:
             return last(c)
-        return jax.lax.cond(pos == plan.full_steps, last, full, c)
+        if c.ahead is not None:
+            return jax.lax.cond(pos == plan.full_steps, last, full, c)
+        # only the gradient (whose batch has one of two shapes) is conditional: the update
+        # and the carry stay outside, so the parameters and optimizer state are not copied
+        # through a conditional at every step
+        full_at = t if by_t else pos * bsz
+        last_at = t if spec.fed else plan.full_steps * bsz
+        grad = jax.lax.cond(
+            pos == plan.full_steps,
+            lambda c: step_grad(spec, ctx, order, c, last_at, plan.last_batch_size, 1),
+            lambda c: step_grad(spec, ctx, order, c, full_at, bsz, spec.accumulate), c)
+        return apply_step(spec, ctx, c, grad)
 
     K, _ = evals_of(spec)
     if spec.epochs % K:  # the last block reaches past the budget: those updates do nothing
@@ -543,6 +567,15 @@ def finish_block(spec: ProgramSpec, ctx: EpochContext, st: State, carry: EpochCa
     ), row
 
 
+# parameters of at least this many elements are restored by the guard through a
+# conditional (below it, a select)
+GUARD_COND_MIN = 4096
+
+
+def _size(tree) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
                                 if jnp.issubdtype(x.dtype, jnp.inexact)] or [True]))
@@ -557,11 +590,19 @@ def guard(st: State, c: StepCarry) -> StepCarry:
     block's (its batch means and learning rate); :func:`epoch_block` keeps the restored
     one in the state."""
     keep = c.active & _all_finite(c.params)
-    back = lambda new, old: tree_where(keep, new, old)  # noqa: E731
+    new = (c.params, c.opt_state, c.model_state, c.ahead)
+    old = (st.params, st.opt_state, None if c.model_state is None else st.model_state,
+           None if c.ahead is None else st.ahead)
+    if _size(c.params) >= GUARD_COND_MIN:
+        # a conditional, not a select over every leaf: for one configuration (fit, the
+        # map plan, the host loop) nothing is copied unless the guard acts; under vmap it
+        # is the same select
+        params, opt_state, mstate, ahead = jax.lax.cond(keep, lambda n, o: n,
+                                                        lambda n, o: o, new, old)
+    else:  # a few scalars: a select keeps a small evaluation one kernel on XLA:CPU
+        params, opt_state, mstate, ahead = tree_where(keep, new, old)
     return c._replace(
-        params=back(c.params, st.params), opt_state=back(c.opt_state, st.opt_state),
-        model_state=None if c.model_state is None else back(c.model_state, st.model_state),
-        ahead=None if c.ahead is None else back(c.ahead, st.ahead),
+        params=params, opt_state=opt_state, model_state=mstate, ahead=ahead,
         active=keep, reason=jnp.where(c.active & ~keep, DIVERGED, c.reason))
 
 
