@@ -287,23 +287,54 @@ class ShortLoader:
         return _passes(*_short_problem())
 
 
+class StatefulPasses:
+    """A one-shot iterator over the short-batch passes whose position is saved and
+    restored (``get_state``/``set_state``, as grain's iterators have)."""
+
+    def __init__(self):
+        self.batches = list(_passes(*_short_problem()))
+        self.at = self.reads = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.at == len(self.batches):
+            raise StopIteration
+        self.at += 1
+        self.reads += 1
+        return self.batches[self.at - 1]
+
+    def get_state(self):
+        return {"at": self.at}
+
+    def set_state(self, state):
+        self.at = state["at"]
+
+
 @pytest.mark.parametrize("loop", ["scan", "host"])
-def test_short_batches_resumed_equal_an_optax_loop(tmp_path, monkeypatch, loop):
+@pytest.mark.parametrize("source", [ShortLoader, StatefulPasses])
+def test_short_batches_resumed_equal_an_optax_loop(tmp_path, monkeypatch, loop, source):
     """A run over short batches interrupted at its 2nd checkpoint and resumed reads on from
-    there: the optax loop's parameters and step losses."""
+    there (a re-iterable source read again, or an iterator set to the saved position): the
+    optax loop's parameters and step losses."""
     x, y = _short_problem()
     opt = optax.adam(0.05)
     p, losses = _optax_loop(opt, _passes(x, y), 11)
     kw = dict(optimizer=opt, steps=11, eval_every=1, shuffle=False, record_steps=True,
               loop=loop)
-    starts, got = _interrupted_then_resumed(tmp_path, monkeypatch, ShortLoader(), **kw)
+    again = source()
+    starts, got = _interrupted_then_resumed(tmp_path, monkeypatch, source(), again, **kw)
     assert starts == [10]
+    if source is StatefulPasses:  # the first batch (its shapes), then update 10's only
+        assert again.reads == 2
     _close(got, p, losses, 1)
 
 
-def _interrupted_then_resumed(tmp_path, monkeypatch, data, **kw):
-    """A fit(out=) interrupted as its 2nd checkpoint is saved, then run again: the
-    evaluation the second call went on from, and its result."""
+def _interrupted_then_resumed(tmp_path, monkeypatch, data, again=None, **kw):
+    """A fit(out=) interrupted as its 2nd checkpoint is saved, then run again (on
+    ``again``, default ``data``): the evaluation the second call went on from, and its
+    result."""
     from jaxgd import engine as engine_mod
     from jaxgd import store as store_mod
 
@@ -328,7 +359,8 @@ def _interrupted_then_resumed(tmp_path, monkeypatch, data, **kw):
         return run_blocks(prog, spec, st, start, end, *a, **k)
 
     monkeypatch.setattr(engine_mod, "run_blocks", spy)
-    return starts, jaxgd.fit(loss, P0, data, out=out, checkpoint_every=5, **kw)
+    return starts, jaxgd.fit(loss, P0, data if again is None else again, out=out,
+                             checkpoint_every=5, **kw)
 
 
 def test_memmap_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
