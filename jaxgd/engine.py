@@ -33,7 +33,7 @@ from .checkpoint import Checkpointer
 from .feed import Feeder, HostData, batch_indices, batch_rows, fed_sharding, place_block
 from .groups import Group
 from .history import PACKED, HistoryLayout, per_step
-from .hostloop import program_for
+from .hostloop import host_program, program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
 from .prepare import Prepared, as_key, key_stack, tc_array
@@ -725,7 +725,8 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
 
     With host-fed data, ``feed`` (:class:`jaxgd.feed.Feeder`) gives each block's data (the
     program's ``data`` argument, ``args[0]``): built in the background while the previous
-    block runs.
+    block runs. A block holding an iterable's batch of fewer samples than the first runs
+    in the host plan (:func:`host_twin`), that batch's update a jitted call of its own.
 
     The decision to run another block comes from a value every device (and process)
     holds whole, so every process runs the same number of blocks. ``to_host`` brings an
@@ -738,10 +739,14 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
         stop = end if checkpoint is None else checkpoint.next_end(at, end, prog.rows)
         if checkpoint is not None and jax.process_count() > 1:
             stop = int(agree_floats([stop])[0])  # process 0's timing decides
+        run, kw = prog, {}
         if feed is not None:  # this block's batches (the next one's start building)
-            args = (feed.block(at, stop, prog.rows, end),) + tuple(args[1:])
-        st, out, hist, more = prog.block(st, put_scalar(np.int32(at)),
-                                         put_scalar(np.int32(stop)), *args)
+            block, sizes = feed.block(at, stop, prog.rows, end)
+            args = (block,) + tuple(args[1:])
+            if sizes is not None:  # a batch of another size: the host plan's calls
+                run, kw = host_twin(prog, spec), {"sizes": sizes}
+        st, out, hist, more = run.block(st, put_scalar(np.int32(at)),
+                                        put_scalar(np.int32(stop)), *args, **kw)
         ran = min(at + prog.rows, stop) - at
         # one read of the block's results: its history, and the outputs after the last
         # block (read after the loop when the configurations stop earlier)
@@ -761,6 +766,15 @@ def run_blocks(prog: Program, spec: ProgramSpec, st, start: int, end: int, args,
         out = out_h if final else host_trees(out, to_host)
     reach = end if more else int(np.max(out.evals_run))
     return st, out, joined_history(spec, parts, origin, end, reach, prog.rows, pad)
+
+
+def host_twin(prog: Program, spec: ProgramSpec) -> Program:
+    """The host plan's program (:func:`jaxgd.hostloop.host_program`, one update per call)
+    in place of the scan plan's ``prog`` for a block with batches of several sizes (the
+    same state and block interface); ``prog`` itself in the host plan."""
+    if spec.loop == "host":
+        return prog
+    return host_program(spec._replace(loop="host", host_steps=1), prog.rows)
 
 
 def cut_rows(hist: dict[str, Any], n: int, K: int) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 A :class:`HostData` wraps either NumPy arrays (``np.memmap`` included) or an iterable of
 batches. The compiled program then reads each update's batch from a *fed block*: the
-batches of the block's updates stacked ``[streams, updates, batch, ...]`` (the short last
-batch of an epoch padded to a full one; the program takes its first rows). The engine
-(:func:`jaxgd.engine.run_blocks`) asks :class:`Feeder` for the block of each program call;
-the feeder builds the next one in a background thread while the device runs the current
-one and puts it on the device there (double-buffered).
+batches of the block's updates stacked ``[streams, updates, batch, ...]`` (a short batch,
+an epoch's last or an iterable's, padded to a full one; the program takes its first rows).
+The engine (:func:`jaxgd.engine.run_blocks`) asks :class:`Feeder` for the block of each
+program call; the feeder builds the next one in a background thread while the device runs
+the current one and puts it on the device there (double-buffered).
 
 Arrays: the block's sample indices are the in-memory program's (the same order function,
 :func:`jaxgd.program.batch_indices`, run on the host CPU), gathered with NumPy, so a
@@ -14,15 +14,26 @@ host-fed run equals the in-memory run with the same order. Streams whose order d
 depend on the seed (``shuffle=False`` or given orders) share one block.
 
 Iterables: consumed in order, one batch per update, the same batches for every
-configuration and stream of a call. A re-iterable source (``iter(source)`` returns a new
-iterator, like a PyTorch ``DataLoader``) starts over for a call that begins before the
-batches it holds (another chunk of a sweep, a resumed run); a one-shot iterator (a
-generator) feeds one pass only. An iterator whose position can be saved and restored
-(``get_state()``/``set_state()``, as grain's ``DataLoader`` and dataset iterators have; the
-state JSON or bytes) is restored to the position of a call's first batch instead of read
-from the start: the feeder notes the state after each batch it reads, a checkpoint saves
-the one at its update (:meth:`Feeder.position`), and a resumed run sets it
-(:func:`decode_state`). A one-shot iterator with a state starts over the same way.
+configuration and stream of a call. The first batch sets the batch size; a later one may
+hold fewer samples (a ``DataLoader``'s short last batch of a pass, ``drop_last=False``),
+with the first one's structure, sample shapes and dtypes (else a ValueError when it is
+read). It fills the head of its slot of the fed block, and :meth:`Feeder.block` gives the
+block's batch sizes with it: such a block runs in the host plan
+(:func:`jaxgd.hostloop.host_block`, also in a scan-plan run:
+:func:`jaxgd.engine.host_twin`), where the short batch's update is a jitted call of its
+own on exactly its samples (compiled once per size), as a user's jitted step takes it. On
+several devices a short batch is refused when it is read (its update would not split over
+the mesh).
+
+A re-iterable source (``iter(source)`` returns a new iterator, like a PyTorch
+``DataLoader``) starts over for a call that begins before the batches it holds (another
+chunk of a sweep, a resumed run); a one-shot iterator (a generator) feeds one pass only.
+An iterator whose position can be saved and restored (``get_state()``/``set_state()``, as
+grain's ``DataLoader`` and dataset iterators have; the state JSON or bytes) is restored to
+the position of a call's first batch instead of read from the start: the feeder notes the
+state after each batch it reads, a checkpoint saves the one at its update
+(:meth:`Feeder.position`), and a resumed run sets it (:func:`decode_state`). A one-shot
+iterator with a state starts over the same way.
 
 On a mesh (:mod:`jaxgd.engine`) a fed block is placed with its batch axis split over the
 mesh's ``"data"`` axis (:func:`fed_sharding`; whole on every device without one), and each
@@ -243,20 +254,35 @@ def arrays_state(arrays: dict[str, np.ndarray]) -> tuple[int, tuple[str, bytes]]
     return int(at), (kinds[0], raw.tobytes())
 
 
-def _checked_batch(batch: Any, ref: Any, i: int) -> Any:
-    """A batch as NumPy arrays, with the first batch's structure, shapes and dtypes."""
+def _checked_batch(batch: Any, ref: Any, i: int, devices: int = 1) -> Any:
+    """Batch ``i`` as NumPy arrays, with the first batch's (``ref``'s) structure, sample
+    shapes and dtypes, and at most its number of samples: fewer (a short batch, e.g. the
+    last of a ``DataLoader`` pass) only on one device (``devices``: the run's)."""
     leaves, td = jax.tree.flatten(batch)
     arrays = [_check_leaf(f"batch {i} of data", np.asarray(a)) for a in leaves]
-    if ref is not None:
-        want = [(a.shape, a.dtype) for a in jax.tree.leaves(ref)]
-        got = [(a.shape, a.dtype) for a in arrays]
-        if td != jax.tree.structure(ref) or got != want:
-            raise ValueError(f"batch {i} of data has structure/shapes {td} {got}, unlike the "
-                             f"first batch's {jax.tree.structure(ref)} {want}: every batch "
-                             "must have the same shapes (drop_last=True in a DataLoader)")
-    elif len({a.shape[0] for a in arrays}) != 1:
-        raise ValueError(f"batch 0 of data has leaves of different leading lengths "
-                         f"{[a.shape[0] for a in arrays]}")
+    lengths = [a.shape[0] for a in arrays]
+    if len(set(lengths)) != 1 or 0 in lengths:
+        raise ValueError(f"batch {i} of data has leaves of leading lengths {lengths}: they "
+                         "must share one number of samples > 0")
+    if ref is None:
+        return jax.tree.unflatten(td, arrays)
+    want = [(a.shape[1:], a.dtype) for a in jax.tree.leaves(ref)]
+    got = [(a.shape[1:], a.dtype) for a in arrays]
+    if td != jax.tree.structure(ref) or got != want:
+        raise ValueError(f"batch {i} of data has structure/sample shapes {td} {got}, unlike "
+                         f"the first batch's {jax.tree.structure(ref)} {want}: every batch "
+                         "must have the first one's structure, sample shapes and dtypes "
+                         "(only its number of samples may be smaller)")
+    size, full = lengths[0], jax.tree.leaves(ref)[0].shape[0]
+    if size > full:
+        raise ValueError(f"batch {i} of data holds {size} samples, more than the first "
+                         f"batch's {full} (the batch size): a later batch may hold fewer "
+                         "samples, never more")
+    if size < full and devices > 1:
+        raise ValueError(f"batch {i} of data holds {size} samples, fewer than the first "
+                         f"batch's {full}: a batch of another size is taken on one device "
+                         f"only, and this run has {devices}; every batch must hold the "
+                         "first one's number of samples (drop_last=True in a DataLoader)")
     return jax.tree.unflatten(td, arrays)
 
 
@@ -271,8 +297,8 @@ class _Reader:
     latest state at or before the update asked for."""
 
     def __init__(self, data: HostData, budget: int,
-                 known: tuple[int, tuple[str, bytes]] | None = None):
-        self.data, self.budget = data, budget
+                 known: tuple[int, tuple[str, bytes]] | None = None, devices: int = 1):
+        self.data, self.budget, self.devices = data, budget, devices
         self.it, self.base, self.kept = None, 0, []
         self.lock = threading.Lock()
         self.states: dict[int, tuple[str, bytes]] = {}
@@ -321,7 +347,7 @@ class _Reader:
             with self.lock:
                 if enc is not None:
                     self.states[u + 1] = enc
-        return _checked_batch(b, self.data.first, u)
+        return _checked_batch(b, self.data.first, u, self.devices)
 
 
 def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -373,27 +399,35 @@ class Feeder:
         if not keyed or data.iterable:  # one stream's order serves every stream
             self.keys = self.keys[:1]
         self.orders = None if orders is None else np.asarray(orders)
-        self.reader = (_Reader(data, spec.epochs, arrays_state(resume or {}))
-                       if data.iterable else None)
+        self.reader = (_Reader(data, spec.epochs, arrays_state(resume or {}),
+                               jax.device_count()) if data.iterable else None)
+        self.sizes: np.ndarray | None = None  # the last host block's (see :meth:`block`)
         self.indices = _indices_fn(spec, order_fn)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxgd-feed")
         self.pending: dict[int, concurrent.futures.Future] = {}
 
     def host_block(self, at: int, stop: int, rows: int) -> Any:
-        """Evaluations ``at .. stop`` as a host block [S, rows * K, B, ...]."""
+        """Evaluations ``at .. stop`` as a host block [S, rows * K, B, ...]; an iterable's
+        batch of fewer samples fills the head of its slot, zeros the rest (its batch sizes
+        then in ``self.sizes``, else None there)."""
         K = self.units
         U = rows * K
         u0 = at * K
         u1 = min(stop * K, self.spec.epochs, u0 + U)
+        self.sizes = None
         if self.data.iterable:
             batches = self.reader.take(u0, u1)
             block = _zeros_like_block(self.data.first, U)
-            for leaf, parts in zip(jax.tree.leaves(block),
-                                   zip(*[jax.tree.leaves(b) for b in batches], strict=True)
-                                   if batches else [[]] * len(jax.tree.leaves(block)),
-                                   strict=True):
-                if len(parts):
-                    leaf[:len(parts)] = np.stack(parts)
+            full = jax.tree.leaves(self.data.first)[0].shape[0]
+            sizes = np.full(U, full, np.int64)
+            leaves = jax.tree.leaves(block)
+            for j, b in enumerate(batches):
+                for leaf, a in zip(leaves, jax.tree.leaves(b), strict=True):
+                    leaf[j, :len(a)] = a
+                    leaf[j, len(a):] = 0
+                    sizes[j] = len(a)
+            if (sizes != full).any():
+                self.sizes = sizes
             return jax.tree.map(lambda a: a[None], block)
         ts = np.arange(u0, u0 + U, dtype=np.int32)
         ts = np.minimum(ts, self.spec.epochs - 1)  # past the budget: any in-range batch
@@ -420,14 +454,18 @@ class Feeder:
         enc = self.reader.state(u)
         return {} if enc is None else state_arrays(u, enc)
 
-    def _build(self, at: int, stop: int, rows: int) -> Any:
-        return self.put(self.host_block(at, stop, rows))
+    def _build(self, at: int, stop: int, rows: int) -> tuple[Any, np.ndarray | None]:
+        block = self.host_block(at, stop, rows)  # (the builds run one at a time)
+        return self.put(block), self.sizes
 
-    def block(self, at: int, stop: int, rows: int, end: int) -> Any:
+    def block(self, at: int, stop: int, rows: int, end: int) -> tuple[Any, np.ndarray | None]:
         """The device block of evaluations ``at .. stop`` (built now, or taken from the
-        background build started by the previous call); the block after it (from ``min(at
-        + rows, stop)`` up to ``end``, as the next call will most likely ask) starts
-        building in the background. A block's rows past ``stop`` are never run."""
+        background build started by the previous call) and its batch sizes [rows * K]
+        when an iterable gave a batch of fewer samples than the first in it (else None):
+        such a block runs in the host plan (:func:`jaxgd.hostloop.host_block`). The block
+        after it (from ``min(at + rows, stop)`` up to ``end``, as the next call will most
+        likely ask) starts building in the background. A block's rows past ``stop`` are
+        never run."""
         fut = self.pending.pop(at, None)
         for f in self.pending.values():  # a guess that did not come true
             f.cancel()

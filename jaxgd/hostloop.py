@@ -133,13 +133,14 @@ def host_steps(spec: ProgramSpec, n: int, last: bool, carry: EpochCarry, active0
     return EpochCarry(inner, carry.epochs_run), rows
 
 
-def host_updates(spec: ProgramSpec, n: int, carry: EpochCarry, t0, traced: Traced, key, data,
-                 tidx) -> tuple[EpochCarry, jax.Array | None]:
+def host_updates(spec: ProgramSpec, n: int, size: int | None, carry: EpochCarry, t0,
+                 traced: Traced, key, data, tidx) -> tuple[EpochCarry, jax.Array | None]:
     """Updates ``t0 .. t0 + n`` of a step budget (:func:`jaxgd.program.train_at`): (carry,
-    their step-loss rows or None)."""
+    their step-loss rows or None). ``size``: one update (``n = 1``) on a fed batch of
+    ``size`` samples (an iterable's batch smaller than the first), else None."""
     ctx = program.context(spec, carry.steps.params, traced, key, data, tidx)
     if n == 1:
-        carry, row = program.train_at(spec, ctx, carry, t0)
+        carry, row = program.train_at(spec, ctx, carry, t0, size)
         return carry, None if row is None else row[None]
     return jax.lax.scan(lambda c, t: program.train_at(spec, ctx, c, t), carry,
                         t0 + jnp.arange(n, dtype=jnp.int32))
@@ -173,7 +174,7 @@ class _Pieces:
         self.begin = jax.jit(self._begin)
         self.epoch_start = jax.jit(self._epoch_start, donate_argnums=0)
         self.steps = jax.jit(self._steps, static_argnums=(0, 1), donate_argnums=2)
-        self.updates = jax.jit(self._updates, static_argnums=(0, 1), donate_argnums=2)
+        self.updates = jax.jit(self._updates, static_argnums=(0, 1, 2), donate_argnums=3)
         self.finish = jax.jit(self._finish, donate_argnums=(1, 3))
         self.outputs = jax.jit(self._outputs)
         self.empty = jax.jit(self._empty)
@@ -207,13 +208,14 @@ class _Pieces:
                      (0, 0, None, None, 0, 0, None, t_ax), one_s, one_c)(
             carry, active0, epoch, s0, traced, keys, data, tidx)
 
-    def _updates(self, d_ax, n, carry, t0, data, traced, keys, tidx):
-        """``n`` updates from ``t0``; ``d_ax``: the data's stream axis (host-fed blocks of
-        several streams, :func:`jaxgd.feed.fed_input`), else None."""
+    def _updates(self, d_ax, n, size, carry, t0, data, traced, keys, tidx):
+        """``n`` updates from ``t0`` (``size``: see :func:`host_updates`); ``d_ax``: the
+        data's stream axis (host-fed blocks of several streams,
+        :func:`jaxgd.feed.fed_input`), else None."""
         one_s, one_c = loop.single(keys, traced)
         t_ax, _ = _axes(tidx, None)
         traced, keys, tidx, _ = loop.squeeze(one_s, one_c, traced, keys, tidx, None)
-        fn = functools.partial(host_updates, self.spec, n)
+        fn = functools.partial(host_updates, self.spec, n, size)
         return self._call(fn, (0, None, 0, None, None, None), (0, None, 0, 0, d_ax, t_ax),
                      one_s, one_c)(carry, t0, traced, keys, data, tidx)
 
@@ -279,21 +281,44 @@ def _epoch_calls(spec: ProgramSpec, k: int) -> list[tuple[int, bool, int]]:
     return calls
 
 
-def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx, d_ax=None):
+def update_calls(t: int, stop: int, k: int, sizes: np.ndarray | None, base: int,
+                 full: int) -> list[tuple[int, int, int | None]]:
+    """The host calls of updates ``t .. stop`` of a step budget, ``k`` per call: (first
+    update, updates, None), and (update, 1, its size) for each update whose fed batch
+    holds fewer samples than a ``full`` one (``sizes``: the fed block's batch sizes, slot
+    ``u - base`` update ``u``'s, None when every batch is full; see
+    :meth:`jaxgd.feed.Feeder.block`)."""
+    calls: list[tuple[int, int, int | None]] = []
+    while t < stop:
+        n = min(k, stop - t)
+        if sizes is not None:
+            other = sizes[t - base:t - base + n] != full
+            if other[0]:
+                calls.append((t, 1, int(sizes[t - base])))
+                t += 1
+                continue
+            if other.any():
+                n = int(np.argmax(other))
+        calls.append((t, n, None))
+        t += n
+    return calls
+
+
+def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx, d_ax=None, sizes=None,
+           base: int = 0):
     """The updates of evaluation ``g``: (carry, their step losses, in order); ``d_ax``: the
-    data's stream axis (host-fed blocks, see :func:`jaxgd.feed.fed_input`)."""
+    data's stream axis (host-fed blocks, see :func:`jaxgd.feed.fed_input`); ``sizes`` and
+    ``base``: the fed block's batch sizes and first update (:func:`update_calls`)."""
     spec = pc.spec
     K, _ = evals_of(spec)
     i32 = np.int32
     chunks: list[Any] = []
     first, stop = g * K, min(g * K + K, spec.epochs)
     if spec.by_steps:
-        t = first
-        while t < stop:
-            n = min(spec.host_steps, stop - t)
-            carry, rows = pc.updates(d_ax, n, carry, i32(t), data, traced, keys, tidx)
+        bsz = spec.plan.batch_size * spec.accumulate
+        for t, n, size in update_calls(first, stop, spec.host_steps, sizes, base, bsz):
+            carry, rows = pc.updates(d_ax, n, size, carry, i32(t), data, traced, keys, tidx)
             chunks.append(rows)
-            t += n
         return carry, chunks
     calls = _epoch_calls(spec, spec.host_steps)
     for epoch in range(first, stop):
@@ -305,10 +330,12 @@ def _train(pc: _Pieces, carry, g: int, data, traced, keys, tidx, d_ax=None):
     return carry, chunks
 
 
-def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx):
+def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx, sizes=None):
     """The scan plan's ``block`` (:func:`jaxgd.program.build_program`) in the host plan:
     evaluations ``start`` up to ``end`` (at most the block's rows) while a configuration
-    is active: (state, outputs, history block, any active).
+    is active: (state, outputs, history block, any active). ``sizes``: the batch sizes of
+    a fed block that holds a batch smaller than the first (an iterable's short batch, its
+    update a jitted call of its own, :func:`update_calls`), else None.
 
     With ``plan="map"`` on one stream, the configurations run one after another at the
     host: the call's state is split into single configurations (one call), and each
@@ -345,7 +372,8 @@ def host_block(pc: _Pieces, st, start, end, data, val, traced, keys, tidx, vidx)
             if e == 0 and not bool(any_active):
                 alive[i] = False
                 continue
-            carry, chunks = _train(pc, carry, g, data, tr, keys, tidx, d_ax)
+            carry, chunks = _train(pc, carry, g, data, tr, keys, tidx, d_ax, sizes,
+                                   start * evals_of(spec)[0])
             chunks = tuple(c for c in chunks if c is not None)
             states[i], hists[i], act, any_active = pc.finish(
                 states[i], carry, chunks, hists[i], np.int32(g), np.int32(e), data, val, tr,

@@ -339,10 +339,13 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
 
 
 def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
-             t) -> tuple[EpochCarry, jax.Array | None]:
+             t, size: int | None = None) -> tuple[EpochCarry, jax.Array | None]:
     """Update ``t`` (0-based) of a step budget: the step at position ``t mod
     steps_per_epoch`` of epoch ``t // steps_per_epoch`` of the epoch program (nothing happens
     for ``t`` >= the budget); returns its loss as a row of one (with ``record_steps``).
+    ``size``: host-fed data's batch of that many samples (an iterable's batch smaller than
+    the first, the head of its slot of the fed block) taken as one micro-batch, instead of
+    a full one.
 
     ``t`` is the same for every configuration (the block's start plus the scan index), so
     the choice between a full batch and the epoch's short last batch is a real
@@ -359,6 +362,8 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
 
     def full(c):
         at = t if by_t else pos * bsz
+        if size is not None:
+            return train_step(spec, ctx, order, c, at, size, 1)
         return train_step(spec, ctx, order, c, at, bsz, spec.accumulate)
 
     def last(c):

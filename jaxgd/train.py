@@ -86,7 +86,8 @@ def fit(
         equinox Module (its floating arrays trained, other leaves held as they are).
       data: pytree of arrays sharing the leading axis N, e.g. ``(x, y)``; with
         ``windows=``, a 1-D integer token stream; host-fed (``feed=``): NumPy arrays or
-        ``np.memmap`` kept on the host, or an iterable of batches (one per update).
+        ``np.memmap`` kept on the host, or an iterable of batches (one per update; a
+        later batch may hold fewer samples than the first, a ``DataLoader``'s last).
       {options}
 
     Returns:

@@ -161,20 +161,180 @@ def test_one_shot_iterator_refuses_out(tmp_path):
                   out=tmp_path / "run", **KW)
 
 
-def test_batches_of_other_shapes_refused():
+@pytest.mark.parametrize("second, match", [
+    (lambda x, y: (x[:10, :2], y[:10]), r"batch 1 of data has structure/sample shapes .*"
+                                        r"\(only its number of samples may be smaller\)"),
+    (lambda x, y: (x[:10].astype(np.float64), y[:10]), r"batch 1 of data .* sample shapes "
+                                                       r"and dtypes"),
+    (lambda x, y: {"x": x[:10], "y": y[:10]}, r"batch 1 of data has structure"),
+    (lambda x, y: (x[:12], y[:12]), r"batch 1 of data holds 12 samples, more than the "
+                                    r"first batch's 10"),
+    (lambda x, y: (x[:7], y[:6]), r"batch 1 of data has leaves of leading lengths \[7, 6\]"),
+])
+def test_batches_of_other_shapes_refused(second, match):
+    """Only the number of samples of a later batch may differ (be smaller)."""
     x, y = _problem()
 
     def ragged():
         yield x[:10], y[:10]
-        yield x[:7], y[:7]
+        yield second(x, y)
 
-    with pytest.raises(ValueError, match=r"batch 1 of data .* every batch must have the same"):
+    with pytest.raises(ValueError, match=match):
         jaxgd.fit(loss, P0, ragged(), hparams={"learning_rate": 0.05}, **dict(KW, steps=2))
 
 
-def _interrupted_then_resumed(tmp_path, monkeypatch, data, **kw):
-    """A fit(out=) interrupted as its 2nd checkpoint is saved, then run again: the
-    evaluation the second call went on from, and its result."""
+# ------------------------------------------------- an iterable's batches of other sizes
+
+SHORT_N, SHORT_B = 100, 32  # a pass: batches of 32, 32, 32 and 4
+
+
+def _short_problem():
+    x, y = _problem()
+    return x[:SHORT_N], y[:SHORT_N]
+
+
+def _passes(x, y, passes=3):
+    """An endless loader's batches, as a generator: passes over x, y in order, each
+    ending with a short batch (drop_last=False)."""
+    for _ in range(passes):
+        for s in range(0, len(x), SHORT_B):
+            yield x[s:s + SHORT_B], y[s:s + SHORT_B]
+
+
+def _torch_passes(x, y, passes=3):
+    """A PyTorch DataLoader with its default drop_last=False, read pass after pass."""
+    torch = pytest.importorskip("torch")
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    loader = torch.utils.data.DataLoader(ds, batch_size=SHORT_B, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    for _ in range(passes):
+        for bx, by in loader:
+            yield bx.numpy(), by.numpy()
+
+
+def _optax_loop(opt, batches, steps):
+    """A hand-written loop: a jitted optax step per batch (recompiled for a short one):
+    (params, per-step losses)."""
+    @jax.jit
+    def step(p, s, b):
+        value, g = jax.value_and_grad(loss)(p, b)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, value
+
+    p, s, losses = P0, opt.init(P0), []
+    for _, b in zip(range(steps), batches, strict=False):
+        p, s, value = step(p, s, b)
+        losses.append(float(value))
+    return p, np.asarray(losses)
+
+
+def _close(res, p, losses, eval_every):
+    for k in p:
+        np.testing.assert_allclose(np.asarray(res.params[k]), np.asarray(p[k]), rtol=1e-6,
+                                   atol=1e-7)
+    steps = len(losses)
+    np.testing.assert_allclose(np.asarray(res.history["step_loss"]).reshape(-1)[:steps],
+                               losses, rtol=1e-6)
+    # an evaluation's batch loss: the mean of its steps' losses, each step weighing one
+    means = [losses[i:i + eval_every].mean() for i in range(0, steps, eval_every)]
+    np.testing.assert_allclose(res.history["batch_loss"], means, rtol=1e-6)
+    assert res.steps_run == steps
+
+
+@pytest.mark.parametrize("loop", ["auto", "scan", "host", 3])
+@pytest.mark.parametrize("source", ["generator", "torch"])
+def test_short_batches_equal_an_optax_loop(loop, source):
+    """An iterable whose passes end with a short batch (100 samples by 32: 32, 32, 32, 4)
+    for a step budget over two passes: each short batch is an update on its own samples
+    (the mean over its rows), as a hand-written jitted optax loop takes it, in either plan
+    (the scan plan runs a block holding one in the host plan)."""
+    x, y = _short_problem()
+    batches = _passes if source == "generator" else _torch_passes
+    opt = optax.adam(0.05)
+    p, losses = _optax_loop(opt, batches(x, y), 7)
+    assert losses.shape == (7,)
+    res = jaxgd.fit(loss, P0, batches(x, y), optimizer=opt, steps=7, eval_every=3,
+                    shuffle=False, record_steps=True, loop=loop)
+    _close(res, p, losses, 3)
+    assert res.loop == {"auto": "scan", 3: "host:3"}.get(loop, loop)
+
+
+def test_short_batches_in_a_sweep_equal_optax_loops():
+    """Configurations mapped over a re-iterable source with short batches: each equals its
+    own optax loop (the scan plan's block with a short batch in the host plan)."""
+    x, y = _short_problem()
+
+    class Passes:
+        def __iter__(self):
+            return _passes(x, y)
+
+    lrs = [0.01, 0.05, 0.2]
+    res = jaxgd.sweep(loss, P0, Passes(), grid={"learning_rate": lrs}, optimizer="sgd",
+                      steps=9, eval_every=2, shuffle=False, record_steps=True, chunk_size=2)
+    for i, lr in enumerate(lrs):
+        p, losses = _optax_loop(optax.sgd(lr), _passes(x, y), 9)
+        for k in p:
+            np.testing.assert_allclose(np.asarray(res.params[k][i]), np.asarray(p[k]),
+                                       rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(res.history["step_loss"][i]).reshape(-1)[:9],
+                                   losses, rtol=1e-6)
+
+
+class ShortLoader:
+    """A re-iterable source whose passes end with a short batch (three passes)."""
+
+    def __iter__(self):
+        return _passes(*_short_problem())
+
+
+class StatefulPasses:
+    """A one-shot iterator over the short-batch passes whose position is saved and
+    restored (``get_state``/``set_state``, as grain's iterators have)."""
+
+    def __init__(self):
+        self.batches = list(_passes(*_short_problem()))
+        self.at = self.reads = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.at == len(self.batches):
+            raise StopIteration
+        self.at += 1
+        self.reads += 1
+        return self.batches[self.at - 1]
+
+    def get_state(self):
+        return {"at": self.at}
+
+    def set_state(self, state):
+        self.at = state["at"]
+
+
+@pytest.mark.parametrize("loop", ["scan", "host"])
+@pytest.mark.parametrize("source", [ShortLoader, StatefulPasses])
+def test_short_batches_resumed_equal_an_optax_loop(tmp_path, monkeypatch, loop, source):
+    """A run over short batches interrupted at its 2nd checkpoint and resumed reads on from
+    there (a re-iterable source read again, or an iterator set to the saved position): the
+    optax loop's parameters and step losses."""
+    x, y = _short_problem()
+    opt = optax.adam(0.05)
+    p, losses = _optax_loop(opt, _passes(x, y), 11)
+    kw = dict(optimizer=opt, steps=11, eval_every=1, shuffle=False, record_steps=True,
+              loop=loop)
+    again = source()
+    starts, got = _interrupted_then_resumed(tmp_path, monkeypatch, source(), again, **kw)
+    assert starts == [10]
+    if source is StatefulPasses:  # the first batch (its shapes), then update 10's only
+        assert again.reads == 2
+    _close(got, p, losses, 1)
+
+
+def _interrupted_then_resumed(tmp_path, monkeypatch, data, again=None, **kw):
+    """A fit(out=) interrupted as its 2nd checkpoint is saved, then run again (on
+    ``again``, default ``data``): the evaluation the second call went on from, and its
+    result."""
     from jaxgd import engine as engine_mod
     from jaxgd import store as store_mod
 
@@ -199,7 +359,8 @@ def _interrupted_then_resumed(tmp_path, monkeypatch, data, **kw):
         return run_blocks(prog, spec, st, start, end, *a, **k)
 
     monkeypatch.setattr(engine_mod, "run_blocks", spy)
-    return starts, jaxgd.fit(loss, P0, data, out=out, checkpoint_every=5, **kw)
+    return starts, jaxgd.fit(loss, P0, data if again is None else again, out=out,
+                             checkpoint_every=5, **kw)
 
 
 def test_memmap_fit_resumed_equals_in_memory(tmp_path, monkeypatch):
@@ -271,6 +432,17 @@ for c, d in [(8, 1), (4, 2), (1, 8)]:
     jaxgd.engine.fed_sharding = lambda mesh: jax.NamedSharding(mesh, jax.P())
     same(got, jaxgd.sweep(loss, p0, (m, y), mesh=mesh, feed="host", **kw))
     jaxgd.engine.fed_sharding = jaxgd.feed.fed_sharding
+def ragged():  # an iterable whose third batch is short: taken on one device only
+    for t in range(25):
+        n = 8 if t == 2 else 16
+        yield x[:n], y[:n]
+mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("config", "data"))
+try:
+    jaxgd.sweep(loss, p0, ragged(), mesh=mesh, **dict(kw, shuffle=False))
+except ValueError as e:
+    assert "batch 2 of data holds 8 samples" in str(e) and "has 8" in str(e), e
+else:
+    raise AssertionError("a short batch was taken on 8 devices")
 print("MESH OK")
 '''
 
@@ -279,7 +451,8 @@ def test_host_fed_on_config_data_meshes_equals_one_device(tmp_path):
     """8 forced CPU devices as (8,1), (4,2), (1,8) ("config", "data") meshes: a host-fed
     memmap (Feistel orders, a short last batch) is placed with each batch split over
     "data" and gives the single-device table, and bit for bit the in-memory sweep on the
-    same mesh and the block placed whole on every device."""
+    same mesh and the block placed whole on every device. An iterable's short batch is
+    refused there, with a message naming it."""
     import os
     import subprocess
     import sys

@@ -55,16 +55,16 @@ def cross_entropy(y, pred_y):
 
 
 def trainloader():
-    """The tutorial's shuffling loader over digits (a fresh generator: the same batches for
-    every run). ``drop_last=True``: jaxgd stacks a stream's batches, which must all have
-    the first one's shape (a short last batch is refused with a message naming this)."""
+    """The tutorial's shuffling loader over digits, as it builds it (``drop_last`` left at
+    False: each pass of 1797 samples ends with a batch of 5), with a seeded generator (the
+    same batches for every run)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.from_numpy((d.images[:, None] / 16).astype(np.float32))
     y = torch.from_numpy(d.target.astype(np.int64))
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
-                                       batch_size=BATCH, shuffle=True, drop_last=True,
+                                       batch_size=BATCH, shuffle=True,
                                        generator=torch.Generator().manual_seed(0))
 
 
@@ -94,12 +94,15 @@ def tutorial_train(model, loader, optim, steps):
 @pytest.mark.parametrize("loop", ["auto", "scan"])
 def test_equinox_mnist_example_as_written(loop):
     """``jaxgd.fit`` takes the tutorial's model, loss and loader as they are (the batches
-    as NumPy, as the tutorial's loop converts them): the same parameters and per-step losses
-    as the tutorial's loop; ``loop="auto"`` runs the host loop (a convolution on the CPU),
-    the scan plan gives the same to float rounding."""
+    as NumPy, as the tutorial's loop converts them; update 28 on a pass's short batch of 5):
+    the same parameters and per-step losses as the tutorial's loop; ``loop="auto"`` runs
+    the host loop (a convolution on the CPU), the scan plan gives the same to float
+    rounding (its block holding the short batch in the host plan)."""
     model = CNN(jax.random.PRNGKey(5678))
     optim = optax.adamw(3e-4)
     ref, ref_losses = tutorial_train(model, trainloader(), optim, STEPS)
+    sizes = [len(y) for _, (_, y) in zip(range(STEPS), infinite(trainloader()), strict=False)]
+    assert sizes[28] == 5 and set(sizes[:28] + sizes[29:]) == {BATCH}
     batches = ((x.numpy(), y.numpy()) for x, y in infinite(trainloader()))
     res = jaxgd.fit(lambda m, b: loss(m, *b), model, batches, optimizer=optim,
                     steps=STEPS, shuffle=False, loop=loop)
