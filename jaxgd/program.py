@@ -371,7 +371,7 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
         return train_step(spec, ctx, order, c, at, plan.last_batch_size, 1)
 
     def step(c):
-        if plan.last_batch_size == 0 or spec.window:
+        if plan.last_batch_size == 0 or spec.window or size is not None:
             return full(c)
         if plan.full_steps == 0:
             return last(c)
