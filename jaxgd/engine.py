@@ -36,9 +36,10 @@ from .history import PACKED, HistoryLayout, per_step
 from .hostloop import host_program, program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
+from .outputs import host_outputs
 from .prepare import Prepared, as_key, key_stack, tc_array
 from .processes import agree_any, agree_cached, agree_floats, host_trees, replicated_bool, to_host
-from .program import Program, epoch_order, host_outputs
+from .program import Program, epoch_order
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
 
 

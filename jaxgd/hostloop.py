@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import loop, program
+from . import loop, outputs, program
 from .feed import fed_input
 from .history import HistoryLayout
 from .program import Program
@@ -238,7 +238,7 @@ class _Pieces:
 
     def _outputs(self, st, hist, traced, keys):
         one_s, one_c = loop.single(keys, traced)
-        out = self._call(functools.partial(program.finalize, self.spec), 0, 0, one_s, one_c)(st)
+        out = self._call(functools.partial(outputs.finalize, self.spec), 0, 0, one_s, one_c)(st)
         return loop.unsqueeze(one_s, one_c, (out, hist))
 
     def _empty(self, st, traced, keys):

@@ -44,8 +44,9 @@ from .engine import (
 from .groups import Group
 from .history import PACKED, UNRANKED, HistoryLayout, evaluation_rows
 from .observers import Call
+from .outputs import finalize
 from .processes import agree_cached, agree_floats
-from .program import finalize, history_layout
+from .program import history_layout
 from .spec import DIVERGED, evals_of
 from .stops import code as stop_code
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxgd
-from jaxgd import program
+from jaxgd import outputs, program
 
 X = np.linspace(-1.0, 1.0, 24, dtype=np.float32)[:, None]
 Y = (2.0 * X[:, 0] + 0.5 + 0.1 * np.sin(7 * X[:, 0])).astype(np.float32)
@@ -314,8 +314,8 @@ def test_host_outputs_are_the_programs_finalize(monkeypatch):
         ahead=None)
     keys = jax.random.wrap_key_data(np.zeros((S, 2), np.uint32))
     traced = program.Traced(None, None, {"learning_rate": np.zeros((S, C), np.float32)})
-    got = program.host_outputs(spec, st, keys, traced)
-    want = jax.vmap(jax.vmap(lambda s: program.finalize(spec, s)))(st)
+    got = outputs.host_outputs(spec, st, keys, traced)
+    want = jax.vmap(jax.vmap(lambda s: outputs.finalize(spec, s)))(st)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert np.asarray(a).dtype == np.asarray(b).dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
