@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-F_PROBLEMS = ("cnn", "mlp", "transformer", "A", "B", "C")
+F_PROBLEMS = ("cnn", "mlp", "mlp-steps", "transformer", "A", "B", "C")
 TARGET = 1.0
 
 
@@ -139,6 +139,10 @@ class Problem:
     tol: float = 1e-3
     note: str = ""
     peer_loss: Callable | None = None  # the peers' loss if not ``loss`` (parity test only)
+    # a step budget (``steps=`` epochs x updates per epoch, as research code counts
+    # updates): the peers log each update's batch loss and evaluate nothing, as such a loop
+    # does; jaxgd at its defaults (an evaluation per update recording its batch loss)
+    by_steps: bool = False
 
     @property
     def n(self) -> int:
@@ -348,7 +352,15 @@ def regression_problem(s: FSizes, name: str) -> Problem:
                                                         f", {len(seeds)} seeds x {k} lrs"))
 
 
-BUILDERS = {"cnn": cnn_problem, "mlp": mlp_problem, "transformer": transformer_problem,
+def mlp_steps_problem(s: FSizes) -> Problem:
+    """The MLP with a step budget of the same updates (``steps=``)."""
+    p = mlp_problem(s)
+    return dataclasses.replace(p, name="mlp-steps", by_steps=True,
+                               note=p.note + ", as steps= (a loop counting updates)")
+
+
+BUILDERS = {"cnn": cnn_problem, "mlp": mlp_problem, "mlp-steps": mlp_steps_problem,
+            "transformer": transformer_problem,
             "A": a_problem, "B": lambda s: regression_problem(s, "B"),
             "C": lambda s: regression_problem(s, "C")}
 
@@ -427,7 +439,7 @@ def make_loop(prob: Problem) -> Callable[[float, int], dict[str, Any]]:
         keys = _step_keys(prob, lr, seed, per_epoch * prob.epochs)
         p, s = jax.tree.map(jnp.asarray, prob.params), prob.state
         o = prob.optimizer(**hp).init(p)
-        hist = [] if full_batch else [evaluate(p, s, data_dev)]
+        hist = [] if full_batch or prob.by_steps else [evaluate(p, s, data_dev)]
         t = 0
         for e in range(prob.epochs):
             if not full_batch:
@@ -438,9 +450,9 @@ def make_loop(prob: Problem) -> Callable[[float, int], dict[str, Any]]:
                                                      y[order[i * b:(i + 1) * b]])
                 p, s, o, lv = train_step(hp, p, s, o, batch, None if keys is None else keys[t])
                 t += 1
-                if full_batch:
+                if full_batch or prob.by_steps:
                     hist.append(lv)
-            if not full_batch:
+            if not (full_batch or prob.by_steps):
                 hist.append(evaluate(p, s, data_dev))
         return jax.block_until_ready({"params": p, "state": s, "history": hist})
 
@@ -483,17 +495,20 @@ def make_scan(prob: Problem) -> Callable[[float, int], dict[str, Any]]:
                 return carry, lv
             order = jaxgd.data.epoch_permutation(seed_key, e, n)
             kf = None if ks is None else ks[:full]
-            carry, _ = jax.lax.scan(step, carry, (order[:full * b].reshape(full, b), kf))
+            carry, lvs = jax.lax.scan(step, carry, (order[:full * b].reshape(full, b), kf))
             if rem:
-                carry, _ = step(carry, (order[full * b:], None if ks is None else ks[full]))
+                carry, lv = step(carry, (order[full * b:], None if ks is None else ks[full]))
+                lvs = jnp.concatenate([lvs, lv[None]])
+            if prob.by_steps:  # the updates' batch losses, no evaluation
+                return carry, lvs
             p, s, _ = carry
             return carry, _objective(prob, loss, p, s, data, None, False)[0]
 
         ks = None if keys is None else keys.reshape(epochs, per_epoch, 2)
         carry, hist = jax.lax.scan(epoch, (params, state, opt.init(params)),
                                    (jnp.arange(epochs), ks))
-        first = None if full_batch else _objective(prob, loss, params, state, data, None,
-                                                   False)[0]
+        first = None if full_batch or prob.by_steps else _objective(
+            prob, loss, params, state, data, None, False)[0]
         return carry[0], carry[1], first, hist
 
     x, y = prob.data
@@ -513,6 +528,14 @@ def make_scan(prob: Problem) -> Callable[[float, int], dict[str, Any]]:
 # ----------------------------------------------------------------------------- jaxgd side
 
 
+def _budget(prob: Problem) -> dict[str, int]:
+    """``fit``/``sweep``'s budget keyword: ``epochs``, or ``steps`` of as many updates."""
+    if not prob.by_steps:
+        return {"epochs": prob.epochs}
+    _, full, rem = _steps(prob)
+    return {"steps": prob.epochs * (full + (1 if rem else 0))}
+
+
 def make_fit(prob: Problem) -> Callable[[], dict[str, Any]]:
     import jaxgd
 
@@ -521,8 +544,8 @@ def make_fit(prob: Problem) -> Callable[[], dict[str, Any]]:
     def run():
         kw = {} if prob.state is None else {"state": prob.state}
         res = jaxgd.fit(prob.loss, prob.params, prob.data, optimizer=prob.optimizer,
-                        hparams=prob.hp(lr), batch_size=prob.batch_size, epochs=prob.epochs,
-                        key=seed, **kw)
+                        hparams=prob.hp(lr), batch_size=prob.batch_size, key=seed,
+                        **_budget(prob), **kw)
         return [{"params": res.params, "state": res.state, "loop": res.loop}]
 
     return run
@@ -545,7 +568,7 @@ def make_sweep(prob: Problem, plan: str = "auto", loop: str = "auto"
         kw = {} if prob.state is None else {"state": prob.state}
         sw = jaxgd.sweep(prob.loss, prob.params, prob.data, optimizer=prob.optimizer,
                          grid=grid, hparams=base or None, batch_size=prob.batch_size,
-                         epochs=prob.epochs, plan=plan, loop=loop, **kw)
+                         plan=plan, loop=loop, **_budget(prob), **kw)
         run.plans, run.trials = sw.plans, sw.plan_trials
         tab = sw.table
         seeds = tab["seed"] if "seed" in tab else [0] * len(tab)

@@ -34,7 +34,7 @@ __all__ = ["OPTIONS", "Option", "Options", "collect", "document", "file_options"
 
 SHUFFLES = ("none", "feistel", "uniform")
 GIVEN = "given"  # shuffle= an array of sample orders (checked against the data in prepare)
-METRICS = ("full", "batch", "full_grad")
+METRICS = ("auto", "full", "batch", "full_grad")
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # the trackers of jaxgd.trackers
 FIT, SWEEP, BOTH = "fit", "sweep", "both"
 
@@ -350,8 +350,12 @@ _TRAIN: tuple[Option, ...] = (
     Option("restore_best", False, "bool",
            "return the parameters of the best monitored evaluation (also when the run "
            "diverged later).", file=True, check=check_bool, what="true or false"),
-    Option("metrics", "full", "str",
-           "what an evaluation computes. ``\"full\"``: the loss on the whole training set "
+    Option("metrics", "auto", "str",
+           "what an evaluation computes. ``\"auto\"`` (the default): ``\"full\"`` with an "
+           "epoch budget, ``\"batch\"`` with a step budget (``steps``: an evaluation every "
+           "update by default, where a pass over the whole training set at each would cost "
+           "N / B updates), token ``windows`` or host-fed data. ``\"full\"``: the loss on the "
+           "whole training set "
            "(one forward pass over the N samples per configuration); ``history[\"grad_norm\"]``"
            " is the full-data gradient norm when ``grad_tol`` is given (a forward and "
            "backward pass, the cost of a full-batch step), else the mean of the epoch's "
@@ -360,7 +364,7 @@ _TRAIN: tuple[Option, ...] = (
            "batch losses and gradient norms, no pass over the data (cheapest); the initial "
            "loss (``init_loss``, the reference of ``diverge_factor``) is then the first "
            "update's batch loss.",
-           file=True, check=_metrics, what='"full", "batch" or "full_grad"'),
+           file=True, check=_metrics, what='"auto", "full", "batch" or "full_grad"'),
     Option("record_steps", False, "bool",
            "also record every step's batch loss in ``history[\"step_loss\"]``.",
            file=True, check=check_bool, what="true or false"),
@@ -560,7 +564,7 @@ class Options:
     min_delta: float | None = 0.0
     diverge_factor: float | None = None
     restore_best: bool = False
-    metrics: str = "full"
+    metrics: str = "auto"
     record_steps: bool = False
     record_params: bool = False
     eval_every: int = 1

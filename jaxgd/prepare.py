@@ -358,8 +358,13 @@ def prepare(
         hash(static_items)
     except TypeError as e:
         raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
-    # no pass over a stream or over host-fed data
-    metrics = "batch" if o.windows is not None or host is not None else o.metrics
+    # no pass over a stream or over host-fed data; "auto": none at each update of a step
+    # budget either
+    metrics = o.metrics
+    if o.windows is not None or host is not None or (metrics == "auto" and by_steps):
+        metrics = "batch"
+    elif metrics == "auto":
+        metrics = "full"
     spec = ProgramSpec(
         loss=loss, has_aux=has_aux, opt=spec_opt, schedule=o.schedule,
         static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,

@@ -87,7 +87,7 @@ def sweep(
     min_delta: float = 0.0,
     diverge_factor: float | None = None,
     restore_best: bool = False,
-    metrics: str = "full",
+    metrics: str = "auto",
     record_steps: bool = False,
     record_params: bool = False,
     eval_every: int = 1,

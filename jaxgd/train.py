@@ -52,7 +52,7 @@ def fit(
     min_delta: float = 0.0,
     diverge_factor: float | None = None,
     restore_best: bool = False,
-    metrics: str = "full",
+    metrics: str = "auto",
     record_steps: bool = False,
     record_params: bool = False,
     penalty_mask: Callable[[Any], Any] | None = None,

@@ -73,6 +73,23 @@ def test_steps_equal_an_optax_loop(x64, steps, every):
     np.testing.assert_allclose(res.history["batch_loss"], want, rtol=1e-10)
 
 
+def test_a_step_budget_records_batch_means_by_default(x64):
+    """``metrics="auto"`` with ``steps``: an evaluation (every update by default) records
+    the mean of its updates' batch losses, no pass over the training data; the optax loop's
+    losses are the reference. ``metrics="full"`` records the loss on all the data after
+    the evaluation's updates."""
+    orders = np.stack([RNG.permutation(N) for _ in range(2)])
+    kw = dict(optimizer=optax.adam, hparams={"learning_rate": 0.05}, batch_size=B, steps=7,
+              shuffle=orders)
+    ref, losses = optax_loop(optax.adam(0.05), 7, orders)
+    res = jaxgd.fit(mse, p0(), (X, Y), **kw)
+    np.testing.assert_allclose(res.history["loss"], losses, rtol=1e-10)
+    np.testing.assert_allclose(res.init_loss, losses[0], rtol=1e-10)
+    full = jaxgd.fit(mse, p0(), (X, Y), metrics="full", eval_every=7, **kw)
+    want = np.mean((X @ ref["w"] + ref["b"] - Y) ** 2)
+    np.testing.assert_allclose(full.history["loss"], [want], rtol=1e-10)
+
+
 def test_steps_in_order_with_accumulation_and_validation(x64):
     # accumulate=2 x batch_size=2: updates of 4 samples, the last of 2 (micro-batch 1)
     res = jaxgd.fit(mse, p0(), (X, Y), optimizer="sgd", hparams={"learning_rate": 0.1},
@@ -89,7 +106,7 @@ def test_whole_epochs_equal_epochs_exactly():
     kw = dict(optimizer="adam", hparams={"learning_rate": 0.05}, batch_size=B,
               val_data=(XV, YV), key=4)
     a = jaxgd.fit(mse, p0(), (X, Y), epochs=4, **kw)
-    b = jaxgd.fit(mse, p0(), (X, Y), steps=12, eval_every=3, **kw)
+    b = jaxgd.fit(mse, p0(), (X, Y), steps=12, eval_every=3, metrics="full", **kw)
     for k in ("w", "b"):
         np.testing.assert_array_equal(a.params[k], b.params[k])
     for k in ("loss", "val_loss", "batch_loss", "grad_norm"):
@@ -109,7 +126,7 @@ def test_full_batch_steps_equal_epochs_exactly():
     kw = dict(optimizer="momentum", hparams={"learning_rate": 0.05, "momentum": 0.9},
               val_data=(XV, YV))
     a = jaxgd.fit(mse, p0(), (X, Y), epochs=6, eval_every=2, **kw)
-    b = jaxgd.fit(mse, p0(), (X, Y), steps=6, eval_every=2, **kw)
+    b = jaxgd.fit(mse, p0(), (X, Y), steps=6, eval_every=2, metrics="full", **kw)
     for k in ("w", "b"):
         np.testing.assert_array_equal(a.params[k], b.params[k])
     for k in ("loss", "val_loss", "grad_norm"):
