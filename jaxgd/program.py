@@ -429,9 +429,13 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
     ``spec.full_grad``, else the block's batch mean) and validation loss."""
     steps_done = jnp.maximum(c.step - st.step, 1)
     any_step = c.step > st.step  # a block without a finite step has no batch mean
-    one = steps_per_eval(spec) == 1
+    # with metrics="batch" and one update per evaluation, that update's numbers (total /
+    # 1 is total): its loss is what every check reads, and XLA:CPU compiles the loop as one
+    # kernel only while an iteration's kernels read and write less than 1 kB (a division
+    # is one more kernel); at the defaults the division's kernel is the cheaper code
+    one = spec.metrics == "batch" and steps_per_eval(spec) == 1
 
-    def mean(total):  # one update per evaluation: its own value (total / 1 is total)
+    def mean(total):
         return jnp.where(any_step, total if one else total / steps_done.astype(total.dtype),
                          jnp.nan)
 
