@@ -104,15 +104,44 @@ def stored(dt):
 
 
 # XLA:CPU never fuses a concatenate of more than 8 operands (its instruction fusion's
-# ``kMaxConcatenateArguments``): a stack of 9 scalars becomes 9 kernels and a copy instead
-# of one fusion, at every iteration of the loop whose carry it packs. Groups hold at most
-# this many leaves.
+# ``kMaxConcatenateArguments``): a stack of 9 scalars made by one concatenation becomes 9
+# kernels and a copy instead of one fusion, at every iteration of the loop whose carry it
+# packs. A longer stack of scalars (``lead`` 0) is built from concatenations of at most
+# this many (:func:`_stack`, still one fused kernel); with configuration axes (``lead`` >
+# 0) groups hold at most this many leaves.
 MAX_STACK = 8
+
+
+def _bitwise(dt) -> bool:
+    """Whether a stack of dtype ``dt`` can be assembled from its bits (:func:`_stack`)."""
+    return jnp.dtype(dt).kind in "iuf" and jnp.dtype(dt).itemsize in (1, 2, 4, 8)
+
+
+def _stack(xs: list[jax.Array]) -> jax.Array:
+    """``jnp.stack(xs)`` as one fusable kernel: a concatenation of at most
+    :data:`MAX_STACK` operands; a longer stack is the bitwise or of the bits of such
+    concatenations, each padded with zeros to its place (elementwise, so XLA fuses it
+    into one kernel; each entry is its leaf bit for bit)."""
+    if len(xs) <= MAX_STACK:
+        return jnp.stack(xs)
+    dt = xs[0].dtype
+    bits = jnp.dtype(f"uint{8 * dt.itemsize}")
+    n = len(xs)
+    out = None
+    for i in range(0, n, MAX_STACK):
+        part = jnp.stack(xs[i:i + MAX_STACK])
+        u = jax.lax.bitcast_convert_type(part, bits)
+        u = jax.lax.pad(u, bits.type(0),
+                        [(i, n - i - part.shape[0], 0)] + [(0, 0, 0)] * (part.ndim - 1))
+        out = u if out is None else out | u
+    return jax.lax.bitcast_convert_type(out, dt)
 
 
 def pack_layout(tree, lead: int = 0):
     """(treedef, per leaf: (group, index in group or None for a leaf of its own, dtype),
-    group keys) of ``tree``'s leaves; leaves of at most ``lead`` dimensions are stacked."""
+    group keys) of ``tree``'s leaves; leaves of at most ``lead`` dimensions are stacked
+    (scalars, ``lead`` 0: one group per stored dtype; else groups of at most
+    :data:`MAX_STACK`)."""
     leaves, treedef = jax.tree.flatten(tree)
     keys: list[tuple[Any, ...]] = []
     where = []
@@ -123,8 +152,9 @@ def pack_layout(tree, lead: int = 0):
             continue
         kind = (tuple(leaf.shape), stored(leaf.dtype))
         # a full group of this kind starts another (see MAX_STACK)
+        limit = len(leaves) if lead == 0 and _bitwise(kind[1]) else MAX_STACK
         free = [g for g, k in enumerate(keys) if k[:2] == kind
-                and sum(1 for w in where if w[0] == g) < MAX_STACK]
+                and sum(1 for w in where if w[0] == g) < limit]
         if not free:
             keys.append(kind + (len(keys),))
             free = [len(keys) - 1]
@@ -141,8 +171,12 @@ def pack(tree, lead: int = 0) -> tuple[Packed, Any]:
 
     A while-loop carry of many scalars is many XLA buffers, and XLA:CPU updates each in a
     kernel of its own at every iteration; stacked, an iteration updates one buffer per
-    group (a few kernels instead of a dozen per evaluation). Groups hold at most
-    :data:`MAX_STACK` leaves, so that each stack stays one fused kernel. A larger leaf
+    group (a few kernels instead of a dozen per evaluation), and each stack is one fused
+    kernel (:func:`_stack`). One buffer per dtype matters most for a small loop:
+    XLA:CPU compiles a loop as one function (a call marked ``xla_cpu_small_call``, ~3x
+    faster for a full-batch fit of a few points) only while one iteration reads and writes
+    less than 1 kB by its cost model, and every further buffer is one more kernel that
+    reads again the scalars it is computed from. A larger leaf
     (a weight matrix) is written whole by the kernel that computes it either way:
     stacked, it would be copied at every pack and every unpack (and each copy is one
     more kernel for XLA to compile, about 10 ms).
@@ -156,8 +190,8 @@ def pack(tree, lead: int = 0) -> tuple[Packed, Any]:
         if mine[0][1] is None:
             groups.append(mine[0][0])
             continue
-        groups.append(jnp.stack([x if stored(x.dtype) == x.dtype
-                                 else x.astype(stored(x.dtype)) for x, _ in mine]))
+        groups.append(_stack([x if stored(x.dtype) == x.dtype
+                              else x.astype(stored(x.dtype)) for x, _ in mine]))
     return Packed(tuple(groups)), (treedef, tuple(where))
 
 

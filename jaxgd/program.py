@@ -449,17 +449,30 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     return carry, rows
 
 
+def steps_per_eval(spec: ProgramSpec) -> int:
+    """Updates per evaluation (the most a block's batch means average)."""
+    K, _ = evals_of(spec)
+    return K if spec.by_steps else K * spec.plan.steps_per_epoch
+
+
 def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
              vidx) -> Metrics:
     """Loss (full data, or the block's batch mean), gradient norm (full data only with
     ``spec.full_grad``, else the block's batch mean) and validation loss."""
-    dt = st.init_loss.dtype
-    steps_done = jnp.maximum(c.step - st.step, 1).astype(dt)
+    steps_done = jnp.maximum(c.step - st.step, 1)
     any_step = c.step > st.step  # a block without a finite step has no batch mean
-    batch_loss = jnp.where(any_step, c.sum_loss / steps_done, jnp.nan)
-    batch_gn = jnp.where(any_step, c.sum_grad_norm / steps_done, jnp.nan)
-    batch_m = {k: jnp.where(any_step, v / steps_done.astype(v.dtype), jnp.nan)
-               for k, v in c.sum_metrics.items()}
+    # with metrics="batch" and one update per evaluation, that update's numbers (total /
+    # 1 is total): its loss is what every check reads, and XLA:CPU compiles the loop as one
+    # kernel only while an iteration's kernels read and write less than 1 kB (a division
+    # is one more kernel); at the defaults the division's kernel is the cheaper code
+    one = spec.metrics == "batch" and steps_per_eval(spec) == 1
+
+    def mean(total):
+        return jnp.where(any_step, total if one else total / steps_done.astype(total.dtype),
+                         jnp.nan)
+
+    batch_loss, batch_gn = mean(c.sum_loss), mean(c.sum_grad_norm)
+    batch_m = {k: mean(v) for k, v in c.sum_metrics.items()}
     if c.ahead is not None:  # lookahead: computed by the block's last step (or init)
         obj, g = with_penalty(spec, c.params, ctx.tc, c.ahead)
         loss, full_m = c.ahead.loss, c.ahead.metrics

@@ -191,23 +191,31 @@ def test_huge_epoch_budget_stopping_early_uses_memory_of_the_run(monkeypatch):
 
 
 def test_packed_carry_groups_are_fusable_stacks():
-    """The loop carry packs the scalar leaves of one dtype into stacks of at most 8
-    (XLA:CPU fuses no concatenate of more operands), keeps array leaves as they are (a
-    stack would copy them), and unpacks them exactly."""
+    """The loop carry packs the scalar leaves of one dtype (booleans with int32) into one
+    stack, also past the 8 operands of a concatenate XLA:CPU fuses (then assembled from
+    the bits of concatenations of 8: still one kernel), keeps array leaves as they are (a
+    stack would copy them), and unpacks them bit for bit; with configuration axes,
+    stacks of at most 8."""
     v = jnp.arange(3.0)
     tree = {"i": [jnp.int32(k - 9) for k in range(19)], "b": jnp.asarray(True),
-            "f": [jnp.float32(0.1 * k) for k in range(9)], "v": v,
-            "m": jnp.ones((2, 3), jnp.bfloat16)}
+            "f": [jnp.float32(0.1 * k) for k in range(8)] + [jnp.float32(-0.0),
+                                                             jnp.float32(jnp.nan)],
+            "v": v, "m": jnp.ones((2, 3), jnp.bfloat16)}
     packed, layout = jaxgd.loop.pack(tree)
-    stacks = [g for g in packed.groups if g.ndim == 1 and g is not v]
-    assert max(g.shape[0] for g in stacks) <= 8
-    assert sum(g.shape[0] for g in stacks) == 19 + 1 + 9
-    assert len(packed.groups) == len(stacks) + 2  # v and m: entries of their own
+    stacks = sorted((g.dtype.name, g.shape) for g in packed.groups
+                    if g.ndim == 1 and g is not v)
+    assert stacks == [("float32", (10,)), ("int32", (20,))]
+    assert len(packed.groups) == 4  # v and m: entries of their own
     assert any(g is v for g in packed.groups)
-    back = jaxgd.loop.unpack(packed, layout)
-    for u, w in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
-        assert u.dtype == w.dtype and u.shape == w.shape
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
+    round_trip = jax.jit(lambda t: jaxgd.loop.unpack(*jaxgd.loop.pack(t)))
+    for back in (jaxgd.loop.unpack(packed, layout), round_trip(tree)):
+        for u, w in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
+            assert u.dtype == w.dtype and u.shape == w.shape
+            assert np.asarray(u).tobytes() == np.asarray(w).tobytes()  # -0.0, NaN too
+    # one fused kernel for a stack of 20 scalars (a concatenate of 20 is 20 kernels)
+    hlo = jax.jit(lambda t: jaxgd.loop.pack(t)[0]).lower(tree["i"]).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    assert entry.count(" fusion(") == 1 and " concatenate(" not in entry
     # with one configuration axis (a vmapped state), leaves [C] are the scalars: stacked
     per_config = {"a": jnp.arange(4), "b": jnp.arange(4) + 1, "w": jnp.ones((4, 3))}
     packed, layout = jaxgd.loop.pack(per_config, lead=1)
@@ -215,13 +223,18 @@ def test_packed_carry_groups_are_fusable_stacks():
     back = jaxgd.loop.unpack(packed, layout)
     for u, w in zip(jax.tree.leaves(back), jax.tree.leaves(per_config), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
+    ints = {"i": [jnp.arange(4) + k for k in range(9)]}
+    assert [g.shape for g in jaxgd.loop.pack(ints, lead=1)[0].groups] == [(8, 4), (1, 4)]
 
 
-def test_full_batch_evaluations_compile_to_one_kernel(monkeypatch):
-    """A full-batch fit of the benchmark's problem A (16 points) at the defaults: the loop
-    over a sub-block's evaluations is small enough for XLA:CPU to compile it as one kernel
-    (a call marked ``xla_cpu_small_call``; its size limit is about 1 kB of buffers) rather
-    than a loop of kernels launched one by one (~10x slower per evaluation)."""
+@pytest.mark.parametrize("kw", [{}, {"metrics": "batch"},
+                                {"metrics": "batch", "loss_target": 1.0, "patience": 5}])
+def test_full_batch_evaluations_compile_to_one_kernel(monkeypatch, kw):
+    """A full-batch fit of the benchmark's problem A (16 points), at the defaults and with
+    ``metrics="batch"``: the loop over a sub-block's evaluations is small enough for
+    XLA:CPU to compile it as one kernel (a call marked ``xla_cpu_small_call``; its limit
+    is 1 kB read and written per iteration by XLA's cost model) rather than a loop of
+    kernels launched one by one (~3x slower per evaluation)."""
     texts = []
     real = program.compiled_program
 
@@ -237,7 +250,8 @@ def test_full_batch_evaluations_compile_to_one_kernel(monkeypatch):
     monkeypatch.setattr(program, "compiled_program", spy)
     jaxgd.fit(lambda p, b: jnp.mean((b[0][:, 0] * p["w"] + p["b"] - b[1]) ** 2),
               {"w": jnp.zeros(()), "b": jnp.zeros(())}, jaxgd.datasets.noisy_line(16, seed=0),
-              optimizer="sgd", hparams={"learning_rate": 1e-4}, epochs=300, shuffle=False)
+              optimizer="sgd", hparams={"learning_rate": 1e-4}, epochs=300, shuffle=False,
+              **kw)
     assert texts and all('xla_cpu_small_call="true"' in t for t in texts)
 
 

@@ -147,3 +147,52 @@ def test_batch_plan_pytorch_example():
     assert (p.steps_per_epoch, p.full_steps, p.last_batch_size) == (196, 195, 80)
     p = jaxgd.batch_plan(50_000, 256, drop_last=True)
     assert (p.steps_per_epoch, p.full_steps, p.last_batch_size) == (195, 195, 0)
+
+
+def np_line(x, y, lr, epochs, target):
+    """Full-batch GD on the benchmark's line (problem A) in float64: per epoch the loss
+    and gradient norm before the update and the loss after it; stops after the first
+    epoch whose evaluated loss is <= ``target`` (``metrics="full"``: the loss after the
+    update; ``"batch"``: the epoch's batch loss, before it)."""
+    w = b = 0.0
+    rows = []
+    for _ in range(epochs):
+        r = x * w + b - y
+        gw, gb = 2.0 * np.mean(r * x), 2.0 * np.mean(r)
+        before, norm = np.mean(r**2), math.hypot(gw, gb)
+        w, b = w - lr * gw, b - lr * gb
+        rows.append((before, norm, np.mean((x * w + b - y) ** 2), w, b))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("metrics", ["full", "batch"])
+@pytest.mark.parametrize("target", [None, 1.0])
+def test_full_batch_line_history_matches_numpy(x64, metrics, target):
+    """Every history column of a full-batch fit of the line (one update per evaluation,
+    so the batch means are that update's own numbers), the loss_target stop and the
+    final parameters, against the float64 NumPy loop."""
+    x, y = jaxgd.datasets.noisy_line(16, seed=0)
+    x, y = np.asarray(x, np.float64)[:, 0], np.asarray(y, np.float64)
+    lr, epochs = 1e-3, 200
+    res = jaxgd.fit(lambda p, b: jnp.mean((b[0] * p["w"] + p["b"] - b[1]) ** 2),
+                    {"w": jnp.zeros(()), "b": jnp.zeros(())}, (x, y), optimizer="sgd",
+                    hparams={"learning_rate": lr}, epochs=epochs, shuffle=False,
+                    metrics=metrics, loss_target=target)
+    ref = np_line(x, y, lr, epochs, target)
+    before, norm, after = ref[:, 0], ref[:, 1], ref[:, 2]
+    evaluated = after if metrics == "full" else before
+    n = epochs if target is None else int(np.argmax(evaluated <= target)) + 1
+    assert res.stop_reason == ("max_epochs" if target is None else "loss_target")
+    assert 1 < n < epochs or target is None
+    assert res.epochs_run == res.steps_run == n
+    h = res.history
+    assert sorted(h) == ["batch_loss", "epoch", "grad_norm", "loss", "lr"]
+    np.testing.assert_array_equal(h["epoch"], np.arange(n))
+    np.testing.assert_array_equal(h["lr"], np.full(n, lr))
+    for got, want in ((h["loss"], evaluated[:n]), (h["batch_loss"], before[:n]),
+                      (h["grad_norm"], norm[:n])):
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose([float(res.params["w"]), float(res.params["b"])],
+                               ref[n - 1, 3:], rtol=1e-12, atol=0)
+    assert abs(float(res.params["w"])) > 0.1  # the trajectory moved
