@@ -266,6 +266,16 @@ class Prepared(NamedTuple):
     orders: Any = None  # shuffle= explicit orders: int32 [E, n_train] (else None)
 
 
+def resolved_metrics(metrics: str, no_pass: bool, by_steps: bool) -> str:
+    """What an evaluation computes: ``"batch"`` where there is no pass over the data
+    (``no_pass``: a token stream, host-fed data) and for ``"auto"`` with a step budget (an
+    evaluation per update would otherwise pass over all the data at each), ``"full"`` for
+    ``"auto"`` with an epoch budget, else ``metrics``."""
+    if no_pass or (metrics == "auto" and by_steps):
+        return "batch"
+    return "full" if metrics == "auto" else metrics
+
+
 def prepare(
     loss: Callable[..., Any], params: Any, data: Any, opts: options.Options, *,
     init_fn: Callable[[jax.Array], Any] | None = None, data_checked: bool = False,
@@ -358,13 +368,7 @@ def prepare(
         hash(static_items)
     except TypeError as e:
         raise TypeError(f"non-numeric hparams must be hashable, got {static}") from e
-    # no pass over a stream or over host-fed data; "auto": none at each update of a step
-    # budget either
-    metrics = o.metrics
-    if o.windows is not None or host is not None or (metrics == "auto" and by_steps):
-        metrics = "batch"
-    elif metrics == "auto":
-        metrics = "full"
+    metrics = resolved_metrics(o.metrics, o.windows is not None or host is not None, by_steps)
     spec = ProgramSpec(
         loss=loss, has_aux=has_aux, opt=spec_opt, schedule=o.schedule,
         static_hparams=static_items, numeric_names=tuple(sorted(numeric)), plan=plan,

@@ -141,7 +141,7 @@ def test_budget_skips_rows_and_bad_arguments(tmp_path, capsys):
     res = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert res["rows"] and all(r["status"] == "skipped (budget)" for r in res["rows"])
     assert "skipped (budget)" in (tmp_path / "gpu_bench.md").read_text()
-    assert res["f"]["rows"] == [] and len(res["f"]["skipped"]) == 11
+    assert res["f"]["rows"] == [] and len(res["f"]["skipped"]) == 13
     assert "Skipped (budget): cnn fit, cnn sweep" in (tmp_path / "gpu_bench.md").read_text()
     capsys.readouterr()
     for bad in (["--reps", "0"], ["--budget", "-1"], ["--ks", "8,x"], ["--ks", "7"],
