@@ -4,6 +4,8 @@ follows its documented rule; the choice is recorded."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,16 +77,30 @@ def test_bad_plan_is_refused_before_compiling(plan):
         jaxgd.sweep(mse, P0, (X, Y), grid={"learning_rate": [0.1]}, plan=plan, epochs=1)
 
 
+def _spec(loop="scan", by_steps=False, eval_every=1, epochs=100, steps_per_epoch=29):
+    return SimpleNamespace(loop=loop, by_steps=by_steps, eval_every=eval_every, epochs=epochs,
+                           plan=SimpleNamespace(steps_per_epoch=steps_per_epoch))
+
+
 def test_auto_rule():
     small = {"w": np.zeros(3)}
     net = {"w1": np.zeros((64, 64)), "w2": np.zeros(10)}
-    assert plans.MAP_MIN_PARAMS == 4096
-    assert plans.choose_plan("auto", None, small, 8, 1) == "vmap"
-    assert plans.choose_plan("auto", None, net, 8, 1) == "map"
-    assert plans.choose_plan("auto", None, net, 1, 1) == "vmap"  # nothing to batch
-    assert plans.choose_plan("auto", None, net, 4, 4) == "vmap"  # one per device
-    assert plans.choose_plan("map", None, small, 8, 1) == "map"
-    assert plans.choose_plan("vmap", None, net, 8, 1) == "vmap"
+    assert plans.MAP_MIN_PARAMS == 4096 and plans.MAP_MIN_UPDATES == 8
+    spec = _spec()
+    assert plans.choose_plan("auto", spec, small, 8, 1) == "vmap"
+    assert plans.choose_plan("auto", spec, net, 8, 1) == "map"
+    assert plans.choose_plan("auto", spec, net, 1, 1) == "vmap"  # nothing to batch
+    assert plans.choose_plan("auto", spec, net, 4, 4) == "vmap"  # one per device
+    assert plans.choose_plan("map", spec, small, 8, 1) == "map"
+    assert plans.choose_plan("vmap", spec, net, 8, 1) == "vmap"
+    # an evaluation every few updates: the scan plan vmaps, the host loop still maps
+    few = [_spec(by_steps=True), _spec(by_steps=True, eval_every=7),
+           _spec(steps_per_epoch=2, eval_every=3)]
+    many = [_spec(by_steps=True, eval_every=8), _spec(steps_per_epoch=2, eval_every=4),
+            _spec(steps_per_epoch=8)]
+    assert [plans.choose_plan("auto", s, net, 8, 1) for s in few] == ["vmap"] * 3
+    assert [plans.choose_plan("auto", s, net, 8, 1) for s in many] == ["map"] * 3
+    assert plans.choose_plan("auto", _spec(loop="host", by_steps=True), net, 8, 1) == "map"
 
 
 def test_auto_plan_is_recorded_and_saved(tmp_path):
