@@ -314,19 +314,18 @@ def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
     return {**outputs, "config": np.asarray(configs, np.int64)}
 
 
-def single_inputs(prep: Prepared, key, hparams) -> ChunkInputs:
+def single_inputs(prep: Prepared, keys, hparams) -> ChunkInputs:
     """The inputs of one configuration (``fit``): a block of 1 stream x 1 configuration,
-    its traced values host arrays, as :func:`chunk_inputs`' (see :func:`program_args`)."""
+    its traced values host arrays, as :func:`chunk_inputs`' (see :func:`program_args`);
+    ``keys``: its key stacked [1] (:func:`jaxgd.prepare.single_key_stack`)."""
     spec, dt = prep.spec, float_dtype(prep.params)
     values = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
     # the configuration's words of its loss keys (jaxgd.loss_key)
     bits = (lossform.key_bits(lossform.key_hparams(hparams or {}))[None, None]
             if spec.form.key else None)
     one = np.zeros((1, 1), np.int64)
-    # the traced values as host arrays (a device_put of them costs 0.2 ms); the key's
-    # stream axis made on the host (indexing a key array compiles a program)
-    return ChunkInputs(one, one == 0, Traced(bits, None, values), key_stack([key]), None,
-                       None)
+    # the traced values as host arrays (a device_put of them costs 0.2 ms)
+    return ChunkInputs(one, one == 0, Traced(bits, None, values), keys, None, None)
 
 
 # ------------------------------------------------------------------ compile timing

@@ -8,6 +8,7 @@ structure (``fit``, ``prepare`` and the groups of a sweep call it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ from .spec import ProgramSpec
 def as_key(key: Any, name: str = "key") -> jax.Array:
     """A typed PRNG key from an int seed, a typed key or raw uint32[2] key data."""
     if key is None:
-        return jax.random.key(0)
+        return seed_key(0, name)
     if isinstance(key, bool):
         raise TypeError(f"{name}={key!r} must be an int seed or a jax.random.key")
     if isinstance(key, (int, np.integer)):
@@ -76,6 +77,27 @@ def key_stack(keys: list[jax.Array]) -> jax.Array:
                                     impl=jax.random.key_impl(keys[0]))
 
 
+@functools.lru_cache(maxsize=256)
+def _threefry_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """The threefry key of a seed below 2**32 (its key data ``[0, seed]``, what
+    ``jax.random.key(seed)`` gives) and the same key stacked ``[1]``, wrapped from host data
+    once per process (keys are immutable; each wrap is a dispatch, and
+    ``jax.random.key`` compiles two small programs)."""
+    data = np.asarray([0, seed], np.uint32)
+    return jax.random.wrap_key_data(data), jax.random.wrap_key_data(data[None])
+
+
+def single_key_stack(key: Any, name: str = "key") -> jax.Array:
+    """``key_stack([as_key(key)])``, without a dispatch for an int seed (or None) of the
+    default PRNG."""
+    seed = 0 if key is None else key
+    if (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+            and jax.config.jax_default_prng_impl == "threefry2x32"
+            and 0 <= int(seed) < 2**32):
+        return _threefry_keys(int(seed))[1]
+    return key_stack([as_key(key, name)])
+
+
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
 
 
@@ -90,9 +112,7 @@ def seed_key(seed: int, name: str = "seed") -> jax.Array:
     seed = check_seed(name, seed)
     if seed < 2**32:
         if jax.config.jax_default_prng_impl == "threefry2x32":
-            # its key data [0, seed], wrapped on the host (jax.random.key would compile
-            # two small programs)
-            return jax.random.wrap_key_data(np.asarray([0, seed], np.uint32))
+            return _threefry_keys(seed)[0]
         return jax.random.key(seed)
     impl_shape = jax.random.key_data(jax.random.key(0)).shape
     if impl_shape != (2,):

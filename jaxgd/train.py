@@ -21,7 +21,7 @@ from .engine import ChunkInputs, Engine, chunk_record, single_inputs
 from .fingerprint import fit_fingerprint
 from .observers import Call, ProgressBar
 from .options import collect, document
-from .prepare import Prepared, as_key, prepare, program_data
+from .prepare import Prepared, prepare, program_data, single_key_stack
 from .spec import ProgramOutput, evals_of, loop_name
 
 __all__ = ["fit"]
@@ -111,7 +111,7 @@ def fit(
     trackers.check(opts.track)  # a missing tracker package: before anything runs
     p = prepare(loss, params, data, opts)
     spec = p.spec
-    ch = single_inputs(p, as_key(key), hparams)
+    ch = single_inputs(p, single_key_stack(key), hparams)
     store = None if out is None else RunStore.open(
         out, fit_fingerprint(opts, loss, params, p), what="run")
     try:
@@ -132,8 +132,8 @@ def fit(
             out = ProgramOutput(**{k: rec[k] for k in ProgramOutput._fields})
             out = jax.tree.map(lambda a: a[0], out)  # host arrays
             # on the device as they are (jnp.asarray would compile a copy per shape)
-            out = out._replace(params=jax.device_put(out.params),
-                               state=jax.device_put(out.state))
+            params, state = jax.device_put((out.params, out.state))
+            out = out._replace(params=params, state=state)
             if p.combined is not None:  # the model object, with its trained arrays
                 out = out._replace(params=p.combined.rebuild(out.params))
             res = dataclasses.replace(FitResult.from_program(out, spec), loop=loop,
