@@ -37,7 +37,7 @@ from .hostloop import host_program, program_for
 from .loop import layout, state_axes, state_layout
 from .observers import Block, Call, Observer
 from .outputs import host_outputs
-from .prepare import Prepared, as_key, key_stack, tc_array
+from .prepare import Prepared, seeds_key_stack, tc_array
 from .processes import agree_any, agree_cached, agree_floats, host_trees, replicated_bool, to_host
 from .program import Program, epoch_order
 from .spec import ProgramSpec, Traced, evals_of, float_dtype, metric_dtype
@@ -242,7 +242,7 @@ def chunk_inputs(g: Group, streams: list[Stream], per_stream: list[list[int]], c
             if spec.form.key else None)
     # the progress bar counts the active configurations, not padding
     traced = Traced(bits, valid if spec.progress else None, values)
-    keys = key_stack([as_key(s) for s, _ in streams])  # made on the host: no program
+    keys = seeds_key_stack([s for s, _ in streams])  # made on the host: no program
     if fold_split is not None and streams[0][1] >= 0:
         tidx = jnp.asarray(np.stack([fold_split[f][0] for _, f in streams]).astype(np.int32))
         vidx = jnp.asarray(np.stack([fold_split[f][1] for _, f in streams]).astype(np.int32))

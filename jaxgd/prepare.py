@@ -87,15 +87,27 @@ def _threefry_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.wrap_key_data(data), jax.random.wrap_key_data(data[None])
 
 
+def _plain_seed(key: Any) -> bool:
+    """Whether ``key`` is an int seed below 2**32 of the default threefry PRNG."""
+    return (isinstance(key, (int, np.integer)) and not isinstance(key, bool)
+            and 0 <= int(key) < 2**32 and jax.config.jax_default_prng_impl == "threefry2x32")
+
+
 def single_key_stack(key: Any, name: str = "key") -> jax.Array:
     """``key_stack([as_key(key)])``, without a dispatch for an int seed (or None) of the
     default PRNG."""
     seed = 0 if key is None else key
-    if (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-            and jax.config.jax_default_prng_impl == "threefry2x32"
-            and 0 <= int(seed) < 2**32):
+    if _plain_seed(seed):
         return _threefry_keys(int(seed))[1]
     return key_stack([as_key(key, name)])
+
+
+def seeds_key_stack(seeds: list[Any]) -> jax.Array:
+    """``key_stack([as_key(s) for s in seeds])``, wrapped in one dispatch when every seed
+    is an int seed of the default PRNG (their key data ``[0, seed]``)."""
+    if seeds and all(_plain_seed(s) for s in seeds):
+        return jax.random.wrap_key_data(np.asarray([[0, int(s)] for s in seeds], np.uint32))
+    return key_stack([as_key(s) for s in seeds])
 
 
 MAX_COUNT = 2**31 - 1  # epoch and step counters of a program are int32
