@@ -5,7 +5,8 @@ public API only (``fit``/``sweep`` at their defaults, as a user writes them):
 
 - **jaxgd**: ``jaxgd.fit(loss, params, data, optimizer=..., hparams=..., batch_size=B,
   epochs=E, key=seed)`` and ``jaxgd.sweep(..., grid={"learning_rate": lrs})``, no tuning
-  keywords (so ``shuffle=True``, ``metrics="full"``, ``eval_every=1``);
+  keywords (so ``shuffle=True``, ``metrics="auto"``, ``eval_every=1``); ``mlp-steps`` is
+  the MLP with ``steps=`` of the same updates in place of ``epochs=``;
 - **peer 0a, the user's loop**: a jitted optax train step
   (``train_step(hp, params, state, opt_state, batch, key)``, the learning rate an argument
   so one compile serves every configuration) called in a Python loop over batches taken
@@ -19,7 +20,10 @@ epoch is ``jaxgd.data.epoch_permutation(jax.random.key(seed), epoch, N)`` (what
 ``t`` is ``jaxgd.loss_key(seed, hparams, t)`` (precomputed per configuration, inside the
 timed call), batches follow PyTorch's ``DataLoader`` (the last one short), and the loss
 over the whole training set in evaluation mode (``train=False``, no key) is computed
-before training and after every epoch (the default ``metrics="full"`` history). A
+before training and after every epoch (the default ``metrics="auto"``, which is
+``"full"`` with an epoch budget); with ``steps=`` (``mlp-steps``) they keep each update's
+batch loss and evaluate nothing (``"auto"`` is ``"batch"`` there), as a loop counting
+updates does. A
 full-batch problem (A) evaluates nothing apart: the loss of every step is recorded, as
 ``fit`` takes it from the step itself. jaxgd computes more on top (gradient norms, batch
 means, the divergence guard, stop checks): that is its overhead, measured here.

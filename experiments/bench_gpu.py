@@ -23,23 +23,23 @@ One short command for a lent accelerator (also runs on CPU, with smaller sizes):
   at: on NVIDIA GPUs from Ampere on, XLA may use TF32 tensor cores for it), fp32 at
   ``precision="highest"`` (true fp32) and bf16.
 
-- **problem set F** (``experiments/bench_f.py``, after B and C, within ``--f-budget``
-  seconds, default 240): a flax CNN with BatchNorm + dropout and an MLP on digits, a
-  character transformer, A, B and C, each as ``fit`` and as a sweep of N learning rates
-  against the loop a user would write (a jitted optax step in a Python loop, and a
-  hand-written ``jit(lax.scan)``), N peer runs one after another; ratios jaxgd / faster
-  peer (target <= 1), run and first call (compile included) apart; the final parameters
-  must agree (else the section reports the parity error and the exit code is 1). Sizes:
-  F's ``quick`` sizes (``tiny`` with ``--tiny``): its Python loops are dispatch-bound, so
-  the full sizes would spend most of a lent device's time in the peers. Then, per
-  problem, the plans' choice (``bench_f.measure_plans``): its sweep under every execution
-  plan forced (``plan=`` vmap | map x ``loop=`` scan | host) and at ``"auto"``, in one
+- **problem set F** (``experiments/bench_f.py``, after B and C, within ``--f-budget`` seconds,
+  default 240): a flax CNN with BatchNorm + dropout and an MLP on digits (the MLP also with a step
+  budget), a character transformer, A, B and C, each as ``fit`` and as a sweep of N learning rates
+  against the loop a user would write (a jitted optax step in a Python loop, and a hand-written
+  ``jit(lax.scan)``), N peer runs one after another; ratios jaxgd / faster peer (target <= 1), run
+  and first call (compile included) apart; the final parameters must agree (else the section reports
+  the parity error and the exit code is 1). Sizes: F's ``quick`` sizes (``tiny`` with ``--tiny``):
+  its Python loops are dispatch-bound, so the full sizes would spend most of a lent device's time in
+  the peers. Then, per problem, the plans' choice (``bench_f.measure_plans``): its sweep under every
+  execution plan forced (``plan=`` vmap | map x ``loop=`` scan | host) and at ``"auto"``, in one
   run: compile and run seconds per plan, which one auto chose (and what it measured).
 
 FLOPs count the matrix products exactly as ``experiments/bench.py`` does: 4*b*d per
 configuration per step (forward 2bd, gradient 2bd), every real batch (short last batches
-included). The default ``metrics="full"`` end-of-epoch pass over all N samples is work
-jaxgd does on top and is *not* counted: the rate is the rate of useful training work.
+included). The default (``metrics="auto"``: ``"full"`` for epochs) end-of-epoch pass over
+all N samples is work jaxgd does on top and is *not* counted: the rate is the rate of useful
+training work.
 
 Timing: ``jax.block_until_ready`` (``sweep`` returns host arrays, so its call is complete
 when it returns); the first call is run apart (compile + run), then the median of
