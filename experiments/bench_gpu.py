@@ -5,7 +5,7 @@ One short command for a lent accelerator (also runs on CPU, with smaller sizes):
 - **B** (``shared/BENCHMARKS.md``): linear regression, Adam, N = 65 536, B = 256, 3 epochs,
   K log-spaced learning rates, one shared shuffle order, for K in {256, 4096} and
   d in {64, 1024}, through ``jaxgd.sweep`` at its defaults (what a user writes: numpy
-  data in, no tuning keywords; the default ``metrics="full"`` pass included), plus a
+  data in, no tuning keywords; the default full-data pass per epoch included), plus a
   labelled extra row per shape with ``metrics="batch"``;
 - **C**: as B with 8 seeds x K/8 learning rates, each seed its own shuffle;
 - **the per-configuration peer**: plain JAX + optax, one jitted ``lax.scan`` training

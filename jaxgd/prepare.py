@@ -8,7 +8,6 @@ structure (``fit``, ``prepare`` and the groups of a sweep call it).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -77,14 +76,25 @@ def key_stack(keys: list[jax.Array]) -> jax.Array:
                                     impl=jax.random.key_impl(keys[0]))
 
 
-@functools.lru_cache(maxsize=256)
+# int seed -> (key, key stacked [1]), made outside any JAX transformation
+_SEED_KEYS: dict[int, tuple[jax.Array, jax.Array]] = {}
+_SEED_KEYS_MAX = 256
+
+
 def _threefry_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """The threefry key of a seed below 2**32 (its key data ``[0, seed]``, what
     ``jax.random.key(seed)`` gives) and the same key stacked ``[1]``, wrapped from host data
     once per process (keys are immutable; each wrap is a dispatch, and
-    ``jax.random.key`` compiles two small programs)."""
-    data = np.asarray([0, seed], np.uint32)
-    return jax.random.wrap_key_data(data), jax.random.wrap_key_data(data[None])
+    ``jax.random.key`` compiles two small programs). Keys made while a function is being
+    traced (a user's ``init`` under ``jit``) are tracers of that trace: never kept."""
+    got = _SEED_KEYS.get(seed)
+    if got is None:
+        data = np.asarray([0, seed], np.uint32)
+        got = (jax.random.wrap_key_data(data), jax.random.wrap_key_data(data[None]))
+        if (len(_SEED_KEYS) < _SEED_KEYS_MAX
+                and not any(isinstance(k, jax.core.Tracer) for k in got)):
+            _SEED_KEYS[seed] = got
+    return got
 
 
 def _plain_seed(key: Any) -> bool:

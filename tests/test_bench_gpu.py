@@ -70,7 +70,7 @@ def test_every_row_in_the_table(tiny_run):
         assert done[done.index(d) - 1] == d.split(" plan=")[0], done
     done = [d for d in done if d not in forced]
     assert done and done + f["skipped"] == [
-        f"{p} {m}" for p in ("cnn", "mlp", "transformer", "A", "B", "C")
+        f"{p} {m}" for p in ("cnn", "mlp", "mlp-steps", "transformer", "A", "B", "C")
         for m in ("fit", "sweep") if not (p == "C" and m == "fit")]
     assert "## Problem set F" in md
     for r in f["rows"]:

@@ -120,3 +120,17 @@ def test_resume_refuses_a_loss_closing_over_another_value(tmp_path):
     with pytest.raises(ValueError, match="different sweep"):
         jaxgd.sweep(make_loss(100.0), {"w": jnp.array(1.0)}, (X, Y), **kw)
     jaxgd.sweep(make_loss(1.0), {"w": jnp.array(1.0)}, (X, Y), **kw)  # same values resume
+
+
+def test_seed_keys_made_inside_a_trace_are_not_kept():
+    """An int seed's key made while a function is traced (a user's ``init`` calling
+    ``jaxgd.init_key`` under ``jit``) is that trace's tracer: a later call outside gets a
+    concrete key with the same data, not the escaped tracer."""
+    from jaxgd.prepare import as_key
+
+    seed = 987_654
+    traced = jax.jit(lambda x: jax.random.key_data(as_key(seed)) + x)(np.uint32(0))
+    key = as_key(seed)
+    assert not isinstance(key, jax.core.Tracer)
+    np.testing.assert_array_equal(jax.random.key_data(key), [0, seed])
+    np.testing.assert_array_equal(traced, [0, seed])
