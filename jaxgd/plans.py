@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import jax
 
-from .spec import ProgramSpec, evals_of
+from .spec import ProgramSpec, updates_per_evaluation
 
 # "auto" maps configurations with at least this many parameter elements (see above)
 MAP_MIN_PARAMS = 1 << 12
@@ -53,13 +53,6 @@ def choose_plan(plan: str, spec: ProgramSpec, params, n_configs: int, ndev: int)
     per_device = -(-n_configs // max(1, ndev))
     few = spec.loop != "host" and updates_per_evaluation(spec) < MAP_MIN_UPDATES
     return "map" if per_device > 1 and size >= MAP_MIN_PARAMS and not few else "vmap"
-
-
-def updates_per_evaluation(spec: ProgramSpec) -> int:
-    """The updates between two evaluations of ``spec`` (``eval_every`` epochs of updates,
-    or ``eval_every`` updates with a step budget)."""
-    K, _ = evals_of(spec)
-    return K if spec.by_steps else K * spec.plan.steps_per_epoch
 
 
 def with_plans(groups, plan: str, ndev: int) -> list[str]:

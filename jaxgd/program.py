@@ -80,6 +80,7 @@ from .spec import (
     float_dtype,
     metric_dtype,
     param_leaves,
+    updates_per_evaluation,
 )
 
 
@@ -449,12 +450,6 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     return carry, rows
 
 
-def steps_per_eval(spec: ProgramSpec) -> int:
-    """Updates per evaluation (the most a block's batch means average)."""
-    K, _ = evals_of(spec)
-    return K if spec.by_steps else K * spec.plan.steps_per_epoch
-
-
 def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
              vidx) -> Metrics:
     """Loss (full data, or the block's batch mean), gradient norm (full data only with
@@ -465,7 +460,7 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
     # 1 is total): its loss is what every check reads, and XLA:CPU compiles the loop as one
     # kernel only while an iteration's kernels read and write less than 1 kB (a division
     # is one more kernel); at the defaults the division's kernel is the cheaper code
-    one = spec.metrics == "batch" and steps_per_eval(spec) == 1
+    one = spec.metrics == "batch" and updates_per_evaluation(spec) == 1
 
     def mean(total):
         return jnp.where(any_step, total if one else total / steps_done.astype(total.dtype),

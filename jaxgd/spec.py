@@ -206,6 +206,13 @@ def evals_of(spec: ProgramSpec) -> tuple[int, int]:
     return K, -(-spec.epochs // K)
 
 
+def updates_per_evaluation(spec: ProgramSpec) -> int:
+    """The updates between two evaluations of ``spec`` (``eval_every`` epochs of updates,
+    or ``eval_every`` updates with a step budget): the most a block's batch means average."""
+    K, _ = evals_of(spec)
+    return K if spec.by_steps else K * spec.plan.steps_per_epoch
+
+
 def float_dtype(params):
     for leaf in jax.tree.leaves(params):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
