@@ -401,20 +401,18 @@ class Feeder:
         self.orders = None if orders is None else np.asarray(orders)
         self.reader = (_Reader(data, spec.epochs, arrays_state(resume or {}),
                                jax.device_count()) if data.iterable else None)
-        self.sizes: np.ndarray | None = None  # the last host block's (see :meth:`block`)
         self.indices = _indices_fn(spec, order_fn)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxgd-feed")
         self.pending: dict[int, concurrent.futures.Future] = {}
 
-    def host_block(self, at: int, stop: int, rows: int) -> Any:
-        """Evaluations ``at .. stop`` as a host block [S, rows * K, B, ...]; an iterable's
-        batch of fewer samples fills the head of its slot, zeros the rest (its batch sizes
-        then in ``self.sizes``, else None there)."""
+    def host_block(self, at: int, stop: int, rows: int) -> tuple[Any, np.ndarray | None]:
+        """Evaluations ``at .. stop`` as a host block [S, rows * K, B, ...] and its batch
+        sizes [rows * K] when an iterable gave a batch of fewer samples than the first
+        (filling the head of its slot, zeros the rest), else None."""
         K = self.units
         U = rows * K
         u0 = at * K
         u1 = min(stop * K, self.spec.epochs, u0 + U)
-        self.sizes = None
         if self.data.iterable:
             batches = self.reader.take(u0, u1)
             block = _zeros_like_block(self.data.first, U)
@@ -424,11 +422,10 @@ class Feeder:
             for j, b in enumerate(batches):
                 for leaf, a in zip(leaves, jax.tree.leaves(b), strict=True):
                     leaf[j, :len(a)] = a
-                    leaf[j, len(a):] = 0
+                    leaf[j, len(a):] = 0  # a short batch's tail (host_empty may not be zeros)
                     sizes[j] = len(a)
-            if (sizes != full).any():
-                self.sizes = sizes
-            return jax.tree.map(lambda a: a[None], block)
+            return (jax.tree.map(lambda a: a[None], block),
+                    sizes if (sizes != full).any() else None)
         ts = np.arange(u0, u0 + U, dtype=np.int32)
         ts = np.minimum(ts, self.spec.epochs - 1)  # past the budget: any in-range batch
         S = len(self.keys)
@@ -442,7 +439,7 @@ class Feeder:
             for a, b in zip(jax.tree.leaves(self.data.arrays), jax.tree.leaves(block),
                             strict=True):
                 gather(a, flat, b[s])
-        return jax.tree.map(lambda b: b.reshape((S, U, W) + b.shape[2:]), block)
+        return jax.tree.map(lambda b: b.reshape((S, U, W) + b.shape[2:]), block), None
 
     def position(self, at: int) -> dict[str, np.ndarray]:
         """A checkpoint's arrays of the iterable's position before evaluation ``at`` (its
@@ -455,8 +452,8 @@ class Feeder:
         return {} if enc is None else state_arrays(u, enc)
 
     def _build(self, at: int, stop: int, rows: int) -> tuple[Any, np.ndarray | None]:
-        block = self.host_block(at, stop, rows)  # (the builds run one at a time)
-        return self.put(block), self.sizes
+        block, sizes = self.host_block(at, stop, rows)
+        return self.put(block), sizes
 
     def block(self, at: int, stop: int, rows: int, end: int) -> tuple[Any, np.ndarray | None]:
         """The device block of evaluations ``at .. stop`` (built now, or taken from the

@@ -83,7 +83,7 @@ def main(pid: int, port: int, tmp: str) -> None:
 
     def host_block(self, *a):  # the host blocks this process built
         b = real_block(self, *a)
-        blocks.append(list(jax.tree.leaves(b)[0].shape))
+        blocks.append(list(jax.tree.leaves(b[0])[0].shape))
         return b
 
     feed.gather, feed.Feeder.host_block = gather, host_block
