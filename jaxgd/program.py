@@ -359,15 +359,16 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     by_t = bool(spec.window or spec.fed)  # the batch is update t's (not a position's)
     order = None if by_t else epoch_order(spec, ctx.key, epoch, ctx.orders)
 
+    # (start, samples, micro-batches) of a full batch's update and of the short last one's
+    full_at = (t if by_t else pos * bsz,) + ((bsz, spec.accumulate) if size is None
+                                              else (size, 1))
+    last_at = (t if spec.fed else plan.full_steps * bsz, plan.last_batch_size, 1)
+
     def full(c):
-        at = t if by_t else pos * bsz
-        if size is not None:
-            return train_step(spec, ctx, order, c, at, size, 1)
-        return train_step(spec, ctx, order, c, at, bsz, spec.accumulate)
+        return train_step(spec, ctx, order, c, *full_at)
 
     def last(c):
-        at = t if spec.fed else plan.full_steps * bsz
-        return train_step(spec, ctx, order, c, at, plan.last_batch_size, 1)
+        return train_step(spec, ctx, order, c, *last_at)
 
     def step(c):
         if plan.last_batch_size == 0 or spec.window or size is not None:
@@ -379,12 +380,9 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
         # only the gradient (whose batch has one of two shapes) is conditional: the update
         # and the carry stay outside, so the parameters and optimizer state are not copied
         # through a conditional at every step
-        full_at = t if by_t else pos * bsz
-        last_at = t if spec.fed else plan.full_steps * bsz
-        grad = jax.lax.cond(
-            pos == plan.full_steps,
-            lambda c: step_grad(spec, ctx, order, c, last_at, plan.last_batch_size, 1),
-            lambda c: step_grad(spec, ctx, order, c, full_at, bsz, spec.accumulate), c)
+        grad = jax.lax.cond(pos == plan.full_steps,
+                            lambda c: step_grad(spec, ctx, order, c, *last_at),
+                            lambda c: step_grad(spec, ctx, order, c, *full_at), c)
         return apply_step(spec, ctx, c, grad)
 
     K, _ = evals_of(spec)
