@@ -317,7 +317,7 @@ def chunk_record(outputs: dict[str, Any], configs) -> dict[str, Any]:
 def single_inputs(prep: Prepared, keys, hparams) -> ChunkInputs:
     """The inputs of one configuration (``fit``): a block of 1 stream x 1 configuration,
     its traced values host arrays, as :func:`chunk_inputs`' (see :func:`program_args`);
-    ``keys``: its key stacked [1] (:func:`jaxgd.prepare.single_key_stack`)."""
+    ``keys``: its key stacked [1] (:func:`jaxgd.prepare.seeds_key_stack`)."""
     spec, dt = prep.spec, float_dtype(prep.params)
     values = {k: tc_array(k, v, dt)[None, None] for k, v in prep.numeric.items()}
     # the configuration's words of its loss keys (jaxgd.loss_key)

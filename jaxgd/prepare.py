@@ -103,19 +103,14 @@ def _plain_seed(key: Any) -> bool:
             and 0 <= int(key) < 2**32 and jax.config.jax_default_prng_impl == "threefry2x32")
 
 
-def single_key_stack(key: Any, name: str = "key") -> jax.Array:
-    """``key_stack([as_key(key)])``, without a dispatch for an int seed (or None) of the
-    default PRNG."""
-    seed = 0 if key is None else key
-    if _plain_seed(seed):
-        return _threefry_keys(int(seed))[1]
-    return key_stack([as_key(key, name)])
-
-
 def seeds_key_stack(seeds: list[Any]) -> jax.Array:
-    """``key_stack([as_key(s) for s in seeds])``, wrapped in one dispatch when every seed
-    is an int seed of the default PRNG (their key data ``[0, seed]``)."""
+    """``key_stack([as_key(s) for s in seeds])`` (None: seed 0), wrapped in one dispatch
+    when every seed is an int seed of the default PRNG (their key data ``[0, seed]``), and
+    a single one's kept per process."""
+    seeds = [0 if s is None else s for s in seeds]
     if seeds and all(_plain_seed(s) for s in seeds):
+        if len(seeds) == 1:
+            return _threefry_keys(int(seeds[0]))[1]
         return jax.random.wrap_key_data(np.asarray([[0, int(s)] for s in seeds], np.uint32))
     return key_stack([as_key(s) for s in seeds])
 

@@ -21,7 +21,7 @@ from .engine import ChunkInputs, Engine, chunk_record, single_inputs
 from .fingerprint import fit_fingerprint
 from .observers import Call, ProgressBar
 from .options import collect, document
-from .prepare import Prepared, prepare, program_data, single_key_stack
+from .prepare import Prepared, prepare, program_data, seeds_key_stack
 from .spec import ProgramOutput, evals_of, loop_name
 
 __all__ = ["fit"]
@@ -111,7 +111,7 @@ def fit(
     trackers.check(opts.track)  # a missing tracker package: before anything runs
     p = prepare(loss, params, data, opts)
     spec = p.spec
-    ch = single_inputs(p, single_key_stack(key), hparams)
+    ch = single_inputs(p, seeds_key_stack([key]), hparams)
     store = None if out is None else RunStore.open(
         out, fit_fingerprint(opts, loss, params, p), what="run")
     try:
