@@ -442,12 +442,33 @@ def feistel_permute(key_words: ArrayLike, positions: ArrayLike, n: int) -> jax.A
     if n > 2**32:
         raise ValueError(f"feistel_permute supports n <= 2**32, got {n=}")
     x0 = jnp.asarray(positions).astype(jnp.uint32)
-    return _feistel(jnp.asarray(key_words).astype(jnp.uint32), x0, np.uint32(n - 1), _half_bits(n))
+    h = _half_bits(n)
+    return _feistel(jnp.asarray(key_words).astype(jnp.uint32), x0, np.uint32(n - 1), h,
+                    _unrolled_walks(n, h, x0.size))
 
 
-@partial(jax.jit, static_argnames="h")
-def _feistel(keys: jax.Array, x0: jax.Array, n_minus_1: jax.Array, h: int) -> jax.Array:
-    """Cycle-walked Feistel permutation; ``n`` is traced so only ``h`` (and shapes) compile."""
+# positions per call up to which the first walks are unrolled (a batch's, not an epoch's)
+UNROLL_MAX_POSITIONS = 4096
+
+
+def _unrolled_walks(n: int, h: int, size: int) -> int:
+    """Walks of :func:`_feistel` unrolled ahead of its loop for ``size`` positions: as
+    many as leave a walk to the loop with probability below 1e-3 (each walk lands in
+    ``[0, n)`` with probability ``n / 2**(2h)``); none for an epoch's order (one loop per
+    epoch; unrolled walks would each cost a pass over every position)."""
+    p = n / float(1 << (2 * h))
+    if size > UNROLL_MAX_POSITIONS or p >= 1.0 or size == 0:
+        return 0
+    return math.ceil(math.log(1e-3 / size) / math.log(1.0 - p))
+
+
+@partial(jax.jit, static_argnames=("h", "walks"))
+def _feistel(keys: jax.Array, x0: jax.Array, n_minus_1: jax.Array, h: int,
+             walks: int = 0) -> jax.Array:
+    """Cycle-walked Feistel permutation; ``n`` is traced so only ``h`` (and shapes) compile.
+    ``walks``: walks unrolled before the loop (one fused kernel instead of a loop's
+    iterations; the same values: a walk changes only the positions still out of range,
+    and the loop then runs only if some remain)."""
     mask = np.uint32((1 << h) - 1)
     shift = np.uint32(h)
 
@@ -465,8 +486,10 @@ def _feistel(keys: jax.Array, x0: jax.Array, n_minus_1: jax.Array, h: int) -> ja
     def body(x: jax.Array) -> jax.Array:
         return jnp.where(walk(x), encrypt(x), x)
 
-    x1 = jnp.where(active, encrypt(x0), x0)
-    return jax.lax.while_loop(lambda x: jnp.any(walk(x)), body, x1)
+    x = jnp.where(active, encrypt(x0), x0)
+    for _ in range(walks):
+        x = body(x)
+    return jax.lax.while_loop(lambda x: jnp.any(walk(x)), body, x)
 
 
 def feistel_round_keys(key: jax.Array, epoch: ArrayLike) -> jax.Array:

@@ -291,3 +291,50 @@ def test_kfold_property_partitions_any_n_k(n, k, shuffle, seed):
         np.testing.assert_array_equal(np.sort(np.concatenate([tr, va])), np.arange(n))
     sizes = sorted(len(va) for _, va in folds)
     assert sizes[-1] - sizes[0] <= 1
+
+
+def _numpy_feistel(kw, positions, n):
+    """An independent NumPy cycle-walked 4-round Feistel network (the docstring's
+    definition), element by element."""
+    h = (int(np.ceil(np.log2(max(n, 2)))) + 1) // 2
+    mask = (1 << h) - 1
+    kw = [int(k) for k in np.asarray(kw)]
+
+    def mix(x):
+        x &= 0xFFFFFFFF
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    def enc(x):
+        left, right = x >> h, x & mask
+        for k in kw:
+            left, right = right, left ^ (mix(right ^ k) & mask)
+        return (left << h) | right
+
+    out = []
+    for p in np.asarray(positions).tolist():
+        x = enc(p) if p < n else p
+        while x >= n and p < n:
+            x = enc(x)
+        out.append(x)
+    return np.asarray(out, np.uint32)
+
+
+@pytest.mark.parametrize("n", [97, 1025, 1797, 4097, 65536])
+def test_feistel_batches_equal_a_numpy_cycle_walk(n, monkeypatch):
+    """A batch's positions (the per-update path, whose first walks are unrolled ahead of
+    the loop) and an epoch's, against a NumPy cycle walk; with the unrolled walks cut to
+    one, the loop finishes them and gives the same values."""
+    kw = data.feistel_round_keys(jax.random.key(3), 2)
+    pos = (np.arange(64) * 7 + 5) % n
+    want = _numpy_feistel(kw, pos, n)
+    np.testing.assert_array_equal(np.asarray(data.feistel_permute(kw, pos, n)), want)
+    whole = np.asarray(data.feistel_permute(kw, np.arange(n), n))
+    np.testing.assert_array_equal(whole[pos], want)
+    if n < 65536:
+        assert data._unrolled_walks(n, data._half_bits(n), 64) > 1
+    monkeypatch.setattr(data, "_unrolled_walks", lambda n, h, size: 1)
+    np.testing.assert_array_equal(np.asarray(data.feistel_permute(kw, pos + 0, n)), want)
