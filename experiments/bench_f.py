@@ -45,7 +45,8 @@ JAX's caches: compile and run seconds per plan, the run over the fastest plan's,
 A sweep of N configurations is compared with N peer runs one after another (each peer
 compiles once: its hyper-parameters are arguments). Timing: JAX's caches cleared, a first
 call each (compile included), then up to ``reps`` interleaved rounds (jaxgd, loop, scan), as many as
-fit in the sizes' ``row_budget_s`` at the first round's pace (the "rounds" column); run
+fit in the sizes' ``row_budget_s`` at the first round's pace, and more (up to ``short_rounds``)
+for a row whose rounds take at most a quarter of that budget (the "rounds" column); run
 time is the minimum of the rounds, compile time the first call minus that. Ratios are jaxgd / peer
 (< 1: jaxgd faster) against the faster peer; the target is <= 1.0 on every row, warm
 and first call (compile included) apart.
@@ -104,6 +105,9 @@ class FSizes:
     b_epochs: int = 3
     c_seeds: int = 4
     reps: int = 5  # interleaved timed rounds per row, at most
+    # ... or up to this many while they take at most a quarter of row_budget_s: the minimum
+    # of 3-5 calls of a program of a few milliseconds moves by tens of percent with load
+    short_rounds: int = 25
     row_budget_s: float = 120.0  # ... and as many as fit in this time (at least one)
 
 
@@ -114,7 +118,8 @@ F_QUICK = dataclasses.replace(F_FULL, name="quick", n_sweep=4, cnn_epochs=1, mlp
 F_TINY = dataclasses.replace(F_FULL, name="tiny", n_sweep=2, cnn_epochs=1, mlp_epochs=1,
                              mlp_hidden=16, tf_windows=64, tf_context=8, tf_dim=16,
                              tf_epochs=1, tf_batch=16, a_iters=200, b_n=512, b_d=8,
-                             b_batch=64, b_epochs=1, c_seeds=2, reps=1, row_budget_s=5.0)
+                             b_batch=64, b_epochs=1, c_seeds=2, reps=1, short_rounds=1,
+                             row_budget_s=5.0)
 F_SIZES = {"full": F_FULL, "quick": F_QUICK, "tiny": F_TINY}
 
 
@@ -641,9 +646,19 @@ def check_parity(name: str, got: list[dict], ref: list[dict], tol: float) -> flo
 # ----------------------------------------------------------------------------- timing
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = math.inf):
-    """Call every fn once (compile + run), then up to ``reps`` rounds in turn: as many as
-    fit in ``budget_s`` seconds at the first timed round's pace (at least one).
+def rounds_for(reps: int, budget_s: float, round_s: float, short_rounds: int = 0) -> int:
+    """Timed rounds of a row: ``reps``, or more (up to ``short_rounds``) while they take
+    at most a quarter of ``budget_s``; never more than fit in ``budget_s`` (at least one)."""
+    round_s = max(round_s, 1e-9)
+    more = min(short_rounds, int(budget_s / 4 // round_s))
+    return max(1, min(int(budget_s // round_s), max(reps, more)))
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = math.inf,
+                short_rounds: int = 0):
+    """Call every fn once (compile + run), then rounds in turn: ``reps``, or up to
+    ``short_rounds`` for short rounds (:func:`rounds_for`), as many as fit in ``budget_s``
+    seconds at the first timed round's pace (at least one).
 
     Returns ``({name: (first_s, [rep_s])}, {name: last result})``."""
     times = {k: [math.nan, []] for k in fns}
@@ -651,7 +666,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = 
     r = 0
     while r <= reps:
         if r == 2 and math.isfinite(budget_s):  # one timed round done: how many fit
-            reps = max(1, min(reps, int(budget_s // sum(v[1][0] for v in times.values()))))
+            reps = rounds_for(reps, budget_s, sum(v[1][0] for v in times.values()),
+                              short_rounds)
             if r > reps:
                 break
         for k, fn in fns.items():
@@ -667,7 +683,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = 
 
 
 def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = None,
-            budget_s: float = math.inf) -> dict[str, Any]:
+            budget_s: float = math.inf, short_rounds: int = 0) -> dict[str, Any]:
     """Time one row (``mode`` "fit", "sweep", or "sweep plan=P": the sweep with
     ``plan=P`` forced) and check parity; returns the row, with the plan each jaxgd
     program ran (``"plan"``: "single" for fit, whose one configuration has no
@@ -689,7 +705,7 @@ def measure(prob: Problem, mode: str, reps: int, peers: dict[str, Any] | None = 
         "loop": lambda: [loop(lr, sd) for lr, sd in cfgs],
         "scan": lambda: [scan(lr, sd) for lr, sd in cfgs],
     }
-    times, outs = interleaved(fns, reps, budget_s)
+    times, outs = interleaved(fns, reps, budget_s, short_rounds)
     label = f"F {prob.name} {mode}"
     err_loop = check_parity(label + " vs peer 0a (loop)", outs["jaxgd"], outs["loop"], prob.tol)
     err_scan = check_parity(label + " vs peer 0b (scan)", outs["jaxgd"], outs["scan"], prob.tol)
@@ -788,7 +804,7 @@ def run_f(sizes: FSizes, reps: int | None = None, problems=None,
                 if overrides and name in overrides:
                     prob = dataclasses.replace(prob, **overrides[name])
             t = time.perf_counter()
-            row = measure(prob, mode, reps, peers, sizes.row_budget_s)
+            row = measure(prob, mode, reps, peers, sizes.row_budget_s, sizes.short_rounds)
             rows.append(row)
             _echo_row(echo, row, t)
             if mode == "sweep" and not (budget_left is not None and budget_left() <= 0):
@@ -796,7 +812,7 @@ def run_f(sizes: FSizes, reps: int | None = None, problems=None,
                 other = "map" if row["plan"] == "vmap" else "vmap"
                 t = time.perf_counter()
                 rows.append(measure(prob, f"sweep plan={other}", reps, peers,
-                                    sizes.row_budget_s))
+                                    sizes.row_budget_s, sizes.short_rounds))
                 _echo_row(echo, rows[-1], t)
             if mode == "sweep" and plan_rows is not None and not (
                     budget_left is not None and budget_left() <= 0):

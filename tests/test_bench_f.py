@@ -138,3 +138,13 @@ def test_every_f_problem_runs_at_tiny_sizes_with_parity():
         if not (p == "C" and m == "fit")]
     assert all(r["parity"] <= 1e-3 for r in rows)
     assert all(math.isfinite(r["ratio_run"]) and r["ratio_run"] > 0 for r in rows)
+
+
+def test_short_rows_get_more_rounds_within_their_budget():
+    from experiments.bench_f import rounds_for
+
+    assert rounds_for(3, 20.0, 1.0, 25) == 5  # a quarter of the budget: 5 rounds of 1 s
+    assert rounds_for(3, 20.0, 0.01, 25) == 25  # short rounds: up to short_rounds
+    assert rounds_for(3, 20.0, 10.0, 25) == 2  # long rounds: what fits in the budget
+    assert rounds_for(3, 20.0, 0.01, 0) == 3  # no short rounds asked: reps
+    assert rounds_for(5, 1.0, 30.0, 25) == 1  # at least one
