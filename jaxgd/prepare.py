@@ -17,7 +17,7 @@ import numpy as np
 
 from . import hostloop, lossform, optim, options, stops
 from ._checks import check_seed, is_int
-from .data import BatchPlan, batch_plan, beyond_range, nonfinite_count
+from .data import BatchPlan, batch_plan, beyond_range, nonfinite_count, put_host
 from .spec import ProgramSpec
 
 
@@ -161,10 +161,10 @@ def check_params(params: Any, name: str = "params") -> Any:
             raise ValueError(f"{name}{where} contains non-finite values"
                              + beyond_range(arr.dtype, held))
         # a NumPy leaf is put on the device as it is (jnp.asarray would compile a copy
-        # program per shape); the same array, dtype and (not weak) type
-        out.append(jax.device_put(leaf) if isinstance(leaf, np.ndarray | np.generic)
-                   else jnp.asarray(leaf))
-    return jax.tree.unflatten(treedef, out)
+        # program per shape), all of them in one call; the same array, dtype and (not
+        # weak) type
+        out.append(leaf if isinstance(leaf, np.ndarray | np.generic) else jnp.asarray(leaf))
+    return jax.tree.unflatten(treedef, put_host(out))
 
 
 class Split(NamedTuple):
