@@ -46,7 +46,9 @@ A sweep of N configurations is compared with N peer runs one after another (each
 compiles once: its hyper-parameters are arguments). Timing: JAX's caches cleared, a first
 call each (compile included), then up to ``reps`` interleaved rounds (jaxgd, loop, scan), as many as
 fit in the sizes' ``row_budget_s`` at the first round's pace, and more (up to ``short_rounds``)
-for a row whose rounds take at most a quarter of that budget (the "rounds" column); run
+for a row whose rounds take at most a quarter of that budget (the "rounds" column), each
+round starting from the next side and Python's garbage collected before every call (a call
+right after the user's loop of tens of thousands of dispatches ran up to 2x slower); run
 time is the minimum of the rounds, compile time the first call minus that. Ratios are jaxgd / peer
 (< 1: jaxgd faster) against the faster peer; the target is <= 1.0 on every row, warm
 and first call (compile included) apart.
@@ -65,6 +67,7 @@ seed) and materialised as samples, and every side visits them in the same shuffl
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import time
@@ -663,6 +666,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = 
     Returns ``({name: (first_s, [rep_s])}, {name: last result})``."""
     times = {k: [math.nan, []] for k in fns}
     outs = {}
+    names = list(fns)
     r = 0
     while r <= reps:
         if r == 2 and math.isfinite(budget_s):  # one timed round done: how many fit
@@ -670,7 +674,12 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = 
                               short_rounds)
             if r > reps:
                 break
-        for k, fn in fns.items():
+        # each round starts from the next side (a call right after the user's loop, tens
+        # of thousands of dispatches, runs up to 2x slower: measured on A), and Python's
+        # garbage is collected before every call, outside its time
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[k]
+            gc.collect()
             t = time.perf_counter()
             outs[k] = fn()
             dt = time.perf_counter() - t

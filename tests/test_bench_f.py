@@ -148,3 +148,16 @@ def test_short_rows_get_more_rounds_within_their_budget():
     assert rounds_for(3, 20.0, 10.0, 25) == 2  # long rounds: what fits in the budget
     assert rounds_for(3, 20.0, 0.01, 0) == 3  # no short rounds asked: reps
     assert rounds_for(5, 1.0, 30.0, 25) == 1  # at least one
+
+
+def test_interleaved_rounds_rotate_which_side_starts():
+    """Each timed round starts from the next side, so no side is always timed right after
+    the same other one (a call after the user's loop runs slower)."""
+    from experiments.bench_f import interleaved
+
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in ("jaxgd", "loop", "scan")}
+    times, _ = interleaved(fns, 3)
+    assert order == ["jaxgd", "loop", "scan", "loop", "scan", "jaxgd",
+                     "scan", "jaxgd", "loop", "jaxgd", "loop", "scan"]
+    assert all(len(ts) == 3 for _, ts in times.values())
