@@ -459,15 +459,16 @@ def feistel_permute(key_words: ArrayLike, positions: ArrayLike, n: int) -> jax.A
                     _unrolled_walks(n, h, x0.size))
 
 
-# positions per call up to which the first walks are unrolled (a batch's, not an epoch's)
+# positions per call up to which the first walks are unrolled (a batch's, or a small epoch's)
 UNROLL_MAX_POSITIONS = 4096
 
 
 def _unrolled_walks(n: int, h: int, size: int) -> int:
     """Walks of :func:`_feistel` unrolled ahead of its loop for ``size`` positions: as
     many as leave a walk to the loop with probability below 1e-3 (each walk lands in
-    ``[0, n)`` with probability ``n / 2**(2h)``); none for an epoch's order (one loop per
-    epoch; unrolled walks would each cost a pass over every position)."""
+    ``[0, n)`` with probability ``n / 2**(2h)``); none for more than
+    :data:`UNROLL_MAX_POSITIONS` positions (the order of a larger epoch, computed once per
+    epoch, where each unrolled walk would cost a pass over every position)."""
     p = n / float(1 << (2 * h))
     if size > UNROLL_MAX_POSITIONS or p >= 1.0 or size == 0:
         return 0
