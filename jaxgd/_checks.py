@@ -6,8 +6,10 @@ range) whose message names the argument and its value, before anything is compil
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -84,3 +86,40 @@ def require(module: str, what: str, pip: str | None = None):
         raise ModuleNotFoundError(
             f"{what} needs the Python package {top!r}, which is not installed; install it "
             f"with: pip install {pkg}", name=top) from None
+
+
+def _edits(a: str, b: str) -> int:
+    """Single-character edits from ``a`` to ``b``: insertions, deletions, substitutions
+    and swaps of two neighbouring characters (the optimal string alignment distance)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def closest(name: Any, choices: Iterable[Any]) -> str | None:
+    """The valid name a mistyped ``name`` most likely meant, or None: the choice fewest
+    single-character edits away (a swap of two neighbours is one; case ignored), within a
+    third of the name's length (at least 2), ties broken by :mod:`difflib`'s similarity;
+    failing that, :func:`difflib.get_close_matches`' choice (a longer or shorter spelling).
+    ``"adma"`` is one swap from ``"adam"``, while similarity alone picks ``"adamax"``."""
+    name = str(name)
+    names = [str(c) for c in choices]
+    if not names:
+        return None
+    low = name.lower()
+
+    def rank(c: str) -> tuple[int, float]:
+        return _edits(low, c.lower()), -difflib.SequenceMatcher(None, low, c.lower()).ratio()
+
+    best = min(names, key=rank)
+    if rank(best)[0] <= max(2, len(name) // 3):
+        return best
+    close = difflib.get_close_matches(name, names, n=1)
+    return close[0] if close else None

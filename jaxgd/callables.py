@@ -14,7 +14,6 @@ import does; :func:`jaxgd.config.build` is its only caller, for the keys
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from ._checks import closest
 
 __all__ = ["CallableSpec", "call", "data_arrays", "load", "model_pair", "parse"]
 
@@ -129,8 +130,8 @@ def load(spec: CallableSpec) -> Any:
         if not hasattr(obj, part):
             owner = where if i == 0 else f"{where}:{'.'.join(spec.attr.split('.')[:i])}"
             names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(part, names)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise ValueError(f"{owner} has no attribute {part!r}{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
@@ -154,8 +155,8 @@ def call(fn: Any, kwargs: dict[str, Any]) -> Any:
         except TypeError as e:
             names = [p for p in sig.parameters if p not in kwargs]
             bad = re.search(r"argument '(\w+)'", str(e))
-            close = difflib.get_close_matches(bad.group(1), names, n=1) if bad else []
-            hint = f" (did you mean {close[0]!r}?)" if close and "unexpected" in str(e) else ""
+            close = closest(bad.group(1), names) if bad else None
+            hint = f" (did you mean {close!r}?)" if close and "unexpected" in str(e) else ""
             raise ValueError(f"the function does not take these kwargs: {e}{hint}; "
                              f"its parameters: {list(sig.parameters)}") from None
     return fn(**kwargs)

@@ -462,10 +462,10 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
 
     With folds (and no ``sort``), settings are averaged over folds (``sw.cv_table()``).
     """
-    import difflib
-
     import numpy as np
     import pandas as pd
+
+    from ._checks import closest
 
     t = sw.table
     metric = sw.default_metric()
@@ -484,8 +484,8 @@ def summary(sw, sort: str | None = None, top: int = 10, descending: bool = False
     else:
         if sort is not None and sort not in t:
             valid = list(t.columns) + (list(cv_df.columns) if cv_df is not None else [])
-            close = difflib.get_close_matches(sort, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(sort, valid)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise UserError(f"--sort {sort!r} is not a column{hint}; columns: {valid}")
         sort = sort or metric
         cols = ["config", *[c for a in axes for c in (a, f"final_{a}") if c in t]]

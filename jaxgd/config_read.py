@@ -7,7 +7,6 @@ every key) or raises :class:`ConfigError` naming the file, the line and the dott
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import callables, options
-from ._checks import is_int
+from ._checks import closest, is_int
 
 DEFAULT_CONFIG = """\
 # The built-in default of `jaxgd sweep`: learning rate x batch size x seed, plain SGD
@@ -177,8 +176,8 @@ class Ctx:
         return ConfigError(self.file, key, None if over else self.line(key), reason, over)
 
     def unknown(self, table: str, key: str, valid) -> ConfigError:
-        close = difflib.get_close_matches(key, list(valid), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {sorted(valid)}"
+        close = closest(key, valid)
+        hint = f" (did you mean {close!r}?)" if close else f"; valid keys: {sorted(valid)}"
         return self.err(f"{table}.{key}", f"[{table}] key {key!r} is unknown{hint}")
 
 
@@ -432,8 +431,8 @@ def sys_version_lacks_tomllib() -> bool:
 
 
 def _unknown_table_msg(table: str) -> str:
-    close = difflib.get_close_matches(table, list(SECTIONS), n=1)
-    hint = f" (did you mean [{close[0]}]?)" if close else ""
+    close = closest(table, SECTIONS)
+    hint = f" (did you mean [{close}]?)" if close else ""
     return f"table [{table}] is unknown{hint}; valid tables: {list(SECTIONS)}"
 
 
@@ -456,8 +455,8 @@ def show_value(v: Any) -> str:
 
 def _choice(ctx: Ctx, key: str, v: Any, valid) -> None:
     if not isinstance(v, str) or v not in valid:
-        close = difflib.get_close_matches(str(v), list(valid), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = closest(v, valid)
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise ctx.err(key, f"{key} = {show_value(v)} is invalid{hint}; valid values: {list(valid)}")
 
 
@@ -492,8 +491,8 @@ def _read_data(ctx: Ctx, d: dict[str, Any], base: Path) -> dict[str, Any]:
         raise ctx.err("data.dataset", f"data.dataset = {show_value(ds)} must be a string")
     if ds is not None and ds not in LOADERS:
         if not ds.lower().endswith((".npz", ".csv")):
-            close = difflib.get_close_matches(ds, list(LOADERS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(ds, LOADERS)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise ctx.err("data.dataset",
                           f"data.dataset = {show_value(ds)} is not a built-in dataset{hint} nor a "
                           f".npz/.csv file; valid names: {sorted(LOADERS)}")

@@ -19,7 +19,6 @@ Inside the compiled program these values are arrays, so changing them never reco
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from . import stops
+from ._checks import closest
 
 __all__ = [
     "OPTIMIZERS",
@@ -278,8 +278,8 @@ def resolve_optimizer(optimizer: Any) -> OptimizerSpec:
     """Turn a built-in name, an optax factory or a ready transformation into a spec."""
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
-            close = difflib.get_close_matches(optimizer, OPTIMIZERS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(optimizer, OPTIMIZERS)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise ValueError(
                 f"optimizer={optimizer!r} is not a built-in optimizer{hint}; "
                 f"choose one of {sorted(OPTIMIZERS)} or pass an optax factory such as optax.adam"
@@ -313,8 +313,8 @@ def known_names(spec: OptimizerSpec, schedule: str) -> set[str]:
 def check_schedule(schedule: Any) -> str:
     """``schedule`` if it names a schedule of :data:`SCHEDULES`, else a ValueError."""
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
-        close = difflib.get_close_matches(str(schedule), SCHEDULES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = closest(schedule, SCHEDULES)
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise ValueError(
             f"schedule={schedule!r} is unknown{hint}; choose one of {sorted(SCHEDULES)}")
     return schedule
@@ -355,8 +355,8 @@ def optimizer_hparams(
                 "optax.sgd (then every hparam is traced), or build it into the transformation "
                 "(e.g. optax.chain(optax.add_decayed_weights(wd), ...))")
         if k not in known:
-            close = difflib.get_close_matches(k, sorted(known | all_factory), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(k, sorted(known | all_factory))
+            hint = f" (did you mean {close!r}?)" if close else ""
             where = f"optimizer {spec.name!r}" if spec.factory is not None else "this run"
             raise ValueError(
                 f"hparams key {k!r} is not a hyper-parameter of {where} or schedule "

@@ -95,7 +95,9 @@ FIT_CASES = [
     ("loss-fails", lambda: fit(loss=lambda p, b: p["nope"]), TypeError,
      r"loss could not be evaluated.*KeyError: 'nope'"),
     ("optimizer-unknown", lambda: fit(optimizer="adma"), ValueError,
-     r"optimizer='adma' is not a built-in optimizer \(did you mean 'adam"),
+     r"optimizer='adma' is not a built-in optimizer \(did you mean 'adam'\?\)"),
+    ("optimizer-unknown-dropped-letter", lambda: fit(optimizer="admw"), ValueError,
+     r"did you mean 'adamw'\?\)"),
     ("optimizer-type", lambda: fit(optimizer=3), TypeError, r"optimizer=3 must be"),
     ("hparam-not-taken",
      lambda: fit(optimizer="adam", hparams={"learning_rate": 0.1, "bb1": 0.9}), ValueError,
@@ -295,3 +297,20 @@ def test_load_damaged_json_and_table(saved_run, tmp_path):
     with pytest.raises(ValueError, match=r"path='.*b' is damaged"):
         jaxgd.load(run)
     assert len(jaxgd.load(saved_run)) == 2  # the intact one loads
+
+
+@pytest.mark.parametrize("typed, choices, meant", [
+    ("adma", ["adam", "adamax", "adamw", "sgd"], "adam"),  # two letters swapped
+    ("Adam", ["adam", "adamax", "adamw"], "adam"),  # case
+    ("admw", ["adam", "adamax", "adamw"], "adamw"),  # a letter dropped
+    ("epoch", ["epochs", "steps", "eval_every"], "epochs"),  # a letter missing at the end
+    ("tensorbord", ["tensorboard", "wandb", "mlflow"], "tensorboard"),
+    ("learningrate", ["learning_rate", "momentum"], "learning_rate"),
+    ("lr_schedule_warmup_cosine", ["warmup_cosine", "cosine"], "warmup_cosine"),  # difflib's
+    ("xyz", ["learning_rate", "momentum"], None),  # nothing close
+    ("adam", [], None),
+])
+def test_closest_name_is_the_fewest_edits_away(typed, choices, meant):
+    from jaxgd._checks import closest
+
+    assert closest(typed, choices) == meant
