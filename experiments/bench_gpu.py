@@ -722,7 +722,8 @@ def main(argv=None, prog: str | None = None) -> int:
     p.add_argument("--peer-sub", type=int, default=None,
                    help="configurations the per-config JAX peer runs (extrapolated to K)")
     p.add_argument("--problems", default="B,C,F",
-                   help="subset of B,C,F (F: the peer-0 problem set of bench_f.py)")
+                   help="subset of B,C,F (F: bench_f.py's networks against the loop a user "
+                   "would write)")
     p.add_argument("--f-budget", type=float, default=240.0,
                    help="seconds for problem set F; later rows are skipped (default 240)")
     try:
