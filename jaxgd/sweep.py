@@ -123,8 +123,8 @@ def sweep(
         other leaves held; a held array must be a fixed value, not computed by jax).
         Shape axes: the keyword parameters of ``init`` after the key (e.g.
         ``init(key, hidden)``) are sweep axes that may change the parameters' shapes
-        (:func:`shape_axes`); each distinct value (tuple) is its own group, like a batch
-        size, its parameters drawn as ``init(key, hidden=value)``; the loss must accept
+        (:func:`jaxgd.axes.shape_axes`); each distinct value (tuple) is its own group, like a
+        batch size, its parameters drawn as ``init(key, hidden=value)``; the loss must accept
         every shape. A shape axis without a default in ``init`` must be on the grid (or
         in ``hparams``). ``table`` gets a column per shape axis, and
         ``SweepResult.params_of(i)`` / ``best().params`` give each row's parameters.
