@@ -108,12 +108,13 @@ def sweep(
 ):
     """Train many configurations; each group of equal shapes is one compiled program.
 
-    Every keyword of :func:`jaxgd.fit` is accepted as the base setting; ``grid`` /
+    Every keyword of :func:`jaxgd.fit` but ``key`` (``seed`` instead) is accepted as the
+    base setting; ``grid`` /
     ``random`` / ``configs`` override it per configuration. Any numeric hyper-parameter
     (optimizer, schedule, ``l1``, ``l2``, ``clip_norm``, ``clip_value``,
     ``weight_decay``, stop conditions) is an axis, as are ``batch_size`` (``None`` or
     ``"full"`` for full batch), ``seed`` (seed s reproduces ``fit(..., key=s)``),
-    ``fold`` (with ``folds=k``; all k folds by default), ``optimizer`` and
+    ``fold`` (with ``folds=k``; all k folds by default), ``optimizer``, ``schedule`` and
     ``accumulate``.
 
     Args:
