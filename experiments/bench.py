@@ -1,6 +1,6 @@
 """Benchmark: jaxgd against the textbook loop, PyTorch and per-configuration JAX + optax.
 
-Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
+Runs the benchmark plan's problems in one process, side by side:
 
 - A. 16-point noisy line, full batch, SGD lr 1e-4, 100 000 iterations (``jaxgd.fit``);
 - B. linear regression N=65 536, d=64, B=256, Adam, 256 learning rates, 3 epochs, one
