@@ -1655,7 +1655,8 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True,
 
 def main(argv=None, prog: str | None = None) -> dict[str, Any] | None:
     p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder (default: {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="reduced peers and scaling (a few minutes)")
     p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")
     p.add_argument("--reps", type=int, default=None,

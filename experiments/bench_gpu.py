@@ -710,7 +710,8 @@ def main(argv=None, prog: str | None = None) -> int:
     """Run the GPU benchmark; returns the exit code (0 ok, 1 a row failed, 2 bad usage)."""
     p = argparse.ArgumentParser(prog=prog or "python -m experiments.bench_gpu",
                                 description=(__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder (default: {DEFAULT_OUT})")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="very small sizes (CPU smoke test)")
     size.add_argument("--medium", action="store_true", help="N=16384, d 64/256, K 256/1024")
