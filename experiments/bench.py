@@ -1,6 +1,6 @@
 """Benchmark: jaxgd against the textbook loop, PyTorch and per-configuration JAX + optax.
 
-Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
+Runs the benchmark plan's problems in one process, side by side:
 
 - A. 16-point noisy line, full batch, SGD lr 1e-4, 100 000 iterations (``jaxgd.fit``);
 - B. linear regression N=65 536, d=64, B=256, Adam, 256 learning rates, 3 epochs, one
@@ -14,7 +14,7 @@ Runs problems A-E of ``shared/BENCHMARKS.md`` in one process, side by side:
 - H. host-fed data (``experiments/bench_feed.py``): B's sweep with the data as an
   ``np.memmap`` fed from the host against the same data in device memory (throughput
   ratio), and the peak RSS rise of a ``fit`` reading every sample of a memmapped file
-  several times larger (1.5 GB; 512 MB with ``--quick``) in a fresh process;
+  several times larger (4 GB; 512 MB with ``--quick``) in a fresh process;
 - F. (only when asked: ``--problems F``) real networks against the loop a user would write
   ("peer 0": a jitted optax step in a Python loop, and a hand-written ``jit(lax.scan)``):
   a flax CNN with BatchNorm + dropout and an MLP on digits, a character transformer on
@@ -1655,14 +1655,17 @@ def run(out: Path, sizes: Sizes, reps: int, problems, do_scaling=True,
 
 def main(argv=None, prog: str | None = None) -> dict[str, Any] | None:
     p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
-    p.add_argument("--quick", action="store_true", help="reduced peers and scaling (< 2 min)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder (default: {DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="reduced peers and scaling (a few minutes)")
     p.add_argument("--tiny", action="store_true", help="very small sizes (CI smoke test)")
     p.add_argument("--reps", type=int, default=None,
                    help="timed repetitions (median; default 3, 2 with --quick or --tiny; "
-                   "F: interleaved rounds, min, default up to 5, 3 with --quick)")
+                   "F: interleaved rounds, min, default up to 5, 3 with --quick, up to 25 for "
+                   "rows of short rounds)")
     p.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS),
-                   help="subset, e.g. A,B,C (default A-E,M; F: peer-0 problem set)")
+                   help="subset, e.g. A,B,C (default A-E,M,H; F, only when named: networks "
+                   "against the loop a user would write)")
     p.add_argument("--no-scaling", action="store_true", help="skip the subprocess figures")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -2,7 +2,7 @@ r"""GPU benchmark: problems B and C at 256 and 4096 configurations, d = 64 and 1
 
 One short command for a lent accelerator (also runs on CPU, with smaller sizes):
 
-- **B** (``shared/BENCHMARKS.md``): linear regression, Adam, N = 65 536, B = 256, 3 epochs,
+- **B** (as in ``experiments/bench.py``): linear regression, Adam, N = 65 536, B = 256, 3 epochs,
   K log-spaced learning rates, one shared shuffle order, for K in {256, 4096} and
   d in {64, 1024}, through ``jaxgd.sweep`` at its defaults (what a user writes: numpy
   data in, no tuning keywords; the default full-data pass per epoch included), plus a
@@ -543,7 +543,7 @@ def _find(rows, problem, impl, d, k):
 
 
 def targets(rows) -> list[dict[str, Any]]:
-    """The BENCHMARKS.md targets this run can speak to, per (d, K)."""
+    """The benchmark plan's targets this run can speak to, per (d, K)."""
     out = []
     shapes = sorted({(r["d"], r["configs"]) for r in rows if r["problem"] == "B"
                      and r["implementation"] == "jaxgd sweep (defaults)"})
@@ -628,7 +628,7 @@ def render_markdown(res: dict[str, Any]) -> str:
                      r["reps"], r["compile_s"], r["run_s"], 1e3 * r["run_s"] / r["configs"],
                      r["GFLOP/s"], r["pct_fp32"], r["pct_fp32_highest"], r["pct_bf16"], speed,
                      mem, r["recompiles"], r["status"]])
-    parts += [md_table(head, body), "", "## Targets (shared/BENCHMARKS.md)", ""]
+    parts += [md_table(head, body), "", "## Targets (the benchmark plan's)", ""]
     parts.append(md_table(["target", "d", "configs", "measured", "goal", "met", "note"],
                           [[t["target"], t["d"], t["configs"], t["measured"], t["goal"],
                             {True: "yes", False: "no", None: "n/a"}[t["met"]], t["note"]]
@@ -710,7 +710,8 @@ def main(argv=None, prog: str | None = None) -> int:
     """Run the GPU benchmark; returns the exit code (0 ok, 1 a row failed, 2 bad usage)."""
     p = argparse.ArgumentParser(prog=prog or "python -m experiments.bench_gpu",
                                 description=(__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder (default: {DEFAULT_OUT})")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="very small sizes (CPU smoke test)")
     size.add_argument("--medium", action="store_true", help="N=16384, d 64/256, K 256/1024")
@@ -722,7 +723,8 @@ def main(argv=None, prog: str | None = None) -> int:
     p.add_argument("--peer-sub", type=int, default=None,
                    help="configurations the per-config JAX peer runs (extrapolated to K)")
     p.add_argument("--problems", default="B,C,F",
-                   help="subset of B,C,F (F: the peer-0 problem set of bench_f.py)")
+                   help="subset of B,C,F (F: bench_f.py's networks against the loop a user "
+                   "would write)")
     p.add_argument("--f-budget", type=float, default=240.0,
                    help="seconds for problem set F; later rows are skipped (default 240)")
     try:

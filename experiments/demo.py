@@ -105,7 +105,8 @@ def write_index(records: list[dict[str, Any]], out: Path, quick: bool) -> Path:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help=f"output folder (default: {DEFAULT_OUT})")
     ap.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
     ap.add_argument("--only", default=None,
                     help="comma-separated experiment prefixes or names, e.g. e01,e05")

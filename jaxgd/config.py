@@ -458,7 +458,7 @@ def _check_named_code(cfg: Config, shape_all, loss) -> None:
 def _shape_init(cfg: Config, entry, features: int, outputs: int, names, init_seed):
     """``init(key, *, name=value, ...)``: the registered model built with the [sweep]'s
     shape axes (its keyword parameters, which make them shape axes of the sweep, see
-    :func:`jaxgd.sweep.shape_axes`), drawn from each seed's key (``init_seed =
+    :func:`jaxgd.axes.shape_axes`), drawn from each seed's key (``init_seed =
     "seed"``) or from the fixed ``init_seed``."""
     import inspect
 

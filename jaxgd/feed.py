@@ -9,7 +9,7 @@ program call; the feeder builds the next one in a background thread while the de
 the current one and puts it on the device there (double-buffered).
 
 Arrays: the block's sample indices are the in-memory program's (the same order function,
-:func:`jaxgd.program.batch_indices`, run on the host CPU), gathered with NumPy, so a
+:func:`jaxgd.feed.batch_indices`, run on the host CPU), gathered with NumPy, so a
 host-fed run equals the in-memory run with the same order. Streams whose order does not
 depend on the seed (``shuffle=False`` or given orders) share one block.
 
@@ -376,7 +376,7 @@ class Feeder:
       spec: the program's spec (its plan, budget, shuffle, ``fed`` block length).
       keys: the call's stream keys [S] (their data orders); ``orders``: ``shuffle=`` orders.
       put: host block -> device block (on a mesh :func:`place_block`, else device_put).
-      order_fn: :func:`jaxgd.program.batch_indices` (update, key, orders -> indices).
+      order_fn: :func:`batch_indices` (update, key, orders -> indices).
       rows: the positions of each batch this process supplies (:func:`batch_rows`; None:
         all): the host block holds those rows only, [S, updates, len(rows), ...].
       resume: a checkpoint's arrays of an iterable's position (:meth:`position`), or None.

@@ -4,11 +4,11 @@ function of ``k`` updates, then the evaluation as a jitted call of its own.
 The scan plan (:func:`jaxgd.program.build_program`) runs every evaluation's updates as a
 ``lax.scan`` inside one jitted call. On XLA:CPU some steps (a convolution's) run several
 times slower inside a loop than jitted alone; the host plan runs the same steps
-(:func:`jaxgd.host_steps` / :func:`jaxgd.host_updates`, calling
+(:func:`host_steps` / :func:`host_updates`, calling
 :func:`jaxgd.program.train_step` / :func:`jaxgd.program.train_at`) from a Python loop,
 ``k = spec.host_steps`` per call (``k = 1``: the classic jitted step, no loop in the
 program; ``k > 1``: a scan of ``k``, the rest of an epoch in one shorter call), and the
-evaluation (:func:`jaxgd.host_finish`: the same evaluation, stop checks and
+evaluation (:func:`host_finish`: the same evaluation, stop checks and
 history row as the scan plan's) as its own call. The state stays on the device between
 calls (the step carry's buffers are donated). The same arithmetic as the scan plan (bit-identical
 where XLA compiles the step alone as inside the loop; else equal to float rounding) and the

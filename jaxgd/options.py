@@ -221,8 +221,8 @@ _TRAIN: tuple[Option, ...] = (
     Option("grid", None, "dict | None", "``{axis: values}``, Cartesian product.",
            scope=SWEEP, fingerprint="own"),
     Option("random", None, "dict | None",
-           "``{\"n\": n, axis: (kind, ...)}``, see :func:`expand_configs`.", scope=SWEEP,
-           fingerprint="own"),
+           "``{\"n\": n, axis: (kind, ...)}``, see :func:`jaxgd.axes.expand_configs`.",
+           scope=SWEEP, fingerprint="own"),
     Option("configs", None, "list[dict] | None", "explicit list of configuration dicts.",
            scope=SWEEP, fingerprint="own"),
     Option("optimizer", "sgd", "str | factory | optax.GradientTransformation",
@@ -467,12 +467,14 @@ _TRAIN: tuple[Option, ...] = (
            "store, or a tracking URI: ``\"mlflow:sqlite:///runs.db\"``), "
            "``\"wandb:DIR\"`` (offline runs), a writer of :func:`jaxgd.trackers.writer` "
            "(closed when the run ends), or a list of them. One tracker run per "
-           "configuration (a ``fit`` is one run named ``fit``), grouped under the run "
-           "folder's name (``out=``; else ``jaxgd-sweep`` / ``jaxgd-fit``): its "
+           "configuration, grouped under the run folder's name (a sweep's ``out=``; else "
+           "``jaxgd-sweep``): its "
            "hyper-parameters, every history column as a series over epochs (``step_loss`` "
            "over steps) and, when the run ends, the table's figures and stop reason; "
-           "exactly what ``jaxgd.trackers.export`` writes from the saved run (see "
-           ":mod:`jaxgd.trackers`). Rows read back from a run folder (a resumed run) are "
+           "exactly what ``jaxgd.trackers.export`` writes from the saved sweep (see "
+           ":mod:`jaxgd.trackers`). A ``fit`` is one run named ``fit`` in the group "
+           "``jaxgd-fit``, with or without ``out=``: what ``export`` writes from its "
+           "``FitResult``. Rows read back from a run folder (a resumed run) are "
            "written when read. Each configuration's tracker run stays open until the run "
            "ends. Only process 0 writes. A missing tracker package raises before anything "
            "runs.", check=track_targets, fingerprint=""),

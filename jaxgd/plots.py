@@ -9,7 +9,11 @@
 * ``heatmap_lr_batch_size.png``: learning rate x batch size, colour = final loss (log),
   diverged cells hatched;
 * ``cv_learning_rate.png`` (with ``folds``): cross-validation mean and standard
-  deviation of ``final_val_loss`` per learning rate.
+  deviation of ``final_val_loss`` per learning rate;
+* ``search_rungs.png`` (an adaptive search that pruned configurations: halving,
+  Hyperband, the median rule): each configuration's monitored loss until it was pruned
+  or finished, the pruning points as dashed lines;
+* ``pbt_lineage.png`` (PBT): each member's explored values over time.
 
 Every file is written atomically (a killed process never leaves half a PNG).
 """

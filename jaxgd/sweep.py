@@ -108,12 +108,13 @@ def sweep(
 ):
     """Train many configurations; each group of equal shapes is one compiled program.
 
-    Every keyword of :func:`jaxgd.fit` is accepted as the base setting; ``grid`` /
+    Every keyword of :func:`jaxgd.fit` but ``key`` (``seed`` instead) is accepted as the
+    base setting; ``grid`` /
     ``random`` / ``configs`` override it per configuration. Any numeric hyper-parameter
     (optimizer, schedule, ``l1``, ``l2``, ``clip_norm``, ``clip_value``,
     ``weight_decay``, stop conditions) is an axis, as are ``batch_size`` (``None`` or
     ``"full"`` for full batch), ``seed`` (seed s reproduces ``fit(..., key=s)``),
-    ``fold`` (with ``folds=k``; all k folds by default), ``optimizer`` and
+    ``fold`` (with ``folds=k``; all k folds by default), ``optimizer``, ``schedule`` and
     ``accumulate``.
 
     Args:
@@ -123,8 +124,8 @@ def sweep(
         other leaves held; a held array must be a fixed value, not computed by jax).
         Shape axes: the keyword parameters of ``init`` after the key (e.g.
         ``init(key, hidden)``) are sweep axes that may change the parameters' shapes
-        (:func:`shape_axes`); each distinct value (tuple) is its own group, like a batch
-        size, its parameters drawn as ``init(key, hidden=value)``; the loss must accept
+        (:func:`jaxgd.axes.shape_axes`); each distinct value (tuple) is its own group, like a
+        batch size, its parameters drawn as ``init(key, hidden=value)``; the loss must accept
         every shape. A shape axis without a default in ``init`` must be on the grid (or
         in ``hparams``). ``table`` gets a column per shape axis, and
         ``SweepResult.params_of(i)`` / ``best().params`` give each row's parameters.
