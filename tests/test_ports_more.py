@@ -442,3 +442,74 @@ def test_equinox_train_rnn_example(source):
     np.testing.assert_allclose(np.ravel(res.history["step_loss"]), ref_losses, rtol=1e-5)
     assert_trees_close(arrays_of(res.params), arrays_of(ref))
     np.testing.assert_allclose(res.history["val_accuracy"][-1], ref_accuracy)
+
+
+# ------------------------------------------------------------------------- optax lookahead
+
+LA_X = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+LA_Y = (LA_X @ np.array([1.0, -2.0, 0.5], np.float32) + 0.1).astype(np.float32)
+LA_P0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+LA_BATCH, LA_EPOCHS = 16, 3
+
+
+def la_mse(p, x, y):
+    return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+
+def la_optimizer():
+    return optax.lookahead(optax.adam(0.05), sync_period=5, slow_step_size=0.5)
+
+
+def lookahead_reference():
+    """optax's example, over mini-batches in order: gradients of the fast parameters, the
+    loss of the slow ones evaluated after every epoch."""
+    opt = la_optimizer()
+    params = optax.LookaheadParams.init_synced(LA_P0)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, x, y):
+        loss, grads = jax.value_and_grad(la_mse)(params.fast, x, y)  # wrt the fast params
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses, slow_losses = [], []
+    for _ in range(LA_EPOCHS):
+        for i in range(0, len(LA_X), LA_BATCH):
+            params, state, loss = step(params, state, LA_X[i:i + LA_BATCH],
+                                       LA_Y[i:i + LA_BATCH])
+            losses.append(float(loss))
+        slow_losses.append(float(la_mse(params.slow, LA_X, LA_Y)))
+    return params, np.asarray(losses), np.asarray(slow_losses)
+
+
+def la_loss(params, batch, *, train):
+    """Steps on the fast parameters; evaluations of the slow ones, as the example's."""
+    return la_mse(params.fast if train else params.slow, *batch)
+
+
+def test_optax_lookahead_needs_the_fast_gradient_and_says_so():
+    """``optax.lookahead`` as the optimizer receives the gradient of the whole
+    ``LookaheadParams`` (jaxgd differentiates the loss with respect to all of ``params``),
+    where it expects that of ``params.fast``: a ValueError naming the optimizer, the
+    structure and the wrapper to use, before anything runs."""
+    with pytest.raises(ValueError, match=r"optimizer .*update.*LookaheadParams.*g\.fast"):
+        jaxgd.fit(la_loss, optax.LookaheadParams.init_synced(LA_P0), (LA_X, LA_Y),
+                  optimizer=la_optimizer(), batch_size=LA_BATCH, epochs=LA_EPOCHS,
+                  shuffle=False)
+
+
+def test_optax_lookahead_example_through_the_fast_gradient():
+    """The documented wrapper (the fast part of the gradient to ``lookahead.update``)
+    gives the example's run: per-step losses, fast and slow parameters, and the slow
+    parameters' loss after every epoch as ``history["loss"]``."""
+    ref, ref_losses, ref_slow = lookahead_reference()
+    la = la_optimizer()
+    wrapped = optax.GradientTransformation(la.init, lambda g, s, p=None: la.update(g.fast, s, p))
+    res = jaxgd.fit(la_loss, optax.LookaheadParams.init_synced(LA_P0), (LA_X, LA_Y),
+                    optimizer=wrapped, batch_size=LA_BATCH, epochs=LA_EPOCHS, shuffle=False,
+                    record_steps=True)
+    assert isinstance(res.params, optax.LookaheadParams)
+    np.testing.assert_allclose(np.ravel(res.history["step_loss"]), ref_losses, rtol=1e-6)
+    np.testing.assert_allclose(res.history["loss"], ref_slow, rtol=1e-6)
+    assert_trees_close(res.params, ref, rtol=1e-6, atol=1e-7)
