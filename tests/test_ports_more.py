@@ -513,3 +513,47 @@ def test_optax_lookahead_example_through_the_fast_gradient():
     np.testing.assert_allclose(np.ravel(res.history["step_loss"]), ref_losses, rtol=1e-6)
     np.testing.assert_allclose(res.history["loss"], ref_slow, rtol=1e-6)
     assert_trees_close(res.params, ref, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------ optax.contrib schedule-free
+
+
+def schedule_free_reference():
+    """optax's schedule-free example over mini-batches in order: gradients at the
+    parameters the optimizer updates (``y``), the loss of those and of
+    ``schedule_free_eval_params`` (``x``) after every epoch."""
+    opt = optax.contrib.schedule_free_adamw(learning_rate=0.1)
+    params = LA_P0
+    state = opt.init(params)
+    losses, y_losses, x_losses = [], [], []
+
+    @jax.jit
+    def step(params, state, x, y):
+        loss, grads = jax.value_and_grad(la_mse)(params, x, y)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    for _ in range(LA_EPOCHS):
+        for i in range(0, len(LA_X), LA_BATCH):
+            params, state, loss = step(params, state, LA_X[i:i + LA_BATCH],
+                                       LA_Y[i:i + LA_BATCH])
+            losses.append(float(loss))
+        eval_params = optax.contrib.schedule_free_eval_params(state, params)
+        y_losses.append(float(la_mse(params, LA_X, LA_Y)))
+        x_losses.append(float(la_mse(eval_params, LA_X, LA_Y)))
+    return params, np.asarray(losses), np.asarray(y_losses), np.asarray(x_losses)
+
+
+def test_optax_schedule_free_example_trains_the_y_sequence():
+    """``optax.contrib.schedule_free_adamw`` as a ready transformation: the example's
+    per-step losses and parameters (the sequence its gradients are taken at); the
+    evaluations, as every evaluation of ``fit``, are of those parameters, whose loss is
+    not the one of ``schedule_free_eval_params``."""
+    ref, ref_losses, ref_y, ref_x = schedule_free_reference()
+    res = jaxgd.fit(lambda p, b: la_mse(p, *b), LA_P0, (LA_X, LA_Y),
+                    optimizer=optax.contrib.schedule_free_adamw(learning_rate=0.1),
+                    batch_size=LA_BATCH, epochs=LA_EPOCHS, shuffle=False, record_steps=True)
+    np.testing.assert_allclose(np.ravel(res.history["step_loss"]), ref_losses, rtol=1e-6)
+    assert_trees_close(res.params, ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(res.history["loss"], ref_y, rtol=1e-6)
+    assert np.all(np.abs(ref_x - ref_y) > 1e-2)  # the example's reported losses differ
