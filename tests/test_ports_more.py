@@ -10,7 +10,11 @@ own loop (the reference), sized for scikit-learn's digits or small synthetic dat
   Adam, inference through ``eqx.nn.inference_mode``;
 - equinox's ``docs/examples/train_rnn.ipynb``: a GRU over ``lax.scan``, an endless NumPy
   dataloader dropping each pass's incomplete batch, Adam for a number of steps;
-- optax's ``optax.lookahead`` example: ``LookaheadParams``, gradients of ``params.fast``.
+- flax's ``examples/nnx_toy_examples/01_functional_api.py``: ``nnx.split`` into
+  ``nnx.Param`` and a ``Count`` variable the model increments at every call, batches drawn
+  with replacement by an endless generator, SGD by hand, a test loss every 100 steps;
+- optax's ``optax.lookahead`` example: ``LookaheadParams``, gradients of ``params.fast``;
+- optax's ``optax.contrib.schedule_free_adamw`` example.
 """
 
 import math
@@ -28,6 +32,7 @@ import jaxgd
 nn = pytest.importorskip("flax.linen")
 train_state = pytest.importorskip("flax.training.train_state")
 eqx = pytest.importorskip("equinox")
+nnx = pytest.importorskip("flax.nnx")
 
 LR, MOMENTUM, BATCH, EPOCHS, N_TRAIN = 0.1, 0.9, 128, 3, 1200
 
@@ -557,3 +562,109 @@ def test_optax_schedule_free_example_trains_the_y_sequence():
     assert_trees_close(res.params, ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(res.history["loss"], ref_y, rtol=1e-6)
     assert np.all(np.abs(ref_x - ref_y) > 1e-2)  # the example's reported losses differ
+
+
+# ------------------------------------------------------------------- flax nnx toy example
+
+TOY_STEPS, TOY_LOG_EVERY = 200, 100
+
+
+class ToyLinear(nnx.Module):
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs):
+        self.w = nnx.Param(jax.random.uniform(rngs.params(), (din, dout)))
+        self.b = nnx.Param(jnp.zeros((dout,)))
+
+    def __call__(self, x):
+        return x @ self.w.value + self.b.value
+
+
+class Count(nnx.Variable[nnx.A]):
+    pass
+
+
+class ToyMLP(nnx.Module):
+    def __init__(self, din, dhidden, dout, *, rngs: nnx.Rngs):
+        self.count = Count(jnp.array(0))
+        self.linear1 = ToyLinear(din, dhidden, rngs=rngs)
+        self.linear2 = ToyLinear(dhidden, dout, rngs=rngs)
+
+    def __call__(self, x):
+        self.count[...] += 1
+        return self.linear2(jax.nn.relu(self.linear1(x) * 0.5))
+
+
+def toy_data():
+    rng = np.random.RandomState(0)
+    x = np.linspace(-np.pi, np.pi, 100)[:, None]
+    y = 0.8 * np.sin(x) + 0.1 + rng.normal(0, 0.1, size=x.shape)
+    return x, y
+
+
+def toy_dataset(x, y, batch_size):
+    """The example's endless sampler (indices drawn with replacement by ``np.random``)."""
+    while True:
+        idx = np.random.choice(len(x), size=batch_size)
+        yield x[idx], y[idx]
+
+
+def toy_reference(graphdef, params, counts, x, y):
+    """The example's loop, its test loss after every step (it prints every 100th). One
+    change for flax 0.12: the model is merged from containers made in the trace that
+    mutates them (``jax.tree.map(lambda a: a, counts)``), since the example as written
+    raises flax's TraceContextError ("Cannot mutate Count from a different trace level")."""
+
+    @jax.jit
+    def train_step(params, counts, batch):
+        xb, yb = batch
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, counts))
+            y_pred = model(xb)
+            new_counts = nnx.state(model, Count)
+            loss = jnp.mean((yb - y_pred) ** 2)
+            return loss, new_counts
+
+        grad, counts = jax.grad(loss_fn, has_aux=True)(params)
+        params = jax.tree.map(lambda w, g: w - 0.1 * g, params, grad)
+        return params, counts
+
+    @jax.jit
+    def test_step(params, counts, batch):
+        xb, yb = batch
+        model = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, counts))
+        return {"loss": jnp.mean((yb - model(xb)) ** 2)}
+
+    logs = []
+    for step, batch in enumerate(toy_dataset(x, y, 32)):
+        params, counts = train_step(params, counts, batch)
+        logs.append(float(test_step(params, counts, (x, y))["loss"]))
+        if step >= TOY_STEPS - 1:
+            break
+    return params, counts, np.asarray(logs)
+
+
+def test_flax_nnx_toy_functional_example():
+    """The example's generator as ``data`` and its ``Count`` as ``state``: the same
+    parameters, the count of training calls (evaluation passes leave the state as it
+    was: ``times called`` is the number of steps) and, with ``eval_every=1``, the test
+    losses the example prints at steps 0 and 100."""
+    x, y = toy_data()
+    graphdef, params0, counts0 = nnx.split(ToyMLP(din=1, dhidden=32, dout=1,
+                                                  rngs=nnx.Rngs(0)), nnx.Param, Count)
+    np.random.seed(1)
+    ref_params, ref_counts, logs = toy_reference(graphdef, params0, counts0, x, y)
+    assert int(ref_counts["count"][...]) == TOY_STEPS
+
+    def loss(params, batch, *, state):
+        xb, yb = batch
+        model = nnx.merge(graphdef, params, state)
+        y_pred = model(xb)
+        return jnp.mean((yb - y_pred) ** 2), nnx.state(model, Count)
+
+    np.random.seed(1)
+    res = jaxgd.fit(loss, params0, toy_dataset(x, y, 32), state=counts0, optimizer=optax.sgd,
+                    hparams={"learning_rate": 0.1}, steps=TOY_STEPS, val_data=(x, y))
+    assert int(res.state["count"][...]) == TOY_STEPS
+    assert_trees_close(res.params, ref_params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.history["val_loss"][::TOY_LOG_EVERY],
+                               logs[::TOY_LOG_EVERY], rtol=1e-5)
