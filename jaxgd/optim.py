@@ -491,6 +491,28 @@ def _call_factory(spec: OptimizerSpec, lr: Any, kwargs: Mapping[str, Any]):
         ) from e
 
 
+def update(spec: OptimizerSpec, opt: optax.GradientTransformation, grads: Any,
+           opt_state: Any, params: Any) -> tuple[Any, Any]:
+    """``opt.update(grads, opt_state, params)``, where ``grads`` is the gradient of the loss
+    with respect to every floating leaf of ``params`` (the same pytree). An optimizer that
+    wants another structure fails there (``optax.lookahead`` takes the gradient of
+    ``params.fast`` alone): a ValueError says what it was given and how to adapt it."""
+    try:
+        return opt.update(grads, opt_state, params)
+    except ValueError as e:
+        kind = type(params).__name__
+        hint = ""
+        if isinstance(params, optax.LookaheadParams):
+            hint = ("; optax.lookahead expects the gradient of params.fast alone: give "
+                    "optimizer=optax.GradientTransformation(la.init, lambda g, s, p=None: "
+                    "la.update(g.fast, s, p)) for la = optax.lookahead(...), and a loss "
+                    "that reads params.fast")
+        raise ValueError(
+            f"optimizer {spec.name!r} failed in its update(grads, opt_state, params): jaxgd "
+            f"passes the gradient of the loss with respect to all of params, a {kind} of "
+            f"the same structure as params{hint}. The optimizer said: {e}") from e
+
+
 def current_lr(schedule: str, tc: Mapping[str, jax.Array], step: jax.Array) -> jax.Array:
     """The learning rate the schedule gives at update ``step`` (NaN without one)."""
     if "learning_rate" not in tc:
