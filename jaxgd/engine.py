@@ -447,6 +447,16 @@ class Advanced(NamedTuple):
         return self.out._replace(history=self.layout.unpack(dict(self.hist),
                                                             self.out.init_loss.dtype))
 
+    def opt_state(self) -> Any:
+        """The optimizer state of a call of one configuration: the device's arrays as
+        the program left them (host arrays where another process holds part of one)."""
+        one_s, one_c = layout(self.keys, self.traced)
+        tree = self.state.opt_state
+        if one_c:  # the state's own layout (no [stream, config] axes to take off)
+            return jax.tree.map(lambda a: a if a.is_fully_addressable else to_host(a), tree)
+        host = state_axes(jax.tree.map(to_host, tree), self.keys, self.traced)
+        return jax.tree.map(lambda a: a[0, 0], host)
+
 
 # the host's order function of host-fed arrays (one object: its jitted form is cached)
 _BATCH_INDICES = functools.partial(batch_indices, order_of=epoch_order)

@@ -67,6 +67,15 @@ class FitResult:
       plan_trials: the measured candidates of ``loop="auto"`` (a DataFrame, columns
         ``group``, ``plan``, ``loop``, ``compile_s``, ``eval_s``, ``chosen``: see
         :mod:`jaxgd.autoplan`), or None when nothing was measured.
+      opt_state: the optimizer's state paired with ``params`` (after the updates that
+        made them: a diverged run's comes back with its parameters), as the
+        transformation that ran holds it: the optimizer's own state, or with
+        ``clip_value``/``clip_norm`` an ``optax.chain``'s tuple (the clipping's state
+        first). For what lives in the state, e.g.
+        ``optax.contrib.schedule_free_eval_params(res.opt_state, res.params)``, or to go
+        on training in a loop of your own. None where no state matches ``params``: with
+        ``restore_best=True`` (the best evaluation's parameters), and for a result read
+        back from a run folder (which does not hold it).
     """
 
     params: Any
@@ -81,6 +90,7 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     loop: str | None = "scan"
     plan_trials: Any = field(default=None, repr=False)
+    opt_state: Any = field(default=None, repr=False)
 
     @classmethod
     def from_program(cls, out: ProgramOutput, spec: Any = None) -> FitResult:

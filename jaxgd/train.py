@@ -118,7 +118,7 @@ def fit(
         with trackers.tracking(opts.track, "jaxgd-fit", lambda: {0: ("fit", {})}) as tracked:
             engine = Engine(program_data(p), observers=[ProgressBar(), *tracked],
                             checkpoint=ckpt)
-            rec, spec, trials, loop = run_fit(engine, p, ch, store, opts.loop)
+            rec, spec, trials, loop, opt_state = run_fit(engine, p, ch, store, opts.loop)
             if store is not None:  # the final files, as a sweep of this one configuration
                 from .results import SweepResult
 
@@ -136,8 +136,10 @@ def fit(
             out = out._replace(params=params, state=state)
             if p.combined is not None:  # the model object, with its trained arrays
                 out = out._replace(params=p.combined.rebuild(out.params))
+            if spec.restore_best and int(out.best_epoch) >= 0:
+                opt_state = None  # the best evaluation's parameters: not this state's
             res = dataclasses.replace(FitResult.from_program(out, spec), loop=loop,
-                                      plan_trials=trials)
+                                      plan_trials=trials, opt_state=opt_state)
             for t in tracked:
                 t.finish(res)
     finally:
@@ -150,14 +152,15 @@ FIT_TAG = "fit"  # the name of a fit's result (and checkpoints) in its run folde
 
 
 def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None, loop_opt: Any = "scan"
-            ) -> tuple[dict[str, Any], Any, Any, str | None]:
+            ) -> tuple[dict[str, Any], Any, Any, str | None, Any]:
     """The program's outputs of one configuration as a chunk record (leading axis of
     length 1): read from the run folder ``store`` when it holds them, else run (from
     the folder's last checkpoint, if any) and saved there; with the spec that ran (its
     loop chosen by :func:`jaxgd.autoplan.choose` for ``loop_opt="auto"``; ``p``'s when
     read back), the plan trials (a table, None when none was measured) and the loop
     that computed the record (:attr:`jaxgd.FitResult.loop`: when read back, the
-    folder's record of it; None when unknown)."""
+    folder's record of it; None when unknown) and the final optimizer state (None when
+    read back: a run folder does not hold it)."""
     spec = p.spec
     n = evals_of(spec)[1]
     call = Call(spec, 0, 1, 1, 0, n, configs=np.zeros((1, 1), np.int64))
@@ -170,7 +173,7 @@ def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None, loop_opt: 
             from .store import recorded_plan
 
             rec = recorded_plan(store.path)  # what computed them, if recorded
-            return cached, spec, rec["plan_trials"], rec["loop"]
+            return cached, spec, rec["plan_trials"], rec["loop"], None
     resume = engine.resume_of(store, FIT_TAG, p, ch, [0])
     spec, trials = autoplan.choose(engine, p, ch, 0, n - (0 if resume is None else resume.at),
                                    loop_opt, "vmap")
@@ -185,7 +188,7 @@ def run_fit(engine: Engine, p: Prepared, ch: ChunkInputs, store=None, loop_opt: 
     # resumed under loop="auto": the updates before the checkpoint may have run another
     # plan, measured then (every plan computes the same numbers, to float rounding)
     loop = None if resume is not None and loop_opt == "auto" else loop_name(spec)
-    return rec, spec, autoplan.table(trials), loop
+    return rec, spec, autoplan.table(trials), loop, a.opt_state()
 
 
 # the options' entries of the docstring come from the table in jaxgd.options

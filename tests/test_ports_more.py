@@ -564,6 +564,9 @@ def test_optax_schedule_free_example_trains_the_y_sequence():
     assert_trees_close(res.params, ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(res.history["loss"], ref_y, rtol=1e-6)
     assert np.all(np.abs(ref_x - ref_y) > 1e-2)  # the example's reported losses differ
+    # the example's evaluated point, from the optimizer state paired with the parameters
+    x = optax.contrib.schedule_free_eval_params(res.opt_state, res.params)
+    np.testing.assert_allclose(float(la_mse(x, LA_X, LA_Y)), ref_x[-1], rtol=1e-5)
 
 
 # ------------------------------------------------------------------- flax nnx toy example
