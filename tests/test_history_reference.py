@@ -38,11 +38,16 @@ def _mse_np(w, b, x, y):
     return float(np.mean(r ** 2)), math.sqrt(float(gw @ gw) + gb * gb), gw, gb
 
 
+def _mean(xs):
+    return float(np.mean(xs)) if xs else math.nan
+
+
 def _updates(t0, t1, by_steps, spe, budget):
     """The 0-based updates of evaluation units ``t0 .. t1`` (updates or epochs)."""
     return range(t0, t1) if by_steps else range(t0 * spe, min(t1, budget) * spe)
 
 
+@np.errstate(all="ignore")  # a diverging run overflows
 def numpy_run(lr, bs, acc=1, epochs=None, steps=None, eval_every=1, val=None,
               patience=0, min_delta=0.0, loss_target=-INF, metrics="full",
               restore_best=False, diverge_factor=1e6, l2=0.0):
@@ -67,10 +72,12 @@ def numpy_run(lr, bs, acc=1, epochs=None, steps=None, eval_every=1, val=None,
         start, losses, norms, objs, stopped = (w.copy(), b, t), [], [], [], False
         for u in _updates(g * eval_every, hi, by_steps, spe, budget):
             pos = u % spe
-            run_epochs += pos == 0
+            if stopped and (by_steps or pos == 0):  # the rest of the epoch did not run
+                break
             if stopped:
                 step_loss.append(math.nan)
                 continue
+            run_epochs += pos == 0
             lo = pos * bsz
             x, y = X[lo:min(lo + bsz, N)], Y[lo:min(lo + bsz, N)]
             loss, _, gw, gb = _mse_np(w, b, x, y)
@@ -90,10 +97,10 @@ def numpy_run(lr, bs, acc=1, epochs=None, steps=None, eval_every=1, val=None,
             w, b = start[0], start[1]
         full_loss = _mse_np(w, b, X, Y)[0]
         full_obj = full_loss + l2 / 2 * float(w @ w)
-        loss = float(np.mean(losses)) if metrics == "batch" else full_loss
-        obj = float(np.mean(objs)) if metrics == "batch" else full_obj
-        rows.append(dict(at=hi - 1, loss=loss, batch_loss=float(np.mean(losses)),
-                         grad_norm=float(np.mean(norms)), lr=lr,
+        loss = _mean(losses) if metrics == "batch" else full_loss
+        obj = _mean(objs) if metrics == "batch" else full_obj
+        rows.append(dict(at=hi - 1, loss=loss, batch_loss=_mean(losses),
+                         grad_norm=_mean(norms), lr=lr,
                          objective=obj if l2 else None,
                          val_loss=None if val is None else _mse_np(w, b, *val)[0]))
         if stopped:
@@ -115,10 +122,6 @@ def numpy_run(lr, bs, acc=1, epochs=None, steps=None, eval_every=1, val=None,
             reason = "max_epochs"
         if reason:
             break
-    if by_steps:  # one row per update (the updates of the last row that never ran: NaN)
-        step_loss += [math.nan] * (len(rows) and rows[-1]["at"] + 1 - len(step_loss))
-    elif len(step_loss) % spe:
-        step_loss += [math.nan] * (spe - len(step_loss) % spe)
     params = best_p if restore_best and best_at >= 0 else (w, b)
     return dict(rows=rows, step_loss=np.asarray(step_loss), params=params, reason=reason,
                 epochs_run=run_epochs, steps_run=t, best_epoch=best_at, init_loss=init,
@@ -137,9 +140,13 @@ def assert_matches(res, ref, tol=1e-9):
             continue
         np.testing.assert_allclose(h[c], [r[c] for r in ref["rows"]], rtol=tol, atol=tol,
                                    err_msg=c)
-    if "step_loss" in h:
-        np.testing.assert_allclose(np.asarray(h["step_loss"]).reshape(-1), ref["step_loss"],
-                                   rtol=tol, err_msg="step_loss")
+    if "step_loss" in h:  # the updates that ran, then NaN (epochs and updates not run)
+        got = np.asarray(h["step_loss"]).reshape(-1)
+        n = len(ref["step_loss"])
+        np.testing.assert_allclose(got[:n], ref["step_loss"], rtol=tol, err_msg="step_loss")
+        assert np.isnan(got[n:]).all()
+        if "epoch" in h:  # a row per epoch run
+            assert len(h["step_loss"]) == res.epochs_run
     got = (res.stop_reason, res.epochs_run, res.steps_run, res.best_epoch, res.diverged_step)
     assert got == (ref["reason"], ref["epochs_run"], ref["steps_run"], ref["best_epoch"],
                    ref["diverged_step"])
@@ -182,3 +189,58 @@ def test_batch_metrics_record_the_mean_batch_objective_with_a_penalty(x64, loop,
     res = jaxgd.fit(mse, p0(), (X, Y), batch_size=4, shuffle=False, metrics="batch",
                     hparams={"learning_rate": 0.05, "l2": 0.5}, loop=loop, **budget)
     assert_matches(res, numpy_run(0.05, 4, metrics="batch", l2=0.5, **budget))
+
+
+# (name, fit options): a partial last batch everywhere (11 samples, batches of 4)
+CASES = [
+    ("steps_eval_every", dict(steps=7, eval_every=3, metrics="full", val_data=(XV, YV))),
+    ("accumulate_partial", dict(batch_size=2, accumulate=2, epochs=3, eval_every=2)),
+    ("patience_restore_steps", dict(steps=40, eval_every=3, metrics="full", patience=2,
+                                    min_delta=0.02, restore_best=True, lr=0.1)),
+    ("loss_target_batch", dict(steps=30, eval_every=4, loss_target=1.0)),
+    ("restore_best_non_finite", dict(epochs=100, eval_every=3, restore_best=True,
+                                     diverge_factor=INF, lr=30.0)),
+    ("restore_best_growth", dict(epochs=40, restore_best=True, val_data=(XV, YV), lr=0.55)),
+]
+
+
+@pytest.mark.parametrize("loop", ["scan", "host", 2])
+@pytest.mark.parametrize("name, kw", CASES, ids=[c[0] for c in CASES])
+def test_every_record_equals_a_numpy_loop(x64, loop, name, kw):
+    kw = {"batch_size": 4, "lr": 0.05, **kw}
+    lr, val = kw.pop("lr"), kw.get("val_data")
+    res = jaxgd.fit(mse, p0(), (X, Y), shuffle=False, record_steps=True, loop=loop,
+                    hparams={"learning_rate": lr}, **kw)
+    ref_kw = {k: v for k, v in kw.items() if k not in ("batch_size", "accumulate", "val_data")}
+    if "steps" in kw and "metrics" not in kw:
+        ref_kw["metrics"] = "batch"  # the default with a step budget
+    assert_matches(res, numpy_run(lr, kw["batch_size"], kw.get("accumulate", 1), val=val,
+                                  **ref_kw))
+
+
+class _Row:
+    """A sweep's configuration ``i`` as a FitResult's fields (its history's NaN rows of
+    evaluations not run dropped)."""
+
+    def __init__(self, sw, i):
+        row = sw.table.iloc[i]
+        hist = {k: np.asarray(v[i]) for k, v in sw.history.items()}
+        ran = ~np.isnan(hist["step" if "step" in hist else "epoch"])
+        self.history = {k: v if k == "step_loss" else v[ran] for k, v in hist.items()}
+        self.stop_reason, self.init_loss = row["stop_reason"], float(row["init_loss"])
+        self.epochs_run, self.steps_run = int(row["epochs_run"]), int(row["steps_run"])
+        self.best_epoch, self.diverged_step = int(row["best_epoch"]), int(row["diverged_step"])
+        self.params = sw.params_of(i)
+
+
+@pytest.mark.parametrize("plan, loop", [("map", "scan"), ("map", "host"), ("vmap", "host")])
+def test_sweep_configurations_stopping_differently_equal_numpy_loops(x64, plan, loop):
+    # one configuration runs its budget out, one reaches loss_target, one diverges (a
+    # non-finite step inside an evaluation of 3 updates)
+    lrs = [0.002, 0.2, 30.0]
+    kw = dict(steps=120, eval_every=3, loss_target=1.0, restore_best=True, diverge_factor=INF)
+    sw = jaxgd.sweep(mse, p0(), (X, Y), grid={"learning_rate": lrs}, batch_size=4,
+                     shuffle=False, record_steps=True, plan=plan, loop=loop, **kw)
+    assert list(sw.table["stop_reason"]) == ["max_epochs", "loss_target", "diverged"]
+    for i, lr in enumerate(lrs):
+        assert_matches(_Row(sw, i), numpy_run(lr, 4, metrics="batch", **kw))
