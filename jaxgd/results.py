@@ -25,10 +25,11 @@ class FitResult:
         the run diverged, see the README's stop conditions; the best
         monitored ones with ``restore_best=True``).
       history: dict of numpy arrays, one row per evaluation (every epoch, or every
-        ``eval_every`` epochs; ``epoch`` holds each row's 0-based epoch): ``loss`` (training
-        loss at the evaluation), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``
+        ``eval_every`` epochs; ``epoch`` holds each row's 0-based last epoch): ``loss``
+        (training loss at the evaluation), ``batch_loss`` (mean of the batch losses of the
+        row's updates: the epoch's, or its ``eval_every`` epochs'), ``grad_norm``
         (full data with ``grad_tol`` or ``metrics="full_grad"``, else the mean of the
-        epoch's batch gradient norms), ``lr`` (learning rate of the epoch's last update;
+        row's batch gradient norms), ``lr`` (learning rate of the row's last update;
         NaN where jaxgd cannot know it, e.g. a user's factory that builds its own
         schedule: see :func:`jaxgd.optim.recorded_lr`),
         and ``val_loss``,
