@@ -229,18 +229,30 @@ class _Row:
         self.history = {k: v if k == "step_loss" else v[ran] for k, v in hist.items()}
         self.stop_reason, self.init_loss = row["stop_reason"], float(row["init_loss"])
         self.epochs_run, self.steps_run = int(row["epochs_run"]), int(row["steps_run"])
+        if "epoch" in hist and "step_loss" in hist:  # epochs not run: NaN rows
+            assert np.isnan(hist["step_loss"][self.epochs_run:]).all()
+            self.history["step_loss"] = hist["step_loss"][:self.epochs_run]
         self.best_epoch, self.diverged_step = int(row["best_epoch"]), int(row["diverged_step"])
         self.params = sw.params_of(i)
 
 
-@pytest.mark.parametrize("plan, loop", [("map", "scan"), ("map", "host"), ("vmap", "host")])
-def test_sweep_configurations_stopping_differently_equal_numpy_loops(x64, plan, loop):
-    # one configuration runs its budget out, one reaches loss_target, one diverges (a
-    # non-finite step inside an evaluation of 3 updates)
+STEPS = dict(steps=120, eval_every=3, loss_target=1.0, restore_best=True, diverge_factor=INF)
+EPOCHS = dict(epochs=40, eval_every=2, loss_target=0.95, patience=3, diverge_factor=INF)
+
+
+@pytest.mark.parametrize("plan, loop, kw, chunk", [
+    ("map", "scan", STEPS, None), ("map", "host", STEPS, None), ("vmap", "host", STEPS, None),
+    ("map", "host", EPOCHS, 2)])
+def test_sweep_configurations_stopping_differently_equal_numpy_loops(x64, plan, loop, kw,
+                                                                     chunk):
+    # configurations that run their budget out, reach loss_target, diverge (a non-finite
+    # step inside an evaluation) or lose patience, in one chunk or several
     lrs = [0.002, 0.2, 30.0]
-    kw = dict(steps=120, eval_every=3, loss_target=1.0, restore_best=True, diverge_factor=INF)
     sw = jaxgd.sweep(mse, p0(), (X, Y), grid={"learning_rate": lrs}, batch_size=4,
-                     shuffle=False, record_steps=True, plan=plan, loop=loop, **kw)
-    assert list(sw.table["stop_reason"]) == ["max_epochs", "loss_target", "diverged"]
+                     shuffle=False, record_steps=True, plan=plan, loop=loop, chunk_size=chunk,
+                     **kw)
+    last = "diverged" if "steps" in kw else "patience"
+    assert list(sw.table["stop_reason"]) == ["max_epochs", "loss_target", last]
     for i, lr in enumerate(lrs):
-        assert_matches(_Row(sw, i), numpy_run(lr, 4, metrics="batch", **kw))
+        want = numpy_run(lr, 4, metrics="batch" if "steps" in kw else "full", **kw)
+        assert_matches(_Row(sw, i), want)
