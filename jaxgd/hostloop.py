@@ -118,17 +118,16 @@ def host_steps(spec: ProgramSpec, n: int, last: bool, carry: EpochCarry, active0
     bsz = plan.batch_size * spec.accumulate
     order = program.epoch_order(spec, ctx.key, epoch, ctx.orders)
     inner = carry.steps
+    step = functools.partial(program.recorded_step, spec, ctx, order)
     if last:
-        inner, loss = program.train_step(spec, ctx, order, inner, plan.full_steps * bsz,
-                                         plan.last_batch_size, 1)
+        inner, loss = step(inner, plan.full_steps * bsz, plan.last_batch_size, 1)
         losses = loss[None]
     elif n == 1:
-        inner, loss = program.train_step(spec, ctx, order, inner, s0 * bsz, bsz, spec.accumulate)
+        inner, loss = step(inner, s0 * bsz, bsz, spec.accumulate)
         losses = loss[None]
     else:
-        inner, losses = jax.lax.scan(
-            lambda c, s: program.train_step(spec, ctx, order, c, s * bsz, bsz, spec.accumulate),
-            inner, s0 + jnp.arange(n, dtype=jnp.int32))
+        inner, losses = jax.lax.scan(lambda c, s: step(c, s * bsz, bsz, spec.accumulate),
+                                     inner, s0 + jnp.arange(n, dtype=jnp.int32))
     rows = jnp.where(active0, losses, jnp.nan) if spec.record_steps else None
     return EpochCarry(inner, carry.epochs_run), rows
 
@@ -191,8 +190,9 @@ class _Pieces:
         """The block's step carry (fresh buffers: the steps donate theirs) and whether a
         configuration is active."""
         one_s, one_c = loop.single(keys, traced)
-        carry = self._call(functools.partial(program.block_carry, self.spec), 0, 0, one_s,
-                           one_c)(st)
+        objective = program.batch_objective(self.spec, traced.values)
+        carry = self._call(functools.partial(program.block_carry, self.spec,
+                                             with_objective=objective), 0, 0, one_s, one_c)(st)
         return jax.tree.map(jnp.copy, carry), jnp.any(st.active)
 
     def _epoch_start(self, carry, traced, keys):

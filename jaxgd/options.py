@@ -361,12 +361,15 @@ _TRAIN: tuple[Option, ...] = (
            "backward pass, the cost of a full-batch step), else the mean of the epoch's "
            "batch gradient norms (free: the steps compute them). ``\"full_grad\"``: always "
            "the full-data loss and gradient norm. ``\"batch\"``: the means of the epoch's "
-           "batch losses and gradient norms, no pass over the data (cheapest); the initial "
+           "batch losses and gradient norms (``objective``: of the batch objectives, loss + "
+           "penalty), no pass over the data (cheapest); the initial "
            "loss (``init_loss``, the reference of ``diverge_factor``) is then the first "
            "update's batch loss.",
            file=True, check=_metrics, what='"auto", "full", "batch" or "full_grad"'),
     Option("record_steps", False, "bool",
-           "also record every step's batch loss in ``history[\"step_loss\"]``.",
+           "also record every step's batch loss in ``history[\"step_loss\"]`` (NaN for a "
+           "step that did not run: after the configuration stopped, e.g. at a non-finite "
+           "step, or past the budget).",
            file=True, check=check_bool, what="true or false"),
     Option("record_params", False, "bool",
            "also record the parameters at every evaluation, one history entry per leaf "

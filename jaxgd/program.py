@@ -52,7 +52,7 @@ import optax
 from . import loop, lossform, optim, stops
 from .data import feistel_permute, feistel_round_keys, window_batch
 from .feed import fed_input
-from .history import EPOCH, EXACT, PACKED, STEP, STEP_LOSS, HistoryLayout, per_step
+from .history import EPOCH, EXACT, OBJECTIVE, PACKED, STEP, STEP_LOSS, HistoryLayout, per_step
 from .losses import default_penalty_mask
 from .objective import (
     ahead_of,
@@ -260,6 +260,17 @@ def train_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, st
     return apply_step(spec, ctx, carry, step_grad(spec, ctx, order, carry, start, size, micro))
 
 
+def recorded_step(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, start,
+                  size, micro: int) -> tuple[StepCarry, jax.Array]:
+    """:func:`train_step` with its loss as ``history["step_loss"]`` records it: NaN for a
+    step that did not run (the configuration had stopped before it, e.g. at a non-finite
+    step earlier in the epoch: the update that follows is never applied)."""
+    new, loss = train_step(spec, ctx, order, carry, start, size, micro)
+    if spec.record_steps:
+        loss = jnp.where(carry.active, loss, jnp.nan)
+    return new, loss
+
+
 def step_grad(spec: ProgramSpec, ctx: EpochContext, order, carry: StepCarry, start, size,
               micro: int):
     """The gradient of the update on the batch at ``start`` (no lookahead): (objective,
@@ -299,9 +310,10 @@ def apply_step(spec: ProgramSpec, ctx: EpochContext, carry: StepCarry, grad,
     if not spec.track_init:  # the first update's batch loss (finite or not)
         init_loss = jnp.where(carry.active & (stp == 0), loss.astype(init_loss.dtype),
                               init_loss)
+    sum_obj = None if carry.sum_objective is None else carry.sum_objective + w * obj
     return StepCarry(new_params, new_opt, stp + ok.astype(jnp.int32), carry.active & finite,
                      reason, carry.sum_loss + w * loss, carry.sum_grad_norm + w * gn,
-                     model_state, sum_metrics, ahead, init_loss), loss
+                     model_state, sum_metrics, ahead, init_loss, sum_obj), loss
 
 
 def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
@@ -318,15 +330,15 @@ def train_epoch(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     if plan.full_steps > 0:
         micro = spec.accumulate
         if plan.full_steps == 1:  # no loop for a single step (full batch)
-            inner, loss1 = train_step(spec, ctx, order, inner, jnp.int32(0), bsz, micro)
+            inner, loss1 = recorded_step(spec, ctx, order, inner, jnp.int32(0), bsz, micro)
             full_losses = loss1[None]
         else:
             inner, full_losses = jax.lax.scan(
-                lambda c, s: train_step(spec, ctx, order, c, s * bsz, bsz, micro),
+                lambda c, s: recorded_step(spec, ctx, order, c, s * bsz, bsz, micro),
                 inner, jnp.arange(plan.full_steps, dtype=jnp.int32))
         step_losses.append(full_losses)
     if plan.last_batch_size > 0:
-        inner, last_loss = train_step(spec, ctx, order, inner, plan.full_steps * bsz,
+        inner, last_loss = recorded_step(spec, ctx, order, inner, plan.full_steps * bsz,
                                       plan.last_batch_size, 1)
         step_losses.append(last_loss[None])
     ran = active0 & in_range
@@ -399,14 +411,22 @@ def train_at(spec: ProgramSpec, ctx: EpochContext, carry: EpochCarry,
     return EpochCarry(inner, carry.epochs_run + (ran & (pos == 0)).astype(jnp.int32)), row
 
 
-def block_carry(spec: ProgramSpec, st: State) -> EpochCarry:
-    """The carry of a block's steps from the state before it (its sums at zero)."""
+def batch_objective(spec: ProgramSpec, tc) -> bool:
+    """Whether an evaluation records the mean of its steps' batch objectives (loss +
+    penalty): with ``metrics="batch"`` and an ``l1``/``l2`` penalty (``tc``: the traced
+    hyper-parameters by name; only the names are used)."""
+    return spec.metrics == "batch" and OBJECTIVE in history_layout(spec, tc).scalars
+
+
+def block_carry(spec: ProgramSpec, st: State, with_objective: bool = False) -> EpochCarry:
+    """The carry of a block's steps from the state before it (its sums at zero);
+    ``with_objective``: also sum the steps' objectives (:func:`batch_objective`)."""
     dt = st.init_loss.dtype
     mdt = metric_dtype(st.params)
     return EpochCarry(StepCarry(st.params, st.opt_state, st.step, st.active, st.reason,
                                 jnp.zeros((), dt), jnp.zeros((), dt), st.model_state,
                                 {k: jnp.zeros((), mdt) for k in spec.form.metrics}, st.ahead,
-                                st.init_loss),
+                                st.init_loss, jnp.zeros((), dt) if with_objective else None),
                       st.epochs_run)
 
 
@@ -414,7 +434,7 @@ def _train_block(spec: ProgramSpec, ctx: EpochContext, st: State, block):
     """``eval_every`` epochs (or steps, with a step budget) of training from ``st``:
     (carry, step-loss rows or None)."""
     K, _ = evals_of(spec)
-    carry = block_carry(spec, st)
+    carry = block_carry(spec, st, batch_objective(spec, ctx.tc))
     e0 = block * K
     if K == 1:
         carry, rows = (train_at if spec.by_steps else train_epoch)(spec, ctx, carry, e0)
@@ -481,8 +501,9 @@ def evaluate(spec: ProgramSpec, ctx: EpochContext, st: State, c: StepCarry, val,
             obj, (loss, _, full_m) = objective(spec, c.params, c.model_state, tr, ctx.tc,
                                                 None, False)
             gn = batch_gn
-    else:
-        obj, loss, gn, full_m = batch_loss, batch_loss, batch_gn, batch_m
+    else:  # the batch means (the objective's where a penalty makes it another number)
+        obj = batch_loss if c.sum_objective is None else mean(c.sum_objective)
+        loss, gn, full_m = batch_loss, batch_gn, batch_m
     val_loss = val_m = None
     if spec.has_val:
         v = ctx.tf(val if vidx is None else _take(ctx.data, vidx))

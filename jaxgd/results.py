@@ -25,10 +25,11 @@ class FitResult:
         the run diverged, see the README's stop conditions; the best
         monitored ones with ``restore_best=True``).
       history: dict of numpy arrays, one row per evaluation (every epoch, or every
-        ``eval_every`` epochs; ``epoch`` holds each row's 0-based epoch): ``loss`` (training
-        loss at the evaluation), ``batch_loss`` (mean of the epoch's batch losses), ``grad_norm``
+        ``eval_every`` epochs; ``epoch`` holds each row's 0-based last epoch): ``loss``
+        (training loss at the evaluation), ``batch_loss`` (mean of the batch losses of the
+        row's updates: the epoch's, or its ``eval_every`` epochs'), ``grad_norm``
         (full data with ``grad_tol`` or ``metrics="full_grad"``, else the mean of the
-        epoch's batch gradient norms), ``lr`` (learning rate of the epoch's last update;
+        row's batch gradient norms), ``lr`` (learning rate of the row's last update;
         NaN where jaxgd cannot know it, e.g. a user's factory that builds its own
         schedule: see :func:`jaxgd.optim.recorded_lr`),
         and ``val_loss``,
@@ -50,7 +51,9 @@ class FitResult:
         batches of the update). ``diverge_factor`` measures from it.
       final_loss: the last evaluation's training loss (``history["loss"][-1]``). With
         ``restore_best=True`` the returned ``params`` are those of ``best_epoch``, not of
-        the last evaluation: their recorded loss is ``best_epoch_loss``.
+        the last evaluation: their recorded loss is ``best_epoch_loss`` (their loss on
+        the training data with ``metrics="full"``/``"full_grad"``; with ``"batch"`` the
+        mean batch loss of the updates that led to them).
       state: the final model state, for a loss that carries one (``state=``), else None
         (with ``restore_best``, the state of the best epoch).
       diverged_step: -1 unless ``stop_reason`` is "diverged"; then the 0-based index of
@@ -149,7 +152,8 @@ class FitResult:
     @property
     def best_epoch_loss(self) -> float:
         """The training loss recorded at ``best_epoch`` (NaN if none): with
-        ``restore_best=True``, the loss of the returned ``params``."""
+        ``restore_best=True``, the loss of the returned ``params`` on the training data
+        (with ``metrics="batch"``: the mean batch loss of the updates that led to them)."""
         loss, epochs = self.history.get("loss"), row_index(self.history)
         if loss is None or epochs is None or self.best_epoch < 0:
             return float("nan")
@@ -242,7 +246,9 @@ class SweepResult:
         recorded training loss), ``best_epoch`` (epoch of the best *monitored* loss,
         validation if present: the parameters ``restore_best`` returns),
         ``best_epoch_loss`` (the training loss recorded at ``best_epoch``: with
-        ``restore_best=True``, the loss of the returned parameters), ``epochs_run``,
+        ``restore_best=True``, the loss of the returned parameters, or with
+        ``metrics="batch"`` the mean batch loss of the updates that led to them),
+        ``epochs_run``,
         ``steps_run``, ``stop_reason``, ``diverged``, ``diverged_step`` (as
         :attr:`FitResult.diverged_step`: the update at which a diverged configuration was
         found diverged, -1 for one that did not diverge; absent from a run folder written

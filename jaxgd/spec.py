@@ -130,6 +130,9 @@ class StepCarry(NamedTuple):
     # the initial loss; without ``track_init``, NaN until the first update's step sets
     # it to that step's batch loss (the loss of the initial parameters on that batch)
     init_loss: Any = None
+    # batch objectives (loss + penalty) of the accepted steps of this block, summed: only
+    # where the evaluation records their mean (``metrics="batch"`` with a penalty), else None
+    sum_objective: Any = None
 
 
 class EpochCarry(NamedTuple):
