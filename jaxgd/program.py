@@ -643,10 +643,13 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
     was_active = st.active
     dt = st.init_loss.dtype
     pdt = _packed_dtype(dt)
+    # the rate of the row's last applied update; NaN where the row applied none (its
+    # first update was not finite: the rate of an earlier row's would be another's)
+    lr = jnp.where(c.step > st.step,
+                   optim.recorded_lr(spec.opt, spec.schedule, tc, jnp.maximum(c.step - 1, 0),
+                                     c.opt_state), jnp.nan)
     values = {EPOCH: epoch, STEP: epoch, "loss": m.loss, "batch_loss": m.batch_loss,
-              "grad_norm": m.grad_norm,
-              "lr": optim.recorded_lr(spec.opt, spec.schedule, tc,
-                                      jnp.maximum(c.step - 1, 0), c.opt_state),
+              "grad_norm": m.grad_norm, "lr": lr,
               "objective": m.objective, "val_loss": m.val_loss}
     # each value rounded to the run's dtype first (as a column of its own would be)
     packed = jnp.stack([

@@ -29,8 +29,9 @@ class FitResult:
         (training loss at the evaluation), ``batch_loss`` (mean of the batch losses of the
         row's updates: the epoch's, or its ``eval_every`` epochs'), ``grad_norm``
         (full data with ``grad_tol`` or ``metrics="full_grad"``, else the mean of the
-        row's batch gradient norms), ``lr`` (learning rate of the row's last update;
-        NaN where jaxgd cannot know it, e.g. a user's factory that builds its own
+        row's batch gradient norms), ``lr`` (learning rate of the row's last applied
+        update; NaN where the row applied none, its first update not finite, and where
+        jaxgd cannot know it, e.g. a user's factory that builds its own
         schedule: see :func:`jaxgd.optim.recorded_lr`),
         and ``val_loss``,
         ``objective`` (loss + penalty), ``step_loss`` [epoch, step] when present. With

@@ -54,7 +54,7 @@ def numpy_run(lr, bs, acc=1, epochs=None, steps=None, eval_every=1, val=None,
     """Plain SGD, batches in order, as the docs describe the records: one row per
     ``eval_every`` epochs (updates with ``steps``) indexed by its last epoch (update);
     ``batch_loss``/``grad_norm`` the means over the row's applied updates; ``lr`` the last
-    update's; a non-finite step stops the run with the parameters of the last evaluation;
+    applied update's (NaN in a row that applied none); a non-finite step stops the run with the parameters of the last evaluation;
     ``step_loss`` the loss of every update that ran (NaN for one that did not); ``l2``
     penalises ``w`` (not the bias), ``objective`` is loss + penalty."""
     bsz = bs * acc
@@ -100,7 +100,7 @@ def numpy_run(lr, bs, acc=1, epochs=None, steps=None, eval_every=1, val=None,
         loss = _mean(losses) if metrics == "batch" else full_loss
         obj = _mean(objs) if metrics == "batch" else full_obj
         rows.append(dict(at=hi - 1, loss=loss, batch_loss=_mean(losses),
-                         grad_norm=_mean(norms), lr=lr,
+                         grad_norm=_mean(norms), lr=lr if losses else math.nan,
                          objective=obj if l2 else None,
                          val_loss=None if val is None else _mse_np(w, b, *val)[0]))
         if stopped:
