@@ -643,8 +643,7 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
     was_active = st.active
     dt = st.init_loss.dtype
     pdt = _packed_dtype(dt)
-    # the rate of the row's last applied update; NaN where the row applied none (its
-    # first update was not finite: the rate of an earlier row's would be another's)
+    # the rate of the row's last applied update; NaN in a row that applied none
     lr = jnp.where(c.step > st.step,
                    optim.recorded_lr(spec.opt, spec.schedule, tc, jnp.maximum(c.step - 1, 0),
                                      c.opt_state), jnp.nan)

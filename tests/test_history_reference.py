@@ -54,7 +54,8 @@ def numpy_run(lr, bs, acc=1, epochs=None, steps=None, eval_every=1, val=None,
     """Plain SGD, batches in order, as the docs describe the records: one row per
     ``eval_every`` epochs (updates with ``steps``) indexed by its last epoch (update);
     ``batch_loss``/``grad_norm`` the means over the row's applied updates; ``lr`` the last
-    applied update's (NaN in a row that applied none); a non-finite step stops the run with the parameters of the last evaluation;
+    applied update's (NaN in a row that applied none); a non-finite step stops the run
+    with the parameters of the last evaluation;
     ``step_loss`` the loss of every update that ran (NaN for one that did not); ``l2``
     penalises ``w`` (not the bias), ``objective`` is loss + penalty."""
     bsz = bs * acc
