@@ -35,9 +35,23 @@ PARAMS_PREFIX = "params"  # the recorded parameter leaves: params['w'], params['
 # the scalar columns, in the order of the packed row (optional ones where they are recorded)
 SCALARS = (EPOCH, "loss", "batch_loss", "grad_norm", "lr", OBJECTIVE, VAL_LOSS)
 EXACT = (EPOCH, STEP)  # kept in the packed dtype (at least float32), not the run's dtype
+# packed only, past float32's exact integers (a budget of more than EXACT_INT epochs or
+# updates): the row index's low 8 bits; the index column then holds the rest (a multiple
+# of 256, exact in float32 up to 2**32) and the host adds them up in float64
+INDEX_LOW = "index_low"
+EXACT_INT = 2**24  # float32 holds every integer up to this exactly
 PER_STEP = (STEP_LOSS,)  # one row per epoch (steps_per_epoch values), not per evaluation
 STANDARD = SCALARS + (STEP,) + PER_STEP  # every column but the metrics and parameters
 UNRANKED = (EPOCH, STEP, "lr")  # recorded columns that are no measure of a configuration
+
+
+def index_values(index: Any, budget: int) -> dict[str, Any]:
+    """A packed row's index entries (``index``: the row's last epoch or update, an int32
+    array): the index as it is, or past :data:`EXACT_INT` its multiple of 256 and, in
+    :data:`INDEX_LOW`, the rest (each exact in float32; :meth:`HistoryLayout.unpack`
+    adds them up)."""
+    high = (index >> 8) << 8 if budget > EXACT_INT else index
+    return {EPOCH: high, STEP: high, INDEX_LOW: index & 255}
 
 
 class HistoryLayout(NamedTuple):
@@ -53,12 +67,16 @@ class HistoryLayout(NamedTuple):
 
     @classmethod
     def of(cls, penalty: bool, has_val: bool, metrics: tuple[str, ...] = (),
-           record_steps: bool = False, by_steps: bool = False) -> HistoryLayout:
+           record_steps: bool = False, by_steps: bool = False,
+           budget: int = 0) -> HistoryLayout:
         """The layout of a run: ``penalty`` (an ``l1``/``l2`` value is traced),
         ``has_val`` (validation data or folds), the loss's ``metrics`` by name,
-        ``record_steps`` and ``by_steps`` (a step budget: rows indexed by ``step``)."""
+        ``record_steps``, ``by_steps`` (a step budget: rows indexed by ``step``) and the
+        ``budget`` of epochs or updates (past :data:`EXACT_INT`, the index is packed in
+        two parts: :func:`index_values`)."""
         scalars = tuple((STEP if by_steps and c == EPOCH else c) for c in SCALARS
                         if (c != OBJECTIVE or penalty) and (c != VAL_LOSS or has_val))
+        scalars += (INDEX_LOW,) if budget > EXACT_INT else ()
         rows: list[str] = []
         for m in metrics:
             rows += [m, f"batch_{m}"] + ([f"val_{m}"] if has_val else [])
@@ -70,7 +88,7 @@ class HistoryLayout(NamedTuple):
 
     def recorded(self) -> tuple[str, ...]:
         """The names of the scalar columns and metric rows (parameters aside)."""
-        return self.scalars + self.metrics
+        return tuple(c for c in self.scalars if c != INDEX_LOW) + self.metrics
 
     def unpack(self, hist: dict[str, Any], dt) -> dict[str, Any]:
         """History arrays by name from a history with the packed scalars (host arrays,
@@ -78,9 +96,13 @@ class HistoryLayout(NamedTuple):
         dtype. ``hist`` loses its packed entry."""
         scal = hist.pop(PACKED)
         out = {}
+        low = self.scalars.index(INDEX_LOW) if INDEX_LOW in self.scalars else None
         for i, name in enumerate(self.scalars):
             col = scal[..., i]
-            out[name] = col if name in EXACT else col.astype(dt)
+            if name in EXACT and low is not None:  # the index's two parts (NaN stays NaN)
+                col = col.astype("float64") + scal[..., low].astype("float64")
+            if name != INDEX_LOW:
+                out[name] = col if name in EXACT else col.astype(dt)
         out.update(hist)
         return out
 

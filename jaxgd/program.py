@@ -52,7 +52,7 @@ import optax
 from . import loop, lossform, optim, stops
 from .data import feistel_permute, feistel_round_keys, window_batch
 from .feed import fed_input
-from .history import EPOCH, EXACT, OBJECTIVE, PACKED, STEP, STEP_LOSS, HistoryLayout, per_step
+from .history import EXACT, OBJECTIVE, PACKED, STEP_LOSS, HistoryLayout, index_values, per_step
 from .losses import default_penalty_mask
 from .objective import (
     ahead_of,
@@ -119,7 +119,7 @@ def history_layout(spec: ProgramSpec, tc) -> HistoryLayout:
     hyper-parameters by name (only the names are used)."""
     return HistoryLayout.of("l1" in tc or "l2" in tc,  # as penalty decides
                             spec.has_val, spec.form.metrics, spec.record_steps,
-                            spec.by_steps)
+                            spec.by_steps, spec.epochs)
 
 
 def step_loss_width(spec: ProgramSpec) -> int:
@@ -647,8 +647,8 @@ def history_row(spec: ProgramSpec, st: State, m: Metrics, tc, c: StepCarry, epoc
     lr = jnp.where(c.step > st.step,
                    optim.recorded_lr(spec.opt, spec.schedule, tc, jnp.maximum(c.step - 1, 0),
                                      c.opt_state), jnp.nan)
-    values = {EPOCH: epoch, STEP: epoch, "loss": m.loss, "batch_loss": m.batch_loss,
-              "grad_norm": m.grad_norm, "lr": lr,
+    values = {**index_values(epoch, spec.epochs), "loss": m.loss,
+              "batch_loss": m.batch_loss, "grad_norm": m.grad_norm, "lr": lr,
               "objective": m.objective, "val_loss": m.val_loss}
     # each value rounded to the run's dtype first (as a column of its own would be)
     packed = jnp.stack([

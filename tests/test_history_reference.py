@@ -257,3 +257,29 @@ def test_sweep_configurations_stopping_differently_equal_numpy_loops(x64, plan, 
     for i, lr in enumerate(lrs):
         want = numpy_run(lr, 4, metrics="batch" if "steps" in kw else "full", **kw)
         assert_matches(_Row(sw, i), want)
+
+
+@pytest.mark.parametrize("budget", ["steps", "epochs"])
+def test_row_index_exact_past_float32_integers(budget):
+    """A budget of more than 2**24 epochs or updates: each row's index is its last epoch
+    (update) exactly, where float32 would round 2**24 + 1 to 2**24, and a sweep's best
+    row is found by it."""
+    total, every = 2**24 + 2, 2**23 + 1
+    x = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+
+    def line(p, b):
+        return jnp.mean((p["w"] * b[0] - b[1]) ** 2)
+
+    kw = {budget: total, "eval_every": every}
+    res = jaxgd.fit(line, {"w": jnp.zeros(())}, (x, 2 * x), hparams={"learning_rate": 0.01},
+                    **kw)
+    col = "step" if budget == "steps" else "epoch"
+    want = [every - 1, total - 1]  # each row's last epoch or update: 2**23, 2**24 + 1
+    assert res.history[col].tolist() == want
+    assert res.best_epoch in want
+    sw = jaxgd.sweep(line, {"w": jnp.zeros(())}, (x, 2 * x),
+                     grid={"learning_rate": [0.01, 0.02]}, **kw)
+    assert sw.history[col].tolist() == [want, want]  # [configuration, evaluation]
+    for i, row in sw.table.iterrows():
+        at = want.index(row["best_epoch"])
+        assert row["best_epoch_loss"] == sw.history["loss"][i][at]  # found by its index
