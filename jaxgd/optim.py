@@ -517,14 +517,20 @@ def update(spec: OptimizerSpec, opt: optax.GradientTransformation, grads: Any,
     taking optax's extra arguments (``optax.GradientTransformationExtraArgs``: optax's own
     optimizers and chains) also gets ``value=value``, the update's objective whose gradient
     ``grads`` is (optax's convention, read by ``optax.contrib.reduce_on_plateau`` and
-    ``optax.polyak_sgd``). An optimizer that wants another structure fails there
+    ``optax.polyak_sgd``; an ``update`` that takes no ``value`` is called without it). An
+    optimizer that wants another structure fails there
     (``optax.lookahead`` takes the gradient of ``params.fast`` alone): a ValueError says
     what it was given and how to adapt it; one that wants other extra arguments (a line
     search's ``value_fn``) gets a TypeError saying what jaxgd passes."""
     extra = isinstance(opt, optax.GradientTransformationExtraArgs) and value is not None
     try:
         if extra:
-            return opt.update(grads, opt_state, params, value=value)
+            try:
+                return opt.update(grads, opt_state, params, value=value)
+            except TypeError as e:  # an update of its own that takes no extra arguments
+                if "unexpected keyword argument 'value'" not in str(e):
+                    raise
+                extra = False
         return opt.update(grads, opt_state, params)
     except TypeError as e:
         if "argument" not in str(e):

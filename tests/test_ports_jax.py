@@ -344,6 +344,19 @@ def test_an_optimizer_wanting_other_extra_arguments_is_named():
                   optimizer=opt, batch_size=SOFTMAX_BATCH, epochs=1, shuffle=False)
 
 
+def test_an_extra_args_update_without_value_is_called_without_it():
+    """A ``GradientTransformationExtraArgs`` of one's own whose ``update`` takes no extra
+    arguments still runs (called without ``value``), as the same SGD by hand."""
+    sgd = optax.sgd(0.1)
+    own = optax.GradientTransformationExtraArgs(sgd.init,
+                                                lambda g, s, p=None: sgd.update(g, s, p))
+    ref, _, _ = optax_reference(optax.sgd(0.1), 1, with_value=False)
+    train_images, train_labels, _, _ = digits()
+    res = jaxgd.fit(softmax_loss, softmax_params(), (train_images, train_labels),
+                    optimizer=own, batch_size=SOFTMAX_BATCH, epochs=1, shuffle=False)
+    assert_trees_close(res.params, ref)
+
+
 def test_optax_multisteps_object_as_the_optimizer():
     """optax's gradient-accumulation example passes the ``optax.MultiSteps`` object itself
     (``opt.init``/``opt.update``): jaxgd takes it as given (before: refused, as neither a
