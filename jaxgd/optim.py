@@ -498,7 +498,9 @@ def _call_factory(spec: OptimizerSpec, lr: Any, kwargs: Mapping[str, Any]):
             f"optimizer {spec.name!r} is called as an optax factory with the keywords "
             f"{sorted(['learning_rate', *kwargs])} (learning_rate and its own keywords in "
             f"hparams) and failed: {e}") from e
-    if not isinstance(opt, optax.GradientTransformation):
+    if isinstance(opt, optax.MultiSteps):
+        opt = opt.gradient_transformation()
+    if not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
         raise TypeError(
             f"optimizer {spec.name!r} is called as an optax factory "
             f"(optimizer(learning_rate=..., **hparams)) but returned {type(opt).__name__} "
