@@ -477,3 +477,28 @@ def test_sklearn_l1_is_another_rule(x64):
                     epochs=SK_EPOCHS, shuffle=False)
     diff = np.abs(np.asarray(res.params["w"]) - sk.coef_).max()
     assert 1e-4 < diff < 1e-2 * np.abs(sk.coef_).max()
+
+
+def test_optax_polyak_sgd_reads_the_objective_with_its_penalty():
+    """``optax.polyak_sgd`` takes its step size from ``value`` (``value / ||g||^2``, capped):
+    with ``l2`` jaxgd passes the objective whose gradient it gives, loss + l2/2 ||w||^2
+    (the bias not penalised), as a hand loop differentiating that objective does."""
+    l2, epochs = 0.01, 2
+
+    def objective(params, batch):
+        return softmax_loss(params, batch) + 0.5 * l2 * jnp.sum(params["w"] ** 2)
+
+    train_images, train_labels, _, _ = digits()
+    opt = optax.polyak_sgd(max_learning_rate=1.0)
+    params = softmax_params()
+    state = opt.init(params)
+    for _ in range(epochs):
+        for i in range(0, N_TRAIN, SOFTMAX_BATCH):
+            batch = train_images[i:i + SOFTMAX_BATCH], train_labels[i:i + SOFTMAX_BATCH]
+            value, grads = jax.value_and_grad(objective)(params, batch)
+            updates, state = opt.update(grads, state, params, value=value)
+            params = optax.apply_updates(params, updates)
+    res = jaxgd.fit(softmax_loss, softmax_params(), (train_images, train_labels),
+                    optimizer=optax.polyak_sgd(max_learning_rate=1.0), hparams={"l2": l2},
+                    batch_size=SOFTMAX_BATCH, epochs=epochs, shuffle=False)
+    assert_trees_close(res.params, params)
