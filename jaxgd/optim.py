@@ -288,6 +288,8 @@ def resolve_optimizer(optimizer: Any) -> OptimizerSpec:
         numeric, _ = factory_params(factory)
         return OptimizerSpec(optimizer, factory, tuple(sorted(static.items())),
                              frozenset(numeric), None, tuple(sorted(defaults.items())))
+    if isinstance(optimizer, optax.MultiSteps):  # optax's wrapper object: its transformation
+        optimizer = optimizer.gradient_transformation()
     if isinstance(optimizer, optax.GradientTransformation):
         return OptimizerSpec("custom", None, (), frozenset(), optimizer, ())
     if callable(optimizer):
@@ -296,7 +298,7 @@ def resolve_optimizer(optimizer: Any) -> OptimizerSpec:
         return OptimizerSpec(name, optimizer, (), frozenset(numeric), None, ())
     raise TypeError(
         f"optimizer={optimizer!r} must be a built-in name (e.g. 'adam'), an optax factory "
-        "(e.g. optax.adam) or an optax.GradientTransformation"
+        "(e.g. optax.adam), an optax.GradientTransformation or an optax.MultiSteps"
     )
 
 
@@ -479,7 +481,7 @@ def _call_factory(spec: OptimizerSpec, lr: Any, kwargs: Mapping[str, Any]):
     """``spec.factory(learning_rate=lr, **kwargs)``, whose arguments are traced: a factory
     that needs Python numbers gets a clear TypeError."""
     try:
-        return spec.factory(learning_rate=lr, **kwargs)
+        opt = spec.factory(learning_rate=lr, **kwargs)
     except jax.errors.ConcretizationTypeError as e:
         raise TypeError(
             f"optimizer {spec.name!r} uses its hyper-parameters in Python control flow, but "
@@ -489,16 +491,58 @@ def _call_factory(spec: OptimizerSpec, lr: Any, kwargs: Mapping[str, Any]):
             "end_value, exponent in hparams) with an optax optimizer, or give the finished "
             "schedule as hparams['learning_rate'] = optax.warmup_cosine_decay_schedule(...)"
         ) from e
+    except TypeError as e:
+        if "argument" not in str(e):
+            raise
+        raise TypeError(
+            f"optimizer {spec.name!r} is called as an optax factory with the keywords "
+            f"{sorted(['learning_rate', *kwargs])} (learning_rate and its own keywords in "
+            f"hparams) and failed: {e}") from e
+    if isinstance(opt, optax.MultiSteps):
+        opt = opt.gradient_transformation()
+    if not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
+        raise TypeError(
+            f"optimizer {spec.name!r} is called as an optax factory "
+            f"(optimizer(learning_rate=..., **hparams)) but returned {type(opt).__name__} "
+            f"{opt!r:.200}, not an optax.GradientTransformation (init, update). "
+            "jax.example_libraries.optimizers' (init_fun, update_fun, get_params) triples "
+            "are not optax transformations: use optax's own, e.g. optax.sgd with "
+            "hparams={'learning_rate': step_size, 'momentum': mass} for "
+            "optimizers.momentum(step_size, mass)")
+    return opt
 
 
 def update(spec: OptimizerSpec, opt: optax.GradientTransformation, grads: Any,
-           opt_state: Any, params: Any) -> tuple[Any, Any]:
+           opt_state: Any, params: Any, value: Any = None) -> tuple[Any, Any]:
     """``opt.update(grads, opt_state, params)``, where ``grads`` is the gradient of the loss
-    with respect to every floating leaf of ``params`` (the same pytree). An optimizer that
-    wants another structure fails there (``optax.lookahead`` takes the gradient of
-    ``params.fast`` alone): a ValueError says what it was given and how to adapt it."""
+    with respect to every floating leaf of ``params`` (the same pytree). A transformation
+    taking optax's extra arguments (``optax.GradientTransformationExtraArgs``: optax's own
+    optimizers and chains) also gets ``value=value``, the update's objective whose gradient
+    ``grads`` is (optax's convention, read by ``optax.contrib.reduce_on_plateau`` and
+    ``optax.polyak_sgd``; an ``update`` that takes no ``value`` is called without it). An
+    optimizer that wants another structure fails there
+    (``optax.lookahead`` takes the gradient of ``params.fast`` alone): a ValueError says
+    what it was given and how to adapt it; one that wants other extra arguments (a line
+    search's ``value_fn``) gets a TypeError saying what jaxgd passes."""
+    extra = isinstance(opt, optax.GradientTransformationExtraArgs) and value is not None
     try:
+        if extra:
+            try:
+                return opt.update(grads, opt_state, params, value=value)
+            except TypeError as e:  # an update of its own that takes no extra arguments
+                if "unexpected keyword argument 'value'" not in str(e):
+                    raise
+                extra = False
         return opt.update(grads, opt_state, params)
+    except TypeError as e:
+        if "argument" not in str(e):
+            raise
+        given = "grads, opt_state, params" + (", value=objective" if extra else "")
+        raise TypeError(
+            f"optimizer {spec.name!r} failed in its update: jaxgd calls "
+            f"update({given}) (value: the update's batch objective, passed to an "
+            "optax.GradientTransformationExtraArgs only) and no other extra argument "
+            f"such as a line search's value_fn. The optimizer said: {e}") from e
     except ValueError as e:
         kind = type(params).__name__
         hint = ""

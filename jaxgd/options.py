@@ -229,7 +229,8 @@ _TRAIN: tuple[Option, ...] = (
            "an optax factory (``optax.adam``) called with ``hparams`` inside the program, a "
            "built-in name (``\"sgd\"``, ``\"momentum\"``, ``\"nesterov\"``, ``\"rmsprop\"``, "
            "``\"adagrad\"``, ``\"adam\"``, ``\"adamw\"``, ``\"adamax\"``) or (``fit`` only) a "
-           "ready ``optax.GradientTransformation``.",
+           "ready ``optax.GradientTransformation`` (or ``optax.MultiSteps``). One taking "
+           "optax's extra arguments gets ``value=`` the update's batch objective.",
            file=True, check=_builtin_optimizer, what="a built-in optimizer name",
            fingerprint="own", axis=2),
     Option("hparams", None, "dict[str, number] | None",

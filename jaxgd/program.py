@@ -288,7 +288,7 @@ def apply_step(spec: ProgramSpec, ctx: EpochContext, carry: StepCarry, grad,
     params, opt_state, stp = carry.params, carry.opt_state, carry.step
     obj, loss, g, new_state, m = grad
     gn = global_norm(g)
-    updates, new_opt = optim.update(spec.opt, ctx.opt, g, opt_state, params)
+    updates, new_opt = optim.update(spec.opt, ctx.opt, g, opt_state, params, obj)
     if ctx.wd_mask is not None:
         lr_t = optim.passed_lr(spec.opt, spec.schedule, tc, stp)
         updates = jax.tree.map(
