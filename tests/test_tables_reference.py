@@ -1,0 +1,34 @@
+"""The figures a sweep records beside its histories, against independent references:
+the losses of the returned parameters computed with NumPy, and what the documented
+algorithms give by hand (PBT's lineage)."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_history_reference import XV, YV, X, Y, mse, p0
+
+import jaxgd
+
+
+def _mse(params, x, y):
+    w, b = np.asarray(params["w"]), float(params["b"])
+    return float(np.mean((x @ w + b - y) ** 2))
+
+
+def test_pbt_best_epoch_figures_are_those_of_the_returned_parameters(x64):
+    # with restore_best a PBT member returns the parameters of its best evaluation; when
+    # that evaluation came before it copied a parent (which may have copied another
+    # before), its parameters (and figures) are from that lineage, not the member's own
+    # row of that epoch
+    lrs = [0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6]
+    sw = jaxgd.sweep(mse, p0(), (X, Y), grid={"learning_rate": lrs}, batch_size=4,
+                     shuffle=False, epochs=12, restore_best=True, val_data=(XV, YV),
+                     search=jaxgd.search.PBT(interval=1, resample=0.0))
+    t, lin = sw.table, sw.lineage
+    copies = lin[lin["epoch"] > 0]
+    assert all((copies[copies["config"] == c]["epoch"] > e).any()  # each best predates a copy
+               for c, e in zip(t["config"], t["best_epoch"], strict=True))
+    for i in range(len(t)):
+        p = sw.params_of(i)
+        np.testing.assert_allclose(t["best_epoch_loss"][i], _mse(p, X, Y), rtol=1e-9)
+        np.testing.assert_allclose(t["best_epoch_val_loss"][i], _mse(p, XV, YV), rtol=1e-9)
