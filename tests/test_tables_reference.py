@@ -4,6 +4,8 @@ algorithms give by hand (PBT's lineage)."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from test_history_reference import XV, YV, X, Y, mse, p0
 
@@ -32,3 +34,20 @@ def test_pbt_best_epoch_figures_are_those_of_the_returned_parameters(x64):
         p = sw.params_of(i)
         np.testing.assert_allclose(t["best_epoch_loss"][i], _mse(p, X, Y), rtol=1e-9)
         np.testing.assert_allclose(t["best_epoch_val_loss"][i], _mse(p, XV, YV), rtol=1e-9)
+
+
+def test_pbt_init_loss_is_the_members_own_after_a_copy(x64):
+    # members start from their seed's parameters (init); a member that copies another's
+    # state keeps the loss it started from
+    def init(key):
+        return {"w": jax.random.normal(key, (3,)), "b": jnp.zeros(())}
+
+    sw = jaxgd.sweep(mse, None, (X, Y), init=init, batch_size=4, shuffle=False, epochs=6,
+                     grid={"learning_rate": [0.01, 0.1], "seed": [0, 1, 2, 3]},
+                     search=jaxgd.search.PBT(interval=2, resample=0.0))
+    copied = set(sw.lineage[sw.lineage["epoch"] > 0]["config"])
+    assert copied
+    for i, (c, s) in enumerate(zip(sw.table["config"], sw.table["seed"], strict=True)):
+        p0_i = init(jax.random.fold_in(jax.random.key(int(s)), 0x5EED))  # jaxgd.init_key
+        np.testing.assert_allclose(sw.table["init_loss"][i], _mse(p0_i, X, Y), rtol=1e-9,
+                                   err_msg=f"config {c} (copied: {c in copied})")
