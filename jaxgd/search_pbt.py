@@ -30,6 +30,9 @@ class PBT(NamedTuple):
       metric, mode: as :class:`Halving`.
       seed: the exploit/explore choices.
 
+    Not with ``folds`` (a member would copy a member of another fold, trained on its
+    held-out samples).
+
     The sweep's ``lineage`` holds every member's values over time; in its ``table`` an
     explored axis column holds each member's value at the start and ``final_<axis>`` the
     one it ended with. A member's history is what it recorded (its own rows before a copy,
@@ -53,7 +56,11 @@ class PBT(NamedTuple):
         check_pbt(self, epochs, eval_every, unit)
 
     def validate_axes(self, axes: set[str]) -> None:
-        pass
+        if "fold" in axes:
+            raise ValueError("search=PBT(...) cannot be combined with folds: a member would "
+                             "copy the state of a member of another fold, trained on its "
+                             "held-out samples (its val_loss would not be held out); run "
+                             "one PBT sweep per fold, each with val_data")
 
     def run(self, pop, metric: str, resume: dict[str, Any] | None) -> list[dict[str, Any]]:
         return run_pbt(pop, self, metric, resume)
