@@ -51,3 +51,25 @@ def test_pbt_init_loss_is_the_members_own_after_a_copy(x64):
         p0_i = init(jax.random.fold_in(jax.random.key(int(s)), 0x5EED))  # jaxgd.init_key
         np.testing.assert_allclose(sw.table["init_loss"][i], _mse(p0_i, X, Y), rtol=1e-9,
                                    err_msg=f"config {c} (copied: {c in copied})")
+
+
+def _mse32(params, x, y):
+    w, b = np.asarray(params["w"], np.float32), np.float32(params["b"])
+    with np.errstate(over="ignore"):
+        return float(np.mean((x.astype(np.float32) @ w + b - y.astype(np.float32)) ** 2))
+
+
+def test_final_loss_is_that_of_the_returned_parameters_when_the_last_one_overflowed():
+    # float32, no diverge_factor: the parameters grow until the evaluation's loss is
+    # infinite; the run stops there with those parameters, whose loss final_loss records
+    # (as FitResult.final_loss), not an earlier evaluation's
+    sw = jaxgd.sweep(mse, p0(), (X, Y), grid={"learning_rate": [3.0, 0.01]}, batch_size=None,
+                     shuffle=False, epochs=40, diverge_factor=float("inf"), val_data=(XV, YV))
+    t = sw.table
+    assert list(t["stop_reason"]) == ["diverged", "max_epochs"]
+    for i in range(2):
+        p = sw.params_of(i)
+        assert np.all(np.isfinite(np.asarray(p["w"])))
+        np.testing.assert_allclose(t["final_loss"][i], _mse32(p, X, Y), rtol=1e-5)
+        np.testing.assert_allclose(t["final_val_loss"][i], _mse32(p, XV, YV), rtol=1e-5)
+    assert np.isinf(t["final_loss"][0])
