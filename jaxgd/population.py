@@ -154,8 +154,13 @@ class Population:
             m.state = m.state._replace(active=np.zeros_like(m.state.active))
 
     def copy_state(self, child: Key, parent: Key) -> None:
-        """The child continues from a copy of the parent's complete state."""
-        self.members[child].state = jax.tree.map(np.copy, self.members[parent].state)
+        """The child continues from a copy of the parent's complete state, but for its
+        ``init_loss``: the loss the child itself started from (on its own data and batch
+        order), which its table row records and its ``diverge_factor`` test measures
+        from."""
+        own = self.members[child].state.init_loss
+        new = jax.tree.map(np.copy, self.members[parent].state)
+        self.members[child].state = new._replace(init_loss=np.copy(own))
 
     def set_hparams(self, key: Key, values: dict[str, Any]) -> None:
         """New values of traced hyper-parameters for the member's next calls."""

@@ -242,7 +242,9 @@ class SweepResult:
       configs: the configurations (dicts), in table order.
       table: ``pandas.DataFrame``, one row per configuration: every swept value, then
         ``init_loss`` (as :attr:`FitResult.init_loss`: with ``metrics="batch"`` the
-        first update's batch loss), ``final_loss`` (last recorded training loss),
+        first update's batch loss), ``final_loss`` (the last evaluation's training loss,
+        as :attr:`FitResult.final_loss`: infinite for a run found diverged by an infinite
+        evaluation loss, NaN for a last row that ran no update with ``metrics="batch"``),
         ``best_loss`` (lowest
         recorded training loss), ``best_epoch`` (epoch of the best *monitored* loss,
         validation if present: the parameters ``restore_best`` returns),
@@ -254,7 +256,8 @@ class SweepResult:
         :attr:`FitResult.diverged_step`: the update at which a diverged configuration was
         found diverged, -1 for one that did not diverge; absent from a run folder written
         without it) and, with validation or folds,
-        ``final_val_loss``, ``best_val_loss`` and ``best_epoch_val_loss``.
+        ``final_val_loss`` (the last evaluation's, as ``final_loss``), ``best_val_loss``
+        and ``best_epoch_val_loss``.
       history: dict of numpy arrays [configuration, evaluation] (NaN after a stop);
         ``history["epoch"]`` gives each row's epoch (``history["step"]`` its update, with
         ``steps=``; ``best_epoch`` is then a step too). The program runs in blocks of
@@ -376,7 +379,7 @@ class SweepResult:
         loss = hist["loss"]
         cols["init_loss"] = scal["init_loss"]
         n_rows = scal.get("evals_run", scal["epochs_run"])
-        cols["final_loss"] = _last_finite(loss, n_rows)
+        cols["final_loss"] = _last_row(loss, n_rows)
         with np.errstate(all="ignore"):
             finite = np.where(np.isfinite(loss), loss, np.inf)
             cols["best_loss"] = np.where(np.isfinite(finite.min(1)), finite.min(1), np.nan)
@@ -387,7 +390,7 @@ class SweepResult:
         cols["best_epoch_loss"] = _at_best_epoch(loss, row_index(hist), scal["best_epoch"])
         if "val_loss" in hist:
             vl = hist["val_loss"]
-            cols["final_val_loss"] = _last_finite(vl, n_rows)
+            cols["final_val_loss"] = _last_row(vl, n_rows)
             with np.errstate(all="ignore"):
                 fv = np.where(np.isfinite(vl), vl, np.inf)
                 cols["best_val_loss"] = np.where(np.isfinite(fv.min(1)), fv.min(1), np.nan)
@@ -687,7 +690,7 @@ def _metric_columns(table, hist, n_rows, best_epoch) -> None:
         for name in (m, f"val_{m}"):
             if name not in hist:
                 continue
-            table[f"final_{name}"] = _last_finite(hist[name], n_rows)
+            table[f"final_{name}"] = _last_row(hist[name], n_rows)
             table[f"best_epoch_{name}"] = _at_best_epoch(hist[name], epochs, best_epoch)
 
 
@@ -711,14 +714,14 @@ def _at_best_epoch(h: np.ndarray, epochs: np.ndarray, best_epoch) -> np.ndarray:
     return at
 
 
-def _last_finite(h: np.ndarray, epochs_run: np.ndarray) -> np.ndarray:
+def _last_row(h: np.ndarray, n_rows: np.ndarray) -> np.ndarray:
+    """Per configuration, its last evaluation's value of history ``h`` (row
+    ``n_rows - 1``, as ``FitResult`` takes ``history[...][-1]``: a non-finite value
+    included); NaN for one that ran no evaluation."""
     out = np.full(h.shape[0], np.nan)
-    for i, e in enumerate(epochs_run):
+    for i, e in enumerate(n_rows):
         if e > 0:
-            row = h[i, :e]
-            ok = np.nonzero(np.isfinite(row))[0]
-            if len(ok):
-                out[i] = row[ok[-1]]
+            out[i] = h[i, e - 1]
     return out
 
 

@@ -14,7 +14,8 @@ on the host, at *rung* (halving) or *interval* (PBT) boundaries:
   reused), so the work really shrinks. A configuration stopped by the search keeps its
   rows with ``stop_reason="pruned"`` and the epochs it reached.
 * :class:`PBT`: the population trains together; every ``interval`` epochs the worst
-  ``quantile`` copy the complete state of a member of the best ``quantile`` (exploit)
+  ``quantile`` copy the complete state of a member of the best ``quantile`` (exploit; all
+  but ``init_loss``, the loss each member started from)
   and change their traced hyper-parameters (explore: multiply by one of ``perturb``, or
   with probability ``resample`` draw afresh from the sweep's prior: the ``random``
   distribution or the ``grid`` values). Each member's hyper-parameters over time are in

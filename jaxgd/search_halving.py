@@ -19,9 +19,12 @@ class Halving(NamedTuple):
 
     Args:
       eta: keep the best ``1/eta`` at each rung; the rungs' epochs grow by ``eta``.
-      min_epochs: epochs of the first rung of the most aggressive bracket (rounded down
-        to a multiple of ``eval_every``). Rungs end at ``epochs / eta**k`` (k = s, ...,
-        1, 0), so the last rung is the sweep's ``epochs``. With ``steps=`` every count
+      min_epochs: the fewest epochs a first rung may have (a multiple of ``eval_every``):
+        the most aggressive bracket is the largest s with ``epochs // eta**s >=
+        min_epochs``. Rungs end at ``epochs // eta**k`` (k = s, ..., 1, 0; rounded down to
+        a multiple of ``eval_every``), so the last rung is the sweep's ``epochs``, and the
+        first may be longer than ``min_epochs`` (``epochs=27, eta=3, min_epochs=2``:
+        rungs at 3, 9, 27). With ``steps=`` every count
         here is in updates (rungs end at ``steps / eta**k``, inside an epoch if need be).
       metric: the recorded history column to rank by: ``"val_loss"`` (default with
         validation data or folds), ``"loss"`` (default otherwise), ``"batch_loss"``,

@@ -30,9 +30,16 @@ class PBT(NamedTuple):
       metric, mode: as :class:`Halving`.
       seed: the exploit/explore choices.
 
+    Not with ``folds`` (a member would copy a member of another fold, trained on its
+    held-out samples).
+
     The sweep's ``lineage`` holds every member's values over time; in its ``table`` an
     explored axis column holds each member's value at the start and ``final_<axis>`` the
-    one it ended with.
+    one it ended with. A member's history is what it recorded (its own rows before a copy,
+    then those of the copied state); its ``best_epoch`` is that of the state it ended
+    with, and the ``best_epoch_<column>`` values are those recorded at that evaluation by
+    the member that held the state then (the parent, for a best evaluation before the
+    copy): with ``restore_best=True``, the figures of the returned parameters.
     """
 
     interval: int
@@ -49,7 +56,11 @@ class PBT(NamedTuple):
         check_pbt(self, epochs, eval_every, unit)
 
     def validate_axes(self, axes: set[str]) -> None:
-        pass
+        if "fold" in axes:
+            raise ValueError("search=PBT(...) cannot be combined with folds: a member would "
+                             "copy the state of a member of another fold, trained on its "
+                             "held-out samples (its val_loss would not be held out); run "
+                             "one PBT sweep per fold, each with val_data")
 
     def run(self, pop, metric: str, resume: dict[str, Any] | None) -> list[dict[str, Any]]:
         return run_pbt(pop, self, metric, resume)
@@ -59,6 +70,7 @@ class PBT(NamedTuple):
 
         result.lineage = pd.DataFrame(lineage)
         pbt_final_columns(result)
+        pbt_best_columns(result)
 
 
 def check_pbt(p: PBT, epochs: int, eval_every: int, unit: str = "epochs") -> None:
@@ -170,6 +182,45 @@ def pbt_final_columns(res) -> None:
         if k in t.columns:
             t.insert(t.columns.get_loc(k) + 1, f"final_{k}",
                      last.loc[t["config"].to_numpy(), k].to_numpy(float))
+
+
+def holder(copies: Mapping[int, list[tuple[int, int]]], config: int, epoch: int) -> int:
+    """The member whose history recorded evaluation ``epoch`` of the state that member
+    ``config`` ended with: its copies followed back (a copy at ``E``, in epochs or updates
+    done, brings the parent's evaluations before ``E``). ``copies``: per member, its
+    (``E``, parent) pairs."""
+    owner, horizon = config, np.inf
+    while True:
+        earlier = [(e, p) for e, p in copies.get(owner, ()) if e < horizon]
+        if not earlier:
+            return owner
+        at, parent = max(earlier)
+        if epoch >= at:
+            return owner
+        owner, horizon = parent, at
+
+
+def pbt_best_columns(res) -> None:
+    """PBT: the ``best_epoch_<column>`` values from the history of the member that recorded
+    each member's best evaluation (:func:`holder`), not from the member's own rows of that
+    evaluation (which predate a copy)."""
+    lin, t, hist = res.lineage, res.table, res.history
+    copies: dict[int, list[tuple[int, int]]] = {}
+    for c, e, p in zip(lin["config"], lin["epoch"], lin["parent"], strict=True):
+        if e > 0:
+            copies.setdefault(int(c), []).append((int(e), int(p)))
+    pos = {int(c): i for i, c in enumerate(t["config"])}
+    index = hist["step" if "step" in hist else "epoch"]
+    pre = "best_epoch_"
+    for col in [c for c in t.columns if c.startswith(pre) and c[len(pre):] in hist]:
+        vals = t[col].to_numpy(float).copy()
+        for i, (c, e) in enumerate(zip(t["config"], t["best_epoch"], strict=True)):
+            if e < 0:
+                continue
+            j = pos[holder(copies, int(c), int(e))]
+            hit = np.nonzero(index[j] == e)[0]
+            vals[i] = hist[col[len(pre):]][j, hit[0]] if len(hit) else np.nan
+        t[col] = vals
 
 
 def explored(p: PBT, g: Group, cfgs) -> list[str]:

@@ -527,3 +527,16 @@ def test_a_search_state_of_another_layout_is_refused_by_name(tmp_path, monkeypat
          0)))
     with pytest.raises(ValueError, match=r"saved by another version.*search\.npz"):
         jaxgd.sweep(mse, P0, (X, Y), out=tmp_path / "run", **kw)
+
+
+def test_pbt_refuses_folds_before_compiling(monkeypatch):
+    # a member would copy the state of another fold's member, trained on its held-out part
+    from jaxgd import program
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled")
+
+    monkeypatch.setattr(program, "compiled_program", no_compile)
+    with pytest.raises(ValueError, match="PBT.*cannot be combined with folds"):
+        jaxgd.sweep(mse, P0, (X, Y), grid={"learning_rate": [0.01, 0.02]}, folds=2,
+                    epochs=4, search=search.PBT(interval=2, quantile=0.5))
